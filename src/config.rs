@@ -1,0 +1,688 @@
+//! Configuration: one TOML file, parsed and validated in full before anything runs.
+//!
+//! `peers.example.toml` at the top of the repository is the commented reference. Relative paths
+//! in the file (`data_dir`, `password_file`) are resolved against the directory of the file, so a
+//! configuration means the same thing whatever the working directory.
+//!
+//! Every error names the file, the line and the key, and unknown keys are errors: a typo in a
+//! backup daemon's configuration must not silently fall back to a default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+use crate::identity::NodeId;
+
+/// Where `--config` points when neither the flag nor `TANDEM_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tandem/tandem.toml";
+/// Default `[node] listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
+/// Default `[node] data_dir`.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/tandem";
+/// Default `[source] poll`.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(10);
+
+/// A configuration file that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key (`peer.schedule`), when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, ", line {line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ", key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// `[node]`.
+    pub node: NodeConfig,
+    /// `[source]`, if this node follows a data server.
+    pub source: Option<SourceConfig>,
+    /// `[snapshots]`, if this node cuts snapshots.
+    pub snapshots: Option<SnapshotConfig>,
+    /// `[[peer]]` entries, in file order.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// `[node]`: this node's name, storage and listener.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Human name, shown in status and to peers.
+    pub name: String,
+    /// Directory of the store and the key (absolute after loading).
+    pub data_dir: PathBuf,
+    /// Address the HTTP listener binds.
+    pub listen: SocketAddr,
+    /// URL peers use to reach this node, if it differs from `listen`.
+    pub public_url: Option<Url>,
+}
+
+/// How the password for the source is obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// Read from this file (first line, trailing newline removed).
+    File(PathBuf),
+    /// Read from this environment variable.
+    Env(String),
+}
+
+/// `[source]`: the data server this node follows.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Server root, normalized to end with `/v1/`.
+    pub url: Url,
+    /// Account name.
+    pub user: String,
+    /// Where the password comes from.
+    pub password: Secret,
+    /// How often to poll for changes.
+    pub poll: Duration,
+}
+
+/// `[snapshots]`: when to cut snapshots and how many to keep.
+#[derive(Debug, Clone)]
+pub struct SnapshotConfig {
+    /// Cron expression (seconds field allowed), UTC.
+    pub schedule: CronSchedule,
+    /// Keep the N most recent snapshots.
+    pub keep_last: u32,
+    /// Keep the last snapshot of each of the N most recent hours that have one.
+    pub keep_hourly: u32,
+    /// Same per day.
+    pub keep_daily: u32,
+    /// Same per ISO week.
+    pub keep_weekly: u32,
+    /// Same per month.
+    pub keep_monthly: u32,
+}
+
+/// An origin named in a peer's `push`, `pull`, `serve` or `accept` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginRef {
+    /// This node's own feed (`"self"`).
+    SelfNode,
+    /// A specific origin.
+    Node(NodeId),
+}
+
+/// When a peer is synchronized.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// Keep a long-poll open and move changes as they happen.
+    Continuous,
+    /// At the times a cron expression names.
+    Cron(CronSchedule),
+}
+
+/// A parsed cron expression, kept with its text.
+#[derive(Clone)]
+pub struct CronSchedule {
+    /// The expression as written.
+    pub text: String,
+    /// The parsed form.
+    pub cron: croner::Cron,
+}
+
+impl fmt::Debug for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CronSchedule({:?})", self.text)
+    }
+}
+
+/// `[[peer]]`: another node and what flows each way.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Unique name, used in logs, status and metrics.
+    pub name: String,
+    /// Base URL of the peer's HTTP listener.
+    pub url: Url,
+    /// The peer's node id; requests signed by this key are this peer.
+    pub id: NodeId,
+    /// Origins we send to it.
+    pub push: Vec<OriginRef>,
+    /// Origins we fetch from it.
+    pub pull: Vec<OriginRef>,
+    /// Origins it may read from us.
+    pub serve: Vec<OriginRef>,
+    /// Origins it may push to us (default: only its own feed).
+    pub accept: Vec<OriginRef>,
+    /// When to synchronize.
+    pub schedule: Schedule,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            line: None,
+            key: None,
+            message: match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "file not found; pass --config FILE or set TANDEM_CONFIG (see peers.example.toml)".into()
+                }
+                _ => format!("cannot read: {e}"),
+            },
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |span: Option<Range<usize>>, message: String| {
+            let (line, key) = match span {
+                Some(span) => {
+                    let (line, key) = locate(text, span.start);
+                    (Some(line), key)
+                }
+                None => (None, None),
+            };
+            ConfigError {
+                path: path.to_owned(),
+                line,
+                key,
+                message,
+            }
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| err(e.span(), e.message().trim().to_owned()))?;
+        let base = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+
+        let node = NodeConfig {
+            name: raw.node.name.0,
+            data_dir: base.join(raw.node.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+            listen: raw
+                .node
+                .listen
+                .map(|l| l.0)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap()),
+            public_url: raw.node.public_url.map(|u| u.0),
+        };
+
+        let source = match raw.source {
+            None => None,
+            Some(spanned) => {
+                let span = spanned.span();
+                let s = spanned.into_inner();
+                let password = match (s.password_file, s.password_env) {
+                    (Some(file), None) => Secret::File(base.join(file)),
+                    (None, Some(var)) => Secret::Env(var.0),
+                    (Some(_), Some(_)) => {
+                        return Err(err(
+                            Some(span),
+                            "set either password_file or password_env, not both".into(),
+                        ));
+                    }
+                    (None, None) => {
+                        return Err(err(
+                            Some(span),
+                            "missing password_file or password_env for the source account".into(),
+                        ));
+                    }
+                };
+                let mut url = s.url.0;
+                if !url.path().trim_end_matches('/').ends_with("/v1") {
+                    let path = format!("{}/v1/", url.path().trim_end_matches('/'));
+                    url.set_path(&path);
+                } else if !url.path().ends_with('/') {
+                    let path = format!("{}/", url.path());
+                    url.set_path(&path);
+                }
+                Some(SourceConfig {
+                    url,
+                    user: s.user.0,
+                    password,
+                    poll: s.poll.map(|p| p.0).unwrap_or(DEFAULT_POLL),
+                })
+            }
+        };
+
+        let snapshots = match raw.snapshots {
+            None => None,
+            Some(spanned) => {
+                let span = spanned.span();
+                let s = spanned.into_inner();
+                let keeps = [
+                    s.keep_last,
+                    s.keep_hourly,
+                    s.keep_daily,
+                    s.keep_weekly,
+                    s.keep_monthly,
+                ];
+                if keeps.iter().all(|k| k.is_none_or(|k| k == 0)) {
+                    return Err(err(
+                        Some(span),
+                        "no retention set: give at least one of keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly a value above 0".into(),
+                    ));
+                }
+                Some(SnapshotConfig {
+                    schedule: s.schedule,
+                    keep_last: s.keep_last.unwrap_or(0),
+                    keep_hourly: s.keep_hourly.unwrap_or(0),
+                    keep_daily: s.keep_daily.unwrap_or(0),
+                    keep_weekly: s.keep_weekly.unwrap_or(0),
+                    keep_monthly: s.keep_monthly.unwrap_or(0),
+                })
+            }
+        };
+
+        let mut peers: Vec<PeerConfig> = Vec::new();
+        for spanned in raw.peer {
+            let span = spanned.span();
+            let p = spanned.into_inner();
+            if peers.iter().any(|q| q.name == p.name.0) {
+                return Err(err(
+                    Some(span),
+                    format!("duplicate peer name {:?}", p.name.0),
+                ));
+            }
+            if let Some(q) = peers.iter().find(|q| q.id == p.id) {
+                return Err(err(
+                    Some(span),
+                    format!("peer {:?} has the same id as peer {:?}", p.name.0, q.name),
+                ));
+            }
+            peers.push(PeerConfig {
+                name: p.name.0,
+                url: p.url.0,
+                id: p.id,
+                push: p.push,
+                pull: p.pull,
+                serve: p.serve,
+                accept: p.accept.unwrap_or_else(|| vec![OriginRef::Node(p.id)]),
+                schedule: p.schedule.unwrap_or(Schedule::Continuous),
+            });
+        }
+
+        Ok(Config {
+            path: path.to_owned(),
+            node,
+            source,
+            snapshots,
+            peers,
+        })
+    }
+
+    /// The node key file.
+    pub fn key_path(&self) -> PathBuf {
+        self.node.data_dir.join("node.key")
+    }
+}
+
+/// Finds the 1-based line of byte `offset` and the dotted key written on it (`section.key`),
+/// or the section header when the offset is on one.
+fn locate(text: &str, offset: usize) -> (usize, Option<String>) {
+    let offset = offset.min(text.len());
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let mut section: Option<String> = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            section = Some(
+                trimmed
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .trim()
+                    .to_owned(),
+            );
+        }
+        if i + 1 == line_no {
+            let key = match trimmed.split_once('=') {
+                Some((key, _)) if !trimmed.starts_with('#') && !trimmed.starts_with('[') => {
+                    let key = key.trim().trim_matches('"');
+                    Some(match &section {
+                        Some(s) => format!("{s}.{key}"),
+                        None => key.to_owned(),
+                    })
+                }
+                _ => section.clone(),
+            };
+            return (line_no, key);
+        }
+    }
+    (line_no, section)
+}
+
+// ---- raw, serde-facing shapes: every value type validates itself so errors carry a span ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    source: Option<Spanned<RawSource>>,
+    snapshots: Option<Spanned<RawSnapshots>>,
+    #[serde(default)]
+    peer: Vec<Spanned<RawPeer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Name,
+    data_dir: Option<PathBuf>,
+    listen: Option<Listen>,
+    public_url: Option<HttpUrl>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    #[allow(dead_code)] // only "kinto" deserializes; the field exists to be explicit
+    kind: SourceKind,
+    url: HttpUrl,
+    user: NonEmpty,
+    password_file: Option<PathBuf>,
+    password_env: Option<EnvName>,
+    poll: Option<Interval>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SourceKind {
+    Kinto,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnapshots {
+    schedule: CronSchedule,
+    keep_last: Option<u32>,
+    keep_hourly: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: Name,
+    url: HttpUrl,
+    id: NodeId,
+    #[serde(default)]
+    push: Vec<OriginRef>,
+    #[serde(default)]
+    pull: Vec<OriginRef>,
+    #[serde(default)]
+    serve: Vec<OriginRef>,
+    accept: Option<Vec<OriginRef>>,
+    schedule: Option<Schedule>,
+}
+
+/// Deserializes a string through a validating parser, so a bad value fails with its span.
+macro_rules! parsed_string {
+    ($ty:ty, $parse:expr) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                let parse: fn(&str) -> Result<$ty, String> = $parse;
+                parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+struct Name(String);
+parsed_string!(Name, |s| {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(Name(s.to_owned()))
+    } else {
+        Err(format!(
+            "invalid name {s:?}: use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ))
+    }
+});
+
+struct NonEmpty(String);
+parsed_string!(NonEmpty, |s| if s.is_empty() {
+    Err("must not be empty".into())
+} else {
+    Ok(NonEmpty(s.to_owned()))
+});
+
+struct EnvName(String);
+parsed_string!(EnvName, |s| {
+    let ok = !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(EnvName(s.to_owned()))
+    } else {
+        Err(format!("invalid environment variable name {s:?}"))
+    }
+});
+
+struct Listen(SocketAddr);
+parsed_string!(Listen, |s| s.parse().map(Listen).map_err(|_| format!(
+    "invalid listen address {s:?}: expected IP:PORT, e.g. 127.0.0.1:8750 or [::]:8750"
+)));
+
+struct HttpUrl(Url);
+parsed_string!(HttpUrl, |s| {
+    let url = Url::parse(s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!(
+            "invalid URL {s:?}: expected http:// or https:// with a host"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("URL must not contain credentials; use user and password_file".into());
+    }
+    Ok(HttpUrl(url))
+});
+
+struct Interval(Duration);
+parsed_string!(Interval, |s| {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: \"10s\", \"1m 30s\")"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("duration {s:?} is below the 1s minimum"));
+    }
+    Ok(Interval(d))
+});
+
+impl CronSchedule {
+    /// Parses a cron expression with 5, 6 (leading seconds) or 7 (trailing year) fields.
+    pub fn parse(text: &str) -> Result<CronSchedule, String> {
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .build()
+            .parse(text)
+            .map_err(|e| format!("invalid cron expression {text:?}: {e}"))?;
+        Ok(CronSchedule {
+            text: text.to_owned(),
+            cron,
+        })
+    }
+}
+parsed_string!(CronSchedule, CronSchedule::parse);
+
+parsed_string!(Schedule, |s| if s == "continuous" {
+    Ok(Schedule::Continuous)
+} else {
+    CronSchedule::parse(s)
+        .map(Schedule::Cron)
+        .map_err(|e| format!("{e}; use \"continuous\" or a cron expression"))
+});
+
+parsed_string!(OriginRef, |s| if s == "self" {
+    Ok(OriginRef::SelfNode)
+} else {
+    s.parse()
+        .map(OriginRef::Node)
+        .map_err(|e| format!("{e}; or \"self\" for this node's own feed"))
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/tandem/t.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("[node]\nname = \"home\"\n").unwrap();
+        assert_eq!(c.node.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.node.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(c.source.is_none() && c.snapshots.is_none() && c.peers.is_empty());
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let c = parse("[node]\nname = \"n\"\ndata_dir = \"state\"\n[source]\nkind = \"kinto\"\nurl = \"http://127.0.0.1:8888\"\nuser = \"u\"\npassword_file = \"pw\"\n").unwrap();
+        assert_eq!(c.node.data_dir, PathBuf::from("/etc/tandem/state"));
+        let s = c.source.unwrap();
+        assert_eq!(s.password, Secret::File("/etc/tandem/pw".into()));
+        assert_eq!(s.url.as_str(), "http://127.0.0.1:8888/v1/");
+        assert_eq!(s.poll, DEFAULT_POLL);
+    }
+
+    #[test]
+    fn source_url_is_normalized_once() {
+        for url in [
+            "http://k:1/v1",
+            "http://k:1/v1/",
+            "http://k:1",
+            "http://k:1/",
+        ] {
+            let c = parse(&format!("[node]\nname = \"n\"\n[source]\nkind = \"kinto\"\nurl = \"{url}\"\nuser = \"u\"\npassword_env = \"P\"\n")).unwrap();
+            assert_eq!(c.source.unwrap().url.as_str(), "http://k:1/v1/", "{url}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("[node]\nname = \"n\"\nlisten_addr = \"x\"\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("/etc/tandem/t.toml") && text.contains("listen_addr"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (
+                "[node]\nname = \"n\"\nlisten = \"nope\"\n",
+                3,
+                "node.listen",
+            ),
+            ("[node]\nname = \"bad name\"\n", 2, "node.name"),
+            (
+                "[node]\nname = \"n\"\n\n[[peer]]\nname = \"p\"\nurl = \"ftp://x\"\nid = \"ID\"\n",
+                6,
+                "peer.url",
+            ),
+            (
+                "[node]\nname = \"n\"\n[[peer]]\nname = \"p\"\nurl = \"http://x\"\nid = \"ed25519:zzz\"\n",
+                6,
+                "peer.id",
+            ),
+            (
+                "[node]\nname = \"n\"\n[[peer]]\nname = \"p\"\nurl = \"http://x\"\nid = \"ID\"\nschedule = \"every tuesday\"\n",
+                7,
+                "peer.schedule",
+            ),
+            (
+                "[node]\nname = \"n\"\n[[peer]]\nname = \"p\"\nurl = \"http://x\"\nid = \"ID\"\npush = [\"me\"]\n",
+                7,
+                "peer.push",
+            ),
+            (
+                "[node]\nname = \"n\"\n[snapshots]\nschedule = \"0 3 * * *\"\nkeep_daily = -1\n",
+                5,
+                "snapshots.keep_daily",
+            ),
+            (
+                "[node]\nname = \"n\"\n[source]\nkind = \"kinto\"\nurl = \"http://k\"\nuser = \"u\"\npassword_env = \"P\"\npoll = \"soon\"\n",
+                8,
+                "source.poll",
+            ),
+            (
+                "[node]\nname = \"n\"\n[source]\nkind = \"couch\"\nurl = \"http://k\"\nuser = \"u\"\npassword_env = \"P\"\n",
+                4,
+                "source.kind",
+            ),
+        ];
+        for (text, line, key) in cases {
+            let e = parse(&text.replace("\"ID\"", &format!("\"{ID}\""))).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(line), Some(key)), "{e}");
+        }
+    }
+
+    #[test]
+    fn cross_field_errors_point_at_their_table() {
+        let e = parse(
+            "[node]\nname = \"n\"\n[source]\nkind = \"kinto\"\nurl = \"http://k\"\nuser = \"u\"\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("password_file"), "{e}");
+        assert_eq!(e.line, Some(3));
+        let peer = format!("[[peer]]\nname = \"p\"\nurl = \"http://x\"\nid = \"{ID}\"\n");
+        let e = parse(&format!("[node]\nname = \"n\"\n{peer}{peer}")).unwrap_err();
+        assert!(e.message.contains("duplicate peer name"), "{e}");
+        assert_eq!(e.line, Some(7));
+        let e = parse("[node]\nname = \"n\"\n[snapshots]\nschedule = \"0 3 * * *\"\n").unwrap_err();
+        assert!(e.message.contains("retention"), "{e}");
+    }
+
+    #[test]
+    fn peer_defaults() {
+        let c = parse(&format!("[node]\nname = \"n\"\n[[peer]]\nname = \"p\"\nurl = \"http://x\"\nid = \"{ID}\"\npush = [\"self\"]\n")).unwrap();
+        let p = &c.peers[0];
+        assert_eq!(p.push, vec![OriginRef::SelfNode]);
+        assert_eq!(p.accept, vec![OriginRef::Node(ID.parse().unwrap())]);
+        assert!(matches!(p.schedule, Schedule::Continuous));
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        let e = parse("[node]\nname = \"n\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+}

@@ -1,0 +1,407 @@
+//! The replica store: one SQLite database (WAL) in the data directory, and the only module that
+//! touches SQL.
+//!
+//! What it guarantees:
+//! - **One writer.** [`Store::open_writer`] takes an exclusive lock on `tandem.lock` for the life
+//!   of the store; a second writer gets [`StoreError::Locked`]. Readers
+//!   ([`Store::open_read_only`]) need no lock: WAL lets them read beside the writer.
+//! - **Verify, then write.** Foreign entries arrive only as a [`VerifiedBatch`]; linking to
+//!   the stored head and fork checks happen inside the write transaction. Every write (entries,
+//!   checkpoint, materialized state, the cursors that produced them) is one transaction, with
+//!   `synchronous = FULL`: once a call returns, its data survives a crash or power loss.
+//! - **Never re-created.** A file that is not a tandem store, or is damaged, is an error; the
+//!   store only creates a database where no file exists.
+//!
+//! Layout: [`schema`] holds the tables and migrations, `write` the transactions that change
+//! feeds, `read` the queries, `verify` the full re-check of everything stored.
+
+mod read;
+pub mod schema;
+mod verify;
+mod write;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::feed::{EntryHash, FeedError, ForkEvidence, Head, Op, Seq};
+use crate::identity::NodeId;
+
+pub use read::{OriginInfo, StoredEntry};
+pub use verify::{VerifyProblem, VerifyReport};
+pub use write::{Accepted, Change, CheckpointCheck, CursorUpdate};
+
+/// Database file name inside the data directory.
+pub const DB_FILE: &str = "tandem.db";
+/// Lock file name inside the data directory.
+pub const LOCK_FILE: &str = "tandem.lock";
+
+/// Errors from the store. Each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the writer lock.
+    #[error(
+        "another tandem process{} is using the store in {dir}; stop it first, or give this one its own data_dir",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The pid written in the lock file, if readable.
+        pid: Option<u32>,
+    },
+    /// No database where one was expected.
+    #[error("no tandem store at {path}; run `tandem init` first")]
+    Missing {
+        /// Expected database path.
+        path: PathBuf,
+    },
+    /// The file is damaged or not a tandem store. Never silently re-created.
+    #[error(
+        "{path} is damaged or is not a tandem store ({detail}); tandem will not overwrite it: restore it from a backup, or move it aside to start an empty store"
+    )]
+    Corrupt {
+        /// The database path.
+        path: PathBuf,
+        /// What SQLite or the header check said.
+        detail: String,
+    },
+    /// The store was written by a newer tandem.
+    #[error(
+        "{path} has schema version {found}, newer than this tandem understands ({supported}); upgrade tandem"
+    )]
+    TooNew {
+        /// The database path.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        supported: i64,
+    },
+    /// The store belongs to another node key.
+    #[error(
+        "the store in {dir} belongs to node {store}, but the key is {key}; use the matching key or another data_dir"
+    )]
+    WrongNode {
+        /// The data directory.
+        dir: PathBuf,
+        /// Node id recorded in the store.
+        store: NodeId,
+        /// Node id of the key in use.
+        key: NodeId,
+    },
+    /// The data directory cannot be written.
+    #[error("cannot write in {dir}: {source}; check that it exists and that this user owns it")]
+    NotWritable {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The origin is frozen by fork evidence; nothing more is accepted for it.
+    #[error("origin {origin} is frozen: fork evidence is stored (see `tandem status`)")]
+    Frozen {
+        /// The frozen origin.
+        origin: NodeId,
+    },
+    /// A batch starts after the stored head: entries in between are missing.
+    #[error("origin {origin}: batch starts at seq {first} but the store holds up to seq {head}")]
+    Gap {
+        /// The origin.
+        origin: NodeId,
+        /// Stored head seq.
+        head: Seq,
+        /// First seq of the batch.
+        first: Seq,
+    },
+    /// Two valid histories of one origin; the evidence was stored and the origin frozen.
+    #[error("origin {} forked at seq {}: evidence stored, origin frozen", .0.origin, .0.seq)]
+    Fork(Box<ForkEvidence>),
+    /// Bytes that fail feed rules (only when reading back what is stored).
+    #[error("invalid stored data: {0}")]
+    Feed(#[from] FeedError),
+    /// An SQLite error, with what was being done.
+    #[error("store: {context}: {source}")]
+    Sqlite {
+        /// What was being done.
+        context: &'static str,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+}
+
+/// Adds a context line to an SQLite result.
+trait Context<T> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for rusqlite::Result<T> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sqlite { context, source })
+    }
+}
+
+/// Number of bits of an entry key that hold the seq.
+const SEQ_BITS: u32 = 40;
+
+/// The entries-table key of (origin row id, seq).
+fn entry_key(origin: i64, seq: u64) -> i64 {
+    (origin << SEQ_BITS) | seq as i64
+}
+
+/// The replica store. See the module docs.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    /// Held for the store's lifetime by a writer; dropping it releases the lock.
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if absent) the store in `data_dir` for writing, as node `node`.
+    /// Takes the writer lock first; refuses damaged files and stores of another node.
+    pub fn open_writer(data_dir: &Path, node: NodeId) -> Result<Store, StoreError> {
+        let lock = take_lock(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        let existed = path.exists();
+        let mut conn = Connection::open(&path).map_err(|e| open_error(&path, data_dir, e))?;
+        let found = schema::inspect(&conn).map_err(|e| corrupt(&path, e))?;
+        let version = match found {
+            schema::Found::Empty
+                if !existed || std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) =>
+            {
+                0
+            }
+            schema::Found::Empty | schema::Found::Foreign => {
+                return Err(StoreError::Corrupt {
+                    path,
+                    detail: "not a tandem database".into(),
+                });
+            }
+            schema::Found::Tandem(v) => v,
+        };
+        if version > schema::SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path,
+                found: version,
+                supported: schema::SCHEMA_VERSION,
+            });
+        }
+        // WAL: readers never block the writer; FULL: a returned commit survives power loss.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000; PRAGMA cache_size = -65536;",
+        )
+        .map_err(|e| open_error(&path, data_dir, e))?;
+        schema::migrate(&mut conn, version).map_err(|e| open_error(&path, data_dir, e))?;
+        let mut store = Store {
+            conn,
+            path,
+            _lock: Some(lock),
+        };
+        store.claim(node, data_dir)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store for reading only; works beside a running writer.
+    pub fn open_read_only(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(StoreError::Missing { path });
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| corrupt(&path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .ctx("setting the busy timeout")?;
+        match schema::inspect(&conn).map_err(|e| corrupt(&path, e))? {
+            schema::Found::Tandem(v) if v > schema::SCHEMA_VERSION => Err(StoreError::TooNew {
+                path,
+                found: v,
+                supported: schema::SCHEMA_VERSION,
+            }),
+            schema::Found::Tandem(v) if v >= 1 => Ok(Store {
+                conn,
+                path,
+                _lock: None,
+            }),
+            _ => Err(StoreError::Corrupt {
+                path,
+                detail: "not a tandem database".into(),
+            }),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The node this store belongs to.
+    pub fn node_id(&self) -> Result<NodeId, StoreError> {
+        let text: String = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
+                r.get(0)
+            })
+            .ctx("reading the node id")?;
+        text.parse().map_err(|_| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: "stored node id is invalid".into(),
+        })
+    }
+
+    /// Records `node` as this store's owner on first open, or checks it matches.
+    fn claim(&mut self, node: NodeId, data_dir: &Path) -> Result<(), StoreError> {
+        let stored: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .ctx("reading the node id")?;
+        match stored {
+            Some(_) => {
+                let store = self.node_id()?;
+                if store != node {
+                    return Err(StoreError::WrongNode {
+                        dir: data_dir.to_owned(),
+                        store,
+                        key: node,
+                    });
+                }
+                Ok(())
+            }
+            None => {
+                let tx = self.conn.transaction().ctx("starting a transaction")?;
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('node_id', ?1), ('created_at', ?2)",
+                    (node.to_string(), now_ms().to_string()),
+                )
+                .ctx("recording the node id")?;
+                tx.execute(
+                    "INSERT INTO origins (node_id, is_self) VALUES (?1, 1)",
+                    [node.as_bytes().as_slice()],
+                )
+                .ctx("registering the own origin")?;
+                tx.commit().ctx("committing the node id")
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn take_lock(data_dir: &Path) -> Result<File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| StoreError::NotWritable {
+            dir: data_dir.to_owned(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(StoreError::Locked {
+                dir: data_dir.to_owned(),
+                pid: text.trim().parse().ok(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(StoreError::NotWritable {
+                dir: data_dir.to_owned(),
+                source,
+            });
+        }
+    }
+    // The pid is informational (for the error above); the lock itself is what counts.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
+}
+
+fn corrupt(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+/// Classifies an error while opening for writing: permissions versus damage.
+fn open_error(path: &Path, data_dir: &Path, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
+            StoreError::NotWritable {
+                dir: data_dir.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        }
+        _ => corrupt(path, e),
+    }
+}
+
+/// Reads a 32-byte hash column.
+fn hash_from(bytes: Vec<u8>) -> Result<EntryHash, StoreError> {
+    bytes
+        .try_into()
+        .map(EntryHash)
+        .map_err(|_| StoreError::Feed(FeedError::Malformed("stored hash is not 32 bytes")))
+}
+
+fn head_from(seq: i64, hash: Option<Vec<u8>>) -> Result<Option<Head>, StoreError> {
+    match (seq, hash) {
+        (0, _) | (_, None) => Ok(None),
+        (seq, Some(hash)) => Ok(Some(Head {
+            seq: Seq(seq as u64),
+            hash: hash_from(hash)?,
+        })),
+    }
+}
+
+/// Applies one entry to the materialized state inside a write transaction.
+fn apply_to_objects(
+    tx: &rusqlite::Transaction<'_>,
+    origin: i64,
+    seq: Seq,
+    op: Op,
+    path: &str,
+) -> rusqlite::Result<()> {
+    match op {
+        Op::Put => tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO objects (origin, path, seq) VALUES (?1, ?2, ?3)",
+            )?
+            .execute((origin, path, seq.0 as i64))
+            .map(drop),
+        Op::Delete => tx
+            .prepare_cached("DELETE FROM objects WHERE origin = ?1 AND path = ?2")?
+            .execute((origin, path))
+            .map(drop),
+    }
+}

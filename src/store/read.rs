@@ -1,0 +1,324 @@
+//! Read-only queries: heads, entries, checkpoints, state, cursors and fork evidence.
+
+use rusqlite::OptionalExtension;
+
+use super::{Context, SEQ_BITS, Store, StoreError, entry_key, hash_from, head_from};
+use crate::feed::{Checkpoint, EntryHash, FeedError, ForkEvidence, Head, Seq};
+use crate::identity::NodeId;
+
+/// One origin as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginInfo {
+    /// The origin.
+    pub id: NodeId,
+    /// Whether it is this node's own feed.
+    pub is_self: bool,
+    /// Its head, if any entry is held.
+    pub head: Option<Head>,
+    /// Total size of the stored entries, in bytes.
+    pub bytes: u64,
+    /// Whether fork evidence froze it.
+    pub frozen: bool,
+}
+
+/// An entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// Its seq.
+    pub seq: Seq,
+    /// BLAKE3 of `bytes`, as recorded when stored.
+    pub hash: EntryHash,
+    /// The entry, verbatim.
+    pub bytes: Vec<u8>,
+}
+
+impl Store {
+    /// Every origin held, own first, then by node id.
+    pub fn origins(&self) -> Result<Vec<OriginInfo>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT node_id, is_self, head_seq, head_hash, bytes, frozen_at IS NOT NULL
+                 FROM origins ORDER BY is_self DESC, node_id",
+            )
+            .ctx("listing origins")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<Vec<u8>>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, bool>(5)?,
+                ))
+            })
+            .ctx("listing origins")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, is_self, seq, hash, bytes, frozen) = row.ctx("listing origins")?;
+            out.push(OriginInfo {
+                id: node_id_from(id)?,
+                is_self,
+                head: head_from(seq, hash)?,
+                bytes: bytes as u64,
+                frozen,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The head of `origin`'s feed, or `None` if nothing is held.
+    pub fn head(&self, origin: NodeId) -> Result<Option<Head>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT head_seq, head_hash FROM origins WHERE node_id = ?1",
+                [origin.as_bytes().as_slice()],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)),
+            )
+            .optional()
+            .ctx("reading a head")?
+            .map(|(seq, hash)| head_from(seq, hash))
+            .transpose()?
+            .flatten())
+    }
+
+    /// Up to `limit` entries of `origin` with seq greater than `after`, in order.
+    pub fn entries_after(
+        &self,
+        origin: NodeId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT key, hash, bytes FROM entries WHERE key > ?1 AND key <= ?2 ORDER BY key LIMIT ?3",
+            )
+            .ctx("reading entries")?;
+        let rows = stmt
+            .query_map(
+                (
+                    entry_key(row, after.0),
+                    entry_key(row, crate::feed::MAX_SEQ),
+                    limit.min(i64::MAX as usize) as i64,
+                ),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                },
+            )
+            .ctx("reading entries")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, hash, bytes) = row.ctx("reading entries")?;
+            out.push(StoredEntry {
+                seq: Seq((key & ((1 << SEQ_BITS) - 1)) as u64),
+                hash: hash_from(hash)?,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The latest checkpoint held for `origin`.
+    pub fn latest_checkpoint(&self, origin: NodeId) -> Result<Option<Checkpoint>, StoreError> {
+        Ok(self.checkpoints(origin)?.pop())
+    }
+
+    /// Every checkpoint held for `origin`, by seq.
+    pub fn checkpoints(&self, origin: NodeId) -> Result<Vec<Checkpoint>, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, hash, ts, signature FROM checkpoints WHERE origin = ?1 ORDER BY seq",
+            )
+            .ctx("reading checkpoints")?;
+        let rows = stmt
+            .query_map([row], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })
+            .ctx("reading checkpoints")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, hash, ts, sig) = row.ctx("reading checkpoints")?;
+            out.push(Checkpoint {
+                origin,
+                seq: Seq(seq as u64),
+                hash: hash_from(hash)?,
+                ts: ts as u64,
+                signature: sig
+                    .try_into()
+                    .map_err(|_| FeedError::Malformed("stored signature is not 64 bytes"))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The body of the live object at `path` in `origin`'s state.
+    pub fn object(&self, origin: NodeId, path: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(None);
+        };
+        let seq: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM objects WHERE origin = ?1 AND path = ?2",
+                (row, path),
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading an object")?;
+        match seq {
+            None => Ok(None),
+            Some(seq) => {
+                let bytes: Vec<u8> = self
+                    .conn
+                    .query_row(
+                        "SELECT bytes FROM entries WHERE key = ?1",
+                        [entry_key(row, seq as u64)],
+                        |r| r.get(0),
+                    )
+                    .ctx("reading an object's entry")?;
+                Ok(Some(crate::feed::decode_entry(&bytes)?.body.to_vec()))
+            }
+        }
+    }
+
+    /// Calls `f` with (path, body) of every live object of `origin`, sorted by path (bytewise).
+    pub fn for_each_object(
+        &self,
+        origin: NodeId,
+        mut f: impl FnMut(&str, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(());
+        };
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT e.bytes FROM objects o JOIN entries e ON e.key = (o.origin << 40) | o.seq
+                 WHERE o.origin = ?1 ORDER BY o.path",
+            )
+            .ctx("reading objects")?;
+        let mut rows = stmt.query([row]).ctx("reading objects")?;
+        while let Some(r) = rows.next().ctx("reading objects")? {
+            let bytes = r.get_ref(0).ctx("reading objects")?.as_blob().ctx_blob()?;
+            let entry = crate::feed::decode_entry(bytes)?;
+            f(entry.path, entry.body)?;
+        }
+        Ok(())
+    }
+
+    /// Number of live objects of `origin`.
+    pub fn object_count(&self, origin: NodeId) -> Result<u64, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(0);
+        };
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM objects WHERE origin = ?1",
+                [row],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .ctx("counting objects")
+    }
+
+    /// The value of cursor `name`.
+    pub fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM cursors WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .ctx("reading a cursor")
+    }
+
+    /// Fork evidence held for `origin`, oldest first.
+    pub fn forks(&self, origin: NodeId) -> Result<Vec<ForkEvidence>, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, our_hash, their_hash, ours, theirs FROM forks WHERE origin = ?1 ORDER BY id")
+            .ctx("reading fork evidence")?;
+        let rows = stmt
+            .query_map([row], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .ctx("reading fork evidence")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, ours_hash, theirs_hash, ours, theirs) = row.ctx("reading fork evidence")?;
+            out.push(ForkEvidence {
+                origin,
+                seq: Seq(seq as u64),
+                our_hash: hash_from(ours_hash)?,
+                their_hash: hash_from(theirs_hash)?,
+                ours: Checkpoint::from_bytes(&ours)?,
+                theirs: Checkpoint::from_bytes(&theirs)?,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn origin_row_id(&self, origin: NodeId) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id FROM origins WHERE node_id = ?1",
+                [origin.as_bytes().as_slice()],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading an origin")
+    }
+}
+
+/// Reads a blob column that must be a blob.
+trait BlobContext<'a> {
+    fn ctx_blob(self) -> Result<&'a [u8], StoreError>;
+}
+
+impl<'a> BlobContext<'a> for rusqlite::types::FromSqlResult<&'a [u8]> {
+    fn ctx_blob(self) -> Result<&'a [u8], StoreError> {
+        self.map_err(|e| StoreError::Sqlite {
+            context: "reading a blob",
+            source: rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Blob,
+                Box::new(e),
+            ),
+        })
+    }
+}
+
+pub(super) fn node_id_from(bytes: Vec<u8>) -> Result<NodeId, StoreError> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| FeedError::Malformed("stored node id is not 32 bytes"))?;
+    NodeId::from_bytes(bytes)
+        .map_err(|_| StoreError::Feed(FeedError::Malformed("stored node id is not a valid key")))
+}

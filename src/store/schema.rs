@@ -1,0 +1,116 @@
+//! Schema and migrations. The database's `user_version` is the number of migrations applied;
+//! each migration runs in the transaction that bumps it, so a crash leaves either the old or
+//! the new schema. `application_id` marks the file as a tandem store.
+
+use rusqlite::Connection;
+
+/// `PRAGMA application_id` of a tandem store: ASCII "tndm".
+pub const APPLICATION_ID: i32 = 0x746e_646d;
+
+/// Migrations in order; `user_version` = how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: the feed store.
+    r#"
+    -- Key/value facts about this store: node_id (text form), created_at (ms).
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+
+    -- Every origin this node holds a feed of, including its own (is_self = 1).
+    -- The integer id is local to this store and packs into entry keys, so it stays below 2^23.
+    CREATE TABLE origins (
+        id         INTEGER PRIMARY KEY CHECK (id > 0 AND id < 8388608),
+        node_id    BLOB NOT NULL UNIQUE CHECK (length(node_id) = 32),
+        is_self    INTEGER NOT NULL DEFAULT 0,
+        head_seq   INTEGER NOT NULL DEFAULT 0,
+        head_hash  BLOB,
+        bytes      INTEGER NOT NULL DEFAULT 0,  -- total size of stored entry bytes
+        frozen_at  INTEGER                      -- ms; set when fork evidence was found
+    );
+
+    -- Entries, verbatim. key = origin id * 2^40 + seq: one integer key keeps a feed's entries
+    -- contiguous and makes appends sequential B-tree inserts.
+    CREATE TABLE entries (
+        key    INTEGER PRIMARY KEY,
+        hash   BLOB NOT NULL,
+        bytes  BLOB NOT NULL
+    );
+
+    -- Checkpoints signed by origins (ours for our feed, theirs as received).
+    CREATE TABLE checkpoints (
+        origin     INTEGER NOT NULL REFERENCES origins(id),
+        seq        INTEGER NOT NULL,
+        hash       BLOB NOT NULL,
+        ts         INTEGER NOT NULL,
+        signature  BLOB NOT NULL,
+        PRIMARY KEY (origin, seq)
+    ) WITHOUT ROWID;
+
+    -- Materialized current state: for each live object, the seq of the put that holds its body.
+    CREATE TABLE objects (
+        origin  INTEGER NOT NULL,
+        path    TEXT NOT NULL,
+        seq     INTEGER NOT NULL,
+        PRIMARY KEY (origin, path)
+    ) WITHOUT ROWID;
+
+    -- Positions in external streams (source lists, peer feeds), committed with what they produced.
+    CREATE TABLE cursors (
+        name        TEXT PRIMARY KEY,
+        value       TEXT NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+
+    -- Proof that an origin signed two histories.
+    CREATE TABLE forks (
+        id           INTEGER PRIMARY KEY,
+        origin       INTEGER NOT NULL REFERENCES origins(id),
+        seq          INTEGER NOT NULL,
+        our_hash     BLOB NOT NULL,
+        their_hash   BLOB NOT NULL,
+        ours         BLOB NOT NULL,   -- stored checkpoint form, 144 bytes
+        theirs       BLOB NOT NULL,
+        detected_at  INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// What the header of an opened file says.
+pub enum Found {
+    /// A fresh, empty database.
+    Empty,
+    /// A tandem store at this schema version.
+    Tandem(i64),
+    /// Something else.
+    Foreign,
+}
+
+/// Reads the header pragmas. Fails on files SQLite cannot read as a database.
+pub fn inspect(conn: &Connection) -> rusqlite::Result<Found> {
+    let app: i32 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    Ok(match (app, version, tables) {
+        (0, 0, 0) => Found::Empty,
+        (APPLICATION_ID, v, _) => Found::Tandem(v),
+        _ => Found::Foreign,
+    })
+}
+
+/// Applies the migrations after `from`, each in its own transaction.
+pub fn migrate(conn: &mut Connection, from: i64) -> rusqlite::Result<()> {
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!(
+            "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {};",
+            i + 1
+        ))?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Full re-verification of what the store holds: every entry's bytes against its recorded hash,
+//! every chain link, every checkpoint signature against the chain, the head, and the
+//! materialized state against a replay of the feed. Used by the crash tests and `tandem verify`.
+
+use std::collections::HashMap;
+
+use super::{Context, SEQ_BITS, Store, StoreError, entry_key};
+use crate::feed::{self, EntryHash, Op, Seq};
+use crate::identity::NodeId;
+
+/// One thing that failed verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyProblem {
+    /// The origin concerned.
+    pub origin: NodeId,
+    /// The seq concerned, when there is one.
+    pub seq: Option<Seq>,
+    /// What failed.
+    pub what: String,
+}
+
+impl std::fmt::Display for VerifyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.seq {
+            Some(seq) => write!(f, "origin {} seq {}: {}", self.origin, seq, self.what),
+            None => write!(f, "origin {}: {}", self.origin, self.what),
+        }
+    }
+}
+
+/// What a verification pass checked and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Entries re-hashed and re-linked.
+    pub entries: u64,
+    /// Checkpoint signatures checked.
+    pub checkpoints: u64,
+    /// Everything that failed; empty means the store is sound.
+    pub problems: Vec<VerifyProblem>,
+}
+
+impl Store {
+    /// Verifies everything held for `origin`. Problems are reported, not returned as errors;
+    /// an error means the store could not be read at all.
+    pub fn verify_origin(&self, origin: NodeId) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(report);
+        };
+        let mut problem = |seq: Option<u64>, what: String| {
+            report.problems.push(VerifyProblem {
+                origin,
+                seq: seq.map(Seq),
+                what,
+            })
+        };
+
+        // Entries: hash, encoding, seq continuity, chain.
+        let mut hashes: Vec<EntryHash> = Vec::new();
+        let mut latest: HashMap<String, (u64, Op)> = HashMap::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT key, hash, bytes FROM entries WHERE key > ?1 AND key <= ?2 ORDER BY key")
+                .ctx("reading entries")?;
+            let mut rows = stmt
+                .query((entry_key(row, 0), entry_key(row, feed::MAX_SEQ)))
+                .ctx("reading entries")?;
+            let mut prev = EntryHash::ZERO;
+            while let Some(r) = rows.next().ctx("reading entries")? {
+                let seq =
+                    (r.get::<_, i64>(0).ctx("reading entries")? & ((1 << SEQ_BITS) - 1)) as u64;
+                let recorded: Vec<u8> = r.get(1).ctx("reading entries")?;
+                let bytes = r
+                    .get_ref(2)
+                    .ctx("reading entries")?
+                    .as_blob()
+                    .unwrap_or_default();
+                let hash = EntryHash::of(bytes);
+                let expected = hashes.len() as u64 + 1;
+                if seq != expected {
+                    problem(
+                        Some(expected),
+                        format!("entry missing (next stored is seq {seq})"),
+                    );
+                    break;
+                }
+                if recorded.as_slice() != hash.0 {
+                    problem(
+                        Some(seq),
+                        "entry bytes do not match their recorded hash".into(),
+                    );
+                }
+                match feed::decode_entry(bytes) {
+                    Ok(entry) => {
+                        if entry.seq.0 != seq {
+                            problem(Some(seq), format!("entry says seq {}", entry.seq));
+                        }
+                        if entry.prev != prev {
+                            problem(
+                                Some(seq),
+                                "prev does not match the previous entry's hash".into(),
+                            );
+                        }
+                        latest.insert(entry.path.to_owned(), (seq, entry.op));
+                    }
+                    Err(e) => problem(Some(seq), format!("entry does not decode: {e}")),
+                }
+                report.entries += 1;
+                prev = hash;
+                hashes.push(hash);
+            }
+        }
+
+        // Checkpoints: signature, and agreement with the chain.
+        let checkpoints = self.checkpoints(origin)?;
+        for cp in &checkpoints {
+            report.checkpoints += 1;
+            if let Err(e) = cp.verify() {
+                problem(Some(cp.seq.0), e.to_string());
+            }
+            match hashes.get(cp.seq.0 as usize - 1) {
+                Some(h) if *h == cp.hash => {}
+                Some(_) => problem(
+                    Some(cp.seq.0),
+                    "checkpoint hash differs from the chain".into(),
+                ),
+                None => problem(
+                    Some(cp.seq.0),
+                    "checkpoint beyond the stored entries".into(),
+                ),
+            }
+        }
+
+        // Head: the last entry, and covered by a checkpoint.
+        let head = self.head(origin)?;
+        let last = hashes.last().map(|h| (hashes.len() as u64, *h));
+        if head.map(|h| (h.seq.0, h.hash)) != last {
+            problem(
+                None,
+                format!("recorded head {head:?} is not the last stored entry"),
+            );
+        }
+        if let Some((seq, _)) = last
+            && checkpoints.last().map(|c| c.seq.0) != Some(seq)
+        {
+            problem(Some(seq), "head is not covered by a checkpoint".into());
+        }
+
+        // Materialized state: exactly the puts that no later entry replaced or deleted.
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, seq FROM objects WHERE origin = ?1")
+            .ctx("reading objects")?;
+        let rows = stmt
+            .query_map([row], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .ctx("reading objects")?;
+        let mut live = 0usize;
+        for r in rows {
+            let (path, seq) = r.ctx("reading objects")?;
+            live += 1;
+            if latest.get(&path) != Some(&(seq as u64, Op::Put)) {
+                problem(
+                    Some(seq as u64),
+                    format!("state for {path} does not match the feed"),
+                );
+            }
+        }
+        let expected_live = latest.values().filter(|(_, op)| *op == Op::Put).count();
+        if live != expected_live {
+            problem(
+                None,
+                format!("state holds {live} objects, the feed gives {expected_live}"),
+            );
+        }
+        Ok(report)
+    }
+}

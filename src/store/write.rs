@@ -1,0 +1,403 @@
+//! Transactions that change feeds: appending our own entries, accepting verified foreign
+//! batches, and recording fork evidence. Each public call is exactly one SQLite transaction.
+
+use rusqlite::{OptionalExtension, TransactionBehavior};
+
+use super::{
+    Context, Store, StoreError, apply_to_objects, entry_key, hash_from, head_from, now_ms,
+};
+use crate::feed::{
+    self, Checkpoint, EntryHash, FeedError, ForkEvidence, Head, Op, Seq, VerifiedBatch,
+};
+use crate::identity::{NodeId, NodeKey};
+
+/// One change to record in our own feed.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// Put or delete.
+    pub op: Op,
+    /// Source object path.
+    pub path: String,
+    /// For a put, the object as a JSON object; empty for a delete.
+    pub body: Vec<u8>,
+}
+
+/// A cursor position to commit together with the entries it produced.
+#[derive(Debug, Clone)]
+pub struct CursorUpdate {
+    /// Cursor name, e.g. `source:/buckets/b/collections/c/records`.
+    pub name: String,
+    /// Opaque position.
+    pub value: String,
+}
+
+/// Result of accepting a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// Entries that were new (0 on re-delivery).
+    pub added: u64,
+    /// The origin's head afterwards.
+    pub head: Head,
+}
+
+/// What a lone checkpoint says about the stored chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointCheck {
+    /// It names a seq we hold, with the same hash.
+    Consistent,
+    /// It is ahead of what we hold: nothing to compare yet.
+    Ahead,
+}
+
+/// The state of an origin row read at the start of a write.
+struct OriginRow {
+    id: i64,
+    head: Option<Head>,
+    frozen: bool,
+}
+
+impl Store {
+    /// Appends `changes` to our own feed as one batch, signs a checkpoint for the new head, and
+    /// commits entries, checkpoint, materialized state and `cursors` in one transaction.
+    /// Returns the checkpoint, or `None` when `changes` is empty (cursors are still committed).
+    pub fn append(
+        &mut self,
+        key: &NodeKey,
+        changes: &[Change],
+        cursors: &[CursorUpdate],
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let origin = key.id();
+        let ts = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("starting an append")?;
+        let row = origin_row(&tx, origin, false)?;
+        if row.frozen {
+            return Err(StoreError::Frozen { origin });
+        }
+        let mut head = row.head.unwrap_or(Head {
+            seq: Seq(0),
+            hash: EntryHash::ZERO,
+        });
+        let mut bytes_added = 0u64;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT INTO entries (key, hash, bytes) VALUES (?1, ?2, ?3)")
+                .ctx("preparing an entry insert")?;
+            for change in changes {
+                let seq = head.seq.next();
+                let bytes =
+                    feed::encode_entry(seq, head.hash, ts, change.op, &change.path, &change.body)?;
+                let hash = EntryHash::of(&bytes);
+                insert
+                    .execute((entry_key(row.id, seq.0), &hash.0[..], &bytes))
+                    .ctx("inserting an entry")?;
+                apply_to_objects(&tx, row.id, seq, change.op, &change.path)
+                    .ctx("updating the object state")?;
+                bytes_added += bytes.len() as u64;
+                head = Head { seq, hash };
+            }
+        }
+        let checkpoint = if changes.is_empty() {
+            None
+        } else {
+            let cp = Checkpoint::sign(key, head, ts);
+            insert_checkpoint(&tx, row.id, &cp)?;
+            set_head(&tx, row.id, head, bytes_added)?;
+            Some(cp)
+        };
+        write_cursors(&tx, cursors)?;
+        tx.commit().ctx("committing an append")?;
+        Ok(checkpoint)
+    }
+
+    /// Accepts a verified batch of a foreign (or, during recovery, our own) origin: it must
+    /// link to the stored head. Entries already held must match exactly (re-delivery is a
+    /// no-op); a mismatch is a fork, whose evidence is stored and the origin frozen. New
+    /// entries, the checkpoint, state and `cursors` commit in one transaction.
+    pub fn accept(
+        &mut self,
+        batch: &VerifiedBatch,
+        cursors: &[CursorUpdate],
+    ) -> Result<Accepted, StoreError> {
+        let origin = batch.origin();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("starting an accept")?;
+        let row = origin_row(&tx, origin, true)?;
+        if row.frozen {
+            return Err(StoreError::Frozen { origin });
+        }
+        let head_seq = row.head.map_or(0, |h| h.seq.0);
+        let first = batch.first_seq().0;
+        let last = batch.checkpoint().seq.0;
+        if first > head_seq + 1 {
+            return Err(StoreError::Gap {
+                origin,
+                head: Seq(head_seq),
+                first: Seq(first),
+            });
+        }
+
+        // Compare every entry we already hold (and the link before the batch) with ours.
+        let mut divergence = None;
+        if first >= 2 {
+            let ours = held_hash(&tx, row.id, first - 1)?;
+            if ours != batch.first_prev() {
+                divergence = Some((first - 1, ours, batch.first_prev()));
+            }
+        }
+        if divergence.is_none() {
+            for (i, theirs) in batch.hashes().iter().enumerate() {
+                let seq = first + i as u64;
+                if seq > head_seq {
+                    break;
+                }
+                let ours = held_hash(&tx, row.id, seq)?;
+                if ours != *theirs {
+                    divergence = Some((seq, ours, *theirs));
+                    break;
+                }
+            }
+        }
+        if let Some((seq, our_hash, their_hash)) = divergence {
+            let evidence = record_fork(
+                &tx,
+                row.id,
+                origin,
+                seq,
+                our_hash,
+                their_hash,
+                batch.checkpoint(),
+            )?;
+            tx.commit().ctx("committing fork evidence")?;
+            return Err(StoreError::Fork(Box::new(evidence)));
+        }
+
+        let mut added = 0u64;
+        let mut bytes_added = 0u64;
+        if last > head_seq {
+            let skip = (head_seq + 1 - first) as usize;
+            let mut insert = tx
+                .prepare_cached("INSERT INTO entries (key, hash, bytes) VALUES (?1, ?2, ?3)")
+                .ctx("preparing an entry insert")?;
+            for (bytes, hash) in batch.entries().iter().zip(batch.hashes()).skip(skip) {
+                let entry = feed::decode_entry(bytes)?;
+                insert
+                    .execute((entry_key(row.id, entry.seq.0), &hash.0[..], bytes))
+                    .ctx("inserting an entry")?;
+                apply_to_objects(&tx, row.id, entry.seq, entry.op, entry.path)
+                    .ctx("updating the object state")?;
+                added += 1;
+                bytes_added += bytes.len() as u64;
+            }
+            drop(insert);
+            set_head(&tx, row.id, batch.checkpoint().head(), bytes_added)?;
+        }
+        insert_checkpoint(&tx, row.id, batch.checkpoint())?;
+        write_cursors(&tx, cursors)?;
+        tx.commit().ctx("committing an accept")?;
+        let head = if last > head_seq {
+            batch.checkpoint().head()
+        } else {
+            row.head
+                .expect("a batch within the stored head implies a head")
+        };
+        Ok(Accepted { added, head })
+    }
+
+    /// Checks a lone checkpoint (already signature-verified by the caller) against the stored
+    /// chain. A checkpoint naming a different hash for a seq we hold is a fork: the evidence is
+    /// stored, the origin frozen, and [`StoreError::Fork`] returned.
+    pub fn observe_checkpoint(&mut self, cp: &Checkpoint) -> Result<CheckpointCheck, StoreError> {
+        cp.verify()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("starting a checkpoint check")?;
+        let row = origin_row(&tx, cp.origin, true)?;
+        let head_seq = row.head.map_or(0, |h| h.seq.0);
+        if cp.seq.0 > head_seq {
+            return Ok(CheckpointCheck::Ahead);
+        }
+        match held_hash(&tx, row.id, cp.seq.0)? {
+            ours if ours != cp.hash => {
+                let evidence = record_fork(&tx, row.id, cp.origin, cp.seq.0, ours, cp.hash, cp)?;
+                tx.commit().ctx("committing fork evidence")?;
+                Err(StoreError::Fork(Box::new(evidence)))
+            }
+            _ => Ok(CheckpointCheck::Consistent),
+        }
+    }
+
+    /// Commits cursor positions on their own (when a pass produced no entries).
+    pub fn set_cursors(&mut self, cursors: &[CursorUpdate]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().ctx("starting a cursor update")?;
+        write_cursors(&tx, cursors)?;
+        tx.commit().ctx("committing cursors")
+    }
+}
+
+fn origin_row(
+    tx: &rusqlite::Transaction<'_>,
+    origin: NodeId,
+    create: bool,
+) -> Result<OriginRow, StoreError> {
+    let select = |tx: &rusqlite::Transaction<'_>| {
+        tx.query_row(
+            "SELECT id, head_seq, head_hash, frozen_at IS NOT NULL FROM origins WHERE node_id = ?1",
+            [origin.as_bytes().as_slice()],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                    r.get::<_, bool>(3)?,
+                ))
+            },
+        )
+        .optional()
+        .ctx("reading an origin")
+    };
+    let found = match select(tx)? {
+        Some(found) => found,
+        None if create => {
+            tx.execute(
+                "INSERT INTO origins (node_id) VALUES (?1)",
+                [origin.as_bytes().as_slice()],
+            )
+            .ctx("registering an origin")?;
+            select(tx)?.expect("row just inserted")
+        }
+        None => {
+            return Err(StoreError::Sqlite {
+                context: "reading an origin",
+                source: rusqlite::Error::QueryReturnedNoRows,
+            });
+        }
+    };
+    let (id, seq, hash, frozen) = found;
+    Ok(OriginRow {
+        id,
+        head: head_from(seq, hash)?,
+        frozen,
+    })
+}
+
+/// The hash of an entry the store holds (at or below the head); its absence is damage.
+fn held_hash(
+    tx: &rusqlite::Transaction<'_>,
+    origin: i64,
+    seq: u64,
+) -> Result<EntryHash, StoreError> {
+    tx.prepare_cached("SELECT hash FROM entries WHERE key = ?1")
+        .and_then(|mut s| {
+            s.query_row([entry_key(origin, seq)], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+        })
+        .ctx("reading an entry hash")?
+        .map(hash_from)
+        .unwrap_or(Err(StoreError::Feed(FeedError::Malformed(
+            "an entry below the head is missing",
+        ))))
+}
+
+fn set_head(
+    tx: &rusqlite::Transaction<'_>,
+    origin: i64,
+    head: Head,
+    bytes_added: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE origins SET head_seq = ?2, head_hash = ?3, bytes = bytes + ?4 WHERE id = ?1",
+        (
+            origin,
+            head.seq.0 as i64,
+            &head.hash.0[..],
+            bytes_added as i64,
+        ),
+    )
+    .ctx("moving the head")
+    .map(drop)
+}
+
+fn insert_checkpoint(
+    tx: &rusqlite::Transaction<'_>,
+    origin: i64,
+    cp: &Checkpoint,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO checkpoints (origin, seq, hash, ts, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| s.execute((origin, cp.seq.0 as i64, &cp.hash.0[..], cp.ts as i64, &cp.signature[..])))
+    .ctx("storing a checkpoint")
+    .map(drop)
+}
+
+fn write_cursors(
+    tx: &rusqlite::Transaction<'_>,
+    cursors: &[CursorUpdate],
+) -> Result<(), StoreError> {
+    let now = now_ms() as i64;
+    for c in cursors {
+        tx.prepare_cached(
+            "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .and_then(|mut s| s.execute((&c.name, &c.value, now)))
+        .ctx("storing a cursor")?;
+    }
+    Ok(())
+}
+
+/// Stores fork evidence and freezes the origin. `ours` is the lowest stored checkpoint at or
+/// after `seq`, which commits (through the chain) to `our_hash`.
+fn record_fork(
+    tx: &rusqlite::Transaction<'_>,
+    origin_row: i64,
+    origin: NodeId,
+    seq: u64,
+    our_hash: EntryHash,
+    their_hash: EntryHash,
+    theirs: &Checkpoint,
+) -> Result<ForkEvidence, StoreError> {
+    let ours = tx
+        .query_row(
+            "SELECT seq, hash, ts, signature FROM checkpoints WHERE origin = ?1 AND seq >= ?2 ORDER BY seq LIMIT 1",
+            (origin_row, seq as i64),
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?)),
+        )
+        .ctx("reading our covering checkpoint")?;
+    let ours = Checkpoint {
+        origin,
+        seq: Seq(ours.0 as u64),
+        hash: hash_from(ours.1)?,
+        ts: ours.2 as u64,
+        signature: ours
+            .3
+            .try_into()
+            .map_err(|_| FeedError::Malformed("stored signature is not 64 bytes"))?,
+    };
+    let evidence = ForkEvidence {
+        origin,
+        seq: Seq(seq),
+        our_hash,
+        their_hash,
+        ours,
+        theirs: *theirs,
+    };
+    let now = now_ms() as i64;
+    tx.execute(
+        "INSERT INTO forks (origin, seq, our_hash, their_hash, ours, theirs, detected_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        (origin_row, seq as i64, &our_hash.0[..], &their_hash.0[..], evidence.ours.to_bytes(), theirs.to_bytes(), now),
+    )
+    .ctx("storing fork evidence")?;
+    tx.execute(
+        "UPDATE origins SET frozen_at = ?2 WHERE id = ?1 AND frozen_at IS NULL",
+        (origin_row, now),
+    )
+    .ctx("freezing an origin")?;
+    Ok(evidence)
+}
