@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | 0 | 1 | version, `0x01` |
 //! | 1 | 8 | `seq`, 1 for the first entry, then +1 each; at most 2^40 − 1 |
-//! | 9 | 32 | `prev`: hash of entry `seq − 1`; 32 zero bytes when `seq` = 1 |
+//! | 9 | 32 | `prev`: hash of entry `seq − 1`; for `seq` = 1, the origin's genesis hash |
 //! | 41 | 8 | `ts`: milliseconds since the Unix epoch, the origin's clock when it recorded the change; at most 2^63 − 1 |
 //! | 49 | 1 | `op`: `0x01` put, `0x02` delete |
 //! | 50 | 2 | `n`, length of `path` in bytes, 1 ..= 4096 |
@@ -24,6 +24,11 @@
 //!
 //! The entry is exactly `56 + n + m` bytes; trailing bytes are an error. There is one encoding
 //! of any given entry, so equal entries have equal hashes.
+//!
+//! The *genesis hash* of an origin is `BLAKE3("tandem-genesis-v1" 0x00 · origin key (32))`.
+//! Entries do not repeat their origin's key, yet every chain is bound to its origin from the
+//! first link: an entry of one origin can never be spliced into another's feed, even when the
+//! two recorded identical changes.
 //!
 //! # Signed statements
 //!
@@ -67,6 +72,7 @@ pub const MAX_BODY_LEN: usize = 64 << 20;
 /// Bytes of an entry that are not path or body.
 pub const ENTRY_OVERHEAD: usize = 56;
 
+const GENESIS_TAG: &[u8] = b"tandem-genesis-v1\0";
 const CHECKPOINT_TAG: &[u8] = b"tandem-checkpoint-v1\0";
 const RECEIPT_TAG: &[u8] = b"tandem-receipt-v1\0";
 
@@ -92,8 +98,13 @@ impl fmt::Display for Seq {
 pub struct EntryHash(pub [u8; 32]);
 
 impl EntryHash {
-    /// The `prev` of the first entry of every feed.
-    pub const ZERO: EntryHash = EntryHash([0; 32]);
+    /// The `prev` of the first entry of `origin`'s feed (see the module docs).
+    pub fn genesis(origin: &NodeId) -> EntryHash {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(GENESIS_TAG);
+        hasher.update(origin.as_bytes());
+        EntryHash(*hasher.finalize().as_bytes())
+    }
 
     /// Hashes encoded entry bytes.
     pub fn of(entry_bytes: &[u8]) -> EntryHash {
@@ -570,7 +581,7 @@ pub fn verify_batch(
         {
             return Err(FeedError::BrokenChain { seq: entry.seq });
         }
-        if entry.seq.0 == 1 && entry.prev != EntryHash::ZERO {
+        if entry.seq.0 == 1 && entry.prev != EntryHash::genesis(&origin) {
             return Err(FeedError::BrokenChain { seq: entry.seq });
         }
         hashes.push(EntryHash::of(bytes));
@@ -639,10 +650,10 @@ mod tests {
         (out, Checkpoint::sign(key, head, 1))
     }
 
-    fn genesis() -> Head {
+    fn genesis(key: &NodeKey) -> Head {
         Head {
             seq: Seq(0),
-            hash: EntryHash::ZERO,
+            hash: EntryHash::genesis(&key.id()),
         }
     }
 
@@ -672,7 +683,7 @@ mod tests {
 
     #[test]
     fn encoding_rejects_bad_fields() {
-        let p = EntryHash::ZERO;
+        let p = EntryHash([0; 32]);
         assert!(encode_entry(Seq(0), p, 1, Op::Delete, "/a", b"").is_err());
         assert!(encode_entry(Seq(MAX_SEQ + 1), p, 1, Op::Delete, "/a", b"").is_err());
         assert!(encode_entry(Seq(1), p, 1, Op::Delete, "a", b"").is_err());
@@ -686,7 +697,7 @@ mod tests {
     #[test]
     fn a_valid_batch_verifies() {
         let key = NodeKey::from_seed([1; 32]);
-        let (entries, cp) = chain(&key, genesis(), 5);
+        let (entries, cp) = chain(&key, genesis(&key), 5);
         let batch = verify_batch(key.id(), entries, cp).unwrap();
         assert_eq!(batch.first_seq(), Seq(1));
         assert_eq!(batch.len(), 5);
@@ -726,7 +737,7 @@ mod tests {
     fn checkpoint_of_another_origin_or_wrong_head_is_rejected() {
         let key = NodeKey::from_seed([1; 32]);
         let other = NodeKey::from_seed([2; 32]);
-        let (entries, cp) = chain(&key, genesis(), 3);
+        let (entries, cp) = chain(&key, genesis(&key), 3);
         let stolen = Checkpoint::sign(&other, cp.head(), cp.ts);
         assert!(matches!(
             verify_batch(key.id(), entries.clone(), stolen),

@@ -405,3 +405,6 @@ fn apply_to_objects(
             .map(drop),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -66,7 +66,7 @@ impl Store {
             let mut rows = stmt
                 .query((entry_key(row, 0), entry_key(row, feed::MAX_SEQ)))
                 .ctx("reading entries")?;
-            let mut prev = EntryHash::ZERO;
+            let mut prev = EntryHash::genesis(&origin);
             while let Some(r) = rows.next().ctx("reading entries")? {
                 let seq =
                     (r.get::<_, i64>(0).ctx("reading entries")? & ((1 << SEQ_BITS) - 1)) as u64;

@@ -78,7 +78,7 @@ impl Store {
         }
         let mut head = row.head.unwrap_or(Head {
             seq: Seq(0),
-            hash: EntryHash::ZERO,
+            hash: EntryHash::genesis(&origin),
         });
         let mut bytes_added = 0u64;
         {

@@ -1,0 +1,450 @@
+//! Store tests on real database files in temporary directories.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::feed::{Checkpoint, VerifiedBatch, encode_entry, verify_batch};
+use crate::identity::NodeKey;
+
+/// A chain of `n` entries for `key`, starting after `from`, with a checkpoint at every seq.
+struct Chain {
+    entries: Vec<Vec<u8>>,
+    checkpoints: Vec<Checkpoint>,
+}
+
+impl Chain {
+    /// `salt` makes bodies differ, so two chains of one key are two histories (a fork).
+    fn new(key: &NodeKey, n: usize, salt: &str) -> Chain {
+        let mut prev = EntryHash::genesis(&key.id());
+        let mut entries = Vec::new();
+        let mut checkpoints = Vec::new();
+        for i in 0..n {
+            let seq = Seq(i as u64 + 1);
+            let (op, body) = if i % 4 == 3 {
+                (Op::Delete, String::new())
+            } else {
+                (
+                    Op::Put,
+                    format!(
+                        r#"{{"data":{{"id":"r{}","v":"{salt}{i}"}},"permissions":{{}}}}"#,
+                        i % 3
+                    ),
+                )
+            };
+            let path = format!("/buckets/b/collections/c/records/r{}", i % 3);
+            let bytes = encode_entry(
+                seq,
+                prev,
+                1_800_000_000_000 + i as u64,
+                op,
+                &path,
+                body.as_bytes(),
+            )
+            .unwrap();
+            prev = EntryHash::of(&bytes);
+            checkpoints.push(Checkpoint::sign(key, Head { seq, hash: prev }, 7));
+            entries.push(bytes);
+        }
+        Chain {
+            entries,
+            checkpoints,
+        }
+    }
+
+    /// Entries `from..to` (0-based, exclusive end) with the checkpoint covering `to - 1`.
+    fn batch(&self, from: usize, to: usize) -> (Vec<Vec<u8>>, Checkpoint) {
+        (self.entries[from..to].to_vec(), self.checkpoints[to - 1])
+    }
+
+    fn verified(&self, key: &NodeKey, from: usize, to: usize) -> VerifiedBatch {
+        let (entries, cp) = self.batch(from, to);
+        verify_batch(key.id(), entries, cp).unwrap()
+    }
+}
+
+fn writer(dir: &Path) -> Store {
+    Store::open_writer(dir, NodeKey::from_seed([0; 32]).id()).unwrap()
+}
+
+fn assert_sound(store: &Store, origin: NodeId) {
+    let report = store.verify_origin(origin).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn append_signs_checkpoints_and_materializes_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([0; 32]);
+    let mut store = writer(dir.path());
+    let put = |path: &str, v: u32| Change {
+        op: Op::Put,
+        path: path.into(),
+        body: format!(r#"{{"data":{{"v":{v}}}}}"#).into_bytes(),
+    };
+    let cp = store
+        .append(
+            &key,
+            &[put("/buckets/a", 1), put("/buckets/b", 2)],
+            &[CursorUpdate {
+                name: "source:x".into(),
+                value: "10".into(),
+            }],
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.seq, Seq(2));
+    cp.verify().unwrap();
+    store
+        .append(
+            &key,
+            &[
+                Change {
+                    op: Op::Delete,
+                    path: "/buckets/a".into(),
+                    body: vec![],
+                },
+                put("/buckets/b", 3),
+            ],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(store.head(key.id()).unwrap().unwrap().seq, Seq(4));
+    assert_eq!(store.object(key.id(), "/buckets/a").unwrap(), None);
+    assert_eq!(
+        store.object(key.id(), "/buckets/b").unwrap().unwrap(),
+        br#"{"data":{"v":3}}"#
+    );
+    assert_eq!(store.object_count(key.id()).unwrap(), 1);
+    assert_eq!(store.cursor("source:x").unwrap().as_deref(), Some("10"));
+    assert_eq!(store.entries_after(key.id(), Seq(1), 2).unwrap().len(), 2);
+    assert_sound(&store, key.id());
+
+    // A bad change is refused and nothing of its batch is stored.
+    let bad = Change {
+        op: Op::Put,
+        path: "/buckets/c".into(),
+        body: b"not json".to_vec(),
+    };
+    assert!(
+        store
+            .append(&key, &[put("/buckets/d", 1), bad], &[])
+            .is_err()
+    );
+    assert_eq!(store.head(key.id()).unwrap().unwrap().seq, Seq(4));
+    assert_eq!(store.object(key.id(), "/buckets/d").unwrap(), None);
+}
+
+#[test]
+fn accepts_in_pieces_and_redelivery_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = writer(dir.path());
+    let key = NodeKey::from_seed([5; 32]);
+    let chain = Chain::new(&key, 10, "a");
+    let a = store.accept(&chain.verified(&key, 0, 4), &[]).unwrap();
+    assert_eq!((a.added, a.head.seq), (4, Seq(4)));
+    // Overlapping batch: only the new part is added.
+    let a = store
+        .accept(
+            &chain.verified(&key, 2, 10),
+            &[CursorUpdate {
+                name: "peer:p".into(),
+                value: "10".into(),
+            }],
+        )
+        .unwrap();
+    assert_eq!((a.added, a.head.seq), (6, Seq(10)));
+    for (from, to) in [(0, 10), (3, 5), (9, 10)] {
+        let a = store.accept(&chain.verified(&key, from, to), &[]).unwrap();
+        assert_eq!((a.added, a.head.seq), (0, Seq(10)));
+    }
+    let stored: Vec<_> = store
+        .entries_after(key.id(), Seq(0), 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect();
+    assert_eq!(stored, chain.entries);
+    assert_eq!(store.cursor("peer:p").unwrap().as_deref(), Some("10"));
+    assert_sound(&store, key.id());
+}
+
+#[test]
+fn a_gap_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = writer(dir.path());
+    let key = NodeKey::from_seed([5; 32]);
+    let chain = Chain::new(&key, 6, "a");
+    store.accept(&chain.verified(&key, 0, 2), &[]).unwrap();
+    let err = store.accept(&chain.verified(&key, 3, 6), &[]).unwrap_err();
+    assert!(matches!(err, StoreError::Gap { .. }), "{err}");
+    assert_eq!(store.head(key.id()).unwrap().unwrap().seq, Seq(2));
+}
+
+#[test]
+fn a_fork_is_stored_as_evidence_and_freezes_the_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = writer(dir.path());
+    let key = NodeKey::from_seed([5; 32]);
+    let honest = Chain::new(&key, 6, "a");
+    let fork = Chain::new(&key, 8, "b");
+    store.accept(&honest.verified(&key, 0, 6), &[]).unwrap();
+    let err = store.accept(&fork.verified(&key, 0, 8), &[]).unwrap_err();
+    let StoreError::Fork(evidence) = err else {
+        panic!("expected a fork, got {err}")
+    };
+    assert_eq!(evidence.seq, Seq(1));
+    evidence.ours.verify().unwrap();
+    evidence.theirs.verify().unwrap();
+    assert_ne!(evidence.our_hash, evidence.their_hash);
+    assert_eq!(store.forks(key.id()).unwrap(), vec![*evidence]);
+    let info = store
+        .origins()
+        .unwrap()
+        .into_iter()
+        .find(|o| o.id == key.id())
+        .unwrap();
+    assert!(info.frozen);
+    // Frozen: even the honest continuation is refused now, and nothing changed.
+    assert!(matches!(
+        store.accept(&honest.verified(&key, 0, 6), &[]),
+        Err(StoreError::Frozen { .. })
+    ));
+    assert_eq!(store.head(key.id()).unwrap().unwrap().seq, Seq(6));
+    assert_sound(&store, key.id());
+}
+
+#[test]
+fn a_fork_that_links_past_our_head_is_caught_at_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = writer(dir.path());
+    let key = NodeKey::from_seed([5; 32]);
+    let honest = Chain::new(&key, 4, "a");
+    let fork = Chain::new(&key, 8, "b");
+    store.accept(&honest.verified(&key, 0, 4), &[]).unwrap();
+    // Starts right after our head, but its prev is the fork's entry 4, not ours.
+    let err = store.accept(&fork.verified(&key, 4, 8), &[]).unwrap_err();
+    let StoreError::Fork(evidence) = err else {
+        panic!("expected a fork, got {err}")
+    };
+    assert_eq!(evidence.seq, Seq(4));
+}
+
+#[test]
+fn a_conflicting_lone_checkpoint_is_a_fork() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = writer(dir.path());
+    let key = NodeKey::from_seed([5; 32]);
+    let honest = Chain::new(&key, 4, "a");
+    let fork = Chain::new(&key, 4, "b");
+    store.accept(&honest.verified(&key, 0, 4), &[]).unwrap();
+    assert_eq!(
+        store.observe_checkpoint(&honest.checkpoints[2]).unwrap(),
+        CheckpointCheck::Consistent
+    );
+    let ahead = Chain::new(&key, 6, "a");
+    assert_eq!(
+        store.observe_checkpoint(&ahead.checkpoints[5]).unwrap(),
+        CheckpointCheck::Ahead
+    );
+    assert!(matches!(
+        store.observe_checkpoint(&fork.checkpoints[1]),
+        Err(StoreError::Fork(_))
+    ));
+    assert!(
+        store
+            .origins()
+            .unwrap()
+            .iter()
+            .any(|o| o.id == key.id() && o.frozen)
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    FlipBit { entry: usize, byte: usize, bit: u8 },
+    Swap(usize, usize),
+    Drop(usize),
+    Duplicate(usize),
+    SpliceOtherOrigin(usize),
+    SpliceFork(usize),
+}
+
+fn mutation(len: usize) -> impl Strategy<Value = Mutation> {
+    let i = 0..len;
+    prop_oneof![
+        (i.clone(), any::<usize>(), 0u8..8).prop_map(|(entry, byte, bit)| Mutation::FlipBit {
+            entry,
+            byte,
+            bit
+        }),
+        (i.clone(), i.clone())
+            .prop_filter("distinct", |(a, b)| a != b)
+            .prop_map(|(a, b)| Mutation::Swap(a, b)),
+        i.clone().prop_map(Mutation::Drop),
+        i.clone().prop_map(Mutation::Duplicate),
+        i.clone().prop_map(Mutation::SpliceOtherOrigin),
+        i.prop_map(Mutation::SpliceFork),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Whatever is done to a valid delivery, it is rejected and the store keeps exactly the
+    /// honest prefix it had: sound, not frozen, nothing partial.
+    #[test]
+    fn tampered_batches_are_always_rejected(prefix in 0usize..4, len in 2usize..7, m in mutation(6)) {
+        let key = NodeKey::from_seed([5; 32]);
+        let other = NodeKey::from_seed([6; 32]);
+        let honest = Chain::new(&key, 12, "a");
+        let fork = Chain::new(&key, 12, "b");
+        let foreign = Chain::new(&other, 12, "a");
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = writer(dir.path());
+        if prefix > 0 {
+            store.accept(&honest.verified(&key, 0, prefix), &[]).unwrap();
+        }
+        let (mut entries, cp) = honest.batch(prefix, prefix + len);
+        let pick = |i: usize| i % len;
+        match m.clone() {
+            Mutation::FlipBit { entry, byte, bit } => {
+                let e = &mut entries[pick(entry)];
+                let at = byte % e.len();
+                e[at] ^= 1 << bit;
+            }
+            Mutation::Swap(a, b) => {
+                prop_assume!(pick(a) != pick(b));
+                entries.swap(pick(a), pick(b));
+            }
+            Mutation::Drop(i) => { entries.remove(pick(i)); }
+            Mutation::Duplicate(i) => { let e = entries[pick(i)].clone(); entries.insert(pick(i), e); }
+            Mutation::SpliceOtherOrigin(i) => entries[pick(i)] = foreign.entries[prefix + pick(i)].clone(),
+            Mutation::SpliceFork(i) => entries[pick(i)] = fork.entries[prefix + pick(i)].clone(),
+        }
+        let result = verify_batch(key.id(), entries, cp)
+            .map_err(StoreError::from)
+            .and_then(|batch| store.accept(&batch, &[]));
+        prop_assert!(result.is_err(), "accepted after {:?}", m);
+        let held: Vec<_> = store.entries_after(key.id(), Seq(0), 100).unwrap().into_iter().map(|e| e.bytes).collect();
+        prop_assert_eq!(&held[..], &honest.entries[..prefix]);
+        prop_assert!(!store.origins().unwrap().iter().any(|o| o.frozen));
+        let report = store.verify_origin(key.id()).unwrap();
+        prop_assert!(report.problems.is_empty());
+    }
+
+    /// Any split of a chain into batches, delivered in order with any batch repeated, yields
+    /// exactly the chain.
+    #[test]
+    fn any_split_and_redelivery_yields_the_chain(cuts in proptest::collection::btree_set(1usize..15, 0..6), repeat in 0usize..8) {
+        let key = NodeKey::from_seed([5; 32]);
+        let chain = Chain::new(&key, 16, "a");
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = writer(dir.path());
+        let mut bounds: Vec<usize> = vec![0];
+        bounds.extend(cuts);
+        bounds.push(16);
+        let pieces: Vec<(usize, usize)> = bounds.windows(2).map(|w| (w[0], w[1])).collect();
+        for (n, (from, to)) in pieces.iter().enumerate() {
+            store.accept(&chain.verified(&key, *from, *to), &[]).unwrap();
+            if n == repeat % pieces.len() {
+                let again = store.accept(&chain.verified(&key, *from, *to), &[]).unwrap();
+                prop_assert_eq!(again.added, 0);
+            }
+        }
+        let held: Vec<_> = store.entries_after(key.id(), Seq(0), 100).unwrap().into_iter().map(|e| e.bytes).collect();
+        prop_assert_eq!(held, chain.entries.clone());
+        prop_assert!(store.verify_origin(key.id()).unwrap().problems.is_empty());
+    }
+}
+
+#[test]
+fn a_second_writer_is_locked_out_but_readers_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([0; 32]);
+    let mut first = writer(dir.path());
+    first
+        .append(
+            &key,
+            &[Change {
+                op: Op::Put,
+                path: "/buckets/x".into(),
+                body: b"{}".to_vec(),
+            }],
+            &[],
+        )
+        .unwrap();
+    let err = Store::open_writer(dir.path(), key.id()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Locked { pid: Some(_), .. }),
+        "{err}"
+    );
+    let reader = Store::open_read_only(dir.path()).unwrap();
+    assert_eq!(reader.head(key.id()).unwrap().unwrap().seq, Seq(1));
+    drop(first);
+    writer(dir.path());
+}
+
+#[test]
+fn a_store_of_another_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(writer(dir.path()));
+    let err = Store::open_writer(dir.path(), NodeKey::from_seed([1; 32]).id()).unwrap_err();
+    assert!(matches!(err, StoreError::WrongNode { .. }), "{err}");
+}
+
+#[test]
+fn a_damaged_file_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(DB_FILE);
+    let garbage = b"this is not a database, but it might be someone's data".repeat(100);
+    std::fs::write(&db, &garbage).unwrap();
+    let err = Store::open_writer(dir.path(), NodeKey::from_seed([0; 32]).id()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("will not overwrite"), "{err}");
+    assert!(matches!(
+        Store::open_read_only(dir.path()),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert_eq!(std::fs::read(&db).unwrap(), garbage);
+}
+
+#[test]
+fn a_foreign_sqlite_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join(DB_FILE);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let err = Store::open_writer(dir.path(), NodeKey::from_seed([0; 32]).id()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn tampering_with_stored_bytes_is_found_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([0; 32]);
+    let mut store = writer(dir.path());
+    let changes: Vec<Change> = (0..5)
+        .map(|i| Change {
+            op: Op::Put,
+            path: format!("/buckets/b{i}"),
+            body: format!(r#"{{"data":{{"n":{i}}}}}"#).into_bytes(),
+        })
+        .collect();
+    store.append(&key, &changes, &[]).unwrap();
+    assert_sound(&store, key.id());
+    store
+        .conn
+        .execute("UPDATE entries SET bytes = CAST(replace(CAST(bytes AS TEXT), '\"n\":3', '\"n\":9') AS BLOB) WHERE key = ?1", [entry_key(1, 4)])
+        .unwrap();
+    let report = store.verify_origin(key.id()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.seq == Some(Seq(4)) && p.what.contains("hash")),
+        "{:?}",
+        report.problems
+    );
+}
