@@ -144,8 +144,8 @@ pub enum Schedule {
 pub struct CronSchedule {
     /// The expression as written.
     pub text: String,
-    /// The parsed form.
-    pub cron: croner::Cron,
+    /// The parsed form (shared: clones of a schedule are cheap).
+    pub cron: std::sync::Arc<croner::Cron>,
 }
 
 impl fmt::Debug for CronSchedule {
@@ -530,7 +530,7 @@ impl CronSchedule {
             .map_err(|e| format!("invalid cron expression {text:?}: {e}"))?;
         Ok(CronSchedule {
             text: text.to_owned(),
-            cron,
+            cron: std::sync::Arc::new(cron),
         })
     }
 }

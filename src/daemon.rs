@@ -1,1 +1,241 @@
-//! placeholder
+//! Composition root of `tandem run`: opens the node, builds every part, spawns every loop, and
+//! owns signals, systemd notifications and a bounded shutdown.
+//!
+//! [`serve`] takes an already bound listener and a shutdown future, so tests start a node on
+//! port 0 and stop it without signals or sleeps.
+
+use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::identity::{IdentityError, NodeKey};
+use crate::probe::Prober;
+use crate::scheduler::{self, Cadence, WorkerStatus};
+use crate::store::{DB_FILE, Store};
+use crate::telemetry;
+
+/// How long shutdown waits for loops and connections before giving up on them.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// An opened node: its configuration, key and (locked) store.
+pub struct Node {
+    /// The configuration it runs with.
+    pub config: Config,
+    /// Its identity.
+    pub key: NodeKey,
+    /// Its store, held for writing.
+    pub store: Store,
+}
+
+/// Creates the data directory (mode 0700) if it does not exist.
+pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "cannot create the data directory {}; create it and give it to the user tandem runs as",
+                dir.display()
+            )
+        })
+}
+
+impl Node {
+    /// `tandem init`: creates the data directory, a new key (never replacing one) and the store.
+    pub fn init(config: Config) -> anyhow::Result<Node> {
+        ensure_data_dir(&config.node.data_dir)?;
+        let key = NodeKey::create(&config.key_path())?;
+        let store = Store::open_writer(&config.node.data_dir, key.id())?;
+        Ok(Node { config, key, store })
+    }
+
+    /// Opens a node for `tandem run`. A brand-new data directory (no key, no store) is
+    /// initialized; a store without its key is refused, since a new key would be another node.
+    pub fn open(config: Config) -> anyhow::Result<Node> {
+        let dir = config.node.data_dir.clone();
+        ensure_data_dir(&dir)?;
+        let key_path = config.key_path();
+        let key = match NodeKey::load(&key_path) {
+            Ok(key) => key,
+            Err(IdentityError::KeyMissing { .. }) if !dir.join(DB_FILE).exists() => {
+                let key = NodeKey::create(&key_path)?;
+                info!(node = %key.id(), path = %key_path.display(), "created a new node key");
+                key
+            }
+            Err(IdentityError::KeyMissing { path }) => {
+                let owner = Store::open_read_only(&dir).and_then(|s| s.node_id());
+                return Err(IdentityError::KeyLost {
+                    path,
+                    owner: owner
+                        .map(|id| id.to_string())
+                        .unwrap_or_else(|e| format!("unknown ({e})")),
+                }
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let store = Store::open_writer(&dir, key.id())?;
+        Ok(Node { config, key, store })
+    }
+}
+
+/// Runs the node until `shutdown` resolves: serves HTTP on `listener`, runs the loops, tells
+/// systemd (when present) it is ready, feeds its watchdog, and stops within
+/// [`SHUTDOWN_DEADLINE`].
+pub async fn serve(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Node { config, key, store } = node;
+    let node_id = key.id();
+    let addr = listener
+        .local_addr()
+        .context("reading the listener address")?;
+    telemetry::metrics();
+    let reader = Store::open_read_only(&config.node.data_dir)?;
+    let writer = Arc::new(Mutex::new(store));
+    let token = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let prober = Prober::new()?;
+    let mut workers = Vec::new();
+
+    if let Some(source) = &config.source {
+        let status = Arc::new(WorkerStatus::new("source", "kinto"));
+        workers.push(status.clone());
+        let (prober, url, token) = (prober.clone(), source.url.clone(), token.child_token());
+        let cadence = Cadence::Every(source.poll);
+        tasks.spawn(async move {
+            scheduler::run_loop(&status, cadence, token, || {
+                let (prober, url) = (prober.clone(), url.clone());
+                async move { prober.kinto(&url).await.map(|v| format!("kinto {v}")) }
+            })
+            .await
+        });
+    } else {
+        info!("no [source] configured: this node only keeps other origins");
+    }
+    for peer in &config.peers {
+        let status = Arc::new(WorkerStatus::new("peer", peer.name.clone()));
+        workers.push(status.clone());
+        let (prober, url, token) = (prober.clone(), peer.url.clone(), token.child_token());
+        let cadence = Cadence::for_peer(&peer.schedule);
+        tasks.spawn(async move {
+            scheduler::run_loop(&status, cadence, token, || {
+                let (prober, url) = (prober.clone(), url.clone());
+                async move { prober.peer(&url).await.map(|()| "healthz ok".to_owned()) }
+            })
+            .await
+        });
+    }
+
+    let state = Arc::new(ApiState {
+        node: node_id,
+        name: config.node.name.clone(),
+        reader: Arc::new(Mutex::new(reader)),
+        workers,
+    });
+    let server_token = token.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(server_token.cancelled_owned())
+            .await
+    });
+
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tasks.spawn(watchdog(
+            writer.clone(),
+            node_id,
+            interval / 2,
+            token.child_token(),
+        ));
+    }
+    tasks.close();
+    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+    info!(node = %node_id, name = %config.node.name, listen = %addr, "tandem running");
+
+    shutdown.await;
+    info!("shutting down");
+    notify(&[NotifyState::Stopping]);
+    token.cancel();
+    let stopped = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+        tasks.wait().await;
+        server.await
+    })
+    .await;
+    match stopped {
+        Ok(Ok(Ok(()))) => info!("stopped"),
+        Ok(Ok(Err(e))) => error!(error = %e, "http server failed"),
+        Ok(Err(e)) => error!(error = %e, "http server task failed"),
+        Err(_) => warn!(deadline = ?SHUTDOWN_DEADLINE, "shutdown deadline passed; stopping anyway"),
+    }
+    Ok(())
+}
+
+/// Pings the systemd watchdog every `every`, but only while the store still answers: a wedged
+/// writer stops the pings and lets systemd restart the service.
+async fn watchdog(
+    store: Arc<Mutex<Store>>,
+    node: crate::identity::NodeId,
+    every: Duration,
+    token: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let store = store.clone();
+        let check = tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .head(node)
+                .map(drop)
+        });
+        match tokio::time::timeout(every, check).await {
+            Ok(Ok(Ok(()))) => notify(&[NotifyState::Watchdog]),
+            Ok(Ok(Err(e))) => {
+                error!(error = %e, "store check failed; withholding the watchdog ping")
+            }
+            _ => error!("store check timed out; withholding the watchdog ping"),
+        }
+    }
+}
+
+/// Tells systemd about a state change; does nothing outside systemd.
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Installs SIGTERM and SIGINT handlers now (so that readiness is never announced before a
+/// signal would be handled) and returns a future that resolves on the first of them.
+pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "signal received"),
+            _ = int.recv() => info!(signal = "SIGINT", "signal received"),
+        }
+    })
+}

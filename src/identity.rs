@@ -45,6 +45,16 @@ pub enum IdentityError {
         /// Where the key was expected.
         path: PathBuf,
     },
+    /// The key file is gone but the store it signed for is still there.
+    #[error(
+        "no node key at {path}, but the store beside it belongs to node {owner}; put that node's key file back (a new key would be a different node)"
+    )]
+    KeyLost {
+        /// Where the key was expected.
+        path: PathBuf,
+        /// The node id the store records.
+        owner: String,
+    },
     /// The key file is readable or writable by someone other than its owner.
     #[error("node key {path} has mode {mode:04o}, open to group or others; run `chmod 600 {path}`")]
     KeyPermissions {

@@ -35,6 +35,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod feed;

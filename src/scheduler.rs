@@ -1,1 +1,285 @@
-//! placeholder
+//! Long-lived loops and their timing: when to try the source and each peer again.
+//!
+//! Each loop owns one target, runs until the shutdown token is cancelled, and reports its health
+//! in a [`WorkerStatus`] that `/healthz` shows. Failures back off with capped, jittered delays
+//! ([`crate::backoff`]); the daemon never exits because a remote is down.
+//!
+//! Cron schedules are computed with `croner` and slept with `tokio::time::sleep`, each sleep
+//! capped at a minute and recomputed, so that a clock step or a suspend cannot make a schedule
+//! drift or silently stop (see the README on why not `tokio-cron-scheduler`).
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::{CronSchedule, Schedule};
+use crate::telemetry;
+
+/// First retry delay after a failure.
+pub const RETRY_BASE: Duration = Duration::from_secs(1);
+/// Longest retry delay.
+pub const RETRY_CAP: Duration = Duration::from_secs(300);
+/// How often a continuously synchronized peer is checked while nothing else talks to it.
+pub const PEER_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest single sleep while waiting for a cron time.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// Health of one loop, shared with the HTTP API.
+#[derive(Debug)]
+pub struct WorkerStatus {
+    /// `source` or `peer`.
+    pub kind: &'static str,
+    /// The peer's name, or the source's kind.
+    pub name: String,
+    ok: AtomicBool,
+    consecutive_errors: AtomicU32,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A point-in-time copy of a [`WorkerStatus`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerReport {
+    /// `source` or `peer`.
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// Whether the last attempt succeeded.
+    pub ok: bool,
+    /// Failures since the last success.
+    pub consecutive_errors: u32,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+}
+
+impl WorkerStatus {
+    /// A status for a loop that has not run yet.
+    pub fn new(kind: &'static str, name: impl Into<String>) -> WorkerStatus {
+        WorkerStatus {
+            kind,
+            name: name.into(),
+            ok: AtomicBool::new(false),
+            consecutive_errors: AtomicU32::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// A snapshot for reporting.
+    pub fn report(&self) -> WorkerReport {
+        WorkerReport {
+            kind: self.kind,
+            name: self.name.clone(),
+            ok: self.ok.load(Ordering::Relaxed),
+            consecutive_errors: self.consecutive_errors.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    fn succeeded(&self) {
+        self.ok.store(true, Ordering::Relaxed);
+        self.consecutive_errors.store(0, Ordering::Relaxed);
+        metrics::gauge!(telemetry::TARGET_UP, "target" => self.kind, "name" => self.name.clone())
+            .set(1.0);
+    }
+
+    fn failed(&self, error: String) {
+        self.ok.store(false, Ordering::Relaxed);
+        self.consecutive_errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+        metrics::gauge!(telemetry::TARGET_UP, "target" => self.kind, "name" => self.name.clone())
+            .set(0.0);
+        metrics::counter!(telemetry::TARGET_ERRORS, "target" => self.kind, "name" => self.name.clone()).increment(1);
+    }
+}
+
+/// When a loop runs its next attempt after a success.
+#[derive(Debug, Clone)]
+pub enum Cadence {
+    /// A fixed interval.
+    Every(Duration),
+    /// At the times of a cron expression (UTC).
+    Cron(CronSchedule),
+}
+
+impl Cadence {
+    /// The cadence of a peer with this schedule.
+    pub fn for_peer(schedule: &Schedule) -> Cadence {
+        match schedule {
+            Schedule::Continuous => Cadence::Every(PEER_CHECK_INTERVAL),
+            Schedule::Cron(cron) => Cadence::Cron(cron.clone()),
+        }
+    }
+}
+
+/// Runs `attempt` on `cadence` until `shutdown`, retrying failures with backoff and recording
+/// health in `status`. `attempt` returns a short description of success for the log.
+pub async fn run_loop<F, Fut, E>(
+    status: &WorkerStatus,
+    cadence: Cadence,
+    shutdown: CancellationToken,
+    mut attempt: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<String, E>>,
+    E: std::fmt::Display,
+{
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+    let mut first = true;
+    loop {
+        if matches!(cadence, Cadence::Cron(_)) && first {
+            // A cron loop waits for its first time; an interval loop starts at once.
+            if !sleep_until_cron(&cadence, &shutdown).await {
+                return;
+            }
+        }
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = attempt() => result,
+        };
+        let retry = match result {
+            Ok(detail) => {
+                if first || backoff.failures() > 0 {
+                    info!(target_kind = status.kind, name = %status.name, detail = %detail, "reachable");
+                }
+                backoff.succeed();
+                status.succeeded();
+                None
+            }
+            Err(e) => {
+                let delay = backoff.fail();
+                warn!(
+                    target_kind = status.kind,
+                    name = %status.name,
+                    error = %e,
+                    failures = backoff.failures(),
+                    retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs().max(1))),
+                    "unreachable, will retry"
+                );
+                status.failed(e.to_string());
+                Some(delay)
+            }
+        };
+        first = false;
+        let keep_going = match (retry, &cadence) {
+            (Some(delay), _) => sleep_or_cancel(delay, &shutdown).await,
+            (None, Cadence::Every(interval)) => sleep_or_cancel(*interval, &shutdown).await,
+            (None, Cadence::Cron(_)) => sleep_until_cron(&cadence, &shutdown).await,
+        };
+        if !keep_going {
+            return;
+        }
+    }
+}
+
+/// Sleeps `delay`; false if cancelled first.
+async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// Sleeps until the next time of a cron cadence; false if cancelled first or if the expression
+/// has no future time.
+async fn sleep_until_cron(cadence: &Cadence, shutdown: &CancellationToken) -> bool {
+    let Cadence::Cron(schedule) = cadence else {
+        return true;
+    };
+    let Some(target) = next_cron_time(schedule, chrono::Utc::now()) else {
+        warn!(schedule = %schedule.text, "cron expression has no future time; loop stops");
+        return false;
+    };
+    loop {
+        let now = chrono::Utc::now();
+        if now >= target {
+            return true;
+        }
+        let left = (target - now).to_std().unwrap_or_default().min(MAX_SLEEP);
+        if !sleep_or_cancel(left, shutdown).await {
+            return false;
+        }
+    }
+}
+
+/// The first time strictly after `after` that `schedule` names.
+pub fn next_cron_time(
+    schedule: &CronSchedule,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    schedule.cron.find_next_occurrence(&after, false).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn cron_times_are_utc_and_strictly_after() {
+        let every_5s = CronSchedule::parse("*/5 * * * * *").unwrap();
+        let t = chrono::Utc
+            .with_ymd_and_hms(2026, 3, 29, 0, 59, 58)
+            .unwrap();
+        assert_eq!(
+            next_cron_time(&every_5s, t).unwrap(),
+            chrono::Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap()
+        );
+        let at = chrono::Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 0).unwrap();
+        assert_eq!(
+            next_cron_time(&every_5s, at).unwrap(),
+            chrono::Utc.with_ymd_and_hms(2026, 3, 29, 1, 0, 5).unwrap()
+        );
+        let nightly = CronSchedule::parse("30 2 * * *").unwrap();
+        assert_eq!(
+            next_cron_time(&nightly, at).unwrap(),
+            chrono::Utc.with_ymd_and_hms(2026, 3, 29, 2, 30, 0).unwrap()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_target_backs_off_and_recovers() {
+        let status = WorkerStatus::new("source", "kinto");
+        let shutdown = CancellationToken::new();
+        let calls = std::sync::Arc::new(AtomicU32::new(0));
+        let counter = calls.clone();
+        let stop = shutdown.clone();
+        let started = tokio::time::Instant::now();
+        run_loop(
+            &status,
+            Cadence::Every(Duration::from_secs(10)),
+            shutdown,
+            move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let stop = stop.clone();
+                async move {
+                    match n {
+                        0..=3 => Err("down"),
+                        4 => Ok("up".to_owned()),
+                        _ => {
+                            stop.cancel();
+                            Ok("up".to_owned())
+                        }
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 6);
+        let r = status.report();
+        assert!(r.ok && r.consecutive_errors == 0 && r.last_error.as_deref() == Some("down"));
+        // Four failures wait at least 0.5 + 1 + 2 + 4 s, then one 10 s interval.
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(17_500) && elapsed <= Duration::from_secs(26),
+            "{elapsed:?}"
+        );
+    }
+}

@@ -1,1 +1,107 @@
-//! placeholder
+//! Logging and metrics set-up.
+//!
+//! Logs go to stderr (journald captures them under systemd), as text or JSON lines. The level
+//! comes from `TANDEM_LOG` (`tracing-subscriber` filter syntax, e.g. `info,tandem=debug`),
+//! default `info`. Messages are fixed lowercase strings with values in fields; payloads, keys
+//! and passwords are never logged.
+//!
+//! Metrics use the `metrics` facade with a Prometheus recorder installed once per process;
+//! `/metrics` renders it. Names used across the code are listed here so they are documented in
+//! one place.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Gauge: seq of each held origin's head. Labels: `origin`, `self` ("true"/"false").
+pub const FEED_HEAD_SEQ: &str = "tandem_feed_head_seq";
+/// Gauge: bytes of stored entries per origin. Labels: `origin`, `self`.
+pub const FEED_BYTES: &str = "tandem_feed_bytes";
+/// Gauge: 1 for an origin frozen by fork evidence. Labels: `origin`.
+pub const FEED_FROZEN: &str = "tandem_feed_frozen";
+/// Counter: entries appended to this node's own feed.
+pub const ENTRIES_APPENDED: &str = "tandem_entries_appended_total";
+/// Counter: entries of other origins accepted into the store.
+pub const ENTRIES_ACCEPTED: &str = "tandem_entries_accepted_total";
+/// Gauge: 1 when the last probe of a target succeeded. Labels: `target` (`source` or `peer`), `name`.
+pub const TARGET_UP: &str = "tandem_target_up";
+/// Counter: failed probes or passes per target. Labels: `target`, `name`.
+pub const TARGET_ERRORS: &str = "tandem_target_errors_total";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Starts logging to stderr. Safe to call once per process; later calls do nothing.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// The process-wide Prometheus recorder, installed on first use, with every metric described.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .install_recorder()
+            .expect("no other metrics recorder is installed in this process");
+        let process = metrics_process::Collector::new("");
+        process.describe();
+        metrics::describe_gauge!(FEED_HEAD_SEQ, "Seq of the head of each held origin's feed.");
+        metrics::describe_gauge!(
+            FEED_BYTES,
+            metrics::Unit::Bytes,
+            "Bytes of stored entries per origin."
+        );
+        metrics::describe_gauge!(
+            FEED_FROZEN,
+            "1 when fork evidence froze the origin on this node."
+        );
+        metrics::describe_counter!(
+            ENTRIES_APPENDED,
+            "Entries appended to this node's own feed."
+        );
+        metrics::describe_counter!(
+            ENTRIES_ACCEPTED,
+            "Entries of other origins accepted into the store."
+        );
+        metrics::describe_gauge!(
+            TARGET_UP,
+            "1 when the last attempt to reach the source or peer succeeded."
+        );
+        metrics::describe_counter!(
+            TARGET_ERRORS,
+            "Failed attempts to reach the source or a peer."
+        );
+        metrics::counter!(ENTRIES_APPENDED).absolute(0);
+        metrics::counter!(ENTRIES_ACCEPTED).absolute(0);
+        Metrics { handle, process }
+    })
+}
+
+/// The installed recorder and the process collector.
+pub struct Metrics {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+impl Metrics {
+    /// Refreshes process metrics and renders everything in the Prometheus text format.
+    pub fn render(&self) -> String {
+        self.process.collect();
+        self.handle.render()
+    }
+}

@@ -1,0 +1,109 @@
+//! The HTTP listener's router (the only axum user).
+//!
+//! - `GET /healthz`: 200 with the node's id and name and each worker's health while the store
+//!   answers; 503 when it does not. A remote being down does not make the node unhealthy.
+//! - `GET /metrics`: Prometheus text format (feed heads, entries appended and accepted,
+//!   reachability of the source and peers, process metrics).
+//!
+//! The peer API will live under `/v1/`.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::identity::NodeId;
+use crate::scheduler::WorkerStatus;
+use crate::store::{OriginInfo, Store};
+use crate::telemetry;
+
+/// What the handlers share.
+pub struct ApiState {
+    /// This node's id.
+    pub node: NodeId,
+    /// This node's name.
+    pub name: String,
+    /// A read-only store connection (readers never wait for the writer under WAL). A std mutex:
+    /// it is only locked inside `spawn_blocking`, never across an await.
+    pub reader: Arc<Mutex<Store>>,
+    /// Health of the background loops.
+    pub workers: Vec<Arc<WorkerStatus>>,
+}
+
+/// Builds the router.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn origins(state: &Arc<ApiState>) -> Result<Vec<OriginInfo>, String> {
+    let reader = state.reader.clone();
+    tokio::task::spawn_blocking(move || {
+        reader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .origins()
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
+    let workers: Vec<_> = state.workers.iter().map(|w| w.report()).collect();
+    let node = json!({ "id": state.node, "name": state.name });
+    match origins(&state).await {
+        Ok(_) => (
+            StatusCode::OK,
+            axum::Json(json!({ "status": "ok", "node": node, "workers": workers })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "store unavailable", "error": e, "node": node, "workers": workers })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    match origins(&state).await {
+        Ok(origins) => {
+            for o in origins {
+                let labels = [
+                    ("origin", o.id.to_string()),
+                    ("self", o.is_self.to_string()),
+                ];
+                metrics::gauge!(telemetry::FEED_HEAD_SEQ, &labels)
+                    .set(o.head.map_or(0, |h| h.seq.0) as f64);
+                metrics::gauge!(telemetry::FEED_BYTES, &labels).set(o.bytes as f64);
+                metrics::gauge!(telemetry::FEED_FROZEN, "origin" => o.id.to_string())
+                    .set(if o.frozen { 1.0 } else { 0.0 });
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read feed heads for metrics"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        telemetry::metrics().render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({ "error": "not found" })),
+    )
+        .into_response()
+}

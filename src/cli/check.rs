@@ -1,0 +1,51 @@
+//! `tandem config check`: validate a configuration file and summarize it.
+
+use std::path::Path;
+
+use crate::config::{Config, Schedule, Secret};
+
+/// Validates `path`; prints a summary on success.
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!("{}: ok", path.display());
+    println!(
+        "  node {:?}, data in {}, listening on {}",
+        config.node.name,
+        config.node.data_dir.display(),
+        config.node.listen
+    );
+    match &config.source {
+        Some(s) => {
+            let secret = match &s.password {
+                Secret::File(f) => format!("password from file {}", f.display()),
+                Secret::Env(v) => format!("password from ${v}"),
+            };
+            println!(
+                "  source kinto at {} as {:?} ({secret}), polled every {}",
+                s.url,
+                s.user,
+                humantime::format_duration(s.poll)
+            );
+        }
+        None => println!("  no source: this node only keeps other origins"),
+    }
+    if let Some(s) = &config.snapshots {
+        println!(
+            "  snapshots on {:?}, keep last {} hourly {} daily {} weekly {} monthly {}",
+            s.schedule.text,
+            s.keep_last,
+            s.keep_hourly,
+            s.keep_daily,
+            s.keep_weekly,
+            s.keep_monthly
+        );
+    }
+    for p in &config.peers {
+        let schedule = match &p.schedule {
+            Schedule::Continuous => "continuous".to_owned(),
+            Schedule::Cron(c) => format!("cron {:?}", c.text),
+        };
+        println!("  peer {:?} at {} ({schedule})", p.name, p.url);
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! The command line: argument parsing, dispatch and exit codes. One file per subcommand; this
+//! is the only layer that prints for humans.
+//!
+//! Exit codes: 0 success; 1 failure; 2 bad usage; 78 (`EX_CONFIG`) when the configuration, the
+//! key or the store must be fixed by the operator before retrying (systemd's
+//! `RestartPreventExitStatus=78` stops a restart loop on those).
+
+mod check;
+mod init;
+mod key;
+mod peers;
+mod run;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
+use crate::identity::IdentityError;
+use crate::store::StoreError;
+use crate::telemetry::LogFormat;
+
+/// Exit code for problems the operator must fix (sysexits `EX_CONFIG`).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// tandem: signed, replicated backups between community and personal servers.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, max_term_width = 100)]
+#[command(
+    long_about = "tandem follows a data server (Kinto), records every change in a signed, \
+hash-chained feed, and exchanges feeds with the peers its configuration names, so that \
+community servers and personal servers back each other up."
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(short, long, global = true, env = "TANDEM_CONFIG", value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// Log format of `run` (logs go to stderr; level from TANDEM_LOG, default info).
+    #[arg(long, global = true, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data directory, a new node key and an empty store; print the node id last.
+    Init,
+    /// Run the daemon until SIGTERM or SIGINT.
+    Run,
+    /// Show this node and every origin it holds (works with or without a running daemon).
+    Status {
+        /// Print JSON (stable shape, see the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the configured peers and what flows each way.
+    Peers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or back up the node key.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `tandem key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print the node id (the public key).
+    Show,
+    /// Copy the secret key to a new file (mode 0600) for safekeeping; never prints it.
+    Export {
+        /// Where to write the copy; must not exist.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// `tandem config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file (default: --config) and summarize it.
+    Check {
+        /// The file to check.
+        file: Option<PathBuf>,
+    },
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let result = match &cli.command {
+        Command::Init => init::run(&cli),
+        Command::Run => run::run(&cli),
+        Command::Status { json } => status::run(&cli, *json),
+        Command::Peers { json } => peers::run(&cli, *json),
+        Command::Key(cmd) => key::run(&cli, cmd),
+        Command::Config(ConfigCommand::Check { file }) => {
+            check::run(file.as_ref().unwrap_or(&cli.config))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// Loads the configuration named on the command line.
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(Config::load(&cli.config)?)
+}
+
+/// Maps an error to an exit code: 78 for what the operator must fix, 1 otherwise.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<ConfigError>() {
+            return EXIT_CONFIG;
+        }
+        if let Some(err) = cause.downcast_ref::<IdentityError>() {
+            return match err {
+                IdentityError::Io { .. } => 1,
+                _ => EXIT_CONFIG,
+            };
+        }
+        if let Some(err) = cause.downcast_ref::<StoreError>() {
+            return match err {
+                StoreError::Corrupt { .. }
+                | StoreError::TooNew { .. }
+                | StoreError::WrongNode { .. }
+                | StoreError::Missing { .. }
+                | StoreError::NotWritable { .. } => EXIT_CONFIG,
+                _ => 1,
+            };
+        }
+    }
+    1
+}
