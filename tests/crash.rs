@@ -1,0 +1,172 @@
+//! Crash test of the store: a child process appends batches to a real store and reports each
+//! commit on stdout; the parent SIGKILLs it at random moments, reopens the store, and checks
+//! that the chain verifies and that every append reported as committed is there. The next
+//! round's child continues the same feed, so a damaged tail would also break later appends.
+//!
+//! The child is this same test binary started with `child DIR`, which is why the file has its
+//! own `main` (`harness = false` in Cargo.toml).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tandem::feed::{Op, Seq};
+use tandem::identity::NodeKey;
+use tandem::store::{Change, CursorUpdate, Store};
+
+const ROUNDS: u32 = 60;
+const SEED: [u8; 32] = [42; 32];
+
+fn random(below: u64) -> u64 {
+    getrandom::u64().unwrap() % below
+}
+
+/// The child: append forever, printing `committed SEQ` after each commit.
+fn child(dir: &Path) {
+    let key = NodeKey::from_seed(SEED);
+    let mut store = Store::open_writer(dir, key.id()).unwrap();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "open").unwrap();
+    out.flush().unwrap();
+    // n counts entries, so the cursor committed with a batch equals that batch's last seq.
+    let mut n = store.head(key.id()).unwrap().map_or(0, |h| h.seq.0);
+    loop {
+        let size = 1 + random(24) as usize;
+        let changes: Vec<Change> = (0..size)
+            .map(|_| {
+                n += 1;
+                let path = format!("/buckets/b/collections/c/records/r{}", random(500));
+                if random(5) == 0 {
+                    Change {
+                        op: Op::Delete,
+                        path,
+                        body: Vec::new(),
+                    }
+                } else {
+                    // Some bodies are large so that commits span many pages.
+                    let pad = "x".repeat(if random(10) == 0 { 20_000 } else { 200 });
+                    Change {
+                        op: Op::Put,
+                        path,
+                        body: format!(r#"{{"data":{{"n":{n},"pad":"{pad}"}}}}"#).into_bytes(),
+                    }
+                }
+            })
+            .collect();
+        let cp = store
+            .append(
+                &key,
+                &changes,
+                &[CursorUpdate {
+                    name: "crash:n".into(),
+                    value: n.to_string(),
+                }],
+            )
+            .unwrap()
+            .unwrap();
+        writeln!(out, "committed {}", cp.seq).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+fn parent() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed(SEED);
+    let exe = std::env::current_exe().unwrap();
+    let mut last_reported = 0u64;
+    let mut killed_mid_run = 0;
+    for round in 1..=ROUNDS {
+        let mut child = Command::new(&exe)
+            .arg("child")
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
+        });
+        // Kill at a random moment: sometimes before the store is even open.
+        std::thread::sleep(Duration::from_micros(random(120_000)));
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let status = child.wait().unwrap();
+        let lines = reader.join().unwrap();
+        if lines.iter().filter(|l| l.starts_with("committed")).count() > 0 {
+            killed_mid_run += 1;
+        }
+        assert!(
+            !status.success(),
+            "round {round}: the child exited by itself"
+        );
+        let reported = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("committed "))
+            .map(|s| s.parse::<u64>().unwrap())
+            .max()
+            .unwrap_or(last_reported);
+        assert!(
+            reported >= last_reported,
+            "round {round}: reported seq went backwards"
+        );
+        last_reported = reported;
+
+        if !dir.path().join("tandem.db").exists() {
+            continue;
+        }
+        let store = Store::open_writer(dir.path(), key.id())
+            .unwrap_or_else(|e| panic!("round {round}: reopening after SIGKILL: {e}"));
+        let head = store.head(key.id()).unwrap().map_or(0, |h| h.seq.0);
+        assert!(
+            head >= reported,
+            "round {round}: committed seq {reported} lost, head is {head}"
+        );
+        let report = store.verify_origin(key.id()).unwrap();
+        assert!(
+            report.problems.is_empty(),
+            "round {round}: {:?}",
+            report.problems
+        );
+        assert_eq!(report.entries, head, "round {round}");
+        // The cursor was committed in the same transaction as the head batch.
+        if head > 0 {
+            let cursor: u64 = store.cursor("crash:n").unwrap().unwrap().parse().unwrap();
+            assert_eq!(
+                cursor, head,
+                "round {round}: cursor and entries committed apart"
+            );
+            assert!(
+                store
+                    .entries_after(key.id(), Seq(head), 1)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        last_reported = head;
+    }
+    assert!(
+        killed_mid_run >= ROUNDS / 2,
+        "only {killed_mid_run} rounds were killed while appending"
+    );
+    assert!(last_reported > 0, "nothing was ever committed");
+    println!(
+        "crash: {ROUNDS} SIGKILL rounds ({killed_mid_run} while appending), {last_reported} entries verified, {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    println!("test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("child") => child(Path::new(&args[2])),
+        // `cargo test -- --list` and filters: this binary holds one test, named "crash".
+        Some("--list") => println!("crash: test"),
+        _ => parent(),
+    }
+}
