@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::identity::{IdentityError, NodeKey};
 use crate::probe::Prober;
 use crate::scheduler::{self, Cadence, WorkerStatus};
+use crate::source::kinto::{KintoClient, KintoError};
 use crate::store::{DB_FILE, Store};
 use crate::telemetry;
 
@@ -117,12 +118,26 @@ pub async fn serve(
     if let Some(source) = &config.source {
         let status = Arc::new(WorkerStatus::new("source", "kinto"));
         workers.push(status.clone());
-        let (prober, url, token) = (prober.clone(), source.url.clone(), token.child_token());
+        let (source, token) = (source.clone(), token.child_token());
         let cadence = Cadence::Every(source.poll);
         tasks.spawn(async move {
+            // Built on first use and rebuilt after a credentials error, so that fixing the
+            // password file needs no restart.
+            let client: Arc<tokio::sync::Mutex<Option<KintoClient>>> = Arc::default();
             scheduler::run_loop(&status, cadence, token, || {
-                let (prober, url) = (prober.clone(), url.clone());
-                async move { prober.kinto(&url).await.map(|v| format!("kinto {v}")) }
+                let (client, source) = (client.clone(), source.clone());
+                async move {
+                    let mut guard = client.lock().await;
+                    if guard.is_none() {
+                        *guard = Some(KintoClient::new(&source)?);
+                    }
+                    let kinto = guard.as_ref().expect("just set");
+                    let info = kinto.server_info().await;
+                    if matches!(info, Err(KintoError::Unauthorized { .. })) {
+                        *guard = None;
+                    }
+                    info.map(|i| format!("kinto {} as {}", i.version, i.user_id))
+                }
             })
             .await
         });

@@ -15,10 +15,11 @@
 //! api/           the HTTP router (axum): /healthz, /metrics, later the peer API under /v1/
 //! scheduler      long-lived loops with their timing: probing the source and the peers
 //! store/         the only SQLite user: feeds, checkpoints, state, cursors, fork evidence
-//! probe          the reqwest user for now: is the source or a peer answering?
-//! feed, identity, config, telemetry, backoff
+//! source/kinto   the Kinto client: credentials, lists with _since/ETag, objects (reqwest)
+//! probe          is a peer answering? (reqwest)
+//! feed, identity, config, telemetry, backoff, net
 //!                leaves: the byte formats and signatures, keys, TOML, logging and metrics,
-//!                retry timing
+//!                retry timing, HTTP client set-up
 //! ```
 //!
 //! ## Invariants the code keeps
@@ -28,7 +29,7 @@
 //! - [`store`] never trusts unverified input: foreign entries arrive as a
 //!   [`feed::VerifiedBatch`], which only [`feed::verify_batch`] can build. Each write is one
 //!   transaction including the cursors that produced it.
-//! - [`store`] knows nothing of HTTP, Kinto or peers; [`api`] and [`probe`] know nothing of SQL.
+//! - [`store`] knows nothing of HTTP, Kinto or peers; [`api`], [`source`] and [`probe`] know nothing of SQL.
 //! - Secrets ([`identity::NodeKey`], source passwords) are never logged or printed.
 //! - `cli` and `daemon` use `anyhow`; every other module has its own `thiserror` enum whose
 //!   variants say what to do.
@@ -40,7 +41,9 @@ pub mod config;
 pub mod daemon;
 pub mod feed;
 pub mod identity;
+pub mod net;
 pub mod probe;
 pub mod scheduler;
+pub mod source;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! Reachability checks of the source and of peers, over HTTP (reqwest with rustls).
+//! Reachability checks of peers, over HTTP (reqwest with rustls).
 //!
 //! A probe answers one question, "is it there and is it what we expect?", so that the daemon can
 //! warn early and back off while a server is down. It does not read data.
@@ -48,36 +48,12 @@ pub struct Prober {
 impl Prober {
     /// Builds the client (short timeouts: a probe must never hang a loop).
     pub fn new() -> Result<Prober, ProbeError> {
-        // reqwest is built without a default TLS provider; install ring once per process.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("tandem/", env!("CARGO_PKG_VERSION")))
+        let client = crate::net::client_builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
             .build()
-            .map_err(|e| ProbeError::Client(error_chain(&e)))?;
+            .map_err(|e| ProbeError::Client(crate::net::transport_reason(&e)))?;
         Ok(Prober { client })
-    }
-
-    /// Checks that a Kinto server answers at `root` (the `/v1/` URL). Returns its version.
-    pub async fn kinto(&self, root: &Url) -> Result<String, ProbeError> {
-        #[derive(serde::Deserialize)]
-        struct Root {
-            project_name: String,
-            project_version: String,
-        }
-        let response = self.get(root).await?;
-        let root_info: Root = response.json().await.map_err(|_| ProbeError::Unexpected {
-            url: root.clone(),
-            expected: "a Kinto server root (GET /v1/)",
-        })?;
-        if !root_info.project_name.eq_ignore_ascii_case("kinto") {
-            return Err(ProbeError::Unexpected {
-                url: root.clone(),
-                expected: "a Kinto server root (GET /v1/)",
-            });
-        }
-        Ok(root_info.project_version)
     }
 
     /// Checks that a tandem node answers `/healthz` at `base`.
@@ -97,7 +73,7 @@ impl Prober {
                 .await
                 .map_err(|e| ProbeError::Unreachable {
                     url: url.clone(),
-                    reason: transport_reason(&e),
+                    reason: crate::net::transport_reason(&e),
                 })?;
         if !response.status().is_success() {
             return Err(ProbeError::Status {
@@ -107,32 +83,4 @@ impl Prober {
         }
         Ok(response)
     }
-}
-
-/// The useful part of a transport error: "timed out", or its innermost cause
-/// ("Connection refused (os error 111)", a DNS or TLS failure).
-fn transport_reason(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        return "timed out".to_owned();
-    }
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
-}
-
-/// An error and its causes on one line ("a: b: c").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

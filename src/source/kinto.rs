@@ -1,0 +1,423 @@
+//! Kinto HTTP client (reqwest with rustls): authentication, the server root, paged lists with
+//! `_since` and `If-None-Match`, single objects, and Kinto's back-pressure headers.
+//!
+//! Bodies are kept as the exact bytes Kinto sent ([`serde_json::value::RawValue`]): no number
+//! or key re-formatting happens between Kinto and the feed.
+//!
+//! Kinto treats a wrong password as an anonymous request (it answers, just with less), so
+//! [`KintoClient::server_info`] checks that `user.id` is present and fails otherwise.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use url::Url;
+
+use crate::config::{Secret, SourceConfig};
+
+/// Errors from talking to Kinto. [`KintoError::retry_after`] says whether (and when) to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum KintoError {
+    /// The password or token could not be read.
+    #[error("cannot read the Kinto credentials: {0}")]
+    Credentials(String),
+    /// No HTTP answer (refused, timeout, reset, a body cut short).
+    #[error("cannot reach Kinto at {url}: {reason}")]
+    Unreachable {
+        /// What was requested.
+        url: Url,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Kinto answered 5xx or 429.
+    #[error("Kinto answered HTTP {status} for {url}")]
+    Unavailable {
+        /// What was requested.
+        url: Url,
+        /// The status.
+        status: u16,
+        /// `Retry-After`, if sent.
+        retry_after: Option<Duration>,
+    },
+    /// The credentials were not accepted (401, or a request treated as anonymous).
+    #[error(
+        "Kinto did not accept the credentials of {user:?} at {url}; check [source] user and the password"
+    )]
+    Unauthorized {
+        /// What was requested.
+        url: Url,
+        /// The configured user.
+        user: String,
+    },
+    /// The account may not read this.
+    #[error("Kinto refused access to {url} (HTTP 403); give the tandem account read access")]
+    Forbidden {
+        /// What was requested.
+        url: Url,
+    },
+    /// Another unexpected status.
+    #[error("Kinto answered HTTP {status} for {url}: {message}")]
+    Status {
+        /// What was requested.
+        url: Url,
+        /// The status.
+        status: u16,
+        /// Kinto's error message, if any.
+        message: String,
+    },
+    /// An answer that does not parse as what Kinto sends.
+    #[error("unexpected answer from {url}: {what}")]
+    Protocol {
+        /// What was requested.
+        url: Url,
+        /// What is wrong with it.
+        what: String,
+    },
+}
+
+impl KintoError {
+    /// Whether retrying later can succeed without operator action.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            KintoError::Unreachable { .. }
+                | KintoError::Unavailable { .. }
+                | KintoError::Protocol { .. }
+        )
+    }
+
+    /// The delay Kinto asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            KintoError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// What `GET /v1/` tells about the server and the account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `project_version`.
+    pub version: String,
+    /// The authenticated principal, e.g. `account:tandem`.
+    pub user_id: String,
+    /// `settings.batch_max_requests` (None: unlimited).
+    pub batch_max_requests: Option<u64>,
+    /// Whether the history plugin is installed.
+    pub history: bool,
+}
+
+/// One page of a plural endpoint.
+#[derive(Debug)]
+pub struct Page {
+    /// The list's `ETag` (max `last_modified` of the list, tombstones included).
+    pub etag: Option<i64>,
+    /// Items exactly as Kinto sent them.
+    pub items: Vec<Box<RawValue>>,
+    /// `Next-Page`, when there are more.
+    pub next: Option<Url>,
+}
+
+/// Result of a conditional list request.
+#[derive(Debug)]
+pub enum ListResult {
+    /// 304: nothing changed since the given ETag.
+    NotModified,
+    /// A page of results.
+    Page(Page),
+}
+
+/// A Kinto client for one server and account.
+pub struct KintoClient {
+    http: reqwest::Client,
+    root: Url,
+    user: String,
+    auth: HeaderValue,
+    /// Until when Kinto asked clients to stay away (`Backoff` header).
+    backoff_until: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for KintoClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KintoClient")
+            .field("root", &self.root)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KintoClient {
+    /// Builds a client from the `[source]` configuration, reading the password now.
+    pub fn new(config: &SourceConfig) -> Result<KintoClient, KintoError> {
+        let password = read_secret(&config.password)?;
+        let credentials = zeroize::Zeroizing::new(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:{}", config.user, password.as_str()),
+        ));
+        let mut auth =
+            HeaderValue::from_str(&format!("Basic {}", credentials.as_str())).map_err(|_| {
+                KintoError::Credentials(
+                    "the password contains characters not allowed in a header".into(),
+                )
+            })?;
+        auth.set_sensitive(true);
+        let http = crate::net::client_builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| KintoError::Credentials(format!("cannot build the HTTP client: {e}")))?;
+        Ok(KintoClient {
+            http,
+            root: config.url.clone(),
+            user: config.user.clone(),
+            auth,
+            backoff_until: Mutex::new(None),
+        })
+    }
+
+    /// The server root (ends with `/v1/`).
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// How long Kinto's last `Backoff` header still asks us to wait (zero if none).
+    pub fn backoff_remaining(&self) -> Duration {
+        let until = *self.backoff_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// `GET /v1/`: checks the credentials (the account must be authenticated) and reads the
+    /// server's settings and capabilities.
+    pub async fn server_info(&self) -> Result<ServerInfo, KintoError> {
+        #[derive(Deserialize)]
+        struct Root {
+            project_version: String,
+            #[serde(default)]
+            settings: Settings,
+            #[serde(default)]
+            capabilities: serde_json::Map<String, serde_json::Value>,
+            user: Option<User>,
+        }
+        #[derive(Deserialize, Default)]
+        struct Settings {
+            batch_max_requests: Option<u64>,
+        }
+        #[derive(Deserialize)]
+        struct User {
+            id: String,
+        }
+        let url = self.root.clone();
+        let (_, body) = self.get(&url, None).await?;
+        let body = body.ok_or_else(|| protocol(&url, "no body"))?;
+        let root: Root = serde_json::from_slice(&body)
+            .map_err(|e| protocol(&url, &format!("not a Kinto root: {e}")))?;
+        let user = root.user.ok_or_else(|| KintoError::Unauthorized {
+            url: url.clone(),
+            user: self.user.clone(),
+        })?;
+        Ok(ServerInfo {
+            version: root.project_version,
+            user_id: user.id,
+            batch_max_requests: root.settings.batch_max_requests.filter(|n| *n > 0),
+            history: root.capabilities.contains_key("history"),
+        })
+    }
+
+    /// Fetches one page of a plural endpoint. `path` is relative to the root (e.g.
+    /// `buckets/b/collections`) or a `Next-Page` URL. With `if_none_match`, an unchanged list
+    /// answers [`ListResult::NotModified`].
+    pub async fn list(
+        &self,
+        target: ListTarget<'_>,
+        if_none_match: Option<i64>,
+    ) -> Result<ListResult, KintoError> {
+        #[derive(Deserialize)]
+        struct ListBody {
+            data: Vec<Box<RawValue>>,
+        }
+        let url = match target {
+            ListTarget::Next(url) => {
+                if url.origin() != self.root.origin() {
+                    return Err(protocol(url, "Next-Page points to another server"));
+                }
+                url.clone()
+            }
+            ListTarget::Path { path, since, limit } => {
+                let mut url = self.url(path)?;
+                {
+                    let mut q = url.query_pairs_mut();
+                    q.append_pair("_sort", "last_modified");
+                    if let Some(since) = since {
+                        q.append_pair("_since", &since.to_string());
+                    }
+                    if let Some(limit) = limit {
+                        q.append_pair("_limit", &limit.to_string());
+                    }
+                }
+                url
+            }
+        };
+        let (headers, body) = self.get(&url, if_none_match).await?;
+        let Some(body) = body else {
+            return Ok(ListResult::NotModified);
+        };
+        let parsed: ListBody = serde_json::from_slice(&body)
+            .map_err(|e| protocol(&url, &format!("not a Kinto list: {e}")))?;
+        let next = match headers.get("next-page") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| Url::parse(s).ok())
+                    .ok_or_else(|| protocol(&url, "unreadable Next-Page header"))?,
+            ),
+        };
+        Ok(ListResult::Page(Page {
+            etag: etag(&headers),
+            items: parsed.data,
+            next,
+        }))
+    }
+
+    /// Fetches one object (`{"data":…,"permissions":…}`, bytes as sent). `None` if it does not
+    /// exist or is not visible (Kinto hides missing buckets behind 403).
+    pub async fn object(&self, path: &str) -> Result<Option<Box<RawValue>>, KintoError> {
+        let url = self.url(path)?;
+        match self.get(&url, None).await {
+            Ok((_, Some(body))) => {
+                let raw: Box<RawValue> = serde_json::from_slice(&body)
+                    .map_err(|e| protocol(&url, &format!("not JSON: {e}")))?;
+                Ok(Some(raw))
+            }
+            Ok((_, None)) => Err(protocol(&url, "304 without a condition")),
+            Err(KintoError::Forbidden { .. }) => Ok(None),
+            Err(KintoError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn url(&self, path: &str) -> Result<Url, KintoError> {
+        self.root
+            .join(path.trim_start_matches('/'))
+            .map_err(|_| protocol(&self.root, &format!("cannot build a URL for {path:?}")))
+    }
+
+    /// One GET; `None` body on 304. Maps statuses to errors and records `Backoff`.
+    async fn get(
+        &self,
+        url: &Url,
+        if_none_match: Option<i64>,
+    ) -> Result<(HeaderMap, Option<Vec<u8>>), KintoError> {
+        let mut request = self
+            .http
+            .get(url.clone())
+            .header(header::AUTHORIZATION, self.auth.clone());
+        if let Some(etag) = if_none_match {
+            request = request.header(header::IF_NONE_MATCH, format!("\"{etag}\""));
+        }
+        let response = request.send().await.map_err(|e| unreachable(url, &e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if let Some(seconds) = header_seconds(&headers, "backoff") {
+            *self.backoff_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Instant::now() + seconds);
+        }
+        if status == StatusCode::NOT_MODIFIED {
+            return Ok((headers, None));
+        }
+        // Read the whole body: a connection closed early is an error here, never a short page.
+        let body = response.bytes().await.map_err(|e| unreachable(url, &e))?;
+        match status.as_u16() {
+            200..=299 => Ok((headers, Some(body.to_vec()))),
+            401 => Err(KintoError::Unauthorized {
+                url: url.clone(),
+                user: self.user.clone(),
+            }),
+            403 => Err(KintoError::Forbidden { url: url.clone() }),
+            429 | 500..=599 => Err(KintoError::Unavailable {
+                url: url.clone(),
+                status: status.as_u16(),
+                retry_after: header_seconds(&headers, "retry-after"),
+            }),
+            code => Err(KintoError::Status {
+                url: url.clone(),
+                status: code,
+                message: serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+/// What to list.
+#[derive(Debug, Clone, Copy)]
+pub enum ListTarget<'a> {
+    /// A plural endpoint relative to the root, sorted by ascending `last_modified`.
+    Path {
+        /// e.g. `buckets/b/collections/c/records`.
+        path: &'a str,
+        /// Only changes after this timestamp (tombstones included).
+        since: Option<i64>,
+        /// Page size.
+        limit: Option<u32>,
+    },
+    /// A `Next-Page` URL from the previous page.
+    Next(&'a Url),
+}
+
+fn read_secret(secret: &Secret) -> Result<zeroize::Zeroizing<String>, KintoError> {
+    let value = match secret {
+        Secret::File(path) => std::fs::read_to_string(path)
+            .map_err(|e| KintoError::Credentials(format!("{}: {e}", path.display())))?,
+        Secret::Env(var) => std::env::var(var).map_err(|_| {
+            KintoError::Credentials(format!("environment variable {var} is not set"))
+        })?,
+    };
+    let value = zeroize::Zeroizing::new(value);
+    let first = value.lines().next().unwrap_or("").to_owned();
+    if first.is_empty() {
+        return Err(KintoError::Credentials("the password is empty".into()));
+    }
+    Ok(zeroize::Zeroizing::new(first))
+}
+
+fn etag(headers: &HeaderMap) -> Option<i64> {
+    headers
+        .get(header::ETAG)?
+        .to_str()
+        .ok()?
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+fn header_seconds(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    let seconds: u64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds.min(3600)))
+}
+
+fn protocol(url: &Url, what: &str) -> KintoError {
+    KintoError::Protocol {
+        url: url.clone(),
+        what: what.to_owned(),
+    }
+}
+
+fn unreachable(url: &Url, e: &reqwest::Error) -> KintoError {
+    let mut reason = crate::net::transport_reason(e);
+    if e.is_body() || e.is_decode() {
+        reason = format!("the answer was cut short ({reason})");
+    }
+    KintoError::Unreachable {
+        url: url.clone(),
+        reason,
+    }
+}

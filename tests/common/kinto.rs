@@ -1,0 +1,219 @@
+//! A throwaway Kinto server: memory backend, loopback, a free port, stopped on drop.
+//!
+//! Kinto comes from the virtualenv that `scripts/test` builds (`TANDEM_TEST_VENV`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The password of every account the helper creates.
+pub const PASSWORD: &str = "s3cret-pw";
+
+/// The virtualenv with the pinned Kinto and kinto-http.
+pub fn venv() -> PathBuf {
+    let dir = std::env::var_os("TANDEM_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv"));
+    assert!(
+        dir.join("bin/kinto").exists(),
+        "no Kinto in {}: run the tests with ./scripts/test, which installs it",
+        dir.display()
+    );
+    dir
+}
+
+/// A running Kinto server.
+pub struct Kinto {
+    child: Child,
+    dir: tempfile::TempDir,
+    /// Root URL, ending with `/v1/`.
+    pub url: String,
+    http: reqwest::Client,
+}
+
+/// How to configure a server.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Install the history plugin.
+    pub history: bool,
+}
+
+impl Kinto {
+    /// Starts a server with accounts `admin`, `tandem`, `alice` and `bob`. `tandem` reads
+    /// everything through the `*_read_principals` settings.
+    pub async fn start(options: Options) -> Kinto {
+        let venv = venv();
+        let dir = tempfile::tempdir().unwrap();
+        let mut includes =
+            "kinto.plugins.accounts\n                 kinto.plugins.flush".to_owned();
+        if options.history {
+            includes.push_str("\n                 kinto.plugins.history");
+        }
+        let ini = format!(
+            r#"[server:main]
+use = egg:waitress#main
+host = 127.0.0.1
+port = %(http_port)s
+threads = 8
+
+[app:main]
+use = egg:kinto
+kinto.includes = {includes}
+kinto.storage_backend = kinto.core.storage.memory
+kinto.storage_url =
+kinto.cache_backend = kinto.core.cache.memory
+kinto.cache_url =
+kinto.permission_backend = kinto.core.permission.memory
+kinto.permission_url =
+kinto.userid_hmac_secret = 0a1b2c3d4e5f60718293a4b5c6d7e8f9
+multiauth.policies = account
+multiauth.policy.account.use = kinto.plugins.accounts.AccountsPolicy
+kinto.account_create_principals = system.Everyone
+kinto.account_write_principals = account:admin
+kinto.bucket_create_principals = system.Authenticated
+kinto.bucket_read_principals = account:tandem
+kinto.collection_read_principals = account:tandem
+kinto.group_read_principals = account:tandem
+kinto.record_read_principals = account:tandem
+kinto.batch_max_requests = 200
+
+[loggers]
+keys = root
+
+[handlers]
+keys = console
+
+[formatters]
+keys = plain
+
+[logger_root]
+level = WARNING
+handlers = console
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+level = NOTSET
+formatter = plain
+
+[formatter_plain]
+format = %(levelname)s %(message)s
+"#
+        );
+        std::fs::write(dir.path().join("kinto.ini"), ini).unwrap();
+        let http = tandem::net::client_builder().build().unwrap();
+        // A free port can be taken between our probe and Kinto's bind: try a few.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let url = format!("http://127.0.0.1:{port}/v1/");
+            let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+            let mut child = Command::new(venv.join("bin/kinto"))
+                .args(["start", "--ini", "kinto.ini", "--port", &port.to_string()])
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            if wait_ready(&mut child, &http, &url).await {
+                let kinto = Kinto {
+                    child,
+                    dir,
+                    url,
+                    http,
+                };
+                for user in ["admin", "tandem", "alice", "bob"] {
+                    kinto.create_account(user).await;
+                }
+                return kinto;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "Kinto did not start; its log:\n{}",
+            std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default()
+        );
+    }
+
+    async fn create_account(&self, user: &str) {
+        let r = self
+            .http
+            .put(format!("{}accounts/{user}", self.url))
+            .json(&json!({"data": {"password": PASSWORD}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "creating account {user}: {}",
+            r.status()
+        );
+    }
+
+    /// Sends a request as `user` and returns (status, JSON body).
+    pub async fn request(
+        &self,
+        user: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!("{}{}", self.url, path.trim_start_matches('/'));
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), url)
+            .basic_auth(user, Some(PASSWORD));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Like [`Kinto::request`] but panics unless the status is 2xx.
+    pub async fn ok(&self, user: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.request(user, method, path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} as {user}: {status} {value}"
+        );
+        value
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+/// Waits until the server answers its heartbeat; false if it died or took over a minute.
+async fn wait_ready(child: &mut Child, http: &reqwest::Client, url: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(r) = http.get(format!("{url}__heartbeat__")).send().await
+            && r.status().is_success()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+impl Drop for Kinto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
