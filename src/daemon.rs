@@ -20,6 +20,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::identity::{IdentityError, NodeKey};
 use crate::probe::Prober;
+use crate::replicate::ingest::{Ingest, IngestError};
 use crate::scheduler::{self, Cadence, WorkerStatus};
 use crate::source::kinto::{KintoClient, KintoError};
 use crate::store::{DB_FILE, Store};
@@ -103,6 +104,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let Node { config, key, store } = node;
+    let key = Arc::new(key);
     let node_id = key.id();
     let addr = listener
         .local_addr()
@@ -118,25 +120,45 @@ pub async fn serve(
     if let Some(source) = &config.source {
         let status = Arc::new(WorkerStatus::new("source", "kinto"));
         workers.push(status.clone());
-        let (source, token) = (source.clone(), token.child_token());
+        let (source, token, store, key) = (
+            source.clone(),
+            token.child_token(),
+            writer.clone(),
+            key.clone(),
+        );
         let cadence = Cadence::Every(source.poll);
         tasks.spawn(async move {
             // Built on first use and rebuilt after a credentials error, so that fixing the
             // password file needs no restart.
-            let client: Arc<tokio::sync::Mutex<Option<KintoClient>>> = Arc::default();
+            let ingest: Arc<tokio::sync::Mutex<Option<Ingest>>> = Arc::default();
             scheduler::run_loop(&status, cadence, token, || {
-                let (client, source) = (client.clone(), source.clone());
+                let (ingest, source, store, key) =
+                    (ingest.clone(), source.clone(), store.clone(), key.clone());
                 async move {
-                    let mut guard = client.lock().await;
+                    let mut guard = ingest.lock().await;
                     if guard.is_none() {
-                        *guard = Some(KintoClient::new(&source)?);
+                        let client =
+                            Arc::new(KintoClient::new(&source).map_err(IngestError::from)?);
+                        *guard = Some(Ingest::new(client, store, key));
                     }
-                    let kinto = guard.as_ref().expect("just set");
-                    let info = kinto.server_info().await;
-                    if matches!(info, Err(KintoError::Unauthorized { .. })) {
+                    let pass = guard.as_ref().expect("just set");
+                    // Kinto's Backoff header asks clients to stay away for a while.
+                    tokio::time::sleep(pass.client().backoff_remaining()).await;
+                    let report = pass.pass().await;
+                    if matches!(
+                        report,
+                        Err(IngestError::Kinto(
+                            KintoError::Unauthorized { .. } | KintoError::Credentials(_)
+                        ))
+                    ) {
                         *guard = None;
                     }
-                    info.map(|i| format!("kinto {} as {}", i.version, i.user_id))
+                    report.map(|r| {
+                        format!(
+                            "{} entries appended, {} lists changed",
+                            r.appended, r.lists_changed
+                        )
+                    })
                 }
             })
             .await

@@ -6,11 +6,13 @@
 //! `RestartPreventExitStatus=78` stops a restart loop on those).
 
 mod check;
+mod export;
 mod init;
 mod key;
 mod peers;
 mod run;
 mod status;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +68,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run one ingest pass now (the daemon must not be running).
+    Sync,
+    /// Write the current state of an origin, one live object per line, sorted by path.
+    Export {
+        /// `self` or a node id.
+        #[arg(long, default_value = "self")]
+        origin: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = export::Format::Jsonl)]
+        format: export::Format,
+        /// Write to this file (atomically) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Show or back up the node key.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -104,6 +120,12 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run => run::run(&cli),
         Command::Status { json } => status::run(&cli, *json),
         Command::Peers { json } => peers::run(&cli, *json),
+        Command::Sync => sync::run(&cli),
+        Command::Export {
+            origin,
+            format,
+            out,
+        } => export::run(&cli, origin, *format, out.as_deref()),
         Command::Key(cmd) => key::run(&cli, cmd),
         Command::Config(ConfigCommand::Check { file }) => {
             check::run(file.as_ref().unwrap_or(&cli.config))

@@ -201,11 +201,12 @@ impl Store {
     }
 
     /// Calls `f` with (path, body) of every live object of `origin`, sorted by path (bytewise).
-    pub fn for_each_object(
+    /// Stops at the first error `f` returns.
+    pub fn for_each_object<E: From<StoreError>>(
         &self,
         origin: NodeId,
-        mut f: impl FnMut(&str, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+        mut f: impl FnMut(&str, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(());
         };
@@ -219,10 +220,26 @@ impl Store {
         let mut rows = stmt.query([row]).ctx("reading objects")?;
         while let Some(r) = rows.next().ctx("reading objects")? {
             let bytes = r.get_ref(0).ctx("reading objects")?.as_blob().ctx_blob()?;
-            let entry = crate::feed::decode_entry(bytes)?;
+            let entry = crate::feed::decode_entry(bytes).map_err(StoreError::from)?;
             f(entry.path, entry.body)?;
         }
         Ok(())
+    }
+
+    /// Paths of the live objects of `origin` that start with `prefix`, sorted.
+    pub fn paths_under(&self, origin: NodeId, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT path FROM objects WHERE origin = ?1 AND path >= ?2 AND path < ?3 ORDER BY path")
+            .ctx("listing paths")?;
+        let rows = stmt
+            .query_map((row, prefix, prefix_end(prefix)), |r| r.get::<_, String>(0))
+            .ctx("listing paths")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing paths")
     }
 
     /// Number of live objects of `origin`.
@@ -295,6 +312,12 @@ impl Store {
             .optional()
             .ctx("reading an origin")
     }
+}
+
+/// An upper bound for a range scan of the strings starting with `prefix`: the prefix followed
+/// by the largest code point (bytewise, every other continuation sorts below it).
+fn prefix_end(prefix: &str) -> String {
+    format!("{prefix}\u{10ffff}")
 }
 
 /// Reads a blob column that must be a blob.

@@ -448,3 +448,69 @@ fn tampering_with_stored_bytes_is_found_by_verify() {
         report.problems
     );
 }
+
+#[test]
+fn append_changes_skips_no_ops_and_paths_under_scans_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([0; 32]);
+    let mut store = writer(dir.path());
+    let put = |path: &str, v: u32| Change {
+        op: Op::Put,
+        path: path.into(),
+        body: format!(r#"{{"v":{v}}}"#).into_bytes(),
+    };
+    let del = |path: &str| Change {
+        op: Op::Delete,
+        path: path.into(),
+        body: vec![],
+    };
+    let (_, n) = store
+        .append_changes(
+            &key,
+            vec![
+                put("/buckets/a", 1),
+                put("/buckets/a/x", 1),
+                put("/buckets/ab", 1),
+            ],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(n, 3);
+    // Same bodies again, a delete of something absent, a put then delete within the batch.
+    let (cp, n) = store
+        .append_changes(
+            &key,
+            vec![
+                put("/buckets/a", 1),
+                del("/buckets/zz"),
+                put("/buckets/a/y", 2),
+                del("/buckets/a/y"),
+                put("/buckets/a", 1),
+            ],
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        n, 2,
+        "only the put and delete of /buckets/a/y change anything"
+    );
+    assert_eq!(cp.unwrap().seq, Seq(5));
+    let (cp, n) = store
+        .append_changes(
+            &key,
+            vec![put("/buckets/a", 1)],
+            &[CursorUpdate {
+                name: "c".into(),
+                value: "1".into(),
+            }],
+        )
+        .unwrap();
+    assert_eq!((cp, n), (None, 0));
+    assert_eq!(store.cursor("c").unwrap().as_deref(), Some("1"));
+    assert_eq!(
+        store.paths_under(key.id(), "/buckets/a/").unwrap(),
+        vec!["/buckets/a/x".to_owned()]
+    );
+    assert_eq!(store.paths_under(key.id(), "/buckets/a").unwrap().len(), 3);
+    assert_sound(&store, key.id());
+}

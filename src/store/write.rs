@@ -112,6 +112,40 @@ impl Store {
         Ok(checkpoint)
     }
 
+    /// Like [`Store::append`], but first drops changes that would not change the state: a put
+    /// whose body equals the live object's, a delete of an absent object. Used by ingest, so
+    /// that re-reading a source after a crash or an overlap appends nothing twice. Returns the
+    /// checkpoint (if anything was appended) and how many changes were appended.
+    pub fn append_changes(
+        &mut self,
+        key: &NodeKey,
+        changes: Vec<Change>,
+        cursors: &[CursorUpdate],
+    ) -> Result<(Option<Checkpoint>, usize), StoreError> {
+        let mut needed = Vec::with_capacity(changes.len());
+        // Later changes in the same batch see the effect of earlier ones.
+        let mut pending: std::collections::HashMap<String, Option<usize>> =
+            std::collections::HashMap::new();
+        for change in changes {
+            let current: Option<Vec<u8>> = match pending.get(&change.path) {
+                Some(Some(i)) => Some(needed_body(&needed, *i)),
+                Some(None) => None,
+                None => self.object(key.id(), &change.path)?,
+            };
+            let no_op = match change.op {
+                Op::Put => current.as_deref() == Some(change.body.as_slice()),
+                Op::Delete => current.is_none(),
+            };
+            if !no_op {
+                let slot = (change.op == Op::Put).then_some(needed.len());
+                pending.insert(change.path.clone(), slot);
+                needed.push(change);
+            }
+        }
+        let count = needed.len();
+        Ok((self.append(key, &needed, cursors)?, count))
+    }
+
     /// Accepts a verified batch of a foreign (or, during recovery, our own) origin: it must
     /// link to the stored head. Entries already held must match exactly (re-delivery is a
     /// no-op); a mismatch is a fork, whose evidence is stored and the origin frozen. New
@@ -238,6 +272,10 @@ impl Store {
         write_cursors(&tx, cursors)?;
         tx.commit().ctx("committing cursors")
     }
+}
+
+fn needed_body(changes: &[Change], i: usize) -> Vec<u8> {
+    changes[i].body.clone()
 }
 
 fn origin_row(

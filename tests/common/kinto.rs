@@ -78,6 +78,8 @@ kinto.collection_read_principals = account:tandem
 kinto.group_read_principals = account:tandem
 kinto.record_read_principals = account:tandem
 kinto.batch_max_requests = 200
+# Small pages, so that every test crosses page boundaries.
+kinto.paginate_by = 40
 
 [loggers]
 keys = root
@@ -186,6 +188,27 @@ format = %(levelname)s %(message)s
             "{method} {path} as {user}: {status} {value}"
         );
         value
+    }
+
+    /// Everything `user` can read, as the independent client (kinto-http) sees it: one JSON
+    /// value per object, sorted by path.
+    pub fn dump(&self, user: &str) -> Vec<Value> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kinto_dump.py");
+        let out = Command::new(venv().join("bin/python"))
+            .arg(script)
+            .args([self.url.as_str(), user, PASSWORD])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kinto_dump.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     /// The server's log so far (for failure messages).

@@ -1,0 +1,87 @@
+//! `tandem export --origin self|<node id> --format jsonl [--out FILE]`: the current state of an
+//! origin, one live object per line, sorted by path:
+//!
+//! ```json
+//! {"path":"/buckets/b/collections/c/records/r","data":{…},"permissions":{…}}
+//! ```
+//!
+//! `data` and `permissions` are the bytes the source gave. Reads through a read-only
+//! connection, so it works beside a running daemon. With `--out`, the file appears complete or
+//! not at all (written to a temporary name, synced, renamed).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use super::{Cli, load_config};
+use crate::identity::NodeId;
+use crate::store::Store;
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// Writes the export.
+pub fn run(cli: &Cli, origin: &str, _format: Format, out: Option<&Path>) -> anyhow::Result<()> {
+    let config = load_config(cli)?;
+    let store = Store::open_read_only(&config.node.data_dir)?;
+    let origin: NodeId = if origin == "self" {
+        store.node_id()?
+    } else {
+        origin.parse()?
+    };
+    if !store.origins()?.iter().any(|o| o.id == origin) {
+        bail!("this node holds no feed of origin {origin}; see `tandem status`");
+    }
+    match out {
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            write_jsonl(&store, origin, &mut w)?;
+            w.flush().context("writing to stdout")?;
+        }
+        Some(path) => {
+            let tmp = temp_name(path);
+            let result = (|| {
+                let file = std::fs::File::create(&tmp)
+                    .with_context(|| format!("cannot create {}", tmp.display()))?;
+                let mut w = std::io::BufWriter::new(file);
+                write_jsonl(&store, origin, &mut w)?;
+                let file = w.into_inner().context("writing the export")?;
+                file.sync_all().context("syncing the export")?;
+                std::fs::rename(&tmp, path)
+                    .with_context(|| format!("cannot rename to {}", path.display()))
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result?;
+        }
+    }
+    Ok(())
+}
+
+fn write_jsonl(store: &Store, origin: NodeId, w: &mut impl Write) -> anyhow::Result<()> {
+    store.for_each_object(origin, |path, body| -> anyhow::Result<()> {
+        // body is {"data":…,"permissions":…}: splice the path in front, keeping the bytes.
+        let rest = body.strip_prefix(b"{").unwrap_or(body);
+        w.write_all(b"{\"path\":")?;
+        serde_json::to_writer(&mut *w, path)?;
+        w.write_all(b",")?;
+        w.write_all(rest)?;
+        w.write_all(b"\n")?;
+        Ok(())
+    })
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("export");
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}

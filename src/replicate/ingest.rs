@@ -1,0 +1,514 @@
+//! Ingest: one pass over a Kinto server, turning every change since the last pass into entries
+//! of this node's own feed.
+//!
+//! # How changes are found (the polling path)
+//!
+//! - **Containers** (`/buckets`, and per bucket `/collections` and `/groups`) are small lists.
+//!   Each is asked with `If-None-Match` on its last ETag; when it changed, the full list is read
+//!   and compared with the replica: a new or changed object (its `last_modified` differs) is
+//!   fetched on its own to get its permissions, and an object no longer listed is deleted
+//!   *together with everything below it*. Comparing full lists also catches what tombstones
+//!   cannot show: a bucket's tombstone is invisible to most accounts, and deleting a bucket or
+//!   collection drops its children without tombstones.
+//! - **Records** are read with `_since=<cursor>` and `If-None-Match`, ascending by
+//!   `last_modified`, page by page; tombstones (objects whose keys are exactly `id`,
+//!   `last_modified` and `deleted: true`, and which a GET confirms are gone) become deletes. A collection that is new or changed
+//!   since the last pass (which includes "deleted and recreated under the same id") is
+//!   reconciled instead: its full record list is read and records no longer listed are deleted,
+//!   so the replica ends with exactly the new contents.
+//!
+//! # Guarantees
+//!
+//! - Each page of changes and the cursor it moves commit in one transaction; a crash at any
+//!   point resumes from the last committed page. The store drops no-op changes (a put equal to
+//!   the live object), so re-reading a page appends nothing twice.
+//! - Bodies are `{"data":<bytes Kinto sent>,"permissions":<bytes Kinto sent>}`. Records listed
+//!   in pages carry `{"data":…}` only: Kinto's lists do not include permissions.
+//! - A failed request aborts the pass before anything of its page is stored.
+//!
+//! Paths in the feed are Kinto object paths without the `/v1` prefix, e.g.
+//! `/buckets/b/collections/c/records/r`. Cursors are named `kinto:<list path>`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+use tokio::task::JoinSet;
+
+use crate::feed::Op;
+use crate::identity::NodeKey;
+use crate::source::kinto::{KintoClient, KintoError, ListResult, ListTarget, Page};
+use crate::store::{Change, CursorUpdate, Store, StoreError};
+
+/// How many collections are read at the same time.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+/// Why a pass failed. Nothing of the failing page was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Talking to Kinto failed.
+    #[error(transparent)]
+    Kinto(#[from] KintoError),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Kinto sent something that is not a Kinto object.
+    #[error("unexpected object in {list}: {what}")]
+    Source {
+        /// The list it came from.
+        list: String,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+impl IngestError {
+    /// Whether the next pass may succeed without operator action.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            IngestError::Kinto(e) => e.is_transient(),
+            IngestError::Store(_) | IngestError::Source { .. } => false,
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct IngestReport {
+    /// Entries appended to the feed.
+    pub appended: u64,
+    /// Lists that had changed (read in full or since their cursor).
+    pub lists_changed: u64,
+    /// Lists answered with 304 Not Modified.
+    pub lists_unchanged: u64,
+}
+
+impl std::ops::AddAssign for IngestReport {
+    fn add_assign(&mut self, other: IngestReport) {
+        self.appended += other.appended;
+        self.lists_changed += other.lists_changed;
+        self.lists_unchanged += other.lists_unchanged;
+    }
+}
+
+/// Follows one Kinto server into one node's feed.
+pub struct Ingest {
+    client: Arc<KintoClient>,
+    store: Arc<Mutex<Store>>,
+    key: Arc<NodeKey>,
+    concurrency: usize,
+}
+
+/// The identifying fields of a listed object.
+#[derive(Deserialize)]
+struct ItemHead {
+    id: String,
+    last_modified: i64,
+    deleted: Option<serde_json::Value>,
+    #[serde(flatten)]
+    rest: HashMap<String, IgnoredAny>,
+}
+
+impl ItemHead {
+    fn parse(list: &str, raw: &RawValue) -> Result<ItemHead, IngestError> {
+        serde_json::from_str(raw.get()).map_err(|e| IngestError::Source {
+            list: list.to_owned(),
+            what: format!("{e}"),
+        })
+    }
+
+    /// Whether it has a tombstone's shape: exactly the keys `id`, `last_modified` and
+    /// `deleted: true`. A live record may have a `deleted` field of its own, and one whose only
+    /// field is `deleted: true` has this very shape: see [`Ingest::is_deleted`].
+    fn looks_deleted(&self) -> bool {
+        self.deleted == Some(serde_json::Value::Bool(true)) && self.rest.is_empty()
+    }
+}
+
+/// The body of a fetched object, split so that it can be stored in the feed's shape.
+#[derive(Deserialize)]
+struct ObjectBody<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(borrow)]
+    permissions: Option<&'a RawValue>,
+}
+
+impl Ingest {
+    /// An ingest of `client`'s server into `key`'s feed in `store`.
+    pub fn new(client: Arc<KintoClient>, store: Arc<Mutex<Store>>, key: Arc<NodeKey>) -> Ingest {
+        Ingest {
+            client,
+            store,
+            key,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+
+    /// The Kinto client (for its `Backoff` state).
+    pub fn client(&self) -> &KintoClient {
+        &self.client
+    }
+
+    /// Runs one pass: checks the credentials, then buckets, their groups and collections, and
+    /// every collection's records.
+    pub async fn pass(&self) -> Result<IngestReport, IngestError> {
+        self.client.server_info().await?;
+        let mut report = IngestReport::default();
+        let (changed_buckets, r) = self.sync_container_list("/buckets", false).await?;
+        report += r;
+        for bucket in self.live_children("/buckets").await? {
+            let recreated = changed_buckets.contains(&bucket);
+            let (_, r) = self
+                .sync_container_list(&format!("{bucket}/groups"), recreated)
+                .await?;
+            report += r;
+            let (changed, r) = self
+                .sync_container_list(&format!("{bucket}/collections"), recreated)
+                .await?;
+            report += r;
+            let collections = self.live_children(&format!("{bucket}/collections")).await?;
+            report += self.sync_collections(collections, &changed).await?;
+        }
+        Ok(report)
+    }
+
+    /// Reads the records of `collections` with bounded concurrency; those in `changed` are
+    /// reconciled in full.
+    async fn sync_collections(
+        &self,
+        collections: Vec<String>,
+        changed: &HashSet<String>,
+    ) -> Result<IngestReport, IngestError> {
+        let mut report = IngestReport::default();
+        let mut tasks = JoinSet::new();
+        let mut pending = collections.into_iter();
+        loop {
+            while tasks.len() < self.concurrency {
+                let Some(collection) = pending.next() else {
+                    break;
+                };
+                let reconcile = changed.contains(&collection);
+                let worker = self.clone_handle();
+                tasks.spawn(async move { worker.sync_records(&collection, reconcile).await });
+            }
+            match tasks.join_next().await {
+                None => return Ok(report),
+                Some(Ok(Ok(r))) => report += r,
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+            }
+        }
+    }
+
+    fn clone_handle(&self) -> Ingest {
+        Ingest {
+            client: self.client.clone(),
+            store: self.store.clone(),
+            key: self.key.clone(),
+            concurrency: self.concurrency,
+        }
+    }
+
+    /// Brings one container list up to date. Returns the paths of children that are new or
+    /// changed (whose own children must then be reconciled).
+    async fn sync_container_list(
+        &self,
+        list: &str,
+        force: bool,
+    ) -> Result<(HashSet<String>, IngestReport), IngestError> {
+        let cursor_name = format!("kinto:{list}");
+        let cursor = if force {
+            None
+        } else {
+            self.cursor(&cursor_name).await?
+        };
+        let mut report = IngestReport::default();
+        let Some((items, etag)) = self.read_full_list(list, cursor).await? else {
+            report.lists_unchanged += 1;
+            return Ok((HashSet::new(), report));
+        };
+        report.lists_changed += 1;
+
+        let mut changes = Vec::new();
+        let mut changed = HashSet::new();
+        let mut listed = HashSet::new();
+        for raw in &items {
+            let head = ItemHead::parse(list, raw)?;
+            let path = format!("{list}/{}", head.id);
+            listed.insert(path.clone());
+            if self.stored_last_modified(&path).await? == Some(head.last_modified) {
+                continue;
+            }
+            // Permissions are only in the object itself, not in lists.
+            let Some(object) = self.client.object(&path).await? else {
+                continue; // deleted since it was listed; the next pass sees it gone
+            };
+            changes.push(Change {
+                op: Op::Put,
+                path: path.clone(),
+                body: object_body(list, &object)?,
+            });
+            changed.insert(path);
+        }
+        for path in self.live_children(list).await? {
+            if !listed.contains(&path) {
+                changes.extend(self.deletes_below(&path).await?);
+            }
+        }
+        let cursors = etag.map(|e| CursorUpdate {
+            name: cursor_name,
+            value: e.to_string(),
+        });
+        report.appended += self.commit(changes, cursors).await?;
+        Ok((changed, report))
+    }
+
+    /// Reads the records of one collection since its cursor, committing page by page.
+    async fn sync_records(
+        &self,
+        collection: &str,
+        reconcile: bool,
+    ) -> Result<IngestReport, IngestError> {
+        let list = format!("{collection}/records");
+        let cursor_name = format!("kinto:{list}");
+        let cursor = if reconcile {
+            None
+        } else {
+            self.cursor(&cursor_name).await?
+        };
+        let mut report = IngestReport::default();
+        let mut listed = HashSet::new();
+        let mut first_etag = None;
+        let mut next: Option<url::Url> = None;
+        let mut position = cursor.unwrap_or(0);
+        loop {
+            let target = match &next {
+                None => ListTarget::Path {
+                    path: &list,
+                    since: cursor,
+                    limit: None,
+                },
+                Some(url) => ListTarget::Next(url),
+            };
+            let condition = if next.is_none() { cursor } else { None };
+            let page: Page = match self.client.list(target, condition).await? {
+                ListResult::NotModified => {
+                    report.lists_unchanged += 1;
+                    return Ok(report);
+                }
+                ListResult::Page(page) => page,
+            };
+            if next.is_none() {
+                report.lists_changed += 1;
+                first_etag = page.etag;
+            }
+            let mut changes = Vec::with_capacity(page.items.len());
+            for raw in &page.items {
+                let head = ItemHead::parse(&list, raw)?;
+                let path = format!("{list}/{}", head.id);
+                position = position.max(head.last_modified);
+                if self.is_deleted(&head, &path, cursor.is_some()).await? {
+                    changes.push(Change {
+                        op: Op::Delete,
+                        path,
+                        body: Vec::new(),
+                    });
+                } else {
+                    if reconcile {
+                        listed.insert(path.clone());
+                    }
+                    changes.push(Change {
+                        op: Op::Put,
+                        path,
+                        body: format!("{{\"data\":{}}}", raw.get()).into_bytes(),
+                    });
+                }
+            }
+            next = page.next;
+            if next.is_none() {
+                position = position.max(first_etag.unwrap_or(0));
+            }
+            // Mid-list pages move the cursor to their last item; the last page to the list's
+            // ETag. A reconcile only moves it once the vanished records are deleted too.
+            let cursors = (!reconcile || next.is_none()).then(|| CursorUpdate {
+                name: cursor_name.clone(),
+                value: position.to_string(),
+            });
+            if reconcile && next.is_none() {
+                for path in self.live_children(&list).await? {
+                    if !listed.contains(&path) {
+                        changes.push(Change {
+                            op: Op::Delete,
+                            path,
+                            body: Vec::new(),
+                        });
+                    }
+                }
+            }
+            report.appended += self.commit(changes, cursors).await?;
+            if next.is_none() {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Whether a listed item is a tombstone. Lists without `_since` never contain tombstones;
+    /// with it, an item of tombstone shape may still be a live record whose data is just
+    /// `{"deleted": true}`, which only a GET of the object settles (404 for a tombstone).
+    async fn is_deleted(
+        &self,
+        head: &ItemHead,
+        path: &str,
+        filtered: bool,
+    ) -> Result<bool, IngestError> {
+        if !filtered || !head.looks_deleted() {
+            return Ok(false);
+        }
+        Ok(self.client.object(path).await?.is_none())
+    }
+
+    /// The whole list (all pages), unless it is unchanged since `etag`. Returns the items and
+    /// the first page's ETag.
+    async fn read_full_list(
+        &self,
+        list: &str,
+        etag: Option<i64>,
+    ) -> Result<Option<(Vec<Box<RawValue>>, Option<i64>)>, IngestError> {
+        let mut items = Vec::new();
+        let mut first_etag = None;
+        let mut next: Option<url::Url> = None;
+        loop {
+            let target = match &next {
+                None => ListTarget::Path {
+                    path: list,
+                    since: None,
+                    limit: None,
+                },
+                Some(url) => ListTarget::Next(url),
+            };
+            let condition = if next.is_none() { etag } else { None };
+            match self.client.list(target, condition).await? {
+                ListResult::NotModified => return Ok(None),
+                ListResult::Page(page) => {
+                    if next.is_none() {
+                        first_etag = page.etag;
+                    }
+                    items.extend(page.items);
+                    match page.next {
+                        Some(url) => next = Some(url),
+                        None => return Ok(Some((items, first_etag))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deletes for `path` and every object below it (children first).
+    async fn deletes_below(&self, path: &str) -> Result<Vec<Change>, IngestError> {
+        let mut paths = self
+            .with_store({
+                let prefix = format!("{path}/");
+                let origin = self.key.id();
+                move |s| s.paths_under(origin, &prefix)
+            })
+            .await?;
+        paths.reverse();
+        paths.push(path.to_owned());
+        Ok(paths
+            .into_iter()
+            .map(|path| Change {
+                op: Op::Delete,
+                path,
+                body: Vec::new(),
+            })
+            .collect())
+    }
+
+    /// Paths of the live direct children of `list` in the replica.
+    async fn live_children(&self, list: &str) -> Result<Vec<String>, IngestError> {
+        let prefix = format!("{list}/");
+        let origin = self.key.id();
+        let all = self
+            .with_store(move |s| s.paths_under(origin, &prefix))
+            .await?;
+        let depth = list.len() + 1;
+        Ok(all
+            .into_iter()
+            .filter(|p| !p[depth..].contains('/'))
+            .collect())
+    }
+
+    /// `data.last_modified` of the live object at `path`, if any.
+    async fn stored_last_modified(&self, path: &str) -> Result<Option<i64>, IngestError> {
+        let origin = self.key.id();
+        let path = path.to_owned();
+        let body = self.with_store(move |s| s.object(origin, &path)).await?;
+        Ok(body.and_then(|b| {
+            #[derive(Deserialize)]
+            struct Data {
+                data: Stamp,
+            }
+            #[derive(Deserialize)]
+            struct Stamp {
+                last_modified: i64,
+            }
+            serde_json::from_slice::<Data>(&b)
+                .ok()
+                .map(|d| d.data.last_modified)
+        }))
+    }
+
+    async fn cursor(&self, name: &str) -> Result<Option<i64>, IngestError> {
+        let name = name.to_owned();
+        let value = self.with_store(move |s| s.cursor(&name)).await?;
+        Ok(value.and_then(|v| v.parse().ok()))
+    }
+
+    /// Appends `changes` (no-ops dropped) and moves `cursor`, in one transaction.
+    async fn commit(
+        &self,
+        changes: Vec<Change>,
+        cursor: Option<CursorUpdate>,
+    ) -> Result<u64, IngestError> {
+        if changes.is_empty() && cursor.is_none() {
+            return Ok(0);
+        }
+        let key = self.key.clone();
+        let (_, appended) = self
+            .with_store(move |s| s.append_changes(&key, changes, cursor.as_slice()))
+            .await?;
+        metrics::counter!(crate::telemetry::ENTRIES_APPENDED).increment(appended as u64);
+        Ok(appended as u64)
+    }
+
+    /// Runs `f` on the store on a blocking thread.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, IngestError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+            .map_err(IngestError::from)
+    }
+}
+
+/// The feed body of a fetched object: `{"data":…,"permissions":…}` with Kinto's bytes.
+fn object_body(list: &str, object: &RawValue) -> Result<Vec<u8>, IngestError> {
+    let parts: ObjectBody<'_> =
+        serde_json::from_str(object.get()).map_err(|e| IngestError::Source {
+            list: list.to_owned(),
+            what: format!("object without data: {e}"),
+        })?;
+    let permissions = parts.permissions.map_or("{}", RawValue::get);
+    Ok(format!(
+        "{{\"data\":{},\"permissions\":{}}}",
+        parts.data.get(),
+        permissions
+    )
+    .into_bytes())
+}
