@@ -179,14 +179,18 @@ struct Node {
 
 impl Node {
     fn new(kinto: &Kinto) -> Node {
+        Node::with_url(&kinto.url)
+    }
+
+    /// A node reading the Kinto root at `url` (e.g. through a proxy).
+    fn with_url(url: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), PASSWORD).unwrap();
         std::fs::write(
             dir.path().join("tandem.toml"),
             format!(
                 "[node]\nname = \"home\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\
-                 [source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1s\"\n",
-                kinto.url
+                 [source]\nkind = \"kinto\"\nurl = \"{url}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1s\"\n"
             ),
         )
         .unwrap();
@@ -201,6 +205,11 @@ impl Node {
 
     fn run(&self, args: &[&str]) -> String {
         String::from_utf8(common::tandem(&self.config(), args, 0).stdout).unwrap()
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    fn fail(&self, args: &[&str]) -> String {
+        String::from_utf8(common::tandem(&self.config(), args, 1).stderr).unwrap()
     }
 
     /// `tandem sync`; returns the number of entries appended.
@@ -406,4 +415,175 @@ async fn ingest_follows_every_kind_of_change() {
     // The feed that recorded all this verifies end to end.
     let status: serde_json::Value = serde_json::from_str(&node.run(&["status", "--json"])).unwrap();
     assert!(status["origins"][0]["head"]["seq"].as_u64().unwrap() > 200);
+}
+
+/// Creates `n` records in one collection through the batch endpoint; `pad` bytes each.
+async fn fill(kinto: &Kinto, user: &str, collection: &str, n: usize, pad: usize, prefix: &str) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(150) {
+        let requests: Vec<_> = chunk
+            .iter()
+            .map(|i| json!({"method": "PUT", "path": format!("{collection}/records/{prefix}{i:04}"), "body": {"data": {"i": i, "pad": "p".repeat(pad)}}}))
+            .collect();
+        let answer = kinto
+            .ok(user, "POST", "batch", Some(json!({"requests": requests})))
+            .await;
+        for r in answer["responses"].as_array().unwrap() {
+            assert!(r["status"].as_u64().unwrap() < 300, "{r}");
+        }
+    }
+}
+
+fn record_count(export: &[serde_json::Value]) -> usize {
+    export
+        .iter()
+        .filter(|o| o["path"].as_str().unwrap().contains("/records/"))
+        .count()
+}
+
+// Multi-threaded: the proxy must keep running while the test waits for a tandem process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_never_commit_part_of_a_page_and_heal() {
+    let kinto = Kinto::start(Options { history: false }).await;
+    kinto
+        .ok("alice", "PUT", "buckets/b", Some(json!({"data": {}})))
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/b/collections/c",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    // Pages hold 40 records: the first page is small, the later ones large.
+    fill(&kinto, "alice", "/buckets/b/collections/c", 40, 10, "a").await;
+    fill(&kinto, "alice", "/buckets/b/collections/c", 80, 2000, "b").await;
+    let upstream = kinto
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1/")
+        .to_owned();
+    let proxy = common::proxy::Proxy::start(upstream, "/v1/").await;
+    let node = Node::with_url(&proxy.url);
+
+    // Answers larger than 20 kB are cut mid-body: the second page of records never arrives whole.
+    proxy.set(common::proxy::Fault::CutAfter(20_000), 0);
+    let err = node.fail(&["sync"]);
+    assert!(
+        err.contains("cut short") || err.contains("cannot reach"),
+        "{err}"
+    );
+    assert_eq!(
+        record_count(&node.export()),
+        40,
+        "exactly the complete first page is kept"
+    );
+
+    proxy.set(common::proxy::Fault::Status(503), 0);
+    let err = node.fail(&["sync"]);
+    assert!(err.contains("HTTP 503"), "{err}");
+
+    proxy.set(common::proxy::Fault::None, 0);
+    node.sync();
+    assert_export_matches(&node, &kinto);
+    assert_eq!(record_count(&node.export()), 120);
+
+    // A password changed on the server: a clear error, then recovery once the file is fixed.
+    kinto
+        .ok(
+            "tandem",
+            "PATCH",
+            "accounts/tandem",
+            Some(json!({"data": {"password": "changed-pw"}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/b/collections/c/records/late",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    let err = node.fail(&["sync"]);
+    assert!(err.contains("did not accept the credentials"), "{err}");
+    assert!(!err.contains("changed-pw") && !err.contains(PASSWORD));
+    std::fs::write(node.dir.path().join("pw"), "changed-pw\n").unwrap();
+    assert_eq!(node.sync(), 1);
+    let export = node.export();
+    assert_eq!(record_count(&export), 121);
+    assert!(
+        export
+            .iter()
+            .any(|o| o["path"] == "/buckets/b/collections/c/records/late")
+    );
+}
+
+#[tokio::test]
+async fn sigkill_during_ingest_loses_and_duplicates_nothing() {
+    let kinto = Kinto::start(Options { history: false }).await;
+    kinto
+        .ok("bob", "PUT", "buckets/big", Some(json!({"data": {}})))
+        .await;
+    let collections = 5;
+    let per_collection = 240;
+    for c in 0..collections {
+        kinto
+            .ok(
+                "bob",
+                "PUT",
+                &format!("buckets/big/collections/c{c}"),
+                Some(json!({"data": {}})),
+            )
+            .await;
+        fill(
+            &kinto,
+            "bob",
+            &format!("/buckets/big/collections/c{c}"),
+            per_collection,
+            300,
+            "r",
+        )
+        .await;
+    }
+    // How long one full pass takes here, measured on a separate node.
+    let started = std::time::Instant::now();
+    Node::new(&kinto).sync();
+    let pass = started.elapsed();
+
+    // Kill in short slices of a pass, round after round, until a pass finishes by itself:
+    // every round commits a little and is killed in the middle of more.
+    let node = Node::new(&kinto);
+    let mut killed_mid_pass = 0;
+    for _ in 0..60 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("--config")
+            .arg(node.config())
+            .arg("sync")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30) + pass / 16);
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        killed_mid_pass += 1;
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+    }
+    assert!(
+        killed_mid_pass >= 6,
+        "only {killed_mid_pass} kills landed during a pass of {pass:?}"
+    );
+    node.sync();
+    assert_export_matches(&node, &kinto);
+    // Every object was put exactly once: nothing lost, nothing duplicated.
+    let objects = 1 + collections + collections * per_collection;
+    let status: serde_json::Value = serde_json::from_str(&node.run(&["status", "--json"])).unwrap();
+    assert_eq!(
+        status["origins"][0]["head"]["seq"].as_u64().unwrap(),
+        objects as u64
+    );
+    assert_eq!(node.sync(), 0);
 }

@@ -15,7 +15,9 @@
 //!   `last_modified` and `deleted: true`, and which a GET confirms are gone) become deletes. A collection that is new or changed
 //!   since the last pass (which includes "deleted and recreated under the same id") is
 //!   reconciled instead: its full record list is read and records no longer listed are deleted,
-//!   so the replica ends with exactly the new contents.
+//!   so the replica ends with exactly the new contents. That obligation is stored, not kept in
+//!   memory: the transaction that records a changed container also removes the cursors of the
+//!   lists below it, and a list without a cursor is always reconciled.
 //!
 //! # Guarantees
 //!
@@ -156,31 +158,24 @@ impl Ingest {
     /// every collection's records.
     pub async fn pass(&self) -> Result<IngestReport, IngestError> {
         self.client.server_info().await?;
-        let mut report = IngestReport::default();
-        let (changed_buckets, r) = self.sync_container_list("/buckets", false).await?;
-        report += r;
+        let mut report = self.sync_container_list("/buckets").await?;
         for bucket in self.live_children("/buckets").await? {
-            let recreated = changed_buckets.contains(&bucket);
-            let (_, r) = self
-                .sync_container_list(&format!("{bucket}/groups"), recreated)
+            report += self
+                .sync_container_list(&format!("{bucket}/groups"))
                 .await?;
-            report += r;
-            let (changed, r) = self
-                .sync_container_list(&format!("{bucket}/collections"), recreated)
+            report += self
+                .sync_container_list(&format!("{bucket}/collections"))
                 .await?;
-            report += r;
             let collections = self.live_children(&format!("{bucket}/collections")).await?;
-            report += self.sync_collections(collections, &changed).await?;
+            report += self.sync_collections(collections).await?;
         }
         Ok(report)
     }
 
-    /// Reads the records of `collections` with bounded concurrency; those in `changed` are
-    /// reconciled in full.
+    /// Reads the records of `collections` with bounded concurrency.
     async fn sync_collections(
         &self,
         collections: Vec<String>,
-        changed: &HashSet<String>,
     ) -> Result<IngestReport, IngestError> {
         let mut report = IngestReport::default();
         let mut tasks = JoinSet::new();
@@ -190,9 +185,8 @@ impl Ingest {
                 let Some(collection) = pending.next() else {
                     break;
                 };
-                let reconcile = changed.contains(&collection);
                 let worker = self.clone_handle();
-                tasks.spawn(async move { worker.sync_records(&collection, reconcile).await });
+                tasks.spawn(async move { worker.sync_records(&collection).await });
             }
             match tasks.join_next().await {
                 None => return Ok(report),
@@ -212,28 +206,21 @@ impl Ingest {
         }
     }
 
-    /// Brings one container list up to date. Returns the paths of children that are new or
-    /// changed (whose own children must then be reconciled).
-    async fn sync_container_list(
-        &self,
-        list: &str,
-        force: bool,
-    ) -> Result<(HashSet<String>, IngestReport), IngestError> {
+    /// Brings one container list up to date. A child that is new, changed (possibly deleted
+    /// and recreated) or gone loses the cursors of its own lists in the same transaction, so
+    /// that they are read in full and reconciled next, even if this process dies first.
+    async fn sync_container_list(&self, list: &str) -> Result<IngestReport, IngestError> {
         let cursor_name = format!("kinto:{list}");
-        let cursor = if force {
-            None
-        } else {
-            self.cursor(&cursor_name).await?
-        };
+        let cursor = self.cursor(&cursor_name).await?;
         let mut report = IngestReport::default();
         let Some((items, etag)) = self.read_full_list(list, cursor).await? else {
             report.lists_unchanged += 1;
-            return Ok((HashSet::new(), report));
+            return Ok(report);
         };
         report.lists_changed += 1;
 
         let mut changes = Vec::new();
-        let mut changed = HashSet::new();
+        let mut cursors = Vec::new();
         let mut listed = HashSet::new();
         for raw in &items {
             let head = ItemHead::parse(list, raw)?;
@@ -251,34 +238,28 @@ impl Ingest {
                 path: path.clone(),
                 body: object_body(list, &object)?,
             });
-            changed.insert(path);
+            cursors.extend(child_lists(&path).map(|l| CursorUpdate::clear(format!("kinto:{l}"))));
         }
         for path in self.live_children(list).await? {
             if !listed.contains(&path) {
                 changes.extend(self.deletes_below(&path).await?);
+                cursors
+                    .extend(child_lists(&path).map(|l| CursorUpdate::clear(format!("kinto:{l}"))));
             }
         }
-        let cursors = etag.map(|e| CursorUpdate {
-            name: cursor_name,
-            value: e.to_string(),
-        });
+        cursors.extend(etag.map(|e| CursorUpdate::set(cursor_name, e)));
         report.appended += self.commit(changes, cursors).await?;
-        Ok((changed, report))
+        Ok(report)
     }
 
-    /// Reads the records of one collection since its cursor, committing page by page.
-    async fn sync_records(
-        &self,
-        collection: &str,
-        reconcile: bool,
-    ) -> Result<IngestReport, IngestError> {
+    /// Reads the records of one collection since its cursor, committing page by page. Without
+    /// a cursor (a new collection, or one that changed), the full list is read and records no
+    /// longer in it are deleted; the cursor is only set once that is done.
+    async fn sync_records(&self, collection: &str) -> Result<IngestReport, IngestError> {
         let list = format!("{collection}/records");
         let cursor_name = format!("kinto:{list}");
-        let cursor = if reconcile {
-            None
-        } else {
-            self.cursor(&cursor_name).await?
-        };
+        let cursor = self.cursor(&cursor_name).await?;
+        let reconcile = cursor.is_none();
         let mut report = IngestReport::default();
         let mut listed = HashSet::new();
         let mut first_etag = None;
@@ -333,10 +314,8 @@ impl Ingest {
             }
             // Mid-list pages move the cursor to their last item; the last page to the list's
             // ETag. A reconcile only moves it once the vanished records are deleted too.
-            let cursors = (!reconcile || next.is_none()).then(|| CursorUpdate {
-                name: cursor_name.clone(),
-                value: position.to_string(),
-            });
+            let cursors = (!reconcile || next.is_none())
+                .then(|| CursorUpdate::set(cursor_name.clone(), position));
             if reconcile && next.is_none() {
                 for path in self.live_children(&list).await? {
                     if !listed.contains(&path) {
@@ -471,14 +450,15 @@ impl Ingest {
     async fn commit(
         &self,
         changes: Vec<Change>,
-        cursor: Option<CursorUpdate>,
+        cursors: impl IntoIterator<Item = CursorUpdate>,
     ) -> Result<u64, IngestError> {
-        if changes.is_empty() && cursor.is_none() {
+        let cursors: Vec<CursorUpdate> = cursors.into_iter().collect();
+        if changes.is_empty() && cursors.is_empty() {
             return Ok(0);
         }
         let key = self.key.clone();
         let (_, appended) = self
-            .with_store(move |s| s.append_changes(&key, changes, cursor.as_slice()))
+            .with_store(move |s| s.append_changes(&key, changes, &cursors))
             .await?;
         metrics::counter!(crate::telemetry::ENTRIES_APPENDED).increment(appended as u64);
         Ok(appended as u64)
@@ -495,6 +475,17 @@ impl Ingest {
             .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
             .map_err(IngestError::from)
     }
+}
+
+/// The lists below a container whose cursors depend on it.
+fn child_lists(path: &str) -> impl Iterator<Item = String> + '_ {
+    let depth = path.matches('/').count();
+    let kinds: &[&str] = match depth {
+        2 => &["groups", "collections"], // /buckets/{id}
+        4 if path.contains("/collections/") => &["records"],
+        _ => &[],
+    };
+    kinds.iter().map(move |kind| format!("{path}/{kind}"))
 }
 
 /// The feed body of a fetched object: `{"data":…,"permissions":…}` with Kinto's bytes.

@@ -25,10 +25,28 @@ pub struct Change {
 /// A cursor position to commit together with the entries it produced.
 #[derive(Debug, Clone)]
 pub struct CursorUpdate {
-    /// Cursor name, e.g. `source:/buckets/b/collections/c/records`.
+    /// Cursor name, e.g. `kinto:/buckets/b/collections/c/records`.
     pub name: String,
-    /// Opaque position.
+    /// Opaque position; an empty value removes the cursor.
     pub value: String,
+}
+
+impl CursorUpdate {
+    /// Sets `name` to `value`.
+    pub fn set(name: impl Into<String>, value: impl ToString) -> CursorUpdate {
+        CursorUpdate {
+            name: name.into(),
+            value: value.to_string(),
+        }
+    }
+
+    /// Removes `name`.
+    pub fn clear(name: impl Into<String>) -> CursorUpdate {
+        CursorUpdate {
+            name: name.into(),
+            value: String::new(),
+        }
+    }
 }
 
 /// Result of accepting a batch.
@@ -380,6 +398,12 @@ fn write_cursors(
 ) -> Result<(), StoreError> {
     let now = now_ms() as i64;
     for c in cursors {
+        if c.value.is_empty() {
+            tx.prepare_cached("DELETE FROM cursors WHERE name = ?1")
+                .and_then(|mut s| s.execute([&c.name]))
+                .ctx("removing a cursor")?;
+            continue;
+        }
         tx.prepare_cached(
             "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",

@@ -1,0 +1,145 @@
+//! A fault-injecting TCP proxy in front of a real server, for failures the server cannot
+//! produce on demand: an error status, or an answer cut off in the middle of its body.
+//! Each connection carries one request (the proxy asks the server to close after answering).
+
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the proxy does with the next requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward untouched.
+    None,
+    /// Answer this status (with `Retry-After: 1`) without forwarding.
+    Status(u16),
+    /// Forward, but cut the answer after this many bytes and close.
+    CutAfter(usize),
+}
+
+/// A running proxy.
+pub struct Proxy {
+    /// `http://127.0.0.1:PORT/v1/` when the upstream is a Kinto root.
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct State {
+    fault: Fault,
+    /// Requests to let through before the fault applies.
+    skip: usize,
+    /// Requests seen.
+    requests: usize,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` (`host:port`); `path` is appended to build [`Proxy::url`].
+    pub async fn start(upstream: String, path: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}{path}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State {
+            fault: Fault::None,
+            skip: 0,
+            requests: 0,
+        }));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (upstream, state) = (upstream.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let _ = serve(client, &upstream, &state).await;
+                });
+            }
+        });
+        Proxy { url, state, task }
+    }
+
+    /// Applies `fault` to every request after the next `skip` ones.
+    pub fn set(&self, fault: Fault, skip: usize) {
+        let mut s = self.state.lock().unwrap();
+        s.fault = fault;
+        s.skip = skip;
+    }
+
+    /// Requests seen so far.
+    pub fn requests(&self) -> usize {
+        self.state.lock().unwrap().requests
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::Result<()> {
+    // Read the request head (the client sends GETs without bodies).
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = client.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let fault = {
+        let mut s = state.lock().unwrap();
+        s.requests += 1;
+        if s.skip > 0 {
+            s.skip -= 1;
+            Fault::None
+        } else {
+            s.fault
+        }
+    };
+    if let Fault::Status(code) = fault {
+        let body = format!(r#"{{"code":{code},"errno":201,"error":"Service Unavailable"}}"#);
+        let answer = format!(
+            "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        client.write_all(answer.as_bytes()).await?;
+        return client.shutdown().await;
+    }
+    // Ask the server to close after answering, so one connection is one request.
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut rewritten = String::new();
+    for line in text.split("\r\n") {
+        if line.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        if line.is_empty() {
+            break;
+        }
+        rewritten.push_str(line);
+        rewritten.push_str("\r\n");
+    }
+    rewritten.push_str("Connection: close\r\n\r\n");
+    let mut server = TcpStream::connect(upstream).await?;
+    server.write_all(rewritten.as_bytes()).await?;
+    let mut sent = 0usize;
+    loop {
+        let n = server.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let take = match fault {
+            Fault::CutAfter(limit) => n.min(limit.saturating_sub(sent)),
+            _ => n,
+        };
+        client.write_all(&buf[..take]).await?;
+        sent += take;
+        if take < n {
+            break; // cut: drop the connection mid-answer
+        }
+    }
+    client.shutdown().await
+}
