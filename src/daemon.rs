@@ -23,7 +23,7 @@ use crate::probe::Prober;
 use crate::replicate::ingest::{Ingest, IngestError};
 use crate::scheduler::{self, Cadence, WorkerStatus};
 use crate::source::kinto::{KintoClient, KintoError};
-use crate::store::{DB_FILE, Store};
+use crate::store::{DB_FILE, Store, StoreError};
 use crate::telemetry;
 
 /// How long shutdown waits for loops and connections before giving up on them.
@@ -40,7 +40,7 @@ pub struct Node {
 }
 
 /// Creates the data directory (mode 0700) if it does not exist.
-pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+pub fn ensure_data_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -48,20 +48,57 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| {
-            format!(
-                "cannot create the data directory {}; create it and give it to the user tandem runs as",
-                dir.display()
-            )
+        .map_err(|source| StoreError::NotWritable {
+            dir: dir.to_owned(),
+            source,
         })
 }
 
+/// A data directory in a state that only the operator can resolve.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A key without its store: the node may have a feed that peers hold.
+    #[error(
+        "the node key {key} exists but there is no store in {dir}: this node may already have a feed that its peers hold, and starting it again at seq 1 would fork it. Restore the data directory from a backup; or, to start this node's feed anew on purpose, run `tandem init --existing-key`"
+    )]
+    StoreLost {
+        /// The key file.
+        key: std::path::PathBuf,
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
+    /// `init` where a node already lives.
+    #[error(
+        "a store already exists in {dir}; refusing to initialize over it (see `tandem status`)"
+    )]
+    AlreadyInitialized {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
+}
+
 impl Node {
-    /// `tandem init`: creates the data directory, a new key (never replacing one) and the store.
-    pub fn init(config: Config) -> anyhow::Result<Node> {
-        ensure_data_dir(&config.node.data_dir)?;
-        let key = NodeKey::create(&config.key_path())?;
-        let store = Store::open_writer(&config.node.data_dir, key.id())?;
+    /// `tandem init`: creates the data directory, a new key (never replacing one) and the
+    /// store. With `existing_key`, uses the key already there (one restored from a backup) and
+    /// only creates the store. Refuses where a store already exists.
+    pub fn init(config: Config, existing_key: bool) -> anyhow::Result<Node> {
+        let dir = config.node.data_dir.clone();
+        ensure_data_dir(&dir)?;
+        if !existing_key && config.key_path().exists() {
+            return Err(IdentityError::KeyExists {
+                path: config.key_path(),
+            }
+            .into());
+        }
+        if dir.join(DB_FILE).exists() {
+            return Err(SetupError::AlreadyInitialized { dir }.into());
+        }
+        let key = if existing_key {
+            NodeKey::load(&config.key_path())?
+        } else {
+            NodeKey::create(&config.key_path())?
+        };
+        let store = Store::open_writer(&dir, key.id())?;
         Ok(Node { config, key, store })
     }
 
@@ -71,11 +108,13 @@ impl Node {
         let dir = config.node.data_dir.clone();
         ensure_data_dir(&dir)?;
         let key_path = config.key_path();
+        let mut created = false;
         let key = match NodeKey::load(&key_path) {
             Ok(key) => key,
             Err(IdentityError::KeyMissing { .. }) if !dir.join(DB_FILE).exists() => {
                 let key = NodeKey::create(&key_path)?;
                 info!(node = %key.id(), path = %key_path.display(), "created a new node key");
+                created = true;
                 key
             }
             Err(IdentityError::KeyMissing { path }) => {
@@ -90,6 +129,9 @@ impl Node {
             }
             Err(e) => return Err(e.into()),
         };
+        if !dir.join(DB_FILE).exists() && !created {
+            return Err(SetupError::StoreLost { key: key_path, dir }.into());
+        }
         let store = Store::open_writer(&dir, key.id())?;
         Ok(Node { config, key, store })
     }

@@ -20,9 +20,11 @@
 //! | 50 | 2 | `n`, length of `path` in bytes, 1 ..= 4096 |
 //! | 52 | n | `path`: UTF-8, starts with `/`, e.g. `/buckets/b/collections/c/records/r` |
 //! | 52+n | 4 | `m`, length of `body` in bytes, at most 64 MiB |
-//! | 56+n | m | `body`: for put, a JSON object (the source object's data and permissions, bytes as the source gave them); for delete, empty (`m` = 0) |
+//! | 56+n | m | `body`: for put, a JSON object (RFC 8259, UTF-8; the source object's data and permissions, bytes as the source gave them); for delete, empty (`m` = 0) |
 //!
-//! The entry is exactly `56 + n + m` bytes; trailing bytes are an error. There is one encoding
+//! The entry is exactly `56 + n + m` bytes; trailing bytes are an error. A put body must be
+//! valid UTF-8 and parse as one JSON object (surrounding whitespace allowed; duplicate keys
+//! are not checked). There is one encoding
 //! of any given entry, so equal entries have equal hashes.
 //!
 //! The *genesis hash* of an origin is `BLAKE3("tandem-genesis-v1" 0x00 · origin key (32))`.
@@ -46,15 +48,18 @@
 //! A receiver accepts entries only up to a checkpoint it has verified. A *receipt* is signed by
 //! a holder: "I store origin O up to `seq`, whose entry hash is `hash`".
 //!
-//! Stored forms (for evidence and the database) are the signing input's fields without the tag,
-//! followed by the 64-byte signature: a checkpoint is 144 bytes, a receipt 176.
+//! The stored form of a checkpoint (in the database and in fork evidence) is the signing
+//! input's fields without the tag, followed by the 64-byte signature: 144 bytes.
 //!
 //! # Forks
 //!
 //! Two valid checkpoints of one origin disagree when they name different hashes for the same
 //! seq, or when one's chain does not extend the other. Since only the origin's key can sign a
-//! checkpoint, that is proof the origin's key signed two histories. [`ForkEvidence`] keeps both
-//! checkpoints and the two conflicting entry hashes at the first seq where they differ.
+//! checkpoint, that shows the origin's key signed two histories. [`ForkEvidence`] keeps both
+//! checkpoints and the two conflicting entry hashes at the first seq where they differ. When
+//! the two checkpoints name the same seq, the evidence stands on its own; otherwise a third
+//! party also needs the entries linking each hash to its checkpoint, which the store keeps for
+//! its own history and records with the evidence for the conflicting one.
 
 use std::fmt;
 use std::str::FromStr;
@@ -299,7 +304,9 @@ fn check_fields(seq: Seq, ts: u64, op: Op, path: &str, body: &[u8]) -> Result<()
 }
 
 fn is_json_object(body: &[u8]) -> bool {
-    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    // serde_json skips over string contents without checking their UTF-8: check it first.
+    std::str::from_utf8(body).is_ok()
+        && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
         && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
@@ -604,12 +611,14 @@ pub fn verify_batch(
 }
 
 /// Proof that an origin signed two histories: two valid checkpoints whose chains disagree at
-/// `seq`, where `ours` committed to `our_hash` and `theirs` to `their_hash`.
+/// `seq`, where `ours` committed to `our_hash` and `theirs` to `their_hash`, with the entries
+/// that link each hash to its checkpoint. [`ForkEvidence::verify`] checks it with nothing but
+/// the origin's public key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForkEvidence {
     /// The forked origin.
     pub origin: NodeId,
-    /// First seq where the two histories differ.
+    /// First seq where the two histories differ (as far as this node could see).
     pub seq: Seq,
     /// Entry hash at `seq` in the history this node held.
     pub our_hash: EntryHash,
@@ -619,6 +628,91 @@ pub struct ForkEvidence {
     pub ours: Checkpoint,
     /// The checkpoint covering the conflicting history.
     pub theirs: Checkpoint,
+    /// Our entries from `seq` to `ours.seq` (empty when `ours` is at `seq`).
+    pub our_entries: Vec<Vec<u8>>,
+    /// Their entries linking `their_hash` to `theirs`: starting at `seq`, or at `seq + 1` when
+    /// only the next entry's `prev` showed their hash (empty when `theirs` is at `seq`).
+    pub their_entries: Vec<Vec<u8>>,
+}
+
+impl ForkEvidence {
+    /// Checks the evidence on its own: both checkpoints are valid signatures of the origin, the
+    /// two hashes differ, and each hash is linked to its checkpoint by its entries.
+    pub fn verify(&self) -> Result<(), FeedError> {
+        let bad = FeedError::Malformed;
+        if self.ours.origin != self.origin || self.theirs.origin != self.origin {
+            return Err(bad("fork evidence mixes origins"));
+        }
+        if self.our_hash == self.their_hash {
+            return Err(bad("fork evidence names the same hash twice"));
+        }
+        self.ours.verify()?;
+        self.theirs.verify()?;
+        links(self.seq, self.our_hash, &self.our_entries, &self.ours)?;
+        links(self.seq, self.their_hash, &self.their_entries, &self.theirs)
+    }
+
+    /// Length-prefixed concatenation of entries (u32 big-endian length, then bytes), the
+    /// stored form of [`ForkEvidence::our_entries`] and [`ForkEvidence::their_entries`].
+    pub fn pack(entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(entries.iter().map(|e| e.len() + 4).sum());
+        for e in entries {
+            out.extend_from_slice(&(e.len() as u32).to_be_bytes());
+            out.extend_from_slice(e);
+        }
+        out
+    }
+
+    /// Inverse of [`ForkEvidence::pack`].
+    pub fn unpack(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, FeedError> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let len = bytes
+                .get(..4)
+                .map(|b| u32::from_be_bytes(b.try_into().unwrap()) as usize)
+                .ok_or(FeedError::Malformed("packed entries truncated"))?;
+            let entry = bytes
+                .get(4..4 + len)
+                .ok_or(FeedError::Malformed("packed entries truncated"))?;
+            out.push(entry.to_vec());
+            bytes = &bytes[4 + len..];
+        }
+        Ok(out)
+    }
+}
+
+/// Checks that `entries` link the entry hash `hash` at `seq` to `checkpoint`.
+fn links(
+    seq: Seq,
+    hash: EntryHash,
+    entries: &[Vec<u8>],
+    checkpoint: &Checkpoint,
+) -> Result<(), FeedError> {
+    let bad = FeedError::Malformed("fork evidence entries do not link the hash to its checkpoint");
+    let Some(first) = entries.first() else {
+        return (checkpoint.seq == seq && checkpoint.hash == hash)
+            .then_some(())
+            .ok_or(bad);
+    };
+    let e0 = decode_entry(first)?;
+    let starts = (e0.seq == seq && EntryHash::of(first) == hash)
+        || (e0.seq == seq.next() && e0.prev == hash);
+    if !starts {
+        return Err(bad);
+    }
+    let mut prev = EntryHash::of(first);
+    let mut at = e0.seq;
+    for bytes in &entries[1..] {
+        let e = decode_entry(bytes)?;
+        if e.seq != at.next() || e.prev != prev {
+            return Err(bad);
+        }
+        prev = EntryHash::of(bytes);
+        at = e.seq;
+    }
+    (at == checkpoint.seq && prev == checkpoint.hash)
+        .then_some(())
+        .ok_or(bad)
 }
 
 #[cfg(test)]
@@ -692,6 +786,7 @@ mod tests {
         assert!(encode_entry(Seq(1), p, 1, Op::Put, "/a", b"{\"a\":").is_err());
         assert!(encode_entry(Seq(1), p, u64::MAX, Op::Delete, "/a", b"").is_err());
         assert!(encode_entry(Seq(1), p, 1, Op::Put, "/a", b" {\"a\":1.50}").is_ok());
+        assert!(encode_entry(Seq(1), p, 1, Op::Put, "/a", b"{\"a\":\"\xff\xfe\"}").is_err());
     }
 
     #[test]

@@ -519,17 +519,48 @@ fn a_store_without_its_key_is_not_given_a_new_identity() {
 }
 
 #[test]
+fn init_never_leaves_a_stray_key_beside_a_store() {
+    let env = Env::new("");
+    env.run(&["init"], 0);
+    std::fs::remove_file(env.data().join("node.key")).unwrap();
+    let err = stderr(&env.run(&["init"], 78));
+    assert!(err.contains("a store already exists"), "{err}");
+    assert!(!env.data().join("node.key").exists());
+}
+
+#[test]
+fn a_key_without_its_store_is_not_restarted_at_seq_1() {
+    let env = Env::new("");
+    let id = stdout(&env.run(&["init"], 0))
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    for file in ["tandem.db", "tandem.db-wal", "tandem.db-shm"] {
+        let _ = std::fs::remove_file(env.data().join(file));
+    }
+    let err = stderr(&env.run(&["run"], 78));
+    assert!(
+        err.contains("would fork it") && err.contains("--existing-key"),
+        "{err}"
+    );
+    assert!(!env.data().join("tandem.db").exists());
+    // The operator decides: a new store for the same key.
+    let out = env.run(&["init", "--existing-key"], 0);
+    assert_eq!(stdout(&out).lines().last().unwrap(), id);
+    assert_eq!(stdout(&env.run(&["key", "show"], 0)).trim(), id);
+}
+
+#[test]
 fn an_unusable_data_dir_is_a_clear_error() {
     let env = Env::new("");
     env.write_config(
         "[node]\nname = \"t\"\ndata_dir = \"/dev/null/tandem\"\nlisten = \"127.0.0.1:0\"\n",
     );
     for args in [&["init"][..], &["run"]] {
-        let err = stderr(&env.run(args, 1));
-        assert!(
-            err.contains("cannot create the data directory /dev/null/tandem"),
-            "{err}"
-        );
+        let err = stderr(&env.run(args, 78));
+        assert!(err.contains("cannot write in /dev/null/tandem"), "{err}");
+        assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
     }
 }
 

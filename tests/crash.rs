@@ -3,6 +3,9 @@
 //! that the chain verifies and that every append reported as committed is there. The next
 //! round's child continues the same feed, so a damaged tail would also break later appends.
 //!
+//! Even rounds wait until the child has opened the store and kill it during its appends; odd
+//! rounds kill it early, often while it starts, opens (checks, migrates) or first commits.
+//!
 //! The child is this same test binary started with `child DIR`, which is why the file has its
 //! own `main` (`harness = false` in Cargo.toml).
 
@@ -86,18 +89,38 @@ fn parent() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                lines.push(line);
+            }
+            lines
         });
-        // Kill at a random moment: sometimes before the store is even open.
-        std::thread::sleep(Duration::from_micros(random(120_000)));
+        if round % 2 == 0 {
+            // Even rounds: once the store is open, kill during the appends.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .ok()
+                .as_deref()
+                != Some("open")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: the child never opened the store"
+                );
+            }
+            std::thread::sleep(Duration::from_micros(1_000 + random(80_000)));
+        } else {
+            // Odd rounds: kill early, often during start-up, the open or the first commit.
+            std::thread::sleep(Duration::from_micros(random(30_000)));
+        }
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let status = child.wait().unwrap();
         let lines = reader.join().unwrap();
-        if lines.iter().filter(|l| l.starts_with("committed")).count() > 0 {
+        if lines.iter().any(|l| l.starts_with("committed")) {
             killed_mid_run += 1;
         }
         assert!(
@@ -150,7 +173,7 @@ fn parent() {
         last_reported = head;
     }
     assert!(
-        killed_mid_run >= ROUNDS / 2,
+        killed_mid_run >= ROUNDS / 3,
         "only {killed_mid_run} rounds were killed while appending"
     );
     assert!(last_reported > 0, "nothing was ever committed");

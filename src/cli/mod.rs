@@ -53,7 +53,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create the data directory, a new node key and an empty store; print the node id last.
-    Init,
+    Init {
+        /// Keep the key already in the data directory (one restored from a backup) and only
+        /// create the store. Its feed starts again at seq 1: peers that hold the old feed will
+        /// record a fork.
+        #[arg(long)]
+        existing_key: bool,
+    },
     /// Run the daemon until SIGTERM or SIGINT.
     Run,
     /// Show this node and every origin it holds (works with or without a running daemon).
@@ -116,7 +122,7 @@ pub enum ConfigCommand {
 /// Runs the parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let result = match &cli.command {
-        Command::Init => init::run(&cli),
+        Command::Init { existing_key } => init::run(&cli, *existing_key),
         Command::Run => run::run(&cli),
         Command::Status { json } => status::run(&cli, *json),
         Command::Peers { json } => peers::run(&cli, *json),
@@ -134,10 +140,26 @@ pub fn main(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: many errors already quote their
+/// cause in their own message.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 /// Loads the configuration named on the command line.
@@ -148,7 +170,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 /// Maps an error to an exit code: 78 for what the operator must fix, 1 otherwise.
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.is::<ConfigError>() {
+        if cause.is::<ConfigError>() || cause.is::<crate::daemon::SetupError>() {
             return EXIT_CONFIG;
         }
         if let Some(err) = cause.downcast_ref::<IdentityError>() {
@@ -160,6 +182,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(err) = cause.downcast_ref::<StoreError>() {
             return match err {
                 StoreError::Corrupt { .. }
+                | StoreError::Damaged { .. }
+                | StoreError::NotReadable { .. }
                 | StoreError::TooNew { .. }
                 | StoreError::WrongNode { .. }
                 | StoreError::Missing { .. }

@@ -16,7 +16,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!(
                 "cannot listen on {addr} ([node] listen in {}); is another process using it?",
@@ -25,5 +25,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         })?;
         let shutdown = daemon::shutdown_signal()?;
         daemon::serve(node, listener, shutdown).await
-    })
+    });
+    // Do not wait on a blocking task stuck in the store past the shutdown deadline.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }

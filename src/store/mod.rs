@@ -60,7 +60,7 @@ pub enum StoreError {
     },
     /// The file is damaged or not a tandem store. Never silently re-created.
     #[error(
-        "{path} is damaged or is not a tandem store ({detail}); tandem will not overwrite it: restore it from a backup, or move it aside to start an empty store"
+        "{path} is damaged or is not a tandem store ({detail}); tandem will not overwrite it: restore the data directory from a backup"
     )]
     Corrupt {
         /// The database path.
@@ -92,6 +92,26 @@ pub enum StoreError {
         /// Node id of the key in use.
         key: NodeId,
     },
+    /// The store cannot be read (permissions).
+    #[error(
+        "cannot read the store {path}: {detail}; check that this user may read it (owner and mode)"
+    )]
+    NotReadable {
+        /// The database path.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// SQLite found damage while reading or writing.
+    #[error(
+        "the store is damaged ({context}: {detail}); tandem will not overwrite it: restore the data directory from a backup"
+    )]
+    Damaged {
+        /// What was being done.
+        context: &'static str,
+        /// What SQLite said.
+        detail: String,
+    },
     /// The data directory cannot be written.
     #[error("cannot write in {dir}: {source}; check that it exists and that this user owns it")]
     NotWritable {
@@ -119,7 +139,15 @@ pub enum StoreError {
     /// Two valid histories of one origin; the evidence was stored and the origin frozen.
     #[error("origin {} forked at seq {}: evidence stored, origin frozen", .0.origin, .0.seq)]
     Fork(Box<ForkEvidence>),
-    /// Bytes that fail feed rules (only when reading back what is stored).
+    /// A change handed to [`Store::append`] that the feed cannot encode.
+    #[error("cannot record the change to {path}: {source}")]
+    InvalidChange {
+        /// The object path.
+        path: String,
+        /// What is wrong.
+        source: FeedError,
+    },
+    /// Stored bytes that fail feed rules.
     #[error("invalid stored data: {0}")]
     Feed(#[from] FeedError),
     /// An SQLite error, with what was being done.
@@ -139,16 +167,25 @@ trait Context<T> {
 
 impl<T> Context<T> for rusqlite::Result<T> {
     fn ctx(self, context: &'static str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Sqlite { context, source })
+        use rusqlite::ffi::ErrorCode;
+        self.map_err(|source| match source.sqlite_error_code() {
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Damaged {
+                context,
+                detail: source.to_string(),
+            },
+            _ => StoreError::Sqlite { context, source },
+        })
     }
 }
 
 /// Number of bits of an entry key that hold the seq.
 const SEQ_BITS: u32 = 40;
 
-/// The entries-table key of (origin row id, seq).
+/// The entries-table key of (origin row id, seq). `seq` must be at most [`crate::feed::MAX_SEQ`]
+/// (callers clamp), or it would spill into the origin's bits.
 fn entry_key(origin: i64, seq: u64) -> i64 {
-    (origin << SEQ_BITS) | seq as i64
+    debug_assert!(seq <= crate::feed::MAX_SEQ, "seq {seq} out of range");
+    (origin << SEQ_BITS) | seq.min(crate::feed::MAX_SEQ) as i64
 }
 
 /// The replica store. See the module docs.
@@ -171,16 +208,13 @@ impl Store {
     pub fn open_writer(data_dir: &Path, node: NodeId) -> Result<Store, StoreError> {
         let lock = take_lock(data_dir)?;
         let path = data_dir.join(DB_FILE);
-        let existed = path.exists();
         let mut conn = Connection::open(&path).map_err(|e| open_error(&path, data_dir, e))?;
-        let found = schema::inspect(&conn).map_err(|e| corrupt(&path, e))?;
+        let found = schema::inspect(&conn).map_err(|e| open_error(&path, data_dir, e))?;
         let version = match found {
-            schema::Found::Empty
-                if !existed || std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) =>
-            {
-                0
-            }
-            schema::Found::Empty | schema::Found::Foreign => {
+            // No tables and no marks: a new file, or one left by a crash during the very first
+            // open (before the first migration committed). Nothing in it can be lost.
+            schema::Found::Empty => 0,
+            schema::Found::Foreign => {
                 return Err(StoreError::Corrupt {
                     path,
                     detail: "not a tandem database".into(),
@@ -201,6 +235,16 @@ impl Store {
              PRAGMA busy_timeout = 5000; PRAGMA cache_size = -65536;",
         )
         .map_err(|e| open_error(&path, data_dir, e))?;
+        // Damage anywhere in the file is found now, not halfway through serving a peer.
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| open_error(&path, data_dir, e))?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt {
+                path,
+                detail: check,
+            });
+        }
         schema::migrate(&mut conn, version).map_err(|e| open_error(&path, data_dir, e))?;
         let mut store = Store {
             conn,
@@ -221,10 +265,10 @@ impl Store {
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(|e| corrupt(&path, e))?;
+        .map_err(|e| read_error(&path, e))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .ctx("setting the busy timeout")?;
-        match schema::inspect(&conn).map_err(|e| corrupt(&path, e))? {
+        match schema::inspect(&conn).map_err(|e| read_error(&path, e))? {
             schema::Found::Tandem(v) if v > schema::SCHEMA_VERSION => Err(StoreError::TooNew {
                 path,
                 found: v,
@@ -345,14 +389,7 @@ fn take_lock(data_dir: &Path) -> Result<File, StoreError> {
     Ok(file)
 }
 
-fn corrupt(path: &Path, e: rusqlite::Error) -> StoreError {
-    StoreError::Corrupt {
-        path: path.to_owned(),
-        detail: e.to_string(),
-    }
-}
-
-/// Classifies an error while opening for writing: permissions versus damage.
+/// Classifies an error while opening for writing: permissions, damage, or anything else.
 fn open_error(path: &Path, data_dir: &Path, e: rusqlite::Error) -> StoreError {
     use rusqlite::ffi::ErrorCode;
     match e.sqlite_error_code() {
@@ -362,7 +399,35 @@ fn open_error(path: &Path, data_dir: &Path, e: rusqlite::Error) -> StoreError {
                 source: std::io::Error::other(e.to_string()),
             }
         }
-        _ => corrupt(path, e),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
+        _ => StoreError::Sqlite {
+            context: "opening the store",
+            source: e,
+        },
+    }
+}
+
+/// Classifies an error while opening for reading.
+fn read_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ffi::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
+        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
+            StoreError::NotReadable {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }
+        }
+        _ => StoreError::Sqlite {
+            context: "opening the store",
+            source: e,
+        },
     }
 }
 

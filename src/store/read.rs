@@ -94,6 +94,9 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(Vec::new());
         };
+        if after.0 >= crate::feed::MAX_SEQ {
+            return Ok(Vec::new());
+        }
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -274,7 +277,7 @@ impl Store {
         };
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, our_hash, their_hash, ours, theirs FROM forks WHERE origin = ?1 ORDER BY id")
+            .prepare("SELECT seq, our_hash, their_hash, ours, theirs, our_entries, their_entries FROM forks WHERE origin = ?1 ORDER BY id")
             .ctx("reading fork evidence")?;
         let rows = stmt
             .query_map([row], |r| {
@@ -284,12 +287,15 @@ impl Store {
                     r.get::<_, Vec<u8>>(2)?,
                     r.get::<_, Vec<u8>>(3)?,
                     r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                    r.get::<_, Vec<u8>>(6)?,
                 ))
             })
             .ctx("reading fork evidence")?;
         let mut out = Vec::new();
         for row in rows {
-            let (seq, ours_hash, theirs_hash, ours, theirs) = row.ctx("reading fork evidence")?;
+            let (seq, ours_hash, theirs_hash, ours, theirs, our_entries, their_entries) =
+                row.ctx("reading fork evidence")?;
             out.push(ForkEvidence {
                 origin,
                 seq: Seq(seq as u64),
@@ -297,6 +303,8 @@ impl Store {
                 their_hash: hash_from(theirs_hash)?,
                 ours: Checkpoint::from_bytes(&ours)?,
                 theirs: Checkpoint::from_bytes(&theirs)?,
+                our_entries: ForkEvidence::unpack(&our_entries)?,
+                their_entries: ForkEvidence::unpack(&their_entries)?,
             });
         }
         Ok(out)

@@ -71,6 +71,8 @@ const MIGRATIONS: &[&str] = &[
         their_hash   BLOB NOT NULL,
         ours         BLOB NOT NULL,   -- stored checkpoint form, 144 bytes
         theirs       BLOB NOT NULL,
+        our_entries  BLOB NOT NULL,   -- ForkEvidence::pack of the linking entries
+        their_entries BLOB NOT NULL,
         detected_at  INTEGER NOT NULL
     );
     "#,

@@ -193,8 +193,7 @@ fn a_fork_is_stored_as_evidence_and_freezes_the_origin() {
         panic!("expected a fork, got {err}")
     };
     assert_eq!(evidence.seq, Seq(1));
-    evidence.ours.verify().unwrap();
-    evidence.theirs.verify().unwrap();
+    evidence.verify().unwrap();
     assert_ne!(evidence.our_hash, evidence.their_hash);
     assert_eq!(store.forks(key.id()).unwrap(), vec![*evidence]);
     let info = store
@@ -513,4 +512,126 @@ fn append_changes_skips_no_ops_and_paths_under_scans_a_prefix() {
     );
     assert_eq!(store.paths_under(key.id(), "/buckets/a").unwrap().len(), 3);
     assert_sound(&store, key.id());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// A second history validly signed by the origin's own key, delivered after any honest
+    /// prefix and cut at any point, is never merged: it becomes verifiable evidence and the
+    /// origin freezes with its honest entries intact.
+    #[test]
+    fn a_signed_alternative_history_is_always_a_fork(honest_len in 1usize..10, diverge in 0usize..9, from in 0usize..10, to in 1usize..12) {
+        prop_assume!(diverge < honest_len);
+        let key = NodeKey::from_seed([5; 32]);
+        let honest = Chain::new(&key, 12, "a");
+        // The alternative shares the first `diverge` entries, then differs.
+        let mut alt = Chain::new(&key, 12, "b");
+        if diverge > 0 {
+            let shared = Chain::new(&key, diverge, "a");
+            let mut prev = EntryHash::of(&shared.entries[diverge - 1]);
+            let mut entries = shared.entries.clone();
+            let mut checkpoints = shared.checkpoints.clone();
+            for i in diverge..12 {
+                let bytes = encode_entry(Seq(i as u64 + 1), prev, 1, Op::Delete, &format!("/alt/{i}"), b"").unwrap();
+                prev = EntryHash::of(&bytes);
+                checkpoints.push(Checkpoint::sign(&key, Head { seq: Seq(i as u64 + 1), hash: prev }, 9));
+                entries.push(bytes);
+            }
+            alt = Chain { entries, checkpoints };
+        }
+        let (from, to) = (from.min(honest_len), to.max(from.min(honest_len) + 1).min(12));
+        prop_assume!(to > diverge); // the piece must reach past the shared part
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = writer(dir.path());
+        store.accept(&honest.verified(&key, 0, honest_len), &[]).unwrap();
+        match store.accept(&alt.verified(&key, from, to), &[]) {
+            Err(StoreError::Fork(evidence)) => {
+                prop_assert!(evidence.verify().is_ok());
+                prop_assert!(store.origins().unwrap().iter().any(|o| o.id == key.id() && o.frozen));
+            }
+            Err(StoreError::Gap { .. }) => prop_assert!(from > honest_len),
+            other => prop_assert!(false, "alternative history accepted: {:?}", other.map(|a| a.head)),
+        }
+        let held: Vec<_> = store.entries_after(key.id(), Seq(0), 100).unwrap().into_iter().map(|e| e.bytes).collect();
+        prop_assert_eq!(&held[..], &honest.entries[..honest_len]);
+    }
+}
+
+#[test]
+fn entries_after_never_reads_past_its_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = writer(dir.path());
+    let own = NodeKey::from_seed([0; 32]);
+    store
+        .append(
+            &own,
+            &[Change {
+                op: Op::Put,
+                path: "/buckets/mine".into(),
+                body: b"{}".to_vec(),
+            }],
+            &[],
+        )
+        .unwrap();
+    let key = NodeKey::from_seed([5; 32]);
+    store
+        .accept(&Chain::new(&key, 3, "a").verified(&key, 0, 3), &[])
+        .unwrap();
+    for after in [crate::feed::MAX_SEQ, crate::feed::MAX_SEQ + 1, u64::MAX] {
+        assert!(
+            store
+                .entries_after(key.id(), Seq(after), 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .entries_after(own.id(), Seq(after), 10)
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(store.entries_after(own.id(), Seq(0), 10).unwrap().len(), 1);
+}
+
+#[test]
+fn a_file_left_by_a_crash_during_the_first_open_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    // What the first open leaves if killed after switching to WAL, before the first migration.
+    rusqlite::Connection::open(dir.path().join(DB_FILE))
+        .unwrap()
+        .execute_batch("PRAGMA journal_mode = WAL;")
+        .unwrap();
+    let store = writer(dir.path());
+    assert_eq!(store.origins().unwrap().len(), 1);
+}
+
+#[test]
+fn a_damaged_page_inside_the_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([0; 32]);
+    {
+        let mut store = writer(dir.path());
+        let changes: Vec<Change> = (0..3000)
+            .map(|i| Change {
+                op: Op::Put,
+                path: format!("/buckets/b/collections/c/records/r{i}"),
+                body: format!(r#"{{"data":{{"n":{i}}}}}"#).into_bytes(),
+            })
+            .collect();
+        store.append(&key, &changes, &[]).unwrap();
+        store
+            .conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+    }
+    let db = dir.path().join(DB_FILE);
+    let mut bytes = std::fs::read(&db).unwrap();
+    let middle = (bytes.len() / 4096 / 2) * 4096;
+    bytes[middle..middle + 4096].fill(0x5a);
+    std::fs::write(&db, &bytes).unwrap();
+    let err = Store::open_writer(dir.path(), key.id()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), bytes, "left untouched");
 }

@@ -1,6 +1,7 @@
 //! Full re-verification of what the store holds: every entry's bytes against its recorded hash,
 //! every chain link, every checkpoint signature against the chain, the head, and the
-//! materialized state against a replay of the feed. Used by the crash tests and `tandem verify`.
+//! materialized state against a replay of the feed. Runs in one read transaction, so it sees a
+//! consistent store even beside a running writer.
 
 use std::collections::HashMap;
 
@@ -44,6 +45,11 @@ impl Store {
     /// an error means the store could not be read at all.
     pub fn verify_origin(&self, origin: NodeId) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
+        // One snapshot of the database for every query below (rolled back on drop).
+        let _snapshot = self
+            .conn
+            .unchecked_transaction()
+            .ctx("starting a read transaction")?;
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(report);
         };

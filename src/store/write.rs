@@ -106,7 +106,11 @@ impl Store {
             for change in changes {
                 let seq = head.seq.next();
                 let bytes =
-                    feed::encode_entry(seq, head.hash, ts, change.op, &change.path, &change.body)?;
+                    feed::encode_entry(seq, head.hash, ts, change.op, &change.path, &change.body)
+                        .map_err(|source| StoreError::InvalidChange {
+                        path: change.path.clone(),
+                        source,
+                    })?;
                 let hash = EntryHash::of(&bytes);
                 insert
                     .execute((entry_key(row.id, seq.0), &hash.0[..], &bytes))
@@ -215,14 +219,15 @@ impl Store {
             }
         }
         if let Some((seq, our_hash, their_hash)) = divergence {
+            // Their entries from the diverging one (or, when only the link showed it, all).
+            let from = seq.saturating_sub(first) as usize;
             let evidence = record_fork(
                 &tx,
                 row.id,
                 origin,
-                seq,
-                our_hash,
-                their_hash,
+                (seq, our_hash, their_hash),
                 batch.checkpoint(),
+                &batch.entries()[from..],
             )?;
             tx.commit().ctx("committing fork evidence")?;
             return Err(StoreError::Fork(Box::new(evidence)));
@@ -260,9 +265,9 @@ impl Store {
         Ok(Accepted { added, head })
     }
 
-    /// Checks a lone checkpoint (already signature-verified by the caller) against the stored
-    /// chain. A checkpoint naming a different hash for a seq we hold is a fork: the evidence is
-    /// stored, the origin frozen, and [`StoreError::Fork`] returned.
+    /// Checks a lone checkpoint (its signature first) against the stored chain. A checkpoint
+    /// naming a different hash for a seq we hold is a fork: the evidence is stored, the origin
+    /// frozen, and [`StoreError::Fork`] returned. A frozen origin gets [`StoreError::Frozen`].
     pub fn observe_checkpoint(&mut self, cp: &Checkpoint) -> Result<CheckpointCheck, StoreError> {
         cp.verify()?;
         let tx = self
@@ -270,13 +275,17 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("starting a checkpoint check")?;
         let row = origin_row(&tx, cp.origin, true)?;
+        if row.frozen {
+            return Err(StoreError::Frozen { origin: cp.origin });
+        }
         let head_seq = row.head.map_or(0, |h| h.seq.0);
         if cp.seq.0 > head_seq {
             return Ok(CheckpointCheck::Ahead);
         }
         match held_hash(&tx, row.id, cp.seq.0)? {
             ours if ours != cp.hash => {
-                let evidence = record_fork(&tx, row.id, cp.origin, cp.seq.0, ours, cp.hash, cp)?;
+                let evidence =
+                    record_fork(&tx, row.id, cp.origin, (cp.seq.0, ours, cp.hash), cp, &[])?;
                 tx.commit().ctx("committing fork evidence")?;
                 Err(StoreError::Fork(Box::new(evidence)))
             }
@@ -414,17 +423,19 @@ fn write_cursors(
     Ok(())
 }
 
-/// Stores fork evidence and freezes the origin. `ours` is the lowest stored checkpoint at or
-/// after `seq`, which commits (through the chain) to `our_hash`.
+/// Stores fork evidence and freezes the origin. `at` is (seq, our hash, their hash) at the
+/// divergence; `theirs` the conflicting checkpoint and `their_entries` the entries linking
+/// their hash to it. Our side is the lowest stored checkpoint at or after the seq, with our
+/// entries up to it.
 fn record_fork(
     tx: &rusqlite::Transaction<'_>,
     origin_row: i64,
     origin: NodeId,
-    seq: u64,
-    our_hash: EntryHash,
-    their_hash: EntryHash,
+    at: (u64, EntryHash, EntryHash),
     theirs: &Checkpoint,
+    their_entries: &[Vec<u8>],
 ) -> Result<ForkEvidence, StoreError> {
+    let (seq, our_hash, their_hash) = at;
     let ours = tx
         .query_row(
             "SELECT seq, hash, ts, signature FROM checkpoints WHERE origin = ?1 AND seq >= ?2 ORDER BY seq LIMIT 1",
@@ -442,6 +453,29 @@ fn record_fork(
             .try_into()
             .map_err(|_| FeedError::Malformed("stored signature is not 64 bytes"))?,
     };
+    let our_entries: Vec<Vec<u8>> = if ours.seq.0 == seq {
+        Vec::new()
+    } else {
+        let mut stmt = tx
+            .prepare("SELECT bytes FROM entries WHERE key >= ?1 AND key <= ?2 ORDER BY key")
+            .ctx("reading our side of a fork")?;
+        let rows = stmt
+            .query_map(
+                (
+                    entry_key(origin_row, seq),
+                    entry_key(origin_row, ours.seq.0),
+                ),
+                |r| r.get(0),
+            )
+            .ctx("reading our side of a fork")?;
+        rows.collect::<rusqlite::Result<_>>()
+            .ctx("reading our side of a fork")?
+    };
+    let their_entries = if theirs.seq.0 == seq {
+        Vec::new()
+    } else {
+        their_entries.to_vec()
+    };
     let evidence = ForkEvidence {
         origin,
         seq: Seq(seq),
@@ -449,11 +483,24 @@ fn record_fork(
         their_hash,
         ours,
         theirs: *theirs,
+        our_entries,
+        their_entries,
     };
     let now = now_ms() as i64;
     tx.execute(
-        "INSERT INTO forks (origin, seq, our_hash, their_hash, ours, theirs, detected_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        (origin_row, seq as i64, &our_hash.0[..], &their_hash.0[..], evidence.ours.to_bytes(), theirs.to_bytes(), now),
+        "INSERT INTO forks (origin, seq, our_hash, their_hash, ours, theirs, our_entries, their_entries, detected_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        (
+            origin_row,
+            seq as i64,
+            &our_hash.0[..],
+            &their_hash.0[..],
+            evidence.ours.to_bytes(),
+            theirs.to_bytes(),
+            ForkEvidence::pack(&evidence.our_entries),
+            ForkEvidence::pack(&evidence.their_entries),
+            now,
+        ),
     )
     .ctx("storing fork evidence")?;
     tx.execute(
