@@ -20,9 +20,8 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::identity::{IdentityError, NodeKey};
 use crate::probe::Prober;
-use crate::replicate::ingest::{Ingest, IngestError};
+use crate::replicate::ingest::IngestSlot;
 use crate::scheduler::{self, Cadence, WorkerStatus};
-use crate::source::kinto::{KintoClient, KintoError};
 use crate::store::{DB_FILE, Store, StoreError};
 use crate::telemetry;
 
@@ -159,43 +158,20 @@ pub async fn serve(
     let prober = Prober::new()?;
     let mut workers = Vec::new();
 
-    if let Some(source) = &config.source {
+    let ingest = config
+        .source
+        .as_ref()
+        .map(|source| IngestSlot::new(source.clone(), writer.clone(), key.clone()));
+    if let (Some(source), Some(slot)) = (&config.source, &ingest) {
         let status = Arc::new(WorkerStatus::new("source", "kinto"));
         workers.push(status.clone());
-        let (source, token, store, key) = (
-            source.clone(),
-            token.child_token(),
-            writer.clone(),
-            key.clone(),
-        );
+        let (slot, token) = (slot.clone(), token.child_token());
         let cadence = Cadence::Every(source.poll);
         tasks.spawn(async move {
-            // Built on first use and rebuilt after a credentials error, so that fixing the
-            // password file needs no restart.
-            let ingest: Arc<tokio::sync::Mutex<Option<Ingest>>> = Arc::default();
             scheduler::run_loop(&status, cadence, token, || {
-                let (ingest, source, store, key) =
-                    (ingest.clone(), source.clone(), store.clone(), key.clone());
+                let slot = slot.clone();
                 async move {
-                    let mut guard = ingest.lock().await;
-                    if guard.is_none() {
-                        let client =
-                            Arc::new(KintoClient::new(&source).map_err(IngestError::from)?);
-                        *guard = Some(Ingest::new(client, store, key));
-                    }
-                    let pass = guard.as_ref().expect("just set");
-                    // Kinto's Backoff header asks clients to stay away for a while.
-                    tokio::time::sleep(pass.client().backoff_remaining()).await;
-                    let report = pass.pass().await;
-                    if matches!(
-                        report,
-                        Err(IngestError::Kinto(
-                            KintoError::Unauthorized { .. } | KintoError::Credentials(_)
-                        ))
-                    ) {
-                        *guard = None;
-                    }
-                    report.map(|r| {
+                    slot.run_pass().await.map(|r| {
                         format!(
                             "{} entries appended, {} lists changed",
                             r.appended, r.lists_changed
@@ -235,6 +211,19 @@ pub async fn serve(
             .await
     });
 
+    let admin_listener = api::admin::bind(&config.node.data_dir).with_context(|| {
+        format!(
+            "cannot create the admin socket in {}",
+            config.node.data_dir.display()
+        )
+    })?;
+    let admin_token = token.clone();
+    let admin = tokio::spawn(async move {
+        axum::serve(admin_listener, api::admin::router(ingest))
+            .with_graceful_shutdown(admin_token.cancelled_owned())
+            .await
+    });
+
     if let Some(interval) = sd_notify::watchdog_enabled() {
         tasks.spawn(watchdog(
             writer.clone(),
@@ -253,9 +242,11 @@ pub async fn serve(
     token.cancel();
     let stopped = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
         tasks.wait().await;
+        let _ = admin.await;
         server.await
     })
     .await;
+    let _ = std::fs::remove_file(config.node.data_dir.join(api::admin::SOCKET_FILE));
     match stopped {
         Ok(Ok(Ok(()))) => info!("stopped"),
         Ok(Ok(Err(e))) => error!(error = %e, "http server failed"),

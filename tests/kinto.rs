@@ -587,3 +587,65 @@ async fn sigkill_during_ingest_loses_and_duplicates_nothing() {
     );
     assert_eq!(node.sync(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_asks_the_running_daemon() {
+    use std::io::BufRead;
+    let kinto = Kinto::start(Options { history: false }).await;
+    kinto
+        .ok("alice", "PUT", "buckets/b", Some(json!({"data": {}})))
+        .await;
+    let node = Node::new(&kinto);
+    // A long poll: after its first pass, the daemon only syncs when asked.
+    let config = std::fs::read_to_string(node.config())
+        .unwrap()
+        .replace("poll = \"1s\"", "poll = \"1h\"");
+    std::fs::write(node.config(), config).unwrap();
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("--config")
+        .arg(node.config())
+        .arg("run")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let first_pass = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("reachable"));
+    assert!(first_pass.is_some_and(|l| l.contains("1 entries appended")));
+    let socket = node.dir.path().join("data/tandem.sock");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/b/collections/c",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/b/collections/c/records/r",
+            Some(json!({"data": {"x": 1}})),
+        )
+        .await;
+    assert_eq!(node.sync(), 2, "the daemon ran the pass");
+    assert_export_matches(&node, &kinto);
+
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    assert!(!socket.exists(), "the socket is removed on shutdown");
+    assert_eq!(
+        node.sync(),
+        0,
+        "without a daemon, sync runs the pass itself"
+    );
+}

@@ -5,7 +5,9 @@
 //! - `GET /metrics`: Prometheus text format (feed heads, entries appended and accepted,
 //!   reachability of the source and peers, process metrics).
 //!
-//! The peer API will live under `/v1/`.
+//! The peer API will live under `/v1/`. [`admin`] serves local commands on a Unix socket.
+
+pub mod admin;
 
 use std::sync::{Arc, Mutex};
 

@@ -74,7 +74,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run one ingest pass now (the daemon must not be running).
+    /// Run one ingest pass now (by the running daemon, if there is one) and report it.
     Sync,
     /// Write the current state of an origin, one live object per line, sorted by path.
     Export {

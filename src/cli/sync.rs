@@ -1,12 +1,14 @@
-//! `tandem sync`: run one ingest pass now and report it.
+//! `tandem sync`: run one ingest pass now and report it. When the daemon is running (it holds
+//! the store), the pass is asked of it over its admin socket and `sync` waits for the result.
 
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 
 use super::{Cli, load_config};
+use crate::api::admin;
 use crate::daemon::Node;
-use crate::replicate::ingest::Ingest;
+use crate::replicate::ingest::{Ingest, IngestReport};
 use crate::source::kinto::KintoClient;
 use crate::store::StoreError;
 
@@ -19,27 +21,29 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             config.path.display()
         );
     };
-    let node = match Node::open(config) {
-        Ok(node) => node,
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let data_dir = config.node.data_dir.clone();
+    let report: IngestReport = match Node::open(config) {
+        Ok(node) => runtime.block_on(async move {
+            let client = Arc::new(KintoClient::new(&source)?);
+            let ingest = Ingest::new(client, Arc::new(Mutex::new(node.store)), Arc::new(node.key));
+            anyhow::Ok(ingest.pass().await?)
+        })?,
+        // The daemon holds the store: ask it to run the pass and wait for the result.
         Err(e)
             if matches!(
                 e.downcast_ref::<StoreError>(),
                 Some(StoreError::Locked { .. })
             ) =>
         {
-            return Err(e).context("the daemon is running and already syncs on its schedule; stop it to run a pass by hand");
+            let answer = runtime.block_on(admin::call(&data_dir, "/sync"))?;
+            serde_json::from_value(answer).context("unexpected answer from the daemon")?
         }
         Err(e) => return Err(e),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let report = runtime.block_on(async move {
-        let client = Arc::new(KintoClient::new(&source)?);
-        let ingest = Ingest::new(client, Arc::new(Mutex::new(node.store)), Arc::new(node.key));
-        anyhow::Ok(ingest.pass().await?)
-    })?;
     println!(
         "ingest: {} entries appended, {} lists changed, {} unchanged",
         report.appended, report.lists_changed, report.lists_unchanged

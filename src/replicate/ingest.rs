@@ -39,6 +39,7 @@ use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 
+use crate::config::SourceConfig;
 use crate::feed::Op;
 use crate::identity::NodeKey;
 use crate::source::kinto::{KintoClient, KintoError, ListResult, ListTarget, Page};
@@ -77,7 +78,7 @@ impl IngestError {
 }
 
 /// What one pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IngestReport {
     /// Entries appended to the feed.
     pub appended: u64,
@@ -101,6 +102,51 @@ pub struct Ingest {
     store: Arc<Mutex<Store>>,
     key: Arc<NodeKey>,
     concurrency: usize,
+}
+
+/// The ingest of a running daemon, shared by its source loop and the admin endpoint: one pass
+/// at a time. The Kinto client is built on first use and rebuilt after a credentials error, so
+/// fixing the password file needs no restart.
+#[derive(Clone)]
+pub struct IngestSlot {
+    current: Arc<tokio::sync::Mutex<Option<Ingest>>>,
+    source: SourceConfig,
+    store: Arc<Mutex<Store>>,
+    key: Arc<NodeKey>,
+}
+
+impl IngestSlot {
+    /// A slot for `source` into `key`'s feed in `store`.
+    pub fn new(source: SourceConfig, store: Arc<Mutex<Store>>, key: Arc<NodeKey>) -> IngestSlot {
+        IngestSlot {
+            current: Arc::default(),
+            source,
+            store,
+            key,
+        }
+    }
+
+    /// Runs one pass, after the one in progress (if any). Waits first while Kinto's `Backoff`
+    /// header asks clients to stay away.
+    pub async fn run_pass(&self) -> Result<IngestReport, IngestError> {
+        let mut current = self.current.lock().await;
+        if current.is_none() {
+            let client = Arc::new(KintoClient::new(&self.source)?);
+            *current = Some(Ingest::new(client, self.store.clone(), self.key.clone()));
+        }
+        let ingest = current.as_ref().expect("just set");
+        tokio::time::sleep(ingest.client().backoff_remaining()).await;
+        let result = ingest.pass().await;
+        if matches!(
+            result,
+            Err(IngestError::Kinto(
+                KintoError::Unauthorized { .. } | KintoError::Credentials(_)
+            ))
+        ) {
+            *current = None;
+        }
+        result
+    }
 }
 
 /// The identifying fields of a listed object.

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Ingest benchmark against a real Kinto (memory backend), in one run:
+
+1. Initial ingest of RECORDS records spread over COLLECTIONS collections: the raw download of
+   the same pages with curl, the same read with kinto-http.py, and `tandem sync`. Prints
+   seconds, records/s and tandem's peak RSS.
+2. Steady state with STEADY unchanged collections: one `tandem sync` pass (seconds, and the
+   requests it made, counted by Kinto's access log), then `tandem run` idling for IDLE seconds
+   with poll = 10s (CPU %).
+
+Usage: scripts/bench-ingest.py [RECORDS COLLECTIONS STEADY IDLE]
+Needs: a release build (cargo build --release), curl, and the test virtualenv (scripts/test).
+"""
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.environ.get("TANDEM_TEST_VENV", os.path.join(ROOT, "target/test-venv"))
+TANDEM = os.path.join(ROOT, "target/release/tandem")
+RECORDS, COLLECTIONS, STEADY, IDLE = (int(a) for a in (sys.argv[1:] or ["100000", "100", "1000", "60"]))
+PW = "bench-pw"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def request(url, method="GET", body=None, user="admin"):
+    import base64
+    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{PW}".encode()).decode())
+    with urllib.request.urlopen(req) as r:
+        return json.load(r)
+
+
+def start_kinto(workdir, access_log=False):
+    port = free_port()
+    ini = f"""[server:main]
+use = egg:waitress#main
+host = 127.0.0.1
+port = %(http_port)s
+threads = 4
+[app:main]
+use = egg:kinto
+kinto.includes = kinto.plugins.accounts
+kinto.storage_backend = kinto.core.storage.memory
+kinto.storage_url =
+kinto.cache_backend = kinto.core.cache.memory
+kinto.cache_url =
+kinto.permission_backend = kinto.core.permission.memory
+kinto.permission_url =
+kinto.userid_hmac_secret = 0a1b2c3d4e5f6071
+multiauth.policies = account
+multiauth.policy.account.use = kinto.plugins.accounts.AccountsPolicy
+kinto.account_create_principals = system.Everyone
+kinto.bucket_create_principals = system.Authenticated
+kinto.bucket_read_principals = account:tandem
+kinto.collection_read_principals = account:tandem
+kinto.group_read_principals = account:tandem
+kinto.record_read_principals = account:tandem
+kinto.batch_max_requests = 1000
+[loggers]
+keys = root, access
+[handlers]
+keys = console, access
+[formatters]
+keys = plain
+[logger_root]
+level = WARNING
+handlers = console
+[logger_access]
+level = {"INFO" if access_log else "WARNING"}
+handlers = access
+qualname = request.summary
+propagate = 0
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+level = NOTSET
+formatter = plain
+[handler_access]
+class = FileHandler
+args = ('{workdir}/access.log',)
+level = NOTSET
+formatter = plain
+[formatter_plain]
+format = %(message)s
+"""
+    with open(os.path.join(workdir, "kinto.ini"), "w") as f:
+        f.write(ini)
+    proc = subprocess.Popen([os.path.join(VENV, "bin/kinto"), "start", "--ini", "kinto.ini", "--port", str(port)],
+                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "server.log"), "w"))
+    url = f"http://127.0.0.1:{port}/v1/"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(url + "__heartbeat__")
+            break
+        except Exception:
+            time.sleep(0.1)
+    for user in ("admin", "tandem"):
+        req = urllib.request.Request(url + f"accounts/{user}", method="PUT", data=json.dumps({"data": {"password": PW}}).encode())
+        req.add_header("Content-Type", "application/json")
+        urllib.request.urlopen(req)
+    return proc, url
+
+
+def load(url, collections, per_collection, pad=120):
+    request(url + "buckets/bench", "PUT", {"data": {}})
+    for c in range(collections):
+        request(url + f"buckets/bench/collections/c{c:04d}", "PUT", {"data": {}})
+        for start in range(0, per_collection, 1000):
+            reqs = [{"method": "PUT", "path": f"/buckets/bench/collections/c{c:04d}/records/r{i:06d}",
+                     "body": {"data": {"i": i, "title": f"record {i}", "pad": "x" * pad}}}
+                    for i in range(start, min(per_collection, start + 1000))]
+            request(url + "batch", "POST", {"requests": reqs})
+
+
+def node(workdir, url, poll="10s"):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "pw"), "w") as f:
+        f.write(PW)
+    config = os.path.join(workdir, "tandem.toml")
+    with open(config, "w") as f:
+        f.write(f'[node]\nname = "bench"\ndata_dir = "data"\nlisten = "127.0.0.1:0"\n'
+                f'[source]\nkind = "kinto"\nurl = "{url}"\nuser = "tandem"\npassword_file = "pw"\npoll = "{poll}"\n')
+    subprocess.run([TANDEM, "--config", config, "init"], check=True, stdout=subprocess.DEVNULL)
+    return config
+
+
+def timed(cmd, **kw):
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.monotonic()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+    elapsed = time.monotonic() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, after.ru_maxrss  # ru_maxrss: largest child so far, KiB
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="tandem-bench-")
+    per = RECORDS // COLLECTIONS
+    kinto, url = start_kinto(work)
+    try:
+        t = time.monotonic()
+        load(url, COLLECTIONS, per)
+        print(f"loaded {RECORDS} records in {COLLECTIONS} collections in {time.monotonic() - t:.0f} s")
+
+        # 1. Raw download of every records page with curl (one process, all URLs).
+        urls = os.path.join(work, "urls.txt")
+        with open(urls, "w") as f:
+            for c in range(COLLECTIONS):
+                f.write(f'url = "{url}buckets/bench/collections/c{c:04d}/records?_since=0&_sort=last_modified"\n'
+                        f'output = "/dev/null"\n')
+        curl, _ = timed(["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", urls])
+        py = os.path.join(work, "read.py")
+        with open(py, "w") as f:
+            f.write("import sys\nfrom kinto_http import Client\n"
+                    f"c = Client(server_url='{url}', auth=('tandem', '{PW}'))\n"
+                    f"n = sum(len(c.get_records(bucket='bench', collection='c%04d' % i)) for i in range({COLLECTIONS}))\n"
+                    f"assert n == {RECORDS}, n\n")
+        python, _ = timed([os.path.join(VENV, "bin/python"), py])
+        config = node(os.path.join(work, "node1"), url)
+        tandem, rss = timed([TANDEM, "--config", config, "sync"])
+        print(f"initial ingest of {RECORDS} records:")
+        print(f"  curl raw download   {curl:7.2f} s  {RECORDS / curl:9.0f} records/s")
+        print(f"  kinto-http.py read  {python:7.2f} s  {RECORDS / python:9.0f} records/s")
+        print(f"  tandem sync         {tandem:7.2f} s  {RECORDS / tandem:9.0f} records/s  "
+              f"({tandem / curl:.2f}x curl)  peak RSS {rss / 1024:.0f} MiB")
+    finally:
+        kinto.terminate()
+        kinto.wait()
+
+    # 2. Steady state: STEADY collections, nothing changing.
+    work2 = tempfile.mkdtemp(prefix="tandem-bench-steady-")
+    kinto, url = start_kinto(work2, access_log=True)
+    try:
+        request(url + "buckets/steady", "PUT", {"data": {}})
+        for start in range(0, STEADY, 1000):
+            reqs = [{"method": "PUT", "path": f"/buckets/steady/collections/c{c:05d}", "body": {"data": {}}}
+                    for c in range(start, min(STEADY, start + 1000))]
+            request(url + "batch", "POST", {"requests": reqs})
+            reqs = [{"method": "PUT", "path": f"/buckets/steady/collections/c{c:05d}/records/r", "body": {"data": {"c": c}}}
+                    for c in range(start, min(STEADY, start + 1000))]
+            request(url + "batch", "POST", {"requests": reqs})
+        config = node(os.path.join(work2, "node"), url)
+        subprocess.run([TANDEM, "--config", config, "sync"], check=True, stdout=subprocess.DEVNULL)
+        log = os.path.join(work2, "access.log")
+        before = sum(1 for _ in open(log))
+        steady, _ = timed([TANDEM, "--config", config, "sync"])
+        lines = [json.loads(l) if l.startswith("{") else l for l in open(log).read().splitlines()[before:]]
+        codes = {}
+        for l in lines:
+            code = l.get("code") if isinstance(l, dict) else (l.split()[-2] if len(l.split()) > 1 else "?")
+            codes[code] = codes.get(code, 0) + 1
+        print(f"steady state, {STEADY} unchanged collections: one pass {steady:.2f} s, "
+              f"{len(lines)} requests to Kinto, by status: {codes}")
+
+        daemon = subprocess.Popen([TANDEM, "--config", config, "run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(5)
+        def cpu():
+            with open(f"/proc/{daemon.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        c0, t0 = cpu(), time.monotonic()
+        time.sleep(IDLE)
+        c1, t1 = cpu(), time.monotonic()
+        daemon.terminate()
+        daemon.wait()
+        print(f"idle daemon over {IDLE} s (poll 10s, {STEADY} collections): CPU {100 * (c1 - c0) / (t1 - t0):.2f}%")
+    finally:
+        kinto.terminate()
+        kinto.wait()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work2, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

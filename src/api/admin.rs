@@ -1,0 +1,119 @@
+//! The local admin endpoint: HTTP on a Unix socket in the data directory (`tandem.sock`, mode
+//! 0600), so only the daemon's own user can reach it. Commands that must act on a running
+//! daemon's store (`tandem sync`) ask it here instead of fighting over the store.
+//!
+//! - `POST /sync`: run an ingest pass now (after the one in progress, if any) and answer
+//!   `200 {"appended","lists_changed","lists_unchanged"}`, or `502 {"error"}` if it failed,
+//!   `409` if this node has no source.
+
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http_body_util::BodyExt;
+use serde_json::json;
+
+use crate::replicate::ingest::IngestSlot;
+
+/// File name of the admin socket inside the data directory.
+pub const SOCKET_FILE: &str = "tandem.sock";
+
+/// Errors talking to a running daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No daemon answers on the socket.
+    #[error("cannot reach the running daemon at {path}: {reason}")]
+    Unreachable {
+        /// The socket.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The daemon answered with an error.
+    #[error("the daemon answered {status}: {message}")]
+    Failed {
+        /// HTTP status.
+        status: u16,
+        /// Its error message.
+        message: String,
+    },
+}
+
+/// The admin router; `ingest` is the daemon's ingest, shared with its source loop.
+pub fn router(ingest: Option<IngestSlot>) -> Router {
+    Router::new().route("/sync", post(sync)).with_state(ingest)
+}
+
+async fn sync(State(ingest): State<Option<IngestSlot>>) -> Response {
+    let Some(ingest) = ingest else {
+        return (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"error": "this node has no [source]"})),
+        )
+            .into_response();
+    };
+    match ingest.run_pass().await {
+        Ok(report) => (StatusCode::OK, axum::Json(json!(report))).into_response(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// Binds the socket in `data_dir` (replacing a stale one: the caller holds the store lock, so
+/// no other daemon can be using it) with mode 0600.
+pub fn bind(data_dir: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = data_dir.join(SOCKET_FILE);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Asks the daemon whose data directory is `data_dir` to run `POST path`; returns the JSON
+/// answer.
+pub async fn call(data_dir: &Path, path: &str) -> Result<serde_json::Value, AdminError> {
+    let socket = data_dir.join(SOCKET_FILE);
+    let unreachable = |reason: String| AdminError::Unreachable {
+        path: socket.clone(),
+        reason,
+    };
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+    tokio::spawn(connection);
+    let request = hyper::Request::post(path)
+        .header(hyper::header::HOST, "tandem")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("a static request is valid");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?
+        .to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if status == 200 {
+        Ok(value)
+    } else {
+        Err(AdminError::Failed {
+            status,
+            message: value["error"].as_str().unwrap_or("no details").to_owned(),
+        })
+    }
+}
