@@ -77,7 +77,7 @@ keys = root, access
 [handlers]
 keys = console, access
 [formatters]
-keys = plain
+keys = plain, access
 [logger_root]
 level = WARNING
 handlers = console
@@ -95,9 +95,11 @@ formatter = plain
 class = FileHandler
 args = ('{workdir}/access.log',)
 level = NOTSET
-formatter = plain
+formatter = access
 [formatter_plain]
 format = %(message)s
+[formatter_access]
+format = %(code)s %(method)s %(path)s
 """
     with open(os.path.join(workdir, "kinto.ini"), "w") as f:
         f.write(ini)
@@ -200,10 +202,10 @@ def main():
         log = os.path.join(work2, "access.log")
         before = sum(1 for _ in open(log))
         steady, _ = timed([TANDEM, "--config", config, "sync"])
-        lines = [json.loads(l) if l.startswith("{") else l for l in open(log).read().splitlines()[before:]]
+        lines = open(log).read().splitlines()[before:]
         codes = {}
         for l in lines:
-            code = l.get("code") if isinstance(l, dict) else (l.split()[-2] if len(l.split()) > 1 else "?")
+            code = l.split()[0] if l.split() else "?"
             codes[code] = codes.get(code, 0) + 1
         print(f"steady state, {STEADY} unchanged collections: one pass {steady:.2f} s, "
               f"{len(lines)} requests to Kinto, by status: {codes}")
