@@ -649,3 +649,198 @@ async fn sync_asks_the_running_daemon() {
         "without a daemon, sync runs the pass itself"
     );
 }
+
+/// Objects of `export` and `dump` under `prefix` must match: paths, data, and permissions
+/// wherever the dump has them (records included when it was made with their permissions).
+fn assert_same_under(export: &[serde_json::Value], dump: &[serde_json::Value], prefix: &str) {
+    let under = |v: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        v.iter()
+            .filter(|o| o["path"].as_str().unwrap().starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    let (ours, theirs) = (under(export), under(dump));
+    let paths = |v: &[serde_json::Value]| {
+        v.iter()
+            .map(|o| o["path"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(paths(&ours), paths(&theirs));
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(a["data"], b["data"], "data of {}", a["path"]);
+        if !b["permissions"].is_null() {
+            assert_eq!(
+                a["permissions"], b["permissions"],
+                "permissions of {}",
+                a["path"]
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn history_gives_every_permission_and_follows_changes() {
+    let kinto = Kinto::start(Options { history: true }).await;
+    // Alice lets tandem read her bucket (what the history path needs); bob does not.
+    kinto.ok("alice", "PUT", "buckets/ha", Some(json!({"data": {"x": 1}, "permissions": {"read": ["account:tandem", "account:bob"]}}))).await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/ha/groups/team",
+            Some(json!({"data": {"members": ["account:bob"]}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/ha/collections/c",
+            Some(json!({"data": {}, "permissions": {"read": ["system.Authenticated"]}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/ha/collections/c/records/open",
+            Some(json!({"data": {"n": 1}, "permissions": {"read": ["system.Everyone"]}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/ha/collections/c/records/plain",
+            Some(json!({"data": {"n": 2}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/ha/collections/c/records/shared",
+            Some(json!({"data": {"n": 3}, "permissions": {"write": ["account:bob"]}})),
+        )
+        .await;
+    fill(&kinto, "alice", "/buckets/ha/collections/c", 90, 20, "bulk").await;
+    kinto
+        .ok("bob", "PUT", "buckets/hidden", Some(json!({"data": {}})))
+        .await;
+    kinto
+        .ok(
+            "bob",
+            "PUT",
+            "buckets/hidden/collections/d",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "bob",
+            "PUT",
+            "buckets/hidden/collections/d/records/r",
+            Some(json!({"data": {"secret": false}})),
+        )
+        .await;
+
+    let node = Node::new(&kinto);
+    let check = |node: &Node| {
+        let export = node.export();
+        assert_same_under(
+            &export,
+            &kinto.dump_with("alice", &["--record-permissions"]),
+            "/buckets/ha",
+        );
+        // Bob's bucket is polled: its data, as tandem can read it.
+        assert_same_under(&export, &kinto.dump("tandem"), "/buckets/hidden");
+        export
+    };
+    node.sync();
+    let export = check(&node);
+    let shared = export
+        .iter()
+        .find(|o| o["path"] == "/buckets/ha/collections/c/records/shared")
+        .unwrap();
+    assert_eq!(
+        shared["permissions"]["write"].as_array().unwrap().len(),
+        2,
+        "{shared}"
+    );
+
+    // Changes, including one to permissions only, and a collection deleted and recreated.
+    kinto
+        .ok(
+            "alice",
+            "PATCH",
+            "buckets/ha/collections/c/records/plain",
+            Some(json!({"permissions": {"read": ["account:bob"]}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "DELETE",
+            "buckets/ha/collections/c/records/open",
+            None,
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/ha/collections/c/records/new",
+            Some(json!({"data": {"n": 4}, "permissions": {"read": ["account:tandem"]}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/ha/collections/e",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/ha/collections/e/records/x",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    kinto
+        .ok("alice", "DELETE", "buckets/ha/collections/e", None)
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/ha/collections/e",
+            Some(json!({"data": {"second": true}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "bob",
+            "PUT",
+            "buckets/hidden/collections/d/records/r",
+            Some(json!({"data": {"secret": true}})),
+        )
+        .await;
+    node.sync();
+    let export = check(&node);
+    let plain = export
+        .iter()
+        .find(|o| o["path"] == "/buckets/ha/collections/c/records/plain")
+        .unwrap();
+    assert_eq!(plain["permissions"]["read"], json!(["account:bob"]));
+    assert!(
+        !export
+            .iter()
+            .any(|o| o["path"] == "/buckets/ha/collections/e/records/x")
+    );
+
+    // Nothing changed: nothing appended.
+    assert_eq!(node.sync(), 0);
+}

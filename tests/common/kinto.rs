@@ -193,10 +193,16 @@ format = %(levelname)s %(message)s
     /// Everything `user` can read, as the independent client (kinto-http) sees it: one JSON
     /// value per object, sorted by path.
     pub fn dump(&self, user: &str) -> Vec<Value> {
+        self.dump_with(user, &[])
+    }
+
+    /// [`Kinto::dump`] with extra arguments for `tests/kinto_dump.py`.
+    pub fn dump_with(&self, user: &str, extra: &[&str]) -> Vec<Value> {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kinto_dump.py");
         let out = Command::new(venv().join("bin/python"))
             .arg(script)
             .args([self.url.as_str(), user, PASSWORD])
+            .args(extra)
             .output()
             .unwrap();
         assert!(

@@ -19,13 +19,20 @@
 //!   memory: the transaction that records a changed container also removes the cursors of the
 //!   lists below it, and a list without a cursor is always reconciled.
 //!
+//! # The history path
+//!
+//! When Kinto has the history plugin, each bucket whose history the account can fully read is
+//! followed through it instead ([`history`]): one request per bucket per pass when nothing
+//! changed, and every object with its full permissions. Other buckets are polled as above.
+//!
 //! # Guarantees
 //!
 //! - Each page of changes and the cursor it moves commit in one transaction; a crash at any
 //!   point resumes from the last committed page. The store drops no-op changes (a put equal to
 //!   the live object), so re-reading a page appends nothing twice.
-//! - Bodies are `{"data":<bytes Kinto sent>,"permissions":<bytes Kinto sent>}`. Records listed
-//!   in pages carry `{"data":…}` only: Kinto's lists do not include permissions.
+//! - Bodies are `{"data":<bytes Kinto sent>,"permissions":<bytes Kinto sent>}`. On the polling
+//!   path, records carry `{"data":…}` only (Kinto's lists do not include permissions), and
+//!   other objects the permissions Kinto shows the account (only those it is a writer of).
 //! - A failed request aborts the pass before anything of its page is stored.
 //!
 //! Paths in the feed are Kinto object paths without the `/v1` prefix, e.g.
@@ -38,6 +45,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
+
+mod history;
 
 use crate::config::SourceConfig;
 use crate::feed::Op;
@@ -149,6 +158,39 @@ impl IngestSlot {
     }
 }
 
+/// Bodies from the history plugin: path → (the object's `last_modified`, feed body).
+type HistoryBodies = HashMap<String, (i64, Vec<u8>)>;
+
+/// How the polling path reads: in full (ignoring list cursors), and with bodies the history
+/// plugin provided, keyed by path with the object's `last_modified` they belong to. It counts
+/// the listed objects the history did not cover.
+#[derive(Clone, Default)]
+struct Walk {
+    full: bool,
+    bodies: Option<Arc<HistoryBodies>>,
+    misses: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Walk {
+    /// The history's body for `path`, if it is of this very version (a miss is counted
+    /// otherwise, when there are history bodies at all).
+    fn body_for(&self, path: &str, last_modified: i64) -> Option<&[u8]> {
+        let bodies = self.bodies.as_ref()?;
+        match bodies.get(path) {
+            Some((lm, body)) if *lm == last_modified => Some(body),
+            _ => {
+                self.misses
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn misses(&self) -> u64 {
+        self.misses.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The identifying fields of a listed object.
 #[derive(Deserialize)]
 struct ItemHead {
@@ -203,18 +245,49 @@ impl Ingest {
     /// Runs one pass: checks the credentials, then buckets, their groups and collections, and
     /// every collection's records.
     pub async fn pass(&self) -> Result<IngestReport, IngestError> {
-        self.client.server_info().await?;
-        let mut report = self.sync_container_list("/buckets").await?;
+        let info = self.client.server_info().await?;
+        let mut report = self
+            .sync_container_list("/buckets", &Walk::default())
+            .await?;
         for bucket in self.live_children("/buckets").await? {
-            report += self
-                .sync_container_list(&format!("{bucket}/groups"))
-                .await?;
-            report += self
-                .sync_container_list(&format!("{bucket}/collections"))
-                .await?;
-            let collections = self.live_children(&format!("{bucket}/collections")).await?;
-            report += self.sync_collections(collections).await?;
+            let incomplete = self
+                .cursor(&format!("kinto:{bucket}/history-incomplete"))
+                .await?
+                .is_some();
+            if info.history && !incomplete {
+                match self.sync_bucket_history(&bucket).await {
+                    Ok(r) => {
+                        report += r;
+                        continue;
+                    }
+                    // The account cannot read this bucket's history: poll its lists instead.
+                    Err(IngestError::Kinto(
+                        KintoError::Forbidden { .. } | KintoError::Status { status: 404, .. },
+                    )) => {
+                        tracing::debug!(bucket = %bucket, "history not readable, polling lists");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            report += self.sync_bucket_lists(&bucket, &Walk::default()).await?;
         }
+        Ok(report)
+    }
+
+    /// The polling path for one bucket: its groups, its collections and their records.
+    async fn sync_bucket_lists(
+        &self,
+        bucket: &str,
+        walk: &Walk,
+    ) -> Result<IngestReport, IngestError> {
+        let mut report = self
+            .sync_container_list(&format!("{bucket}/groups"), walk)
+            .await?;
+        report += self
+            .sync_container_list(&format!("{bucket}/collections"), walk)
+            .await?;
+        let collections = self.live_children(&format!("{bucket}/collections")).await?;
+        report += self.sync_collections(collections, walk).await?;
         Ok(report)
     }
 
@@ -222,6 +295,7 @@ impl Ingest {
     async fn sync_collections(
         &self,
         collections: Vec<String>,
+        walk: &Walk,
     ) -> Result<IngestReport, IngestError> {
         let mut report = IngestReport::default();
         let mut tasks = JoinSet::new();
@@ -231,8 +305,8 @@ impl Ingest {
                 let Some(collection) = pending.next() else {
                     break;
                 };
-                let worker = self.clone_handle();
-                tasks.spawn(async move { worker.sync_records(&collection).await });
+                let (worker, walk) = (self.clone_handle(), walk.clone());
+                tasks.spawn(async move { worker.sync_records(&collection, &walk).await });
             }
             match tasks.join_next().await {
                 None => return Ok(report),
@@ -255,9 +329,17 @@ impl Ingest {
     /// Brings one container list up to date. A child that is new, changed (possibly deleted
     /// and recreated) or gone loses the cursors of its own lists in the same transaction, so
     /// that they are read in full and reconciled next, even if this process dies first.
-    async fn sync_container_list(&self, list: &str) -> Result<IngestReport, IngestError> {
+    async fn sync_container_list(
+        &self,
+        list: &str,
+        walk: &Walk,
+    ) -> Result<IngestReport, IngestError> {
         let cursor_name = format!("kinto:{list}");
-        let cursor = self.cursor(&cursor_name).await?;
+        let cursor = if walk.full {
+            None
+        } else {
+            self.cursor(&cursor_name).await?
+        };
         let mut report = IngestReport::default();
         let Some((items, etag)) = self.read_full_list(list, cursor).await? else {
             report.lists_unchanged += 1;
@@ -272,17 +354,30 @@ impl Ingest {
             let head = ItemHead::parse(list, raw)?;
             let path = format!("{list}/{}", head.id);
             listed.insert(path.clone());
-            if self.stored_last_modified(&path).await? == Some(head.last_modified) {
+            let stored = self.stored_last_modified(&path).await?;
+            let body = match walk.body_for(&path, head.last_modified) {
+                // The history knows this version, with its full permissions.
+                Some(body) => body.to_vec(),
+                None if stored == Some(head.last_modified) => continue,
+                // Permissions are only in the object itself, not in lists.
+                None => match self.client.object(&path).await? {
+                    Some(object) => object_body(list, &object)?,
+                    None => continue, // deleted since it was listed; the next pass sees it gone
+                },
+            };
+            if stored == Some(head.last_modified) {
+                // Same version, better body: the children's lists need no reconcile.
+                changes.push(Change {
+                    op: Op::Put,
+                    path,
+                    body,
+                });
                 continue;
             }
-            // Permissions are only in the object itself, not in lists.
-            let Some(object) = self.client.object(&path).await? else {
-                continue; // deleted since it was listed; the next pass sees it gone
-            };
             changes.push(Change {
                 op: Op::Put,
                 path: path.clone(),
-                body: object_body(list, &object)?,
+                body,
             });
             cursors.extend(child_lists(&path).map(|l| CursorUpdate::clear(format!("kinto:{l}"))));
         }
@@ -301,10 +396,18 @@ impl Ingest {
     /// Reads the records of one collection since its cursor, committing page by page. Without
     /// a cursor (a new collection, or one that changed), the full list is read and records no
     /// longer in it are deleted; the cursor is only set once that is done.
-    async fn sync_records(&self, collection: &str) -> Result<IngestReport, IngestError> {
+    async fn sync_records(
+        &self,
+        collection: &str,
+        walk: &Walk,
+    ) -> Result<IngestReport, IngestError> {
         let list = format!("{collection}/records");
         let cursor_name = format!("kinto:{list}");
-        let cursor = self.cursor(&cursor_name).await?;
+        let cursor = if walk.full {
+            None
+        } else {
+            self.cursor(&cursor_name).await?
+        };
         let reconcile = cursor.is_none();
         let mut report = IngestReport::default();
         let mut listed = HashSet::new();
@@ -347,10 +450,14 @@ impl Ingest {
                     if reconcile {
                         listed.insert(path.clone());
                     }
+                    let body = match walk.body_for(&path, head.last_modified) {
+                        Some(body) => body.to_vec(),
+                        None => format!("{{\"data\":{}}}", raw.get()).into_bytes(),
+                    };
                     changes.push(Change {
                         op: Op::Put,
                         path,
-                        body: format!("{{\"data\":{}}}", raw.get()).into_bytes(),
+                        body,
                     });
                 }
             }
@@ -527,7 +634,7 @@ impl Ingest {
 fn child_lists(path: &str) -> impl Iterator<Item = String> + '_ {
     let depth = path.matches('/').count();
     let kinds: &[&str] = match depth {
-        2 => &["groups", "collections"], // /buckets/{id}
+        2 => &["groups", "collections", "history", "history-incomplete"], // /buckets/{id}
         4 if path.contains("/collections/") => &["records"],
         _ => &[],
     };
@@ -541,11 +648,18 @@ fn object_body(list: &str, object: &RawValue) -> Result<Vec<u8>, IngestError> {
             list: list.to_owned(),
             what: format!("object without data: {e}"),
         })?;
-    let permissions = parts.permissions.map_or("{}", RawValue::get);
-    Ok(format!(
-        "{{\"data\":{},\"permissions\":{}}}",
-        parts.data.get(),
-        permissions
-    )
-    .into_bytes())
+    Ok(parts.body())
+}
+
+impl ObjectBody<'_> {
+    /// `{"data":…,"permissions":…}` from the parts, bytes kept.
+    fn body(&self) -> Vec<u8> {
+        let permissions = self.permissions.map_or("{}", RawValue::get);
+        format!(
+            "{{\"data\":{},\"permissions\":{}}}",
+            self.data.get(),
+            permissions
+        )
+        .into_bytes()
+    }
 }

@@ -1,0 +1,248 @@
+//! The history-plugin path: one feed per bucket with every change to the bucket, its groups,
+//! collections and records, each with the object's full permissions.
+//!
+//! - **Steady state**: `GET /buckets/{id}/history?_since=<cursor>` with `If-None-Match`, one
+//!   request per bucket per pass when nothing changed; entries are applied oldest first and
+//!   committed page by page with the cursor (the history entries' own timestamps). Deleting a
+//!   collection or group logs one entry: it deletes everything below it in the feed too.
+//! - **First sync of a bucket** (no history cursor: new, recreated, or history newly readable):
+//!   the whole history is read into a map of each object's latest body, then the bucket's lists
+//!   are walked in full as the polling path does, taking an object's body from the history when
+//!   the history has that very version (same `last_modified`) and from the list otherwise. The
+//!   replica is therefore exact even where the history is incomplete (trimmed, or enabled
+//!   after the data was written); only permissions are missing where the history is.
+//!
+//! A history is followed only if it covered every object the first sync listed. An account
+//! that can read only part of a bucket's history (Kinto filters entries by the permissions of
+//! the bucket and objects, and settings such as `bucket_read_principals` do not count), or a
+//! history trimmed or started after the data, would miss changes: such a bucket is marked
+//! (`kinto:<bucket>/history-incomplete`) and polled instead, until the bucket itself changes.
+//! A bucket whose history the account cannot read at all (403) is polled as well.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Ingest, IngestError, IngestReport, ObjectBody, Walk};
+use crate::feed::Op;
+use crate::source::kinto::{ListResult, ListTarget};
+use crate::store::{Change, CursorUpdate};
+
+/// One history entry, as far as ingest needs it.
+#[derive(Deserialize)]
+struct Entry<'a> {
+    last_modified: i64,
+    action: String,
+    resource_name: String,
+    uri: String,
+    #[serde(borrow)]
+    target: ObjectBody<'a>,
+}
+
+/// What an entry does to the replica.
+enum Effect {
+    /// The object at this path now has this body, of this `last_modified`.
+    Put {
+        path: String,
+        last_modified: i64,
+        body: Vec<u8>,
+    },
+    /// The object at this path is gone, and with it everything below it.
+    Delete { path: String, container: bool },
+}
+
+impl Entry<'_> {
+    fn parse(list: &str, bucket: &str, raw: &RawValue) -> Result<(i64, Effect), IngestError> {
+        let bad = |what: String| IngestError::Source {
+            list: list.to_owned(),
+            what,
+        };
+        let entry: Entry<'_> =
+            serde_json::from_str(raw.get()).map_err(|e| bad(format!("history entry: {e}")))?;
+        if entry.uri != bucket && !entry.uri.starts_with(&format!("{bucket}/")) {
+            return Err(bad(format!(
+                "history entry for {} outside {bucket}",
+                entry.uri
+            )));
+        }
+        let container = match entry.resource_name.as_str() {
+            "record" => false,
+            "bucket" | "collection" | "group" => true,
+            other => {
+                return Err(bad(format!(
+                    "history entry for an unknown kind of object {other:?}"
+                )));
+            }
+        };
+        let effect = match entry.action.as_str() {
+            "create" | "update" => {
+                #[derive(Deserialize)]
+                struct Stamp {
+                    last_modified: i64,
+                }
+                let stamp: Stamp = serde_json::from_str(entry.target.data.get())
+                    .map_err(|e| bad(format!("history target without last_modified: {e}")))?;
+                Effect::Put {
+                    path: entry.uri,
+                    last_modified: stamp.last_modified,
+                    body: entry.target.body(),
+                }
+            }
+            "delete" => Effect::Delete {
+                path: entry.uri,
+                container,
+            },
+            other => return Err(bad(format!("unknown history action {other:?}"))),
+        };
+        Ok((entry.last_modified, effect))
+    }
+}
+
+impl Ingest {
+    /// Brings one bucket up to date through its history (see the module docs).
+    pub(super) async fn sync_bucket_history(
+        &self,
+        bucket: &str,
+    ) -> Result<IngestReport, IngestError> {
+        let list = format!("{bucket}/history");
+        let cursor_name = format!("kinto:{list}");
+        match self.cursor(&cursor_name).await? {
+            Some(cursor) => {
+                self.follow_history(bucket, &list, &cursor_name, cursor)
+                    .await
+            }
+            None => self.first_history_sync(bucket, &list, &cursor_name).await,
+        }
+    }
+
+    async fn first_history_sync(
+        &self,
+        bucket: &str,
+        list: &str,
+        cursor_name: &str,
+    ) -> Result<IngestReport, IngestError> {
+        let Some((entries, etag)) = self.read_full_list(list, None).await? else {
+            unreachable!("an unconditional request is never answered 304");
+        };
+        let mut position = etag.unwrap_or(0);
+        let mut bodies: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
+        for raw in &entries {
+            let (stamp, effect) = Entry::parse(list, bucket, raw)?;
+            position = position.max(stamp);
+            match effect {
+                Effect::Put {
+                    path,
+                    last_modified,
+                    body,
+                } => {
+                    bodies.insert(path, (last_modified, body));
+                }
+                Effect::Delete { path, .. } => {
+                    bodies.retain(|p, _| p != &path && !p.starts_with(&format!("{path}/")));
+                }
+            }
+        }
+        drop(entries);
+        let walk = Walk {
+            full: true,
+            bodies: Some(Arc::new(bodies)),
+            ..Walk::default()
+        };
+
+        // The bucket object itself was listed by the caller; give it its history body.
+        let mut report = IngestReport::default();
+        if let Some(stored) = self.stored_last_modified(bucket).await?
+            && let Some(body) = walk.body_for(bucket, stored)
+        {
+            let put = Change {
+                op: Op::Put,
+                path: bucket.to_owned(),
+                body: body.to_vec(),
+            };
+            report.appended += self.commit(vec![put], []).await?;
+        }
+        report += self.sync_bucket_lists(bucket, &walk).await?;
+        let cursor = if walk.misses() == 0 {
+            // Only now is everything up to `position` in the replica.
+            CursorUpdate::set(cursor_name, position)
+        } else {
+            // The account sees only part of this history (or it was trimmed, or started after
+            // the data): following it would miss changes. Poll this bucket's lists instead,
+            // until the bucket itself changes (which clears this mark).
+            tracing::info!(bucket = %bucket, objects = walk.misses(), "history incomplete for this account; polling the bucket's lists");
+            CursorUpdate::set(format!("kinto:{bucket}/history-incomplete"), walk.misses())
+        };
+        report.appended += self.commit(Vec::new(), [cursor]).await?;
+        Ok(report)
+    }
+
+    async fn follow_history(
+        &self,
+        bucket: &str,
+        list: &str,
+        cursor_name: &str,
+        cursor: i64,
+    ) -> Result<IngestReport, IngestError> {
+        let mut report = IngestReport::default();
+        let mut next: Option<url::Url> = None;
+        let mut position = cursor;
+        loop {
+            let target = match &next {
+                None => ListTarget::Path {
+                    path: list,
+                    since: Some(cursor),
+                    limit: None,
+                },
+                Some(url) => ListTarget::Next(url),
+            };
+            let condition = if next.is_none() { Some(cursor) } else { None };
+            let page = match self.client.list(target, condition).await? {
+                ListResult::NotModified => {
+                    report.lists_unchanged += 1;
+                    return Ok(report);
+                }
+                ListResult::Page(page) => page,
+            };
+            if next.is_none() {
+                report.lists_changed += 1;
+            }
+            let mut changes = Vec::new();
+            for raw in &page.items {
+                let (stamp, effect) = Entry::parse(list, bucket, raw)?;
+                position = position.max(stamp);
+                match effect {
+                    Effect::Put { path, body, .. } => changes.push(Change {
+                        op: Op::Put,
+                        path,
+                        body,
+                    }),
+                    Effect::Delete {
+                        path,
+                        container: false,
+                    } => changes.push(Change {
+                        op: Op::Delete,
+                        path,
+                        body: Vec::new(),
+                    }),
+                    Effect::Delete {
+                        path,
+                        container: true,
+                    } => {
+                        // What lies below must include this page's earlier puts: store them first.
+                        report.appended += self.commit(std::mem::take(&mut changes), []).await?;
+                        changes = self.deletes_below(&path).await?;
+                    }
+                }
+            }
+            next = page.next;
+            report.appended += self
+                .commit(changes, [CursorUpdate::set(cursor_name, position)])
+                .await?;
+            if next.is_none() {
+                return Ok(report);
+            }
+        }
+    }
+}
