@@ -202,7 +202,7 @@ pub async fn serve(
         node: node_id,
         name: config.node.name.clone(),
         reader: Arc::new(Mutex::new(reader)),
-        workers,
+        workers: workers.clone(),
     });
     let server_token = token.clone();
     let server = tokio::spawn(async move {
@@ -218,8 +218,12 @@ pub async fn serve(
         )
     })?;
     let admin_token = token.clone();
+    let admin_state = api::admin::AdminState {
+        ingest,
+        workers: workers.clone(),
+    };
     let admin = tokio::spawn(async move {
-        axum::serve(admin_listener, api::admin::router(ingest))
+        axum::serve(admin_listener, api::admin::router(admin_state))
             .with_graceful_shutdown(admin_token.cancelled_owned())
             .await
     });

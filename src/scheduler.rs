@@ -100,6 +100,25 @@ impl WorkerStatus {
     }
 }
 
+/// An error that may say how long to wait before retrying (HTTP `Retry-After`).
+pub trait RetryHint {
+    /// The delay the remote asked for, if any.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl RetryHint for crate::probe::ProbeError {}
+
+impl RetryHint for crate::replicate::ingest::IngestError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            crate::replicate::ingest::IngestError::Kinto(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
 /// When a loop runs its next attempt after a success.
 #[derive(Debug, Clone)]
 pub enum Cadence {
@@ -129,7 +148,7 @@ pub async fn run_loop<F, Fut, E>(
 ) where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<String, E>>,
-    E: std::fmt::Display,
+    E: std::fmt::Display + RetryHint,
 {
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
     let mut first = true;
@@ -154,7 +173,10 @@ pub async fn run_loop<F, Fut, E>(
                 None
             }
             Err(e) => {
-                let delay = backoff.fail();
+                // A server's own Retry-After wins when it asks for longer than our backoff.
+                let delay = backoff
+                    .fail()
+                    .max(e.retry_after().unwrap_or_default().min(RETRY_CAP));
                 warn!(
                     target_kind = status.kind,
                     name = %status.name,
@@ -241,6 +263,53 @@ mod tests {
         assert_eq!(
             next_cron_time(&nightly, at).unwrap(),
             chrono::Utc.with_ymd_and_hms(2026, 3, 29, 2, 30, 0).unwrap()
+        );
+    }
+
+    impl RetryHint for &str {}
+
+    /// A failure that asks for a long wait.
+    struct Busy;
+    impl std::fmt::Display for Busy {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("busy")
+        }
+    }
+    impl RetryHint for Busy {
+        fn retry_after(&self) -> Option<Duration> {
+            Some(Duration::from_secs(40))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_longer_than_the_backoff_is_honoured() {
+        let status = WorkerStatus::new("source", "kinto");
+        let shutdown = CancellationToken::new();
+        let calls = std::sync::Arc::new(AtomicU32::new(0));
+        let (counter, stop) = (calls.clone(), shutdown.clone());
+        let started = tokio::time::Instant::now();
+        run_loop(
+            &status,
+            Cadence::Every(Duration::from_secs(1)),
+            shutdown,
+            move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let stop = stop.clone();
+                async move {
+                    if n == 0 {
+                        return Err(Busy);
+                    }
+                    stop.cancel();
+                    Ok("up".to_owned())
+                }
+            },
+        )
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(
+            started.elapsed() >= Duration::from_secs(40),
+            "{:?}",
+            started.elapsed()
         );
     }
 

@@ -361,6 +361,7 @@ fn status_reports_the_node_and_its_own_origin() {
     assert_eq!(origins[0]["self"], true);
     assert_eq!(origins[0]["head"]["seq"], 0);
     assert!(origins[0]["head"]["hash"].is_null());
+    assert_eq!(doc["daemon"]["running"], false);
     let text = stdout(&env.run(&["status"], 0));
     assert!(text.contains(&id) && text.contains("(self)"), "{text}");
 }
@@ -408,7 +409,21 @@ fn the_daemon_serves_health_and_metrics_and_stops_on_sigterm() {
     assert_eq!(daemon.get("/nope").0, 404);
 
     // Read-only commands work beside the running daemon; a second writer does not start.
-    env.run(&["status", "--json"], 0);
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.run(&["status", "--json"], 0).stdout).unwrap();
+    assert_eq!(status["daemon"]["running"], true);
+    let workers = status["daemon"]["workers"].as_array().unwrap();
+    assert!(
+        workers
+            .iter()
+            .any(|w| w["kind"] == "source" && w["ok"] == false),
+        "{status}"
+    );
+    let text = stdout(&env.run(&["status"], 0));
+    assert!(
+        text.contains("daemon running") && text.contains("source kinto: failing"),
+        "{text}"
+    );
     let err = stderr(&env.run(&["run"], 1));
     assert!(
         err.contains("another tandem process") && err.contains(&daemon.child.id().to_string()),

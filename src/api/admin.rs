@@ -5,6 +5,7 @@
 //! - `POST /sync`: run an ingest pass now (after the one in progress, if any) and answer
 //!   `200 {"appended","lists_changed","lists_unchanged"}`, or `502 {"error"}` if it failed,
 //!   `409` if this node has no source.
+//! - `GET /workers`: the health of the daemon's loops, as in `/healthz`.
 
 use std::path::{Path, PathBuf};
 
@@ -12,11 +13,14 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use serde_json::json;
 
+use std::sync::Arc;
+
 use crate::replicate::ingest::IngestSlot;
+use crate::scheduler::WorkerStatus;
 
 /// File name of the admin socket inside the data directory.
 pub const SOCKET_FILE: &str = "tandem.sock";
@@ -42,13 +46,30 @@ pub enum AdminError {
     },
 }
 
-/// The admin router; `ingest` is the daemon's ingest, shared with its source loop.
-pub fn router(ingest: Option<IngestSlot>) -> Router {
-    Router::new().route("/sync", post(sync)).with_state(ingest)
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The daemon's ingest, shared with its source loop (None without a source).
+    pub ingest: Option<IngestSlot>,
+    /// Health of the daemon's loops.
+    pub workers: Vec<Arc<WorkerStatus>>,
 }
 
-async fn sync(State(ingest): State<Option<IngestSlot>>) -> Response {
-    let Some(ingest) = ingest else {
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/sync", post(sync))
+        .route("/workers", get(workers))
+        .with_state(state)
+}
+
+async fn workers(State(state): State<AdminState>) -> Response {
+    let reports: Vec<_> = state.workers.iter().map(|w| w.report()).collect();
+    axum::Json(json!({ "workers": reports })).into_response()
+}
+
+async fn sync(State(state): State<AdminState>) -> Response {
+    let Some(ingest) = state.ingest else {
         return (
             StatusCode::CONFLICT,
             axum::Json(json!({"error": "this node has no [source]"})),
@@ -76,9 +97,13 @@ pub fn bind(data_dir: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Asks the daemon whose data directory is `data_dir` to run `POST path`; returns the JSON
+/// Sends `method path` to the daemon whose data directory is `data_dir`; returns the JSON
 /// answer.
-pub async fn call(data_dir: &Path, path: &str) -> Result<serde_json::Value, AdminError> {
+pub async fn call(
+    data_dir: &Path,
+    method: &str,
+    path: &str,
+) -> Result<serde_json::Value, AdminError> {
     let socket = data_dir.join(SOCKET_FILE);
     let unreachable = |reason: String| AdminError::Unreachable {
         path: socket.clone(),
@@ -92,7 +117,9 @@ pub async fn call(data_dir: &Path, path: &str) -> Result<serde_json::Value, Admi
             .await
             .map_err(|e| unreachable(e.to_string()))?;
     tokio::spawn(connection);
-    let request = hyper::Request::post(path)
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header(hyper::header::HOST, "tandem")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .expect("a static request is valid");

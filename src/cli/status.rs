@@ -11,11 +11,14 @@
 //! ```
 //!
 //! An origin with no entries has `"head": {"seq": 0, "hash": null}`. `forks` lists stored fork
-//! evidence as `{"seq", "our_hash", "their_hash"}`.
+//! evidence as `{"seq", "our_hash", "their_hash"}`. `daemon` says whether a daemon runs on this
+//! store and, if so, the health of its loops: `{"running": true, "workers": [{"kind", "name",
+//! "ok", "consecutive_errors", "last_error"}]}`.
 
 use serde_json::json;
 
 use super::{Cli, load_config};
+use crate::api::admin;
 use crate::store::Store;
 
 /// Prints the status.
@@ -42,13 +45,53 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
             "forks": forks,
         }));
     }
+    // A running daemon answers on its admin socket; a missing or dead socket means none runs.
+    let workers = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+        .and_then(|rt| {
+            rt.block_on(admin::call(&config.node.data_dir, "GET", "/workers"))
+                .ok()
+        });
+    let daemon = match &workers {
+        Some(w) => json!({ "running": true, "workers": w["workers"] }),
+        None => json!({ "running": false }),
+    };
     if as_json {
-        let doc =
-            json!({ "node": { "id": node_id, "name": config.node.name }, "origins": origins });
+        let doc = json!({
+            "node": { "id": node_id, "name": config.node.name },
+            "origins": origins,
+            "daemon": daemon,
+        });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     println!("node {} ({})", config.node.name, node_id);
+    match daemon["workers"].as_array() {
+        None => println!("daemon not running"),
+        Some(workers) => {
+            println!("daemon running");
+            for w in workers {
+                let state = if w["ok"] == true {
+                    "ok".to_owned()
+                } else if w["consecutive_errors"] == 0 {
+                    "starting".to_owned()
+                } else {
+                    format!(
+                        "failing ({} attempts): {}",
+                        w["consecutive_errors"],
+                        w["last_error"].as_str().unwrap_or("")
+                    )
+                };
+                println!(
+                    "  {} {}: {state}",
+                    w["kind"].as_str().unwrap_or(""),
+                    w["name"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
     println!("{} origin(s) held", origins.len());
     for o in &origins {
         let head = &o["head"];

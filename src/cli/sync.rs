@@ -39,7 +39,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
                 Some(StoreError::Locked { .. })
             ) =>
         {
-            let answer = runtime.block_on(admin::call(&data_dir, "/sync"))?;
+            let answer = runtime.block_on(admin::call(&data_dir, "POST", "/sync"))?;
             serde_json::from_value(answer).context("unexpected answer from the daemon")?
         }
         Err(e) => return Err(e),
