@@ -96,12 +96,37 @@ pub enum Secret {
 pub struct SourceConfig {
     /// Server root, normalized to end with `/v1/`.
     pub url: Url,
-    /// Account name.
-    pub user: String,
-    /// Where the password comes from.
-    pub password: Secret,
+    /// How tandem authenticates.
+    pub auth: SourceAuth,
     /// How often to poll for changes.
     pub poll: Duration,
+}
+
+/// How tandem authenticates to the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceAuth {
+    /// HTTP Basic (Kinto's accounts plugin): `user` and a password.
+    Basic {
+        /// Account name.
+        user: String,
+        /// Where the password comes from.
+        password: Secret,
+    },
+    /// `Authorization: Bearer <token>` (OpenID Connect and similar plugins).
+    Bearer {
+        /// Where the token comes from.
+        token: Secret,
+    },
+}
+
+impl SourceAuth {
+    /// Who tandem says it is, for messages: the user, or "the bearer token".
+    pub fn who(&self) -> String {
+        match self {
+            SourceAuth::Basic { user, .. } => format!("user {user:?}"),
+            SourceAuth::Bearer { .. } => "the bearer token".to_owned(),
+        }
+    }
 }
 
 /// `[snapshots]`: when to cut snapshots and how many to keep.
@@ -239,21 +264,46 @@ impl Config {
             Some(spanned) => {
                 let span = spanned.span();
                 let s = spanned.into_inner();
-                let password = match (s.password_file, s.password_env) {
-                    (Some(file), None) => Secret::File(base.join(file)),
-                    (None, Some(var)) => Secret::Env(var.0),
-                    (Some(_), Some(_)) => {
+                let secret = |file: Option<PathBuf>, env: Option<EnvName>| match (file, env) {
+                    (Some(file), None) => Some(Secret::File(base.join(file))),
+                    (None, Some(var)) => Some(Secret::Env(var.0)),
+                    _ => None,
+                };
+                let given = [
+                    s.password_file.is_some(),
+                    s.password_env.is_some(),
+                    s.token_file.is_some(),
+                    s.token_env.is_some(),
+                ];
+                if given.iter().filter(|g| **g).count() != 1 {
+                    return Err(err(
+                        Some(span),
+                        "set exactly one of password_file, password_env (with user), token_file or token_env".into(),
+                    ));
+                }
+                let auth = match (
+                    secret(s.password_file, s.password_env),
+                    secret(s.token_file, s.token_env),
+                    s.user,
+                ) {
+                    (Some(password), None, Some(user)) => SourceAuth::Basic {
+                        user: user.0,
+                        password,
+                    },
+                    (Some(_), None, None) => {
                         return Err(err(
                             Some(span),
-                            "set either password_file or password_env, not both".into(),
+                            "missing user for password authentication".into(),
                         ));
                     }
-                    (None, None) => {
+                    (None, Some(token), None) => SourceAuth::Bearer { token },
+                    (None, Some(_), Some(_)) => {
                         return Err(err(
                             Some(span),
-                            "missing password_file or password_env for the source account".into(),
+                            "user goes with a password, not with a bearer token".into(),
                         ));
                     }
+                    _ => unreachable!("exactly one secret was checked above"),
                 };
                 let mut url = s.url.0;
                 if !url.path().trim_end_matches('/').ends_with("/v1") {
@@ -265,8 +315,7 @@ impl Config {
                 }
                 Some(SourceConfig {
                     url,
-                    user: s.user.0,
-                    password,
+                    auth,
                     poll: s.poll.map(|p| p.0).unwrap_or(DEFAULT_POLL),
                 })
             }
@@ -404,9 +453,11 @@ struct RawSource {
     #[allow(dead_code)] // only "kinto" deserializes; the field exists to be explicit
     kind: SourceKind,
     url: HttpUrl,
-    user: NonEmpty,
+    user: Option<NonEmpty>,
     password_file: Option<PathBuf>,
     password_env: Option<EnvName>,
+    token_file: Option<PathBuf>,
+    token_env: Option<EnvName>,
     poll: Option<Interval>,
 }
 
@@ -575,7 +626,13 @@ mod tests {
         let c = parse("[node]\nname = \"n\"\ndata_dir = \"state\"\n[source]\nkind = \"kinto\"\nurl = \"http://127.0.0.1:8888\"\nuser = \"u\"\npassword_file = \"pw\"\n").unwrap();
         assert_eq!(c.node.data_dir, PathBuf::from("/etc/tandem/state"));
         let s = c.source.unwrap();
-        assert_eq!(s.password, Secret::File("/etc/tandem/pw".into()));
+        assert_eq!(
+            s.auth,
+            SourceAuth::Basic {
+                user: "u".into(),
+                password: Secret::File("/etc/tandem/pw".into())
+            }
+        );
         assert_eq!(s.url.as_str(), "http://127.0.0.1:8888/v1/");
         assert_eq!(s.poll, DEFAULT_POLL);
     }
@@ -662,6 +719,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("password_file"), "{e}");
+        for (extra, needle) in [
+            ("password_env = \"P\"\ntoken_env = \"T\"\n", "exactly one"),
+            ("token_env = \"T\"\n", "user goes with a password"),
+        ] {
+            let text = format!(
+                "[node]\nname = \"n\"\n[source]\nkind = \"kinto\"\nurl = \"http://k\"\nuser = \"u\"\n{extra}"
+            );
+            assert!(
+                parse(&text).unwrap_err().message.contains(needle),
+                "{extra}"
+            );
+        }
+        let bearer = parse("[node]\nname = \"n\"\n[source]\nkind = \"kinto\"\nurl = \"http://k\"\ntoken_file = \"tok\"\n").unwrap();
+        assert_eq!(
+            bearer.source.unwrap().auth,
+            SourceAuth::Bearer {
+                token: Secret::File("/etc/tandem/tok".into())
+            }
+        );
+        let e = parse("[node]\nname = \"n\"\n[source]\nkind = \"kinto\"\nurl = \"http://k\"\npassword_env = \"P\"\n").unwrap_err();
+        assert!(e.message.contains("missing user"), "{e}");
         assert_eq!(e.line, Some(3));
         let peer = format!("[[peer]]\nname = \"p\"\nurl = \"http://x\"\nid = \"{ID}\"\n");
         let e = parse(&format!("[node]\nname = \"n\"\n{peer}{peer}")).unwrap_err();

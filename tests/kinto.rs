@@ -844,3 +844,34 @@ async fn history_gives_every_permission_and_follows_changes() {
     // Nothing changed: nothing appended.
     assert_eq!(node.sync(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_is_sent_and_a_refusal_is_clear() {
+    let kinto = Kinto::start(Options { history: false }).await;
+    let upstream = kinto
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1/")
+        .to_owned();
+    let proxy = common::proxy::Proxy::start(upstream, "/v1/").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "tok-123\n").unwrap();
+    let text = format!(
+        "[node]\nname = \"t\"\n[source]\nkind = \"kinto\"\nurl = \"{}\"\ntoken_file = \"token\"\n",
+        proxy.url
+    );
+    let source = Config::parse(&dir.path().join("t.toml"), &text)
+        .unwrap()
+        .source
+        .unwrap();
+    let client = KintoClient::new(&source).unwrap();
+    // This Kinto knows no bearer tokens: it treats the request as anonymous.
+    let err = client.server_info().await.unwrap_err();
+    assert!(matches!(err, KintoError::Unauthorized { .. }), "{err}");
+    assert!(
+        err.to_string().contains("bearer token") && !err.to_string().contains("tok-123"),
+        "{err}"
+    );
+    let head = proxy.last_head().to_ascii_lowercase();
+    assert!(head.contains("authorization: bearer tok-123"), "{head}");
+}

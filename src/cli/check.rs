@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, Schedule, Secret};
+use crate::config::{Config, Schedule, Secret, SourceAuth};
 
 /// Validates `path`; prints a summary on success.
 pub fn run(path: &Path) -> anyhow::Result<()> {
@@ -16,14 +16,19 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     );
     match &config.source {
         Some(s) => {
-            let secret = match &s.password {
-                Secret::File(f) => format!("password from file {}", f.display()),
-                Secret::Env(v) => format!("password from ${v}"),
+            let from = |secret: &Secret| match secret {
+                Secret::File(f) => format!("from file {}", f.display()),
+                Secret::Env(v) => format!("from ${v}"),
+            };
+            let secret = match &s.auth {
+                SourceAuth::Basic { user, password } => {
+                    format!("as {user:?}, password {}", from(password))
+                }
+                SourceAuth::Bearer { token } => format!("bearer token {}", from(token)),
             };
             println!(
-                "  source kinto at {} as {:?} ({secret}), polled every {}",
+                "  source kinto at {} ({secret}), polled every {}",
                 s.url,
-                s.user,
                 humantime::format_duration(s.poll)
             );
         }

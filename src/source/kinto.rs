@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use url::Url;
 
-use crate::config::{Secret, SourceConfig};
+use crate::config::{Secret, SourceAuth, SourceConfig};
 
 /// Errors from talking to Kinto. [`KintoError::retry_after`] says whether (and when) to retry.
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +44,12 @@ pub enum KintoError {
     },
     /// The credentials were not accepted (401, or a request treated as anonymous).
     #[error(
-        "Kinto did not accept the credentials of {user:?} at {url}; check [source] user and the password"
+        "Kinto did not accept the credentials of {user} at {url}; check [source] and the password or token"
     )]
     Unauthorized {
         /// What was requested.
         url: Url,
-        /// The configured user.
+        /// Who tandem said it was ("user \"tandem\"", "the bearer token").
         user: String,
     },
     /// The account may not read this.
@@ -151,19 +151,26 @@ impl std::fmt::Debug for KintoClient {
 }
 
 impl KintoClient {
-    /// Builds a client from the `[source]` configuration, reading the password now.
+    /// Builds a client from the `[source]` configuration, reading the password or token now.
     pub fn new(config: &SourceConfig) -> Result<KintoClient, KintoError> {
-        let password = read_secret(&config.password)?;
-        let credentials = zeroize::Zeroizing::new(base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("{}:{}", config.user, password.as_str()),
-        ));
-        let mut auth =
-            HeaderValue::from_str(&format!("Basic {}", credentials.as_str())).map_err(|_| {
-                KintoError::Credentials(
-                    "the password contains characters not allowed in a header".into(),
-                )
-            })?;
+        let header = match &config.auth {
+            SourceAuth::Basic { user, password } => {
+                let password = read_secret(password)?;
+                let credentials = zeroize::Zeroizing::new(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("{user}:{}", password.as_str()),
+                ));
+                zeroize::Zeroizing::new(format!("Basic {}", credentials.as_str()))
+            }
+            SourceAuth::Bearer { token } => {
+                zeroize::Zeroizing::new(format!("Bearer {}", read_secret(token)?.as_str()))
+            }
+        };
+        let mut auth = HeaderValue::from_str(&header).map_err(|_| {
+            KintoError::Credentials(
+                "the password or token contains characters not allowed in a header".into(),
+            )
+        })?;
         auth.set_sensitive(true);
         let http = crate::net::client_builder()
             .connect_timeout(Duration::from_secs(10))
@@ -173,7 +180,7 @@ impl KintoClient {
         Ok(KintoClient {
             http,
             root: config.url.clone(),
-            user: config.user.clone(),
+            user: config.auth.who(),
             auth,
             backoff_until: Mutex::new(None),
         })
@@ -384,7 +391,9 @@ fn read_secret(secret: &Secret) -> Result<zeroize::Zeroizing<String>, KintoError
     let value = zeroize::Zeroizing::new(value);
     let first = value.lines().next().unwrap_or("").to_owned();
     if first.is_empty() {
-        return Err(KintoError::Credentials("the password is empty".into()));
+        return Err(KintoError::Credentials(
+            "the password or token is empty".into(),
+        ));
     }
     Ok(zeroize::Zeroizing::new(first))
 }

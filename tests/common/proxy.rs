@@ -33,6 +33,8 @@ struct State {
     skip: usize,
     /// Requests seen.
     requests: usize,
+    /// Head of the last request (request line and headers).
+    last_head: String,
 }
 
 impl Proxy {
@@ -44,6 +46,7 @@ impl Proxy {
             fault: Fault::None,
             skip: 0,
             requests: 0,
+            last_head: String::new(),
         }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -71,6 +74,11 @@ impl Proxy {
     pub fn requests(&self) -> usize {
         self.state.lock().unwrap().requests
     }
+
+    /// The head (request line and headers) of the last request.
+    pub fn last_head(&self) -> String {
+        self.state.lock().unwrap().last_head.clone()
+    }
 }
 
 impl Drop for Proxy {
@@ -93,6 +101,7 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
     let fault = {
         let mut s = state.lock().unwrap();
         s.requests += 1;
+        s.last_head = String::from_utf8_lossy(&head).into_owned();
         if s.skip > 0 {
             s.skip -= 1;
             Fault::None
