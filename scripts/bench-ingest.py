@@ -4,9 +4,9 @@
 1. Initial ingest of RECORDS records spread over COLLECTIONS collections: the raw download of
    the same pages with curl, the same read with kinto-http.py, and `tandem sync`. Prints
    seconds, records/s and tandem's peak RSS.
-2. Steady state with STEADY unchanged collections: one `tandem sync` pass (seconds, and the
-   requests it made, counted by Kinto's access log), then `tandem run` idling for IDLE seconds
-   with poll = 10s (CPU %).
+2. Steady state with STEADY unchanged collections, polled and then with the history plugin:
+   one `tandem sync` pass (seconds, and the requests it made, counted by Kinto's access log),
+   then `tandem run` idling for IDLE seconds with poll = 10s (CPU %).
 
 Usage: scripts/bench-ingest.py [RECORDS COLLECTIONS STEADY IDLE]
 Needs: a release build (cargo build --release), curl, and the test virtualenv (scripts/test).
@@ -46,7 +46,7 @@ def request(url, method="GET", body=None, user="admin"):
         return json.load(r)
 
 
-def start_kinto(workdir, access_log=False):
+def start_kinto(workdir, access_log=False, history=False):
     port = free_port()
     ini = f"""[server:main]
 use = egg:waitress#main
@@ -55,7 +55,7 @@ port = %(http_port)s
 threads = 4
 [app:main]
 use = egg:kinto
-kinto.includes = kinto.plugins.accounts
+kinto.includes = kinto.plugins.accounts{chr(10) + "                 kinto.plugins.history" if history else ""}
 kinto.storage_backend = kinto.core.storage.memory
 kinto.storage_url =
 kinto.cache_backend = kinto.core.cache.memory
@@ -184,12 +184,20 @@ def main():
     finally:
         kinto.terminate()
         kinto.wait()
+        shutil.rmtree(work, ignore_errors=True)
 
-    # 2. Steady state: STEADY collections, nothing changing.
+    # 2. Steady state: STEADY collections, nothing changing; polled, then through the history.
+    for history in (False, True):
+        steady_state(history)
+
+
+def steady_state(history):
     work2 = tempfile.mkdtemp(prefix="tandem-bench-steady-")
-    kinto, url = start_kinto(work2, access_log=True)
+    kinto, url = start_kinto(work2, access_log=True, history=history)
+    how = "history plugin" if history else "polling"
     try:
-        request(url + "buckets/steady", "PUT", {"data": {}})
+        # With the history plugin, tandem follows buckets whose permissions let it read them.
+        request(url + "buckets/steady", "PUT", {"data": {}, "permissions": {"read": ["account:tandem"]}})
         for start in range(0, STEADY, 1000):
             reqs = [{"method": "PUT", "path": f"/buckets/steady/collections/c{c:05d}", "body": {"data": {}}}
                     for c in range(start, min(STEADY, start + 1000))]
@@ -207,8 +215,8 @@ def main():
         for l in lines:
             code = l.split()[0] if l.split() else "?"
             codes[code] = codes.get(code, 0) + 1
-        print(f"steady state, {STEADY} unchanged collections: one pass {steady:.2f} s, "
-              f"{len(lines)} requests to Kinto, by status: {codes}")
+        print(f"steady state ({how}), {STEADY} unchanged collections: one pass {steady:.2f} s "
+              f"(process included), {len(lines)} requests to Kinto, by status: {codes}")
 
         daemon = subprocess.Popen([TANDEM, "--config", config, "run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(5)
@@ -221,11 +229,10 @@ def main():
         c1, t1 = cpu(), time.monotonic()
         daemon.terminate()
         daemon.wait()
-        print(f"idle daemon over {IDLE} s (poll 10s, {STEADY} collections): CPU {100 * (c1 - c0) / (t1 - t0):.2f}%")
+        print(f"idle daemon ({how}) over {IDLE} s (poll 10s, {STEADY} collections): CPU {100 * (c1 - c0) / (t1 - t0):.2f}%")
     finally:
         kinto.terminate()
         kinto.wait()
-        shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(work2, ignore_errors=True)
 
 

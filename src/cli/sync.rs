@@ -15,6 +15,7 @@ use crate::store::StoreError;
 /// Runs one full pass; exits non-zero if it fails.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = load_config(cli)?;
+    crate::telemetry::init_logging(cli.log_format);
     let Some(source) = config.source.clone() else {
         bail!(
             "nothing to sync: {} has no [source] section",
