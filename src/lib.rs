@@ -43,6 +43,7 @@ pub mod feed;
 pub mod identity;
 pub mod net;
 pub mod probe;
+pub mod protocol;
 pub mod replicate;
 pub mod scheduler;
 pub mod source;
