@@ -184,13 +184,18 @@ impl Node {
 
     /// A node reading the Kinto root at `url` (e.g. through a proxy).
     fn with_url(url: &str) -> Node {
+        Node::as_user(url, "tandem")
+    }
+
+    /// A node reading the Kinto root at `url` as `user`.
+    fn as_user(url: &str, user: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), PASSWORD).unwrap();
         std::fs::write(
             dir.path().join("tandem.toml"),
             format!(
                 "[node]\nname = \"home\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\
-                 [source]\nkind = \"kinto\"\nurl = \"{url}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1s\"\n"
+                 [source]\nkind = \"kinto\"\nurl = \"{url}\"\nuser = \"{user}\"\npassword_file = \"pw\"\npoll = \"1s\"\n"
             ),
         )
         .unwrap();
@@ -219,6 +224,23 @@ impl Node {
             .nth(1)
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("{out}"))
+    }
+
+    /// (path, the exact bytes of `data`) for every exported object.
+    fn export_raw_data(&self) -> Vec<(String, String)> {
+        #[derive(serde::Deserialize)]
+        struct Line<'a> {
+            path: String,
+            #[serde(borrow)]
+            data: &'a serde_json::value::RawValue,
+        }
+        self.run(&["export"])
+            .lines()
+            .map(|l| {
+                let line: Line<'_> = serde_json::from_str(l).unwrap();
+                (line.path, line.data.get().to_owned())
+            })
+            .collect()
     }
 
     fn export(&self) -> Vec<serde_json::Value> {
@@ -874,4 +896,101 @@ async fn a_bearer_token_is_sent_and_a_refusal_is_clear() {
     );
     let head = proxy.last_head().to_ascii_lowercase();
     assert!(head.contains("authorization: bearer tok-123"), "{head}");
+}
+
+#[tokio::test]
+async fn history_and_polling_record_the_same_objects_and_data() {
+    let kinto = Kinto::start(Options { history: true }).await;
+    // `tandem` may read the bucket through its ACL (history path); `poller` only through the
+    // settings, which Kinto's history ignores (polling path).
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/b",
+            Some(json!({"data": {"n": 1}, "permissions": {"read": ["account:tandem"]}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/b/groups/g",
+            Some(json!({"data": {"members": ["account:bob"]}})),
+        )
+        .await;
+    for c in ["c1", "c2"] {
+        kinto
+            .ok(
+                "alice",
+                "PUT",
+                &format!("buckets/b/collections/{c}"),
+                Some(json!({"data": {}})),
+            )
+            .await;
+        fill(
+            &kinto,
+            "alice",
+            &format!("/buckets/b/collections/{c}"),
+            70,
+            30,
+            "r",
+        )
+        .await;
+    }
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/b/collections/c1/records/odd",
+            Some(json!({"data": {"f": 1.5, "u": "ñ", "deleted": true}})),
+        )
+        .await;
+    let history = Node::as_user(&kinto.url, "tandem");
+    let polling = Node::as_user(&kinto.url, "poller");
+    let compare = || {
+        let (a, b) = (history.export(), polling.export());
+        let paths = |v: &[serde_json::Value]| {
+            v.iter()
+                .map(|o| o["path"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths(&a), paths(&b));
+        // The same bytes for the data, not just the same JSON value.
+        assert_eq!(history.export_raw_data(), polling.export_raw_data());
+        // Only the history path sees the records' permissions.
+        let record = |v: &[serde_json::Value]| {
+            v.iter()
+                .find(|o| o["path"] == "/buckets/b/collections/c1/records/odd")
+                .unwrap()
+                .clone()
+        };
+        assert!(record(&a)["permissions"]["write"].is_array());
+        assert!(record(&b)["permissions"].is_null());
+    };
+    history.sync();
+    polling.sync();
+    compare();
+    kinto
+        .ok(
+            "alice",
+            "DELETE",
+            "buckets/b/collections/c2/records/r0003",
+            None,
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PATCH",
+            "buckets/b/collections/c1/records/r0001",
+            Some(json!({"data": {"changed": true}})),
+        )
+        .await;
+    kinto
+        .ok("alice", "DELETE", "buckets/b/collections/c2", None)
+        .await;
+    history.sync();
+    polling.sync();
+    compare();
 }

@@ -41,8 +41,8 @@ pub struct Options {
 }
 
 impl Kinto {
-    /// Starts a server with accounts `admin`, `tandem`, `alice` and `bob`. `tandem` reads
-    /// everything through the `*_read_principals` settings.
+    /// Starts a server with accounts `admin`, `tandem`, `poller`, `alice` and `bob`. `tandem`
+    /// and `poller` read everything through the `*_read_principals` settings.
     pub async fn start(options: Options) -> Kinto {
         let venv = venv();
         let dir = tempfile::tempdir().unwrap();
@@ -73,10 +73,10 @@ multiauth.policy.account.use = kinto.plugins.accounts.AccountsPolicy
 kinto.account_create_principals = system.Everyone
 kinto.account_write_principals = account:admin
 kinto.bucket_create_principals = system.Authenticated
-kinto.bucket_read_principals = account:tandem
-kinto.collection_read_principals = account:tandem
-kinto.group_read_principals = account:tandem
-kinto.record_read_principals = account:tandem
+kinto.bucket_read_principals = account:tandem account:poller
+kinto.collection_read_principals = account:tandem account:poller
+kinto.group_read_principals = account:tandem account:poller
+kinto.record_read_principals = account:tandem account:poller
 kinto.batch_max_requests = 200
 # Small pages, so that every test crosses page boundaries.
 kinto.paginate_by = 40
@@ -129,7 +129,7 @@ format = %(levelname)s %(message)s
                     url,
                     http,
                 };
-                for user in ["admin", "tandem", "alice", "bob"] {
+                for user in ["admin", "tandem", "poller", "alice", "bob"] {
                     kinto.create_account(user).await;
                 }
                 return kinto;
