@@ -40,10 +40,22 @@ pub struct Options {
     pub history: bool,
 }
 
+impl Options {
+    /// A server whose answers all carry `Backoff: <seconds>` (Kinto's `kinto.backoff`).
+    pub fn with_backoff(self, seconds: u32) -> (Options, Option<u32>) {
+        (self, Some(seconds))
+    }
+}
+
 impl Kinto {
     /// Starts a server with accounts `admin`, `tandem`, `poller`, `alice` and `bob`. `tandem`
     /// and `poller` read everything through the `*_read_principals` settings.
     pub async fn start(options: Options) -> Kinto {
+        Kinto::start_with(options, None).await
+    }
+
+    /// [`Kinto::start`], with `kinto.backoff` set when `backoff` is given.
+    pub async fn start_with(options: Options, backoff: Option<u32>) -> Kinto {
         let venv = venv();
         let dir = tempfile::tempdir().unwrap();
         let mut includes =
@@ -80,6 +92,7 @@ kinto.record_read_principals = account:tandem account:poller
 kinto.batch_max_requests = 200
 # Small pages, so that every test crosses page boundaries.
 kinto.paginate_by = 40
+{backoff}
 
 [loggers]
 keys = root
@@ -102,7 +115,10 @@ formatter = plain
 
 [formatter_plain]
 format = %(levelname)s %(message)s
-"#
+"#,
+            backoff = backoff
+                .map(|s| format!("kinto.backoff = {s}"))
+                .unwrap_or_default()
         );
         std::fs::write(dir.path().join("kinto.ini"), ini).unwrap();
         let http = tandem::net::client_builder().build().unwrap();
