@@ -1,0 +1,120 @@
+//! The entry encoding (see the table in the [`crate::feed`] docs): encoding, decoding and the
+//! field rules both apply.
+
+use super::{
+    ENTRY_OVERHEAD, ENTRY_VERSION, EntryHash, FeedError, MAX_BODY_LEN, MAX_PATH_LEN, MAX_SEQ, Op,
+    Seq,
+};
+
+/// A decoded view of an entry's bytes (borrowed, no copy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    /// Position in the feed.
+    pub seq: Seq,
+    /// Hash of the previous entry.
+    pub prev: EntryHash,
+    /// Milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// Put or delete.
+    pub op: Op,
+    /// Source object path.
+    pub path: &'a str,
+    /// Object body (empty for delete).
+    pub body: &'a [u8],
+}
+
+/// Encodes an entry. `body` must be a JSON object for a put and empty for a delete.
+pub fn encode_entry(
+    seq: Seq,
+    prev: EntryHash,
+    ts: u64,
+    op: Op,
+    path: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, FeedError> {
+    check_fields(seq, ts, op, path, body)?;
+    let mut out = Vec::with_capacity(ENTRY_OVERHEAD + path.len() + body.len());
+    out.push(ENTRY_VERSION);
+    out.extend_from_slice(&seq.0.to_be_bytes());
+    out.extend_from_slice(&prev.0);
+    out.extend_from_slice(&ts.to_be_bytes());
+    out.push(op.code());
+    out.extend_from_slice(&(path.len() as u16).to_be_bytes());
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+fn check_fields(seq: Seq, ts: u64, op: Op, path: &str, body: &[u8]) -> Result<(), FeedError> {
+    if seq.0 == 0 || seq.0 > MAX_SEQ {
+        return Err(FeedError::Malformed("seq out of range"));
+    }
+    if ts > i64::MAX as u64 {
+        return Err(FeedError::Malformed("ts out of range"));
+    }
+    if path.is_empty() || path.len() > MAX_PATH_LEN || !path.starts_with('/') {
+        return Err(FeedError::Malformed(
+            "path must start with / and be 1..=4096 bytes",
+        ));
+    }
+    if body.len() > MAX_BODY_LEN {
+        return Err(FeedError::Malformed("body larger than 64 MiB"));
+    }
+    match op {
+        Op::Delete if !body.is_empty() => Err(FeedError::Malformed("delete with a body")),
+        Op::Put if !is_json_object(body) => {
+            Err(FeedError::Malformed("put body is not a JSON object"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn is_json_object(body: &[u8]) -> bool {
+    // serde_json skips over string contents without checking their UTF-8: check it first.
+    std::str::from_utf8(body).is_ok()
+        && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
+/// Decodes and validates entry bytes (see the module docs for the layout).
+pub fn decode_entry(bytes: &[u8]) -> Result<EntryRef<'_>, FeedError> {
+    let short = FeedError::Malformed("entry truncated");
+    if bytes.len() < ENTRY_OVERHEAD {
+        return Err(short);
+    }
+    if bytes[0] != ENTRY_VERSION {
+        return Err(FeedError::Malformed("unknown entry version"));
+    }
+    let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
+    let seq = Seq(u64_at(1));
+    let prev = EntryHash(bytes[9..41].try_into().unwrap());
+    let ts = u64_at(41);
+    let op = match bytes[49] {
+        1 => Op::Put,
+        2 => Op::Delete,
+        _ => return Err(FeedError::Malformed("unknown op")),
+    };
+    let n = u16::from_be_bytes([bytes[50], bytes[51]]) as usize;
+    if bytes.len() < ENTRY_OVERHEAD + n {
+        return Err(short);
+    }
+    let path = std::str::from_utf8(&bytes[52..52 + n])
+        .map_err(|_| FeedError::Malformed("path is not UTF-8"))?;
+    let m = u32::from_be_bytes(bytes[52 + n..56 + n].try_into().unwrap()) as usize;
+    match bytes.len().cmp(&(ENTRY_OVERHEAD + n + m)) {
+        std::cmp::Ordering::Less => return Err(short),
+        std::cmp::Ordering::Greater => return Err(FeedError::Malformed("trailing bytes")),
+        std::cmp::Ordering::Equal => {}
+    }
+    let body = &bytes[56 + n..];
+    check_fields(seq, ts, op, path, body)?;
+    Ok(EntryRef {
+        seq,
+        prev,
+        ts,
+        op,
+        path,
+        body,
+    })
+}
