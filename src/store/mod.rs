@@ -5,7 +5,7 @@
 //! - **One writer.** [`Store::open_writer`] takes an exclusive lock on `tandem.lock` for the life
 //!   of the store; a second writer gets [`StoreError::Locked`]. Readers
 //!   ([`Store::open_read_only`]) need no lock: WAL lets them read beside the writer.
-//! - **Verify, then write.** Foreign entries arrive only as a [`VerifiedBatch`]; linking to
+//! - **Verify, then write.** Foreign entries arrive only as a [`crate::feed::VerifiedBatch`]; linking to
 //!   the stored head and fork checks happen inside the write transaction. Every write (entries,
 //!   checkpoint, materialized state, the cursors that produced them) is one transaction, with
 //!   `synchronous = FULL`: once a call returns, its data survives a crash or power loss.

@@ -22,7 +22,7 @@
 //! # The history path
 //!
 //! When Kinto has the history plugin, each bucket whose history the account can fully read is
-//! followed through it instead ([`history`]): one request per bucket per pass when nothing
+//! followed through it instead (module `history`): one request per bucket per pass when nothing
 //! changed, and every object with its full permissions. Other buckets are polled as above.
 //!
 //! # Guarantees
