@@ -42,10 +42,10 @@ pub struct WorkerStatus {
 }
 
 /// A point-in-time copy of a [`WorkerStatus`].
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WorkerReport {
     /// `source` or `peer`.
-    pub kind: &'static str,
+    pub kind: String,
     /// Its name.
     pub name: String,
     /// Whether the last attempt succeeded.
@@ -71,7 +71,7 @@ impl WorkerStatus {
     /// A snapshot for reporting.
     pub fn report(&self) -> WorkerReport {
         WorkerReport {
-            kind: self.kind,
+            kind: self.kind.to_owned(),
             name: self.name.clone(),
             ok: self.ok.load(Ordering::Relaxed),
             consecutive_errors: self.consecutive_errors.load(Ordering::Relaxed),

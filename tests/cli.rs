@@ -644,3 +644,26 @@ fn the_systemd_unit_verifies() {
         "systemd-analyze verify:\n{err}"
     );
 }
+
+#[test]
+fn output_cut_short_by_the_reader_is_not_a_crash() {
+    // `tandem peers --json | head -1`: the reader goes away after one line.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers.example.toml");
+    let mut child = Command::new(BIN)
+        .args(["peers", "--json", "--config"])
+        .arg(&example)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // close the pipe before anything is read
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+}

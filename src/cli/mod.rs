@@ -121,6 +121,12 @@ pub enum ConfigCommand {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Run) {
+        // Commands that print end quietly when their reader goes away (`tandem export | head`),
+        // as Unix tools do. The daemon keeps Rust's default: a closed socket is an error there.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match &cli.command {
         Command::Init { existing_key } => init::run(&cli, *existing_key),
         Command::Run => run::run(&cli),

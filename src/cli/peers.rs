@@ -1,42 +1,57 @@
-//! `tandem peers`: the configured peers and what flows each way.
+//! `tandem peers [--json]`: the configured peers and what flows each way.
 
-use serde_json::json;
+use serde::Serialize;
 
 use super::{Cli, load_config};
-use crate::config::{OriginRef, Schedule};
+use crate::config::{OriginRef, PeerConfig, Schedule};
 
-fn origins(list: &[OriginRef]) -> Vec<String> {
-    list.iter()
-        .map(|o| match o {
-            OriginRef::SelfNode => "self".to_owned(),
-            OriginRef::Node(id) => id.to_string(),
-        })
-        .collect()
+/// One peer as printed (`--json` prints `{"peers": [...]}` of these).
+#[derive(Serialize)]
+struct PeerDoc {
+    name: String,
+    url: String,
+    id: String,
+    schedule: String,
+    push: Vec<String>,
+    pull: Vec<String>,
+    serve: Vec<String>,
+    accept: Vec<String>,
+}
+
+impl From<&PeerConfig> for PeerDoc {
+    fn from(p: &PeerConfig) -> PeerDoc {
+        let origins = |list: &[OriginRef]| {
+            list.iter()
+                .map(|o| match o {
+                    OriginRef::SelfNode => "self".to_owned(),
+                    OriginRef::Node(id) => id.to_string(),
+                })
+                .collect()
+        };
+        PeerDoc {
+            name: p.name.clone(),
+            url: p.url.to_string(),
+            id: p.id.to_string(),
+            schedule: match &p.schedule {
+                Schedule::Continuous => "continuous".to_owned(),
+                Schedule::Cron(c) => c.text.clone(),
+            },
+            push: origins(&p.push),
+            pull: origins(&p.pull),
+            serve: origins(&p.serve),
+            accept: origins(&p.accept),
+        }
+    }
 }
 
 /// Prints the peers from the configuration.
 pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
     let config = load_config(cli)?;
-    let peers: Vec<_> = config
-        .peers
-        .iter()
-        .map(|p| {
-            json!({
-                "name": p.name,
-                "url": p.url,
-                "id": p.id,
-                "schedule": match &p.schedule { Schedule::Continuous => "continuous".to_owned(), Schedule::Cron(c) => c.text.clone() },
-                "push": origins(&p.push),
-                "pull": origins(&p.pull),
-                "serve": origins(&p.serve),
-                "accept": origins(&p.accept),
-            })
-        })
-        .collect();
+    let peers: Vec<PeerDoc> = config.peers.iter().map(PeerDoc::from).collect();
     if as_json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({ "peers": peers }))?
+            serde_json::to_string_pretty(&serde_json::json!({ "peers": peers }))?
         );
         return Ok(());
     }
@@ -44,28 +59,20 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
         println!("no peers configured in {}", config.path.display());
     }
     for p in &peers {
-        println!(
-            "{}  {}  ({})",
-            p["name"].as_str().unwrap_or(""),
-            p["url"].as_str().unwrap_or(""),
-            p["schedule"].as_str().unwrap_or("")
-        );
-        println!("  id      {}", p["id"].as_str().unwrap_or(""));
-        for dir in ["push", "pull", "serve", "accept"] {
-            let list: Vec<&str> = p[dir]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str())
-                .collect();
-            println!(
-                "  {dir:<7} {}",
-                if list.is_empty() {
-                    "-".to_owned()
-                } else {
-                    list.join(", ")
-                }
-            );
+        println!("{}  {}  ({})", p.name, p.url, p.schedule);
+        println!("  id      {}", p.id);
+        for (direction, list) in [
+            ("push", &p.push),
+            ("pull", &p.pull),
+            ("serve", &p.serve),
+            ("accept", &p.accept),
+        ] {
+            let shown = if list.is_empty() {
+                "-".to_owned()
+            } else {
+                list.join(", ")
+            };
+            println!("  {direction:<7} {shown}");
         }
     }
     Ok(())

@@ -15,107 +15,156 @@
 //! store and, if so, the health of its loops: `{"running": true, "workers": [{"kind", "name",
 //! "ok", "consecutive_errors", "last_error"}]}`.
 
-use serde_json::json;
+use serde::Serialize;
 
 use super::{Cli, load_config};
 use crate::api::admin;
+use crate::feed::{EntryHash, Seq};
+use crate::identity::NodeId;
+use crate::scheduler::WorkerReport;
 use crate::store::Store;
+
+/// The whole status document (the JSON shape in the module docs).
+#[derive(Serialize)]
+struct Status {
+    node: NodeDoc,
+    origins: Vec<OriginDoc>,
+    daemon: DaemonDoc,
+}
+
+#[derive(Serialize)]
+struct NodeDoc {
+    id: NodeId,
+    name: String,
+}
+
+#[derive(Serialize)]
+struct OriginDoc {
+    id: NodeId,
+    #[serde(rename = "self")]
+    is_self: bool,
+    head: HeadDoc,
+    bytes: u64,
+    frozen: bool,
+    forks: Vec<ForkDoc>,
+}
+
+#[derive(Serialize)]
+struct HeadDoc {
+    seq: Seq,
+    hash: Option<EntryHash>,
+}
+
+#[derive(Serialize)]
+struct ForkDoc {
+    seq: Seq,
+    our_hash: EntryHash,
+    their_hash: EntryHash,
+}
+
+#[derive(Serialize)]
+struct DaemonDoc {
+    running: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers: Option<Vec<WorkerReport>>,
+}
 
 /// Prints the status.
 pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
     let config = load_config(cli)?;
     let store = Store::open_read_only(&config.node.data_dir)?;
-    let node_id = store.node_id()?;
     let mut origins = Vec::new();
     for o in store.origins()? {
-        let forks: Vec<_> = store
+        let forks = store
             .forks(o.id)?
             .into_iter()
-            .map(|f| json!({ "seq": f.seq, "our_hash": f.our_hash, "their_hash": f.their_hash }))
+            .map(|f| ForkDoc {
+                seq: f.seq,
+                our_hash: f.our_hash,
+                their_hash: f.their_hash,
+            })
             .collect();
-        origins.push(json!({
-            "id": o.id,
-            "self": o.is_self,
-            "head": match o.head {
-                Some(h) => json!({ "seq": h.seq, "hash": h.hash }),
-                None => json!({ "seq": 0, "hash": null }),
+        origins.push(OriginDoc {
+            id: o.id,
+            is_self: o.is_self,
+            head: HeadDoc {
+                seq: o.head.map_or(Seq(0), |h| h.seq),
+                hash: o.head.map(|h| h.hash),
             },
-            "bytes": o.bytes,
-            "frozen": o.frozen,
-            "forks": forks,
-        }));
+            bytes: o.bytes,
+            frozen: o.frozen,
+            forks,
+        });
     }
-    // A running daemon answers on its admin socket; a missing or dead socket means none runs.
-    let workers = tokio::runtime::Builder::new_current_thread()
+    let status = Status {
+        node: NodeDoc {
+            id: store.node_id()?,
+            name: config.node.name.clone(),
+        },
+        origins,
+        daemon: daemon_status(&config.node.data_dir),
+    };
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_text(&status);
+    }
+    Ok(())
+}
+
+/// Asks a running daemon for its loops' health; a missing or dead socket means none runs.
+fn daemon_status(data_dir: &std::path::Path) -> DaemonDoc {
+    let answer = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .ok()
-        .and_then(|rt| {
-            rt.block_on(admin::call(&config.node.data_dir, "GET", "/workers"))
-                .ok()
-        });
-    let daemon = match &workers {
-        Some(w) => json!({ "running": true, "workers": w["workers"] }),
-        None => json!({ "running": false }),
-    };
-    if as_json {
-        let doc = json!({
-            "node": { "id": node_id, "name": config.node.name },
-            "origins": origins,
-            "daemon": daemon,
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+        .and_then(|rt| rt.block_on(admin::call(data_dir, "GET", "/workers")).ok());
+    let workers =
+        answer.and_then(|a| serde_json::from_value::<Vec<WorkerReport>>(a["workers"].clone()).ok());
+    DaemonDoc {
+        running: workers.is_some(),
+        workers,
     }
-    println!("node {} ({})", config.node.name, node_id);
-    match daemon["workers"].as_array() {
+}
+
+fn print_text(status: &Status) {
+    println!("node {} ({})", status.node.name, status.node.id);
+    match &status.daemon.workers {
         None => println!("daemon not running"),
         Some(workers) => {
             println!("daemon running");
             for w in workers {
-                let state = if w["ok"] == true {
-                    "ok".to_owned()
-                } else if w["consecutive_errors"] == 0 {
-                    "starting".to_owned()
-                } else {
-                    format!(
-                        "failing ({} attempts): {}",
-                        w["consecutive_errors"],
-                        w["last_error"].as_str().unwrap_or("")
-                    )
+                let state = match (&w.ok, w.consecutive_errors, &w.last_error) {
+                    (true, _, _) => "ok".to_owned(),
+                    (false, 0, _) => "starting".to_owned(),
+                    (false, n, error) => {
+                        format!("failing ({n} attempts): {}", error.as_deref().unwrap_or(""))
+                    }
                 };
-                println!(
-                    "  {} {}: {state}",
-                    w["kind"].as_str().unwrap_or(""),
-                    w["name"].as_str().unwrap_or("")
-                );
+                println!("  {} {}: {state}", w.kind, w.name);
             }
         }
     }
-    println!("{} origin(s) held", origins.len());
-    for o in &origins {
-        let head = &o["head"];
+    println!("{} origin(s) held", status.origins.len());
+    for o in &status.origins {
         println!(
             "  {}{}  seq {}  head {}  {} bytes{}",
-            o["id"].as_str().unwrap_or(""),
-            if o["self"] == true { " (self)" } else { "" },
-            head["seq"],
-            head["hash"].as_str().unwrap_or("-"),
-            o["bytes"],
-            if o["frozen"] == true {
+            o.id,
+            if o.is_self { " (self)" } else { "" },
+            o.head.seq,
+            o.head.hash.map_or("-".to_owned(), |h| h.to_string()),
+            o.bytes,
+            if o.frozen {
                 "  FROZEN: fork evidence stored"
             } else {
                 ""
             },
         );
-        for f in o["forks"].as_array().into_iter().flatten() {
+        for f in &o.forks {
             println!(
                 "    fork at seq {}: ours {} theirs {}",
-                f["seq"],
-                f["our_hash"].as_str().unwrap_or(""),
-                f["their_hash"].as_str().unwrap_or("")
+                f.seq, f.our_hash, f.their_hash
             );
         }
     }
-    Ok(())
 }
