@@ -667,3 +667,48 @@ fn output_cut_short_by_the_reader_is_not_a_crash() {
     child.wait().unwrap();
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn verify_finds_a_flipped_byte_and_names_it() {
+    let env = Env::new("");
+    env.run(&["init"], 0);
+    let key = tandem::identity::NodeKey::load(&env.data().join("node.key")).unwrap();
+    {
+        let mut store = tandem::store::Store::open_writer(&env.data(), key.id()).unwrap();
+        let changes: Vec<tandem::store::Change> = (0..20)
+            .map(|i| tandem::store::Change {
+                op: tandem::feed::Op::Put,
+                path: format!("/buckets/b/collections/c/records/r{i}"),
+                body: format!(r#"{{"data":{{"n":{i}}}}}"#).into_bytes(),
+            })
+            .collect();
+        store.append(&key, &changes, &[]).unwrap();
+    }
+    let out = stdout(&env.run(&["verify"], 0));
+    assert!(out.contains("ok, 20 entries, 1 checkpoints"), "{out}");
+
+    // Flip one byte of entry 7's body, behind tandem's back.
+    let db = rusqlite::Connection::open(env.data().join("tandem.db")).unwrap();
+    let (rowid, mut bytes): (i64, Vec<u8>) = db
+        .query_row(
+            "SELECT key, bytes FROM entries ORDER BY key LIMIT 1 OFFSET 6",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x01;
+    db.execute(
+        "UPDATE entries SET bytes = ?1 WHERE key = ?2",
+        (bytes, rowid),
+    )
+    .unwrap();
+    drop(db);
+    let out = env.run(&["verify", "--origin", "self"], 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("{} seq 7", key.id())) && text.contains("hash"),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("problem(s) found"));
+}

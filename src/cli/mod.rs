@@ -13,6 +13,7 @@ mod peers;
 mod run;
 mod status;
 mod sync;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +89,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Re-check every stored entry, chain link, checkpoint and state; non-zero exit on damage.
+    Verify {
+        /// `self` or a node id (default: every origin held).
+        #[arg(long)]
+        origin: Option<String>,
+    },
     /// Show or back up the node key.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -138,6 +145,7 @@ pub fn main(cli: Cli) -> ExitCode {
             format,
             out,
         } => export::run(&cli, origin, *format, out.as_deref()),
+        Command::Verify { origin } => verify::run(&cli, origin.as_deref()),
         Command::Key(cmd) => key::run(&cli, cmd),
         Command::Config(ConfigCommand::Check { file }) => {
             check::run(file.as_ref().unwrap_or(&cli.config))
