@@ -350,10 +350,41 @@ async fn ingest_follows_every_kind_of_change() {
             )
             .await;
     }
+    // Many buckets and collections, and a deeply nested record, from another account.
+    let mut deep = json!({"leaf": "🎵 fin"});
+    for level in 0..40 {
+        deep = json!({ format!("niveau-{level}"): deep, "list": [level, null, {"x": [true]}] });
+    }
+    let mut requests = Vec::new();
+    for b in 0..12 {
+        requests.push(json!({"method": "PUT", "path": format!("/buckets/many{b:02}"), "body": {"data": {"b": b}}}));
+        for c in 0..4 {
+            let collection = format!("/buckets/many{b:02}/collections/c{c}");
+            requests
+                .push(json!({"method": "PUT", "path": collection.clone(), "body": {"data": {}}}));
+            requests.push(json!({"method": "PUT", "path": format!("{collection}/records/deep"), "body": {"data": deep.clone()}}));
+        }
+    }
+    let answer = kinto
+        .ok(
+            "admin",
+            "POST",
+            "batch",
+            Some(json!({"requests": requests})),
+        )
+        .await;
+    assert!(
+        answer["responses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"].as_u64().unwrap() < 300),
+        "{answer}"
+    );
     let appended = node.sync();
     assert_eq!(
         appended,
-        2 + 1 + 1 + 5 + 1 + 130,
+        2 + 1 + 1 + 5 + 1 + 130 + 12 * (1 + 4 * 2),
         "buckets, group, collections, records"
     );
     assert_export_matches(&node, &kinto);
