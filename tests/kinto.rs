@@ -1044,3 +1044,80 @@ async fn kintos_backoff_header_is_remembered() {
         "{left:?}"
     );
 }
+
+/// A write to Kinto as `user`, for proxy hooks (which cannot borrow the test's `Kinto`).
+fn hooked_write(
+    url: &str,
+    user: &'static str,
+    method: &'static str,
+    path: String,
+    body: Option<serde_json::Value>,
+) -> common::proxy::Hook {
+    let url = format!("{url}{path}");
+    Box::new(move || {
+        Box::pin(async move {
+            let http = tandem::net::client_builder().build().unwrap();
+            let mut req = http
+                .request(method.parse().unwrap(), url)
+                .basic_auth(user, Some(PASSWORD));
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            let status = req.send().await.unwrap().status();
+            assert!(status.is_success(), "{status}");
+        })
+    })
+}
+
+// Multi-threaded: the proxy must keep running while the test waits for a tandem process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_during_a_full_read_is_not_lost() {
+    let kinto = Kinto::start(Options { history: false }).await;
+    kinto
+        .ok("alice", "PUT", "buckets/b", Some(json!({"data": {}})))
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/b/collections/c",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    fill(&kinto, "alice", "/buckets/b/collections/c", 100, 10, "r").await;
+    let upstream = kinto
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1/")
+        .to_owned();
+    let proxy = common::proxy::Proxy::start(upstream, "/v1/").await;
+    // While tandem reads the second page: delete a record it has already read, and write a
+    // newer one that lands on a later page.
+    let records = format!("{}buckets/b/collections/c/records/", kinto.url);
+    proxy.when(
+        "_token=",
+        Box::new(move || {
+            Box::pin(async move {
+                hooked_write(&records, "alice", "DELETE", "r0005".into(), None)().await;
+                hooked_write(
+                    &records,
+                    "alice",
+                    "PUT",
+                    "late".into(),
+                    Some(json!({"data": {}})),
+                )()
+                .await;
+            })
+        }),
+    );
+    let node = Node::with_url(&proxy.url);
+    node.sync();
+    node.sync();
+    assert_export_matches(&node, &kinto);
+    assert!(
+        !node
+            .export()
+            .iter()
+            .any(|o| o["path"] == "/buckets/b/collections/c/records/r0005")
+    );
+}

@@ -26,7 +26,10 @@ pub struct Proxy {
     task: tokio::task::JoinHandle<()>,
 }
 
-#[derive(Debug)]
+/// Something to do (say, write to the server) when a matching request passes.
+pub type Hook =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
 struct State {
     fault: Fault,
     /// Requests to let through before the fault applies.
@@ -35,6 +38,8 @@ struct State {
     requests: usize,
     /// Head of the last request (request line and headers).
     last_head: String,
+    /// Runs once, before forwarding the first request whose head contains the needle.
+    hook: Option<(String, Hook)>,
 }
 
 impl Proxy {
@@ -47,6 +52,7 @@ impl Proxy {
             skip: 0,
             requests: 0,
             last_head: String::new(),
+            hook: None,
         }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -75,6 +81,11 @@ impl Proxy {
         self.state.lock().unwrap().requests
     }
 
+    /// Runs `action` before forwarding the first request whose head contains `needle`.
+    pub fn when(&self, needle: &str, action: Hook) {
+        self.state.lock().unwrap().hook = Some((needle.to_owned(), action));
+    }
+
     /// The head (request line and headers) of the last request.
     pub fn last_head(&self) -> String {
         self.state.lock().unwrap().last_head.clone()
@@ -98,10 +109,23 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
         }
         head.extend_from_slice(&buf[..n]);
     }
+    let head_text = String::from_utf8_lossy(&head).into_owned();
+    let hook = {
+        let mut s = state.lock().unwrap();
+        match &s.hook {
+            Some((needle, _)) if head_text.contains(needle.as_str()) => {
+                s.hook.take().map(|(_, h)| h)
+            }
+            _ => None,
+        }
+    };
+    if let Some(action) = hook {
+        action().await;
+    }
     let fault = {
         let mut s = state.lock().unwrap();
         s.requests += 1;
-        s.last_head = String::from_utf8_lossy(&head).into_owned();
+        s.last_head = head_text;
         if s.skip > 0 {
             s.skip -= 1;
             Fault::None

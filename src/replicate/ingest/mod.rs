@@ -463,7 +463,14 @@ impl Ingest {
             }
             next = page.next;
             if next.is_none() {
-                position = position.max(first_etag.unwrap_or(0));
+                position = if reconcile {
+                    // A full read lists no tombstones: a record deleted while it ran would be
+                    // skipped for good if the cursor moved past its tombstone. Start the next
+                    // pass where this read began; what it re-reads is dropped as no-ops.
+                    first_etag.unwrap_or(0)
+                } else {
+                    position.max(first_etag.unwrap_or(0))
+                };
             }
             // Mid-list pages move the cursor to their last item; the last page to the list's
             // ETag. A reconcile only moves it once the vanished records are deleted too.
