@@ -172,6 +172,24 @@ async fn lists_page_keep_bytes_and_answer_304() {
     assert!(client.object("buckets/nope").await.unwrap().is_none());
 }
 
+/// Permissions in our export against the independent client's view: equal where it sees them;
+/// where Kinto hides them from it (`{}`), the export must not claim any; records in a dump
+/// without permissions (`null`) are not compared.
+fn assert_permissions(ours: &serde_json::Value, theirs: &serde_json::Value) {
+    match &theirs["permissions"] {
+        serde_json::Value::Null => {}
+        serde_json::Value::Object(p) if p.is_empty() => {
+            assert!(
+                ours["permissions"].is_null(),
+                "hidden permissions recorded for {}: {}",
+                ours["path"],
+                ours["permissions"]
+            );
+        }
+        p => assert_eq!(&ours["permissions"], p, "permissions of {}", ours["path"]),
+    }
+}
+
 /// A tandem node whose source is `kinto`, read as the `tandem` account.
 struct Node {
     dir: tempfile::TempDir,
@@ -264,13 +282,7 @@ fn assert_export_matches(node: &Node, kinto: &Kinto) {
     assert_eq!(paths(&ours), paths(&theirs));
     for (a, b) in ours.iter().zip(&theirs) {
         assert_eq!(a["data"], b["data"], "data of {}", a["path"]);
-        if !b["permissions"].is_null() {
-            assert_eq!(
-                a["permissions"], b["permissions"],
-                "permissions of {}",
-                a["path"]
-            );
-        }
+        assert_permissions(a, b);
     }
 }
 
@@ -725,13 +737,7 @@ fn assert_same_under(export: &[serde_json::Value], dump: &[serde_json::Value], p
     assert_eq!(paths(&ours), paths(&theirs));
     for (a, b) in ours.iter().zip(&theirs) {
         assert_eq!(a["data"], b["data"], "data of {}", a["path"]);
-        if !b["permissions"].is_null() {
-            assert_eq!(
-                a["permissions"], b["permissions"],
-                "permissions of {}",
-                a["path"]
-            );
-        }
+        assert_permissions(a, b);
     }
 }
 
@@ -1120,4 +1126,91 @@ async fn a_delete_during_a_full_read_is_not_lost() {
             .iter()
             .any(|o| o["path"] == "/buckets/b/collections/c/records/r0005")
     );
+}
+
+#[tokio::test]
+async fn the_history_path_survives_merged_batches_and_a_cleared_history() {
+    let kinto = Kinto::start(Options { history: true }).await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/h",
+            Some(json!({"data": {}, "permissions": {"read": ["account:tandem"]}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/h/collections/c",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/h/collections/c/records/x",
+            Some(json!({"data": {"v": 0}})),
+        )
+        .await;
+    kinto
+        .ok("bob", "PUT", "buckets/other", Some(json!({"data": {}})))
+        .await;
+    let node = Node::new(&kinto);
+    node.sync();
+    let with_permissions = kinto.dump_with("alice", &["--record-permissions"]);
+    assert_same_under(&node.export(), &with_permissions, "/buckets/h");
+
+    // One request that writes, deletes and writes x again: Kinto logs it out of order.
+    let x = "/buckets/h/collections/c/records/x";
+    let requests = json!([
+        {"method": "PUT", "path": x, "body": {"data": {"v": 1}}},
+        {"method": "DELETE", "path": x},
+        {"method": "PUT", "path": x, "body": {"data": {"v": 2}}},
+    ]);
+    kinto
+        .ok(
+            "alice",
+            "POST",
+            "batch",
+            Some(json!({ "requests": requests })),
+        )
+        .await;
+    node.sync();
+    assert_same_under(
+        &node.export(),
+        &kinto.dump_with("alice", &["--record-permissions"]),
+        "/buckets/h",
+    );
+
+    // The bucket's history is cleared (what trimming also does): not a reason to stop, for
+    // this bucket or any other.
+    kinto.ok("alice", "DELETE", "buckets/h/history", None).await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/h/collections/c/records/after",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "bob",
+            "PUT",
+            "buckets/other/collections/d",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    node.sync();
+    let export = node.export();
+    assert_same_under(&export, &kinto.dump("tandem"), "/buckets/other");
+    assert!(
+        export
+            .iter()
+            .any(|o| o["path"] == "/buckets/h/collections/c/records/after")
+    );
+    assert_eq!(node.sync(), 0);
 }

@@ -107,6 +107,8 @@ pub struct ServerInfo {
     pub user_id: String,
     /// `settings.batch_max_requests` (None: unlimited).
     pub batch_max_requests: Option<u64>,
+    /// `settings.explicit_permissions` (Kinto's default: true).
+    pub explicit_permissions: bool,
     /// Whether the history plugin is installed.
     pub history: bool,
 }
@@ -214,6 +216,7 @@ impl KintoClient {
         #[derive(Deserialize, Default)]
         struct Settings {
             batch_max_requests: Option<u64>,
+            explicit_permissions: Option<bool>,
         }
         #[derive(Deserialize)]
         struct User {
@@ -232,6 +235,7 @@ impl KintoClient {
             version: root.project_version,
             user_id: user.id,
             batch_max_requests: root.settings.batch_max_requests.filter(|n| *n > 0),
+            explicit_permissions: root.settings.explicit_permissions.unwrap_or(true),
             history: root.capabilities.contains_key("history"),
         })
     }
@@ -249,11 +253,13 @@ impl KintoClient {
             data: Vec<Box<RawValue>>,
         }
         let url = match target {
-            ListTarget::Next(url) => {
-                if url.origin() != self.root.origin() {
-                    return Err(protocol(url, "Next-Page points to another server"));
-                }
-                url.clone()
+            ListTarget::Next(next) => {
+                // Kinto builds Next-Page from its own idea of its host (kinto.http_host behind a
+                // proxy): keep its path and query, on the server this client was configured for.
+                let mut url = self.root.clone();
+                url.set_path(next.path());
+                url.set_query(next.query());
+                url
             }
             ListTarget::Path { path, since, limit } => {
                 let mut url = self.url(path)?;

@@ -12,6 +12,11 @@
 //!   replica is therefore exact even where the history is incomplete (trimmed, or enabled
 //!   after the data was written); only permissions are missing where the history is.
 //!
+//! Entries are applied per object in the order of the object's own `last_modified`, not the
+//! history's: Kinto merges the events of one batch request (`PUT x, DELETE x, PUT x` is logged
+//! as two creates, then a delete). A history with a gap (tombstones of trimmed or cleared
+//! entries, or an ETag below the cursor) makes the bucket's first sync run again.
+//!
 //! A history is followed only if it covered every object the first sync listed. An account
 //! that can read only part of a bucket's history (Kinto filters entries by the permissions of
 //! the bucket and objects, and settings such as `bucket_read_principals` do not count), or a
@@ -25,7 +30,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Ingest, IngestError, IngestReport, ObjectBody, Walk};
+use super::{Ingest, IngestError, IngestReport, ItemHead, ObjectBody, Walk};
 use crate::feed::Op;
 use crate::source::kinto::{ListResult, ListTarget};
 use crate::store::{Change, CursorUpdate};
@@ -41,20 +46,52 @@ struct Entry<'a> {
     target: ObjectBody<'a>,
 }
 
-/// What an entry does to the replica.
+/// What an entry does to the replica. `last_modified` is the object's own timestamp (of its
+/// new version, or of its tombstone), which only grows for one object; history entries are
+/// not always in that order (Kinto merges the events of one batch request).
 enum Effect {
-    /// The object at this path now has this body, of this `last_modified`.
+    /// The object at this path now has this body.
     Put {
         path: String,
         last_modified: i64,
         body: Vec<u8>,
     },
     /// The object at this path is gone, and with it everything below it.
-    Delete { path: String, container: bool },
+    Delete {
+        path: String,
+        last_modified: i64,
+        container: bool,
+    },
+}
+
+impl Effect {
+    fn path(&self) -> &str {
+        match self {
+            Effect::Put { path, .. } | Effect::Delete { path, .. } => path,
+        }
+    }
+
+    fn last_modified(&self) -> i64 {
+        match self {
+            Effect::Put { last_modified, .. } | Effect::Delete { last_modified, .. } => {
+                *last_modified
+            }
+        }
+    }
+}
+
+/// A history item: an entry, or the tombstone of a trimmed or cleared one.
+enum Item {
+    Entry(i64, Effect),
+    /// A removed entry: the history has a gap here.
+    Gap,
 }
 
 impl Entry<'_> {
-    fn parse(list: &str, bucket: &str, raw: &RawValue) -> Result<(i64, Effect), IngestError> {
+    fn parse(list: &str, bucket: &str, raw: &RawValue) -> Result<Item, IngestError> {
+        if ItemHead::parse(list, raw)?.looks_deleted() {
+            return Ok(Item::Gap);
+        }
         let bad = |what: String| IngestError::Source {
             list: list.to_owned(),
             what,
@@ -76,27 +113,26 @@ impl Entry<'_> {
                 )));
             }
         };
+        #[derive(Deserialize)]
+        struct Stamp {
+            last_modified: i64,
+        }
+        let stamp: Stamp = serde_json::from_str(entry.target.data.get())
+            .map_err(|e| bad(format!("history target without last_modified: {e}")))?;
         let effect = match entry.action.as_str() {
-            "create" | "update" => {
-                #[derive(Deserialize)]
-                struct Stamp {
-                    last_modified: i64,
-                }
-                let stamp: Stamp = serde_json::from_str(entry.target.data.get())
-                    .map_err(|e| bad(format!("history target without last_modified: {e}")))?;
-                Effect::Put {
-                    path: entry.uri,
-                    last_modified: stamp.last_modified,
-                    body: entry.target.body(),
-                }
-            }
+            "create" | "update" => Effect::Put {
+                body: entry.target.body(),
+                path: entry.uri,
+                last_modified: stamp.last_modified,
+            },
             "delete" => Effect::Delete {
                 path: entry.uri,
+                last_modified: stamp.last_modified,
                 container,
             },
             other => return Err(bad(format!("unknown history action {other:?}"))),
         };
-        Ok((entry.last_modified, effect))
+        Ok(Item::Entry(entry.last_modified, effect))
     }
 }
 
@@ -109,10 +145,18 @@ impl Ingest {
         let list = format!("{bucket}/history");
         let cursor_name = format!("kinto:{list}");
         match self.cursor(&cursor_name).await? {
-            Some(cursor) => {
-                self.follow_history(bucket, &list, &cursor_name, cursor)
-                    .await
-            }
+            Some(cursor) => match self
+                .follow_history(bucket, &list, &cursor_name, cursor)
+                .await?
+            {
+                Some(report) => Ok(report),
+                None => {
+                    tracing::info!(bucket = %bucket, "the history has a gap (trimmed or cleared); reading the bucket again");
+                    self.commit(Vec::new(), [CursorUpdate::clear(cursor_name.clone())])
+                        .await?;
+                    self.first_history_sync(bucket, &list, &cursor_name).await
+                }
+            },
             None => self.first_history_sync(bucket, &list, &cursor_name).await,
         }
     }
@@ -127,24 +171,52 @@ impl Ingest {
             unreachable!("an unconditional request is never answered 304");
         };
         let mut position = etag.unwrap_or(0);
-        let mut bodies: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
+        // Each object's newest version by its own timestamp (None: deleted).
+        let mut latest: HashMap<String, (i64, Option<Vec<u8>>)> = HashMap::new();
         for raw in &entries {
-            let (stamp, effect) = Entry::parse(list, bucket, raw)?;
+            // Gaps (trimmed entries) are fine here: objects they hid count as misses below.
+            let Item::Entry(stamp, effect) = Entry::parse(list, bucket, raw)? else {
+                continue;
+            };
             position = position.max(stamp);
+            if let Effect::Delete {
+                path,
+                last_modified,
+                container: true,
+            } = &effect
+            {
+                // What the delete removed goes, even if the container was recreated later.
+                let below = format!("{path}/");
+                latest.retain(|p, (lm, _)| !(p.starts_with(&below) && *lm <= *last_modified));
+            }
+            if latest
+                .get(effect.path())
+                .is_some_and(|(lm, _)| *lm > effect.last_modified())
+            {
+                continue;
+            }
             match effect {
                 Effect::Put {
                     path,
                     last_modified,
                     body,
                 } => {
-                    bodies.insert(path, (last_modified, body));
+                    latest.insert(path, (last_modified, Some(body)));
                 }
-                Effect::Delete { path, .. } => {
-                    bodies.retain(|p, _| p != &path && !p.starts_with(&format!("{path}/")));
+                Effect::Delete {
+                    path,
+                    last_modified,
+                    ..
+                } => {
+                    latest.insert(path, (last_modified, None));
                 }
             }
         }
         drop(entries);
+        let bodies: HashMap<String, (i64, Vec<u8>)> = latest
+            .into_iter()
+            .filter_map(|(path, (lm, body))| body.map(|b| (path, (lm, b))))
+            .collect();
         let walk = Walk {
             full: true,
             bodies: Some(Arc::new(bodies)),
@@ -178,13 +250,15 @@ impl Ingest {
         Ok(report)
     }
 
+    /// Applies the history since `cursor`. `None` when the history has a gap (trimmed or
+    /// cleared entries, or an ETag below the cursor): the bucket must be read again.
     async fn follow_history(
         &self,
         bucket: &str,
         list: &str,
         cursor_name: &str,
         cursor: i64,
-    ) -> Result<IngestReport, IngestError> {
+    ) -> Result<Option<IngestReport>, IngestError> {
         let mut report = IngestReport::default();
         let mut next: Option<url::Url> = None;
         let mut position = cursor;
@@ -201,39 +275,71 @@ impl Ingest {
             let page = match self.client.list(target, condition).await? {
                 ListResult::NotModified => {
                     report.lists_unchanged += 1;
-                    return Ok(report);
+                    return Ok(Some(report));
                 }
                 ListResult::Page(page) => page,
             };
             if next.is_none() {
                 report.lists_changed += 1;
+                if page.etag.is_some_and(|etag| etag < cursor) {
+                    return Ok(None);
+                }
+            }
+            let mut effects = Vec::with_capacity(page.items.len());
+            for raw in &page.items {
+                match Entry::parse(list, bucket, raw)? {
+                    Item::Gap => return Ok(None),
+                    Item::Entry(stamp, effect) => {
+                        position = position.max(stamp);
+                        effects.push(effect);
+                    }
+                }
+            }
+            // Within the page, only each object's newest version counts.
+            let mut newest: HashMap<String, i64> = HashMap::new();
+            for e in &effects {
+                let lm = newest.entry(e.path().to_owned()).or_insert(i64::MIN);
+                *lm = (*lm).max(e.last_modified());
             }
             let mut changes = Vec::new();
-            for raw in &page.items {
-                let (stamp, effect) = Entry::parse(list, bucket, raw)?;
-                position = position.max(stamp);
+            for effect in effects {
+                let superseded = newest[effect.path()] > effect.last_modified()
+                    || self
+                        .stored_last_modified(effect.path())
+                        .await?
+                        .is_some_and(|lm| lm > effect.last_modified());
                 match effect {
+                    Effect::Delete {
+                        path,
+                        last_modified,
+                        container: true,
+                    } => {
+                        // What lies below must include this page's earlier puts: store them first.
+                        report.appended += self.commit(std::mem::take(&mut changes), []).await?;
+                        // The delete removed what was below it then, even if the container was
+                        // recreated since: everything below not newer than the delete.
+                        for change in self.deletes_below(&path).await? {
+                            let is_container = change.path == path;
+                            let newer = self
+                                .stored_last_modified(&change.path)
+                                .await?
+                                .is_some_and(|lm| lm > last_modified);
+                            if (is_container && !superseded) || (!is_container && !newer) {
+                                changes.push(change);
+                            }
+                        }
+                    }
+                    _ if superseded => {} // a newer version is in this page or already stored
                     Effect::Put { path, body, .. } => changes.push(Change {
                         op: Op::Put,
                         path,
                         body,
                     }),
-                    Effect::Delete {
-                        path,
-                        container: false,
-                    } => changes.push(Change {
+                    Effect::Delete { path, .. } => changes.push(Change {
                         op: Op::Delete,
                         path,
                         body: Vec::new(),
                     }),
-                    Effect::Delete {
-                        path,
-                        container: true,
-                    } => {
-                        // What lies below must include this page's earlier puts: store them first.
-                        report.appended += self.commit(std::mem::take(&mut changes), []).await?;
-                        changes = self.deletes_below(&path).await?;
-                    }
                 }
             }
             next = page.next;
@@ -241,7 +347,7 @@ impl Ingest {
                 .commit(changes, [CursorUpdate::set(cursor_name, position)])
                 .await?;
             if next.is_none() {
-                return Ok(report);
+                return Ok(Some(report));
             }
         }
     }

@@ -246,32 +246,48 @@ impl Ingest {
     /// every collection's records.
     pub async fn pass(&self) -> Result<IngestReport, IngestError> {
         let info = self.client.server_info().await?;
+        // With explicit_permissions off, Kinto's history logs only the first object of each
+        // event (a batch of creates is one entry): it cannot be followed.
+        let history = info.history && info.explicit_permissions;
         let mut report = self
             .sync_container_list("/buckets", &Walk::default())
             .await?;
+        // One bucket's failure does not hold the others back; the pass still fails at the end.
+        let mut failure = None;
         for bucket in self.live_children("/buckets").await? {
-            let incomplete = self
-                .cursor(&format!("kinto:{bucket}/history-incomplete"))
-                .await?
-                .is_some();
-            if info.history && !incomplete {
-                match self.sync_bucket_history(&bucket).await {
-                    Ok(r) => {
-                        report += r;
-                        continue;
-                    }
-                    // The account cannot read this bucket's history: poll its lists instead.
-                    Err(IngestError::Kinto(
-                        KintoError::Forbidden { .. } | KintoError::Status { status: 404, .. },
-                    )) => {
-                        tracing::debug!(bucket = %bucket, "history not readable, polling lists");
-                    }
-                    Err(e) => return Err(e),
+            match self.sync_bucket(&bucket, history).await {
+                Ok(r) => report += r,
+                Err(e) => {
+                    tracing::warn!(bucket = %bucket, error = %e, "bucket not synchronized");
+                    failure.get_or_insert(e);
                 }
             }
-            report += self.sync_bucket_lists(&bucket, &Walk::default()).await?;
         }
-        Ok(report)
+        match failure {
+            None => Ok(report),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// One bucket, through its history if it can be followed, else through its lists.
+    async fn sync_bucket(&self, bucket: &str, history: bool) -> Result<IngestReport, IngestError> {
+        let incomplete = self
+            .cursor(&format!("kinto:{bucket}/history-incomplete"))
+            .await?
+            .is_some();
+        if history && !incomplete {
+            match self.sync_bucket_history(bucket).await {
+                Ok(report) => return Ok(report),
+                // The account cannot read this bucket's history: poll its lists instead.
+                Err(IngestError::Kinto(
+                    KintoError::Forbidden { .. } | KintoError::Status { status: 404, .. },
+                )) => {
+                    tracing::debug!(bucket = %bucket, "history not readable, polling lists");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.sync_bucket_lists(bucket, &Walk::default()).await
     }
 
     /// The polling path for one bucket: its groups, its collections and their records.
@@ -424,12 +440,19 @@ impl Ingest {
                 Some(url) => ListTarget::Next(url),
             };
             let condition = if next.is_none() { cursor } else { None };
-            let page: Page = match self.client.list(target, condition).await? {
-                ListResult::NotModified => {
+            let page: Page = match self.client.list(target, condition).await {
+                Ok(ListResult::NotModified) => {
                     report.lists_unchanged += 1;
                     return Ok(report);
                 }
-                ListResult::Page(page) => page,
+                Ok(ListResult::Page(page)) => page,
+                // The collection was deleted since it was listed: the next pass sees it gone.
+                Err(KintoError::Status { status: 404, .. } | KintoError::Forbidden { .. })
+                    if next.is_none() =>
+                {
+                    return Ok(report);
+                }
+                Err(e) => return Err(e.into()),
             };
             if next.is_none() {
                 report.lists_changed += 1;
@@ -506,7 +529,18 @@ impl Ingest {
         if !filtered || !head.looks_deleted() {
             return Ok(false);
         }
-        Ok(self.client.object(path).await?.is_none())
+        // Live only if the object is there in this very version; a newer one means this item
+        // is the tombstone of an object recreated since (its new version comes later).
+        let Some(object) = self.client.object(path).await? else {
+            return Ok(true);
+        };
+        let parts: ObjectBody<'_> =
+            serde_json::from_str(object.get()).map_err(|e| IngestError::Source {
+                list: path.to_owned(),
+                what: format!("object without data: {e}"),
+            })?;
+        let head_now = ItemHead::parse(path, parts.data)?;
+        Ok(head_now.last_modified != head.last_modified)
     }
 
     /// The whole list (all pages), unless it is unchanged since `etag`. Returns the items and
@@ -649,12 +683,17 @@ fn child_lists(path: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// The feed body of a fetched object: `{"data":…,"permissions":…}` with Kinto's bytes.
+/// On the polling path, Kinto shows `"permissions": {}` both for an empty ACL and for one the
+/// account may not see; the body leaves it out rather than record an empty ACL that may be false.
 fn object_body(list: &str, object: &RawValue) -> Result<Vec<u8>, IngestError> {
     let parts: ObjectBody<'_> =
         serde_json::from_str(object.get()).map_err(|e| IngestError::Source {
             list: list.to_owned(),
             what: format!("object without data: {e}"),
         })?;
+    if parts.permissions.is_none_or(|p| p.get().trim() == "{}") {
+        return Ok(format!("{{\"data\":{}}}", parts.data.get()).into_bytes());
+    }
     Ok(parts.body())
 }
 
