@@ -220,6 +220,7 @@ impl Ingest {
         let walk = Walk {
             full: true,
             bodies: Some(Arc::new(bodies)),
+            history_read_at: position,
             ..Walk::default()
         };
 

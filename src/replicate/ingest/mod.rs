@@ -168,6 +168,9 @@ type HistoryBodies = HashMap<String, (i64, Vec<u8>)>;
 struct Walk {
     full: bool,
     bodies: Option<Arc<HistoryBodies>>,
+    /// When the history was read (its ETag): objects written later are not misses, since
+    /// following the history from there will bring them.
+    history_read_at: i64,
     misses: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -178,6 +181,7 @@ impl Walk {
         let bodies = self.bodies.as_ref()?;
         match bodies.get(path) {
             Some((lm, body)) if *lm == last_modified => Some(body),
+            _ if last_modified > self.history_read_at => None,
             _ => {
                 self.misses
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -457,6 +461,17 @@ impl Ingest {
             if next.is_none() {
                 report.lists_changed += 1;
                 first_etag = page.etag;
+                if let (Some(etag), Some(cursor)) = (page.etag, cursor)
+                    && etag < cursor
+                {
+                    // The list went back in time (a server restored from an older backup,
+                    // client-set timestamps): what we hold may be gone. Read it in full next.
+                    tracing::warn!(list = %list, etag, cursor, "list timestamp went backwards; reconciling");
+                    report.appended += self
+                        .commit(Vec::new(), [CursorUpdate::clear(cursor_name.clone())])
+                        .await?;
+                    return Ok(report);
+                }
             }
             let mut changes = Vec::with_capacity(page.items.len());
             for raw in &page.items {
