@@ -178,28 +178,17 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(None);
         };
-        let seq: Option<i64> = self
+        let bytes: Option<Vec<u8>> = self
             .conn
-            .query_row(
-                "SELECT seq FROM objects WHERE origin = ?1 AND path = ?2",
-                (row, path),
-                |r| r.get(0),
+            .prepare_cached(
+                "SELECT e.bytes FROM objects o JOIN entries e ON e.key = (o.origin << 40) | o.seq
+                 WHERE o.origin = ?1 AND o.path = ?2",
             )
-            .optional()
+            .and_then(|mut s| s.query_row((row, path), |r| r.get(0)).optional())
             .ctx("reading an object")?;
-        match seq {
+        match bytes {
             None => Ok(None),
-            Some(seq) => {
-                let bytes: Vec<u8> = self
-                    .conn
-                    .query_row(
-                        "SELECT bytes FROM entries WHERE key = ?1",
-                        [entry_key(row, seq as u64)],
-                        |r| r.get(0),
-                    )
-                    .ctx("reading an object's entry")?;
-                Ok(Some(crate::feed::decode_entry(&bytes)?.body.to_vec()))
-            }
+            Some(bytes) => Ok(Some(crate::feed::decode_entry(&bytes)?.body.to_vec())),
         }
     }
 
@@ -263,10 +252,8 @@ impl Store {
     /// The value of cursor `name`.
     pub fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.conn
-            .query_row("SELECT value FROM cursors WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()
+            .prepare_cached("SELECT value FROM cursors WHERE name = ?1")
+            .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
             .ctx("reading a cursor")
     }
 
@@ -312,12 +299,11 @@ impl Store {
 
     pub(super) fn origin_row_id(&self, origin: NodeId) -> Result<Option<i64>, StoreError> {
         self.conn
-            .query_row(
-                "SELECT id FROM origins WHERE node_id = ?1",
-                [origin.as_bytes().as_slice()],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT id FROM origins WHERE node_id = ?1")
+            .and_then(|mut s| {
+                s.query_row([origin.as_bytes().as_slice()], |r| r.get(0))
+                    .optional()
+            })
             .ctx("reading an origin")
     }
 }

@@ -84,6 +84,31 @@ impl Store {
         changes: &[Change],
         cursors: &[CursorUpdate],
     ) -> Result<Option<Checkpoint>, StoreError> {
+        Ok(self.append_in_one(key, changes, cursors, false)?.0)
+    }
+
+    /// Like [`Store::append`], but drops changes that would not change the state: a put whose
+    /// body equals the live object's, a delete of an absent object. Used by ingest, so that
+    /// re-reading a source after a crash or an overlap appends nothing twice. Returns the
+    /// checkpoint (if anything was appended) and how many changes were appended.
+    pub fn append_changes(
+        &mut self,
+        key: &NodeKey,
+        changes: Vec<Change>,
+        cursors: &[CursorUpdate],
+    ) -> Result<(Option<Checkpoint>, usize), StoreError> {
+        self.append_in_one(key, &changes, cursors, true)
+    }
+
+    /// Both appends, in one transaction. The no-op check reads the state inside the
+    /// transaction, so it sees the batch's own earlier changes.
+    fn append_in_one(
+        &mut self,
+        key: &NodeKey,
+        changes: &[Change],
+        cursors: &[CursorUpdate],
+        skip_no_ops: bool,
+    ) -> Result<(Option<Checkpoint>, usize), StoreError> {
         let origin = key.id();
         let ts = now_ms();
         let tx = self
@@ -103,7 +128,31 @@ impl Store {
             let mut insert = tx
                 .prepare_cached("INSERT INTO entries (key, hash, bytes) VALUES (?1, ?2, ?3)")
                 .ctx("preparing an entry insert")?;
+            let mut live = tx
+                .prepare_cached(
+                    "SELECT e.bytes FROM objects o JOIN entries e ON e.key = (o.origin << 40) | o.seq
+                     WHERE o.origin = ?1 AND o.path = ?2",
+                )
+                .ctx("preparing a state lookup")?;
             for change in changes {
+                if skip_no_ops {
+                    let current: Option<Vec<u8>> = live
+                        .query_row((row.id, &change.path), |r| r.get(0))
+                        .optional()
+                        .ctx("reading the state")?;
+                    let current = current
+                        .as_deref()
+                        .map(feed::decode_entry)
+                        .transpose()?
+                        .map(|e| e.body);
+                    let no_op = match change.op {
+                        Op::Put => current == Some(change.body.as_slice()),
+                        Op::Delete => current.is_none(),
+                    };
+                    if no_op {
+                        continue;
+                    }
+                }
                 let seq = head.seq.next();
                 let bytes =
                     feed::encode_entry(seq, head.hash, ts, change.op, &change.path, &change.body)
@@ -121,7 +170,8 @@ impl Store {
                 head = Head { seq, hash };
             }
         }
-        let checkpoint = if changes.is_empty() {
+        let appended = (head.seq.0 - row.head.map_or(0, |h| h.seq.0)) as usize;
+        let checkpoint = if appended == 0 {
             None
         } else {
             let cp = Checkpoint::sign(key, head, ts);
@@ -131,41 +181,7 @@ impl Store {
         };
         write_cursors(&tx, cursors)?;
         tx.commit().ctx("committing an append")?;
-        Ok(checkpoint)
-    }
-
-    /// Like [`Store::append`], but first drops changes that would not change the state: a put
-    /// whose body equals the live object's, a delete of an absent object. Used by ingest, so
-    /// that re-reading a source after a crash or an overlap appends nothing twice. Returns the
-    /// checkpoint (if anything was appended) and how many changes were appended.
-    pub fn append_changes(
-        &mut self,
-        key: &NodeKey,
-        changes: Vec<Change>,
-        cursors: &[CursorUpdate],
-    ) -> Result<(Option<Checkpoint>, usize), StoreError> {
-        let mut needed = Vec::with_capacity(changes.len());
-        // Later changes in the same batch see the effect of earlier ones.
-        let mut pending: std::collections::HashMap<String, Option<usize>> =
-            std::collections::HashMap::new();
-        for change in changes {
-            let current: Option<Vec<u8>> = match pending.get(&change.path) {
-                Some(Some(i)) => Some(needed_body(&needed, *i)),
-                Some(None) => None,
-                None => self.object(key.id(), &change.path)?,
-            };
-            let no_op = match change.op {
-                Op::Put => current.as_deref() == Some(change.body.as_slice()),
-                Op::Delete => current.is_none(),
-            };
-            if !no_op {
-                let slot = (change.op == Op::Put).then_some(needed.len());
-                pending.insert(change.path.clone(), slot);
-                needed.push(change);
-            }
-        }
-        let count = needed.len();
-        Ok((self.append(key, &needed, cursors)?, count))
+        Ok((checkpoint, appended))
     }
 
     /// Accepts a verified batch of a foreign (or, during recovery, our own) origin: it must
@@ -299,10 +315,6 @@ impl Store {
         write_cursors(&tx, cursors)?;
         tx.commit().ctx("committing cursors")
     }
-}
-
-fn needed_body(changes: &[Change], i: usize) -> Vec<u8> {
-    changes[i].body.clone()
 }
 
 fn origin_row(
