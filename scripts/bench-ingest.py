@@ -8,7 +8,7 @@
    one `tandem sync` pass (seconds, and the requests it made, counted by Kinto's access log),
    then `tandem run` idling for IDLE seconds with poll = 10s (CPU %).
 
-Usage: scripts/bench-ingest.py [RECORDS COLLECTIONS STEADY IDLE]
+Usage: scripts/bench-ingest.py [RECORDS COLLECTIONS STEADY IDLE]   (RECORDS 0: steady state only)
 Needs: a release build (cargo build --release), curl, and the test virtualenv (scripts/test).
 """
 import json
@@ -152,6 +152,14 @@ def timed(cmd, **kw):
 
 
 def main():
+    if RECORDS > 0:
+        initial_ingest()
+    # 2. Steady state: STEADY collections, nothing changing; polled, then through the history.
+    for history in (False, True):
+        steady_state(history)
+
+
+def initial_ingest():
     work = tempfile.mkdtemp(prefix="tandem-bench-")
     per = RECORDS // COLLECTIONS
     kinto, url = start_kinto(work)
@@ -185,10 +193,6 @@ def main():
         kinto.terminate()
         kinto.wait()
         shutil.rmtree(work, ignore_errors=True)
-
-    # 2. Steady state: STEADY collections, nothing changing; polled, then through the history.
-    for history in (False, True):
-        steady_state(history)
 
 
 def steady_state(history):
