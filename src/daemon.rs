@@ -204,9 +204,15 @@ pub async fn serve(
         reader: Arc::new(Mutex::new(reader)),
         workers: workers.clone(),
     });
+    let peer_state = Arc::new(api::peer::PeerState {
+        node: node_id,
+        name: config.node.name.clone(),
+        peers: config.peers.clone(),
+        reader: Arc::new(Mutex::new(Store::open_read_only(&config.node.data_dir)?)),
+    });
     let server_token = token.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, api::router(state))
+        axum::serve(listener, api::router(state, peer_state))
             .with_graceful_shutdown(server_token.cancelled_owned())
             .await
     });

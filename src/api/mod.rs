@@ -5,9 +5,12 @@
 //! - `GET /metrics`: Prometheus text format (feed heads, entries appended and accepted,
 //!   reachability of the source and peers, process metrics).
 //!
-//! The peer API will live under `/v1/`. [`admin`] serves local commands on a Unix socket.
+//! - `/v1/…`: the peer API ([`peer`]), every request signed by a configured peer.
+//!
+//! [`admin`] serves local commands on a Unix socket.
 
 pub mod admin;
+pub mod peer;
 
 use std::sync::{Arc, Mutex};
 
@@ -36,13 +39,14 @@ pub struct ApiState {
     pub workers: Vec<Arc<WorkerStatus>>,
 }
 
-/// Builds the router.
-pub fn router(state: Arc<ApiState>) -> Router {
+/// Builds the router: `/healthz`, `/metrics`, and the peer API under `/v1/`.
+pub fn router(state: Arc<ApiState>, peer: Arc<peer::PeerState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .fallback(not_found)
         .with_state(state)
+        .merge(peer::router(peer))
+        .fallback(not_found)
 }
 
 async fn origins(state: &Arc<ApiState>) -> Result<Vec<OriginInfo>, String> {
