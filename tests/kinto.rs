@@ -46,17 +46,7 @@ async fn the_client_checks_credentials_and_reads_capabilities() {
 #[tokio::test]
 async fn lists_page_keep_bytes_and_answer_304() {
     let kinto = Kinto::start(Options { history: false }).await;
-    kinto
-        .ok("alice", "PUT", "buckets/b", Some(json!({"data": {}})))
-        .await;
-    kinto
-        .ok(
-            "alice",
-            "PUT",
-            "buckets/b/collections/c",
-            Some(json!({"data": {}})),
-        )
-        .await;
+    bucket_and_collection(&kinto, "alice", "b", "c").await;
     for i in 0..5 {
         kinto
             .ok(
@@ -486,6 +476,36 @@ async fn ingest_follows_every_kind_of_change() {
     assert!(status["origins"][0]["head"]["seq"].as_u64().unwrap() > 200);
 }
 
+/// Creates bucket `bucket` with collection `collection` as `user`.
+async fn bucket_and_collection(kinto: &Kinto, user: &str, bucket: &str, collection: &str) {
+    kinto
+        .ok(
+            user,
+            "PUT",
+            &format!("buckets/{bucket}"),
+            Some(json!({"data": {}})),
+        )
+        .await;
+    kinto
+        .ok(
+            user,
+            "PUT",
+            &format!("buckets/{bucket}/collections/{collection}"),
+            Some(json!({"data": {}})),
+        )
+        .await;
+}
+
+/// A fault-injecting proxy in front of `kinto`; its `url` is a Kinto root.
+async fn proxy_for(kinto: &Kinto) -> common::proxy::Proxy {
+    let upstream = kinto
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1/")
+        .to_owned();
+    common::proxy::Proxy::start(upstream, "/v1/").await
+}
+
 /// Creates `n` records in one collection through the batch endpoint; `pad` bytes each.
 async fn fill(kinto: &Kinto, user: &str, collection: &str, n: usize, pad: usize, prefix: &str) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(150) {
@@ -513,26 +533,11 @@ fn record_count(export: &[serde_json::Value]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_never_commit_part_of_a_page_and_heal() {
     let kinto = Kinto::start(Options { history: false }).await;
-    kinto
-        .ok("alice", "PUT", "buckets/b", Some(json!({"data": {}})))
-        .await;
-    kinto
-        .ok(
-            "alice",
-            "PUT",
-            "buckets/b/collections/c",
-            Some(json!({"data": {}})),
-        )
-        .await;
+    bucket_and_collection(&kinto, "alice", "b", "c").await;
     // Pages hold 40 records: the first page is small, the later ones large.
     fill(&kinto, "alice", "/buckets/b/collections/c", 40, 10, "a").await;
     fill(&kinto, "alice", "/buckets/b/collections/c", 80, 2000, "b").await;
-    let upstream = kinto
-        .url
-        .trim_start_matches("http://")
-        .trim_end_matches("/v1/")
-        .to_owned();
-    let proxy = common::proxy::Proxy::start(upstream, "/v1/").await;
+    let proxy = proxy_for(&kinto).await;
     let node = Node::with_url(&proxy.url);
 
     // Answers larger than 20 kB are cut mid-body: the second page of records never arrives whole.
@@ -911,12 +916,7 @@ async fn history_gives_every_permission_and_follows_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bearer_token_is_sent_and_a_refusal_is_clear() {
     let kinto = Kinto::start(Options { history: false }).await;
-    let upstream = kinto
-        .url
-        .trim_start_matches("http://")
-        .trim_end_matches("/v1/")
-        .to_owned();
-    let proxy = common::proxy::Proxy::start(upstream, "/v1/").await;
+    let proxy = proxy_for(&kinto).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), "tok-123\n").unwrap();
     let text = format!(
@@ -1079,24 +1079,9 @@ fn hooked_write(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_during_a_full_read_is_not_lost() {
     let kinto = Kinto::start(Options { history: false }).await;
-    kinto
-        .ok("alice", "PUT", "buckets/b", Some(json!({"data": {}})))
-        .await;
-    kinto
-        .ok(
-            "alice",
-            "PUT",
-            "buckets/b/collections/c",
-            Some(json!({"data": {}})),
-        )
-        .await;
+    bucket_and_collection(&kinto, "alice", "b", "c").await;
     fill(&kinto, "alice", "/buckets/b/collections/c", 100, 10, "r").await;
-    let upstream = kinto
-        .url
-        .trim_start_matches("http://")
-        .trim_end_matches("/v1/")
-        .to_owned();
-    let proxy = common::proxy::Proxy::start(upstream, "/v1/").await;
+    let proxy = proxy_for(&kinto).await;
     // While tandem reads the second page: delete a record it has already read, and write a
     // newer one that lands on a later page.
     let records = format!("{}buckets/b/collections/c/records/", kinto.url);
