@@ -9,18 +9,23 @@
 //! ## Layers (dependencies point downward only)
 //!
 //! ```text
-//! main.rs        parse the command line, start logging, dispatch, map errors to exit codes
+//! main.rs        parse the command line, dispatch, map errors to exit codes
 //! cli/           one file per subcommand; the only place that prints for humans
 //! daemon         composition root of `tandem run`: builds everything, owns signals and shutdown
-//! api/           the HTTP router (axum): /healthz, /metrics, later the peer API under /v1/
-//! scheduler      long-lived loops with their timing: probing the source and the peers
+//! api/           HTTP (axum): /healthz, /metrics, the signed peer API under /v1/ (api/peer),
+//!                and the local admin socket (api/admin)
+//! scheduler      long-lived loops and their timing: ingest passes, peer probes, cron times
+//! replicate/     one pass of work, no spawning, no timing: ingest (polling and history paths)
 //! store/         the only SQLite user: feeds, checkpoints, state, cursors, fork evidence
 //! source/kinto   the Kinto client: credentials, lists with _since/ETag, objects (reqwest)
 //! probe          is a peer answering? (reqwest)
-//! feed, identity, config, telemetry, backoff, net
-//!                leaves: the byte formats and signatures, keys, TOML, logging and metrics,
-//!                retry timing, HTTP client set-up
+//! feed, protocol, identity, config, telemetry, backoff, net
+//!                leaves: the feed's byte format and signed statements, request signatures
+//!                (RFC 9421), keys, TOML, logging and metrics, retry timing, HTTP client set-up
 //! ```
+//!
+//! Where to start reading: `feed` (the format everything else carries), then `store` (what is
+//! kept and how), then `replicate::ingest` (how a Kinto server becomes a feed).
 //!
 //! ## Invariants the code keeps
 //!
@@ -29,7 +34,10 @@
 //! - [`store`] never trusts unverified input: foreign entries arrive as a
 //!   [`feed::VerifiedBatch`], which only [`feed::verify_batch`] can build. Each write is one
 //!   transaction including the cursors that produced it.
-//! - [`store`] knows nothing of HTTP, Kinto or peers; [`api`], [`source`] and [`probe`] know nothing of SQL.
+//! - [`store`] knows nothing of HTTP, Kinto or peers; [`api`], [`source`], [`replicate`] and
+//!   [`probe`] know nothing of SQL.
+//! - [`replicate`] decides nothing about time: the [`scheduler`] (or a command) runs a pass.
+//! - Every peer request is authenticated before anything is read for it ([`api::peer`]).
 //! - Secrets ([`identity::NodeKey`], source passwords) are never logged or printed.
 //! - `cli` and `daemon` use `anyhow`; every other module has its own `thiserror` enum whose
 //!   variants say what to do.
