@@ -54,8 +54,8 @@ use crate::identity::NodeKey;
 use crate::source::kinto::{KintoClient, KintoError, ListResult, ListTarget, Page};
 use crate::store::{Change, CursorUpdate, Store, StoreError};
 
-/// How many collections are read at the same time.
-pub const DEFAULT_CONCURRENCY: usize = 4;
+/// How many requests (collections read, objects fetched) run at the same time.
+pub const DEFAULT_CONCURRENCY: usize = 8;
 
 /// Why a pass failed. Nothing of the failing page was stored.
 #[derive(Debug, thiserror::Error)]
@@ -367,39 +367,69 @@ impl Ingest {
         };
         report.lists_changed += 1;
 
-        let mut changes = Vec::new();
-        let mut cursors = Vec::new();
+        // Decide per object, in list order: body from the history, nothing to do, or a GET
+        // (permissions are only in the object itself, not in lists).
+        enum Plan {
+            Body(Vec<u8>),
+            Fetch,
+        }
+        let mut plans: Vec<(String, bool, Plan)> = Vec::new();
         let mut listed = HashSet::new();
         for raw in &items {
             let head = ItemHead::parse(list, raw)?;
             let path = format!("{list}/{}", head.id);
             listed.insert(path.clone());
-            let stored = self.stored_last_modified(&path).await?;
-            let body = match walk.body_for(&path, head.last_modified) {
+            let same_version = self.stored_last_modified(&path).await? == Some(head.last_modified);
+            match walk.body_for(&path, head.last_modified) {
                 // The history knows this version, with its full permissions.
-                Some(body) => body.to_vec(),
-                None if stored == Some(head.last_modified) => continue,
-                // Permissions are only in the object itself, not in lists.
-                None => match self.client.object(&path).await? {
+                Some(body) => plans.push((path, same_version, Plan::Body(body.to_vec()))),
+                None if same_version => {}
+                None => plans.push((path, same_version, Plan::Fetch)),
+            }
+        }
+        // The GETs run concurrently; their results keep the list's order.
+        let mut fetched: HashMap<usize, Option<Box<RawValue>>> = HashMap::new();
+        let mut tasks = JoinSet::new();
+        let mut wanted = plans
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, _, plan))| matches!(plan, Plan::Fetch));
+        loop {
+            while tasks.len() < self.concurrency {
+                let Some((i, (path, _, _))) = wanted.next() else {
+                    break;
+                };
+                let (client, path) = (self.client.clone(), path.clone());
+                tasks.spawn(async move { (i, client.object(&path).await) });
+            }
+            match tasks.join_next().await {
+                None => break,
+                Some(Ok((i, result))) => {
+                    fetched.insert(i, result?);
+                }
+                Some(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+            }
+        }
+        let mut changes = Vec::new();
+        let mut cursors = Vec::new();
+        for (i, (path, same_version, plan)) in plans.into_iter().enumerate() {
+            let body = match plan {
+                Plan::Body(body) => body,
+                Plan::Fetch => match fetched.remove(&i).flatten() {
                     Some(object) => object_body(list, &object)?,
                     None => continue, // deleted since it was listed; the next pass sees it gone
                 },
             };
-            if stored == Some(head.last_modified) {
-                // Same version, better body: the children's lists need no reconcile.
-                changes.push(Change {
-                    op: Op::Put,
-                    path,
-                    body,
-                });
-                continue;
+            if !same_version {
+                // A new or changed container: what lies below it is read in full next.
+                cursors
+                    .extend(child_lists(&path).map(|l| CursorUpdate::clear(format!("kinto:{l}"))));
             }
             changes.push(Change {
                 op: Op::Put,
-                path: path.clone(),
+                path,
                 body,
             });
-            cursors.extend(child_lists(&path).map(|l| CursorUpdate::clear(format!("kinto:{l}"))));
         }
         for path in self.live_children(list).await? {
             if !listed.contains(&path) {
