@@ -234,6 +234,43 @@ impl Store {
             .ctx("listing paths")
     }
 
+    /// Paths of the live objects of `origin` directly below `list` (e.g. the buckets below
+    /// `/buckets`), sorted. A skip-scan: at most two indexed seeks per child, jumping over each
+    /// child's own subtree, so it costs O(children · log n) however much lies below them.
+    pub fn children(&self, origin: NodeId, list: &str) -> Result<Vec<String>, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(Vec::new());
+        };
+        let prefix = format!("{list}/");
+        let end = prefix_end(&prefix);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT path FROM objects WHERE origin = ?1 AND path > ?2 AND path < ?3 ORDER BY path LIMIT 1",
+            )
+            .ctx("listing children")?;
+        let mut out = Vec::new();
+        let mut after = prefix.clone();
+        loop {
+            let next: Option<String> = stmt
+                .query_row((row, &after, &end), |r| r.get(0))
+                .optional()
+                .ctx("listing children")?;
+            let Some(path) = next else { break };
+            let rest = &path[prefix.len()..];
+            after = match rest.find('/') {
+                // Inside a child's subtree: jump over the rest of it. (Siblings such as
+                // `a-b` sort between `a` and `a/…`, so the jump is taken only from inside.)
+                Some(i) => prefix_end(&format!("{prefix}{}/", &rest[..i])),
+                None => {
+                    out.push(path.clone());
+                    path
+                }
+            };
+        }
+        Ok(out)
+    }
+
     /// Number of live objects of `origin`.
     pub fn object_count(&self, origin: NodeId) -> Result<u64, StoreError> {
         let Some(row) = self.origin_row_id(origin)? else {

@@ -635,3 +635,46 @@ fn a_damaged_page_inside_the_file_is_refused() {
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert_eq!(std::fs::read(&db).unwrap(), bytes, "left untouched");
 }
+
+#[test]
+fn children_skip_over_subtrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([0; 32]);
+    let mut store = writer(dir.path());
+    let put = |path: &str| Change {
+        op: Op::Put,
+        path: path.into(),
+        body: b"{}".to_vec(),
+    };
+    let mut changes = vec![
+        put("/buckets/a"),
+        put("/buckets/a-b"),
+        put("/buckets/b"),
+        put("/other/x"),
+    ];
+    for i in 0..50 {
+        changes.push(put(&format!("/buckets/a/collections/c{i}")));
+        changes.push(put(&format!("/buckets/a/collections/c{i}/records/r")));
+    }
+    // A record whose bucket object is not held: its bucket is not a live child.
+    changes.push(put("/buckets/orphan/collections/c"));
+    store.append(&key, &changes, &[]).unwrap();
+    assert_eq!(
+        store.children(key.id(), "/buckets").unwrap(),
+        ["/buckets/a", "/buckets/a-b", "/buckets/b"]
+    );
+    assert_eq!(
+        store
+            .children(key.id(), "/buckets/a/collections")
+            .unwrap()
+            .len(),
+        50
+    );
+    assert_eq!(
+        store
+            .children(key.id(), "/buckets/a/collections/c7/records")
+            .unwrap(),
+        ["/buckets/a/collections/c7/records/r"]
+    );
+    assert!(store.children(key.id(), "/nothing").unwrap().is_empty());
+}

@@ -647,16 +647,8 @@ impl Ingest {
 
     /// Paths of the live direct children of `list` in the replica.
     async fn live_children(&self, list: &str) -> Result<Vec<String>, IngestError> {
-        let prefix = format!("{list}/");
-        let origin = self.key.id();
-        let all = self
-            .with_store(move |s| s.paths_under(origin, &prefix))
-            .await?;
-        let depth = list.len() + 1;
-        Ok(all
-            .into_iter()
-            .filter(|p| !p[depth..].contains('/'))
-            .collect())
+        let (origin, list) = (self.key.id(), list.to_owned());
+        self.with_store(move |s| s.children(origin, &list)).await
     }
 
     /// `data.last_modified` of the live object at `path`, if any.
