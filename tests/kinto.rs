@@ -1199,3 +1199,65 @@ async fn the_history_path_survives_merged_batches_and_a_cleared_history() {
     );
     assert_eq!(node.sync(), 0);
 }
+
+#[tokio::test]
+async fn a_followed_bucket_changed_or_recreated_is_followed_exactly() {
+    let kinto = Kinto::start(Options { history: true }).await;
+    let readable = json!({"read": ["account:tandem"]});
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/f",
+            Some(json!({"data": {"v": 1}, "permissions": readable})),
+        )
+        .await;
+    bucket_and_collection(&kinto, "alice", "f", "c").await;
+    fill(&kinto, "alice", "/buckets/f/collections/c", 60, 10, "r").await;
+    let node = Node::new(&kinto);
+    node.sync();
+    let owner_view = || kinto.dump_with("alice", &["--record-permissions"]);
+
+    // A permission change on the bucket: one entry, the bucket with its new permissions, and
+    // no re-read of the bucket's contents.
+    kinto
+        .ok(
+            "alice",
+            "PATCH",
+            "buckets/f",
+            Some(json!({"permissions": {"read": ["account:tandem", "account:bob"]}})),
+        )
+        .await;
+    assert_eq!(node.sync(), 1);
+    assert_same_under(&node.export(), &owner_view(), "/buckets/f");
+
+    // Deleted and recreated with other contents: exactly the new contents.
+    kinto.ok("alice", "DELETE", "buckets/f", None).await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/f",
+            Some(json!({"data": {"v": 2}, "permissions": readable})),
+        )
+        .await;
+    bucket_and_collection(&kinto, "alice", "f", "d").await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/f/collections/d/records/only",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    node.sync();
+    let export = node.export();
+    assert_same_under(&export, &owner_view(), "/buckets/f");
+    assert!(!export.iter().any(|o| {
+        o["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/buckets/f/collections/c")
+    }));
+    assert_eq!(node.sync(), 0);
+}

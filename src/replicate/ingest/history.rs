@@ -15,7 +15,10 @@
 //! Entries are applied per object in the order of the object's own `last_modified`, not the
 //! history's: Kinto merges the events of one batch request (`PUT x, DELETE x, PUT x` is logged
 //! as two creates, then a delete). A history with a gap (tombstones of trimmed or cleared
-//! entries, or an ETag below the cursor) makes the bucket's first sync run again.
+//! entries, or an ETag below the cursor) makes the bucket's first sync run again, and so does
+//! a `create` of the bucket itself: deleting a bucket erases its history, so a recreated
+//! bucket cannot be followed from the old cursor. A change to the bucket object alone (its
+//! permissions, say) is followed like any other entry.
 //!
 //! A history is followed only if it covered every object the first sync listed. An account
 //! that can read only part of a bucket's history (Kinto filters entries by the permissions of
@@ -55,6 +58,8 @@ enum Effect {
         path: String,
         last_modified: i64,
         body: Vec<u8>,
+        /// Whether the entry is a creation (not an update).
+        created: bool,
     },
     /// The object at this path is gone, and with it everything below it.
     Delete {
@@ -80,10 +85,10 @@ impl Effect {
     }
 }
 
-/// A history item: an entry, or the tombstone of a trimmed or cleared one.
+/// A history item: an entry, or a sign that the history cannot be followed from the cursor.
 enum Item {
     Entry(i64, Effect),
-    /// A removed entry: the history has a gap here.
+    /// The tombstone of a trimmed or cleared entry.
     Gap,
 }
 
@@ -124,6 +129,7 @@ impl Entry<'_> {
                 body: entry.target.body(),
                 path: entry.uri,
                 last_modified: stamp.last_modified,
+                created: entry.action == "create",
             },
             "delete" => Effect::Delete {
                 path: entry.uri,
@@ -200,6 +206,7 @@ impl Ingest {
                     path,
                     last_modified,
                     body,
+                    ..
                 } => {
                     latest.insert(path, (last_modified, Some(body)));
                 }
@@ -224,17 +231,21 @@ impl Ingest {
             ..Walk::default()
         };
 
-        // The bucket object itself was listed by the caller; give it its history body.
+        // The bucket object itself: its newest version in the history, with its permissions.
         let mut report = IngestReport::default();
-        if let Some(stored) = self.stored_last_modified(bucket).await?
-            && let Some(body) = walk.body_for(bucket, stored)
-        {
-            let put = Change {
-                op: Op::Put,
-                path: bucket.to_owned(),
-                body: body.to_vec(),
-            };
-            report.appended += self.commit(vec![put], []).await?;
+        match walk.bodies.as_ref().and_then(|b| b.get(bucket)) {
+            Some((_, body)) => {
+                let put = Change {
+                    op: Op::Put,
+                    path: bucket.to_owned(),
+                    body: body.clone(),
+                };
+                report.appended += self.commit(vec![put], []).await?;
+            }
+            None => {
+                walk.misses
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         report += self.sync_bucket_lists(bucket, &walk).await?;
         let cursor = if walk.misses() == 0 {
@@ -290,6 +301,16 @@ impl Ingest {
             for raw in &page.items {
                 match Entry::parse(list, bucket, raw)? {
                     Item::Gap => return Ok(None),
+                    // The bucket was (re)created: deleting a bucket erases its history, so what
+                    // came before cannot be followed from here. Read the bucket again.
+                    Item::Entry(
+                        _,
+                        Effect::Put {
+                            path,
+                            created: true,
+                            ..
+                        },
+                    ) if path == bucket => return Ok(None),
                     Item::Entry(stamp, effect) => {
                         position = position.max(stamp);
                         effects.push(effect);

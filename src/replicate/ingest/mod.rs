@@ -282,11 +282,17 @@ impl Ingest {
         if history && !incomplete {
             match self.sync_bucket_history(bucket).await {
                 Ok(report) => return Ok(report),
-                // The account cannot read this bucket's history: poll its lists instead.
+                // The account cannot read this bucket's history: poll its lists instead, and
+                // let the bucket listing record the bucket object again.
                 Err(IngestError::Kinto(
                     KintoError::Forbidden { .. } | KintoError::Status { status: 404, .. },
                 )) => {
                     tracing::debug!(bucket = %bucket, "history not readable, polling lists");
+                    self.commit(
+                        Vec::new(),
+                        [CursorUpdate::clear(format!("kinto:{bucket}/history"))],
+                    )
+                    .await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -379,6 +385,14 @@ impl Ingest {
             let head = ItemHead::parse(list, raw)?;
             let path = format!("{list}/{}", head.id);
             listed.insert(path.clone());
+            if list == "/buckets"
+                && self
+                    .cursor(&format!("kinto:{path}/history"))
+                    .await?
+                    .is_some()
+            {
+                continue; // a followed bucket's object comes from its history, permissions and all
+            }
             let same_version = self.stored_last_modified(&path).await? == Some(head.last_modified);
             match walk.body_for(&path, head.last_modified) {
                 // The history knows this version, with its full permissions.
@@ -433,6 +447,9 @@ impl Ingest {
         }
         for path in self.live_children(list).await? {
             if !listed.contains(&path) {
+                if list == "/buckets" {
+                    cursors.push(CursorUpdate::clear(format!("kinto:{path}/history")));
+                }
                 changes.extend(self.deletes_below(&path).await?);
                 cursors
                     .extend(child_lists(&path).map(|l| CursorUpdate::clear(format!("kinto:{l}"))));
@@ -712,7 +729,9 @@ impl Ingest {
 fn child_lists(path: &str) -> impl Iterator<Item = String> + '_ {
     let depth = path.matches('/').count();
     let kinds: &[&str] = match depth {
-        2 => &["groups", "collections", "history", "history-incomplete"], // /buckets/{id}
+        // A bucket's history cursor stays: a recreated bucket shows in its history as a new
+        // `create` of the bucket, which restarts its first sync (see `history`).
+        2 => &["groups", "collections", "history-incomplete"], // /buckets/{id}
         4 if path.contains("/collections/") => &["records"],
         _ => &[],
     };
