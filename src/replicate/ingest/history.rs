@@ -173,53 +173,71 @@ impl Ingest {
         list: &str,
         cursor_name: &str,
     ) -> Result<IngestReport, IngestError> {
-        let Some((entries, etag)) = self.read_full_list(list, None).await? else {
-            unreachable!("an unconditional request is never answered 304");
-        };
-        let mut position = etag.unwrap_or(0);
-        // Each object's newest version by its own timestamp (None: deleted).
+        // Each object's newest version by its own timestamp (None: deleted), folded page by
+        // page so that only these, not the whole history, are held in memory.
         let mut latest: HashMap<String, (i64, Option<Vec<u8>>)> = HashMap::new();
-        for raw in &entries {
-            // Gaps (trimmed entries) are fine here: objects they hid count as misses below.
-            let Item::Entry(stamp, effect) = Entry::parse(list, bucket, raw)? else {
-                continue;
+        let mut position = 0;
+        let mut next: Option<url::Url> = None;
+        loop {
+            let target = match &next {
+                None => ListTarget::Path {
+                    path: list,
+                    since: None,
+                    limit: None,
+                },
+                Some(url) => ListTarget::Next(url),
             };
-            position = position.max(stamp);
-            if let Effect::Delete {
-                path,
-                last_modified,
-                container: true,
-            } = &effect
-            {
-                // What the delete removed goes, even if the container was recreated later.
-                let below = format!("{path}/");
-                latest.retain(|p, (lm, _)| !(p.starts_with(&below) && *lm <= *last_modified));
+            let ListResult::Page(page) = self.client.list(target, None).await? else {
+                unreachable!("an unconditional request is never answered 304");
+            };
+            if next.is_none() {
+                position = page.etag.unwrap_or(0);
             }
-            if latest
-                .get(effect.path())
-                .is_some_and(|(lm, _)| *lm > effect.last_modified())
-            {
-                continue;
-            }
-            match effect {
-                Effect::Put {
+            next = page.next;
+            for raw in &page.items {
+                // Gaps (trimmed entries) are fine here: objects they hid count as misses below.
+                let Item::Entry(stamp, effect) = Entry::parse(list, bucket, raw)? else {
+                    continue;
+                };
+                position = position.max(stamp);
+                if let Effect::Delete {
                     path,
                     last_modified,
-                    body,
-                    ..
-                } => {
-                    latest.insert(path, (last_modified, Some(body)));
+                    container: true,
+                } = &effect
+                {
+                    // What the delete removed goes, even if the container was recreated later.
+                    let below = format!("{path}/");
+                    latest.retain(|p, (lm, _)| !(p.starts_with(&below) && *lm <= *last_modified));
                 }
-                Effect::Delete {
-                    path,
-                    last_modified,
-                    ..
-                } => {
-                    latest.insert(path, (last_modified, None));
+                if latest
+                    .get(effect.path())
+                    .is_some_and(|(lm, _)| *lm > effect.last_modified())
+                {
+                    continue;
                 }
+                match effect {
+                    Effect::Put {
+                        path,
+                        last_modified,
+                        body,
+                        ..
+                    } => {
+                        latest.insert(path, (last_modified, Some(body)));
+                    }
+                    Effect::Delete {
+                        path,
+                        last_modified,
+                        ..
+                    } => {
+                        latest.insert(path, (last_modified, None));
+                    }
+                }
+            }
+            if next.is_none() {
+                break;
             }
         }
-        drop(entries);
         let bodies: HashMap<String, (i64, Vec<u8>)> = latest
             .into_iter()
             .filter_map(|(path, (lm, body))| body.map(|b| (path, (lm, b))))
