@@ -298,6 +298,23 @@ impl KintoClient {
         }))
     }
 
+    /// Pages through the list at `path` (relative to the root): see [`Pager`].
+    pub fn pages<'a>(
+        &'a self,
+        path: &'a str,
+        since: Option<i64>,
+        if_none_match: Option<i64>,
+    ) -> Pager<'a> {
+        Pager {
+            client: self,
+            path,
+            since,
+            if_none_match,
+            next: None,
+            pages_read: 0,
+        }
+    }
+
     /// Fetches one object (`{"data":…,"permissions":…}`, bytes as sent). `None` if it does not
     /// exist or is not visible (Kinto hides missing buckets behind 403).
     pub async fn object(&self, path: &str) -> Result<Option<Box<RawValue>>, KintoError> {
@@ -367,6 +384,50 @@ impl KintoClient {
                     .unwrap_or_default(),
             }),
         }
+    }
+}
+
+/// Reads a plural endpoint page after page, ascending by `last_modified`: the first request
+/// with `_since` and `If-None-Match`, then each `Next-Page` until there is none.
+pub struct Pager<'a> {
+    client: &'a KintoClient,
+    path: &'a str,
+    since: Option<i64>,
+    if_none_match: Option<i64>,
+    next: Option<Url>,
+    pages_read: usize,
+}
+
+impl Pager<'_> {
+    /// The next answer, `None` after the last page. Only the first can be
+    /// [`ListResult::NotModified`]; a page's own `next` says whether more follow.
+    pub async fn next(&mut self) -> Result<Option<ListResult>, KintoError> {
+        let target = match (self.pages_read, &self.next) {
+            (0, _) => ListTarget::Path {
+                path: self.path,
+                since: self.since,
+                limit: None,
+            },
+            (_, Some(url)) => ListTarget::Next(url),
+            (_, None) => return Ok(None),
+        };
+        let condition = if self.pages_read == 0 {
+            self.if_none_match
+        } else {
+            None
+        };
+        let result = self.client.list(target, condition).await?;
+        self.pages_read += 1;
+        self.next = match &result {
+            ListResult::Page(page) => page.next.clone(),
+            ListResult::NotModified => None,
+        };
+        Ok(Some(result))
+    }
+
+    /// How many answers [`Pager::next`] has returned (0 before the first request).
+    pub fn pages_read(&self) -> usize {
+        self.pages_read
     }
 }
 

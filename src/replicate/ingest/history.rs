@@ -35,7 +35,7 @@ use serde_json::value::RawValue;
 
 use super::{Ingest, IngestError, IngestReport, ItemHead, ObjectBody, Walk};
 use crate::feed::Op;
-use crate::source::kinto::{ListResult, ListTarget};
+use crate::source::kinto::ListResult;
 use crate::store::{Change, CursorUpdate};
 
 /// One history entry, as far as ingest needs it.
@@ -177,23 +177,14 @@ impl Ingest {
         // page so that only these, not the whole history, are held in memory.
         let mut latest: HashMap<String, (i64, Option<Vec<u8>>)> = HashMap::new();
         let mut position = 0;
-        let mut next: Option<url::Url> = None;
-        loop {
-            let target = match &next {
-                None => ListTarget::Path {
-                    path: list,
-                    since: None,
-                    limit: None,
-                },
-                Some(url) => ListTarget::Next(url),
-            };
-            let ListResult::Page(page) = self.client.list(target, None).await? else {
+        let mut pages = self.client.pages(list, None, None);
+        while let Some(result) = pages.next().await? {
+            let ListResult::Page(page) = result else {
                 unreachable!("an unconditional request is never answered 304");
             };
-            if next.is_none() {
+            if pages.pages_read() == 1 {
                 position = page.etag.unwrap_or(0);
             }
-            next = page.next;
             for raw in &page.items {
                 // Gaps (trimmed entries) are fine here: objects they hid count as misses below.
                 let Item::Entry(stamp, effect) = Entry::parse(list, bucket, raw)? else {
@@ -233,9 +224,6 @@ impl Ingest {
                         latest.insert(path, (last_modified, None));
                     }
                 }
-            }
-            if next.is_none() {
-                break;
             }
         }
         let bodies: HashMap<String, (i64, Vec<u8>)> = latest
@@ -290,26 +278,14 @@ impl Ingest {
         cursor: i64,
     ) -> Result<Option<IngestReport>, IngestError> {
         let mut report = IngestReport::default();
-        let mut next: Option<url::Url> = None;
         let mut position = cursor;
-        loop {
-            let target = match &next {
-                None => ListTarget::Path {
-                    path: list,
-                    since: Some(cursor),
-                    limit: None,
-                },
-                Some(url) => ListTarget::Next(url),
+        let mut pages = self.client.pages(list, Some(cursor), Some(cursor));
+        while let Some(result) = pages.next().await? {
+            let ListResult::Page(page) = result else {
+                report.lists_unchanged += 1;
+                return Ok(Some(report));
             };
-            let condition = if next.is_none() { Some(cursor) } else { None };
-            let page = match self.client.list(target, condition).await? {
-                ListResult::NotModified => {
-                    report.lists_unchanged += 1;
-                    return Ok(Some(report));
-                }
-                ListResult::Page(page) => page,
-            };
-            if next.is_none() {
+            if pages.pages_read() == 1 {
                 report.lists_changed += 1;
                 if page.etag.is_some_and(|etag| etag < cursor) {
                     return Ok(None);
@@ -382,13 +358,10 @@ impl Ingest {
                     }),
                 }
             }
-            next = page.next;
             report.appended += self
                 .commit(changes, [CursorUpdate::set(cursor_name, position)])
                 .await?;
-            if next.is_none() {
-                return Ok(Some(report));
-            }
         }
+        Ok(Some(report))
     }
 }

@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 
 use super::{Ingest, IngestError, IngestReport, ItemHead, ObjectBody, Walk};
 use crate::feed::Op;
-use crate::source::kinto::{KintoError, ListResult, ListTarget, Page};
+use crate::source::kinto::{KintoError, ListResult, Page};
 use crate::store::{Change, CursorUpdate};
 
 impl Ingest {
@@ -191,33 +191,27 @@ impl Ingest {
         let mut report = IngestReport::default();
         let mut listed = HashSet::new();
         let mut first_etag = None;
-        let mut next: Option<url::Url> = None;
         let mut position = cursor.unwrap_or(0);
+        let mut pages = self.client.pages(&list, cursor, cursor);
         loop {
-            let target = match &next {
-                None => ListTarget::Path {
-                    path: &list,
-                    since: cursor,
-                    limit: None,
-                },
-                Some(url) => ListTarget::Next(url),
-            };
-            let condition = if next.is_none() { cursor } else { None };
-            let page: Page = match self.client.list(target, condition).await {
-                Ok(ListResult::NotModified) => {
+            let first = pages.pages_read() == 0;
+            let page: Page = match pages.next().await {
+                Ok(None) => return Ok(report),
+                Ok(Some(ListResult::NotModified)) => {
                     report.lists_unchanged += 1;
                     return Ok(report);
                 }
-                Ok(ListResult::Page(page)) => page,
+                Ok(Some(ListResult::Page(page))) => page,
                 // The collection was deleted since it was listed: the next pass sees it gone.
                 Err(KintoError::Status { status: 404, .. } | KintoError::Forbidden { .. })
-                    if next.is_none() =>
+                    if first =>
                 {
                     return Ok(report);
                 }
                 Err(e) => return Err(e.into()),
             };
-            if next.is_none() {
+            let last = page.next.is_none();
+            if first {
                 report.lists_changed += 1;
                 first_etag = page.etag;
                 if let (Some(etag), Some(cursor)) = (page.etag, cursor)
@@ -258,8 +252,7 @@ impl Ingest {
                     });
                 }
             }
-            next = page.next;
-            if next.is_none() {
+            if last {
                 position = if reconcile {
                     // A full read lists no tombstones: a record deleted while it ran would be
                     // skipped for good if the cursor moved past its tombstone. Start the next
@@ -271,9 +264,9 @@ impl Ingest {
             }
             // Mid-list pages move the cursor to their last item; the last page to the list's
             // ETag. A reconcile only moves it once the vanished records are deleted too.
-            let cursors = (!reconcile || next.is_none())
-                .then(|| CursorUpdate::set(cursor_name.clone(), position));
-            if reconcile && next.is_none() {
+            let cursors =
+                (!reconcile || last).then(|| CursorUpdate::set(cursor_name.clone(), position));
+            if reconcile && last {
                 for path in self.live_children(&list).await? {
                     if !listed.contains(&path) {
                         changes.push(Change {
@@ -285,7 +278,7 @@ impl Ingest {
                 }
             }
             report.appended += self.commit(changes, cursors).await?;
-            if next.is_none() {
+            if last {
                 return Ok(report);
             }
         }
@@ -324,33 +317,18 @@ impl Ingest {
         list: &str,
         etag: Option<i64>,
     ) -> Result<Option<(Vec<Box<RawValue>>, Option<i64>)>, IngestError> {
-        let mut items = Vec::new();
-        let mut first_etag = None;
-        let mut next: Option<url::Url> = None;
-        loop {
-            let target = match &next {
-                None => ListTarget::Path {
-                    path: list,
-                    since: None,
-                    limit: None,
-                },
-                Some(url) => ListTarget::Next(url),
+        let mut pages = self.client.pages(list, None, etag);
+        let (mut items, mut first_etag) = (Vec::new(), None);
+        while let Some(result) = pages.next().await? {
+            let ListResult::Page(page) = result else {
+                return Ok(None);
             };
-            let condition = if next.is_none() { etag } else { None };
-            match self.client.list(target, condition).await? {
-                ListResult::NotModified => return Ok(None),
-                ListResult::Page(page) => {
-                    if next.is_none() {
-                        first_etag = page.etag;
-                    }
-                    items.extend(page.items);
-                    match page.next {
-                        Some(url) => next = Some(url),
-                        None => return Ok(Some((items, first_etag))),
-                    }
-                }
+            if pages.pages_read() == 1 {
+                first_etag = page.etag;
             }
+            items.extend(page.items);
         }
+        Ok(Some((items, first_etag)))
     }
 }
 
