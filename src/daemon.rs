@@ -151,7 +151,8 @@ pub async fn serve(
         .local_addr()
         .context("reading the listener address")?;
     telemetry::metrics();
-    let reader = Store::open_read_only(&config.node.data_dir)?;
+    // One read-only connection for every HTTP handler: WAL lets it read beside the writer.
+    let reader = Arc::new(Mutex::new(Store::open_read_only(&config.node.data_dir)?));
     let writer = Arc::new(Mutex::new(store));
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -201,14 +202,14 @@ pub async fn serve(
     let state = Arc::new(ApiState {
         node: node_id,
         name: config.node.name.clone(),
-        reader: Arc::new(Mutex::new(reader)),
+        reader: reader.clone(),
         workers: workers.clone(),
     });
     let peer_state = Arc::new(api::peer::PeerState {
         node: node_id,
         name: config.node.name.clone(),
         peers: config.peers.clone(),
-        reader: Arc::new(Mutex::new(Store::open_read_only(&config.node.data_dir)?)),
+        reader,
     });
     let server_token = token.clone();
     let server = tokio::spawn(async move {
