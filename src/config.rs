@@ -80,6 +80,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// URL peers use to reach this node, if it differs from `listen`.
     pub public_url: Option<Url>,
+    /// How many holders must acknowledge an entry of our feed for it to count as durable.
+    pub durability: u32,
 }
 
 /// How the password for the source is obtained.
@@ -198,6 +200,8 @@ pub struct PeerConfig {
     pub accept: Vec<OriginRef>,
     /// When to synchronize.
     pub schedule: Schedule,
+    /// Most bytes of entries this node stores for the origins it accepts from this peer.
+    pub quota: Option<u64>,
 }
 
 impl Config {
@@ -257,6 +261,7 @@ impl Config {
                 .map(|l| l.0)
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap()),
             public_url: raw.node.public_url.map(|u| u.0),
+            durability: raw.node.durability.map_or(1, |d| d.0),
         };
 
         let source = match raw.source {
@@ -375,6 +380,7 @@ impl Config {
                 serve: p.serve,
                 accept: p.accept.unwrap_or_else(|| vec![OriginRef::Node(p.id)]),
                 schedule: p.schedule.unwrap_or(Schedule::Continuous),
+                quota: p.quota.map(|q| q.0),
             });
         }
 
@@ -445,6 +451,7 @@ struct RawNode {
     data_dir: Option<PathBuf>,
     listen: Option<Listen>,
     public_url: Option<HttpUrl>,
+    durability: Option<Durability>,
 }
 
 #[derive(Deserialize)]
@@ -492,6 +499,7 @@ struct RawPeer {
     serve: Vec<OriginRef>,
     accept: Option<Vec<OriginRef>>,
     schedule: Option<Schedule>,
+    quota: Option<Quota>,
 }
 
 /// Deserializes a string through a validating parser, so a bad value fails with its span.
@@ -506,6 +514,33 @@ macro_rules! parsed_string {
         }
     };
 }
+
+/// `[node] durability`: a holder count of at least 1.
+struct Durability(u32);
+impl<'de> Deserialize<'de> for Durability {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            0 => Err(serde::de::Error::custom(
+                "durability is a number of holders, at least 1",
+            )),
+            k => Ok(Durability(k)),
+        }
+    }
+}
+
+/// `quota`: a size such as "5 GiB" or "500 MB".
+struct Quota(u64);
+parsed_string!(Quota, |s| {
+    match s.parse::<bytesize::ByteSize>() {
+        Ok(size) if size.as_u64() > 0 => Ok(Quota(size.as_u64())),
+        Ok(_) => {
+            Err("a quota of 0 bytes would refuse every push; remove the key for no limit".into())
+        }
+        Err(e) => Err(format!(
+            "{s:?} is not a size ({e}); write it like \"5 GiB\" or \"500 MB\""
+        )),
+    }
+});
 
 struct Name(String);
 parsed_string!(Name, |s| {
@@ -756,6 +791,39 @@ mod tests {
         assert_eq!(p.push, vec![OriginRef::SelfNode]);
         assert_eq!(p.accept, vec![OriginRef::Node(ID.parse().unwrap())]);
         assert!(matches!(p.schedule, Schedule::Continuous));
+    }
+
+    #[test]
+    fn quota_and_durability() {
+        let peer = format!("[[peer]]\nname = \"p\"\nurl = \"http://x\"\nid = \"{ID}\"\n");
+        let c = parse(&format!(
+            "[node]\nname = \"n\"\ndurability = 2\n{peer}quota = \"5 GiB\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.node.durability, 2);
+        assert_eq!(c.peers[0].quota, Some(5 << 30));
+        let c = parse(&format!("[node]\nname = \"n\"\n{peer}")).unwrap();
+        assert_eq!((c.node.durability, c.peers[0].quota), (1, None));
+        for (text, line, key) in [
+            (
+                format!("[node]\nname = \"n\"\n{peer}quota = \"lots\"\n"),
+                7,
+                "peer.quota",
+            ),
+            (
+                format!("[node]\nname = \"n\"\n{peer}quota = \"0 B\"\n"),
+                7,
+                "peer.quota",
+            ),
+            (
+                "[node]\nname = \"n\"\ndurability = 0\n".to_owned(),
+                3,
+                "node.durability",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(line), Some(key)), "{e}");
+        }
     }
 
     #[test]
