@@ -15,6 +15,7 @@
 //! Layout: [`schema`] holds the tables and migrations, `write` the transactions that change
 //! feeds, `read` the queries, `verify` the full re-check of everything stored.
 
+mod holders;
 mod read;
 pub mod schema;
 mod verify;
@@ -29,9 +30,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::feed::{EntryHash, FeedError, ForkEvidence, Head, Op, Seq};
 use crate::identity::NodeId;
 
+pub use holders::{HolderInfo, Rollback};
 pub use read::{OriginInfo, StoredEntry};
 pub use verify::{VerifyProblem, VerifyReport};
-pub use write::{Accepted, Change, CheckpointCheck, CursorUpdate};
+pub use write::{Accepted, CHECKPOINT_EVERY, Change, CheckpointCheck, CursorUpdate};
 
 /// Database file name inside the data directory.
 pub const DB_FILE: &str = "tandem.db";
@@ -303,6 +305,34 @@ impl Store {
             path: self.path.clone(),
             detail: "stored node id is invalid".into(),
         })
+    }
+
+    /// Whether this store is recovering its own feed from peers: it was created for a key that
+    /// already had a feed, and nothing may be appended before the feed is fetched back.
+    pub fn recovering(&self) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'recovering'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .ctx("reading the recovery flag")?
+            .is_some())
+    }
+
+    /// Sets or clears the recovery flag (see [`Store::recovering`]).
+    pub fn set_recovering(&mut self, on: bool) -> Result<(), StoreError> {
+        if on {
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('recovering', ?1)",
+                [now_ms().to_string()],
+            )
+        } else {
+            self.conn
+                .execute("DELETE FROM meta WHERE key = 'recovering'", [])
+        }
+        .ctx("writing the recovery flag")
+        .map(drop)
     }
 
     /// Records `node` as this store's owner on first open, or checks it matches.

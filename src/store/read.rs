@@ -84,6 +84,21 @@ impl Store {
             .flatten())
     }
 
+    /// Like [`Store::head`], but `None` when the store does not know the origin at all and
+    /// `Some(None)` when it does but holds no entry of it.
+    pub fn head_if_held(&self, origin: NodeId) -> Result<Option<Option<Head>>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT head_seq, head_hash FROM origins WHERE node_id = ?1",
+                [origin.as_bytes().as_slice()],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)),
+            )
+            .optional()
+            .ctx("reading a head")?
+            .map(|(seq, hash)| head_from(seq, hash))
+            .transpose()
+    }
+
     /// Up to `limit` entries of `origin` with seq greater than `after`, in order.
     pub fn entries_after(
         &self,
@@ -133,22 +148,90 @@ impl Store {
 
     /// The latest checkpoint held for `origin`.
     pub fn latest_checkpoint(&self, origin: NodeId) -> Result<Option<Checkpoint>, StoreError> {
-        Ok(self.checkpoints(origin)?.pop())
+        Ok(self
+            .checkpoints_where(origin, "ORDER BY seq DESC LIMIT 1", 0, 0)?
+            .pop())
     }
 
     /// Every checkpoint held for `origin`, by seq.
     pub fn checkpoints(&self, origin: NodeId) -> Result<Vec<Checkpoint>, StoreError> {
+        self.checkpoints_where(origin, "ORDER BY seq", 0, 0)
+    }
+
+    /// One page of `origin`'s feed for a peer: the entries after `after`, ending exactly at a
+    /// checkpoint so that the receiver can verify the page on its own. The page ends at the
+    /// highest checkpoint within `after + limit`, or, when there is none, at the first one
+    /// beyond (our own feed has one every [`super::CHECKPOINT_EVERY`] entries, so pages stay
+    /// bounded). `None` when nothing after `after` is covered by a checkpoint. Reads in one
+    /// transaction, so the entries and the checkpoint agree even beside a writer.
+    pub fn entries_page(
+        &self,
+        origin: NodeId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Option<(Vec<StoredEntry>, Checkpoint)>, StoreError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .ctx("starting a page read")?;
+        let limit = limit.max(1) as u64;
+        let within = self.checkpoints_where(
+            origin,
+            "AND seq > ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT 1",
+            after.0,
+            after.0.saturating_add(limit),
+        )?;
+        let checkpoint = match within.into_iter().next() {
+            Some(cp) => cp,
+            None => match self
+                .checkpoints_where(origin, "AND seq > ?2 ORDER BY seq LIMIT 1", after.0, 0)?
+                .pop()
+            {
+                Some(cp) => cp,
+                None => return Ok(None),
+            },
+        };
+        let entries = self.entries_after(origin, after, (checkpoint.seq.0 - after.0) as usize)?;
+        tx.finish().ctx("ending a page read")?;
+        match entries.last() {
+            Some(last) if last.seq == checkpoint.seq && last.hash == checkpoint.hash => {
+                Ok(Some((entries, checkpoint)))
+            }
+            _ => Err(StoreError::Feed(FeedError::Malformed(
+                "a stored checkpoint does not match the stored entries",
+            ))),
+        }
+    }
+
+    /// Checkpoints of `origin` selected by `clause` (SQL after `WHERE origin = ?1`, which may
+    /// use `?2` = `a` and `?3` = `b`).
+    fn checkpoints_where(
+        &self,
+        origin: NodeId,
+        clause: &str,
+        a: u64,
+        b: u64,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(Vec::new());
         };
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT seq, hash, ts, signature FROM checkpoints WHERE origin = ?1 ORDER BY seq",
-            )
+            .prepare_cached(&format!(
+                "SELECT seq, hash, ts, signature FROM checkpoints WHERE origin = ?1 {clause}"
+            ))
             .ctx("reading checkpoints")?;
+        let uses = |n: &str| clause.contains(n);
+        let params: Vec<i64> = [
+            Some(row),
+            uses("?2").then_some(a as i64),
+            uses("?3").then_some(b as i64),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let rows = stmt
-            .query_map([row], |r| {
+            .query_map(rusqlite::params_from_iter(params), |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, Vec<u8>>(1)?,

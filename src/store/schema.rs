@@ -76,6 +76,27 @@ const MIGRATIONS: &[&str] = &[
         detected_at  INTEGER NOT NULL
     );
     "#,
+    // 2: what holders of a feed acknowledged and served.
+    r#"
+    -- Per origin and holder: the latest (highest) receipt the holder signed for the origin, and
+    -- the heads it served us. A holder that later serves less than it acknowledged or served
+    -- before is behind: rolled back, or withholding.
+    CREATE TABLE holders (
+        origin        INTEGER NOT NULL REFERENCES origins(id),
+        holder        BLOB NOT NULL CHECK (length(holder) = 32),
+        acked_seq     INTEGER NOT NULL DEFAULT 0,
+        acked_hash    BLOB,
+        acked_ts      INTEGER,           -- ms, the receipt's own time
+        receipt_sig   BLOB,
+        served_seq    INTEGER,           -- the head it served when last asked
+        served_max    INTEGER NOT NULL DEFAULT 0,  -- the highest head it ever served
+        served_at     INTEGER,           -- ms, when we last asked
+        incident_at   INTEGER,           -- ms, the last time it served less than before
+        incident_served   INTEGER,       -- what it served then
+        incident_expected INTEGER,       -- what it had acknowledged or served before
+        PRIMARY KEY (origin, holder)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

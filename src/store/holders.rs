@@ -1,0 +1,223 @@
+//! What other nodes hold of a feed: the receipts they signed and the heads they served. This is
+//! how a node notices a holder that rolled back or withholds what it acknowledged.
+
+use rusqlite::OptionalExtension;
+
+use super::{Context, Store, StoreError, hash_from, now_ms};
+use crate::feed::{EntryHash, Receipt, Seq};
+use crate::identity::NodeId;
+
+/// What one holder is known to hold of one origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderInfo {
+    /// The holder.
+    pub holder: NodeId,
+    /// The highest seq it signed a receipt for (0: none).
+    pub acked_seq: u64,
+    /// The hash that receipt names.
+    pub acked_hash: Option<EntryHash>,
+    /// When it signed that receipt (ms since the epoch).
+    pub acked_at: Option<u64>,
+    /// The head it served when last asked.
+    pub served_seq: Option<u64>,
+    /// The highest head it ever served.
+    pub served_max: u64,
+    /// When it was last asked (ms).
+    pub served_at: Option<u64>,
+    /// The last time it served less than it had acknowledged or served before.
+    pub last_rollback: Option<Rollback>,
+}
+
+/// A holder seen serving less than before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollback {
+    /// When (ms since the epoch).
+    pub at: u64,
+    /// The head it served.
+    pub served_seq: u64,
+    /// What it had acknowledged or served before.
+    pub expected_seq: u64,
+}
+
+impl HolderInfo {
+    /// Whether it still serves less than it acknowledged or served before (rolled back or
+    /// withholding, and not healed by a later push).
+    pub fn behind(&self) -> bool {
+        self.served_seq
+            .is_some_and(|s| s < self.acked_seq.max(self.served_max))
+    }
+}
+
+impl Store {
+    /// Records a receipt (its signature checked first) if it acknowledges more than the one held
+    /// from the same holder. Returns whether it was newer.
+    pub fn record_receipt(&mut self, receipt: &Receipt) -> Result<bool, StoreError> {
+        receipt.verify()?;
+        let tx = self.conn.transaction().ctx("starting a receipt write")?;
+        let origin = origin_id(&tx, receipt.origin)?;
+        let changed = tx
+            .execute(
+                "INSERT INTO holders (origin, holder, acked_seq, acked_hash, acked_ts, receipt_sig)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (origin, holder) DO UPDATE SET
+                   acked_seq = excluded.acked_seq, acked_hash = excluded.acked_hash,
+                   acked_ts = excluded.acked_ts, receipt_sig = excluded.receipt_sig,
+                   served_seq = max(coalesce(holders.served_seq, 0), excluded.acked_seq),
+                   served_max = max(holders.served_max, excluded.acked_seq)
+                 WHERE excluded.acked_seq > holders.acked_seq
+                    OR (excluded.acked_seq = holders.acked_seq AND excluded.acked_ts > holders.acked_ts)",
+                (
+                    origin,
+                    receipt.holder.as_bytes().as_slice(),
+                    receipt.seq.0 as i64,
+                    &receipt.hash.0[..],
+                    receipt.ts as i64,
+                    &receipt.signature[..],
+                ),
+            )
+            .ctx("storing a receipt")?;
+        tx.commit().ctx("committing a receipt")?;
+        Ok(changed > 0)
+    }
+
+    /// Records the head `holder` served for `origin` just now. Less than it acknowledged or
+    /// served before is recorded as a rollback. Returns the holder's record afterwards, whose
+    /// [`HolderInfo::behind`] says whether this is less than before.
+    pub fn record_served(
+        &mut self,
+        origin: NodeId,
+        holder: NodeId,
+        seq: Seq,
+    ) -> Result<HolderInfo, StoreError> {
+        let tx = self.conn.transaction().ctx("starting a holder write")?;
+        let row = origin_id(&tx, origin)?;
+        tx.execute(
+            "INSERT INTO holders (origin, holder, served_seq, served_max, served_at)
+             VALUES (?1, ?2, ?3, ?3, ?4)
+             ON CONFLICT (origin, holder) DO UPDATE SET
+               incident_at = CASE WHEN excluded.served_seq < max(holders.acked_seq, holders.served_max)
+                             THEN excluded.served_at ELSE holders.incident_at END,
+               incident_served = CASE WHEN excluded.served_seq < max(holders.acked_seq, holders.served_max)
+                             THEN excluded.served_seq ELSE holders.incident_served END,
+               incident_expected = CASE WHEN excluded.served_seq < max(holders.acked_seq, holders.served_max)
+                             THEN max(holders.acked_seq, holders.served_max) ELSE holders.incident_expected END,
+               served_seq = excluded.served_seq,
+               served_max = max(holders.served_max, excluded.served_seq),
+               served_at = excluded.served_at",
+            (
+                row,
+                holder.as_bytes().as_slice(),
+                seq.0 as i64,
+                now_ms() as i64,
+            ),
+        )
+        .ctx("storing a served head")?;
+        tx.commit().ctx("committing a served head")?;
+        self.holders(origin)?
+            .into_iter()
+            .find(|h| h.holder == holder)
+            .ok_or(StoreError::Sqlite {
+                context: "reading a holder",
+                source: rusqlite::Error::QueryReturnedNoRows,
+            })
+    }
+
+    /// Every holder known for `origin`, by node id.
+    pub fn holders(&self, origin: NodeId) -> Result<Vec<HolderInfo>, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT holder, acked_seq, acked_hash, acked_ts, served_seq, served_max, served_at,
+                        incident_at, incident_served, incident_expected
+                 FROM holders WHERE origin = ?1 ORDER BY holder",
+            )
+            .ctx("reading holders")?;
+        let rows = stmt
+            .query_map([row], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    (
+                        r.get::<_, Option<i64>>(7)?,
+                        r.get::<_, Option<i64>>(8)?,
+                        r.get::<_, Option<i64>>(9)?,
+                    ),
+                ))
+            })
+            .ctx("reading holders")?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (holder, acked, hash, ts, served, max, at, incident) =
+                row.ctx("reading holders")?;
+            out.push(HolderInfo {
+                holder: super::read::node_id_from(holder)?,
+                acked_seq: acked as u64,
+                acked_hash: hash.map(hash_from).transpose()?,
+                acked_at: ts.map(|t| t as u64),
+                served_seq: served.map(|s| s as u64),
+                served_max: max as u64,
+                served_at: at.map(|t| t as u64),
+                last_rollback: match incident {
+                    (Some(at), Some(served), Some(expected)) => Some(Rollback {
+                        at: at as u64,
+                        served_seq: served as u64,
+                        expected_seq: expected as u64,
+                    }),
+                    _ => None,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// The highest seq of `origin` that at least `k` holders acknowledged (0 if fewer hold it).
+    pub fn durable_seq(&self, origin: NodeId, k: u32) -> Result<u64, StoreError> {
+        let mut acked: Vec<u64> = self
+            .holders(origin)?
+            .into_iter()
+            .map(|h| h.acked_seq)
+            .collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(acked.get(k.max(1) as usize - 1).copied().unwrap_or(0))
+    }
+
+    /// Total bytes of entries stored for these origins.
+    pub fn bytes_of(&self, origins: &[NodeId]) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for origin in origins {
+            let bytes: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT bytes FROM origins WHERE node_id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([origin.as_bytes().as_slice()], |r| r.get(0))
+                        .optional()
+                })
+                .ctx("reading feed sizes")?;
+            total += bytes.unwrap_or(0) as u64;
+        }
+        Ok(total)
+    }
+}
+
+/// The row id of `origin`, registering it if needed.
+fn origin_id(tx: &rusqlite::Transaction<'_>, origin: NodeId) -> Result<i64, StoreError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO origins (node_id) VALUES (?1)",
+        [origin.as_bytes().as_slice()],
+    )
+    .ctx("registering an origin")?;
+    tx.query_row(
+        "SELECT id FROM origins WHERE node_id = ?1",
+        [origin.as_bytes().as_slice()],
+        |r| r.get(0),
+    )
+    .ctx("reading an origin")
+}
