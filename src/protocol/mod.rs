@@ -1,3 +1,5 @@
-//! Wire formats between peers. [`signature`] is how every peer request is authenticated.
+//! Wire formats between peers: [`signature`] authenticates every peer request, [`wire`] holds
+//! the bodies (pages of entries, checkpoints, receipts).
 
 pub mod signature;
+pub mod wire;

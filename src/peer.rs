@@ -1,0 +1,322 @@
+//! The peer protocol client: signed requests to another node's `/v1/` API (the only reqwest
+//! user besides the Kinto client). One [`PeerClient`] per configured peer; it knows the wire
+//! formats ([`crate::protocol::wire`]) but decides nothing: what to send and when is
+//! [`crate::replicate::federate`]'s business.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
+
+use crate::feed::{Checkpoint, Receipt, Seq};
+use crate::identity::{NodeId, NodeKey};
+use crate::net;
+use crate::protocol::signature;
+use crate::protocol::wire::{self, ErrorDoc, OriginDoc, PAGE_TYPE, WireError};
+
+/// How long one request may take, long-polls excepted (they add their wait).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Entries asked for per page.
+pub const PAGE_ENTRIES: usize = 4096;
+
+/// Errors talking to a peer. Each names the peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The request did not complete.
+    #[error("peer {peer}: {reason}")]
+    Transport {
+        /// The peer's name.
+        peer: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The peer answered with an error status.
+    #[error("peer {peer} answered {status}: {message}")]
+    Refused {
+        /// The peer's name.
+        peer: String,
+        /// HTTP status.
+        status: u16,
+        /// The peer's error message.
+        message: String,
+        /// Its head for the origin, when it reports one (a push that does not link).
+        head: Option<u64>,
+    },
+    /// The peer's body is not what the protocol says.
+    #[error("peer {peer} sent an invalid body: {source}")]
+    Invalid {
+        /// The peer's name.
+        peer: String,
+        /// What is wrong.
+        source: WireError,
+    },
+}
+
+impl PeerError {
+    /// The HTTP status, when the peer answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            PeerError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A page fetched from a peer.
+pub struct Page {
+    /// The checkpoint it ends at.
+    pub checkpoint: Checkpoint,
+    /// The entries, verbatim.
+    pub entries: Vec<Vec<u8>>,
+    /// Bytes received on the wire for it.
+    pub wire_bytes: usize,
+}
+
+/// A client for one peer.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    key: Arc<NodeKey>,
+    base: url::Url,
+    name: String,
+}
+
+impl PeerClient {
+    /// A client for the peer `name` at `base`, signing as `key`.
+    pub fn new(name: &str, base: &url::Url, key: Arc<NodeKey>) -> Result<PeerClient, PeerError> {
+        let http = net::client_builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| PeerError::Transport {
+                peer: name.to_owned(),
+                reason: net::transport_reason(&e),
+            })?;
+        let mut base = base.clone();
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        Ok(PeerClient {
+            http,
+            key,
+            base,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The peer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends a signed request for `path` (relative to the peer's base, e.g. `v1/origins`).
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: Option<&str>,
+        body: Vec<u8>,
+        headers: &[(reqwest::header::HeaderName, &str)],
+        timeout: Duration,
+    ) -> Result<reqwest::Response, PeerError> {
+        let mut url = self.base.join(path).map_err(|e| PeerError::Transport {
+            peer: self.name.clone(),
+            reason: format!("bad url: {e}"),
+        })?;
+        url.set_query(query);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let signed = signature::sign(
+            &self.key,
+            method.as_str(),
+            url.path(),
+            url.query(),
+            &body,
+            created,
+        );
+        let mut request = self
+            .http
+            .request(method, url)
+            .timeout(timeout)
+            .header("content-digest", signed.content_digest)
+            .header("signature-input", signed.signature_input)
+            .header("signature", signed.signature);
+        for (name, value) in headers {
+            request = request.header(name, *value);
+        }
+        let response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport(&e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let doc: Option<ErrorDoc> = serde_json::from_str(&text).ok();
+        Err(PeerError::Refused {
+            peer: self.name.clone(),
+            status,
+            message: doc
+                .as_ref()
+                .map_or_else(|| text.chars().take(200).collect(), |d| d.error.clone()),
+            head: doc.and_then(|d| d.head),
+        })
+    }
+
+    fn transport(&self, e: &reqwest::Error) -> PeerError {
+        PeerError::Transport {
+            peer: self.name.clone(),
+            reason: net::transport_reason(e),
+        }
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, PeerError> {
+        let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
+        serde_json::from_slice(&bytes).map_err(|e| PeerError::Invalid {
+            peer: self.name.clone(),
+            source: WireError::Malformed {
+                what: "json",
+                detail: e.to_string(),
+            },
+        })
+    }
+
+    /// `GET /v1/origins`: the origins the peer lets us read.
+    pub async fn origins(&self) -> Result<Vec<OriginDoc>, PeerError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            origins: Vec<OriginDoc>,
+        }
+        let response = self
+            .send(
+                reqwest::Method::GET,
+                "v1/origins",
+                None,
+                Vec::new(),
+                &[],
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        Ok(self.json::<List>(response).await?.origins)
+    }
+
+    /// `GET /v1/origins/{id}`: what the peer holds of `origin`; `None` if it holds nothing.
+    pub async fn origin(&self, origin: NodeId) -> Result<Option<OriginDoc>, PeerError> {
+        let path = format!("v1/origins/{origin}");
+        match self
+            .send(
+                reqwest::Method::GET,
+                &path,
+                None,
+                Vec::new(),
+                &[],
+                REQUEST_TIMEOUT,
+            )
+            .await
+        {
+            Ok(response) => Ok(Some(self.json(response).await?)),
+            Err(PeerError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /v1/origins/{id}/entries`: the page after `after`, waiting up to `wait` for one to
+    /// exist. `None` when there is nothing after `after`.
+    pub async fn page(
+        &self,
+        origin: NodeId,
+        after: Seq,
+        wait: Duration,
+    ) -> Result<Option<Page>, PeerError> {
+        let path = format!("v1/origins/{origin}/entries");
+        let query = format!(
+            "after={}&limit={PAGE_ENTRIES}&wait={}",
+            after.0,
+            wait.as_secs()
+        );
+        let response = self
+            .send(
+                reqwest::Method::GET,
+                &path,
+                Some(&query),
+                Vec::new(),
+                &[(ACCEPT_ENCODING, "zstd")],
+                REQUEST_TIMEOUT + wait,
+            )
+            .await?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let zstd = response
+            .headers()
+            .get(CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes() == b"zstd");
+        let body = response.bytes().await.map_err(|e| self.transport(&e))?;
+        let invalid = |source| PeerError::Invalid {
+            peer: self.name.clone(),
+            source,
+        };
+        let raw = if zstd {
+            wire::decompress(&body).map_err(invalid)?
+        } else {
+            body.to_vec()
+        };
+        let (checkpoint, entries) = wire::decode_page(&raw).map_err(invalid)?;
+        Ok(Some(Page {
+            checkpoint,
+            entries,
+            wire_bytes: body.len(),
+        }))
+    }
+
+    /// `POST /v1/origins/{id}/entries`: pushes a page (already encoded) and returns the
+    /// receipt the peer signed, checked: signed by the peer, for this origin, at the page's
+    /// checkpoint or beyond. Also returns the bytes sent (the compressed body).
+    pub async fn push(
+        &self,
+        peer_id: NodeId,
+        checkpoint: &Checkpoint,
+        page: &[u8],
+    ) -> Result<(Receipt, usize), PeerError> {
+        let path = format!("v1/origins/{}/entries", checkpoint.origin);
+        let body = wire::compress(page);
+        let sent = body.len();
+        let response = self
+            .send(
+                reqwest::Method::POST,
+                &path,
+                None,
+                body,
+                &[(CONTENT_TYPE, PAGE_TYPE), (CONTENT_ENCODING, "zstd")],
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        let doc: wire::ReceiptDoc = self.json(response).await?;
+        let invalid = |detail: String| PeerError::Invalid {
+            peer: self.name.clone(),
+            source: WireError::Malformed {
+                what: "receipt",
+                detail,
+            },
+        };
+        let receipt = doc.to_receipt().map_err(|e| invalid(e.to_string()))?;
+        receipt.verify().map_err(|e| invalid(e.to_string()))?;
+        if receipt.holder != peer_id
+            || receipt.origin != checkpoint.origin
+            || receipt.seq < checkpoint.seq
+        {
+            return Err(invalid(format!(
+                "receipt for {} at seq {} by {} does not acknowledge the push",
+                receipt.origin, receipt.seq, receipt.holder
+            )));
+        }
+        Ok((receipt, sent))
+    }
+}
