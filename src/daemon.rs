@@ -17,9 +17,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::api::{self, ApiState};
-use crate::config::Config;
+use crate::config::{Config, Schedule};
 use crate::identity::{IdentityError, NodeKey};
 use crate::probe::Prober;
+use crate::replicate::Changes;
+use crate::replicate::federate::{FederateError, Federation};
 use crate::replicate::ingest::IngestSlot;
 use crate::scheduler::{self, Cadence, WorkerStatus};
 use crate::store::{DB_FILE, Store, StoreError};
@@ -56,9 +58,9 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StoreError> {
 /// A data directory in a state that only the operator can resolve.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// A key without its store: the node may have a feed that peers hold.
+    /// A key without its store, and no peer to recover the feed from.
     #[error(
-        "the node key {key} exists but there is no store in {dir}: this node may already have a feed that its peers hold, and starting it again at seq 1 would fork it. Restore the data directory from a backup; or, to start this node's feed anew on purpose, run `tandem init --existing-key`"
+        "the node key {key} exists but there is no store in {dir}, and no [[peer]] is configured to recover this node's feed from: starting it again at seq 1 would fork it. Add the peers that hold this node's feed to the configuration (`tandem run` then fetches it back before appending anything), restore the data directory from a backup, or, to start this node's feed anew on purpose, run `tandem init --existing-key`"
     )]
     StoreLost {
         /// The key file.
@@ -128,10 +130,17 @@ impl Node {
             }
             Err(e) => return Err(e.into()),
         };
-        if !dir.join(DB_FILE).exists() && !created {
+        let lost = !dir.join(DB_FILE).exists() && !created;
+        if lost && config.peers.is_empty() {
             return Err(SetupError::StoreLost { key: key_path, dir }.into());
         }
-        let store = Store::open_writer(&dir, key.id())?;
+        let mut store = Store::open_writer(&dir, key.id())?;
+        if lost {
+            // The flag commits before anything else can be written: a crash now resumes the
+            // recovery, never an append at seq 1.
+            store.set_recovering(true)?;
+            warn!(node = %key.id(), dir = %dir.display(), "no store for an existing key: this node's feed will be fetched back from its peers before anything is appended");
+        }
         Ok(Node { config, key, store })
     }
 }
@@ -151,9 +160,18 @@ pub async fn serve(
         .local_addr()
         .context("reading the listener address")?;
     telemetry::metrics();
+    let recovering = store.recovering()?;
     // One read-only connection for every HTTP handler: WAL lets it read beside the writer.
     let reader = Arc::new(Mutex::new(Store::open_read_only(&config.node.data_dir)?));
     let writer = Arc::new(Mutex::new(store));
+    let changes = Changes::default();
+    let feds = config
+        .peers
+        .iter()
+        .map(|p| Federation::new(p.clone(), key.clone(), writer.clone(), changes.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Cleared once this node's own feed is back from its peers (at once when nothing was lost).
+    let (recovered_tx, recovered) = tokio::sync::watch::channel(!recovering);
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
     let prober = Prober::new()?;
@@ -163,21 +181,40 @@ pub async fn serve(
         .source
         .as_ref()
         .map(|source| IngestSlot::new(source.clone(), writer.clone(), key.clone()));
+    if recovering {
+        let status = Arc::new(WorkerStatus::new("recovery", "own feed"));
+        workers.push(status.clone());
+        tasks.spawn(scheduler::recover_own_feed(
+            status,
+            feds.clone(),
+            writer.clone(),
+            recovered_tx,
+            token.child_token(),
+        ));
+    }
     if let (Some(source), Some(slot)) = (&config.source, &ingest) {
         let status = Arc::new(WorkerStatus::new("source", "kinto"));
         workers.push(status.clone());
-        let (slot, token) = (slot.clone(), token.child_token());
+        let (slot, token, changes) = (slot.clone(), token.child_token(), changes.clone());
         let cadence = Cadence::Every(source.poll);
+        let mut recovered = recovered.clone();
         tasks.spawn(async move {
+            // Nothing is appended before the own feed is back (see `recover_own_feed`).
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = recovered.wait_for(|done| *done) => {}
+            }
             scheduler::run_loop(&status, cadence, token, || {
-                let slot = slot.clone();
+                let (slot, changes) = (slot.clone(), changes.clone());
                 async move {
-                    slot.run_pass().await.map(|r| {
-                        format!(
-                            "{} entries appended, {} lists changed",
-                            r.appended, r.lists_changed
-                        )
-                    })
+                    let r = slot.run_pass().await?;
+                    if r.appended > 0 {
+                        changes.notify();
+                    }
+                    Ok::<_, crate::replicate::ingest::IngestError>(format!(
+                        "{} entries appended, {} lists changed",
+                        r.appended, r.lists_changed
+                    ))
                 }
             })
             .await
@@ -185,18 +222,8 @@ pub async fn serve(
     } else {
         info!("no [source] configured: this node only keeps other origins");
     }
-    for peer in &config.peers {
-        let status = Arc::new(WorkerStatus::new("peer", peer.name.clone()));
-        workers.push(status.clone());
-        let (prober, url, token) = (prober.clone(), peer.url.clone(), token.child_token());
-        let cadence = Cadence::for_peer(&peer.schedule);
-        tasks.spawn(async move {
-            scheduler::run_loop(&status, cadence, token, || {
-                let (prober, url) = (prober.clone(), url.clone());
-                async move { prober.peer(&url).await.map(|()| "healthz ok".to_owned()) }
-            })
-            .await
-        });
+    for fed in &feds {
+        spawn_peer_loops(fed, &prober, &changes, &tasks, &token, &mut workers);
     }
 
     let state = Arc::new(ApiState {
@@ -204,12 +231,16 @@ pub async fn serve(
         name: config.node.name.clone(),
         reader: reader.clone(),
         workers: workers.clone(),
+        durability: config.node.durability,
     });
     let peer_state = Arc::new(api::peer::PeerState {
         node: node_id,
         name: config.node.name.clone(),
         peers: config.peers.clone(),
         reader,
+        writer: writer.clone(),
+        key: key.clone(),
+        changes: changes.clone(),
     });
     let server_token = token.clone();
     let server = tokio::spawn(async move {
@@ -227,6 +258,9 @@ pub async fn serve(
     let admin_token = token.clone();
     let admin_state = api::admin::AdminState {
         ingest,
+        feds: feds.clone(),
+        recovered,
+        changes: changes.clone(),
         workers: workers.clone(),
     };
     let admin = tokio::spawn(async move {
@@ -265,6 +299,97 @@ pub async fn serve(
         Err(_) => warn!(deadline = ?SHUTDOWN_DEADLINE, "shutdown deadline passed; stopping anyway"),
     }
     Ok(())
+}
+
+/// Starts the loops that synchronize with one peer, by its schedule:
+/// - `continuous`: a push loop that pushes at once and again on every change of the store (or
+///   every [`scheduler::PEER_CHECK_INTERVAL`]), and one long-poll loop per origin pulled;
+/// - a cron expression: one loop that pushes, then pulls, at each time;
+/// - a peer with nothing to push or pull is only probed, so `status` shows whether it is up.
+fn spawn_peer_loops(
+    fed: &Federation,
+    prober: &Prober,
+    changes: &Changes,
+    tasks: &TaskTracker,
+    token: &CancellationToken,
+    workers: &mut Vec<Arc<WorkerStatus>>,
+) {
+    let peer = fed.peer().clone();
+    let (push, pull) = (!peer.push.is_empty(), !peer.pull.is_empty());
+    if !push && !pull {
+        let status = Arc::new(WorkerStatus::new("peer", peer.name.clone()));
+        workers.push(status.clone());
+        let (prober, url, token) = (prober.clone(), peer.url.clone(), token.child_token());
+        let cadence = Cadence::for_peer(&peer.schedule);
+        tasks.spawn(async move {
+            scheduler::run_loop(&status, cadence, token, || {
+                let (prober, url) = (prober.clone(), url.clone());
+                async move { prober.peer(&url).await.map(|()| "healthz ok".to_owned()) }
+            })
+            .await
+        });
+        return;
+    }
+    if let Schedule::Cron(cron) = &peer.schedule {
+        let status = Arc::new(WorkerStatus::new("peer", peer.name.clone()));
+        workers.push(status.clone());
+        let (fed, token, cadence) = (
+            fed.clone(),
+            token.child_token(),
+            Cadence::Cron(cron.clone()),
+        );
+        tasks.spawn(async move {
+            scheduler::run_loop(&status, cadence, token, || {
+                let fed = fed.clone();
+                async move {
+                    let pushed = fed.push().await?;
+                    let pulled = fed.pull().await?;
+                    Ok::<_, FederateError>(format!(
+                        "{} entries pushed, {} pulled",
+                        pushed.sent, pulled.accepted
+                    ))
+                }
+            })
+            .await
+        });
+        return;
+    }
+    if push {
+        let status = Arc::new(WorkerStatus::new("push", peer.name.clone()));
+        workers.push(status.clone());
+        let (fed, token) = (fed.clone(), token.child_token());
+        let seen = Arc::new(tokio::sync::Mutex::new(changes.subscribe()));
+        tasks.spawn(async move {
+            scheduler::run_loop(&status, Cadence::Every(Duration::ZERO), token, || {
+                let (fed, seen) = (fed.clone(), seen.clone());
+                async move {
+                    let mut seen = seen.lock().await;
+                    // Marked seen before pushing: a change during the push triggers another.
+                    seen.borrow_and_update();
+                    let pushed = fed.push().await?;
+                    let _ =
+                        tokio::time::timeout(scheduler::PEER_CHECK_INTERVAL, seen.changed()).await;
+                    Ok::<_, FederateError>(format!("{} entries pushed", pushed.sent))
+                }
+            })
+            .await
+        });
+    }
+    for origin in fed.resolve(&peer.pull) {
+        let status = Arc::new(WorkerStatus::new("pull", format!("{} {origin}", peer.name)));
+        workers.push(status.clone());
+        let (fed, token) = (fed.clone(), token.child_token());
+        tasks.spawn(async move {
+            scheduler::run_loop(&status, Cadence::Every(Duration::ZERO), token, || {
+                let fed = fed.clone();
+                async move {
+                    let pulled = fed.pull_origin(origin, scheduler::LONG_POLL).await?;
+                    Ok::<_, FederateError>(format!("{} entries pulled", pulled.accepted))
+                }
+            })
+            .await
+        });
+    }
 }
 
 /// Pings the systemd watchdog every `every`, but only while the store still answers: a wedged

@@ -50,6 +50,7 @@ pub mod daemon;
 pub mod feed;
 pub mod identity;
 pub mod net;
+pub mod peer;
 pub mod probe;
 pub mod protocol;
 pub mod replicate;

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{CronSchedule, Schedule};
@@ -26,6 +26,8 @@ pub const RETRY_BASE: Duration = Duration::from_secs(1);
 pub const RETRY_CAP: Duration = Duration::from_secs(300);
 /// How often a continuously synchronized peer is checked while nothing else talks to it.
 pub const PEER_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a continuous pull waits for new entries in one request.
+pub const LONG_POLL: Duration = Duration::from_secs(25);
 /// Longest single sleep while waiting for a cron time.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
@@ -198,6 +200,80 @@ pub async fn run_loop<F, Fut, E>(
         if !keep_going {
             return;
         }
+    }
+}
+
+/// Recovers this node's own feed from its peers before anything is appended (a node started
+/// with its key and an empty store). Every peer is asked what it holds of the feed and the
+/// entries beyond the local head are pulled and verified; a peer that does not hold it or does
+/// not let us read it counts as answered. Only when every peer has answered is the store's
+/// recovery flag cleared and `done` set: one unreachable peer might hold the latest entries,
+/// and appending before hearing from it could fork the feed. Unreachable peers are retried
+/// with backoff.
+pub async fn recover_own_feed(
+    status: std::sync::Arc<WorkerStatus>,
+    feds: Vec<crate::replicate::federate::Federation>,
+    store: std::sync::Arc<Mutex<crate::store::Store>>,
+    done: tokio::sync::watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let mut pending = feds;
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+    let mut recovered = 0u64;
+    info!(peers = pending.len(), "recovering the own feed from peers");
+    loop {
+        let mut still = Vec::new();
+        let mut errors = Vec::new();
+        for fed in pending {
+            let answer = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                answer = fed.recover_own() => answer,
+            };
+            match answer {
+                Ok(report) => {
+                    let got = report.map_or(0, |r| r.accepted);
+                    recovered += got;
+                    info!(peer = %fed.peer().name, entries = got, "peer answered for the own feed");
+                }
+                Err(e) => {
+                    errors.push(e.to_string());
+                    still.push(fed);
+                }
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            break;
+        }
+        let waiting: Vec<_> = pending.iter().map(|f| f.peer().name.clone()).collect();
+        let error = format!("waiting for {}: {}", waiting.join(", "), errors.join("; "));
+        warn!(error = %error, "own feed recovery incomplete; appending stays paused");
+        status.failed(error);
+        if !sleep_or_cancel(backoff.fail(), &shutdown).await {
+            return;
+        }
+    }
+    let cleared = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .set_recovering(false)
+        })
+        .await
+    };
+    match cleared {
+        Ok(Ok(())) => {
+            status.succeeded();
+            info!(entries = recovered, "own feed recovered; appending resumes");
+            let _ = done.send(true);
+        }
+        Ok(Err(e)) => {
+            error!(error = %e, "cannot clear the recovery flag");
+            status.failed(e.to_string());
+        }
+        Err(e) => status.failed(e.to_string()),
     }
 }
 

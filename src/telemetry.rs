@@ -28,6 +28,18 @@ pub const TARGET_UP: &str = "tandem_target_up";
 /// Counter: failed probes or passes per target. Labels: `target`, `name`.
 pub const TARGET_ERRORS: &str = "tandem_target_errors_total";
 
+/// Counter: entries served to peers in pages. Labels: `peer`.
+pub const ENTRIES_SERVED: &str = "tandem_entries_served_total";
+/// Gauge: the seq a holder's latest receipt acknowledges. Labels: `origin`, `holder` (peer name).
+pub const HOLDER_ACKED_SEQ: &str = "tandem_holder_acked_seq";
+/// Counter: times a holder served less than it acknowledged or served before (rolled back or
+/// withholding). Labels: `origin`, `holder`.
+pub const HOLDER_ROLLBACKS: &str = "tandem_holder_rollbacks_total";
+/// Gauge: the highest seq of this node's feed held by at least `[node] durability` holders.
+pub const DURABLE_SEQ: &str = "tandem_durable_seq";
+/// Gauge: 1 while a peer refuses our pushes for lack of quota. Labels: `peer`.
+pub const PEER_QUOTA_EXCEEDED: &str = "tandem_peer_quota_exceeded";
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -85,6 +97,23 @@ pub fn metrics() -> &'static Metrics {
         metrics::describe_counter!(
             TARGET_ERRORS,
             "Failed attempts to reach the source or a peer."
+        );
+        metrics::describe_counter!(ENTRIES_SERVED, "Entries served to peers in pages.");
+        metrics::describe_gauge!(
+            HOLDER_ACKED_SEQ,
+            "Seq acknowledged by each holder's latest receipt."
+        );
+        metrics::describe_counter!(
+            HOLDER_ROLLBACKS,
+            "Times a holder served less than it acknowledged or served before."
+        );
+        metrics::describe_gauge!(
+            DURABLE_SEQ,
+            "Highest seq of the own feed held by at least `durability` holders."
+        );
+        metrics::describe_gauge!(
+            PEER_QUOTA_EXCEEDED,
+            "1 while a peer refuses pushes for lack of quota."
         );
         metrics::counter!(ENTRIES_APPENDED).absolute(0);
         metrics::counter!(ENTRIES_ACCEPTED).absolute(0);

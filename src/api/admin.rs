@@ -2,9 +2,10 @@
 //! 0600), so only the daemon's own user can reach it. Commands that must act on a running
 //! daemon's store (`tandem sync`) ask it here instead of fighting over the store.
 //!
-//! - `POST /sync`: run an ingest pass now (after the one in progress, if any) and answer
-//!   `200 {"appended","lists_changed","lists_unchanged"}`, or `502 {"error"}` if it failed,
-//!   `409` if this node has no source.
+//! - `POST /sync`: run an ingest pass now (after the one in progress, if any), then push to and
+//!   pull from every peer once, and answer `200 {"ingest": {"appended", "lists_changed",
+//!   "lists_unchanged"} | null, "peers": [{"peer", "push", "pull", "error"}]}`; `502 {"error"}`
+//!   if the ingest failed, `409` while the node is still recovering its own feed.
 //! - `GET /workers`: the health of the daemon's loops, as in `/healthz`.
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,9 @@ use serde_json::json;
 
 use std::sync::Arc;
 
+use crate::replicate::federate::Federation;
 use crate::replicate::ingest::IngestSlot;
+use crate::replicate::{Changes, SyncReport, sync_peers};
 use crate::scheduler::WorkerStatus;
 
 /// File name of the admin socket inside the data directory.
@@ -51,6 +54,12 @@ pub enum AdminError {
 pub struct AdminState {
     /// The daemon's ingest, shared with its source loop (None without a source).
     pub ingest: Option<IngestSlot>,
+    /// Federation with each peer.
+    pub feds: Vec<Federation>,
+    /// True once the own feed is recovered (or nothing needed recovering).
+    pub recovered: tokio::sync::watch::Receiver<bool>,
+    /// Raised when the ingest appended something.
+    pub changes: Changes,
     /// Health of the daemon's loops.
     pub workers: Vec<Arc<WorkerStatus>>,
 }
@@ -69,21 +78,33 @@ async fn workers(State(state): State<AdminState>) -> Response {
 }
 
 async fn sync(State(state): State<AdminState>) -> Response {
-    let Some(ingest) = state.ingest else {
+    if !*state.recovered.borrow() {
         return (
             StatusCode::CONFLICT,
-            axum::Json(json!({"error": "this node has no [source]"})),
+            axum::Json(json!({"error": "the node is still recovering its own feed from its peers; nothing is appended until it is back (see `tandem status`)"})),
         )
             .into_response();
-    };
-    match ingest.run_pass().await {
-        Ok(report) => (StatusCode::OK, axum::Json(json!(report))).into_response(),
-        Err(e) => (
-            StatusCode::BAD_GATEWAY,
-            axum::Json(json!({"error": e.to_string()})),
-        )
-            .into_response(),
     }
+    let ingest = match &state.ingest {
+        None => None,
+        Some(ingest) => match ingest.run_pass().await {
+            Ok(report) => {
+                if report.appended > 0 {
+                    state.changes.notify();
+                }
+                Some(report)
+            }
+            Err(e) => {
+                return (
+                    StatusCode::BAD_GATEWAY,
+                    axum::Json(json!({"error": e.to_string()})),
+                )
+                    .into_response();
+            }
+        },
+    };
+    let peers = sync_peers(&state.feds).await;
+    (StatusCode::OK, axum::Json(SyncReport { ingest, peers })).into_response()
 }
 
 /// Binds the socket in `data_dir` (replacing a stale one: the caller holds the store lock, so

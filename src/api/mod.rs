@@ -37,6 +37,8 @@ pub struct ApiState {
     pub reader: Arc<Mutex<Store>>,
     /// Health of the background loops.
     pub workers: Vec<Arc<WorkerStatus>>,
+    /// `[node] durability`: holders needed for an entry to count as durable.
+    pub durability: u32,
 }
 
 /// Builds the router: `/healthz`, `/metrics`, and the peer API under `/v1/`.
@@ -49,17 +51,16 @@ pub fn router(state: Arc<ApiState>, peer: Arc<peer::PeerState>) -> Router {
         .fallback(not_found)
 }
 
-async fn origins(state: &Arc<ApiState>) -> Result<Vec<OriginInfo>, String> {
-    let reader = state.reader.clone();
+/// The origins held and the durable seq of the own feed.
+async fn origins(state: &Arc<ApiState>) -> Result<(Vec<OriginInfo>, u64), String> {
+    let (reader, node, k) = (state.reader.clone(), state.node, state.durability);
     tokio::task::spawn_blocking(move || {
-        reader
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .origins()
-            .map_err(|e| e.to_string())
+        let store = reader.lock().unwrap_or_else(|e| e.into_inner());
+        Ok((store.origins()?, store.durable_seq(node, k)?))
     })
     .await
     .map_err(|e| e.to_string())?
+    .map_err(|e: crate::store::StoreError| e.to_string())
 }
 
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
@@ -81,7 +82,8 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     match origins(&state).await {
-        Ok(origins) => {
+        Ok((origins, durable)) => {
+            metrics::gauge!(telemetry::DURABLE_SEQ).set(durable as f64);
             for o in origins {
                 let labels = [
                     ("origin", o.id.to_string()),

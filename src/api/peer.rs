@@ -1,21 +1,31 @@
-//! The peer API under `/v1/`, read side: who this node is, and the origins a peer may read.
+//! The peer API under `/v1/`: who this node is, the origins it holds, pages of their feeds,
+//! and pushes answered with signed receipts.
 //!
 //! Every request must be signed by a node key (RFC 9421, see
 //! [`crate::protocol::signature`]) that a `[[peer]]` entry of the configuration names:
-//! unsigned or badly signed requests and unknown keys get `401`, a known peer asking for an
-//! origin its `serve` list does not grant gets `403`; errors are JSON `{"error": …}`. Nothing
-//! is read for a request before it is authenticated.
+//! unsigned or badly signed requests and unknown keys get `401`; a known peer asking for an
+//! origin its lists do not grant gets `403`. Errors are JSON `{"error": …}`. Nothing is read or
+//! stored for a request before it is authenticated and authorized.
 //!
-//! Endpoints (all `GET`):
-//! - `/v1/node`: `{"id", "name", "version"}`.
-//! - `/v1/origins`: `{"origins": [origin…]}`, the origins held that the caller may read.
-//! - `/v1/origins/{id}`: one origin; `403` if not granted, `404` if not held.
+//! Endpoints (bodies in [`crate::protocol::wire`]):
+//! - `GET /v1/node`: `{"id", "name", "version"}`.
+//! - `GET /v1/origins`: `{"origins": [origin…]}`, the origins held that the caller may read
+//!   (its `serve` list).
+//! - `GET /v1/origins/{id}`: one origin, if the caller may read it or push it (`accept`);
+//!   `404` if not held.
+//! - `GET /v1/origins/{id}/entries?after=SEQ&limit=N&wait=S`: the next page after `SEQ` (at
+//!   most about `N` entries, default 4096, ending at a checkpoint), `200` with a page body
+//!   (zstd when the request's `Accept-Encoding` lists it), or `204` when there is nothing after
+//!   `SEQ` even after waiting up to `S` seconds (at most 30; the long poll of continuous
+//!   replication). Every answer carries `Tandem-Head: <seq>`, the head held.
+//! - `POST /v1/origins/{id}/entries`: a page (optionally `Content-Encoding: zstd`) of an origin
+//!   the caller's `accept` list grants. It is fully verified against the origin's key, then
+//!   stored in one transaction, and answered `200` with a receipt signed by this node. `400`: the
+//!   page does not verify; `409` with `"head"`: it does not link to what is held (start after
+//!   `head`), or it shows a fork (the origin is then frozen here); `413`: larger than
+//!   [`MAX_BODY`]; `507`: past the caller's `quota`.
 //!
-//! An origin is `{"id", "head": {"seq", "hash"}, "checkpoint": {"seq", "hash", "ts",
-//! "signature"}}` where `hash` is hex, `signature` is the base64 (standard, padded) of the
-//! origin's 64-byte ed25519 signature over the checkpoint signing input (see [`crate::feed`]),
-//! and `checkpoint` is null for an empty feed. A reader verifies the checkpoint with the
-//! origin's key; this node cannot forge it.
+//! A reader verifies everything it gets with the origin's key; this node cannot forge it.
 
 use std::sync::{Arc, Mutex};
 
@@ -26,16 +36,23 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine;
 use serde_json::json;
 
 use crate::config::{OriginRef, PeerConfig};
-use crate::identity::NodeId;
+use crate::feed::{Receipt, Seq, verify_batch};
+use crate::identity::{NodeId, NodeKey};
 use crate::protocol::signature::{self, RequestParts};
-use crate::store::Store;
+use crate::protocol::wire::{self, CheckpointDoc, ErrorDoc, HeadDoc, OriginDoc};
+use crate::replicate::Changes;
+use crate::store::{Store, StoreError};
+use crate::telemetry;
 
-/// Largest request body the peer API reads (pushes will need more; reads carry none).
-pub const MAX_BODY: usize = 1 << 20;
+/// Largest request body the peer API reads, as sent (a compressed page).
+pub const MAX_BODY: usize = 32 << 20;
+/// Most entries a page request may ask for.
+pub const MAX_PAGE_ENTRIES: usize = 16_384;
+/// Longest long poll.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the peer handlers share.
 pub struct PeerState {
@@ -47,6 +64,12 @@ pub struct PeerState {
     pub peers: Vec<PeerConfig>,
     /// A read-only store connection, used inside `spawn_blocking`.
     pub reader: Arc<Mutex<Store>>,
+    /// The writer, for pushes.
+    pub writer: Arc<Mutex<Store>>,
+    /// This node's key, to sign receipts.
+    pub key: Arc<NodeKey>,
+    /// Wakes long polls when a feed grows.
+    pub changes: Changes,
 }
 
 /// The authenticated caller, put in the request's extensions by [`authenticate`].
@@ -59,12 +82,21 @@ pub fn router(state: Arc<PeerState>) -> Router {
         .route("/v1/node", get(node))
         .route("/v1/origins", get(origins))
         .route("/v1/origins/{id}", get(origin))
+        .route("/v1/origins/{id}/entries", get(entries).post(push))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn error_with_head(status: StatusCode, message: String, head: u64) -> Response {
+    let doc = ErrorDoc {
+        error: message,
+        head: Some(head),
+    };
+    (status, axum::Json(doc)).into_response()
 }
 
 /// Verifies the request's signature and finds the peer it comes from.
@@ -125,35 +157,33 @@ async fn node(State(state): State<Arc<PeerState>>) -> Response {
     .into_response()
 }
 
-/// Whether `caller` may read `origin` from this node.
-fn may_read(state: &PeerState, caller: &PeerConfig, origin: NodeId) -> bool {
-    caller.serve.iter().any(|o| match o {
+/// Whether `list` names `origin` (`"self"` is this node).
+fn grants(state: &PeerState, list: &[OriginRef], origin: NodeId) -> bool {
+    list.iter().any(|o| match o {
         OriginRef::SelfNode => origin == state.node,
         OriginRef::Node(id) => *id == origin,
     })
 }
 
-/// The wire form of one origin held (see the module docs).
-fn describe(
-    store: &Store,
-    origin: NodeId,
-) -> Result<Option<serde_json::Value>, crate::store::StoreError> {
-    let Some(info) = store.origins()?.into_iter().find(|o| o.id == origin) else {
+/// Whether `caller` may read `origin` from this node.
+fn may_read(state: &PeerState, caller: &PeerConfig, origin: NodeId) -> bool {
+    grants(state, &caller.serve, origin)
+}
+
+/// The wire form of one origin held.
+fn describe(store: &Store, origin: NodeId) -> Result<Option<OriginDoc>, StoreError> {
+    let Some(head) = store.head_if_held(origin)? else {
         return Ok(None);
     };
-    let checkpoint = store.latest_checkpoint(origin)?.map(|cp| {
-        json!({
-            "seq": cp.seq,
-            "hash": cp.hash,
-            "ts": cp.ts,
-            "signature": base64::engine::general_purpose::STANDARD.encode(cp.signature),
-        })
-    });
-    Ok(Some(json!({
-        "id": info.id,
-        "head": { "seq": info.head.map_or(0, |h| h.seq.0), "hash": info.head.map(|h| h.hash) },
-        "checkpoint": checkpoint,
-    })))
+    let checkpoint = store.latest_checkpoint(origin)?;
+    Ok(Some(OriginDoc {
+        id: origin,
+        head: HeadDoc {
+            seq: head.map_or(0, |h| h.seq.0),
+            hash: head.map(|h| h.hash.to_string()),
+        },
+        checkpoint: checkpoint.as_ref().map(CheckpointDoc::from),
+    }))
 }
 
 async fn read_store<T: Send + 'static>(
@@ -208,7 +238,7 @@ async fn origin(
     let Ok(origin) = id.parse::<NodeId>() else {
         return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
     };
-    if !may_read(&state, &caller.0, origin) {
+    if !may_read(&state, &caller.0, origin) && !grants(&state, &caller.0.accept, origin) {
         return error(
             StatusCode::FORBIDDEN,
             format!("peer {} may not read origin {origin}", caller.0.name),
@@ -222,4 +252,233 @@ async fn origin(
         ),
         Err(response) => response,
     }
+}
+
+/// Query of a page request.
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+    #[serde(default)]
+    wait: u64,
+}
+
+async fn entries(
+    State(state): State<Arc<PeerState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let Ok(origin) = id.parse::<NodeId>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
+    };
+    let query = match query {
+        Ok(q) => q.0,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if !may_read(&state, &caller.0, origin) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("peer {} may not read origin {origin}", caller.0.name),
+        );
+    }
+    let limit = query
+        .limit
+        .unwrap_or(crate::peer::PAGE_ENTRIES)
+        .clamp(1, MAX_PAGE_ENTRIES);
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_secs(query.wait).min(MAX_WAIT);
+    let after = Seq(query.after);
+    let mut changed = state.changes.subscribe();
+    loop {
+        // Subscribed before reading, so a change between the read and the wait is not missed.
+        changed.borrow_and_update();
+        let page = read_store(&state, move |s| {
+            Ok((
+                s.head_if_held(origin)?,
+                s.entries_page(origin, after, limit)?,
+            ))
+        })
+        .await;
+        let (head, page) = match page {
+            Ok((None, _)) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("origin {origin} is not held here"),
+                );
+            }
+            Ok((Some(head), page)) => (head.map_or(0, |h| h.seq.0), page),
+            Err(response) => return response,
+        };
+        if let Some((entries, checkpoint)) = page {
+            let body = wire::encode_page(&checkpoint, entries.iter().map(|e| e.bytes.as_slice()));
+            let zstd = headers
+                .get(axum::http::header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|c| c.trim().starts_with("zstd")));
+            let mut response = if zstd {
+                let body = tokio::task::spawn_blocking(move || wire::compress(&body))
+                    .await
+                    .unwrap_or_default();
+                let mut r = Response::new(Body::from(body));
+                r.headers_mut().insert(
+                    axum::http::header::CONTENT_ENCODING,
+                    axum::http::HeaderValue::from_static("zstd"),
+                );
+                r
+            } else {
+                Response::new(Body::from(body))
+            };
+            let h = response.headers_mut();
+            h.insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static(wire::PAGE_TYPE),
+            );
+            h.insert("tandem-head", head.into());
+            metrics::counter!(telemetry::ENTRIES_SERVED, "peer" => caller.0.name.clone())
+                .increment(entries.len() as u64);
+            return response;
+        }
+        let waited = tokio::time::timeout_at(deadline, changed.changed()).await;
+        if !matches!(waited, Ok(Ok(()))) {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            response.headers_mut().insert("tandem-head", head.into());
+            return response;
+        }
+    }
+}
+
+async fn push(
+    State(state): State<Arc<PeerState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(origin) = id.parse::<NodeId>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
+    };
+    let peer = caller.0;
+    if origin == state.node {
+        return error(
+            StatusCode::FORBIDDEN,
+            "only this node extends its own feed; it recovers it by pulling",
+        );
+    }
+    if !grants(&state, &peer.accept, origin) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("peer {} may not push origin {origin} here", peer.name),
+        );
+    }
+    let encoding = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .to_owned();
+    let (writer, key, accepted) = (
+        state.writer.clone(),
+        state.key.clone(),
+        accepted_origins(&state, &peer),
+    );
+    // The error is the finished response; it is built at most once per request.
+    #[allow(clippy::result_large_err)]
+    let result = tokio::task::spawn_blocking(move || -> Result<PushOutcome, Response> {
+        let raw = match encoding.as_str() {
+            "zstd" => wire::decompress(&body).map_err(|e| bad(e.to_string()))?,
+            "identity" => body.to_vec(),
+            other => {
+                return Err(error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("content-encoding {other} is not supported (zstd or none)"),
+                ));
+            }
+        };
+        let (checkpoint, entries) = wire::decode_page(&raw).map_err(|e| bad(e.to_string()))?;
+        let batch = verify_batch(origin, entries, checkpoint)
+            .map_err(|e| bad(format!("page does not verify: {e}")))?;
+        let mut store = writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(quota) = peer.quota {
+            let held = store.bytes_of(&accepted).map_err(unavailable)?;
+            let head = store.head(origin).map_err(unavailable)?.map_or(0, |h| h.seq.0);
+            let first = batch.first_seq().0;
+            let new: u64 = batch
+                .entries()
+                .iter()
+                .skip(head.saturating_sub(first - 1) as usize)
+                .map(|e| e.len() as u64)
+                .sum();
+            if new > 0 && held + new > quota {
+                return Err(error_with_head(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    format!(
+                        "quota exceeded: peer {} may store {} here, holds {} and this push adds {}",
+                        peer.name,
+                        bytesize::ByteSize(quota).display().iec(),
+                        bytesize::ByteSize(held).display().iec(),
+                        bytesize::ByteSize(new).display().iec()
+                    ),
+                    head,
+                ));
+            }
+        }
+        match store.accept(&batch, &[]) {
+            Ok(accepted) => {
+                let receipt = Receipt::sign(&key, origin, accepted.head, crate::store::now_ms());
+                Ok(PushOutcome { receipt, added: accepted.added })
+            }
+            Err(StoreError::Gap { head, first, .. }) => Err(error_with_head(
+                StatusCode::CONFLICT,
+                format!("page starts at seq {first} but seq {head} is the last held: send the entries after {head}"),
+                head.0,
+            )),
+            Err(e @ (StoreError::Fork(_) | StoreError::Frozen { .. })) => {
+                let head = store.head(origin).ok().flatten().map_or(0, |h| h.seq.0);
+                tracing::warn!(peer = %peer.name, %origin, error = %e, "push refused: fork");
+                Err(error_with_head(StatusCode::CONFLICT, e.to_string(), head))
+            }
+            Err(StoreError::Feed(e)) => Err(bad(e.to_string())),
+            Err(e) => Err(unavailable(e)),
+        }
+    })
+    .await;
+    match result {
+        Ok(Ok(outcome)) => {
+            if outcome.added > 0 {
+                state.changes.notify();
+            }
+            metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(outcome.added);
+            axum::Json(wire::ReceiptDoc::from(&outcome.receipt)).into_response()
+        }
+        Ok(Err(response)) => response,
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+struct PushOutcome {
+    receipt: Receipt,
+    added: u64,
+}
+
+fn bad(message: String) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("rejected: {message}"))
+}
+
+fn unavailable(e: StoreError) -> Response {
+    tracing::error!(error = %e, "peer api: store write failed");
+    error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+}
+
+/// The origins `peer` may push here, resolved to ids (what its quota counts).
+fn accepted_origins(state: &PeerState, peer: &PeerConfig) -> Vec<NodeId> {
+    peer.accept
+        .iter()
+        .map(|o| match o {
+            OriginRef::SelfNode => state.node,
+            OriginRef::Node(id) => *id,
+        })
+        .filter(|id| *id != state.node)
+        .collect()
 }

@@ -4,14 +4,26 @@
 //! JSON shape (stable; later versions only add fields):
 //!
 //! ```json
-//! {"node": {"id": "ed25519:…", "name": "home"},
+//! {"node": {"id": "ed25519:…", "name": "home", "durability": 1, "recovering": false},
 //!  "origins": [{"id": "ed25519:…", "self": true,
 //!               "head": {"seq": 12, "hash": "3f2a…"},
-//!               "bytes": 4096, "frozen": false, "forks": []}]}
+//!               "bytes": 4096, "frozen": false, "forks": [],
+//!               "durable_seq": 12,
+//!               "holders": [{"peer": "community", "id": "ed25519:…", "acked_seq": 12,
+//!                            "acked_at": "2026-11-26T15:04:05.123Z", "served_seq": 12,
+//!                            "behind": false, "last_rollback": null}]}]}
 //! ```
 //!
 //! An origin with no entries has `"head": {"seq": 0, "hash": null}`. `forks` lists stored fork
-//! evidence as `{"seq", "our_hash", "their_hash"}`. `daemon` says whether a daemon runs on this
+//! evidence as `{"seq", "our_hash", "their_hash"}`. `holders` are the nodes known to hold the
+//! origin: `acked_seq` and `acked_at` come from the latest receipt the holder signed (0 and
+//! null without one), `served_seq` is the head it showed when last asked, and `behind` is true
+//! while that is less than it acknowledged or served before (it rolled back or withholds);
+//! `last_rollback` keeps the last such finding, `{"at", "served_seq", "expected_seq"}`, after a
+//! push has healed it.
+//! `peer` is the holder's name in the configuration (null if it is no longer configured).
+//! `durable_seq` (own origin only) is the highest seq held by at least `node.durability`
+//! holders. `recovering` is true while the node fetches its own feed back from its peers. `daemon` says whether a daemon runs on this
 //! store and, if so, the health of its loops: `{"running": true, "workers": [{"kind", "name",
 //! "ok", "consecutive_errors", "last_error"}]}`.
 
@@ -36,6 +48,8 @@ struct Status {
 struct NodeDoc {
     id: NodeId,
     name: String,
+    durability: u32,
+    recovering: bool,
 }
 
 #[derive(Serialize)]
@@ -47,6 +61,27 @@ struct OriginDoc {
     bytes: u64,
     frozen: bool,
     forks: Vec<ForkDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    durable_seq: Option<u64>,
+    holders: Vec<HolderDoc>,
+}
+
+#[derive(Serialize)]
+struct HolderDoc {
+    peer: Option<String>,
+    id: NodeId,
+    acked_seq: u64,
+    acked_at: Option<String>,
+    served_seq: Option<u64>,
+    behind: bool,
+    last_rollback: Option<RollbackDoc>,
+}
+
+#[derive(Serialize)]
+struct RollbackDoc {
+    at: String,
+    served_seq: u64,
+    expected_seq: u64,
 }
 
 #[derive(Serialize)]
@@ -84,7 +119,35 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
                 their_hash: f.their_hash,
             })
             .collect();
+        let holders = store
+            .holders(o.id)?
+            .into_iter()
+            .map(|h| HolderDoc {
+                peer: config
+                    .peers
+                    .iter()
+                    .find(|p| p.id == h.holder)
+                    .map(|p| p.name.clone()),
+                id: h.holder,
+                acked_seq: h.acked_seq,
+                acked_at: h.acked_at.map(rfc3339),
+                served_seq: h.served_seq,
+                behind: h.behind(),
+                last_rollback: h.last_rollback.map(|r| RollbackDoc {
+                    at: rfc3339(r.at),
+                    served_seq: r.served_seq,
+                    expected_seq: r.expected_seq,
+                }),
+            })
+            .collect();
+        let durable_seq = if o.is_self {
+            Some(store.durable_seq(o.id, config.node.durability)?)
+        } else {
+            None
+        };
         origins.push(OriginDoc {
+            durable_seq,
+            holders,
             id: o.id,
             is_self: o.is_self,
             head: HeadDoc {
@@ -100,6 +163,8 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
         node: NodeDoc {
             id: store.node_id()?,
             name: config.node.name.clone(),
+            durability: config.node.durability,
+            recovering: store.recovering()?,
         },
         origins,
         daemon: daemon_status(&config.node.data_dir),
@@ -127,8 +192,36 @@ fn daemon_status(data_dir: &std::path::Path) -> DaemonDoc {
     }
 }
 
+/// Milliseconds since the epoch as RFC 3339 UTC.
+fn rfc3339(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// How long ago an RFC 3339 time was, roughly ("3m", "2h", "5d").
+fn age(at: &str) -> String {
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(at) else {
+        return "?".into();
+    };
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(secs))
+        .to_string()
+        .split(' ')
+        .next()
+        .unwrap_or("0s")
+        .to_owned()
+}
+
 fn print_text(status: &Status) {
     println!("node {} ({})", status.node.name, status.node.id);
+    if status.node.recovering {
+        println!(
+            "RECOVERING: fetching this node's own feed back from its peers; nothing is appended until then"
+        );
+    }
     match &status.daemon.workers {
         None => println!("daemon not running"),
         Some(workers) => {
@@ -160,6 +253,35 @@ fn print_text(status: &Status) {
                 ""
             },
         );
+        if let Some(durable) = o.durable_seq {
+            println!(
+                "    durable up to seq {durable} (held by at least {} holder(s))",
+                status.node.durability
+            );
+        }
+        for h in &o.holders {
+            let name = h.peer.clone().unwrap_or_else(|| h.id.to_string());
+            let acked = match &h.acked_at {
+                Some(at) => format!("acked seq {} ({} ago)", h.acked_seq, age(at)),
+                None => "no receipt".to_owned(),
+            };
+            let served = h
+                .served_seq
+                .map(|s| format!(", serves seq {s}"))
+                .unwrap_or_default();
+            let behind = if h.behind {
+                "  BEHIND: serves less than it acknowledged (rolled back or withholding)"
+            } else {
+                ""
+            };
+            println!("    holder {name}: {acked}{served}{behind}");
+            if let Some(r) = &h.last_rollback {
+                println!(
+                    "      served seq {} at {} after acknowledging seq {}: rolled back or withholding",
+                    r.served_seq, r.at, r.expected_seq
+                );
+            }
+        }
         for f in &o.forks {
             println!(
                 "    fork at seq {}: ours {} theirs {}",

@@ -1,5 +1,6 @@
-//! `tandem sync`: run one ingest pass now and report it. When the daemon is running (it holds
-//! the store), the pass is asked of it over its admin socket and `sync` waits for the result.
+//! `tandem sync`: run one ingest pass now, then push to and pull from every peer once, and
+//! report. When the daemon is running (it holds the store), the round is asked of it over its
+//! admin socket and `sync` waits for the result.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,32 +9,30 @@ use anyhow::{Context, bail};
 use super::{Cli, load_config};
 use crate::api::admin;
 use crate::daemon::Node;
-use crate::replicate::ingest::{Ingest, IngestReport};
+use crate::replicate::federate::Federation;
+use crate::replicate::ingest::Ingest;
+use crate::replicate::{Changes, SyncReport, sync_peers};
 use crate::source::kinto::KintoClient;
 use crate::store::StoreError;
 
-/// Runs one full pass; exits non-zero if it fails.
+/// Runs one round; exits non-zero if the ingest or any peer failed.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = load_config(cli)?;
     crate::telemetry::init_logging(cli.log_format);
-    let Some(source) = config.source.clone() else {
+    if config.source.is_none() && config.peers.is_empty() {
         bail!(
-            "nothing to sync: {} has no [source] section",
+            "nothing to sync: {} has no [source] section and no [[peer]]",
             config.path.display()
         );
-    };
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let data_dir = config.node.data_dir.clone();
-    let report: IngestReport = match Node::open(config) {
-        Ok(node) => runtime.block_on(async move {
-            let client = Arc::new(KintoClient::new(&source)?);
-            let ingest = Ingest::new(client, Arc::new(Mutex::new(node.store)), Arc::new(node.key));
-            anyhow::Ok(ingest.pass().await?)
-        })?,
-        // The daemon holds the store: ask it to run the pass and wait for the result.
+    let report: SyncReport = match Node::open(config) {
+        Ok(node) => runtime.block_on(standalone(node))?,
+        // The daemon holds the store: ask it to run the round and wait for the result.
         Err(e)
             if matches!(
                 e.downcast_ref::<StoreError>(),
@@ -45,9 +44,74 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e),
     };
-    println!(
-        "ingest: {} entries appended, {} lists changed, {} unchanged",
-        report.appended, report.lists_changed, report.lists_unchanged
-    );
+    if let Some(r) = &report.ingest {
+        println!(
+            "ingest: {} entries appended, {} lists changed, {} unchanged",
+            r.appended, r.lists_changed, r.lists_unchanged
+        );
+    }
+    let mut failed = Vec::new();
+    for p in &report.peers {
+        let pushed = p
+            .push
+            .map(|r| format!("{} entries pushed", r.sent))
+            .unwrap_or_else(|| "nothing pushed".into());
+        let pulled = p
+            .pull
+            .map(|r| format!("{} entries pulled", r.accepted))
+            .unwrap_or_else(|| "nothing pulled".into());
+        match &p.error {
+            None => println!("peer {}: {pushed}, {pulled}", p.peer),
+            Some(e) => {
+                println!("peer {}: failed: {e}", p.peer);
+                failed.push(p.peer.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("sync failed with {}", failed.join(", "));
+    }
     Ok(())
+}
+
+/// The round without a daemon: recovery first if the store needs it, then ingest, then peers.
+async fn standalone(node: Node) -> anyhow::Result<SyncReport> {
+    let Node { config, key, store } = node;
+    let recovering = store.recovering()?;
+    let (key, store) = (Arc::new(key), Arc::new(Mutex::new(store)));
+    let changes = Changes::default();
+    let feds = config
+        .peers
+        .iter()
+        .map(|p| Federation::new(p.clone(), key.clone(), store.clone(), changes.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if recovering {
+        for fed in &feds {
+            fed.recover_own().await.with_context(|| {
+                format!(
+                    "recovering this node's feed: peer {} did not answer, and nothing may be appended before every peer has",
+                    fed.peer().name
+                )
+            })?;
+        }
+        store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_recovering(false)?;
+    }
+    let ingest = match &config.source {
+        Some(source) => {
+            let client = Arc::new(KintoClient::new(source)?);
+            Some(
+                Ingest::new(client, store.clone(), key.clone())
+                    .pass()
+                    .await?,
+            )
+        }
+        None => None,
+    };
+    Ok(SyncReport {
+        ingest,
+        peers: sync_peers(&feds).await,
+    })
 }

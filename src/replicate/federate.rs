@@ -1,0 +1,368 @@
+//! Federation with one peer: pushing the origins its `push` list names, pulling the ones its
+//! `pull` list names, and recovering this node's own feed from it. One call is one pass; the
+//! scheduler decides when (a cron time, or continuously: on every change, and by long poll).
+//!
+//! What a pass guarantees:
+//! - **Verify, then write.** A pulled page is verified against its origin's key
+//!   ([`crate::feed::verify_batch`]) before the store sees it; the store then checks it links to
+//!   the held head in the same transaction that writes it. A corrupt or forged page stores
+//!   nothing and fails the pass; the next pass starts again from the held head.
+//! - **Receipts.** Every pushed page is answered by a receipt signed by the peer, checked and
+//!   kept (the highest per origin and holder).
+//! - **Rollback and withholding.** Before pushing, the peer's head for the origin is compared
+//!   with what it acknowledged or served before; less is reported (warning, `status`,
+//!   `tandem_holder_rollbacks_total`) and the missing entries are pushed again. When pulling, a peer that
+//!   serves a lower head than it served before is reported the same way.
+//! - **Forks.** Every checkpoint a peer shows is checked against the held chain; a disagreement
+//!   is stored as evidence and freezes the origin ([`crate::store::Store::observe_checkpoint`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use super::Changes;
+use crate::config::{OriginRef, PeerConfig};
+use crate::feed::{FeedError, Seq, verify_batch};
+use crate::identity::{NodeId, NodeKey};
+use crate::peer::{PAGE_ENTRIES, PeerClient, PeerError};
+use crate::protocol::wire::{self, OriginDoc};
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+
+/// Why a pass with a peer failed. Everything verified and stored before the failure stays.
+#[derive(Debug, thiserror::Error)]
+pub enum FederateError {
+    /// Talking to the peer failed.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// The store refused or failed (a fork shows here).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The peer sent entries or a checkpoint that do not verify.
+    #[error("peer {peer} sent an invalid page of {origin}: {source}")]
+    Invalid {
+        /// The peer's name.
+        peer: String,
+        /// The origin.
+        origin: NodeId,
+        /// What failed.
+        source: FeedError,
+    },
+    /// The peer claims a head it then does not serve.
+    #[error(
+        "peer {peer} claims seq {claimed} of {origin} but served only up to seq {served}: withholding"
+    )]
+    Withholding {
+        /// The peer's name.
+        peer: String,
+        /// The origin.
+        origin: NodeId,
+        /// The head it claimed.
+        claimed: u64,
+        /// How far its pages went.
+        served: u64,
+    },
+    /// The peer refuses our pushes for lack of quota.
+    #[error("peer {peer} refuses pushes of {origin}: {message}")]
+    QuotaExceeded {
+        /// The peer's name.
+        peer: String,
+        /// The origin pushed.
+        origin: NodeId,
+        /// The peer's message.
+        message: String,
+    },
+}
+
+impl crate::scheduler::RetryHint for FederateError {}
+
+/// What a push pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PushReport {
+    /// Entries sent.
+    pub sent: u64,
+    /// Pages sent.
+    pub pages: u64,
+    /// Bytes sent on the wire (compressed page bodies).
+    pub wire_bytes: u64,
+}
+
+/// What a pull pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PullReport {
+    /// Entries stored that were new here.
+    pub accepted: u64,
+    /// Pages fetched.
+    pub pages: u64,
+    /// Bytes received on the wire.
+    pub wire_bytes: u64,
+}
+
+/// This node's side of the relationship with one peer.
+#[derive(Clone)]
+pub struct Federation {
+    peer: Arc<PeerConfig>,
+    client: PeerClient,
+    store: Arc<Mutex<Store>>,
+    node: NodeId,
+    changes: Changes,
+}
+
+impl Federation {
+    /// Builds the federation with `peer`, signing as `key`, using the node's writer `store`.
+    pub fn new(
+        peer: PeerConfig,
+        key: Arc<NodeKey>,
+        store: Arc<Mutex<Store>>,
+        changes: Changes,
+    ) -> Result<Federation, PeerError> {
+        let node = key.id();
+        let client = PeerClient::new(&peer.name, &peer.url, key)?;
+        Ok(Federation {
+            peer: Arc::new(peer),
+            client,
+            store,
+            node,
+            changes,
+        })
+    }
+
+    /// The peer's configuration.
+    pub fn peer(&self) -> &PeerConfig {
+        &self.peer
+    }
+
+    /// The origins of one of the peer's lists, resolved (`"self"` is this node).
+    pub fn resolve(&self, list: &[OriginRef]) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = list
+            .iter()
+            .map(|o| match o {
+                OriginRef::SelfNode => self.node,
+                OriginRef::Node(id) => *id,
+            })
+            .collect();
+        out.dedup();
+        out
+    }
+
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .expect("store task panicked")
+    }
+
+    /// Checks what the peer shows of `origin`: its checkpoint against the held chain (a fork is
+    /// stored and returned as an error), and its head against what it acknowledged or served
+    /// before. Returns the peer's head.
+    async fn observe(&self, doc: Option<&OriginDoc>, origin: NodeId) -> Result<u64, FederateError> {
+        let served = doc.map_or(0, |d| d.head.seq);
+        if let Some(cp) = doc.and_then(|d| d.checkpoint.as_ref()) {
+            let cp = cp.to_checkpoint().map_err(|e| PeerError::Invalid {
+                peer: self.peer.name.clone(),
+                source: e,
+            })?;
+            if cp.origin != origin {
+                return Err(FederateError::Invalid {
+                    peer: self.peer.name.clone(),
+                    origin,
+                    source: FeedError::WrongOrigin {
+                        expected: origin,
+                        found: cp.origin,
+                    },
+                });
+            }
+            self.with_store(move |s| s.observe_checkpoint(&cp)).await?;
+        }
+        let holder = self.peer.id;
+        let info = self
+            .with_store(move |s| s.record_served(origin, holder, Seq(served)))
+            .await?;
+        if info.behind() {
+            warn!(
+                peer = %self.peer.name,
+                %origin,
+                served,
+                acked = info.acked_seq,
+                served_before = info.served_max,
+                "holder serves less than it acknowledged or served before: rolled back or withholding"
+            );
+            metrics::counter!(telemetry::HOLDER_ROLLBACKS, "origin" => origin.to_string(), "holder" => self.peer.name.clone())
+                .increment(1);
+        }
+        Ok(served)
+    }
+
+    /// Pushes every origin of the peer's `push` list that it lacks, page by page, keeping each
+    /// receipt.
+    pub async fn push(&self) -> Result<PushReport, FederateError> {
+        let mut report = PushReport::default();
+        for origin in self.resolve(&self.peer.push) {
+            let doc = self.client.origin(origin).await?;
+            let mut after = doc.as_ref().map_or(0, |d| d.head.seq);
+            // A fork shown by the holder's checkpoint is stored here; the push still runs, so
+            // that the holder gets the conflicting chain and stores the evidence too.
+            let mut fork = None;
+            match self.observe(doc.as_ref(), origin).await {
+                Ok(_) => {}
+                Err(e @ FederateError::Store(StoreError::Fork(_) | StoreError::Frozen { .. })) => {
+                    warn!(peer = %self.peer.name, %origin, error = %e, "the holder shows a fork of this origin");
+                    fork = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+            let mut relinks = 0;
+            loop {
+                let page = self
+                    .with_store(move |s| s.entries_page(origin, Seq(after), PAGE_ENTRIES))
+                    .await?;
+                let Some((entries, checkpoint)) = page else {
+                    break;
+                };
+                let body = tokio::task::spawn_blocking(move || {
+                    let raw =
+                        wire::encode_page(&checkpoint, entries.iter().map(|e| e.bytes.as_slice()));
+                    (raw, entries.len())
+                })
+                .await
+                .expect("encoding task panicked");
+                let (raw, count) = body;
+                let (receipt, sent) = match self.client.push(self.peer.id, &checkpoint, &raw).await
+                {
+                    Ok(answer) => answer,
+                    // The peer's head moved (another node relayed to it, or it lost entries):
+                    // start again after the head it names.
+                    Err(PeerError::Refused {
+                        status: 409,
+                        head: Some(head),
+                        ..
+                    }) if relinks < 3 && head != after => {
+                        relinks += 1;
+                        after = head;
+                        continue;
+                    }
+                    Err(PeerError::Refused {
+                        status: 507,
+                        message,
+                        ..
+                    }) => {
+                        metrics::gauge!(telemetry::PEER_QUOTA_EXCEEDED, "peer" => self.peer.name.clone()).set(1.0);
+                        return Err(FederateError::QuotaExceeded {
+                            peer: self.peer.name.clone(),
+                            origin,
+                            message,
+                        });
+                    }
+                    Err(e) => return Err(fork.unwrap_or(e.into())),
+                };
+                metrics::gauge!(telemetry::PEER_QUOTA_EXCEEDED, "peer" => self.peer.name.clone())
+                    .set(0.0);
+                metrics::gauge!(telemetry::HOLDER_ACKED_SEQ, "origin" => origin.to_string(), "holder" => self.peer.name.clone())
+                    .set(receipt.seq.0 as f64);
+                self.with_store(move |s| s.record_receipt(&receipt)).await?;
+                report.sent += count as u64;
+                report.pages += 1;
+                report.wire_bytes += sent as u64;
+                after = checkpoint.seq.0;
+            }
+            if let Some(e) = fork {
+                return Err(e);
+            }
+        }
+        if report.sent > 0 {
+            info!(peer = %self.peer.name, sent = report.sent, pages = report.pages, "push done");
+        }
+        Ok(report)
+    }
+
+    /// Pulls every origin of the peer's `pull` list once, without waiting for new entries.
+    pub async fn pull(&self) -> Result<PullReport, FederateError> {
+        let mut total = PullReport::default();
+        for origin in self.resolve(&self.peer.pull) {
+            let r = self.pull_origin(origin, Duration::ZERO).await?;
+            total.accepted += r.accepted;
+            total.pages += r.pages;
+            total.wire_bytes += r.wire_bytes;
+        }
+        Ok(total)
+    }
+
+    /// Pulls `origin` until caught up with the peer. With a `wait`, the last request is a long
+    /// poll: it returns as soon as the peer has more, or after `wait`.
+    pub async fn pull_origin(
+        &self,
+        origin: NodeId,
+        wait: Duration,
+    ) -> Result<PullReport, FederateError> {
+        let mut report = PullReport::default();
+        let doc = self.client.origin(origin).await?;
+        let claimed = self.observe(doc.as_ref(), origin).await?;
+        loop {
+            let head = self
+                .with_store(move |s| s.head(origin))
+                .await?
+                .map_or(0, |h| h.seq.0);
+            // Only long-poll once caught up with what the peer said it holds.
+            let wait = if head < claimed { Duration::ZERO } else { wait };
+            let Some(page) = self.client.page(origin, Seq(head), wait).await? else {
+                if head < claimed {
+                    warn!(peer = %self.peer.name, %origin, claimed, served = head, "peer withholds entries it claims to hold");
+                    return Err(FederateError::Withholding {
+                        peer: self.peer.name.clone(),
+                        origin,
+                        claimed,
+                        served: head,
+                    });
+                }
+                break;
+            };
+            report.wire_bytes += page.wire_bytes as u64;
+            let peer = self.peer.name.clone();
+            let batch = tokio::task::spawn_blocking(move || {
+                verify_batch(origin, page.entries, page.checkpoint)
+            })
+            .await
+            .expect("verification task panicked")
+            .map_err(|source| FederateError::Invalid {
+                peer,
+                origin,
+                source,
+            })?;
+            let accepted = self.with_store(move |s| s.accept(&batch, &[])).await?;
+            report.pages += 1;
+            report.accepted += accepted.added;
+            if accepted.added > 0 {
+                metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(accepted.added);
+                self.changes.notify();
+            }
+            let holder = self.peer.id;
+            let served = accepted.head.seq;
+            self.with_store(move |s| s.record_served(origin, holder, served).map(drop))
+                .await?;
+        }
+        if report.accepted > 0 {
+            info!(peer = %self.peer.name, %origin, accepted = report.accepted, "pull done");
+        }
+        Ok(report)
+    }
+
+    /// Asks the peer for this node's own feed and pulls whatever it holds beyond the local
+    /// head. `Ok(None)` when the peer does not hold it or does not let us read it.
+    pub async fn recover_own(&self) -> Result<Option<PullReport>, FederateError> {
+        match self.client.origin(self.node).await {
+            Ok(None) => return Ok(None),
+            Ok(Some(_)) => {}
+            Err(PeerError::Refused { status: 403, .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        match self.pull_origin(self.node, Duration::ZERO).await {
+            Ok(r) => Ok(Some(r)),
+            Err(FederateError::Peer(PeerError::Refused { status: 403, .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
