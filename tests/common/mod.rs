@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod kinto;
+pub mod node;
 pub mod proxy;
 
 use std::path::Path;

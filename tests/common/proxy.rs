@@ -1,5 +1,6 @@
 //! A fault-injecting TCP proxy in front of a real server, for failures the server cannot
-//! produce on demand: an error status, or an answer cut off in the middle of its body.
+//! produce on demand: an error status, an answer cut off in the middle of its body, or one
+//! with a byte flipped.
 //! Each connection carries one request (the proxy asks the server to close after answering).
 
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,8 @@ pub enum Fault {
     Status(u16),
     /// Forward, but cut the answer after this many bytes and close.
     CutAfter(usize),
+    /// Forward, but flip every bit of the answer's byte at this offset.
+    FlipAt(usize),
 }
 
 /// A running proxy.
@@ -168,6 +171,11 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
             Fault::CutAfter(limit) => n.min(limit.saturating_sub(sent)),
             _ => n,
         };
+        if let Fault::FlipAt(at) = fault
+            && (sent..sent + take).contains(&at)
+        {
+            buf[at - sent] ^= 0xff;
+        }
         client.write_all(&buf[..take]).await?;
         sent += take;
         if take < n {

@@ -1,0 +1,214 @@
+//! tandem nodes run in-process: each on its own port and data directory, started and stopped
+//! through [`tandem::daemon::serve`] with a shutdown token, as many times as a test needs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tandem::config::Config;
+use tandem::daemon::{self, Node};
+use tandem::feed::Op;
+use tandem::identity::{NodeId, NodeKey};
+use tandem::store::{Change, Store};
+use tokio_util::sync::CancellationToken;
+
+/// One node: a data directory with its key, a reserved port, and (while started) a daemon.
+pub struct TestNode {
+    /// Its name.
+    pub name: String,
+    /// Holds `tandem.toml` and `data/`.
+    pub dir: tempfile::TempDir,
+    /// Its node id.
+    pub id: NodeId,
+    /// Its listener address.
+    pub addr: SocketAddr,
+    running: Option<(
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )>,
+}
+
+impl TestNode {
+    /// A node with a new key and a reserved port, not configured yet.
+    pub fn new(name: &str) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        daemon::ensure_data_dir(&data).unwrap();
+        let key = NodeKey::create(&data.join("node.key")).unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        TestNode {
+            name: name.to_owned(),
+            dir,
+            id: key.id(),
+            addr,
+            running: None,
+        }
+    }
+
+    /// A second node with the same key as `other` (a forked origin).
+    pub fn clone_key(name: &str, other: &TestNode) -> TestNode {
+        let mut node = TestNode::new(name);
+        std::fs::copy(other.data().join("node.key"), node.data().join("node.key")).unwrap();
+        node.id = other.id;
+        node
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Its data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Its configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tandem.toml")
+    }
+
+    /// Its key.
+    pub fn key(&self) -> NodeKey {
+        NodeKey::load(&self.data().join("node.key")).unwrap()
+    }
+
+    /// Writes its configuration: the `[node]` table, then `rest` (sections and peers).
+    pub fn configure(&self, node_extra: &str, rest: &str) {
+        std::fs::write(
+            self.config_path(),
+            format!(
+                "[node]\nname = \"{}\"\ndata_dir = \"data\"\nlisten = \"{}\"\n{node_extra}\n{rest}",
+                self.name, self.addr
+            ),
+        )
+        .unwrap();
+    }
+
+    /// A `[[peer]]` table for `other`, with `lines` (push, pull, serve, schedule…).
+    pub fn peer_entry(other: &TestNode, lines: &str) -> String {
+        TestNode::peer_entry_at(other, &other.url(), lines)
+    }
+
+    /// A `[[peer]]` table for `other` reached at `url` (say, through a proxy).
+    pub fn peer_entry_at(other: &TestNode, url: &str, lines: &str) -> String {
+        format!(
+            "[[peer]]\nname = \"{}\"\nurl = \"{url}\"\nid = \"{}\"\n{lines}\n",
+            other.name, other.id
+        )
+    }
+
+    /// Creates the store (as `tandem init` does for an existing key).
+    pub fn init(&self) {
+        let config = Config::load(&self.config_path()).unwrap();
+        drop(Node::init(config, true).unwrap());
+    }
+
+    /// Appends `n` puts of about 300 bytes to its own feed (the node must be stopped).
+    pub fn append(&self, n: usize, prefix: &str) {
+        let key = self.key();
+        let mut store = Store::open_writer(&self.data(), key.id()).unwrap();
+        let changes: Vec<Change> = (0..n)
+            .map(|i| Change {
+                op: Op::Put,
+                path: format!("/buckets/b/collections/c/records/{prefix}{i:07}"),
+                body: format!(
+                    "{{\"data\":{{\"id\":\"{prefix}{i:07}\",\"last_modified\":{i},\"text\":\"{}\"}}}}",
+                    "x".repeat(220)
+                )
+                .into_bytes(),
+            })
+            .collect();
+        for chunk in changes.chunks(10_000) {
+            store.append(&key, chunk, &[]).unwrap();
+        }
+    }
+
+    /// Starts the daemon.
+    pub async fn start(&mut self) {
+        assert!(self.running.is_none(), "{} already runs", self.name);
+        let config = Config::load(&self.config_path()).unwrap();
+        let node = Node::open(config).unwrap();
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let task =
+            tokio::spawn(
+                async move { daemon::serve(node, listener, stop.cancelled_owned()).await },
+            );
+        self.running = Some((token, task));
+        let socket = self.data().join(tandem::api::admin::SOCKET_FILE);
+        wait_for(Duration::from_secs(10), "the daemon's admin socket", || {
+            socket.exists()
+        })
+        .await;
+    }
+
+    /// Stops the daemon and waits for it.
+    pub async fn stop(&mut self) {
+        let (token, task) = self.running.take().expect("the node runs");
+        token.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    /// A read-only view of its store.
+    pub fn store(&self) -> Store {
+        Store::open_read_only(&self.data()).unwrap()
+    }
+
+    /// Its head seq for `origin` (0 when it holds none).
+    pub fn head(&self, origin: NodeId) -> u64 {
+        self.store().head(origin).unwrap().map_or(0, |h| h.seq.0)
+    }
+
+    /// `tandem status --json`, run as a process beside the daemon.
+    pub fn status(&self) -> Value {
+        let out = crate::common::tandem(&self.config_path(), &["status", "--json"], 0);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Asks the running daemon for one round (`POST /sync` on its admin socket).
+    pub async fn sync(&self) -> Value {
+        tandem::api::admin::call(&self.data(), "POST", "/sync")
+            .await
+            .unwrap()
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        tandem::net::client_builder()
+            .build()
+            .unwrap()
+            .get(format!("{}metrics", self.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some((token, _)) = &self.running {
+            token.cancel();
+        }
+    }
+}
+
+/// Waits until `check` holds, checking every 20 ms; panics with `what` after `limit`.
+pub async fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

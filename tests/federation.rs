@@ -1,0 +1,648 @@
+//! Federation between real nodes on real sockets: push, pull, relay, continuous propagation,
+//! cron schedules, authorization, faults on the wire, forks, rolled-back holders,
+//! self-recovery and quotas. Nodes run in-process (see `common::node`); the home node follows
+//! a real Kinto server where the test needs changes to happen while nodes run.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::kinto::{Kinto, Options, PASSWORD};
+use common::node::{TestNode, wait_for};
+use common::proxy::{Fault, Proxy};
+use serde_json::{Value, json};
+use tandem::feed::Seq;
+use tandem::identity::NodeKey;
+use tandem::peer::{PeerClient, PeerError};
+
+const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
+const LONG: Duration = Duration::from_secs(30);
+
+/// The `[source]` section for a node that follows `kinto` as the `tandem` account.
+fn source(node: &TestNode, kinto: &Kinto) -> String {
+    std::fs::write(node.dir.path().join("pw"), PASSWORD).unwrap();
+    format!(
+        "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1s\"\n",
+        kinto.url
+    )
+}
+
+async fn record(kinto: &Kinto, id: &str) {
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            &format!("/buckets/b/collections/c/records/{id}"),
+            Some(json!({"data": {"title": id}})),
+        )
+        .await;
+}
+
+fn holder<'a>(status: &'a Value, origin: &str, peer: &str) -> &'a Value {
+    let o = status["origins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == origin)
+        .unwrap_or_else(|| panic!("no origin {origin} in {status:#}"));
+    o["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["peer"] == peer)
+        .unwrap_or_else(|| panic!("no holder {peer} in {o:#}"))
+}
+
+/// Exported state of `origin` on `node`, as the CLI prints it.
+fn export(node: &TestNode, origin: &str) -> String {
+    let out = common::tandem(&node.config_path(), &["export", "--origin", origin], 0);
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Home follows Kinto and pushes continuously to the community node, which relays home's feed
+/// to the member's laptop (a continuous pull). Changes reach the community within a second,
+/// receipts come back, and the laptop ends with home's exact state, verified end to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_relay_and_continuous_propagation() {
+    let kinto = Kinto::start(Options { history: false }).await;
+    kinto.ok("alice", "PUT", "/buckets/b", None).await;
+    kinto
+        .ok("alice", "PUT", "/buckets/b/collections/c", None)
+        .await;
+    for i in 0..20 {
+        record(&kinto, &format!("r{i}")).await;
+    }
+    let mut home = TestNode::new("home");
+    let mut community = TestNode::new("community");
+    let mut laptop = TestNode::new("laptop");
+    home.configure(
+        "durability = 1",
+        &format!(
+            "{}{}",
+            source(&home, &kinto),
+            TestNode::peer_entry(&community, "push = [\"self\"]\nserve = [\"self\"]")
+        ),
+    );
+    let h = home.id.to_string();
+    community.configure(
+        "",
+        &format!(
+            "{}{}",
+            TestNode::peer_entry(&home, &format!("serve = [\"{h}\"]")),
+            TestNode::peer_entry(&laptop, &format!("serve = [\"{h}\"]"))
+        ),
+    );
+    laptop.configure(
+        "",
+        &TestNode::peer_entry(&community, &format!("pull = [\"{h}\"]")),
+    );
+    for n in [&home, &community, &laptop] {
+        n.init();
+    }
+    for n in [&mut community, &mut laptop, &mut home] {
+        n.start().await;
+    }
+    wait_for(LONG, "home ingests", || home.head(home.id) >= 22).await;
+    let head = home.head(home.id);
+    wait_for(
+        LONG,
+        "the laptop gets home's feed through the community",
+        || laptop.head(home.id) == home.head(home.id),
+    )
+    .await;
+    assert_eq!(community.head(home.id), home.head(home.id));
+    assert_eq!(export(&laptop, &h), export(&home, "self"));
+    assert!(export(&home, "self").contains("/records/r19"));
+
+    // One more change: measured from the moment home has it.
+    record(&kinto, "late").await;
+    wait_for(LONG, "home ingests the change", || {
+        home.head(home.id) > head
+    })
+    .await;
+    let ingested = Instant::now();
+    let new_head = home.head(home.id);
+    wait_for(Duration::from_secs(5), "the community gets it", || {
+        community.head(home.id) == new_head
+    })
+    .await;
+    let latency = ingested.elapsed();
+    assert!(
+        latency < Duration::from_secs(1),
+        "a change reached the continuous peer after {latency:?}"
+    );
+    wait_for(LONG, "the laptop gets it by long poll", || {
+        laptop.head(home.id) == new_head
+    })
+    .await;
+
+    // Receipts: home knows what the community holds; durability 1 = that head.
+    wait_for(LONG, "the receipt for the last push", || {
+        holder(&home.status(), &h, "community")["acked_seq"] == new_head
+    })
+    .await;
+    let status = home.status();
+    let c = holder(&status, &h, "community");
+    assert_eq!(c["id"], community.id.to_string());
+    assert!(c["acked_at"].as_str().unwrap().ends_with('Z'), "{c}");
+    assert_eq!(c["behind"], false);
+    let own = &status["origins"][0];
+    assert_eq!(own["durable_seq"], new_head);
+    assert!(
+        home.metrics()
+            .await
+            .contains(&format!("tandem_durable_seq {new_head}"))
+    );
+    // Everything the laptop holds verifies against home's key.
+    let report = laptop.store().verify_origin(home.id).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    for n in [&mut home, &mut community, &mut laptop] {
+        n.stop().await;
+    }
+}
+
+/// A cron schedule: the laptop pulls every second; the origin's feed arrives without any
+/// other trigger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_schedule_pulls() {
+    let mut origin = TestNode::new("origin");
+    let mut laptop = TestNode::new("laptop");
+    origin.configure("", &TestNode::peer_entry(&laptop, "serve = [\"self\"]"));
+    laptop.configure(
+        "",
+        &TestNode::peer_entry(
+            &origin,
+            &format!("pull = [\"{}\"]\nschedule = \"* * * * * *\"", origin.id),
+        ),
+    );
+    origin.init();
+    laptop.init();
+    origin.append(2500, "a");
+    origin.start().await;
+    laptop.start().await;
+    wait_for(LONG, "the cron pull", || laptop.head(origin.id) == 2500).await;
+    origin.stop().await;
+    laptop.stop().await;
+}
+
+/// Every cell of the authorization matrix, with the real client: unknown keys get 401, known
+/// peers without the right 403, and nothing is stored for either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix() {
+    let mut host = TestNode::new("host");
+    let reader = TestNode::new("reader");
+    let pusher = TestNode::new("pusher");
+    let nobody = TestNode::new("nobody");
+    let stranger = NodeKey::from_seed([42; 32]);
+    host.configure(
+        "",
+        &format!(
+            "{}{}{}",
+            TestNode::peer_entry(&reader, &format!("serve = [\"self\"]\n{NEVER}")),
+            TestNode::peer_entry(&pusher, NEVER),
+            TestNode::peer_entry(&nobody, &format!("accept = []\n{NEVER}"))
+        ),
+    );
+    host.init();
+    host.append(10, "h");
+    pusher.configure("", "");
+    pusher.init();
+    pusher.append(5, "p");
+    nobody.configure("", "");
+    nobody.init();
+    nobody.append(5, "n");
+    host.start().await;
+
+    let url: url::Url = host.url().parse().unwrap();
+    let client = |key: NodeKey| PeerClient::new("host", &url, std::sync::Arc::new(key)).unwrap();
+    let page_of = |node: &TestNode| {
+        let store = node.store();
+        let (entries, cp) = store.entries_page(node.id, Seq(0), 100).unwrap().unwrap();
+        let raw =
+            tandem::protocol::wire::encode_page(&cp, entries.iter().map(|e| e.bytes.as_slice()));
+        (cp, raw)
+    };
+    let status = |r: Result<(), PeerError>| r.err().and_then(|e| e.status()).unwrap_or(200);
+    let (pusher_cp, pusher_page) = page_of(&pusher);
+    let (nobody_cp, nobody_page) = page_of(&nobody);
+    let (host_cp, host_page) = page_of(&host);
+
+    // Unknown key: 401 everywhere.
+    let c = client(NodeKey::from_seed([42; 32]));
+    assert_eq!(status(c.origins().await.map(drop)), 401);
+    assert_eq!(status(c.origin(host.id).await.map(drop)), 401);
+    assert_eq!(
+        status(c.page(host.id, Seq(0), Duration::ZERO).await.map(drop)),
+        401
+    );
+    assert_eq!(
+        status(c.push(host.id, &pusher_cp, &pusher_page).await.map(drop)),
+        401
+    );
+    let _ = stranger;
+
+    // A reader reads what `serve` grants, and nothing else; it may not push.
+    let c = client(reader.key());
+    let listed = c.origins().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, host.id);
+    assert_eq!(listed[0].head.seq, 10);
+    let page = c
+        .page(host.id, Seq(0), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.entries.len(), 10);
+    assert!(
+        c.page(host.id, Seq(10), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        status(c.page(pusher.id, Seq(0), Duration::ZERO).await.map(drop)),
+        403
+    );
+    assert_eq!(
+        status(c.push(host.id, &host_cp, &host_page).await.map(drop)),
+        403
+    );
+    assert_eq!(
+        status(c.push(host.id, &pusher_cp, &pusher_page).await.map(drop)),
+        403
+    );
+
+    // A pusher pushes its own feed (the default `accept`) and gets a signed receipt; it may
+    // not read the host's feed, nor push another origin, nor the host's own.
+    let c = client(pusher.key());
+    let (receipt, _) = c.push(host.id, &pusher_cp, &pusher_page).await.unwrap();
+    assert_eq!(
+        (receipt.holder, receipt.origin, receipt.seq),
+        (host.id, pusher.id, Seq(5))
+    );
+    receipt.verify().unwrap();
+    assert_eq!(host.head(pusher.id), 5);
+    // Re-delivery is a no-op with the same answer.
+    let (again, _) = c.push(host.id, &pusher_cp, &pusher_page).await.unwrap();
+    assert_eq!(again.seq, Seq(5));
+    assert_eq!(
+        status(c.origins().await.map(|l| assert!(l.is_empty()))),
+        200
+    );
+    assert_eq!(
+        status(c.page(host.id, Seq(0), Duration::ZERO).await.map(drop)),
+        403
+    );
+    assert_eq!(
+        status(c.push(host.id, &nobody_cp, &nobody_page).await.map(drop)),
+        403
+    );
+    assert_eq!(
+        status(c.push(host.id, &host_cp, &host_page).await.map(drop)),
+        403
+    );
+
+    // A known peer with empty lists: 403 for its own feed too.
+    let c = client(nobody.key());
+    assert_eq!(
+        status(c.push(host.id, &nobody_cp, &nobody_page).await.map(drop)),
+        403
+    );
+    assert_eq!(status(c.origin(host.id).await.map(drop)), 403);
+    assert_eq!(host.head(nobody.id), 0, "nothing stored for a refused push");
+    assert!(
+        host.store()
+            .origins()
+            .unwrap()
+            .iter()
+            .all(|o| o.id != nobody.id)
+    );
+
+    // A page that does not verify is refused with 400 and stores nothing.
+    let c = client(pusher.key());
+    let mut forged = pusher_page.clone();
+    let last = forged.len() - 3;
+    forged[last] ^= 1;
+    let e = c.push(host.id, &pusher_cp, &forged).await.unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    assert_eq!(host.head(pusher.id), 5);
+    host.stop().await;
+}
+
+/// Pulls through a TCP proxy that flips a byte or drops the connection mid-page: nothing
+/// corrupt is stored, every stored page verifies, and the nodes converge once the wire heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_on_the_wire_store_nothing_corrupt() {
+    let mut home = TestNode::new("home");
+    let mut community = TestNode::new("community");
+    home.configure(
+        "",
+        &TestNode::peer_entry(&community, &format!("serve = [\"self\"]\n{NEVER}")),
+    );
+    home.init();
+    home.append(10_000, "r");
+    let proxy = Proxy::start(home.addr.to_string(), "/").await;
+    community.configure(
+        "",
+        &TestNode::peer_entry_at(
+            &home,
+            &proxy.url,
+            &format!("pull = [\"{}\"]\n{NEVER}", home.id),
+        ),
+    );
+    community.init();
+    home.start().await;
+    community.start().await;
+
+    // The first request (the origin's head) passes; the first page is damaged.
+    for fault in [
+        Fault::FlipAt(2_000),
+        Fault::FlipAt(40_000),
+        Fault::CutAfter(30_000),
+    ] {
+        proxy.set(fault, 1);
+        let answer = community.sync().await;
+        let error = answer["peers"][0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!error.is_empty(), "{fault:?} went unnoticed: {answer}");
+        let held = community.head(home.id);
+        assert_eq!(held, 0, "{fault:?}: part of a damaged page was stored");
+    }
+    // One page through, then damage: the good page stays, and verifies.
+    proxy.set(Fault::FlipAt(3_000), 2);
+    let answer = community.sync().await;
+    assert!(answer["peers"][0]["error"].is_string(), "{answer}");
+    assert_eq!(community.head(home.id), 4096);
+    assert!(
+        community
+            .store()
+            .verify_origin(home.id)
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+
+    proxy.set(Fault::None, 0);
+    let answer = community.sync().await;
+    assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    assert_eq!(community.head(home.id), 10_000);
+    assert!(
+        community
+            .store()
+            .verify_origin(home.id)
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+    home.stop().await;
+    community.stop().await;
+}
+
+/// Two nodes with the same key push different histories: the second push is refused, the
+/// evidence is stored and verifies with the origin's key alone, and the origin is frozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_origin_is_evidence() {
+    let mut community = TestNode::new("community");
+    let mut x1 = TestNode::new("x");
+    let mut x2 = TestNode::clone_key("x", &x1);
+    community.configure("", &TestNode::peer_entry(&x1, NEVER));
+    for x in [&x1, &x2] {
+        x.configure(
+            "",
+            &TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
+        );
+        x.init();
+    }
+    x1.append(30, "one");
+    x2.append(40, "two");
+    community.init();
+    community.start().await;
+    x1.start().await;
+    x2.start().await;
+    let answer = x1.sync().await;
+    assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    assert_eq!(community.head(x1.id), 30);
+    let answer = x2.sync().await;
+    let error = answer["peers"][0]["error"].as_str().unwrap();
+    assert!(error.contains("fork"), "{error}");
+    // Both sides keep the evidence: x2 learns that its key signed another history, and the
+    // community refuses x2's chain.
+    let own = x2.status();
+    assert_eq!(own["origins"][0]["frozen"], true, "{own}");
+    let status = community.status();
+    let origin = status["origins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == x1.id.to_string())
+        .unwrap();
+    assert_eq!(origin["frozen"], true, "{origin}");
+    assert_eq!(origin["forks"][0]["seq"], 30, "{origin}");
+    let evidence = community.store().forks(x1.id).unwrap();
+    evidence[0].verify().unwrap();
+    // The frozen origin takes nothing more, even from the first history.
+    x1.stop().await;
+    x1.append(5, "more");
+    x1.start().await;
+    let answer = x1.sync().await;
+    assert!(
+        answer["peers"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("409"),
+        "{answer}"
+    );
+    assert_eq!(community.head(x1.id), 30);
+    for n in [&mut community, &mut x1, &mut x2] {
+        n.stop().await;
+    }
+}
+
+/// A holder restored from an old backup serves less than it acknowledged: the origin reports
+/// it (status, metric), then pushes the missing entries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_holder_is_reported() {
+    let mut home = TestNode::new("home");
+    let mut community = TestNode::new("community");
+    home.configure(
+        "",
+        &TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
+    );
+    community.configure("", &TestNode::peer_entry(&home, NEVER));
+    home.init();
+    community.init();
+    home.append(100, "a");
+    home.start().await;
+    community.start().await;
+    home.sync().await;
+    let h = home.id.to_string();
+    assert_eq!(holder(&home.status(), &h, "community")["acked_seq"], 100);
+
+    // Back up the community's data directory while it is stopped.
+    community.stop().await;
+    let backup = tempfile::tempdir().unwrap();
+    for f in ["tandem.db", "node.key"] {
+        std::fs::copy(community.data().join(f), backup.path().join(f)).unwrap();
+    }
+    community.start().await;
+    home.stop().await;
+    home.append(50, "b");
+    home.start().await;
+    home.sync().await;
+    assert_eq!(holder(&home.status(), &h, "community")["acked_seq"], 150);
+
+    // Restore the old copy.
+    community.stop().await;
+    for f in ["tandem.db-wal", "tandem.db-shm"] {
+        let _ = std::fs::remove_file(community.data().join(f));
+    }
+    std::fs::copy(
+        backup.path().join("tandem.db"),
+        community.data().join("tandem.db"),
+    )
+    .unwrap();
+    community.start().await;
+    assert_eq!(community.head(home.id), 100);
+    let answer = home.sync().await;
+    assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    let status = home.status();
+    let c = holder(&status, &h, "community");
+    let rollback = &c["last_rollback"];
+    assert_eq!(
+        (&rollback["served_seq"], &rollback["expected_seq"]),
+        (&json!(100), &json!(150)),
+        "{c}"
+    );
+    assert!(rollback["at"].as_str().unwrap().ends_with('Z'));
+    let metrics = home.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tandem_holder_rollbacks_total{")
+                && l.contains("holder=\"community\"")
+                && l.contains(&h)
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // The same pass pushed the missing entries again: healed, but the finding stays.
+    assert_eq!(community.head(home.id), 150);
+    assert_eq!(
+        (&c["behind"], &c["acked_seq"]),
+        (&json!(false), &json!(150)),
+        "{c}"
+    );
+    home.stop().await;
+    community.stop().await;
+}
+
+/// A node that lost its store (key kept) fetches its feed back from its peer before appending,
+/// and continues from the recovered head: the holder sees no fork.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_recovery_after_losing_the_store() {
+    let kinto = Kinto::start(Options { history: false }).await;
+    kinto.ok("alice", "PUT", "/buckets/b", None).await;
+    kinto
+        .ok("alice", "PUT", "/buckets/b/collections/c", None)
+        .await;
+    for i in 0..10 {
+        record(&kinto, &format!("r{i}")).await;
+    }
+    let mut home = TestNode::new("home");
+    let mut community = TestNode::new("community");
+    home.configure(
+        "",
+        &format!(
+            "{}{}",
+            source(&home, &kinto),
+            TestNode::peer_entry(&community, "push = [\"self\"]\nserve = [\"self\"]")
+        ),
+    );
+    community.configure(
+        "",
+        &TestNode::peer_entry(&home, &format!("serve = [\"{}\"]", home.id)),
+    );
+    home.init();
+    community.init();
+    community.start().await;
+    home.start().await;
+    wait_for(LONG, "home's feed at the community", || {
+        let head = home.head(home.id);
+        head >= 12 && community.head(home.id) == head
+    })
+    .await;
+    let head = home.head(home.id);
+    let before = export(&home, "self");
+    home.stop().await;
+    for f in ["tandem.db", "tandem.db-wal", "tandem.db-shm"] {
+        let _ = std::fs::remove_file(home.data().join(f));
+    }
+    record(&kinto, "after").await;
+    home.start().await;
+    wait_for(LONG, "recovery and the next ingest", || {
+        home.head(home.id) > head
+    })
+    .await;
+    // Exactly one new entry: the record written while the store was gone.
+    wait_for(LONG, "the community gets it", || {
+        community.head(home.id) == head + 1
+    })
+    .await;
+    assert_eq!(home.head(home.id), head + 1);
+    assert!(export(&home, "self").contains("/records/after"));
+    assert!(before.lines().all(|l| export(&home, "self").contains(l)));
+    let status = community.status();
+    assert_eq!(status["origins"][1]["frozen"], false, "{status}");
+    assert_eq!(home.status()["node"]["recovering"], false);
+    home.stop().await;
+    community.stop().await;
+}
+
+/// A host with a quota refuses pushes past it with 507; the pushing node shows it in status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_overrun_is_refused_and_shown() {
+    let mut home = TestNode::new("home");
+    let mut community = TestNode::new("community");
+    home.configure("", &TestNode::peer_entry(&community, "push = [\"self\"]"));
+    community.configure(
+        "",
+        &TestNode::peer_entry(&home, &format!("quota = \"16 KiB\"\n{NEVER}")),
+    );
+    home.init();
+    community.init();
+    home.append(40, "a");
+    community.start().await;
+    home.start().await;
+    wait_for(LONG, "the first push under the quota", || {
+        community.head(home.id) == 40
+    })
+    .await;
+    home.stop().await;
+    home.append(100, "b");
+    home.start().await;
+    wait_for(LONG, "status shows the quota", || {
+        let status = home.status();
+        status["daemon"]["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| {
+                w["name"] == "community"
+                    && w["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("507") || e.contains("quota"))
+            })
+    })
+    .await;
+    assert_eq!(
+        community.head(home.id),
+        40,
+        "nothing past the quota is stored"
+    );
+    let answer = home.sync().await;
+    let error = answer["peers"][0]["error"].as_str().unwrap();
+    assert!(error.contains("quota exceeded"), "{error}");
+    home.stop().await;
+    community.stop().await;
+}
