@@ -14,18 +14,24 @@
 //! daemon         composition root of `tandem run`: builds everything, owns signals and shutdown
 //! api/           HTTP (axum): /healthz, /metrics, the signed peer API under /v1/ (api/peer),
 //!                and the local admin socket (api/admin)
-//! scheduler      long-lived loops and their timing: ingest passes, peer probes, cron times
-//! replicate/     one pass of work, no spawning, no timing: ingest (polling and history paths)
-//! store/         the only SQLite user: feeds, checkpoints, state, cursors, fork evidence
+//! scheduler      long-lived loops and their timing: ingest passes, pushes on change, long
+//!                polls, cron times, the recovery of the own feed before any append
+//! replicate/     one pass of work, no spawning, no timing: ingest (polling and history paths),
+//!                federate (push, pull, recover with one peer)
+//! store/         the only SQLite user: feeds, checkpoints, state, cursors, fork evidence,
+//!                what holders acknowledged
 //! source/kinto   the Kinto client: credentials, lists with _since/ETag, objects (reqwest)
+//! peer           the peer protocol client: signed requests, pages, receipts (reqwest)
 //! probe          is a peer answering? (reqwest)
 //! feed, protocol, identity, config, telemetry, backoff, net
 //!                leaves: the feed's byte format and signed statements, request signatures
-//!                (RFC 9421), keys, TOML, logging and metrics, retry timing, HTTP client set-up
+//!                (RFC 9421) and page/receipt wire formats, keys, TOML, logging and metrics,
+//!                retry timing, HTTP client set-up
 //! ```
 //!
 //! Where to start reading: `feed` (the format everything else carries), then `store` (what is
-//! kept and how), then `replicate::ingest` (how a Kinto server becomes a feed).
+//! kept and how), then `replicate::ingest` (how a Kinto server becomes a feed), then
+//! `protocol::wire` and `replicate::federate` (how feeds move between nodes).
 //!
 //! ## Invariants the code keeps
 //!
@@ -37,7 +43,9 @@
 //! - [`store`] knows nothing of HTTP, Kinto or peers; [`api`], [`source`], [`replicate`] and
 //!   [`probe`] know nothing of SQL.
 //! - [`replicate`] decides nothing about time: the [`scheduler`] (or a command) runs a pass.
-//! - Every peer request is authenticated before anything is read for it ([`api::peer`]).
+//! - Every peer request is authenticated before anything is read for it ([`api::peer`]), and
+//!   every page from a peer is verified against its origin's key before the store sees it,
+//!   whoever relayed it ([`replicate::federate`]).
 //! - Secrets ([`identity::NodeKey`], source passwords) are never logged or printed.
 //! - `cli` and `daemon` use `anyhow`; every other module has its own `thiserror` enum whose
 //!   variants say what to do.

@@ -54,11 +54,16 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     for p in &report.peers {
         let pushed = p
             .push
-            .map(|r| format!("{} entries pushed", r.sent))
+            .map(|r| format!("{} entries pushed ({} bytes sent)", r.sent, r.wire_bytes))
             .unwrap_or_else(|| "nothing pushed".into());
         let pulled = p
             .pull
-            .map(|r| format!("{} entries pulled", r.accepted))
+            .map(|r| {
+                format!(
+                    "{} entries pulled ({} bytes received)",
+                    r.accepted, r.wire_bytes
+                )
+            })
             .unwrap_or_else(|| "nothing pulled".into());
         match &p.error {
             None => println!("peer {}: {pushed}, {pulled}", p.peer),
