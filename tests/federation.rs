@@ -646,3 +646,88 @@ async fn a_quota_overrun_is_refused_and_shown() {
     home.stop().await;
     community.stop().await;
 }
+
+/// A `tandem run` process.
+struct Process(std::process::Child);
+
+impl Process {
+    fn start(node: &TestNode) -> Process {
+        let _ = std::fs::remove_file(node.data().join("tandem.sock"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("--config")
+            .arg(node.config_path())
+            .arg("run")
+            .env("TANDEM_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Process(child)
+    }
+
+    fn signal(&self, signal: i32) {
+        assert_eq!(unsafe { libc::kill(self.0.id() as i32, signal) }, 0);
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Real processes: the holder is killed with SIGKILL in the middle of a continuous pull, then
+/// started again; the origin is stopped with SIGTERM while serving. Every stored page verifies
+/// at every step, and the holder ends with the whole feed, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_processes_resume_without_loss() {
+    let origin = TestNode::new("origin");
+    let holder = TestNode::new("holder");
+    origin.configure("", &TestNode::peer_entry(&holder, "serve = [\"self\"]"));
+    holder.configure(
+        "",
+        &TestNode::peer_entry(&origin, &format!("pull = [\"{}\"]", origin.id)),
+    );
+    origin.init();
+    holder.init();
+    origin.append(60_000, "r");
+    let serving = Process::start(&origin);
+    let mut pulling = Process::start(&holder);
+    for round in 0..3 {
+        wait_for(LONG, "the pull to start", || {
+            holder.head(origin.id) > round * 10_000
+        })
+        .await;
+        pulling.signal(libc::SIGKILL);
+        let _ = pulling.0.wait();
+        let held = holder.head(origin.id);
+        let report = holder.store().verify_origin(origin.id).unwrap();
+        assert!(
+            report.problems.is_empty(),
+            "after SIGKILL at {held}: {report:?}"
+        );
+        // Pages end at the origin's checkpoints: the holder never keeps part of one.
+        let checkpoints = origin.store().checkpoints(origin.id).unwrap();
+        assert!(
+            checkpoints.iter().any(|cp| cp.seq.0 == held),
+            "held seq {held} is not at a checkpoint: a page was split"
+        );
+        pulling = Process::start(&holder);
+    }
+    serving.signal(libc::SIGTERM);
+    drop(serving);
+    let serving = Process::start(&origin);
+    wait_for(LONG, "the whole feed", || holder.head(origin.id) == 60_000).await;
+    let store = holder.store();
+    assert!(store.verify_origin(origin.id).unwrap().problems.is_empty());
+    let info = store.origins().unwrap();
+    let held = info.iter().find(|o| o.id == origin.id).unwrap();
+    let mine = origin.store().origins().unwrap()[0].clone();
+    assert_eq!(
+        (held.head, held.bytes),
+        (mine.head, mine.bytes),
+        "nothing twice"
+    );
+    drop(pulling);
+    drop(serving);
+}
