@@ -225,6 +225,37 @@ pub async fn serve(
     for fed in &feds {
         spawn_peer_loops(fed, &prober, &changes, &tasks, &token, &mut workers);
     }
+    let snapshots = api::admin::SnapshotMaker {
+        key: key.clone(),
+        store: writer.clone(),
+        changes: changes.clone(),
+    };
+    if let Some(schedule) = &config.snapshots {
+        let status = Arc::new(WorkerStatus::new("snapshot", "schedule"));
+        workers.push(status.clone());
+        let (maker, token) = (snapshots.clone(), token.child_token());
+        let cadence = Cadence::Cron(schedule.schedule.clone());
+        let mut recovered = recovered.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = recovered.wait_for(|done| *done) => {}
+            }
+            scheduler::run_loop(&status, cadence, token, || {
+                let maker = maker.clone();
+                async move {
+                    match maker.make().await {
+                        Ok((s, true)) => Ok(format!("snapshot {} at seq {}", s.id(), s.seq)),
+                        Ok((s, false)) => Ok(format!("no change since snapshot {}", s.id())),
+                        // An empty feed has nothing to snapshot yet; not a failure.
+                        Err(crate::store::StoreError::Feed(e)) => Ok(format!("skipped: {e}")),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await
+        });
+    }
 
     let state = Arc::new(ApiState {
         node: node_id,
@@ -259,8 +290,9 @@ pub async fn serve(
     let admin_state = api::admin::AdminState {
         ingest,
         feds: feds.clone(),
-        recovered,
+        recovered: recovered.clone(),
         changes: changes.clone(),
+        snapshots: snapshots.clone(),
         workers: workers.clone(),
     };
     let admin = tokio::spawn(async move {

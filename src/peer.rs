@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
 
-use crate::feed::{Checkpoint, Receipt, Seq};
+use crate::feed::{Checkpoint, Receipt, Seq, Snapshot};
 use crate::identity::{NodeId, NodeKey};
 use crate::net;
 use crate::protocol::signature;
@@ -225,6 +225,52 @@ impl PeerClient {
             Err(PeerError::Refused { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `GET /v1/origins/{id}/snapshots?after=SEQ`: the origin's snapshots the peer holds after
+    /// `after` (signatures not yet checked).
+    pub async fn snapshots(&self, origin: NodeId, after: Seq) -> Result<Vec<Snapshot>, PeerError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            snapshots: Vec<wire::SnapshotDoc>,
+        }
+        let path = format!("v1/origins/{origin}/snapshots");
+        let query = format!("after={}", after.0);
+        let response = self
+            .send(
+                reqwest::Method::GET,
+                &path,
+                Some(&query),
+                Vec::new(),
+                &[],
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        let list: List = self.json(response).await?;
+        list.snapshots
+            .iter()
+            .map(|d| d.to_snapshot())
+            .collect::<Result<_, _>>()
+            .map_err(|source| PeerError::Invalid {
+                peer: self.name.clone(),
+                source,
+            })
+    }
+
+    /// `POST /v1/origins/{id}/snapshots`: hands the peer a snapshot of an origin it holds.
+    pub async fn push_snapshot(&self, snapshot: &Snapshot) -> Result<(), PeerError> {
+        let path = format!("v1/origins/{}/snapshots", snapshot.origin);
+        let body = serde_json::to_vec(&wire::SnapshotDoc::from(snapshot)).expect("serializable");
+        self.send(
+            reqwest::Method::POST,
+            &path,
+            None,
+            body,
+            &[(CONTENT_TYPE, "application/json")],
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 
     /// `GET /v1/origins/{id}/entries`: the page after `after`, waiting up to `wait` for one to

@@ -112,6 +112,8 @@ pub trait RetryHint {
 
 impl RetryHint for crate::probe::ProbeError {}
 
+impl RetryHint for crate::store::StoreError {}
+
 impl RetryHint for crate::replicate::ingest::IngestError {
     fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -731,3 +731,81 @@ async fn killed_processes_resume_without_loss() {
     drop(pulling);
     drop(serving);
 }
+
+/// Snapshots: signed on demand (through the running daemon), handed to the holder with the
+/// feed, relayed to a third node, listed with their holders, verified; a tampered one fails
+/// verification, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_travel_with_the_feed() {
+    let mut home = TestNode::new("home");
+    let mut community = TestNode::new("community");
+    let mut laptop = TestNode::new("laptop");
+    let h = home.id.to_string();
+    home.configure(
+        "",
+        &TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
+    );
+    community.configure(
+        "",
+        &format!(
+            "{}{}",
+            TestNode::peer_entry(&home, NEVER),
+            TestNode::peer_entry(&laptop, &format!("serve = [\"{h}\"]\n{NEVER}"))
+        ),
+    );
+    laptop.configure(
+        "",
+        &TestNode::peer_entry(&community, &format!("pull = [\"{h}\"]\n{NEVER}")),
+    );
+    for n in [&home, &community, &laptop] {
+        n.init();
+    }
+    home.append(3000, "a");
+    for n in [&mut home, &mut community, &mut laptop] {
+        n.start().await;
+    }
+    let out = common::tandem(&home.config_path(), &["snapshot", "create"], 0);
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(line.contains("at seq 3000: 3000 objects"), "{line}");
+    let again = common::tandem(&home.config_path(), &["snapshot", "create"], 0);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("unchanged"));
+
+    let answer = home.sync().await;
+    assert_eq!(answer["peers"][0]["push"]["snapshots"], 1, "{answer}");
+    let answer = laptop.sync().await;
+    assert_eq!(answer["peers"][0]["pull"]["snapshots"], 1, "{answer}");
+    let listed: Value = serde_json::from_slice(
+        &common::tandem(&home.config_path(), &["snapshot", "list", "--json"], 0).stdout,
+    )
+    .unwrap();
+    assert_eq!(listed[0]["seq"], 3000, "{listed}");
+    assert_eq!(listed[0]["holders"][0]["peer"], "community", "{listed}");
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+    for node in [&community, &laptop] {
+        let snaps = node.store().snapshots(home.id).unwrap();
+        assert_eq!(snaps.len(), 1);
+        assert_eq!(snaps[0].id(), id);
+        let out = common::tandem(&node.config_path(), &["snapshot", "verify"], 0);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 snapshot(s) checked, 0 failed"));
+    }
+
+    // Flip one byte of the laptop's stored statement: verification names the snapshot.
+    laptop.stop().await;
+    {
+        let conn = rusqlite::Connection::open(laptop.data().join("tandem.db")).unwrap();
+        let mut statement: Vec<u8> = conn
+            .query_row("SELECT statement FROM snapshots", [], |r| r.get(0))
+            .unwrap();
+        statement[100] ^= 1;
+        conn.execute("UPDATE snapshots SET statement = ?1", [statement])
+            .unwrap();
+    }
+    let out = common::tandem(&laptop.config_path(), &["snapshot", "verify"], 1);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("at seq 3000") && text.contains("bad snapshot signature"),
+        "{text}"
+    );
+    home.stop().await;
+    community.stop().await;
+}

@@ -6,6 +6,8 @@
 //!   pull from every peer once, and answer `200 {"ingest": {"appended", "lists_changed",
 //!   "lists_unchanged"} | null, "peers": [{"peer", "push", "pull", "error"}]}`; `502 {"error"}`
 //!   if the ingest failed, `409` while the node is still recovering its own feed.
+//! - `POST /snapshot`: sign a snapshot of the own state at its head; `200 {"snapshot",
+//!   "created"}` (`created` is false when the latest snapshot already is at the head).
 //! - `GET /workers`: the health of the daemon's loops, as in `/healthz`.
 
 use std::path::{Path, PathBuf};
@@ -20,10 +22,13 @@ use serde_json::json;
 
 use std::sync::Arc;
 
+use crate::feed::Snapshot;
+use crate::identity::NodeKey;
 use crate::replicate::federate::Federation;
 use crate::replicate::ingest::IngestSlot;
 use crate::replicate::{Changes, SyncReport, sync_peers};
 use crate::scheduler::WorkerStatus;
+use crate::store::{Store, StoreError};
 
 /// File name of the admin socket inside the data directory.
 pub const SOCKET_FILE: &str = "tandem.sock";
@@ -58,8 +63,10 @@ pub struct AdminState {
     pub feds: Vec<Federation>,
     /// True once the own feed is recovered (or nothing needed recovering).
     pub recovered: tokio::sync::watch::Receiver<bool>,
-    /// Raised when the ingest appended something.
+    /// Raised when the ingest appended something or a snapshot was signed.
     pub changes: Changes,
+    /// The node's key and writer, to sign snapshots.
+    pub snapshots: SnapshotMaker,
     /// Health of the daemon's loops.
     pub workers: Vec<Arc<WorkerStatus>>,
 }
@@ -69,6 +76,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/sync", post(sync))
         .route("/workers", get(workers))
+        .route("/snapshot", post(snapshot))
         .with_state(state)
 }
 
@@ -105,6 +113,61 @@ async fn sync(State(state): State<AdminState>) -> Response {
     };
     let peers = sync_peers(&state.feds).await;
     (StatusCode::OK, axum::Json(SyncReport { ingest, peers })).into_response()
+}
+
+/// Signs snapshots of the own state (shared by the schedule and `POST /snapshot`).
+#[derive(Clone)]
+pub struct SnapshotMaker {
+    /// The node's key.
+    pub key: Arc<NodeKey>,
+    /// The writer.
+    pub store: Arc<std::sync::Mutex<Store>>,
+    /// Raised when a snapshot was signed, so that pushes hand it over.
+    pub changes: Changes,
+}
+
+impl SnapshotMaker {
+    /// Signs a snapshot at the head unless the latest one is already there.
+    pub async fn make(&self) -> Result<(Snapshot, bool), StoreError> {
+        let (store, key) = (self.store.clone(), self.key.clone());
+        let made = tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .create_snapshot(&key)
+        })
+        .await
+        .expect("snapshot task panicked")?;
+        if made.1 {
+            tracing::info!(seq = %made.0.seq, objects = made.0.objects, id = %made.0.id(), "snapshot signed");
+            self.changes.notify();
+        }
+        Ok(made)
+    }
+}
+
+async fn snapshot(State(state): State<AdminState>) -> Response {
+    if !*state.recovered.borrow() {
+        return (
+            StatusCode::CONFLICT,
+            axum::Json(
+                json!({"error": "the node is still recovering its own feed from its peers"}),
+            ),
+        )
+            .into_response();
+    }
+    match state.snapshots.make().await {
+        Ok((s, created)) => axum::Json(json!({
+            "snapshot": crate::protocol::wire::SnapshotDoc::from(&s),
+            "created": created,
+        }))
+        .into_response(),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
 }
 
 /// Binds the socket in `data_dir` (replacing a stale one: the caller holds the store lock, so

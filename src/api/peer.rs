@@ -25,6 +25,13 @@
 //!   `head`), or it shows a fork (the origin is then frozen here); `413`: larger than
 //!   [`MAX_BODY`]; `507`: past the caller's `quota`.
 //!
+//! - `GET /v1/origins/{id}/snapshots?after=SEQ`: `{"snapshots": [snapshot…]}`, the origin's
+//!   snapshots after `SEQ` (for readers granted by `serve`).
+//! - `POST /v1/origins/{id}/snapshots`: one snapshot (JSON) of an origin the caller may push;
+//!   checked against the entries held here (signature, entry at its seq, state root) before it
+//!   is stored; `200 {"stored": true}`, `400` when it does not check, `409` when its seq is
+//!   beyond what is held.
+//!
 //! A reader verifies everything it gets with the origin's key; this node cannot forge it.
 
 use std::sync::{Arc, Mutex};
@@ -83,6 +90,10 @@ pub fn router(state: Arc<PeerState>) -> Router {
         .route("/v1/origins", get(origins))
         .route("/v1/origins/{id}", get(origin))
         .route("/v1/origins/{id}/entries", get(entries).post(push))
+        .route(
+            "/v1/origins/{id}/snapshots",
+            get(snapshots).post(push_snapshot),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
@@ -176,7 +187,9 @@ fn describe(store: &Store, origin: NodeId) -> Result<Option<OriginDoc>, StoreErr
         return Ok(None);
     };
     let checkpoint = store.latest_checkpoint(origin)?;
+    let snapshot_seq = store.snapshots(origin)?.last().map_or(0, |s| s.seq.0);
     Ok(Some(OriginDoc {
+        snapshot_seq,
         id: origin,
         head: HeadDoc {
             seq: head.map_or(0, |h| h.seq.0),
@@ -481,4 +494,90 @@ fn accepted_origins(state: &PeerState, peer: &PeerConfig) -> Vec<NodeId> {
         })
         .filter(|id| *id != state.node)
         .collect()
+}
+
+#[derive(serde::Deserialize)]
+struct AfterQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn snapshots(
+    State(state): State<Arc<PeerState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<AfterQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(origin) = id.parse::<NodeId>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
+    };
+    let after = match query {
+        Ok(q) => q.0.after,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if !may_read(&state, &caller.0, origin) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("peer {} may not read origin {origin}", caller.0.name),
+        );
+    }
+    match read_store(&state, move |s| s.snapshots(origin)).await {
+        Ok(list) => {
+            let docs: Vec<wire::SnapshotDoc> = list
+                .iter()
+                .filter(|s| s.seq.0 > after)
+                .map(wire::SnapshotDoc::from)
+                .collect();
+            axum::Json(json!({ "snapshots": docs })).into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+async fn push_snapshot(
+    State(state): State<Arc<PeerState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(origin) = id.parse::<NodeId>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
+    };
+    let peer = caller.0;
+    if origin == state.node || !grants(&state, &peer.accept, origin) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("peer {} may not push origin {origin} here", peer.name),
+        );
+    }
+    let snapshot = match serde_json::from_slice::<wire::SnapshotDoc>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|d| d.to_snapshot().map_err(|e| e.to_string()))
+    {
+        Ok(s) if s.origin == origin => s,
+        Ok(_) => return bad("the snapshot is of another origin".into()),
+        Err(e) => return bad(e),
+    };
+    let writer = state.writer.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .accept_snapshot(&snapshot)
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => axum::Json(json!({ "stored": true })).into_response(),
+        Ok(Err(
+            e @ StoreError::SnapshotMismatch {
+                source: crate::store::SnapshotMismatch::Ahead { .. },
+                ..
+            },
+        )) => error(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e @ (StoreError::SnapshotMismatch { .. } | StoreError::Feed(_)))) => {
+            bad(e.to_string())
+        }
+        Ok(Err(e)) => unavailable(e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }

@@ -11,6 +11,7 @@ mod init;
 mod key;
 mod peers;
 mod run;
+mod snapshot;
 mod status;
 mod sync;
 mod verify;
@@ -75,8 +76,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run one ingest pass now (by the running daemon, if there is one) and report it.
+    /// Run one ingest pass, then push to and pull from every peer once (by the running
+    /// daemon, if there is one), and report.
     Sync,
+    /// Signed snapshots of an origin's state.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Write the current state of an origin, one live object per line, sorted by path.
     Export {
         /// `self` or a node id.
@@ -116,6 +121,28 @@ pub enum KeyCommand {
     },
 }
 
+/// `tandem snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Sign a snapshot of this node's state at its head (the next push sends it to holders).
+    Create,
+    /// List the snapshots held, with the holders known to have them.
+    List {
+        /// `self` or a node id (default: every origin held).
+        #[arg(long)]
+        origin: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every snapshot's signature and recompute its state root from the entries.
+    Verify {
+        /// `self` or a node id (default: every origin held).
+        #[arg(long)]
+        origin: Option<String>,
+    },
+}
+
 /// `tandem config ...`
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -140,6 +167,13 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Status { json } => status::run(&cli, *json),
         Command::Peers { json } => peers::run(&cli, *json),
         Command::Sync => sync::run(&cli),
+        Command::Snapshot(SnapshotCommand::Create) => snapshot::create(&cli),
+        Command::Snapshot(SnapshotCommand::List { origin, json }) => {
+            snapshot::list(&cli, origin.as_deref(), *json)
+        }
+        Command::Snapshot(SnapshotCommand::Verify { origin }) => {
+            snapshot::verify(&cli, origin.as_deref())
+        }
         Command::Export {
             origin,
             format,

@@ -26,13 +26,15 @@
 //! {"origin": "ed25519:…", "seq": 1024, "hash": "9f…", "ts": 1764169200000, "signature": "q8…=="}
 //! ```
 //! is a checkpoint ([`CheckpointDoc`]); a receipt ([`ReceiptDoc`]) adds `"holder"`; an origin
-//! ([`OriginDoc`]) is `{"id", "head": {"seq", "hash"}, "checkpoint": checkpoint | null}`.
+//! ([`OriginDoc`]) is `{"id", "head": {"seq", "hash"}, "checkpoint": checkpoint | null,
+//! "snapshot_seq"}`; a snapshot ([`SnapshotDoc`]) is `{"id", "origin", "seq", "head_hash",
+//! "ts", "objects", "bytes", "state_root", "signature"}` (`state_root` in hex).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-use crate::feed::{CHECKPOINT_LEN, Checkpoint, EntryHash, Receipt, Seq};
+use crate::feed::{CHECKPOINT_LEN, Checkpoint, EntryHash, Receipt, Seq, Snapshot};
 use crate::identity::NodeId;
 
 /// Magic bytes that open a page.
@@ -228,6 +230,61 @@ impl ReceiptDoc {
     }
 }
 
+/// A snapshot as JSON. `id` is informative (it is derived from the other fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDoc {
+    /// The snapshot's id.
+    pub id: String,
+    /// The origin that signed it.
+    pub origin: NodeId,
+    /// The seq the state is at.
+    pub seq: u64,
+    /// Hash of the entry at `seq`.
+    pub head_hash: String,
+    /// When the origin signed it (ms).
+    pub ts: u64,
+    /// Live objects.
+    pub objects: u64,
+    /// Bytes of their bodies.
+    pub bytes: u64,
+    /// The state root, hex.
+    pub state_root: String,
+    /// base64 of the origin's signature.
+    pub signature: String,
+}
+
+impl From<&Snapshot> for SnapshotDoc {
+    fn from(s: &Snapshot) -> Self {
+        SnapshotDoc {
+            id: s.id(),
+            origin: s.origin,
+            seq: s.seq.0,
+            head_hash: s.head_hash.to_string(),
+            ts: s.ts,
+            objects: s.objects,
+            bytes: s.bytes,
+            state_root: s.root_hex(),
+            signature: STANDARD.encode(s.signature),
+        }
+    }
+}
+
+impl SnapshotDoc {
+    /// Parses the fields (the signature is not verified here).
+    pub fn to_snapshot(&self) -> Result<Snapshot, WireError> {
+        Ok(Snapshot {
+            origin: self.origin,
+            seq: Seq(self.seq),
+            head_hash: parse_hash(&self.head_hash, "snapshot")?,
+            ts: self.ts,
+            objects: self.objects,
+            bytes: self.bytes,
+            state_root: parse_hash(&self.state_root, "snapshot")?.0,
+            signature: parse_signature(&self.signature, "snapshot")?,
+        })
+    }
+}
+
 /// A head as JSON; `hash` is null for an empty feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeadDoc {
@@ -246,6 +303,9 @@ pub struct OriginDoc {
     pub head: HeadDoc,
     /// The origin's latest checkpoint held; null for an empty feed.
     pub checkpoint: Option<CheckpointDoc>,
+    /// Seq of the latest snapshot of the origin held (0: none).
+    #[serde(default)]
+    pub snapshot_seq: u64,
 }
 
 /// An error body: `{"error": "…"}`, plus the holder's head where it matters (a gap).

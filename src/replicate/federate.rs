@@ -86,6 +86,9 @@ pub struct PushReport {
     pub pages: u64,
     /// Bytes sent on the wire (compressed page bodies).
     pub wire_bytes: u64,
+    /// Snapshots handed over.
+    #[serde(default)]
+    pub snapshots: u64,
 }
 
 /// What a pull pass did.
@@ -97,6 +100,9 @@ pub struct PullReport {
     pub pages: u64,
     /// Bytes received on the wire.
     pub wire_bytes: u64,
+    /// Snapshots received and kept.
+    #[serde(default)]
+    pub snapshots: u64,
 }
 
 /// This node's side of the relationship with one peer.
@@ -272,11 +278,64 @@ impl Federation {
             if let Some(e) = fork {
                 return Err(e);
             }
+            report.snapshots += self
+                .push_snapshots(origin, doc.as_ref().map_or(0, |d| d.snapshot_seq))
+                .await?;
         }
         if report.sent > 0 {
             info!(peer = %self.peer.name, sent = report.sent, pages = report.pages, "push done");
         }
         Ok(report)
+    }
+
+    /// Hands the peer the snapshots of `origin` after `after` (the latest it has), up to what
+    /// it now holds, and records that it has them.
+    async fn push_snapshots(&self, origin: NodeId, after: u64) -> Result<u64, FederateError> {
+        let list = self.with_store(move |s| s.snapshots(origin)).await?;
+        let mut sent = 0;
+        for snapshot in list.into_iter().filter(|s| s.seq.0 > after) {
+            match self.client.push_snapshot(&snapshot).await {
+                Ok(()) => {}
+                // It does not hold the entries yet (a quota, a failed page): next time.
+                Err(PeerError::Refused { status: 409, .. }) => break,
+                Err(e) => return Err(e.into()),
+            }
+            let holder = self.peer.id;
+            self.with_store(move |s| s.record_snapshot_holder(origin, snapshot.seq, holder))
+                .await?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    /// Fetches the snapshots of `origin` the peer has after the latest held here, and keeps the
+    /// ones that check against the entries held (see [`Store::accept_snapshot`]).
+    async fn pull_snapshots(&self, origin: NodeId, theirs: u64) -> Result<u64, FederateError> {
+        let after = self
+            .with_store(move |s| s.snapshots(origin))
+            .await?
+            .last()
+            .map_or(0, |s| s.seq.0);
+        if theirs <= after {
+            return Ok(0);
+        }
+        let list = self.client.snapshots(origin, Seq(after)).await?;
+        let mut kept = 0;
+        for snapshot in list {
+            if snapshot.origin != origin {
+                continue;
+            }
+            match self.with_store(move |s| s.accept_snapshot(&snapshot)).await {
+                Ok(()) => kept += 1,
+                // Beyond what is held: the next pull brings the entries, then the snapshot.
+                Err(StoreError::SnapshotMismatch {
+                    source: crate::store::SnapshotMismatch::Ahead { .. },
+                    ..
+                }) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(kept)
     }
 
     /// Pulls every origin of the peer's `pull` list once, without waiting for new entries.
@@ -287,6 +346,7 @@ impl Federation {
             total.accepted += r.accepted;
             total.pages += r.pages;
             total.wire_bytes += r.wire_bytes;
+            total.snapshots += r.snapshots;
         }
         Ok(total)
     }
@@ -344,6 +404,8 @@ impl Federation {
             self.with_store(move |s| s.record_served(origin, holder, served).map(drop))
                 .await?;
         }
+        let theirs = doc.as_ref().map_or(0, |d| d.snapshot_seq);
+        report.snapshots += self.pull_snapshots(origin, theirs).await?;
         if report.accepted > 0 {
             info!(peer = %self.peer.name, %origin, accepted = report.accepted, "pull done");
         }

@@ -18,6 +18,7 @@
 mod holders;
 mod read;
 pub mod schema;
+mod snapshots;
 mod verify;
 mod write;
 
@@ -32,6 +33,7 @@ use crate::identity::NodeId;
 
 pub use holders::{HolderInfo, Rollback};
 pub use read::{OriginInfo, StoredEntry};
+pub use snapshots::SnapshotMismatch;
 pub use verify::{VerifyProblem, VerifyReport};
 pub use write::{Accepted, CHECKPOINT_EVERY, Change, CheckpointCheck, CursorUpdate};
 
@@ -141,6 +143,14 @@ pub enum StoreError {
     /// Two valid histories of one origin; the evidence was stored and the origin frozen.
     #[error("origin {} forked at seq {}: evidence stored, origin frozen", .0.origin, .0.seq)]
     Fork(Box<ForkEvidence>),
+    /// A snapshot that the entries held do not give.
+    #[error("snapshot of origin {origin} refused: {source}")]
+    SnapshotMismatch {
+        /// The origin.
+        origin: NodeId,
+        /// What differs.
+        source: SnapshotMismatch,
+    },
     /// A change handed to [`Store::append`] that the feed cannot encode.
     #[error("cannot record the change to {path}: {source}")]
     InvalidChange {

@@ -435,7 +435,7 @@ fn prefix_end(prefix: &str) -> String {
 }
 
 /// Reads a blob column that must be a blob.
-trait BlobContext<'a> {
+pub(super) trait BlobContext<'a> {
     fn ctx_blob(self) -> Result<&'a [u8], StoreError>;
 }
 

@@ -97,6 +97,26 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (origin, holder)
     ) WITHOUT ROWID;
     "#,
+    // 3: signed snapshots, and which holders have them.
+    r#"
+    -- Snapshots signed by origins (ours, or received with their feeds), at most one per seq.
+    CREATE TABLE snapshots (
+        origin      INTEGER NOT NULL REFERENCES origins(id),
+        seq         INTEGER NOT NULL,
+        statement   BLOB NOT NULL CHECK (length(statement) = 192),  -- Snapshot::to_bytes
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (origin, seq)
+    ) WITHOUT ROWID;
+
+    -- Holders known to have accepted a snapshot.
+    CREATE TABLE snapshot_holders (
+        origin  INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        holder  BLOB NOT NULL CHECK (length(holder) = 32),
+        at      INTEGER NOT NULL,
+        PRIMARY KEY (origin, seq, holder)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

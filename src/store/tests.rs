@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::feed::{Checkpoint, VerifiedBatch, encode_entry, verify_batch};
+use crate::feed::{Checkpoint, Snapshot, VerifiedBatch, encode_entry, verify_batch};
 use crate::identity::NodeKey;
 
 /// A chain of `n` entries for `key`, starting after `from`, with a checkpoint at every seq.
@@ -677,4 +677,72 @@ fn children_skip_over_subtrees() {
         ["/buckets/a/collections/c7/records/r"]
     );
     assert!(store.children(key.id(), "/nothing").unwrap().is_empty());
+}
+
+#[test]
+fn snapshots_state_the_replayed_state_and_holders_check_them() {
+    let origin = NodeKey::from_seed([31; 32]);
+    let chain = Chain::new(&origin, 12, "s");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut full = writer(dir_a.path());
+    full.accept(&chain.verified(&origin, 0, 12), &[]).unwrap();
+    // The root at seq 9 by replay equals the root at the head of a store holding only 9.
+    let mut part = writer(dir_b.path());
+    part.accept(&chain.verified(&origin, 0, 9), &[]).unwrap();
+    let (head, replayed) = full.state_root_at(origin.id(), Seq(9)).unwrap();
+    let (head9, at_head) = part.state_root_at(origin.id(), Seq(9)).unwrap();
+    assert_eq!((head, replayed), (head9, at_head));
+    assert_ne!(
+        replayed,
+        full.state_root_at(origin.id(), Seq(12)).unwrap().1
+    );
+
+    let snapshot = Snapshot::sign(&origin, head, 5, replayed);
+    full.accept_snapshot(&snapshot).unwrap();
+    full.accept_snapshot(&snapshot).unwrap();
+    assert_eq!(full.snapshots(origin.id()).unwrap(), vec![snapshot]);
+    // A snapshot whose state the entries do not give is refused, even when validly signed.
+    let lie = Snapshot::sign(
+        &origin,
+        head,
+        6,
+        crate::feed::StateSummary {
+            root: [7; 32],
+            ..replayed
+        },
+    );
+    let e = part.accept_snapshot(&lie).unwrap_err();
+    assert!(matches!(e, StoreError::SnapshotMismatch { .. }), "{e}");
+    let ahead = Snapshot::sign(
+        &origin,
+        full.head(origin.id()).unwrap().unwrap(),
+        6,
+        replayed,
+    );
+    assert!(part.accept_snapshot(&ahead).is_err());
+    assert!(part.snapshots(origin.id()).unwrap().is_empty());
+}
+
+#[test]
+fn create_snapshot_signs_the_own_state_once_per_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([32; 32]);
+    let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
+    assert!(store.create_snapshot(&key).is_err(), "empty feed");
+    let put = |p: &str| Change {
+        op: Op::Put,
+        path: p.into(),
+        body: b"{\"data\":{}}".to_vec(),
+    };
+    store
+        .append(&key, &[put("/buckets/a"), put("/buckets/b")], &[])
+        .unwrap();
+    let (s, created) = store.create_snapshot(&key).unwrap();
+    assert!(created);
+    s.verify().unwrap();
+    assert_eq!((s.seq, s.objects, s.bytes), (Seq(2), 2, 22));
+    let (again, created) = store.create_snapshot(&key).unwrap();
+    assert!(!created);
+    assert_eq!(again, s);
+    store.check_snapshot(&s).unwrap();
 }

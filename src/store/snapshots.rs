@@ -1,0 +1,265 @@
+//! Snapshots: computing an origin's state root at a seq, signing our own, and keeping the
+//! ones origins signed, each checked against the entries held before it is stored.
+
+use std::collections::BTreeMap;
+
+use rusqlite::OptionalExtension;
+
+use super::read::BlobContext;
+use super::{Context, SEQ_BITS, Store, StoreError, entry_key, now_ms};
+use crate::feed::{self, FeedError, Head, Op, Seq, Snapshot, StateRoot, StateSummary};
+use crate::identity::{NodeId, NodeKey};
+
+/// A snapshot that does not match what the store holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotMismatch {
+    /// The snapshot's seq is beyond the entries held.
+    #[error("snapshot at seq {seq} is beyond the held head {head}")]
+    Ahead {
+        /// Its seq.
+        seq: u64,
+        /// The head held.
+        head: u64,
+    },
+    /// It names another entry at its seq: a fork.
+    #[error("snapshot at seq {seq} names another entry than the one held")]
+    OtherChain {
+        /// Its seq.
+        seq: u64,
+    },
+    /// The state root, object count or size differ from the state replayed from the entries.
+    #[error("snapshot at seq {seq} states {what} that the held entries do not give")]
+    State {
+        /// Its seq.
+        seq: u64,
+        /// "a state root", "an object count"…
+        what: &'static str,
+    },
+}
+
+impl Store {
+    /// The state root, object count and bytes of `origin` at `seq` (at or below its head),
+    /// with the head at that seq. At the head it reads the materialized state; below it, it
+    /// replays the entries up to `seq`. Call inside a read transaction for a consistent view.
+    pub fn state_root_at(
+        &self,
+        origin: NodeId,
+        seq: Seq,
+    ) -> Result<(Head, StateSummary), StoreError> {
+        let head = self
+            .head(origin)?
+            .ok_or(StoreError::Feed(FeedError::Malformed(
+                "no entries held for this origin",
+            )))?;
+        if seq > head.seq || seq.0 == 0 {
+            return Err(StoreError::Feed(FeedError::Malformed(
+                "seq is beyond the held head",
+            )));
+        }
+        let mut root = StateRoot::new();
+        if seq == head.seq {
+            self.for_each_object(origin, |path, body| {
+                root.push(path, body).map_err(StoreError::from)
+            })?;
+            return Ok((head, root.finish()));
+        }
+        let row = self.origin_row_id(origin)?.expect("the origin has a head");
+        // Live objects at `seq`: path -> seq of the put that holds its body.
+        let mut live: BTreeMap<String, u64> = BTreeMap::new();
+        let mut at = None;
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT key, hash, bytes FROM entries WHERE key > ?1 AND key <= ?2 ORDER BY key")
+                .ctx("replaying entries")?;
+            let mut rows = stmt
+                .query((entry_key(row, 0), entry_key(row, seq.0)))
+                .ctx("replaying entries")?;
+            while let Some(r) = rows.next().ctx("replaying entries")? {
+                let key: i64 = r.get(0).ctx("replaying entries")?;
+                let bytes = r
+                    .get_ref(2)
+                    .ctx("replaying entries")?
+                    .as_blob()
+                    .ctx_blob()?;
+                let entry = feed::decode_entry(bytes)?;
+                let s = (key & ((1 << SEQ_BITS) - 1)) as u64;
+                match entry.op {
+                    Op::Put => {
+                        live.insert(entry.path.to_owned(), s);
+                    }
+                    Op::Delete => {
+                        live.remove(entry.path);
+                    }
+                }
+                if s == seq.0 {
+                    at = Some(super::hash_from(r.get(1).ctx("replaying entries")?)?);
+                }
+            }
+        }
+        let hash = at.ok_or(StoreError::Feed(FeedError::Malformed(
+            "an entry below the head is missing",
+        )))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT bytes FROM entries WHERE key = ?1")
+            .ctx("reading a body")?;
+        for (path, s) in &live {
+            let bytes: Vec<u8> = stmt
+                .query_row([entry_key(row, *s)], |r| r.get(0))
+                .ctx("reading a body")?;
+            root.push(path, feed::decode_entry(&bytes)?.body)?;
+        }
+        Ok((Head { seq, hash }, root.finish()))
+    }
+
+    /// Signs a snapshot of our own state at its head and stores it. Returns `(snapshot,
+    /// created)`: when the latest snapshot already is at the head, it is returned as is.
+    pub fn create_snapshot(&mut self, key: &NodeKey) -> Result<(Snapshot, bool), StoreError> {
+        let origin = key.id();
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .ctx("starting a snapshot")?;
+        let head = self
+            .head(origin)?
+            .ok_or(StoreError::Feed(FeedError::Malformed(
+                "the feed is empty: nothing to snapshot yet",
+            )))?;
+        if let Some(last) = self.snapshots(origin)?.pop()
+            && last.seq == head.seq
+        {
+            return Ok((last, false));
+        }
+        let (head, root) = self.state_root_at(origin, head.seq)?;
+        let snapshot = Snapshot::sign(key, head, now_ms(), root);
+        insert(&tx, &snapshot)?;
+        tx.commit().ctx("committing a snapshot")?;
+        Ok((snapshot, true))
+    }
+
+    /// Checks a snapshot an origin signed against the entries held (signature, the entry at
+    /// its seq, state root, object count and bytes) and stores it. Storing one already held
+    /// is a no-op.
+    pub fn accept_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        snapshot.verify()?;
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .ctx("starting a snapshot check")?;
+        self.check_snapshot(snapshot)?;
+        insert(&tx, snapshot)?;
+        tx.commit().ctx("committing a snapshot")
+    }
+
+    /// Checks a snapshot (not its signature) against the entries held.
+    pub fn check_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let head = self.head(snapshot.origin)?.map_or(0, |h| h.seq.0);
+        let mismatch = |m| StoreError::SnapshotMismatch {
+            origin: snapshot.origin,
+            source: m,
+        };
+        if snapshot.seq.0 > head {
+            return Err(mismatch(SnapshotMismatch::Ahead {
+                seq: snapshot.seq.0,
+                head,
+            }));
+        }
+        let (at, state) = self.state_root_at(snapshot.origin, snapshot.seq)?;
+        let seq = snapshot.seq.0;
+        if at.hash != snapshot.head_hash {
+            return Err(mismatch(SnapshotMismatch::OtherChain { seq }));
+        }
+        let what = if state.root != snapshot.state_root {
+            "a state root"
+        } else if state.objects != snapshot.objects {
+            "an object count"
+        } else if state.bytes != snapshot.bytes {
+            "a size"
+        } else {
+            return Ok(());
+        };
+        Err(mismatch(SnapshotMismatch::State { seq, what }))
+    }
+
+    /// Every snapshot held for `origin`, by seq.
+    pub fn snapshots(&self, origin: NodeId) -> Result<Vec<Snapshot>, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT statement FROM snapshots WHERE origin = ?1 ORDER BY seq")
+            .ctx("reading snapshots")?;
+        let rows = stmt
+            .query_map([row], |r| r.get::<_, Vec<u8>>(0))
+            .ctx("reading snapshots")?;
+        let mut out = Vec::new();
+        for bytes in rows {
+            out.push(Snapshot::from_bytes(&bytes.ctx("reading snapshots")?)?);
+        }
+        Ok(out)
+    }
+
+    /// Records that `holder` accepted the snapshot of `origin` at `seq`.
+    pub fn record_snapshot_holder(
+        &mut self,
+        origin: NodeId,
+        seq: Seq,
+        holder: NodeId,
+    ) -> Result<(), StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(());
+        };
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO snapshot_holders (origin, seq, holder, at) VALUES (?1, ?2, ?3, ?4)",
+                (row, seq.0 as i64, holder.as_bytes().as_slice(), now_ms() as i64),
+            )
+            .ctx("recording a snapshot holder")
+            .map(drop)
+    }
+
+    /// Holders known to have the snapshot of `origin` at `seq`.
+    pub fn snapshot_holders(&self, origin: NodeId, seq: Seq) -> Result<Vec<NodeId>, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT holder FROM snapshot_holders WHERE origin = ?1 AND seq = ?2 ORDER BY holder",
+            )
+            .ctx("reading snapshot holders")?;
+        let rows = stmt
+            .query_map((row, seq.0 as i64), |r| r.get::<_, Vec<u8>>(0))
+            .ctx("reading snapshot holders")?;
+        let mut out = Vec::new();
+        for id in rows {
+            out.push(super::read::node_id_from(
+                id.ctx("reading snapshot holders")?,
+            )?);
+        }
+        Ok(out)
+    }
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, snapshot: &Snapshot) -> Result<(), StoreError> {
+    let origin: i64 = tx
+        .query_row(
+            "SELECT id FROM origins WHERE node_id = ?1",
+            [snapshot.origin.as_bytes().as_slice()],
+            |r| r.get(0),
+        )
+        .optional()
+        .ctx("reading an origin")?
+        .ok_or(StoreError::Feed(FeedError::Malformed(
+            "a snapshot of an origin not held",
+        )))?;
+    tx.execute(
+        "INSERT OR IGNORE INTO snapshots (origin, seq, statement, received_at) VALUES (?1, ?2, ?3, ?4)",
+        (origin, snapshot.seq.0 as i64, snapshot.to_bytes(), now_ms() as i64),
+    )
+    .ctx("storing a snapshot")
+    .map(drop)
+}
