@@ -130,16 +130,18 @@ impl Node {
             }
             Err(e) => return Err(e.into()),
         };
-        let lost = !dir.join(DB_FILE).exists() && !created;
-        if lost && config.peers.is_empty() {
+        if !dir.join(DB_FILE).exists() && !created && config.peers.is_empty() {
             return Err(SetupError::StoreLost { key: key_path, dir }.into());
         }
-        let mut store = Store::open_writer(&dir, key.id())?;
-        if lost {
-            // The flag commits before anything else can be written: a crash now resumes the
-            // recovery, never an append at seq 1.
-            store.set_recovering(true)?;
-            warn!(node = %key.id(), dir = %dir.display(), "no store for an existing key: this node's feed will be fetched back from its peers before anything is appended");
+        // A store created now for a key that existed is marked as recovering in the same
+        // transaction that creates it: a crash at any point resumes the recovery, never an
+        // append at seq 1.
+        let store = Store::open_writer_with(&dir, key.id(), !created)?;
+        if store.recovering()? {
+            if config.peers.is_empty() {
+                return Err(SetupError::StoreLost { key: key_path, dir }.into());
+            }
+            warn!(node = %key.id(), dir = %dir.display(), "this node's feed is being fetched back from its peers; nothing is appended before that");
         }
         Ok(Node { config, key, store })
     }
@@ -374,8 +376,18 @@ fn spawn_peer_loops(
             scheduler::run_loop(&status, cadence, token, || {
                 let fed = fed.clone();
                 async move {
-                    let pushed = fed.push().await?;
-                    let pulled = fed.pull().await?;
+                    // Both directions run even when one fails.
+                    let pushed = if fed.peer().push.is_empty() {
+                        Ok(Default::default())
+                    } else {
+                        fed.push().await
+                    };
+                    let pulled = if fed.peer().pull.is_empty() {
+                        Ok(Default::default())
+                    } else {
+                        fed.pull().await
+                    };
+                    let (pushed, pulled) = (pushed?, pulled?);
                     Ok::<_, FederateError>(format!(
                         "{} entries pushed, {} pulled",
                         pushed.sent, pulled.accepted
@@ -415,7 +427,12 @@ fn spawn_peer_loops(
             scheduler::run_loop(&status, Cadence::Every(Duration::ZERO), token, || {
                 let fed = fed.clone();
                 async move {
+                    let started = tokio::time::Instant::now();
                     let pulled = fed.pull_origin(origin, scheduler::LONG_POLL).await?;
+                    // A peer that answers a long poll at once with nothing is not hammered.
+                    if pulled.accepted == 0 {
+                        tokio::time::sleep_until(started + Duration::from_secs(1)).await;
+                    }
                     Ok::<_, FederateError>(format!("{} entries pulled", pulled.accepted))
                 }
             })

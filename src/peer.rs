@@ -19,6 +19,10 @@ use crate::protocol::wire::{self, ErrorDoc, OriginDoc, PAGE_TYPE, WireError};
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Entries asked for per page.
 pub const PAGE_ENTRIES: usize = 4096;
+/// Largest JSON answer read from a peer.
+const MAX_JSON: usize = 8 << 20;
+/// Largest error answer read from a peer.
+const MAX_ERROR: usize = 64 << 10;
 
 /// Errors talking to a peer. Each names the peer.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +91,8 @@ impl PeerClient {
     pub fn new(name: &str, base: &url::Url, key: Arc<NodeKey>) -> Result<PeerClient, PeerError> {
         let http = net::client_builder()
             .connect_timeout(Duration::from_secs(10))
+            // A peer is reached at its configured URL, never somewhere it redirects to.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| PeerError::Transport {
                 peer: name.to_owned(),
@@ -155,7 +161,11 @@ impl PeerClient {
             return Ok(response);
         }
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
+        let text = self
+            .read_capped(response, MAX_ERROR)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let doc: Option<ErrorDoc> = serde_json::from_str(&text).ok();
         Err(PeerError::Refused {
             peer: self.name.clone(),
@@ -165,6 +175,29 @@ impl PeerClient {
                 .map_or_else(|| text.chars().take(200).collect(), |d| d.error.clone()),
             head: doc.and_then(|d| d.head),
         })
+    }
+
+    /// Reads a body of at most `cap` bytes; a larger one (declared or actual) is invalid.
+    async fn read_capped(
+        &self,
+        mut response: reqwest::Response,
+        cap: usize,
+    ) -> Result<Vec<u8>, PeerError> {
+        let too_large = || PeerError::Invalid {
+            peer: self.name.clone(),
+            source: WireError::TooLarge,
+        };
+        if response.content_length().is_some_and(|n| n > cap as u64) {
+            return Err(too_large());
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(&e))? {
+            if out.len() + chunk.len() > cap {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     fn transport(&self, e: &reqwest::Error) -> PeerError {
@@ -178,7 +211,7 @@ impl PeerClient {
         &self,
         response: reqwest::Response,
     ) -> Result<T, PeerError> {
-        let bytes = response.bytes().await.map_err(|e| self.transport(&e))?;
+        let bytes = self.read_capped(response, MAX_JSON).await?;
         serde_json::from_slice(&bytes).map_err(|e| PeerError::Invalid {
             peer: self.name.clone(),
             source: WireError::Malformed {
@@ -304,7 +337,8 @@ impl PeerClient {
             .headers()
             .get(CONTENT_ENCODING)
             .is_some_and(|v| v.as_bytes() == b"zstd");
-        let body = response.bytes().await.map_err(|e| self.transport(&e))?;
+        let body = self.read_capped(response, wire::MAX_PAGE).await?;
+        let wire_bytes = body.len();
         let invalid = |source| PeerError::Invalid {
             peer: self.name.clone(),
             source,
@@ -312,13 +346,13 @@ impl PeerClient {
         let raw = if zstd {
             wire::decompress(&body).map_err(invalid)?
         } else {
-            body.to_vec()
+            body
         };
         let (checkpoint, entries) = wire::decode_page(&raw).map_err(invalid)?;
         Ok(Some(Page {
             checkpoint,
             entries,
-            wire_bytes: body.len(),
+            wire_bytes,
         }))
     }
 
@@ -354,9 +388,12 @@ impl PeerClient {
         };
         let receipt = doc.to_receipt().map_err(|e| invalid(e.to_string()))?;
         receipt.verify().map_err(|e| invalid(e.to_string()))?;
+        // A receipt at the page's checkpoint must name its hash; one beyond it (the holder got
+        // more from elsewhere) is checked by the caller against what it holds.
         if receipt.holder != peer_id
             || receipt.origin != checkpoint.origin
             || receipt.seq < checkpoint.seq
+            || (receipt.seq == checkpoint.seq && receipt.hash != checkpoint.hash)
         {
             return Err(invalid(format!(
                 "receipt for {} at seq {} by {} does not acknowledge the push",

@@ -36,6 +36,7 @@ pub const HOLDER_ACKED_SEQ: &str = "tandem_holder_acked_seq";
 /// withholding). Labels: `origin`, `holder`.
 pub const HOLDER_ROLLBACKS: &str = "tandem_holder_rollbacks_total";
 /// Gauge: the highest seq of this node's feed held by at least `[node] durability` holders.
+/// Labels: `origin` (this node).
 pub const DURABLE_SEQ: &str = "tandem_durable_seq";
 /// Gauge: 1 while a peer refuses our pushes for lack of quota. Labels: `peer`.
 pub const PEER_QUOTA_EXCEEDED: &str = "tandem_peer_quota_exceeded";

@@ -114,22 +114,29 @@ async fn push_relay_and_continuous_propagation() {
     assert_eq!(export(&laptop, &h), export(&home, "self"));
     assert!(export(&home, "self").contains("/records/r19"));
 
-    // One more change: measured from the moment home has it.
-    record(&kinto, "late").await;
-    wait_for(LONG, "home ingests the change", || {
-        home.head(home.id) > head
-    })
-    .await;
-    let ingested = Instant::now();
-    let new_head = home.head(home.id);
-    wait_for(Duration::from_secs(5), "the community gets it", || {
-        community.head(home.id) == new_head
-    })
-    .await;
-    let latency = ingested.elapsed();
+    // Three more changes, each timed from the moment home has it to the moment the
+    // community does; the median must be under a second.
+    let mut latencies = Vec::new();
+    let mut new_head = head;
+    for i in 0..3 {
+        record(&kinto, &format!("late{i}")).await;
+        let before = new_head;
+        wait_for(LONG, "home ingests the change", || {
+            home.head(home.id) > before
+        })
+        .await;
+        let ingested = Instant::now();
+        new_head = home.head(home.id);
+        wait_for(Duration::from_secs(10), "the community gets it", || {
+            community.head(home.id) >= new_head
+        })
+        .await;
+        latencies.push(ingested.elapsed());
+    }
+    latencies.sort();
     assert!(
-        latency < Duration::from_secs(1),
-        "a change reached the continuous peer after {latency:?}"
+        latencies[1] < Duration::from_secs(1),
+        "changes reached the continuous peer after {latencies:?}"
     );
     wait_for(LONG, "the laptop gets it by long poll", || {
         laptop.head(home.id) == new_head
@@ -148,10 +155,10 @@ async fn push_relay_and_continuous_propagation() {
     assert_eq!(c["behind"], false);
     let own = &status["origins"][0];
     assert_eq!(own["durable_seq"], new_head);
+    let metrics = home.metrics().await;
     assert!(
-        home.metrics()
-            .await
-            .contains(&format!("tandem_durable_seq {new_head}"))
+        metrics.contains(&format!("tandem_durable_seq{{origin=\"{h}\"}} {new_head}")),
+        "{metrics}"
     );
     // Everything the laptop holds verifies against home's key.
     let report = laptop.store().verify_origin(home.id).unwrap();
@@ -193,7 +200,6 @@ async fn authorization_matrix() {
     let reader = TestNode::new("reader");
     let pusher = TestNode::new("pusher");
     let nobody = TestNode::new("nobody");
-    let stranger = NodeKey::from_seed([42; 32]);
     host.configure(
         "",
         &format!(
@@ -217,7 +223,10 @@ async fn authorization_matrix() {
     let client = |key: NodeKey| PeerClient::new("host", &url, std::sync::Arc::new(key)).unwrap();
     let page_of = |node: &TestNode| {
         let store = node.store();
-        let (entries, cp) = store.entries_page(node.id, Seq(0), 100).unwrap().unwrap();
+        let (entries, cp) = store
+            .entries_page(node.id, Seq(0), 100, usize::MAX)
+            .unwrap()
+            .unwrap();
         let raw =
             tandem::protocol::wire::encode_page(&cp, entries.iter().map(|e| e.bytes.as_slice()));
         (cp, raw)
@@ -239,7 +248,7 @@ async fn authorization_matrix() {
         status(c.push(host.id, &pusher_cp, &pusher_page).await.map(drop)),
         401
     );
-    let _ = stranger;
+    assert_eq!(host.head(pusher.id), 0, "nothing stored for an unknown key");
 
     // A reader reads what `serve` grants, and nothing else; it may not push.
     let c = client(reader.key());
@@ -271,6 +280,7 @@ async fn authorization_matrix() {
         status(c.push(host.id, &pusher_cp, &pusher_page).await.map(drop)),
         403
     );
+    assert_eq!(host.head(pusher.id), 0, "nothing stored for a refused push");
 
     // A pusher pushes its own feed (the default `accept`) and gets a signed receipt; it may
     // not read the host's feed, nor push another origin, nor the host's own.
@@ -285,9 +295,11 @@ async fn authorization_matrix() {
     // Re-delivery is a no-op with the same answer.
     let (again, _) = c.push(host.id, &pusher_cp, &pusher_page).await.unwrap();
     assert_eq!(again.seq, Seq(5));
+    // It may always read its own feed back (and nothing else).
+    let listed = c.origins().await.unwrap();
     assert_eq!(
-        status(c.origins().await.map(|l| assert!(l.is_empty()))),
-        200
+        listed.iter().map(|o| o.id).collect::<Vec<_>>(),
+        vec![pusher.id]
     );
     assert_eq!(
         status(c.page(host.id, Seq(0), Duration::ZERO).await.map(drop)),
@@ -559,10 +571,9 @@ async fn self_recovery_after_losing_the_store() {
             TestNode::peer_entry(&community, "push = [\"self\"]\nserve = [\"self\"]")
         ),
     );
-    community.configure(
-        "",
-        &TestNode::peer_entry(&home, &format!("serve = [\"{}\"]", home.id)),
-    );
+    // The community's entry for home has default lists: a node may always read its own feed
+    // back, which is what recovery needs.
+    community.configure("", &TestNode::peer_entry(&home, ""));
     home.init();
     community.init();
     community.start().await;
@@ -681,8 +692,11 @@ impl Drop for Process {
 /// at every step, and the holder ends with the whole feed, nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_processes_resume_without_loss() {
-    let origin = TestNode::new("origin");
-    let holder = TestNode::new("holder");
+    let mut origin = TestNode::new("origin");
+    let mut holder = TestNode::new("holder");
+    // Real processes bind the ports themselves.
+    origin.release_port();
+    holder.release_port();
     origin.configure("", &TestNode::peer_entry(&holder, "serve = [\"self\"]"));
     holder.configure(
         "",
@@ -715,7 +729,9 @@ async fn killed_processes_resume_without_loss() {
         pulling = Process::start(&holder);
     }
     serving.signal(libc::SIGTERM);
-    drop(serving);
+    let mut serving = serving;
+    let exit = serving.0.wait().unwrap();
+    assert!(exit.success(), "SIGTERM ends the daemon cleanly: {exit}");
     let serving = Process::start(&origin);
     wait_for(LONG, "the whole feed", || holder.head(origin.id) == 60_000).await;
     let store = holder.store();
@@ -806,6 +822,115 @@ async fn snapshots_travel_with_the_feed() {
         text.contains("at seq 3000") && text.contains("bad snapshot signature"),
         "{text}"
     );
+    home.stop().await;
+    community.stop().await;
+}
+
+/// Entries large enough that 4,096 of them would not fit a page, and incompressible enough that
+/// a page is several MiB on the wire: pages are cut by bytes, and pushes and pulls of them work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_entries_travel_in_pages_cut_by_size() {
+    let mut home = TestNode::new("home");
+    let mut community = TestNode::new("community");
+    let mut laptop = TestNode::new("laptop");
+    let h = home.id.to_string();
+    home.configure(
+        "",
+        &TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
+    );
+    community.configure(
+        "",
+        &format!(
+            "{}{}",
+            TestNode::peer_entry(&home, NEVER),
+            TestNode::peer_entry(&laptop, &format!("serve = [\"{h}\"]\n{NEVER}"))
+        ),
+    );
+    laptop.configure(
+        "",
+        &TestNode::peer_entry(&community, &format!("pull = [\"{h}\"]\n{NEVER}")),
+    );
+    for n in [&home, &community, &laptop] {
+        n.init();
+    }
+    // 120 entries of ~150 KB: 18 MB, in pages of at most 8 MiB plus one entry.
+    home.append_sized(120, "big", 150_000);
+    for n in [&mut home, &mut community, &mut laptop] {
+        n.start().await;
+    }
+    let answer = home.sync().await;
+    assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    let pushed = &answer["peers"][0]["push"];
+    assert_eq!(pushed["sent"], 120, "{answer}");
+    assert!(pushed["pages"].as_u64().unwrap() >= 3, "{answer}");
+    assert!(
+        pushed["wire_bytes"].as_u64().unwrap() > 12_000_000,
+        "the test data compresses too well to test anything: {answer}"
+    );
+    let answer = laptop.sync().await;
+    assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    assert_eq!(laptop.head(home.id), 120);
+    assert!(
+        laptop
+            .store()
+            .verify_origin(home.id)
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+    for n in [&mut home, &mut community, &mut laptop] {
+        n.stop().await;
+    }
+}
+
+/// A node whose store was restored from an old backup sees a peer holding more of its own
+/// feed: it fetches the missing entries back before appending, and nobody records a fork.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_restored_from_an_old_backup_catches_up_before_appending() {
+    let mut home = TestNode::new("home");
+    let mut community = TestNode::new("community");
+    home.configure(
+        "",
+        &TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
+    );
+    community.configure("", &TestNode::peer_entry(&home, NEVER));
+    home.init();
+    community.init();
+    home.append(100, "a");
+    let backup = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        home.data().join("tandem.db"),
+        backup.path().join("tandem.db"),
+    )
+    .unwrap();
+    home.append(50, "b");
+    community.start().await;
+    home.start().await;
+    home.sync().await;
+    assert_eq!(community.head(home.id), 150);
+    home.stop().await;
+    for f in ["tandem.db-wal", "tandem.db-shm"] {
+        let _ = std::fs::remove_file(home.data().join(f));
+    }
+    std::fs::copy(
+        backup.path().join("tandem.db"),
+        home.data().join("tandem.db"),
+    )
+    .unwrap();
+    assert_eq!(home.head(home.id), 100);
+    home.start().await;
+    let answer = home.sync().await;
+    assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    assert_eq!(home.head(home.id), 150, "the missing entries came back");
+    assert_eq!(home.status()["node"]["recovering"], false);
+    home.stop().await;
+    // New entries continue from seq 150, and the community accepts them: no fork.
+    home.append(10, "c");
+    home.start().await;
+    let answer = home.sync().await;
+    assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    assert_eq!(community.head(home.id), 160);
+    assert!(community.store().forks(home.id).unwrap().is_empty());
     home.stop().await;
     community.stop().await;
 }

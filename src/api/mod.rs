@@ -83,7 +83,8 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     match origins(&state).await {
         Ok((origins, durable)) => {
-            metrics::gauge!(telemetry::DURABLE_SEQ).set(durable as f64);
+            metrics::gauge!(telemetry::DURABLE_SEQ, "origin" => state.node.to_string())
+                .set(durable as f64);
             for o in origins {
                 let labels = [
                     ("origin", o.id.to_string()),

@@ -3,9 +3,10 @@
 //!
 //! Every request must be signed by a node key (RFC 9421, see
 //! [`crate::protocol::signature`]) that a `[[peer]]` entry of the configuration names:
-//! unsigned or badly signed requests and unknown keys get `401`; a known peer asking for an
-//! origin its lists do not grant gets `403`. Errors are JSON `{"error": …}`. Nothing is read or
-//! stored for a request before it is authenticated and authorized.
+//! unsigned or badly signed requests and unknown keys get `401` (an unknown `keyid` before any
+//! body is read); a known peer asking for an origin its lists do not grant gets `403`. Errors
+//! are JSON `{"error": …}`. Nothing is stored for a request before it is authenticated and
+//! authorized. A peer may always read its own feed back.
 //!
 //! Endpoints (bodies in [`crate::protocol::wire`]):
 //! - `GET /v1/node`: `{"id", "name", "version"}`.
@@ -14,7 +15,8 @@
 //! - `GET /v1/origins/{id}`: one origin, if the caller may read it or push it (`accept`);
 //!   `404` if not held.
 //! - `GET /v1/origins/{id}/entries?after=SEQ&limit=N&wait=S`: the next page after `SEQ` (at
-//!   most about `N` entries, default 4096, ending at a checkpoint), `200` with a page body
+//!   most `N` entries, default 4096, and [`wire::PAGE_BYTES`] of entries, ending at a
+//!   checkpoint; a run up to the first checkpoint comes whole), `200` with a page body
 //!   (zstd when the request's `Accept-Encoding` lists it), or `204` when there is nothing after
 //!   `SEQ` even after waiting up to `S` seconds (at most 30; the long poll of continuous
 //!   replication). Every answer carries `Tandem-Head: <seq>`, the head held.
@@ -24,7 +26,6 @@
 //!   page does not verify; `409` with `"head"`: it does not link to what is held (start after
 //!   `head`), or it shows a fork (the origin is then frozen here); `413`: larger than
 //!   [`MAX_BODY`]; `507`: past the caller's `quota`.
-//!
 //! - `GET /v1/origins/{id}/snapshots?after=SEQ`: `{"snapshots": [snapshot…]}`, the origin's
 //!   snapshots after `SEQ` (for readers granted by `serve`).
 //! - `POST /v1/origins/{id}/snapshots`: one snapshot (JSON) of an origin the caller may push;
@@ -54,8 +55,8 @@ use crate::replicate::Changes;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 
-/// Largest request body the peer API reads, as sent (a compressed page).
-pub const MAX_BODY: usize = 32 << 20;
+/// Largest request body the peer API reads, as sent: a page, compressed or not.
+pub const MAX_BODY: usize = wire::MAX_PAGE;
 /// Most entries a page request may ask for.
 pub const MAX_PAGE_ENTRIES: usize = 16_384;
 /// Longest long poll.
@@ -95,6 +96,9 @@ pub fn router(state: Arc<PeerState>) -> Router {
             get(snapshots).post(push_snapshot),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // The middleware enforces MAX_BODY before authentication; axum's own 2 MiB default for
+        // body extractors would otherwise refuse pages the protocol allows.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
@@ -117,13 +121,47 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    // Who claims to call, before reading any body: unknown keys are refused at once.
+    let peer = match signature::claimed_signer(header("signature-input")) {
+        Ok(id) => match state.peers.iter().find(|p| p.id == id) {
+            Some(peer) => peer,
+            None => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    format!("unknown key {id}: no [[peer]] has this id"),
+                );
+            }
+        },
+        Err(e) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!("request not authenticated: {e}"),
+            );
+        }
+    };
+    let declared = header("content-length").and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body larger than {MAX_BODY} bytes"),
         );
+    }
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body larger than {MAX_BODY} bytes"),
+                )
+            } else {
+                error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+            };
+        }
     };
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let request_parts = RequestParts {
         method: parts.method.as_str(),
         path: parts.uri.path(),
@@ -133,27 +171,27 @@ async fn authenticate(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let signer = match signature::verify(
+    match signature::verify(
         &request_parts,
         header("signature-input"),
         header("signature"),
         &body,
         now,
     ) {
-        Ok(signer) => signer,
+        Ok(signer) if signer == peer.id => {}
+        Ok(signer) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!("signed by {signer}, not by the key it names"),
+            );
+        }
         Err(e) => {
             return error(
                 StatusCode::UNAUTHORIZED,
                 format!("request not authenticated: {e}"),
             );
         }
-    };
-    let Some(peer) = state.peers.iter().find(|p| p.id == signer) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            format!("unknown key {signer}: no [[peer]] has this id"),
-        );
-    };
+    }
     let mut request = Request::from_parts(parts, Body::from(body));
     request
         .extensions_mut()
@@ -176,15 +214,21 @@ fn grants(state: &PeerState, list: &[OriginRef], origin: NodeId) -> bool {
     })
 }
 
-/// Whether `caller` may read `origin` from this node.
+/// Whether `caller` may read `origin` from this node: what its `serve` list grants, and
+/// always its own feed back (what a node needs to recover after losing its store).
 fn may_read(state: &PeerState, caller: &PeerConfig, origin: NodeId) -> bool {
-    grants(state, &caller.serve, origin)
+    origin == caller.id || grants(state, &caller.serve, origin)
 }
 
 /// The wire form of one origin held.
 fn describe(store: &Store, origin: NodeId) -> Result<Option<OriginDoc>, StoreError> {
-    let Some(head) = store.head_if_held(origin)? else {
-        return Ok(None);
+    let head = match store.head_if_held(origin)? {
+        None => return Ok(None),
+        // Registered only by bookkeeping: nothing of it is held.
+        Some(None) if !store.origins()?.iter().any(|o| o.id == origin && o.is_self) => {
+            return Ok(None);
+        }
+        Some(head) => head,
     };
     let checkpoint = store.latest_checkpoint(origin)?;
     let snapshot_seq = store.snapshots(origin)?.last().map_or(0, |s| s.seq.0);
@@ -303,6 +347,12 @@ async fn entries(
         .clamp(1, MAX_PAGE_ENTRIES);
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_secs(query.wait).min(MAX_WAIT);
+    if query.after > crate::feed::MAX_SEQ {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("after must be at most {}", crate::feed::MAX_SEQ),
+        );
+    }
     let after = Seq(query.after);
     let mut changed = state.changes.subscribe();
     loop {
@@ -311,11 +361,18 @@ async fn entries(
         let page = read_store(&state, move |s| {
             Ok((
                 s.head_if_held(origin)?,
-                s.entries_page(origin, after, limit)?,
+                s.entries_page(origin, after, limit, wire::PAGE_BYTES)?,
             ))
         })
         .await;
         let (head, page) = match page {
+            // An origin registered only by bookkeeping (nothing held) is not held.
+            Ok((None, _)) | Ok((Some(None), _)) if origin != state.node => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("origin {origin} is not held here"),
+                );
+            }
             Ok((None, _)) => {
                 return error(
                     StatusCode::NOT_FOUND,
@@ -326,24 +383,28 @@ async fn entries(
             Err(response) => return response,
         };
         if let Some((entries, checkpoint)) = page {
-            let body = wire::encode_page(&checkpoint, entries.iter().map(|e| e.bytes.as_slice()));
             let zstd = headers
                 .get(axum::http::header::ACCEPT_ENCODING)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.split(',').any(|c| c.trim().starts_with("zstd")));
-            let mut response = if zstd {
-                let body = tokio::task::spawn_blocking(move || wire::compress(&body))
-                    .await
-                    .unwrap_or_default();
-                let mut r = Response::new(Body::from(body));
-                r.headers_mut().insert(
+            let count = entries.len();
+            // Encoding and compressing copy megabytes: off the async workers.
+            let body = tokio::task::spawn_blocking(move || {
+                let raw =
+                    wire::encode_page(&checkpoint, entries.iter().map(|e| e.bytes.as_slice()));
+                if zstd { wire::compress(&raw) } else { raw }
+            })
+            .await;
+            let Ok(body) = body else {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "encoding a page failed");
+            };
+            let mut response = Response::new(Body::from(body));
+            if zstd {
+                response.headers_mut().insert(
                     axum::http::header::CONTENT_ENCODING,
                     axum::http::HeaderValue::from_static("zstd"),
                 );
-                r
-            } else {
-                Response::new(Body::from(body))
-            };
+            }
             let h = response.headers_mut();
             h.insert(
                 axum::http::header::CONTENT_TYPE,
@@ -351,7 +412,7 @@ async fn entries(
             );
             h.insert("tandem-head", head.into());
             metrics::counter!(telemetry::ENTRIES_SERVED, "peer" => caller.0.name.clone())
-                .increment(entries.len() as u64);
+                .increment(count as u64);
             return response;
         }
         let waited = tokio::time::timeout_at(deadline, changed.changed()).await;

@@ -89,6 +89,8 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_BODY_LEN: usize = 64 << 20;
 /// Bytes of an entry that are not path or body.
 pub const ENTRY_OVERHEAD: usize = 56;
+/// Largest encoded entry.
+pub const MAX_ENTRY_LEN: usize = ENTRY_OVERHEAD + MAX_PATH_LEN + MAX_BODY_LEN;
 
 const GENESIS_TAG: &[u8] = b"tandem-genesis-v1\0";
 

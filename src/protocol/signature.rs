@@ -133,6 +133,30 @@ pub fn sign(
     }
 }
 
+/// The `keyid` a `Signature-Input` header names, without verifying anything: lets a server
+/// refuse unknown keys before it reads a request's body.
+pub fn claimed_signer(signature_input: Option<&str>) -> Result<NodeId, SignatureError> {
+    let input = signature_input.ok_or(SignatureError::Missing("signature-input"))?;
+    let malformed = |why: String| SignatureError::Malformed {
+        header: "signature-input",
+        why,
+    };
+    let inputs: Dictionary = Parser::new(input)
+        .parse()
+        .map_err(|e| malformed(e.to_string()))?;
+    let Some(ListEntry::InnerList(list)) = member(&inputs, LABEL) else {
+        return Err(malformed("no inner list labelled \"tandem\"".into()));
+    };
+    let keyid = list
+        .params
+        .iter()
+        .find(|(k, _)| k.as_str() == "keyid")
+        .and_then(|(_, v)| v.as_string())
+        .map(|s| s.as_str().to_owned())
+        .ok_or_else(|| malformed("keyid is missing".into()))?;
+    keyid.parse().map_err(|_| SignatureError::KeyId(keyid))
+}
+
 /// Verifies a request's signature and body digest at `now` (Unix seconds). Returns the signer.
 pub fn verify(
     parts: &RequestParts<'_>,

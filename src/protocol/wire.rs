@@ -34,7 +34,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-use crate::feed::{CHECKPOINT_LEN, Checkpoint, EntryHash, Receipt, Seq, Snapshot};
+use crate::feed::{CHECKPOINT_LEN, Checkpoint, EntryHash, MAX_ENTRY_LEN, Receipt, Seq, Snapshot};
 use crate::identity::NodeId;
 
 /// Magic bytes that open a page.
@@ -43,10 +43,12 @@ pub const PAGE_MAGIC: &[u8; 4] = b"TNDP";
 pub const PAGE_VERSION: u8 = 1;
 /// Media type of a page.
 pub const PAGE_TYPE: &str = "application/vnd.tandem.page";
-/// Largest page, decompressed, that a node reads.
-pub const MAX_PAGE: usize = 64 << 20;
-/// Largest single entry in a page (the feed format's own limit is below this).
-const MAX_ENTRY: usize = 16 << 20;
+/// How many bytes of entries a page holds at most, unless its first checkpoint lies beyond:
+/// a page never splits the run up to a checkpoint, and origins sign one at least every
+/// [`crate::store::CHECKPOINT_BYTES`], so pages stay near this size.
+pub const PAGE_BYTES: usize = 8 << 20;
+/// Largest page, decompressed, that a node reads: the byte budget plus one largest entry.
+pub const MAX_PAGE: usize = PAGE_BYTES + MAX_ENTRY_LEN + (1 << 20);
 
 /// A body that is not a valid page or document.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +113,7 @@ pub fn decode_page(mut bytes: &[u8]) -> Result<(Checkpoint, Vec<Vec<u8>>), WireE
     let mut entries = Vec::with_capacity(count.min(1 << 16));
     for _ in 0..count {
         let len = u32::from_be_bytes(take(4, "an entry length")?.try_into().unwrap()) as usize;
-        if len > MAX_ENTRY {
+        if len > MAX_ENTRY_LEN {
             return Err(malformed("page", format!("entry of {len} bytes")));
         }
         entries.push(take(len, "an entry")?.to_vec());

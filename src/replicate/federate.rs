@@ -113,6 +113,8 @@ pub struct Federation {
     store: Arc<Mutex<Store>>,
     node: NodeId,
     changes: Changes,
+    /// Held for a whole push pass.
+    push_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Federation {
@@ -131,6 +133,7 @@ impl Federation {
             store,
             node,
             changes,
+            push_lock: Arc::default(),
         })
     }
 
@@ -139,16 +142,18 @@ impl Federation {
         &self.peer
     }
 
-    /// The origins of one of the peer's lists, resolved (`"self"` is this node).
+    /// The origins of one of the peer's lists, resolved (`"self"` is this node), each once.
     pub fn resolve(&self, list: &[OriginRef]) -> Vec<NodeId> {
-        let mut out: Vec<NodeId> = list
-            .iter()
-            .map(|o| match o {
+        let mut out: Vec<NodeId> = Vec::new();
+        for o in list {
+            let id = match o {
                 OriginRef::SelfNode => self.node,
                 OriginRef::Node(id) => *id,
-            })
-            .collect();
-        out.dedup();
+            };
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
         out
     }
 
@@ -204,88 +209,153 @@ impl Federation {
     }
 
     /// Pushes every origin of the peer's `push` list that it lacks, page by page, keeping each
-    /// receipt.
+    /// receipt. One failing origin does not stop the others; the first failure is returned
+    /// after all were tried. Passes with one peer never overlap (a pass beside `tandem sync`
+    /// waits), so a holder's head is never compared with a receipt newer than the look.
     pub async fn push(&self) -> Result<PushReport, FederateError> {
+        let _one_at_a_time = self.push_lock.lock().await;
         let mut report = PushReport::default();
+        let mut first_error = None;
         for origin in self.resolve(&self.peer.push) {
-            let doc = self.client.origin(origin).await?;
-            let mut after = doc.as_ref().map_or(0, |d| d.head.seq);
-            // A fork shown by the holder's checkpoint is stored here; the push still runs, so
-            // that the holder gets the conflicting chain and stores the evidence too.
-            let mut fork = None;
-            match self.observe(doc.as_ref(), origin).await {
-                Ok(_) => {}
-                Err(e @ FederateError::Store(StoreError::Fork(_) | StoreError::Frozen { .. })) => {
-                    warn!(peer = %self.peer.name, %origin, error = %e, "the holder shows a fork of this origin");
-                    fork = Some(e);
-                }
-                Err(e) => return Err(e),
+            if let Err(e) = self.push_origin(origin, &mut report).await {
+                warn!(peer = %self.peer.name, %origin, error = %e, "push failed");
+                first_error.get_or_insert(e);
             }
-            let mut relinks = 0;
-            loop {
-                let page = self
-                    .with_store(move |s| s.entries_page(origin, Seq(after), PAGE_ENTRIES))
-                    .await?;
-                let Some((entries, checkpoint)) = page else {
-                    break;
-                };
-                let body = tokio::task::spawn_blocking(move || {
-                    let raw =
-                        wire::encode_page(&checkpoint, entries.iter().map(|e| e.bytes.as_slice()));
-                    (raw, entries.len())
-                })
-                .await
-                .expect("encoding task panicked");
-                let (raw, count) = body;
-                let (receipt, sent) = match self.client.push(self.peer.id, &checkpoint, &raw).await
-                {
-                    Ok(answer) => answer,
-                    // The peer's head moved (another node relayed to it, or it lost entries):
-                    // start again after the head it names.
-                    Err(PeerError::Refused {
-                        status: 409,
-                        head: Some(head),
-                        ..
-                    }) if relinks < 3 && head != after => {
-                        relinks += 1;
-                        after = head;
-                        continue;
-                    }
-                    Err(PeerError::Refused {
-                        status: 507,
-                        message,
-                        ..
-                    }) => {
-                        metrics::gauge!(telemetry::PEER_QUOTA_EXCEEDED, "peer" => self.peer.name.clone()).set(1.0);
-                        return Err(FederateError::QuotaExceeded {
-                            peer: self.peer.name.clone(),
-                            origin,
-                            message,
-                        });
-                    }
-                    Err(e) => return Err(fork.unwrap_or(e.into())),
-                };
-                metrics::gauge!(telemetry::PEER_QUOTA_EXCEEDED, "peer" => self.peer.name.clone())
-                    .set(0.0);
-                metrics::gauge!(telemetry::HOLDER_ACKED_SEQ, "origin" => origin.to_string(), "holder" => self.peer.name.clone())
-                    .set(receipt.seq.0 as f64);
-                self.with_store(move |s| s.record_receipt(&receipt)).await?;
-                report.sent += count as u64;
-                report.pages += 1;
-                report.wire_bytes += sent as u64;
-                after = checkpoint.seq.0;
-            }
-            if let Some(e) = fork {
-                return Err(e);
-            }
-            report.snapshots += self
-                .push_snapshots(origin, doc.as_ref().map_or(0, |d| d.snapshot_seq))
-                .await?;
         }
         if report.sent > 0 {
             info!(peer = %self.peer.name, sent = report.sent, pages = report.pages, "push done");
         }
-        Ok(report)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    async fn push_origin(
+        &self,
+        origin: NodeId,
+        report: &mut PushReport,
+    ) -> Result<(), FederateError> {
+        let doc = self.client.origin(origin).await?;
+        let theirs = doc.as_ref().map_or(0, |d| d.head.seq);
+        if origin == self.node {
+            let ours = self
+                .with_store(move |s| s.head(origin))
+                .await?
+                .map_or(0, |h| h.seq.0);
+            if theirs > ours {
+                // The peer holds more of our own feed than we do (the store was restored from
+                // an old backup): fetch it back before anything else is appended.
+                self.recover_ahead(theirs).await?;
+            }
+        }
+        let mut after = theirs;
+        // A fork shown by the holder's checkpoint is stored here; the push still runs, so
+        // that the holder gets the conflicting chain and stores the evidence too.
+        let mut fork = None;
+        match self.observe(doc.as_ref(), origin).await {
+            Ok(_) => {}
+            Err(e @ FederateError::Store(StoreError::Fork(_) | StoreError::Frozen { .. })) => {
+                warn!(peer = %self.peer.name, %origin, error = %e, "the holder shows a fork of this origin");
+                fork = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+        let mut relinks = 0;
+        loop {
+            let page = self
+                .with_store(move |s| {
+                    s.entries_page(origin, Seq(after), PAGE_ENTRIES, wire::PAGE_BYTES)
+                })
+                .await?;
+            let Some((entries, checkpoint)) = page else {
+                break;
+            };
+            let (raw, count) = tokio::task::spawn_blocking(move || {
+                let raw =
+                    wire::encode_page(&checkpoint, entries.iter().map(|e| e.bytes.as_slice()));
+                (raw, entries.len())
+            })
+            .await
+            .expect("encoding task panicked");
+            let (receipt, sent) = match self.client.push(self.peer.id, &checkpoint, &raw).await {
+                Ok(answer) => answer,
+                // The peer's head moved (another node relayed to it, or it lost entries):
+                // start again after the head it names.
+                Err(PeerError::Refused {
+                    status: 409,
+                    head: Some(head),
+                    ..
+                }) if relinks < 3 && head != after => {
+                    relinks += 1;
+                    after = head;
+                    continue;
+                }
+                Err(PeerError::Refused {
+                    status: 507,
+                    message,
+                    ..
+                }) => {
+                    metrics::gauge!(telemetry::PEER_QUOTA_EXCEEDED, "peer" => self.peer.name.clone()).set(1.0);
+                    return Err(FederateError::QuotaExceeded {
+                        peer: self.peer.name.clone(),
+                        origin,
+                        message,
+                    });
+                }
+                Err(e) => return Err(fork.unwrap_or(e.into())),
+            };
+            if receipt.seq > checkpoint.seq {
+                // The holder acknowledges more than this page: only what we hold can be checked.
+                let (seq, hash) = (receipt.seq, receipt.hash);
+                let held = self.with_store(move |s| s.entry_hash(origin, seq)).await?;
+                if held != Some(hash) {
+                    return Err(FederateError::Peer(PeerError::Invalid {
+                        peer: self.peer.name.clone(),
+                        source: wire::WireError::Malformed {
+                            what: "receipt",
+                            detail: format!(
+                                "it acknowledges seq {seq}, which is not the entry held here"
+                            ),
+                        },
+                    }));
+                }
+            }
+            metrics::gauge!(telemetry::PEER_QUOTA_EXCEEDED, "peer" => self.peer.name.clone())
+                .set(0.0);
+            metrics::gauge!(telemetry::HOLDER_ACKED_SEQ, "origin" => origin.to_string(), "holder" => self.peer.name.clone())
+                .set(receipt.seq.0 as f64);
+            self.with_store(move |s| s.record_receipt(&receipt)).await?;
+            report.sent += count as u64;
+            report.pages += 1;
+            report.wire_bytes += sent as u64;
+            after = checkpoint.seq.0;
+        }
+        if let Some(e) = fork {
+            return Err(e);
+        }
+        report.snapshots += self
+            .push_snapshots(origin, doc.as_ref().map_or(0, |d| d.snapshot_seq))
+            .await?;
+        Ok(())
+    }
+
+    /// Fetches this node's own feed back from the peer up to `theirs`, with appends paused
+    /// (the store's recovery flag) until it is back.
+    async fn recover_ahead(&self, theirs: u64) -> Result<(), FederateError> {
+        warn!(peer = %self.peer.name, held_there = theirs, "a peer holds more of this node's own feed than this node: fetching it back before appending");
+        self.with_store(|s| s.set_recovering(true)).await?;
+        self.pull_origin(self.node, Duration::ZERO).await?;
+        let node = self.node;
+        let ours = self
+            .with_store(move |s| s.head(node))
+            .await?
+            .map_or(0, |h| h.seq.0);
+        if ours >= theirs {
+            self.with_store(|s| s.set_recovering(false)).await?;
+            info!(head = ours, "own feed fetched back; appending resumes");
+        }
+        Ok(())
     }
 
     /// Hands the peer the snapshots of `origin` after `after` (the latest it has), up to what
@@ -341,14 +411,25 @@ impl Federation {
     /// Pulls every origin of the peer's `pull` list once, without waiting for new entries.
     pub async fn pull(&self) -> Result<PullReport, FederateError> {
         let mut total = PullReport::default();
+        let mut first_error = None;
         for origin in self.resolve(&self.peer.pull) {
-            let r = self.pull_origin(origin, Duration::ZERO).await?;
-            total.accepted += r.accepted;
-            total.pages += r.pages;
-            total.wire_bytes += r.wire_bytes;
-            total.snapshots += r.snapshots;
+            match self.pull_origin(origin, Duration::ZERO).await {
+                Ok(r) => {
+                    total.accepted += r.accepted;
+                    total.pages += r.pages;
+                    total.wire_bytes += r.wire_bytes;
+                    total.snapshots += r.snapshots;
+                }
+                Err(e) => {
+                    warn!(peer = %self.peer.name, %origin, error = %e, "pull failed");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(total)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
     }
 
     /// Pulls `origin` until caught up with the peer. With a `wait`, the last request is a long
@@ -381,6 +462,18 @@ impl Federation {
                 break;
             };
             report.wire_bytes += page.wire_bytes as u64;
+            if page.checkpoint.seq.0 <= head {
+                return Err(FederateError::Peer(PeerError::Invalid {
+                    peer: self.peer.name.clone(),
+                    source: wire::WireError::Malformed {
+                        what: "page",
+                        detail: format!(
+                            "asked for entries after seq {head}, got a page ending at seq {}",
+                            page.checkpoint.seq
+                        ),
+                    },
+                }));
+            }
             let peer = self.peer.name.clone();
             let batch = tokio::task::spawn_blocking(move || {
                 verify_batch(origin, page.entries, page.checkpoint)
@@ -417,14 +510,16 @@ impl Federation {
     pub async fn recover_own(&self) -> Result<Option<PullReport>, FederateError> {
         match self.client.origin(self.node).await {
             Ok(None) => return Ok(None),
+            Ok(Some(doc)) if doc.head.seq == 0 => return Ok(None),
             Ok(Some(_)) => {}
-            Err(PeerError::Refused { status: 403, .. }) => return Ok(None),
+            // A peer that does not know this node (401) or will not say (403) has not
+            // accepted its feed from it.
+            Err(PeerError::Refused {
+                status: 401 | 403, ..
+            }) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
-        match self.pull_origin(self.node, Duration::ZERO).await {
-            Ok(r) => Ok(Some(r)),
-            Err(FederateError::Peer(PeerError::Refused { status: 403, .. })) => Ok(None),
-            Err(e) => Err(e),
-        }
+        // It holds some of the feed: failing to fetch it (even a 403) leaves the peer pending.
+        self.pull_origin(self.node, Duration::ZERO).await.map(Some)
     }
 }

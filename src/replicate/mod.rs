@@ -73,10 +73,12 @@ pub async fn sync_peers(feds: &[Federation]) -> Vec<PeerSync> {
                 Err(e) => report.error = Some(e.to_string()),
             }
         }
-        if !peer.pull.is_empty() && report.error.is_none() {
+        if !peer.pull.is_empty() {
             match fed.pull().await {
                 Ok(r) => report.pull = Some(r),
-                Err(e) => report.error = Some(e.to_string()),
+                Err(e) => {
+                    report.error.get_or_insert(e.to_string());
+                }
             }
         }
         out.push(report);

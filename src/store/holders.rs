@@ -180,10 +180,14 @@ impl Store {
 
     /// The highest seq of `origin` that at least `k` holders acknowledged (0 if fewer hold it).
     pub fn durable_seq(&self, origin: NodeId, k: u32) -> Result<u64, StoreError> {
+        // A holder seen serving less than it acknowledged counts for what it served.
         let mut acked: Vec<u64> = self
             .holders(origin)?
             .into_iter()
-            .map(|h| h.acked_seq)
+            .map(|h| match h.served_seq {
+                Some(served) if h.behind() => served.min(h.acked_seq),
+                _ => h.acked_seq,
+            })
             .collect();
         acked.sort_unstable_by(|a, b| b.cmp(a));
         Ok(acked.get(k.max(1) as usize - 1).copied().unwrap_or(0))

@@ -35,7 +35,9 @@ pub use holders::{HolderInfo, Rollback};
 pub use read::{OriginInfo, StoredEntry};
 pub use snapshots::SnapshotMismatch;
 pub use verify::{VerifyProblem, VerifyReport};
-pub use write::{Accepted, CHECKPOINT_EVERY, Change, CheckpointCheck, CursorUpdate};
+pub use write::{
+    Accepted, CHECKPOINT_BYTES, CHECKPOINT_EVERY, Change, CheckpointCheck, CursorUpdate,
+};
 
 /// Database file name inside the data directory.
 pub const DB_FILE: &str = "tandem.db";
@@ -143,6 +145,11 @@ pub enum StoreError {
     /// Two valid histories of one origin; the evidence was stored and the origin frozen.
     #[error("origin {} forked at seq {}: evidence stored, origin frozen", .0.origin, .0.seq)]
     Fork(Box<ForkEvidence>),
+    /// An append while the store is recovering the own feed from peers.
+    #[error(
+        "this node's feed is being recovered from its peers; nothing is appended until that is done (see `tandem status`)"
+    )]
+    Recovering,
     /// A snapshot that the entries held do not give.
     #[error("snapshot of origin {origin} refused: {source}")]
     SnapshotMismatch {
@@ -218,6 +225,18 @@ impl Store {
     /// Opens (creating if absent) the store in `data_dir` for writing, as node `node`.
     /// Takes the writer lock first; refuses damaged files and stores of another node.
     pub fn open_writer(data_dir: &Path, node: NodeId) -> Result<Store, StoreError> {
+        Store::open_writer_with(data_dir, node, false)
+    }
+
+    /// [`Store::open_writer`], for a key that existed before: when the store is new (or was
+    /// left unclaimed by a crash during its creation), the recovery flag (see
+    /// [`Store::recovering`]) is set in the same transaction that claims it for `node`, so
+    /// no crash can leave a store that appends before the feed is fetched back.
+    pub fn open_writer_with(
+        data_dir: &Path,
+        node: NodeId,
+        recover_if_new: bool,
+    ) -> Result<Store, StoreError> {
         let lock = take_lock(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let mut conn = Connection::open(&path).map_err(|e| open_error(&path, data_dir, e))?;
@@ -263,7 +282,7 @@ impl Store {
             path,
             _lock: Some(lock),
         };
-        store.claim(node, data_dir)?;
+        store.claim(node, data_dir, recover_if_new)?;
         Ok(store)
     }
 
@@ -346,7 +365,7 @@ impl Store {
     }
 
     /// Records `node` as this store's owner on first open, or checks it matches.
-    fn claim(&mut self, node: NodeId, data_dir: &Path) -> Result<(), StoreError> {
+    fn claim(&mut self, node: NodeId, data_dir: &Path, recovering: bool) -> Result<(), StoreError> {
         let stored: Option<String> = self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
@@ -378,6 +397,13 @@ impl Store {
                     [node.as_bytes().as_slice()],
                 )
                 .ctx("registering the own origin")?;
+                if recovering {
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('recovering', ?1)",
+                        [now_ms().to_string()],
+                    )
+                    .ctx("setting the recovery flag")?;
+                }
                 tx.commit().ctx("committing the node id")
             }
         }

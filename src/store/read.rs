@@ -84,6 +84,18 @@ impl Store {
             .flatten())
     }
 
+    /// The hash of `origin`'s entry at `seq`, if held.
+    pub fn entry_hash(&self, origin: NodeId, seq: Seq) -> Result<Option<EntryHash>, StoreError> {
+        if seq.0 == 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .entries_after(origin, Seq(seq.0 - 1), 1)?
+            .pop()
+            .filter(|e| e.seq == seq)
+            .map(|e| e.hash))
+    }
+
     /// Like [`Store::head`], but `None` when the store does not know the origin at all and
     /// `Some(None)` when it does but holds no entry of it.
     pub fn head_if_held(&self, origin: NodeId) -> Result<Option<Option<Head>>, StoreError> {
@@ -160,27 +172,62 @@ impl Store {
 
     /// One page of `origin`'s feed for a peer: the entries after `after`, ending exactly at a
     /// checkpoint so that the receiver can verify the page on its own. The page ends at the
-    /// highest checkpoint within `after + limit`, or, when there is none, at the first one
-    /// beyond (our own feed has one every [`super::CHECKPOINT_EVERY`] entries, so pages stay
-    /// bounded). `None` when nothing after `after` is covered by a checkpoint. Reads in one
-    /// transaction, so the entries and the checkpoint agree even beside a writer.
+    /// highest checkpoint within both `limit` entries and `budget` bytes of entries, or, when
+    /// there is none, at the first one beyond (our own feed has one every
+    /// [`super::CHECKPOINT_EVERY`] entries and [`super::CHECKPOINT_BYTES`] bytes, and a relay
+    /// keeps the checkpoints of the pages it received, so pages stay bounded). `None` when
+    /// nothing after `after` is covered by a checkpoint. Reads in one transaction, so the
+    /// entries and the checkpoint agree even beside a writer.
     pub fn entries_page(
         &self,
         origin: NodeId,
         after: Seq,
         limit: usize,
+        budget: usize,
     ) -> Result<Option<(Vec<StoredEntry>, Checkpoint)>, StoreError> {
+        if after.0 >= crate::feed::MAX_SEQ {
+            return Ok(None);
+        }
         let tx = self
             .conn
             .unchecked_transaction()
             .ctx("starting a page read")?;
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(None);
+        };
         let limit = limit.max(1) as u64;
-        let within = self.checkpoints_where(
-            origin,
-            "AND seq > ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT 1",
-            after.0,
-            after.0.saturating_add(limit),
-        )?;
+        let mut last = after.0.saturating_add(limit).min(crate::feed::MAX_SEQ);
+        {
+            // The last seq within the byte budget (length() reads the record header only).
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT key, length(bytes) FROM entries WHERE key > ?1 AND key <= ?2 ORDER BY key",
+                )
+                .ctx("sizing a page")?;
+            let mut rows = stmt
+                .query((entry_key(row, after.0), entry_key(row, last)))
+                .ctx("sizing a page")?;
+            let mut total = 0usize;
+            while let Some(r) = rows.next().ctx("sizing a page")? {
+                let key: i64 = r.get(0).ctx("sizing a page")?;
+                total += r.get::<_, i64>(1).ctx("sizing a page")? as usize;
+                if total > budget {
+                    last = ((key & ((1 << SEQ_BITS) - 1)) as u64).saturating_sub(1);
+                    break;
+                }
+            }
+        }
+        let within = if last > after.0 {
+            self.checkpoints_where(
+                origin,
+                "AND seq > ?2 AND seq <= ?3 ORDER BY seq DESC LIMIT 1",
+                after.0,
+                last,
+            )?
+        } else {
+            Vec::new()
+        };
         let checkpoint = match within.into_iter().next() {
             Some(cp) => cp,
             None => match self

@@ -15,6 +15,9 @@ use crate::identity::{NodeId, NodeKey};
 /// end of each append, so that a peer can fetch a large append in pages that each end at a
 /// checkpoint. Signing costs about 20 µs, one per thousand entries.
 pub const CHECKPOINT_EVERY: u64 = 1024;
+/// ... and after every this many bytes of entries since the last checkpoint, so that pages of
+/// large entries stay small too.
+pub const CHECKPOINT_BYTES: u64 = 4 << 20;
 
 /// One change to record in our own feed.
 #[derive(Debug, Clone)]
@@ -124,11 +127,22 @@ impl Store {
         if row.frozen {
             return Err(StoreError::Frozen { origin });
         }
+        // Checked inside the transaction, so a flag set by another writer call is never missed.
+        let recovering: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'recovering'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .ctx("reading the recovery flag")?;
+        if recovering.is_some() {
+            return Err(StoreError::Recovering);
+        }
         let mut head = row.head.unwrap_or(Head {
             seq: Seq(0),
             hash: EntryHash::genesis(&origin),
         });
         let mut bytes_added = 0u64;
+        let mut since_checkpoint = 0u64;
         {
             let mut insert = tx
                 .prepare_cached("INSERT INTO entries (key, hash, bytes) VALUES (?1, ?2, ?3)")
@@ -174,8 +188,10 @@ impl Store {
                 bytes_added += bytes.len() as u64;
                 head = Head { seq, hash };
                 // Intermediate checkpoints bound the pages peers fetch (see `entries_page`).
-                if seq.0 % CHECKPOINT_EVERY == 0 {
+                since_checkpoint += bytes.len() as u64;
+                if seq.0 % CHECKPOINT_EVERY == 0 || since_checkpoint >= CHECKPOINT_BYTES {
                     insert_checkpoint(&tx, row.id, &Checkpoint::sign(key, head, ts))?;
+                    since_checkpoint = 0;
                 }
             }
         }

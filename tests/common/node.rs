@@ -23,6 +23,9 @@ pub struct TestNode {
     pub id: NodeId,
     /// Its listener address.
     pub addr: SocketAddr,
+    /// The listener, bound from the start so that no other test takes the port; handed to the
+    /// first daemon (later starts bind the same address again).
+    listener: Option<std::net::TcpListener>,
     running: Option<(
         CancellationToken,
         tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -36,15 +39,14 @@ impl TestNode {
         let data = dir.path().join("data");
         daemon::ensure_data_dir(&data).unwrap();
         let key = NodeKey::create(&data.join("node.key")).unwrap();
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
         TestNode {
             name: name.to_owned(),
             dir,
             id: key.id(),
             addr,
+            listener: Some(listener),
             running: None,
         }
     }
@@ -55,6 +57,11 @@ impl TestNode {
         std::fs::copy(other.data().join("node.key"), node.data().join("node.key")).unwrap();
         node.id = other.id;
         node
+    }
+
+    /// Lets go of the reserved port, for a daemon run as a separate process.
+    pub fn release_port(&mut self) {
+        self.listener = None;
     }
 
     /// Its base URL.
@@ -110,6 +117,11 @@ impl TestNode {
 
     /// Appends `n` puts of about 300 bytes to its own feed (the node must be stopped).
     pub fn append(&self, n: usize, prefix: &str) {
+        self.append_sized(n, prefix, 220);
+    }
+
+    /// Appends `n` puts whose text field has `size` characters that compress poorly.
+    pub fn append_sized(&self, n: usize, prefix: &str, size: usize) {
         let key = self.key();
         let mut store = Store::open_writer(&self.data(), key.id()).unwrap();
         let changes: Vec<Change> = (0..n)
@@ -118,7 +130,7 @@ impl TestNode {
                 path: format!("/buckets/b/collections/c/records/{prefix}{i:07}"),
                 body: format!(
                     "{{\"data\":{{\"id\":\"{prefix}{i:07}\",\"last_modified\":{i},\"text\":\"{}\"}}}}",
-                    "x".repeat(220)
+                    noise(i as u64, size)
                 )
                 .into_bytes(),
             })
@@ -133,7 +145,13 @@ impl TestNode {
         assert!(self.running.is_none(), "{} already runs", self.name);
         let config = Config::load(&self.config_path()).unwrap();
         let node = Node::open(config).unwrap();
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let listener = match self.listener.take() {
+            Some(l) => {
+                l.set_nonblocking(true).unwrap();
+                tokio::net::TcpListener::from_std(l).unwrap()
+            }
+            None => tokio::net::TcpListener::bind(self.addr).await.unwrap(),
+        };
         let token = CancellationToken::new();
         let stop = token.clone();
         let task =
@@ -211,4 +229,19 @@ pub async fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bo
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `len` characters from a small PRNG seeded by `seed`: base64-like text that zstd barely
+/// compresses (unlike repeated characters).
+fn noise(seed: u64, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % 64) as usize] as char
+        })
+        .collect()
 }
