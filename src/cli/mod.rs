@@ -10,6 +10,7 @@ mod export;
 mod init;
 mod key;
 mod peers;
+mod restore;
 mod run;
 mod snapshot;
 mod status;
@@ -100,6 +101,9 @@ pub enum Command {
         #[arg(long)]
         origin: Option<String>,
     },
+    /// Write an origin's state (now, or at a snapshot, seq or time) into a Kinto server,
+    /// after verifying everything held of it.
+    Restore(Box<RestoreCommand>),
     /// Show or back up the node key.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -119,6 +123,43 @@ pub enum KeyCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+}
+
+/// `tandem restore ...`
+#[derive(Debug, clap::Args)]
+pub struct RestoreCommand {
+    /// `self` or a node id.
+    #[arg(long, default_value = "self")]
+    pub origin: String,
+    /// Restore the state a snapshot states (see `tandem snapshot list`).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["seq", "at"])]
+    pub snapshot: Option<String>,
+    /// Restore the state at this seq of the feed.
+    #[arg(long, value_name = "N", conflicts_with = "at")]
+    pub seq: Option<u64>,
+    /// Restore the state as it was at this time (RFC 3339, e.g. 2026-11-26T12:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// The Kinto server to write to.
+    #[arg(long, value_name = "URL")]
+    pub to: url::Url,
+    /// The account to write as.
+    #[arg(long)]
+    pub user: String,
+    /// File holding the account's password (first line).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "password_env",
+        conflicts_with = "password_env"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the account's password.
+    #[arg(long, value_name = "VAR")]
+    pub password_env: Option<String>,
+    /// First fetch the origin from this peer (by its name in the configuration).
+    #[arg(long, value_name = "NAME")]
+    pub from_peer: Option<String>,
 }
 
 /// `tandem snapshot ...`
@@ -168,6 +209,20 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Peers { json } => peers::run(&cli, *json),
         Command::Sync => sync::run(&cli),
         Command::Snapshot(SnapshotCommand::Create) => snapshot::create(&cli),
+        Command::Restore(r) => restore::run(
+            &cli,
+            restore::RestoreArgs {
+                origin: &r.origin,
+                snapshot: r.snapshot.as_deref(),
+                seq: r.seq,
+                at: r.at.as_deref(),
+                to: &r.to,
+                user: &r.user,
+                password_file: r.password_file.as_ref(),
+                password_env: r.password_env.as_deref(),
+                from_peer: r.from_peer.as_deref(),
+            },
+        ),
         Command::Snapshot(SnapshotCommand::List { origin, json }) => {
             snapshot::list(&cli, origin.as_deref(), *json)
         }

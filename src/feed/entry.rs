@@ -62,7 +62,9 @@ fn check_fields(seq: Seq, ts: u64, op: Op, path: &str, body: &[u8]) -> Result<()
         return Err(FeedError::Malformed("body larger than 64 MiB"));
     }
     match op {
-        Op::Delete if !body.is_empty() => Err(FeedError::Malformed("delete with a body")),
+        Op::Delete if !body.is_empty() && !is_json_object(body) => Err(FeedError::Malformed(
+            "delete body is neither empty nor a JSON object",
+        )),
         Op::Put if !is_json_object(body) => {
             Err(FeedError::Malformed("put body is not a JSON object"))
         }

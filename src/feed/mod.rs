@@ -20,11 +20,13 @@
 //! | 50 | 2 | `n`, length of `path` in bytes, 1 ..= 4096 |
 //! | 52 | n | `path`: UTF-8, starts with `/`, e.g. `/buckets/b/collections/c/records/r` |
 //! | 52+n | 4 | `m`, length of `body` in bytes, at most 64 MiB |
-//! | 56+n | m | `body`: for put, a JSON object (RFC 8259, UTF-8; the source object's data and permissions, bytes as the source gave them); for delete, empty (`m` = 0) |
+//! | 56+n | m | `body`: for put, a JSON object (RFC 8259, UTF-8; the source object's data and permissions, bytes as the source gave them); for delete, empty (`m` = 0), or a JSON object describing the source's tombstone (`{"data": <the tombstone as the source gave it>}`, e.g. Kinto's `{"id","last_modified","deleted":true}`) |
 //!
-//! The entry is exactly `56 + n + m` bytes; trailing bytes are an error. A put body must be
-//! valid UTF-8 and parse as one JSON object (surrounding whitespace allowed; duplicate keys
-//! are not checked). There is one encoding
+//! The entry is exactly `56 + n + m` bytes; trailing bytes are an error. A put body, and a
+//! non-empty delete body, must be valid UTF-8 and parse as one JSON object (surrounding
+//! whitespace allowed; duplicate keys are not checked). A delete carries a body when the source
+//! keeps a tombstone for it (its timestamp is what clients that sync with the source compare);
+//! a delete the source implied without one (the children of a deleted container) has none. There is one encoding
 //! of any given entry, so equal entries have equal hashes.
 //!
 //! The *genesis hash* of an origin is `BLAKE3("tandem-genesis-v1" 0x00 · origin key (32))`.
@@ -319,7 +321,10 @@ mod tests {
         assert!(encode_entry(Seq(0), p, 1, Op::Delete, "/a", b"").is_err());
         assert!(encode_entry(Seq(MAX_SEQ + 1), p, 1, Op::Delete, "/a", b"").is_err());
         assert!(encode_entry(Seq(1), p, 1, Op::Delete, "a", b"").is_err());
-        assert!(encode_entry(Seq(1), p, 1, Op::Delete, "/a", b"{}").is_err());
+        assert!(encode_entry(Seq(1), p, 1, Op::Delete, "/a", b"[]").is_err());
+        assert!(encode_entry(Seq(1), p, 1, Op::Delete, "/a", b"\"x\"").is_err());
+        let tombstone = br#"{"data":{"id":"a","last_modified":5,"deleted":true}}"#;
+        assert!(encode_entry(Seq(1), p, 1, Op::Delete, "/a", tombstone).is_ok());
         assert!(encode_entry(Seq(1), p, 1, Op::Put, "/a", b"[1]").is_err());
         assert!(encode_entry(Seq(1), p, 1, Op::Put, "/a", b"{\"a\":").is_err());
         assert!(encode_entry(Seq(1), p, u64::MAX, Op::Delete, "/a", b"").is_err());

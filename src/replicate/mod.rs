@@ -4,6 +4,7 @@
 
 pub mod federate;
 pub mod ingest;
+pub mod restore;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;

@@ -332,6 +332,96 @@ impl KintoClient {
         }
     }
 
+    /// `POST /v1/batch` with `requests` (each a JSON sub-request, kept as given: bodies are
+    /// sent byte for byte). Returns each sub-response's status and body, in order. The caller
+    /// keeps each batch within [`ServerInfo::batch_max_requests`].
+    pub async fn batch(
+        &self,
+        requests: &[Box<RawValue>],
+    ) -> Result<Vec<(u16, serde_json::Value)>, KintoError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            responses: Vec<Sub>,
+        }
+        #[derive(Deserialize)]
+        struct Sub {
+            status: u16,
+            #[serde(default)]
+            body: serde_json::Value,
+        }
+        let url = self.url("batch")?;
+        let mut body =
+            Vec::with_capacity(requests.iter().map(|r| r.get().len() + 1).sum::<usize>() + 16);
+        body.extend_from_slice(b"{\"requests\":[");
+        for (i, r) in requests.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(r.get().as_bytes());
+        }
+        body.extend_from_slice(b"]}");
+        let response = self
+            .http
+            .post(url.clone())
+            .header(header::AUTHORIZATION, self.auth.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, &e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if let Some(seconds) = header_seconds(&headers, "backoff") {
+            *self.backoff_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Instant::now() + seconds);
+        }
+        let bytes = response.bytes().await.map_err(|e| unreachable(&url, &e))?;
+        match status.as_u16() {
+            200..=299 => {}
+            401 => {
+                return Err(KintoError::Unauthorized {
+                    url,
+                    user: self.user.clone(),
+                });
+            }
+            403 => return Err(KintoError::Forbidden { url }),
+            429 | 500..=599 => {
+                return Err(KintoError::Unavailable {
+                    url,
+                    status: status.as_u16(),
+                    retry_after: header_seconds(&headers, "retry-after"),
+                });
+            }
+            code => {
+                return Err(KintoError::Status {
+                    url,
+                    status: code,
+                    message: serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .ok()
+                        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        let answer: Answer = serde_json::from_slice(&bytes)
+            .map_err(|e| protocol(&url, &format!("not a batch answer: {e}")))?;
+        if answer.responses.len() != requests.len() {
+            return Err(protocol(
+                &url,
+                &format!(
+                    "{} answers to {} requests",
+                    answer.responses.len(),
+                    requests.len()
+                ),
+            ));
+        }
+        Ok(answer
+            .responses
+            .into_iter()
+            .map(|r| (r.status, r.body))
+            .collect())
+    }
+
     fn url(&self, path: &str) -> Result<Url, KintoError> {
         self.root
             .join(path.trim_start_matches('/'))

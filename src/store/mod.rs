@@ -33,7 +33,7 @@ use crate::identity::NodeId;
 
 pub use holders::{HolderInfo, Rollback};
 pub use read::{OriginInfo, StoredEntry};
-pub use snapshots::SnapshotMismatch;
+pub use snapshots::{SnapshotMismatch, StateItem};
 pub use verify::{VerifyProblem, VerifyReport};
 pub use write::{
     Accepted, CHECKPOINT_BYTES, CHECKPOINT_EVERY, Change, CheckpointCheck, CursorUpdate,
@@ -522,18 +522,33 @@ fn apply_to_objects(
     seq: Seq,
     op: Op,
     path: &str,
+    has_body: bool,
 ) -> rusqlite::Result<()> {
     match op {
-        Op::Put => tx
-            .prepare_cached(
+        Op::Put => {
+            tx.prepare_cached(
                 "INSERT OR REPLACE INTO objects (origin, path, seq) VALUES (?1, ?2, ?3)",
             )?
-            .execute((origin, path, seq.0 as i64))
-            .map(drop),
-        Op::Delete => tx
-            .prepare_cached("DELETE FROM objects WHERE origin = ?1 AND path = ?2")?
-            .execute((origin, path))
-            .map(drop),
+            .execute((origin, path, seq.0 as i64))?;
+            tx.prepare_cached("DELETE FROM tombstones WHERE origin = ?1 AND path = ?2")?
+                .execute((origin, path))
+                .map(drop)
+        }
+        Op::Delete => {
+            tx.prepare_cached("DELETE FROM objects WHERE origin = ?1 AND path = ?2")?
+                .execute((origin, path))?;
+            if has_body {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO tombstones (origin, path, seq) VALUES (?1, ?2, ?3)",
+                )?
+                .execute((origin, path, seq.0 as i64))
+                .map(drop)
+            } else {
+                tx.prepare_cached("DELETE FROM tombstones WHERE origin = ?1 AND path = ?2")?
+                    .execute((origin, path))
+                    .map(drop)
+            }
+        }
     }
 }
 

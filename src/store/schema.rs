@@ -97,7 +97,7 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (origin, holder)
     ) WITHOUT ROWID;
     "#,
-    // 3: signed snapshots, and which holders have them.
+    // 3: signed snapshots, which holders have them, and the tombstones of the state.
     r#"
     -- Snapshots signed by origins (ours, or received with their feeds), at most one per seq.
     CREATE TABLE snapshots (
@@ -106,6 +106,15 @@ const MIGRATIONS: &[&str] = &[
         statement   BLOB NOT NULL CHECK (length(statement) = 192),  -- Snapshot::to_bytes
         received_at INTEGER NOT NULL,
         PRIMARY KEY (origin, seq)
+    ) WITHOUT ROWID;
+
+        -- The tombstones the source keeps: per path, the last delete that carried one, unless a
+    -- put came after it. Lets a re-read delete be recognized as already recorded.
+    CREATE TABLE tombstones (
+        origin  INTEGER NOT NULL,
+        path    TEXT NOT NULL,
+        seq     INTEGER NOT NULL,
+        PRIMARY KEY (origin, path)
     ) WITHOUT ROWID;
 
     -- Holders known to have accepted a snapshot.

@@ -10,6 +10,25 @@ use super::{Context, SEQ_BITS, Store, StoreError, entry_key, now_ms};
 use crate::feed::{self, FeedError, Head, Op, Seq, Snapshot, StateRoot, StateSummary};
 use crate::identity::{NodeId, NodeKey};
 
+/// One object of a restorable state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateItem {
+    /// Its path.
+    pub path: String,
+    /// For a live object, its body; for a tombstone, the delete's body (the source's tombstone).
+    pub body: Vec<u8>,
+    /// Whether it is a tombstone.
+    pub deleted: bool,
+    /// The seq of the entry it comes from.
+    pub seq: Seq,
+}
+
+struct Replay {
+    live: BTreeMap<String, u64>,
+    tombstones: BTreeMap<String, u64>,
+    hash: crate::feed::EntryHash,
+}
+
 /// A snapshot that does not match what the store holds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotMismatch {
@@ -63,54 +82,155 @@ impl Store {
             })?;
             return Ok((head, root.finish()));
         }
+        let replay = self.replay(origin, seq)?;
         let row = self.origin_row_id(origin)?.expect("the origin has a head");
-        // Live objects at `seq`: path -> seq of the put that holds its body.
-        let mut live: BTreeMap<String, u64> = BTreeMap::new();
-        let mut at = None;
-        {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT key, hash, bytes FROM entries WHERE key > ?1 AND key <= ?2 ORDER BY key")
-                .ctx("replaying entries")?;
-            let mut rows = stmt
-                .query((entry_key(row, 0), entry_key(row, seq.0)))
-                .ctx("replaying entries")?;
-            while let Some(r) = rows.next().ctx("replaying entries")? {
-                let key: i64 = r.get(0).ctx("replaying entries")?;
-                let bytes = r
-                    .get_ref(2)
-                    .ctx("replaying entries")?
-                    .as_blob()
-                    .ctx_blob()?;
-                let entry = feed::decode_entry(bytes)?;
-                let s = (key & ((1 << SEQ_BITS) - 1)) as u64;
-                match entry.op {
-                    Op::Put => {
-                        live.insert(entry.path.to_owned(), s);
-                    }
-                    Op::Delete => {
-                        live.remove(entry.path);
-                    }
-                }
-                if s == seq.0 {
-                    at = Some(super::hash_from(r.get(1).ctx("replaying entries")?)?);
-                }
-            }
-        }
-        let hash = at.ok_or(StoreError::Feed(FeedError::Malformed(
-            "an entry below the head is missing",
-        )))?;
         let mut stmt = self
             .conn
             .prepare_cached("SELECT bytes FROM entries WHERE key = ?1")
             .ctx("reading a body")?;
-        for (path, s) in &live {
+        for (path, s) in &replay.live {
             let bytes: Vec<u8> = stmt
                 .query_row([entry_key(row, *s)], |r| r.get(0))
                 .ctx("reading a body")?;
             root.push(path, feed::decode_entry(&bytes)?.body)?;
         }
-        Ok((Head { seq, hash }, root.finish()))
+        Ok((
+            Head {
+                seq,
+                hash: replay.hash,
+            },
+            root.finish(),
+        ))
+    }
+
+    /// Replays `origin`'s entries up to `seq`: the live objects, and the tombstones the source
+    /// still keeps (deletes that carried one, not since re-created, and not below a container
+    /// deleted later: deleting a container drops the tombstones below it).
+    fn replay(&self, origin: NodeId, seq: Seq) -> Result<Replay, StoreError> {
+        let row = self
+            .origin_row_id(origin)?
+            .ok_or(StoreError::Feed(FeedError::Malformed("origin not held")))?;
+        let mut live: BTreeMap<String, u64> = BTreeMap::new();
+        let mut tombstones: BTreeMap<String, u64> = BTreeMap::new();
+        let mut at = None;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, hash, bytes FROM entries WHERE key > ?1 AND key <= ?2 ORDER BY key",
+            )
+            .ctx("replaying entries")?;
+        let mut rows = stmt
+            .query((entry_key(row, 0), entry_key(row, seq.0)))
+            .ctx("replaying entries")?;
+        while let Some(r) = rows.next().ctx("replaying entries")? {
+            let key: i64 = r.get(0).ctx("replaying entries")?;
+            let bytes = r
+                .get_ref(2)
+                .ctx("replaying entries")?
+                .as_blob()
+                .ctx_blob()?;
+            let entry = feed::decode_entry(bytes)?;
+            let s = (key & ((1 << SEQ_BITS) - 1)) as u64;
+            match entry.op {
+                Op::Put => {
+                    tombstones.remove(entry.path);
+                    live.insert(entry.path.to_owned(), s);
+                }
+                Op::Delete => {
+                    live.remove(entry.path);
+                    let below = format!("{}/", entry.path);
+                    let purged: Vec<String> = tombstones
+                        .range(below.clone()..)
+                        .take_while(|(p, _)| p.starts_with(&below))
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    for p in purged {
+                        tombstones.remove(&p);
+                    }
+                    if entry.body.is_empty() {
+                        tombstones.remove(entry.path);
+                    } else {
+                        tombstones.insert(entry.path.to_owned(), s);
+                    }
+                }
+            }
+            if s == seq.0 {
+                at = Some(super::hash_from(r.get(1).ctx("replaying entries")?)?);
+            }
+        }
+        let hash = at.ok_or(StoreError::Feed(FeedError::Malformed(
+            "an entry below the head is missing",
+        )))?;
+        Ok(Replay {
+            live,
+            tombstones,
+            hash,
+        })
+    }
+
+    /// What a restore writes for `origin` at `seq`: every live object and every tombstone the
+    /// source kept, in path order, each with the body its entry carries. Checks that `seq` is
+    /// held.
+    pub fn state_for_restore(
+        &self,
+        origin: NodeId,
+        seq: Seq,
+    ) -> Result<Vec<StateItem>, StoreError> {
+        let head = self.head(origin)?.map_or(0, |h| h.seq.0);
+        if seq.0 == 0 || seq.0 > head {
+            return Err(StoreError::Feed(FeedError::Malformed(
+                "seq is beyond the held head",
+            )));
+        }
+        let replay = self.replay(origin, seq)?;
+        let row = self.origin_row_id(origin)?.expect("the origin is held");
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT bytes FROM entries WHERE key = ?1")
+            .ctx("reading a body")?;
+        let mut items: Vec<StateItem> =
+            Vec::with_capacity(replay.live.len() + replay.tombstones.len());
+        for (map, deleted) in [(&replay.live, false), (&replay.tombstones, true)] {
+            for (path, s) in map {
+                let bytes: Vec<u8> = stmt
+                    .query_row([entry_key(row, *s)], |r| r.get(0))
+                    .ctx("reading a body")?;
+                items.push(StateItem {
+                    path: path.clone(),
+                    body: feed::decode_entry(&bytes)?.body.to_vec(),
+                    deleted,
+                    seq: Seq(*s),
+                });
+            }
+        }
+        items.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(items)
+    }
+
+    /// The last seq of `origin` whose entry was recorded at or before `at_ms`, if any.
+    pub fn seq_at_time(&self, origin: NodeId, at_ms: u64) -> Result<Option<Seq>, StoreError> {
+        let head = self.head(origin)?.map_or(0, |h| h.seq.0);
+        let ts = |seq: u64| -> Result<u64, StoreError> {
+            let e = self
+                .entries_after(origin, Seq(seq - 1), 1)?
+                .pop()
+                .ok_or(StoreError::Feed(FeedError::Malformed(
+                    "an entry below the head is missing",
+                )))?;
+            Ok(feed::decode_entry(&e.bytes)?.ts)
+        };
+        // Entry times never decrease along a feed in practice; a binary search finds the last
+        // one not after `at_ms`.
+        let (mut lo, mut hi) = (0u64, head);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if ts(mid)? <= at_ms {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok((lo > 0).then_some(Seq(lo)))
     }
 
     /// Signs a snapshot of our own state at its head and stores it. Returns `(snapshot,

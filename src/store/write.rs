@@ -152,7 +152,13 @@ impl Store {
                     "SELECT e.bytes FROM objects o JOIN entries e ON e.key = (o.origin << 40) | o.seq
                      WHERE o.origin = ?1 AND o.path = ?2",
                 )
-                .ctx("preparing a state lookup")?;
+                                .ctx("preparing a state lookup")?;
+            let mut tombstone = tx
+                .prepare_cached(
+                    "SELECT e.bytes FROM tombstones t JOIN entries e ON e.key = (t.origin << 40) | t.seq
+                     WHERE t.origin = ?1 AND t.path = ?2",
+                )
+                .ctx("preparing a tombstone lookup")?;
             for change in changes {
                 if skip_no_ops {
                     let current: Option<Vec<u8>> = live
@@ -166,7 +172,23 @@ impl Store {
                         .map(|e| e.body);
                     let no_op = match change.op {
                         Op::Put => current == Some(change.body.as_slice()),
-                        Op::Delete => current.is_none(),
+                        // A delete of an absent object records nothing new, unless it carries a
+                        // tombstone not recorded yet (an object created and deleted between
+                        // two reads leaves only its tombstone, which clients may have seen).
+                        Op::Delete if current.is_some() => false,
+                        Op::Delete if change.body.is_empty() => true,
+                        Op::Delete => {
+                            let recorded: Option<Vec<u8>> = tombstone
+                                .query_row((row.id, &change.path), |r| r.get(0))
+                                .optional()
+                                .ctx("reading a tombstone")?;
+                            let recorded = recorded
+                                .as_deref()
+                                .map(feed::decode_entry)
+                                .transpose()?
+                                .map(|e| e.body);
+                            recorded == Some(change.body.as_slice())
+                        }
                     };
                     if no_op {
                         continue;
@@ -183,8 +205,15 @@ impl Store {
                 insert
                     .execute((entry_key(row.id, seq.0), &hash.0[..], &bytes))
                     .ctx("inserting an entry")?;
-                apply_to_objects(&tx, row.id, seq, change.op, &change.path)
-                    .ctx("updating the object state")?;
+                apply_to_objects(
+                    &tx,
+                    row.id,
+                    seq,
+                    change.op,
+                    &change.path,
+                    !change.body.is_empty(),
+                )
+                .ctx("updating the object state")?;
                 bytes_added += bytes.len() as u64;
                 head = Head { seq, hash };
                 // Intermediate checkpoints bound the pages peers fetch (see `entries_page`).
@@ -286,8 +315,15 @@ impl Store {
                 insert
                     .execute((entry_key(row.id, entry.seq.0), &hash.0[..], bytes))
                     .ctx("inserting an entry")?;
-                apply_to_objects(&tx, row.id, entry.seq, entry.op, entry.path)
-                    .ctx("updating the object state")?;
+                apply_to_objects(
+                    &tx,
+                    row.id,
+                    entry.seq,
+                    entry.op,
+                    entry.path,
+                    !entry.body.is_empty(),
+                )
+                .ctx("updating the object state")?;
                 added += 1;
                 bytes_added += bytes.len() as u64;
             }

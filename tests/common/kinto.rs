@@ -56,6 +56,14 @@ impl Kinto {
 
     /// [`Kinto::start`], with `kinto.backoff` set when `backoff` is given.
     pub async fn start_with(options: Options, backoff: Option<u32>) -> Kinto {
+        let settings = backoff
+            .map(|s| format!("kinto.backoff = {s}"))
+            .unwrap_or_default();
+        Kinto::start_with_settings(options, &settings).await
+    }
+
+    /// [`Kinto::start`], with more `[app:main]` settings (ini lines).
+    pub async fn start_with_settings(options: Options, settings: &str) -> Kinto {
         let venv = venv();
         let dir = tempfile::tempdir().unwrap();
         let mut includes =
@@ -116,10 +124,22 @@ formatter = plain
 [formatter_plain]
 format = %(levelname)s %(message)s
 "#,
-            backoff = backoff
-                .map(|s| format!("kinto.backoff = {s}"))
-                .unwrap_or_default()
+            backoff = settings
         );
+        // A setting given again replaces the default one (ini keys must be unique).
+        let given: Vec<&str> = settings
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+            .collect();
+        let ini: String = ini
+            .lines()
+            .filter(|l| {
+                !l.split_once('=').is_some_and(|(k, _)| {
+                    given.contains(&k.trim()) && !settings.lines().any(|s| s.trim() == l.trim())
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
         std::fs::write(dir.path().join("kinto.ini"), ini).unwrap();
         let http = tandem::net::client_builder().build().unwrap();
         // A free port can be taken between our probe and Kinto's bind: try a few.
@@ -231,6 +251,33 @@ format = %(levelname)s %(message)s
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    /// The whole state `user` sees, read by `tests/kinto_state.py` (kinto-http): objects with
+    /// their permissions, and per collection the records ETag and tombstones.
+    pub fn state(&self, user: &str) -> Vec<Value> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kinto_state.py");
+        let out = Command::new(venv().join("bin/python"))
+            .arg(script)
+            .args([self.url.as_str(), user, PASSWORD])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kinto_state.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Stops the server (as a crash would: its memory backend is gone).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The server's log so far (for failure messages).

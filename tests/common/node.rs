@@ -190,10 +190,17 @@ impl TestNode {
     }
 
     /// Asks the running daemon for one round (`POST /sync` on its admin socket).
-    pub async fn sync(&self) -> Value {
-        tandem::api::admin::call(&self.data(), "POST", "/sync")
-            .await
-            .unwrap()
+    pub async fn sync(&mut self) -> Value {
+        match tandem::api::admin::call(&self.data(), "POST", "/sync").await {
+            Ok(answer) => answer,
+            Err(e) => {
+                // Say why the daemon is gone, if it is.
+                if let Some((_, task)) = self.running.take_if(|(_, t)| t.is_finished()) {
+                    panic!("{}: the daemon stopped: {:?}", self.name, task.await);
+                }
+                panic!("{}: sync failed: {e}", self.name)
+            }
+        }
     }
 
     /// Its `/metrics` text.

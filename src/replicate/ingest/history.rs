@@ -226,6 +226,14 @@ impl Ingest {
                 }
             }
         }
+        // Objects whose newest version is a delete: Kinto keeps their tombstones (those below
+        // a deleted container were dropped above, as Kinto drops them).
+        let mut tombstones: Vec<(i64, String)> = latest
+            .iter()
+            .filter(|(path, (_, body))| body.is_none() && path.as_str() != bucket)
+            .map(|(path, (lm, _))| (*lm, path.clone()))
+            .collect();
+        tombstones.sort();
         let bodies: HashMap<String, (i64, Vec<u8>)> = latest
             .into_iter()
             .filter_map(|(path, (lm, body))| body.map(|b| (path, (lm, b))))
@@ -254,6 +262,19 @@ impl Ingest {
             }
         }
         report += self.sync_bucket_lists(bucket, &walk).await?;
+        // The tombstones of objects deleted before this first read, which the list reads
+        // cannot show; not for an object live again in the replica (re-created since).
+        let mut deletes = Vec::new();
+        for (lm, path) in tombstones {
+            if self.stored_last_modified(&path).await?.is_none() {
+                deletes.push(Change {
+                    op: Op::Delete,
+                    body: tombstone(&path, lm),
+                    path,
+                });
+            }
+        }
+        report.appended += self.commit(deletes, []).await?;
         let cursor = if walk.misses() == 0 {
             // Only now is everything up to `position` in the replica.
             CursorUpdate::set(cursor_name, position)
@@ -334,8 +355,11 @@ impl Ingest {
                         report.appended += self.commit(std::mem::take(&mut changes), []).await?;
                         // The delete removed what was below it then, even if the container was
                         // recreated since: everything below not newer than the delete.
-                        for change in self.deletes_below(&path).await? {
+                        for mut change in self.deletes_below(&path).await? {
                             let is_container = change.path == path;
+                            if is_container {
+                                change.body = tombstone(&path, last_modified);
+                            }
                             let newer = self
                                 .stored_last_modified(&change.path)
                                 .await?
@@ -351,10 +375,14 @@ impl Ingest {
                         path,
                         body,
                     }),
-                    Effect::Delete { path, .. } => changes.push(Change {
-                        op: Op::Delete,
+                    Effect::Delete {
                         path,
-                        body: Vec::new(),
+                        last_modified,
+                        ..
+                    } => changes.push(Change {
+                        op: Op::Delete,
+                        body: tombstone(&path, last_modified),
+                        path,
                     }),
                 }
             }
@@ -364,4 +392,12 @@ impl Ingest {
         }
         Ok(Some(report))
     }
+}
+
+/// The body of a delete seen in the history: the tombstone Kinto keeps for the object.
+fn tombstone(path: &str, last_modified: i64) -> Vec<u8> {
+    let id = path.rsplit('/').next().unwrap_or_default();
+    serde_json::json!({"data": {"id": id, "last_modified": last_modified, "deleted": true}})
+        .to_string()
+        .into_bytes()
 }

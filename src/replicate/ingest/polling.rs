@@ -232,10 +232,12 @@ impl Ingest {
                 let path = format!("{list}/{}", head.id);
                 position = position.max(head.last_modified);
                 if self.is_deleted(&head, &path, cursor.is_some()).await? {
+                    // The tombstone, as Kinto sent it: its timestamp is part of what clients
+                    // that sync with this server have seen.
                     changes.push(Change {
                         op: Op::Delete,
                         path,
-                        body: Vec::new(),
+                        body: format!("{{\"data\":{}}}", raw.get()).into_bytes(),
                     });
                 } else {
                     if reconcile {

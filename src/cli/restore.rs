@@ -1,0 +1,192 @@
+//! `tandem restore`: writes an origin's state, at its head or at a chosen point, into a Kinto
+//! server. Everything is verified before the first write: the whole chain of the origin, every
+//! checkpoint, and the snapshot when one is named; a damaged copy is refused and nothing is
+//! written. Works beside a running daemon (it reads the store read-only); `--from-peer` first
+//! fetches the origin from that peer (through the daemon when one runs).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use super::{Cli, load_config};
+use crate::api::admin;
+use crate::config::{Secret, SourceAuth, SourceConfig};
+use crate::daemon::Node;
+use crate::feed::Seq;
+use crate::identity::NodeId;
+use crate::replicate::Changes;
+use crate::replicate::federate::Federation;
+use crate::replicate::restore;
+use crate::source::kinto::KintoClient;
+use crate::store::{Store, StoreError};
+
+/// Where to restore to, and from which point.
+pub struct RestoreArgs<'a> {
+    /// `self` or a node id.
+    pub origin: &'a str,
+    /// A snapshot id.
+    pub snapshot: Option<&'a str>,
+    /// A seq.
+    pub seq: Option<u64>,
+    /// An RFC 3339 time.
+    pub at: Option<&'a str>,
+    /// The target Kinto (root, with or without `/v1`).
+    pub to: &'a url::Url,
+    /// The account to write as.
+    pub user: &'a str,
+    /// Its password, from a file.
+    pub password_file: Option<&'a PathBuf>,
+    /// Or from an environment variable.
+    pub password_env: Option<&'a str>,
+    /// A peer to fetch the origin from first.
+    pub from_peer: Option<&'a str>,
+}
+
+/// Runs the restore.
+pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
+    crate::telemetry::init_logging(cli.log_format);
+    let config = load_config(cli)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let store = Store::open_read_only(&config.node.data_dir)?;
+    let origin: NodeId = match args.origin {
+        "self" => store.node_id()?,
+        id => id.parse()?,
+    };
+    drop(store);
+
+    if let Some(name) = args.from_peer {
+        let Some(peer) = config.peers.iter().find(|p| p.name == name).cloned() else {
+            bail!("no [[peer]] named {name:?} in {}", config.path.display());
+        };
+        let data_dir = config.node.data_dir.clone();
+        match Node::open(config.clone()) {
+            Ok(node) => runtime.block_on(async {
+                let store = Arc::new(std::sync::Mutex::new(node.store));
+                let fed = Federation::new(peer, Arc::new(node.key), store, Changes::default())?;
+                let pulled = fed
+                    .pull_origin(origin, std::time::Duration::ZERO)
+                    .await
+                    .with_context(|| format!("fetching {origin} from peer {name}"))?;
+                eprintln!("fetched {} new entries from peer {name}", pulled.accepted);
+                anyhow::Ok(())
+            })?,
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<StoreError>(),
+                    Some(StoreError::Locked { .. })
+                ) =>
+            {
+                // The daemon holds the store: ask it for a round with every peer.
+                runtime.block_on(admin::call(&data_dir, "POST", "/sync"))?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    let store = Store::open_read_only(&config.node.data_dir)?;
+    let Some(head) = store.head(origin)? else {
+        bail!("this node holds no entries of origin {origin}; see `tandem status`");
+    };
+    // Verify everything first: a damaged or forged copy writes nothing.
+    let report = store.verify_origin(origin)?;
+    if let Some(problem) = report.problems.first() {
+        bail!(
+            "refusing to restore: the stored copy of {origin} does not verify ({} problem(s); first: {problem}); nothing was written",
+            report.problems.len()
+        );
+    }
+    let seq = match (args.snapshot, args.seq, args.at) {
+        (Some(id), None, None) => {
+            let snapshot = store
+                .snapshots(origin)?
+                .into_iter()
+                .find(|s| s.id() == id)
+                .with_context(|| {
+                    format!("no snapshot {id} of {origin} here; see `tandem snapshot list`")
+                })?;
+            snapshot
+                .verify()
+                .map_err(StoreError::from)
+                .and_then(|()| store.check_snapshot(&snapshot))
+                .with_context(|| {
+                    format!(
+                        "refusing to restore: snapshot {id} does not verify; nothing was written"
+                    )
+                })?;
+            snapshot.seq
+        }
+        (None, Some(seq), None) => {
+            if seq == 0 || seq > head.seq.0 {
+                bail!(
+                    "seq {seq} is not held: the head of {origin} here is {}",
+                    head.seq
+                );
+            }
+            Seq(seq)
+        }
+        (None, None, Some(at)) => {
+            let t = chrono::DateTime::parse_from_rfc3339(at)
+                .with_context(|| format!("--at {at:?} is not an RFC 3339 time"))?;
+            store
+                .seq_at_time(origin, t.timestamp_millis().max(0) as u64)?
+                .with_context(|| format!("nothing of {origin} was recorded at or before {at}"))?
+        }
+        (None, None, None) => head.seq,
+        _ => bail!("give at most one of --snapshot, --seq and --at"),
+    };
+    let state = store.state_for_restore(origin, seq)?;
+    drop(store);
+
+    let password = match (args.password_file, args.password_env) {
+        (Some(file), None) => Secret::File(file.clone()),
+        (None, Some(var)) => Secret::Env(var.to_owned()),
+        _ => bail!("give exactly one of --password-file and --password-env"),
+    };
+    let mut url = args.to.clone();
+    if !url.path().trim_end_matches('/').ends_with("/v1") {
+        let path = format!("{}/v1/", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+    } else if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    let client = Arc::new(KintoClient::new(&SourceConfig {
+        url,
+        auth: SourceAuth::Basic {
+            user: args.user.to_owned(),
+            password,
+        },
+        poll: crate::config::DEFAULT_POLL,
+    })?);
+
+    let total = state.len() as u64;
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} restoring {pos}/{len} objects [{bar:30}] {per_sec} eta {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let progress: Arc<dyn Fn(u64) + Send + Sync> = {
+        let bar = bar.clone();
+        Arc::new(move |n| bar.inc(n))
+    };
+    let report = runtime.block_on(restore::restore(client, state, progress));
+    bar.finish_and_clear();
+    let report = report.context("restore stopped; run the same command again to resume")?;
+    println!(
+        "restored {origin} at seq {seq}: {} objects ({} written, {} already there) and {} tombstones, in {} batch requests",
+        report.objects, report.written, report.skipped, report.tombstones, report.batches
+    );
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! Restore: writes an origin's state at a chosen seq into a Kinto server, so that the server
+//! answers like the one the feed was recorded from.
+//!
+//! The caller verifies the feed and picks the seq; this module only writes. What it writes:
+//! every live object with its data (bytes as recorded, `last_modified` included) and
+//! permissions, and every tombstone the source kept, list by list: buckets first, then each
+//! bucket's groups and collections, then each collection's records. Within a list, objects go
+//! in ascending `last_modified`, the order Kinto needs to keep client-supplied timestamps and
+//! end with the same list ETag (see `kinto-interop.md`). A tombstone at `T` is replayed as a
+//! placeholder created at `last_modified = 1` and deleted with `?last_modified=T`.
+//!
+//! Writes go through `POST /v1/batch`, at most `batch_max_requests` per call, several lists at
+//! once. Every put is conditional (`If-None-Match: *`): what is already there with the same
+//! timestamp is left alone, so a restore is idempotent, and one that was killed resumes where
+//! it stopped without writing anything twice. (Lists are never read first: reading a list
+//! Kinto has not written yet fixes its timestamp to the time of the read, which would give the
+//! restored list another ETag than the original.)
+//!
+//! The target must store permissions as sent: with `kinto.explicit_permissions = false` Kinto
+//! does not add the writing account to each object's `write` list (see the README).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::task::JoinSet;
+
+use crate::source::kinto::{KintoClient, KintoError};
+use crate::store::StateItem;
+
+/// Lists written at the same time.
+pub const CONCURRENCY: usize = 4;
+
+/// Why a restore stopped. Everything written before stays, and a new run resumes.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// Talking to the target failed.
+    #[error(transparent)]
+    Kinto(#[from] KintoError),
+    /// An object the feed holds cannot be written to Kinto.
+    #[error("cannot restore {path}: {what}")]
+    Unrestorable {
+        /// The object.
+        path: String,
+        /// Why.
+        what: String,
+    },
+    /// The target refused a write.
+    #[error("the target refused {method} {path} (HTTP {status}): {message}")]
+    Refused {
+        /// PUT or DELETE.
+        method: &'static str,
+        /// The object.
+        path: String,
+        /// Kinto's status.
+        status: u16,
+        /// Kinto's message.
+        message: String,
+    },
+    /// The target kept another timestamp than the one sent.
+    #[error(
+        "the target stored {path} with last_modified {stored} instead of {sent}: it holds newer data there; restore into an empty server or bucket"
+    )]
+    Retimed {
+        /// The object.
+        path: String,
+        /// What was sent.
+        sent: i64,
+        /// What Kinto kept.
+        stored: i64,
+    },
+}
+
+/// What a restore did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RestoreReport {
+    /// Live objects in the restored state.
+    pub objects: u64,
+    /// Tombstones in it.
+    pub tombstones: u64,
+    /// Live objects written now.
+    pub written: u64,
+    /// Live objects already on the target with the same timestamp.
+    pub skipped: u64,
+    /// Batch calls made.
+    pub batches: u64,
+}
+
+/// One object to write.
+struct Item {
+    path: String,
+    id: String,
+    last_modified: i64,
+    /// `{"data":…,"permissions":…}` as recorded (live objects).
+    body: Vec<u8>,
+    deleted: bool,
+}
+
+/// The objects of one list (a plural endpoint), and the phase it belongs to.
+struct List {
+    path: String,
+    phase: u8,
+    items: Vec<Item>,
+}
+
+/// Groups the state into lists, each sorted by `last_modified`.
+fn plan(state: Vec<StateItem>) -> Result<Vec<List>, RestoreError> {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    #[derive(Deserialize)]
+    struct Stamp {
+        last_modified: i64,
+    }
+    let mut lists: BTreeMap<String, List> = BTreeMap::new();
+    for item in state {
+        let unrestorable = |what: &str| RestoreError::Unrestorable {
+            path: item.path.clone(),
+            what: what.to_owned(),
+        };
+        let segments: Vec<&str> = item.path.trim_start_matches('/').split('/').collect();
+        let phase = match segments.as_slice() {
+            ["buckets", _] => 0,
+            ["buckets", _, "groups" | "collections", _] => 1,
+            ["buckets", _, "collections", _, "records", _] => 2,
+            _ => {
+                return Err(unrestorable(
+                    "not a Kinto bucket, group, collection or record",
+                ));
+            }
+        };
+        let (list, id) = item.path.rsplit_once('/').expect("a path with segments");
+        let last_modified = if item.body.is_empty() {
+            return Err(unrestorable("a tombstone without its timestamp"));
+        } else {
+            let body: Body<'_> = serde_json::from_slice(&item.body)
+                .map_err(|e| unrestorable(&format!("body is not {{\"data\":…}}: {e}")))?;
+            serde_json::from_str::<Stamp>(body.data.get())
+                .map_err(|e| unrestorable(&format!("data has no last_modified: {e}")))?
+                .last_modified
+        };
+        let entry = lists.entry(list.to_owned()).or_insert_with(|| List {
+            path: list.to_owned(),
+            phase,
+            items: Vec::new(),
+        });
+        entry.items.push(Item {
+            id: id.to_owned(),
+            path: item.path,
+            last_modified,
+            body: item.body,
+            deleted: item.deleted,
+        });
+    }
+    let mut out: Vec<List> = lists.into_values().collect();
+    for list in &mut out {
+        list.items.sort_by_key(|i| i.last_modified);
+    }
+    Ok(out)
+}
+
+/// Sub-requests of one item: (method, request).
+type Requests = Vec<(&'static str, Box<RawValue>)>;
+
+/// Sub-requests for one item. Puts are conditional (`If-None-Match: *`): an object already
+/// there is not written again, and its answer (412, with the existing object) tells whether it
+/// is the one being restored. A tombstone is a placeholder put at `last_modified = 1` and a
+/// delete at the tombstone's timestamp.
+fn requests(item: &Item) -> Requests {
+    let raw = |s: String| RawValue::from_string(s).expect("built as JSON");
+    let path = serde_json::to_string(&item.path).expect("a string");
+    let create_only = r#""headers":{"If-None-Match":"*"}"#;
+    if item.deleted {
+        let id = serde_json::to_string(&item.id).expect("a string");
+        let delete = serde_json::to_string(&format!(
+            "{}?last_modified={}",
+            item.path, item.last_modified
+        ))
+        .expect("a string");
+        vec![
+            (
+                "PUT",
+                raw(format!(
+                    r#"{{"method":"PUT","path":{path},{create_only},"body":{{"data":{{"id":{id},"last_modified":1}}}}}}"#
+                )),
+            ),
+            (
+                "DELETE",
+                raw(format!(r#"{{"method":"DELETE","path":{delete}}}"#)),
+            ),
+        ]
+    } else {
+        let body = String::from_utf8_lossy(&item.body);
+        vec![(
+            "PUT",
+            raw(format!(
+                r#"{{"method":"PUT","path":{path},{create_only},"body":{body}}}"#
+            )),
+        )]
+    }
+}
+
+/// Checks one sub-response. `Ok(true)`: the object was written; `Ok(false)`: it was already
+/// there, as restored.
+fn check(
+    item: &Item,
+    method: &'static str,
+    status: u16,
+    body: &serde_json::Value,
+) -> Result<bool, RestoreError> {
+    let expected = match method {
+        "PUT" if item.deleted => 1,
+        _ => item.last_modified,
+    };
+    if status == 412 && method == "PUT" {
+        // Already there: from an earlier run of this restore if its timestamp is ours (a
+        // tombstone's placeholder: anything may be there, the delete settles it).
+        let existing = body["details"]["existing"]["last_modified"].as_i64();
+        return match existing {
+            _ if item.deleted => Ok(false),
+            Some(stored) if stored == expected => Ok(false),
+            Some(stored) => Err(RestoreError::Retimed {
+                path: item.path.clone(),
+                sent: expected,
+                stored,
+            }),
+            None => Err(RestoreError::Refused {
+                method,
+                path: item.path.clone(),
+                status,
+                message: "precondition failed without the existing object".into(),
+            }),
+        };
+    }
+    if status >= 400 {
+        return Err(RestoreError::Refused {
+            method,
+            path: item.path.clone(),
+            status,
+            message: body["message"].as_str().unwrap_or_default().to_owned(),
+        });
+    }
+    match body["data"]["last_modified"].as_i64() {
+        Some(stored) if stored != expected => Err(RestoreError::Retimed {
+            path: item.path.clone(),
+            sent: expected,
+            stored,
+        }),
+        _ => Ok(true),
+    }
+}
+
+/// Restores one list; `progress` is called with the number of items done.
+async fn restore_list(
+    client: Arc<KintoClient>,
+    list: List,
+    batch_max: usize,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<RestoreReport, RestoreError> {
+    tracing::debug!(list = %list.path, items = list.items.len(), "restoring a list");
+    let mut report = RestoreReport::default();
+    // Batches of whole items (a tombstone's two requests stay together).
+    let mut batches: Vec<Vec<(&Item, Requests)>> = vec![Vec::new()];
+    let mut queued = 0;
+    for item in &list.items {
+        if item.deleted {
+            report.tombstones += 1;
+        } else {
+            report.objects += 1;
+        }
+        let reqs = requests(item);
+        if queued + reqs.len() > batch_max && queued > 0 {
+            batches.push(Vec::new());
+            queued = 0;
+        }
+        queued += reqs.len();
+        batches.last_mut().expect("one batch").push((item, reqs));
+    }
+    for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+        let requests: Vec<Box<RawValue>> = batch
+            .iter()
+            .flat_map(|(_, reqs)| reqs.iter().map(|(_, r)| r.clone()))
+            .collect();
+        let answers = client.batch(&requests).await?;
+        report.batches += 1;
+        let mut answers = answers.into_iter();
+        for (item, reqs) in &batch {
+            let mut wrote = false;
+            for (method, _) in reqs {
+                let (status, body) = answers.next().expect("one answer per request");
+                wrote |= check(item, method, status, &body)?;
+            }
+            // Tombstones are replayed every time (the target's lists are not read, see the
+            // module docs); replaying one again leaves the same tombstone.
+            match (item.deleted, wrote) {
+                (true, _) => {}
+                (false, true) => report.written += 1,
+                (false, false) => report.skipped += 1,
+            }
+        }
+        progress(batch.len() as u64);
+    }
+    Ok(report)
+}
+
+/// Writes `state` into the Kinto server behind `client`. `progress` is called as objects are
+/// done (written or found already there), with how many.
+pub async fn restore(
+    client: Arc<KintoClient>,
+    state: Vec<StateItem>,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<RestoreReport, RestoreError> {
+    let info = client.server_info().await?;
+    let batch_max = info.batch_max_requests.unwrap_or(100).clamp(2, 500) as usize;
+    if info.explicit_permissions {
+        tracing::warn!(
+            "the target adds the restoring account to every object's write permissions (kinto.explicit_permissions is true): permissions will not be exactly the recorded ones"
+        );
+    }
+    let mut lists = plan(state)?;
+    let mut total = RestoreReport::default();
+    for phase in 0..=2u8 {
+        let mut set = JoinSet::new();
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+        let (now, later): (Vec<List>, Vec<List>) =
+            lists.into_iter().partition(|l| l.phase == phase);
+        lists = later;
+        for list in now {
+            let (client, progress, semaphore) =
+                (client.clone(), progress.clone(), semaphore.clone());
+            set.spawn(async move {
+                let _permit = semaphore.acquire_owned().await.expect("never closed");
+                restore_list(client, list, batch_max, progress).await
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            let r = done.expect("restore task panicked")?;
+            total.objects += r.objects;
+            total.tombstones += r.tombstones;
+            total.written += r.written;
+            total.skipped += r.skipped;
+            total.batches += r.batches;
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::Seq;
+
+    fn item(path: &str, lm: i64, deleted: bool) -> StateItem {
+        let id = path.rsplit('/').next().unwrap();
+        let body = if deleted {
+            format!(r#"{{"data":{{"id":"{id}","last_modified":{lm},"deleted":true}}}}"#)
+        } else {
+            format!(
+                r#"{{"data":{{"id":"{id}","last_modified":{lm}}},"permissions":{{"read":["system.Everyone"]}}}}"#
+            )
+        };
+        StateItem {
+            path: path.into(),
+            body: body.into_bytes(),
+            deleted,
+            seq: Seq(1),
+        }
+    }
+
+    #[test]
+    fn the_plan_groups_lists_by_phase_and_sorts_by_timestamp() {
+        let lists = plan(vec![
+            item("/buckets/b", 5, false),
+            item("/buckets/b/collections/c", 7, false),
+            item("/buckets/b/collections/c/records/r1", 30, false),
+            item("/buckets/b/collections/c/records/r2", 20, true),
+            item("/buckets/b/groups/g", 6, false),
+        ])
+        .unwrap();
+        let summary: Vec<(String, u8, Vec<i64>)> = lists
+            .iter()
+            .map(|l| {
+                (
+                    l.path.clone(),
+                    l.phase,
+                    l.items.iter().map(|i| i.last_modified).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("/buckets".into(), 0, vec![5]),
+                ("/buckets/b/collections".into(), 1, vec![7]),
+                ("/buckets/b/collections/c/records".into(), 2, vec![20, 30]),
+                ("/buckets/b/groups".into(), 1, vec![6]),
+            ]
+        );
+        assert!(plan(vec![item("/accounts/a", 1, false)]).is_err());
+    }
+
+    #[test]
+    fn requests_keep_the_recorded_bytes_and_replay_tombstones() {
+        let lists = plan(vec![
+            item("/buckets/b/collections/c/records/r1", 30, false),
+            item("/buckets/b/collections/c/records/r2", 20, true),
+        ])
+        .unwrap();
+        let items = &lists[0].items;
+        let tomb = requests(&items[0]);
+        assert_eq!(tomb.len(), 2);
+        assert!(tomb[0].1.get().contains(r#""last_modified":1"#));
+        assert!(tomb[1].1.get().contains("r2?last_modified=20"));
+        let put = requests(&items[1]);
+        assert!(put[0].1.get().contains(r#""If-None-Match":"*""#));
+        assert!(
+            put[0]
+                .1
+                .get()
+                .contains(r#""permissions":{"read":["system.Everyone"]}"#)
+        );
+        let parsed: serde_json::Value = serde_json::from_str(put[0].1.get()).unwrap();
+        assert_eq!(parsed["body"]["data"]["last_modified"], 30);
+    }
+}

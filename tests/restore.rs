@@ -1,0 +1,402 @@
+//! The disaster test: a Kinto server with varied content is followed by a home node, which
+//! pushes to a community node. Then the server and the home node's store are destroyed, and
+//! fresh Kinto servers are restored from the community node's copy: an independent client
+//! (kinto-http) must see exactly what the original had, data, permissions, timestamps, records
+//! ETags and tombstones, now and at a past time. A tampered copy is refused and writes nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::kinto::{Kinto, Options, PASSWORD};
+use common::node::{TestNode, wait_for};
+use serde_json::{Value, json};
+
+const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
+
+/// The source: the history plugin (every permission is recorded).
+async fn source() -> Kinto {
+    Kinto::start_with_settings(
+        Options { history: true },
+        "kinto.bucket_read_principals = account:tandem account:poller account:admin",
+    )
+    .await
+}
+
+/// What a restore target needs (as the README says): permissions stored exactly as sent, and
+/// the restoring account (`admin` here) allowed to create, read and write everything.
+const TARGET_SETTINGS: &str = "kinto.explicit_permissions = false
+kinto.bucket_create_principals = account:admin
+kinto.bucket_write_principals = account:admin
+kinto.bucket_read_principals = account:tandem account:poller account:admin
+kinto.group_create_principals = account:admin
+kinto.group_write_principals = account:admin
+kinto.group_read_principals = account:tandem account:poller account:admin
+kinto.collection_create_principals = account:admin
+kinto.collection_write_principals = account:admin
+kinto.collection_read_principals = account:tandem account:poller account:admin
+kinto.record_create_principals = account:admin
+kinto.record_write_principals = account:admin
+kinto.record_read_principals = account:tandem account:poller account:admin";
+
+/// A restore target: stores permissions exactly as sent, and lets `admin` (the restoring
+/// account) read and write everywhere.
+async fn target() -> Kinto {
+    Kinto::start_with_settings(Options { history: false }, TARGET_SETTINGS).await
+}
+
+async fn put(kinto: &Kinto, user: &str, path: &str, body: Value) {
+    kinto.ok(user, "PUT", path, Some(body)).await;
+}
+
+/// Buckets of two accounts, groups, collections, records with and without permissions, unicode,
+/// exact numbers, updates, deletes (tombstones), and a deleted collection.
+async fn first_content(kinto: &Kinto) {
+    // Each bucket lets tandem read it, so that its history (with every permission) is followed.
+    put(kinto, "alice", "/buckets/b", json!({"data": {"title": "Bücher 📚"}, "permissions": {"read": ["account:tandem", "account:bob"]}})).await;
+    put(
+        kinto,
+        "alice",
+        "/buckets/b/groups/team",
+        json!({"data": {"members": ["account:bob"]}}),
+    )
+    .await;
+    put(kinto, "alice", "/buckets/b/collections/c", json!({"data": {"ratio": 1.50, "big": 12345678901234567890u64}, "permissions": {"record:create": ["group:team"]}})).await;
+    for i in 0..70 {
+        let permissions = if i % 7 == 0 {
+            json!({"read": ["system.Everyone"]})
+        } else {
+            json!({})
+        };
+        put(
+            kinto,
+            "alice",
+            &format!("/buckets/b/collections/c/records/r{i:02}"),
+            json!({"data": {"n": i, "título": "naïve ✓", "nested": {"list": [1, 2.0, "3"]}}, "permissions": permissions}),
+        )
+        .await;
+    }
+    put(
+        kinto,
+        "alice",
+        "/buckets/b/collections/c/records/r03",
+        json!({"data": {"n": 3, "updated": true}}),
+    )
+    .await;
+    kinto
+        .ok(
+            "alice",
+            "DELETE",
+            "/buckets/b/collections/c/records/r05",
+            None,
+        )
+        .await;
+    put(
+        kinto,
+        "alice",
+        "/buckets/b/collections/gone",
+        json!({"data": {}}),
+    )
+    .await;
+    put(
+        kinto,
+        "alice",
+        "/buckets/b/collections/gone/records/x",
+        json!({"data": {"x": 1}}),
+    )
+    .await;
+    kinto
+        .ok(
+            "alice",
+            "DELETE",
+            "/buckets/b/collections/gone/records/x",
+            None,
+        )
+        .await;
+    kinto
+        .ok("alice", "DELETE", "/buckets/b/collections/gone", None)
+        .await;
+    put(
+        kinto,
+        "bob",
+        "/buckets/bob",
+        json!({"data": {}, "permissions": {"read": ["account:tandem"]}}),
+    )
+    .await;
+    put(
+        kinto,
+        "bob",
+        "/buckets/bob/collections/notes",
+        json!({"data": {}}),
+    )
+    .await;
+    put(
+        kinto,
+        "bob",
+        "/buckets/bob/collections/notes/records/n1",
+        json!({"data": {"text": "first"}, "permissions": {"write": ["account:alice"]}}),
+    )
+    .await;
+    put(
+        kinto,
+        "bob",
+        "/buckets/bob/collections/notes/records/n2",
+        json!({"data": {"text": "second"}}),
+    )
+    .await;
+    // The last change of this collection is a delete: its ETag is the tombstone's timestamp.
+    kinto
+        .ok(
+            "bob",
+            "DELETE",
+            "/buckets/bob/collections/notes/records/n2",
+            None,
+        )
+        .await;
+}
+
+async fn more_content(kinto: &Kinto) {
+    put(
+        kinto,
+        "alice",
+        "/buckets/b/collections/c/records/late",
+        json!({"data": {"late": true}}),
+    )
+    .await;
+    kinto
+        .ok(
+            "alice",
+            "DELETE",
+            "/buckets/b/collections/c/records/r10",
+            None,
+        )
+        .await;
+    put(
+        kinto,
+        "alice",
+        "/buckets/b/collections/c/records/r11",
+        json!({"data": {"n": 11, "again": 2}, "permissions": {"read": ["account:bob"]}}),
+    )
+    .await;
+    put(
+        kinto,
+        "bob",
+        "/buckets/bob/collections/more",
+        json!({"data": {"k": "v"}}),
+    )
+    .await;
+}
+
+fn restore(node: &TestNode, args: &[&str], code: i32) -> String {
+    let out = common::tandem(&node.config_path(), &[&["restore"], args].concat(), code);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disaster_recovery_from_the_community_copy() {
+    let mut a = source().await;
+    first_content(&a).await;
+    let mut home = TestNode::new("home");
+    let mut community = TestNode::new("community");
+    std::fs::write(home.dir.path().join("pw"), PASSWORD).unwrap();
+    home.configure(
+        "",
+        &format!(
+            "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1h\"\n{}",
+            a.url,
+            TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}"))
+        ),
+    );
+    community.configure("", &TestNode::peer_entry(&home, NEVER));
+    home.init();
+    community.init();
+    community.start().await;
+    home.start().await;
+    let answer = home.sync().await;
+    assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    let first = views(&a);
+    let home_id = home.id.to_string();
+    wait_for(Duration::from_secs(30), "the community copy", || {
+        community.head(home.id) == home.head(home.id)
+    })
+    .await;
+    // A point in time between the two rounds of changes.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let between = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    more_content(&a).await;
+    let answer = home.sync().await;
+    assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    let last = views(&a);
+    assert_ne!(first, last);
+    assert!(
+        last.iter()
+            .any(|row| row["tombstones"].as_array().is_some_and(|t| !t.is_empty())),
+        "the scenario has tombstones"
+    );
+
+    // The disaster: the server and the home node's store are gone.
+    a.kill();
+    home.stop().await;
+    drop(home);
+
+    // Restore the latest state into a fresh server, from the community's copy, while the
+    // community node runs.
+    let b = target().await;
+    std::fs::write(community.dir.path().join("pw"), PASSWORD).unwrap();
+    let pw = community.dir.path().join("pw");
+    let pw = pw.to_str().unwrap();
+    let out = restore(
+        &community,
+        &[
+            "--origin",
+            &home_id,
+            "--to",
+            &b.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw,
+        ],
+        0,
+    );
+    assert!(out.contains("restored"), "{out}");
+    assert_same(&views(&b), &last);
+
+    // Again: nothing to write.
+    let out = restore(
+        &community,
+        &[
+            "--origin",
+            &home_id,
+            "--to",
+            &b.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw,
+        ],
+        0,
+    );
+    assert!(out.contains("(0 written,"), "{out}");
+    assert_same(&views(&b), &last);
+
+    // The past: the state at the time between the two rounds.
+    let c = target().await;
+    restore(
+        &community,
+        &[
+            "--origin",
+            &home_id,
+            "--at",
+            &between,
+            "--to",
+            &c.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw,
+        ],
+        0,
+    );
+    assert_same(&views(&c), &first);
+
+    // A tampered copy: one byte of one stored entry. The restore refuses, names it, and
+    // writes nothing.
+    community.stop().await;
+    {
+        let conn = rusqlite::Connection::open(community.data().join("tandem.db")).unwrap();
+        let (key, mut bytes): (i64, Vec<u8>) = conn
+            .query_row(
+                "SELECT key, bytes FROM entries ORDER BY key LIMIT 1 OFFSET 40",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let at = bytes.len() - 5;
+        bytes[at] ^= 0x20;
+        conn.execute("UPDATE entries SET bytes = ?2 WHERE key = ?1", (key, bytes))
+            .unwrap();
+    }
+    let d = target().await;
+    let out = restore(
+        &community,
+        &[
+            "--origin",
+            &home_id,
+            "--to",
+            &d.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw,
+        ],
+        1,
+    );
+    assert!(
+        out.contains("does not verify") && out.contains("seq 41"),
+        "{out}"
+    );
+    assert!(d.state("admin").is_empty(), "nothing was written");
+}
+
+/// Compares a restored state with the original, row by row, with readable differences.
+///
+/// Records-list ETags are compared separately: Kinto sets a list's timestamp to the current
+/// time at the first request that touches it (kinto/core/resource: "Initialize timestamp as
+/// soon as possible"), before any write, so no client of its HTTP API can give a restored list
+/// an older ETag than the time of the restore. What matters to syncing clients is that it is
+/// never lower than the original (a lower one would hide changes from them): that is checked.
+fn assert_same(ours: &[Value], theirs: &[Value]) {
+    let etag = |row: &Value| row["etag"].as_str().and_then(|e| e.parse::<i64>().ok());
+    let strip = |rows: &[Value]| -> Vec<Value> {
+        rows.iter()
+            .map(|row| {
+                let mut row = row.clone();
+                if row.get("etag").is_some() {
+                    row["etag"] = Value::Null;
+                }
+                row
+            })
+            .collect()
+    };
+    for (o, t) in ours.iter().zip(theirs) {
+        if let (Some(restored), Some(original)) = (etag(o), etag(t)) {
+            assert!(
+                restored >= original,
+                "a restored ETag went back: {o} vs {t}"
+            );
+        }
+    }
+    let (ours, theirs) = (strip(ours), strip(theirs));
+    let differences: Vec<String> = ours
+        .iter()
+        .zip(theirs.iter())
+        .filter(|(o, t)| o != t)
+        .take(8)
+        .map(|(o, t)| format!("restored: {o}\n original: {t}"))
+        .collect();
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "row count: {ours:#?} vs {theirs:#?}"
+    );
+}
+
+/// What the owners of the data see: alice and bob each read their buckets with every
+/// permission (they write them), and what the other shared with them.
+fn views(kinto: &Kinto) -> Vec<Value> {
+    let mut out = Vec::new();
+    for user in ["alice", "bob"] {
+        for mut row in kinto.state(user) {
+            row["as"] = json!(user);
+            out.push(row);
+        }
+    }
+    out
+}
