@@ -211,7 +211,19 @@ async fn disaster_recovery_from_the_community_copy() {
             TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}"))
         ),
     );
-    community.configure("", &TestNode::peer_entry(&home, NEVER));
+    // A member's new machine, which will fetch the copy from the community and restore it.
+    let rescue = TestNode::new("rescue");
+    let home_id = home.id.to_string();
+    community.configure(
+        "",
+        &format!(
+            "{}{}",
+            TestNode::peer_entry(&home, NEVER),
+            TestNode::peer_entry(&rescue, &format!("serve = [\"{home_id}\"]\n{NEVER}"))
+        ),
+    );
+    rescue.configure("", &TestNode::peer_entry(&community, NEVER));
+    rescue.init();
     home.init();
     community.init();
     community.start().await;
@@ -219,7 +231,6 @@ async fn disaster_recovery_from_the_community_copy() {
     let answer = home.sync().await;
     assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
     let first = views(&a);
-    let home_id = home.id.to_string();
     wait_for(Duration::from_secs(30), "the community copy", || {
         community.head(home.id) == home.head(home.id)
     })
@@ -304,6 +315,29 @@ async fn disaster_recovery_from_the_community_copy() {
         0,
     );
     assert_same(&views(&c), &first);
+
+    // From another machine that holds nothing yet: fetch from the community, then restore.
+    let e = target().await;
+    let rescue_pw = rescue.dir.path().join("pw");
+    std::fs::write(&rescue_pw, PASSWORD).unwrap();
+    let out = restore(
+        &rescue,
+        &[
+            "--origin",
+            &home_id,
+            "--from-peer",
+            "community",
+            "--to",
+            &e.url,
+            "--user",
+            "admin",
+            "--password-file",
+            rescue_pw.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert!(out.contains("fetched") && out.contains("restored"), "{out}");
+    assert_same(&views(&e), &last);
 
     // A tampered copy: one byte of one stored entry. The restore refuses, names it, and
     // writes nothing.
@@ -399,4 +433,130 @@ fn views(kinto: &Kinto) -> Vec<Value> {
         }
     }
     out
+}
+
+/// A restore killed with SIGKILL halfway resumes when run again: it completes, writes no
+/// object twice, and the target ends exactly as a restore that was never interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_restore_resumes_without_duplicates() {
+    let node = TestNode::new("home");
+    node.configure("", "");
+    node.init();
+    {
+        let key = node.key();
+        let mut store = tandem::store::Store::open_writer(&node.data(), key.id()).unwrap();
+        let put = |path: String, body: String| tandem::store::Change {
+            op: tandem::feed::Op::Put,
+            path,
+            body: body.into_bytes(),
+        };
+        let mut changes = vec![
+            put(
+                "/buckets/b".into(),
+                r#"{"data":{"id":"b","last_modified":1000}}"#.into(),
+            ),
+            put(
+                "/buckets/b/collections/c".into(),
+                r#"{"data":{"id":"c","last_modified":1001}}"#.into(),
+            ),
+        ];
+        for i in 0..3000 {
+            changes.push(put(
+                format!("/buckets/b/collections/c/records/r{i:04}"),
+                format!(
+                    r#"{{"data":{{"id":"r{i:04}","last_modified":{},"n":{i}}}}}"#,
+                    2000 + i
+                ),
+            ));
+        }
+        store.append(&key, &changes, &[]).unwrap();
+    }
+    let target = target().await;
+    let pw = node.dir.path().join("pw");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let args = |config: &std::path::Path| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"));
+        cmd.arg("--config").arg(config).args([
+            "restore",
+            "--to",
+            &target.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ]);
+        cmd
+    };
+    let log = node.dir.path().join("restore.log");
+    let mut child = args(&node.config_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Records go in ascending last_modified: the newest one says how many are there.
+    let count = || async {
+        let (status, body) = target
+            .request(
+                "admin",
+                "GET",
+                "/buckets/b/collections/c/records?_sort=-last_modified&_limit=1",
+                None,
+            )
+            .await;
+        match (status, body["data"][0]["last_modified"].as_i64()) {
+            (200, Some(lm)) => (lm - 1999) as usize,
+            _ => 0,
+        }
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let n = count().await;
+        if n >= 300 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the restore made no progress"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before it was killed: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = count().await;
+    assert!(
+        partial < 3000,
+        "killed too late to test anything: {partial}"
+    );
+
+    let out = args(&node.config_path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Everything the first run wrote was found there; the rest was written once.
+    let written: u64 = text
+        .split("objects (")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(written <= 3002 - partial as u64, "{text}");
+    assert!(text.contains("3002 objects"), "{text}");
+    let dump = target.dump("admin");
+    let records: Vec<&Value> = dump
+        .iter()
+        .filter(|row| row["path"].as_str().unwrap().contains("/records/"))
+        .collect();
+    assert_eq!(records.len(), 3000);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["data"]["last_modified"], 2000 + i as i64, "{r}");
+        assert_eq!(r["data"]["n"], i as i64);
+    }
 }
