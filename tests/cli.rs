@@ -683,9 +683,13 @@ fn verify_finds_a_flipped_byte_and_names_it() {
             })
             .collect();
         store.append(&key, &changes, &[]).unwrap();
+        store.create_snapshot(&key).unwrap();
     }
     let out = stdout(&env.run(&["verify"], 0));
-    assert!(out.contains("ok, 20 entries, 1 checkpoints"), "{out}");
+    assert!(
+        out.contains("ok, 20 entries (20 re-hashed), 1 checkpoints, 0 receipts, 1 snapshots"),
+        "{out}"
+    );
 
     // Flip one byte of entry 7's body, behind tandem's back.
     let db = rusqlite::Connection::open(env.data().join("tandem.db")).unwrap();
@@ -711,4 +715,16 @@ fn verify_finds_a_flipped_byte_and_names_it() {
         "{text}"
     );
     assert!(stderr(&out).contains("problem(s) found"));
+    // The snapshot, checked against the damaged entry, fails too.
+    assert!(text.contains("snapshot"), "{text}");
+    // A full sample finds it; an empty one re-hashes nothing, and sees only sound links.
+    let out = env.run(&["verify", "--sample", "100"], 1);
+    assert!(stdout(&out).contains("seq 7"), "{}", stdout(&out));
+    let out = env.run(&["verify", "--sample", "0"], 1);
+    assert!(
+        !stdout(&out).contains("seq 7: entry bytes"),
+        "{}",
+        stdout(&out)
+    );
+    env.run(&["verify", "--sample", "250"], 2);
 }

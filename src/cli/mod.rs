@@ -95,11 +95,16 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Re-check every stored entry, chain link, checkpoint and state; non-zero exit on damage.
+    /// Re-check every stored entry, chain link, checkpoint, receipt, snapshot and the state;
+    /// non-zero exit on damage.
     Verify {
         /// `self` or a node id (default: every origin held).
         #[arg(long)]
         origin: Option<String>,
+        /// Re-hash only this percentage of the entries, picked at random (chain links,
+        /// checkpoints, receipts and snapshots are all still checked).
+        #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+        sample: Option<f64>,
     },
     /// Write an origin's state (now, or at a snapshot, seq or time) into a Kinto server,
     /// after verifying everything held of it.
@@ -110,6 +115,13 @@ pub enum Command {
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a percentage between 0 and 100")),
+    }
 }
 
 /// `tandem key ...`
@@ -234,7 +246,7 @@ pub fn main(cli: Cli) -> ExitCode {
             format,
             out,
         } => export::run(&cli, origin, *format, out.as_deref()),
-        Command::Verify { origin } => verify::run(&cli, origin.as_deref()),
+        Command::Verify { origin, sample } => verify::run(&cli, origin.as_deref(), *sample),
         Command::Key(cmd) => key::run(&cli, cmd),
         Command::Config(ConfigCommand::Check { file }) => {
             check::run(file.as_ref().unwrap_or(&cli.config))

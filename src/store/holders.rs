@@ -178,6 +178,48 @@ impl Store {
         Ok(out)
     }
 
+    /// The receipts held for `origin` (the latest of each holder), as signed.
+    pub fn receipts(&self, origin: NodeId) -> Result<Vec<Receipt>, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT holder, acked_seq, acked_hash, acked_ts, receipt_sig FROM holders
+                 WHERE origin = ?1 AND receipt_sig IS NOT NULL ORDER BY holder",
+            )
+            .ctx("reading receipts")?;
+        let rows = stmt
+            .query_map([row], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .ctx("reading receipts")?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (holder, seq, hash, ts, sig) = r.ctx("reading receipts")?;
+            out.push(Receipt {
+                holder: super::read::node_id_from(holder)?,
+                origin,
+                seq: Seq(seq as u64),
+                hash: hash_from(hash)?,
+                ts: ts as u64,
+                signature: sig.try_into().map_err(|_| {
+                    StoreError::Feed(crate::feed::FeedError::Malformed(
+                        "stored signature is not 64 bytes",
+                    ))
+                })?,
+            });
+        }
+        Ok(out)
+    }
+
     /// The highest seq of `origin` that at least `k` holders acknowledged (0 if fewer hold it).
     pub fn durable_seq(&self, origin: NodeId, k: u32) -> Result<u64, StoreError> {
         // A holder seen serving less than it acknowledged counts for what it served.

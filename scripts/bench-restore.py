@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Restore benchmark against real Kinto servers (memory backend), in one run:
+
+1. A plain batch script (urllib, one thread, batches of `batch_max_requests`) writes RECORDS
+   records spread over COLLECTIONS collections into a fresh Kinto: Kinto's own write limit.
+2. A tandem node ingests that server (`tandem sync`), so its feed holds the same records.
+3. `tandem restore` writes them into a second fresh Kinto with the same settings.
+
+Prints seconds and records/s of 1 and 3, their ratio, and checks that the restored records
+(data and timestamps) equal the written ones.
+
+Usage: scripts/bench-restore.py [RECORDS COLLECTIONS]   (default 100000 100)
+Needs: a release build (cargo build --release) and the test virtualenv (scripts/test).
+"""
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV = os.environ.get("TANDEM_TEST_VENV", os.path.join(ROOT, "target/test-venv"))
+TANDEM = os.path.join(ROOT, "target/release/tandem")
+RECORDS, COLLECTIONS = (int(a) for a in (sys.argv[1:] or ["100000", "100"]))
+PW = "bench-pw"
+BATCH = 200
+
+SETTINGS = "\n".join(
+    ["kinto.explicit_permissions = false", "kinto.bucket_create_principals = account:admin"]
+    + [f"kinto.{r}_{p}_principals = account:admin" for r in ("bucket", "group", "collection", "record") for p in ("write", "read") if not (r == "bucket" and p == "create")]
+    + [f"kinto.{r}_create_principals = account:admin" for r in ("group", "collection", "record")]
+)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def call(url, method="GET", body=None, user="admin"):
+    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{PW}".encode()).decode())
+    with urllib.request.urlopen(req) as r:
+        return json.load(r), r.headers
+
+
+def start_kinto(workdir):
+    port = free_port()
+    ini = f"""[server:main]
+use = egg:waitress#main
+host = 127.0.0.1
+port = %(http_port)s
+threads = 4
+[app:main]
+use = egg:kinto
+kinto.includes = kinto.plugins.accounts
+kinto.storage_backend = kinto.core.storage.memory
+kinto.storage_url =
+kinto.cache_backend = kinto.core.cache.memory
+kinto.cache_url =
+kinto.permission_backend = kinto.core.permission.memory
+kinto.permission_url =
+kinto.userid_hmac_secret = 0a1b2c3d4e5f6071
+multiauth.policies = account
+multiauth.policy.account.use = kinto.plugins.accounts.AccountsPolicy
+kinto.account_create_principals = system.Everyone
+kinto.batch_max_requests = {BATCH}
+kinto.paginate_by = 10000
+{SETTINGS}
+[loggers]
+keys = root
+[handlers]
+keys = console
+[formatters]
+keys = plain
+[logger_root]
+level = WARNING
+handlers = console
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+level = NOTSET
+formatter = plain
+[formatter_plain]
+format = %(message)s
+"""
+    with open(os.path.join(workdir, "kinto.ini"), "w") as f:
+        f.write(ini)
+    proc = subprocess.Popen([os.path.join(VENV, "bin/kinto"), "start", "--ini", "kinto.ini", "--port", str(port)],
+                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "server.log"), "w"))
+    url = f"http://127.0.0.1:{port}/v1/"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(url + "__heartbeat__")
+            break
+        except Exception:
+            time.sleep(0.1)
+    req = urllib.request.Request(url + "accounts/admin", method="PUT", data=json.dumps({"data": {"password": PW}}).encode())
+    req.add_header("Content-Type", "application/json")
+    urllib.request.urlopen(req)
+    return proc, url
+
+
+def plain_write(url):
+    call(url + "buckets/b", "PUT", {"data": {}})
+    for c in range(COLLECTIONS):
+        call(url + f"buckets/b/collections/c{c:03}", "PUT", {"data": {}})
+    requests = []
+    for i in range(RECORDS):
+        c = i % COLLECTIONS
+        requests.append({"method": "PUT", "path": f"/buckets/b/collections/c{c:03}/records/r{i:07}",
+                         "body": {"data": {"title": f"record {i}", "done": i % 2 == 0, "tags": ["a", "b"], "note": "x" * 60}}})
+    started = time.time()
+    for i in range(0, len(requests), BATCH):
+        answer, _ = call(url + "batch", "POST", {"requests": requests[i:i + BATCH]})
+        assert all(r["status"] < 400 for r in answer["responses"]), answer
+    return time.time() - started
+
+
+def records(url):
+    out = {}
+    for c in range(COLLECTIONS):
+        data, _ = call(url + f"buckets/b/collections/c{c:03}/records")
+        for r in data["data"]:
+            out[(c, r["id"])] = r
+    return out
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="tandem-bench-restore-")
+    procs = []
+    try:
+        os.makedirs(f"{work}/s"), os.makedirs(f"{work}/t")
+        s, s_url = start_kinto(f"{work}/s")
+        t, t_url = start_kinto(f"{work}/t")
+        procs += [s, t]
+        plain = plain_write(s_url)
+        print(f"plain batch script: {RECORDS} records in {plain:.1f} s ({RECORDS / plain:.0f} records/s)", flush=True)
+
+        with open(f"{work}/pw", "w") as f:
+            f.write(PW)
+        with open(f"{work}/tandem.toml", "w") as f:
+            f.write(f'[node]\nname = "bench"\ndata_dir = "data"\n[source]\nkind = "kinto"\nurl = "{s_url}"\nuser = "admin"\npassword_file = "pw"\n')
+        subprocess.run([TANDEM, "--config", f"{work}/tandem.toml", "init"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([TANDEM, "--config", f"{work}/tandem.toml", "sync"], check=True, stdout=subprocess.DEVNULL)
+
+        started = time.time()
+        out = subprocess.run([TANDEM, "--config", f"{work}/tandem.toml", "restore", "--to", t_url,
+                              "--user", "admin", "--password-file", f"{work}/pw"],
+                             check=True, capture_output=True, text=True)
+        restore = time.time() - started
+        print(out.stdout.strip())
+        print(f"tandem restore: {RECORDS} records in {restore:.1f} s ({RECORDS / restore:.0f} records/s), "
+              f"{plain / restore:.2f}x the plain batch script's rate", flush=True)
+        assert records(s_url) == records(t_url), "the restored records differ"
+        print("restored records equal the written ones (data and timestamps)")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+
+
+if __name__ == "__main__":
+    main()
