@@ -5,7 +5,9 @@
 //! - `append_own`: encode, hash, sign and store the same changes as the origin;
 //! - `verify_only`: the verification part of `accept_foreign` alone;
 //! - `bare_insert`: the same entry rows inserted into a plain SQLite table with the same
-//!   pragmas, in one transaction: the floor the store is compared against.
+//!   pragmas, in one transaction: the floor the store is compared against;
+//! - `snapshot_state_root`: a snapshot of 1,000,000 live objects (state root and signature);
+//! - `verify_full`: `tandem verify` of that feed.
 //!
 //! Each sample uses a fresh database in a temporary directory on the same disk. `max alloc`
 //! in divan's allocation columns counts Rust heap allocations of one iteration, inputs
@@ -154,4 +156,50 @@ fn verify_only(bencher: Bencher) {
         .counter(ItemsCount::new(N))
         .with_inputs(|| entries.clone())
         .bench_local_values(|entries| verify_batch(origin.id(), entries, cp).unwrap());
+}
+
+/// A store holding our own feed of 1,000,000 puts (one object each), built once.
+fn filled_store() -> &'static (tempfile::TempDir, NodeKey) {
+    static STORE: std::sync::OnceLock<(tempfile::TempDir, NodeKey)> = std::sync::OnceLock::new();
+    STORE.get_or_init(|| {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let key = own_key();
+        let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
+        let changes: Vec<Change> = (0..N).map(change).collect();
+        for chunk in changes.chunks(100_000) {
+            store.append(&key, chunk, &[]).unwrap();
+        }
+        (dir, key)
+    })
+}
+
+/// The state root of 1,000,000 objects (read in path order, hashed, folded) and its signature,
+/// as `tandem snapshot create` computes it; the snapshot row is removed after each sample.
+#[divan::bench(sample_count = 3, sample_size = 1)]
+fn snapshot_state_root(bencher: Bencher) {
+    let (dir, key) = filled_store();
+    let store = std::cell::RefCell::new(Store::open_writer(dir.path(), key.id()).unwrap());
+    let cleanup = rusqlite::Connection::open(dir.path().join("tandem.db")).unwrap();
+    bencher
+        .counter(ItemsCount::new(N))
+        .with_inputs(|| {
+            cleanup.execute("DELETE FROM snapshots", []).unwrap();
+        })
+        .bench_local_values(|()| {
+            let (snapshot, created) = store.borrow_mut().create_snapshot(key).unwrap();
+            assert!(created && snapshot.objects == N as u64);
+        });
+}
+
+/// `tandem verify` of the same feed: every entry re-hashed and decoded, every link, every
+/// checkpoint, and the materialized state against a replay.
+#[divan::bench(sample_count = 3, sample_size = 1)]
+fn verify_full(bencher: Bencher) {
+    let (dir, _) = filled_store();
+    let store = Store::open_read_only(dir.path()).unwrap();
+    let origin = store.node_id().unwrap();
+    bencher.counter(ItemsCount::new(N)).bench_local(|| {
+        let report = store.verify_origin(origin).unwrap();
+        assert!(report.problems.is_empty());
+    });
 }

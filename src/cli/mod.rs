@@ -172,6 +172,9 @@ pub struct RestoreCommand {
     /// First fetch the origin from this peer (by its name in the configuration).
     #[arg(long, value_name = "NAME")]
     pub from_peer: Option<String>,
+    /// How many lists (collections…) to write at the same time.
+    #[arg(long, value_name = "N", default_value_t = crate::replicate::restore::CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub concurrency: usize,
 }
 
 /// `tandem snapshot ...`
@@ -233,6 +236,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 password_file: r.password_file.as_ref(),
                 password_env: r.password_env.as_deref(),
                 from_peer: r.from_peer.as_deref(),
+                concurrency: r.concurrency,
             },
         ),
         Command::Snapshot(SnapshotCommand::List { origin, json }) => {

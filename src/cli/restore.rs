@@ -41,6 +41,8 @@ pub struct RestoreArgs<'a> {
     pub password_env: Option<&'a str>,
     /// A peer to fetch the origin from first.
     pub from_peer: Option<&'a str>,
+    /// Lists written at the same time.
+    pub concurrency: usize,
 }
 
 /// Runs the restore.
@@ -181,7 +183,7 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
         let bar = bar.clone();
         Arc::new(move |n| bar.inc(n))
     };
-    let report = runtime.block_on(restore::restore(client, state, progress));
+    let report = runtime.block_on(restore::restore(client, state, args.concurrency, progress));
     bar.finish_and_clear();
     let report = report.context("restore stopped; run the same command again to resume")?;
     println!(

@@ -76,7 +76,7 @@ mod snapshot;
 mod statements;
 
 pub use batch::{VerifiedBatch, verify_batch};
-pub use entry::{EntryRef, decode_entry, encode_entry};
+pub use entry::{EntryRef, decode_entry, decode_stored_entry, encode_entry};
 pub use fork::ForkEvidence;
 pub use snapshot::{SNAPSHOT_LEN, Snapshot, StateRoot, StateSummary};
 pub use statements::{CHECKPOINT_LEN, Checkpoint, Receipt};

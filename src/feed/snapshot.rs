@@ -59,6 +59,17 @@ impl StateRoot {
 
     /// Adds the next object. Paths must come in strictly increasing bytewise order.
     pub fn push(&mut self, path: &str, body: &[u8]) -> Result<(), FeedError> {
+        self.push_hashed(path, blake3::hash(body).as_bytes(), body.len() as u64)
+    }
+
+    /// [`StateRoot::push`] for an object whose body was already hashed (`BLAKE3(body)`, and
+    /// its length).
+    pub fn push_hashed(
+        &mut self,
+        path: &str,
+        body_hash: &[u8; 32],
+        body_len: u64,
+    ) -> Result<(), FeedError> {
         if self
             .last_path
             .as_deref()
@@ -73,7 +84,7 @@ impl StateRoot {
         leaf.update(LEAF_TAG);
         leaf.update(&(path.len() as u32).to_be_bytes());
         leaf.update(path.as_bytes());
-        leaf.update(blake3::hash(body).as_bytes());
+        leaf.update(body_hash);
         let mut node = (1u64, *leaf.finalize().as_bytes());
         while let Some(&(size, left)) = self.stack.last() {
             if size != node.0 {
@@ -84,7 +95,7 @@ impl StateRoot {
         }
         self.stack.push(node);
         self.objects += 1;
-        self.bytes += body.len() as u64;
+        self.bytes += body_len;
         Ok(())
     }
 

@@ -342,7 +342,7 @@ impl Store {
         let mut rows = stmt.query([row]).ctx("reading objects")?;
         while let Some(r) = rows.next().ctx("reading objects")? {
             let bytes = r.get_ref(0).ctx("reading objects")?.as_blob().ctx_blob()?;
-            let entry = crate::feed::decode_entry(bytes).map_err(StoreError::from)?;
+            let entry = crate::feed::decode_stored_entry(bytes).map_err(StoreError::from)?;
             f(entry.path, entry.body)?;
         }
         Ok(())
