@@ -231,6 +231,10 @@ pub async fn serve(
         key: key.clone(),
         store: writer.clone(),
         changes: changes.clone(),
+        retention: config
+            .snapshots
+            .as_ref()
+            .map(crate::retention::Policy::from),
     };
     if let Some(schedule) = &config.snapshots {
         let status = Arc::new(WorkerStatus::new("snapshot", "schedule"));

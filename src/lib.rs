@@ -62,6 +62,7 @@ pub mod peer;
 pub mod probe;
 pub mod protocol;
 pub mod replicate;
+pub mod retention;
 pub mod scheduler;
 pub mod source;
 pub mod store;

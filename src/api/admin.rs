@@ -124,17 +124,24 @@ pub struct SnapshotMaker {
     pub store: Arc<std::sync::Mutex<Store>>,
     /// Raised when a snapshot was signed, so that pushes hand it over.
     pub changes: Changes,
+    /// The retention applied after each new snapshot (`[snapshots]`); none keeps every one.
+    pub retention: Option<crate::retention::Policy>,
 }
 
 impl SnapshotMaker {
     /// Signs a snapshot at the head unless the latest one is already there.
     pub async fn make(&self) -> Result<(Snapshot, bool), StoreError> {
-        let (store, key) = (self.store.clone(), self.key.clone());
+        let (store, key, retention) = (self.store.clone(), self.key.clone(), self.retention);
         let made = tokio::task::spawn_blocking(move || {
-            store
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .create_snapshot(&key)
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            let made = store.create_snapshot(&key)?;
+            if let (true, Some(policy)) = (made.1, retention) {
+                let removed = store.prune_snapshots(key.id(), policy)?;
+                if removed > 0 {
+                    tracing::info!(removed, "snapshots pruned by retention");
+                }
+            }
+            Ok::<_, StoreError>(made)
         })
         .await
         .expect("snapshot task panicked")?;

@@ -27,6 +27,10 @@ pub fn create(cli: &Cli) -> anyhow::Result<()> {
                 );
             }
             let (s, created) = node.store.create_snapshot(&node.key)?;
+            if let (true, Some(retention)) = (created, &node.config.snapshots) {
+                node.store
+                    .prune_snapshots(node.key.id(), retention.into())?;
+            }
             (SnapshotDoc::from(&s), created)
         }
         Err(e)

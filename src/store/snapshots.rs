@@ -373,6 +373,38 @@ impl Store {
         Ok(out)
     }
 
+    /// Applies a retention policy to `origin`'s snapshots: removes every one it does not keep
+    /// (see [`crate::retention`]), in one transaction. Returns how many were removed.
+    pub fn prune_snapshots(
+        &mut self,
+        origin: NodeId,
+        policy: crate::retention::Policy,
+    ) -> Result<usize, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(0);
+        };
+        let snapshots = self.snapshots(origin)?;
+        let times: Vec<u64> = snapshots.iter().map(|s| s.ts).collect();
+        let keep = crate::retention::keep(&times, policy);
+        let tx = self.conn.transaction().ctx("starting a prune")?;
+        let mut removed = 0;
+        for (i, s) in snapshots.iter().enumerate() {
+            if keep.contains(&i) {
+                continue;
+            }
+            for table in ["snapshots", "snapshot_holders"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE origin = ?1 AND seq = ?2"),
+                    (row, s.seq.0 as i64),
+                )
+                .ctx("pruning snapshots")?;
+            }
+            removed += 1;
+        }
+        tx.commit().ctx("committing a prune")?;
+        Ok(removed)
+    }
+
     /// Records that `holder` accepted the snapshot of `origin` at `seq`.
     pub fn record_snapshot_holder(
         &mut self,

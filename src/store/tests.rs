@@ -746,3 +746,41 @@ fn create_snapshot_signs_the_own_state_once_per_head() {
     assert_eq!(again, s);
     store.check_snapshot(&s).unwrap();
 }
+
+#[test]
+fn retention_prunes_snapshots_it_does_not_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([33; 32]);
+    let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
+    let day = 86_400_000u64;
+    for i in 0..5u64 {
+        let change = Change {
+            op: Op::Put,
+            path: format!("/buckets/b{i}"),
+            body: b"{\"data\":{}}".to_vec(),
+        };
+        store.append(&key, &[change], &[]).unwrap();
+        let (head, state) = store.state_root_at(key.id(), Seq(i + 1)).unwrap();
+        // Five snapshots, one a day.
+        let s = Snapshot::sign(&key, head, 1_800_000_000_000 + i * day, state);
+        store.accept_snapshot(&s).unwrap();
+        store
+            .record_snapshot_holder(key.id(), s.seq, NodeKey::from_seed([34; 32]).id())
+            .unwrap();
+    }
+    let policy = crate::retention::Policy {
+        daily: 2,
+        ..Default::default()
+    };
+    assert_eq!(store.prune_snapshots(key.id(), policy).unwrap(), 3);
+    let kept: Vec<u64> = store
+        .snapshots(key.id())
+        .unwrap()
+        .iter()
+        .map(|s| s.seq.0)
+        .collect();
+    assert_eq!(kept, vec![4, 5]);
+    assert!(store.snapshot_holders(key.id(), Seq(1)).unwrap().is_empty());
+    assert_eq!(store.snapshot_holders(key.id(), Seq(5)).unwrap().len(), 1);
+    assert_eq!(store.prune_snapshots(key.id(), policy).unwrap(), 0);
+}
