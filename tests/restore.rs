@@ -214,6 +214,7 @@ async fn disaster_recovery_from_the_community_copy() {
     // A member's new machine, which will fetch the copy from the community and restore it.
     let rescue = TestNode::new("rescue");
     let home_id = home.id.to_string();
+    let home_node = home.id;
     community.configure(
         "",
         &format!(
@@ -338,6 +339,65 @@ async fn disaster_recovery_from_the_community_copy() {
     );
     assert!(out.contains("fetched") && out.contains("restored"), "{out}");
     assert_same(&views(&e), &last);
+
+    // Through the portable archive: exported from the community's copy, imported on a third
+    // node, restored from there.
+    let archive = community.dir.path().join("home.tandem");
+    let out = common::tandem(
+        &community.config_path(),
+        &[
+            "export",
+            "--origin",
+            &home_id,
+            "--archive",
+            archive.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("archived"));
+    let third = TestNode::new("third");
+    third.configure("", "");
+    third.init();
+    // A damaged archive first: one byte changed inside, recompressed. Nothing is imported.
+    let damaged = community.dir.path().join("damaged.tandem");
+    {
+        let mut plain = zstd::decode_all(std::fs::File::open(&archive).unwrap()).unwrap();
+        let at = plain.len() / 2;
+        plain[at] ^= 0x01;
+        std::fs::write(&damaged, zstd::encode_all(plain.as_slice(), 3).unwrap()).unwrap();
+    }
+    let out = common::tandem(
+        &third.config_path(),
+        &["import", damaged.to_str().unwrap()],
+        1,
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("nothing was imported"), "{text}");
+    assert_eq!(third.head(home_node), 0);
+    let out = common::tandem(
+        &third.config_path(),
+        &["import", archive.to_str().unwrap()],
+        0,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported"));
+    let f = target().await;
+    let third_pw = third.dir.path().join("pw");
+    std::fs::write(&third_pw, PASSWORD).unwrap();
+    restore(
+        &third,
+        &[
+            "--origin",
+            &home_id,
+            "--to",
+            &f.url,
+            "--user",
+            "admin",
+            "--password-file",
+            third_pw.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert_same(&views(&f), &last);
 
     // A tampered copy: one byte of one stored entry. The restore refuses, names it, and
     // writes nothing.

@@ -8,6 +8,8 @@
 //!   if the ingest failed, `409` while the node is still recovering its own feed.
 //! - `POST /snapshot`: sign a snapshot of the own state at its head; `200 {"snapshot",
 //!   "created"}` (`created` is false when the latest snapshot already is at the head).
+//! - `POST /import?path=FILE`: verify the archive at `FILE` completely, then load it; `200
+//!   {"origin", "entries", "snapshots"}` or `422 {"error"}` (nothing loaded).
 //! - `GET /workers`: the health of the daemon's loops, as in `/healthz`.
 
 use std::path::{Path, PathBuf};
@@ -77,6 +79,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/sync", post(sync))
         .route("/workers", get(workers))
         .route("/snapshot", post(snapshot))
+        .route("/import", post(import))
         .with_state(state)
 }
 
@@ -171,6 +174,41 @@ async fn snapshot(State(state): State<AdminState>) -> Response {
         .into_response(),
         Err(e) => (
             StatusCode::CONFLICT,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ImportQuery {
+    path: std::path::PathBuf,
+}
+
+async fn import(
+    State(state): State<AdminState>,
+    axum::extract::Query(query): axum::extract::Query<ImportQuery>,
+) -> Response {
+    let store = state.snapshots.store.clone();
+    let changes = state.changes.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        crate::replicate::archive::verify_archive(&query.path)?;
+        let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+        crate::replicate::archive::load_archive(&query.path, &mut store)
+    })
+    .await;
+    match result {
+        Ok(Ok(summary)) => {
+            changes.notify();
+            axum::Json(json!(summary)).into_response()
+        }
+        Ok(Err(e)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"error": format!("{e}; nothing was imported")})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
             axum::Json(json!({"error": e.to_string()})),
         )
             .into_response(),

@@ -65,6 +65,47 @@ pub fn run(cli: &Cli, origin: &str, _format: Format, out: Option<&Path>) -> anyh
     Ok(())
 }
 
+/// `tandem export --archive FILE`: the origin's whole feed as a portable archive.
+pub fn archive(cli: &Cli, origin: &str, file: &Path) -> anyhow::Result<()> {
+    let config = load_config(cli)?;
+    let store = Store::open_read_only(&config.node.data_dir)?;
+    let origin: NodeId = if origin == "self" {
+        store.node_id()?
+    } else {
+        origin.parse()?
+    };
+    if store.head(origin)?.is_none() {
+        bail!("this node holds no entries of origin {origin}; see `tandem status`");
+    }
+    let tmp = temp_name(file);
+    let result = (|| {
+        let out = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        // Entries are only ever appended: pages read one after the other give a prefix of the
+        // feed that ends at a checkpoint, even beside a running daemon.
+        let summary = crate::replicate::archive::write_archive(
+            &store,
+            origin,
+            std::io::BufWriter::new(&out),
+        )?;
+        out.sync_all().context("syncing the archive")?;
+        std::fs::rename(&tmp, file)
+            .with_context(|| format!("cannot rename to {}", file.display()))?;
+        anyhow::Ok(summary)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let summary = result?;
+    println!(
+        "archived {origin}: {} entries and {} snapshots in {}",
+        summary.entries,
+        summary.snapshots,
+        file.display()
+    );
+    Ok(())
+}
+
 fn write_jsonl(store: &Store, origin: NodeId, w: &mut impl Write) -> anyhow::Result<()> {
     store.for_each_object(origin, |path, body| -> anyhow::Result<()> {
         // body is {"data":…,"permissions":…}: splice the path in front, keeping the bytes.

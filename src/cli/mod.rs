@@ -7,6 +7,7 @@
 
 mod check;
 mod export;
+mod import;
 mod init;
 mod key;
 mod peers;
@@ -92,8 +93,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = export::Format::Jsonl)]
         format: export::Format,
         /// Write to this file (atomically) instead of stdout.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "archive")]
         out: Option<PathBuf>,
+        /// Write the portable archive of the origin's feed to this file instead (atomically):
+        /// every entry and snapshot, verifiable anywhere; see `tandem import`.
+        #[arg(long, value_name = "FILE")]
+        archive: Option<PathBuf>,
+    },
+    /// Verify a portable archive completely, then load its origin's feed into this node's
+    /// store (through the running daemon, if any).
+    Import {
+        /// The archive (`tandem export --archive`).
+        file: PathBuf,
     },
     /// Re-check every stored entry, chain link, checkpoint, receipt, snapshot and the state;
     /// non-zero exit on damage.
@@ -247,9 +258,16 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         Command::Export {
             origin,
+            archive: Some(file),
+            ..
+        } => export::archive(&cli, origin, file),
+        Command::Export {
+            origin,
             format,
             out,
+            archive: None,
         } => export::run(&cli, origin, *format, out.as_deref()),
+        Command::Import { file } => import::run(&cli, file),
         Command::Verify { origin, sample } => verify::run(&cli, origin.as_deref(), *sample),
         Command::Key(cmd) => key::run(&cli, cmd),
         Command::Config(ConfigCommand::Check { file }) => {

@@ -2,6 +2,7 @@
 //! scheduler decides when): [`ingest`] follows the source into this node's own feed,
 //! [`federate`] moves feeds between this node and one peer.
 
+pub mod archive;
 pub mod federate;
 pub mod ingest;
 pub mod restore;

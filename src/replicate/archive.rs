@@ -1,0 +1,318 @@
+//! Portable archives of a feed ([`crate::protocol::archive`]): writing one from the store, and
+//! importing one into the store after verifying all of it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::feed::{EntryHash, FeedError, Op, Seq, Snapshot, StateRoot, verify_batch};
+use crate::identity::NodeId;
+use crate::protocol::archive::{ArchiveError, ArchiveReader, ArchiveWriter, Section};
+use crate::protocol::wire::PAGE_BYTES;
+use crate::store::{Store, StoreError};
+
+/// Why an archive could not be written or imported. Nothing is imported from an archive that
+/// fails verification.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The file is not a readable archive.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// Its content does not verify against the origin's key.
+    #[error("the archive does not verify: {what}")]
+    Invalid {
+        /// What failed (names the seq).
+        what: String,
+    },
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an archive holds, once verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ArchiveSummary {
+    /// Its origin.
+    pub origin: NodeId,
+    /// Entries (from seq 1).
+    pub entries: u64,
+    /// Snapshots (each checked against the state the entries give).
+    pub snapshots: u64,
+}
+
+/// Writes `origin`'s whole feed (every entry, in pages ending at its checkpoints) and its
+/// snapshots to `out`.
+pub fn write_archive(
+    store: &Store,
+    origin: NodeId,
+    out: impl std::io::Write,
+) -> Result<ArchiveSummary, ImportError> {
+    let mut w = ArchiveWriter::new(out, &origin)?;
+    let snapshots = store.snapshots(origin)?;
+    for s in &snapshots {
+        w.snapshot(s)?;
+    }
+    let mut after = Seq(0);
+    while let Some((entries, checkpoint)) =
+        store.entries_page(origin, after, usize::MAX, PAGE_BYTES)?
+    {
+        w.page(&checkpoint, entries.iter().map(|e| e.bytes.as_slice()))?;
+        after = checkpoint.seq;
+    }
+    let mut out = w.finish()?;
+    out.flush().map_err(ArchiveError::Io)?;
+    Ok(ArchiveSummary {
+        origin,
+        entries: after.0,
+        snapshots: snapshots.len() as u64,
+    })
+}
+
+/// Reads and verifies the whole archive at `path` without storing anything: the chain from
+/// seq 1, every checkpoint, every snapshot's signature, head and state root (the state
+/// replayed in memory), and the file's digest.
+pub fn verify_archive(path: &Path) -> Result<ArchiveSummary, ImportError> {
+    let mut r = ArchiveReader::new(open(path)?)?;
+    let origin = r.origin();
+    let invalid = |what: String| ImportError::Invalid { what };
+    let mut snapshots: Vec<Snapshot> = Vec::new();
+    // path -> (hash of the body, its length): the state as the entries are replayed.
+    let mut state: BTreeMap<String, ([u8; 32], u64)> = BTreeMap::new();
+    let mut head = (0u64, EntryHash::genesis(&origin));
+    let mut next_snapshot = 0;
+    while let Some(section) = r.next_section()? {
+        match section {
+            Section::Snapshot(s) => {
+                if head.0 > 0 {
+                    return Err(invalid("a snapshot after the first page".into()));
+                }
+                if s.origin != origin {
+                    return Err(invalid(format!(
+                        "a snapshot of another origin, {}",
+                        s.origin
+                    )));
+                }
+                s.verify().map_err(|e| invalid(e.to_string()))?;
+                snapshots.push(s);
+                snapshots.sort_by_key(|s| s.seq);
+            }
+            Section::Page(checkpoint, entries) => {
+                let batch = verify_batch(origin, entries, checkpoint)
+                    .map_err(|e| invalid(format!("page ending at seq {}: {e}", checkpoint.seq)))?;
+                if batch.first_seq().0 != head.0 + 1 || batch.first_prev() != head.1 {
+                    return Err(invalid(format!(
+                        "the page starting at seq {} does not follow seq {}",
+                        batch.first_seq(),
+                        head.0
+                    )));
+                }
+                for (bytes, hash) in batch.entries().iter().zip(batch.hashes()) {
+                    let entry = crate::feed::decode_entry(bytes)
+                        .map_err(|e| invalid(format!("seq {}: {e}", head.0 + 1)))?;
+                    match entry.op {
+                        Op::Put => {
+                            state.insert(
+                                entry.path.to_owned(),
+                                (
+                                    *blake3::hash(entry.body).as_bytes(),
+                                    entry.body.len() as u64,
+                                ),
+                            );
+                        }
+                        Op::Delete => {
+                            state.remove(entry.path);
+                        }
+                    }
+                    head = (entry.seq.0, *hash);
+                    while let Some(s) = snapshots.get(next_snapshot).filter(|s| s.seq.0 == head.0) {
+                        check_snapshot(s, head.1, &state).map_err(invalid)?;
+                        next_snapshot += 1;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(s) = snapshots.get(next_snapshot) {
+        return Err(invalid(format!(
+            "snapshot {} is at seq {}, beyond the archive's last entry ({})",
+            s.id(),
+            s.seq,
+            head.0
+        )));
+    }
+    Ok(ArchiveSummary {
+        origin,
+        entries: head.0,
+        snapshots: snapshots.len() as u64,
+    })
+}
+
+fn check_snapshot(
+    s: &Snapshot,
+    hash: EntryHash,
+    state: &BTreeMap<String, ([u8; 32], u64)>,
+) -> Result<(), String> {
+    if s.head_hash != hash {
+        return Err(format!(
+            "snapshot {} names another entry at seq {}",
+            s.id(),
+            s.seq
+        ));
+    }
+    let mut root = StateRoot::new();
+    for (path, (body_hash, len)) in state {
+        root.push_hashed(path, body_hash, *len)
+            .map_err(|e: FeedError| e.to_string())?;
+    }
+    let got = root.finish();
+    if (got.root, got.objects, got.bytes) != (s.state_root, s.objects, s.bytes) {
+        return Err(format!(
+            "snapshot {} at seq {} states another state than the entries give",
+            s.id(),
+            s.seq
+        ));
+    }
+    Ok(())
+}
+
+/// Imports a verified archive into `store`: every page is accepted as from a peer (what is
+/// already held is skipped; a different history is a fork, stored as evidence), then the
+/// snapshots. Call [`verify_archive`] first: this reads the file again.
+pub fn load_archive(path: &Path, store: &mut Store) -> Result<ArchiveSummary, ImportError> {
+    let mut r = ArchiveReader::new(open(path)?)?;
+    let origin = r.origin();
+    let mut snapshots = Vec::new();
+    let mut entries = 0;
+    while let Some(section) = r.next_section()? {
+        match section {
+            Section::Snapshot(s) => snapshots.push(s),
+            Section::Page(checkpoint, page) => {
+                let batch =
+                    verify_batch(origin, page, checkpoint).map_err(|e| ImportError::Invalid {
+                        what: e.to_string(),
+                    })?;
+                entries = batch.checkpoint().seq.0;
+                store.accept(&batch, &[])?;
+            }
+        }
+    }
+    for s in &snapshots {
+        store.accept_snapshot(s)?;
+    }
+    Ok(ArchiveSummary {
+        origin,
+        entries,
+        snapshots: snapshots.len() as u64,
+    })
+}
+
+fn open(path: &Path) -> Result<std::fs::File, ImportError> {
+    std::fs::File::open(path).map_err(|e| {
+        ImportError::Archive(ArchiveError::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeKey;
+    use crate::store::Change;
+
+    fn store_with_feed(dir: &Path, key: &NodeKey) -> Store {
+        let mut store = Store::open_writer(dir, key.id()).unwrap();
+        let changes: Vec<Change> = (0..3000)
+            .map(|i| Change {
+                op: if i % 10 == 9 { Op::Delete } else { Op::Put },
+                path: format!("/buckets/b/collections/c/records/r{}", i % 700),
+                body: if i % 10 == 9 {
+                    Vec::new()
+                } else {
+                    format!(r#"{{"data":{{"n":{i}}}}}"#).into_bytes()
+                },
+            })
+            .collect();
+        for chunk in changes.chunks(1000) {
+            store.append(key, chunk, &[]).unwrap();
+            store.create_snapshot(key).unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn an_archive_verifies_and_loads_elsewhere() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let key = NodeKey::from_seed([50; 32]);
+        let store = store_with_feed(a.path(), &key);
+        let file = a.path().join("feed.tandem");
+        let written =
+            write_archive(&store, key.id(), std::fs::File::create(&file).unwrap()).unwrap();
+        assert_eq!((written.entries, written.snapshots), (3000, 3));
+        assert_eq!(verify_archive(&file).unwrap(), written);
+        let mut other = Store::open_writer(b.path(), NodeKey::from_seed([51; 32]).id()).unwrap();
+        assert_eq!(load_archive(&file, &mut other).unwrap(), written);
+        assert_eq!(other.head(key.id()).unwrap(), store.head(key.id()).unwrap());
+        assert_eq!(
+            other.snapshots(key.id()).unwrap(),
+            store.snapshots(key.id()).unwrap()
+        );
+        // Loading again changes nothing.
+        load_archive(&file, &mut other).unwrap();
+        assert!(other.verify_origin(key.id()).unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn a_forged_archive_with_a_valid_digest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NodeKey::from_seed([52; 32]);
+        let store = store_with_feed(dir.path(), &key);
+        // Rewrite the archive with one entry changed: the digest is recomputed, so only the
+        // origin's signatures can tell.
+        let file = dir.path().join("forged.tandem");
+        let mut w = ArchiveWriter::new(std::fs::File::create(&file).unwrap(), &key.id()).unwrap();
+        let mut after = Seq(0);
+        while let Some((entries, cp)) = store
+            .entries_page(key.id(), after, 500, PAGE_BYTES)
+            .unwrap()
+        {
+            let mut bytes: Vec<Vec<u8>> = entries.into_iter().map(|e| e.bytes).collect();
+            if after.0 == 0 {
+                let last = bytes[5].len() - 3;
+                bytes[5][last] ^= 1;
+            }
+            w.page(&cp, bytes.iter().map(Vec::as_slice)).unwrap();
+            after = cp.seq;
+        }
+        w.finish().unwrap();
+        let e = verify_archive(&file).unwrap_err();
+        assert!(matches!(e, ImportError::Invalid { .. }), "{e}");
+        // A snapshot that lies about the state, validly signed, is refused as well.
+        let file = dir.path().join("lying.tandem");
+        let mut w = ArchiveWriter::new(std::fs::File::create(&file).unwrap(), &key.id()).unwrap();
+        let real = store.snapshots(key.id()).unwrap()[0];
+        let lie = Snapshot::sign(
+            &key,
+            real.head(),
+            real.ts,
+            crate::feed::StateSummary {
+                root: [0; 32],
+                objects: real.objects,
+                bytes: real.bytes,
+            },
+        );
+        w.snapshot(&lie).unwrap();
+        let mut after = Seq(0);
+        while let Some((entries, cp)) = store
+            .entries_page(key.id(), after, 500, PAGE_BYTES)
+            .unwrap()
+        {
+            w.page(&cp, entries.iter().map(|e| e.bytes.as_slice()))
+                .unwrap();
+            after = cp.seq;
+        }
+        w.finish().unwrap();
+        let e = verify_archive(&file).unwrap_err();
+        assert!(e.to_string().contains("another state"), "{e}");
+    }
+}
