@@ -187,6 +187,10 @@ async fn more_content(kinto: &Kinto) {
     .await;
 }
 
+async fn kinto_delete(kinto: &Kinto, path: &str) {
+    kinto.ok("admin", "DELETE", path, None).await;
+}
+
 fn restore(node: &TestNode, args: &[&str], code: i32) -> String {
     let out = common::tandem(&node.config_path(), &[&["restore"], args].concat(), code);
     format!(
@@ -240,9 +244,19 @@ async fn disaster_recovery_from_the_community_copy() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let between = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     tokio::time::sleep(Duration::from_millis(20)).await;
+    let first_seq = home.head(home.id).to_string();
     more_content(&a).await;
     let answer = home.sync().await;
     assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    // A snapshot of the final state, handed to the community by the next push.
+    let out = common::tandem(&home.config_path(), &["snapshot", "create"], 0);
+    let snapshot_id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let answer = home.sync().await;
+    assert_eq!(answer["peers"][0]["push"]["snapshots"], 1, "{answer}");
     let last = views(&a);
     assert_ne!(first, last);
     assert!(
@@ -296,6 +310,111 @@ async fn disaster_recovery_from_the_community_copy() {
     );
     assert!(out.contains("(0 written,"), "{out}");
     assert_same(&views(&b), &last);
+
+    // A target that holds other data: a record re-created where the state has a tombstone,
+    // and a record changed. The restore stops and names it; neither is overwritten or deleted.
+    put(
+        &b,
+        "alice",
+        "/buckets/b/collections/c/records/r05",
+        json!({"data": {"back": true}}),
+    )
+    .await;
+    let out = restore(
+        &community,
+        &[
+            "--origin",
+            &home_id,
+            "--to",
+            &b.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw,
+        ],
+        1,
+    );
+    assert!(
+        out.contains("records/r05") && out.contains("holds newer data"),
+        "{out}"
+    );
+    let (_, r05) = b
+        .request("alice", "GET", "/buckets/b/collections/c/records/r05", None)
+        .await;
+    assert_eq!(r05["data"]["back"], true, "{r05}");
+    kinto_delete(&b, "/buckets/b/collections/c/records/r05").await;
+    put(
+        &b,
+        "bob",
+        "/buckets/bob/collections/notes/records/n1",
+        json!({"data": {"text": "mine"}}),
+    )
+    .await;
+    let out = restore(
+        &community,
+        &[
+            "--origin",
+            &home_id,
+            "--to",
+            &b.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw,
+        ],
+        1,
+    );
+    assert!(
+        out.contains("records/n1") && out.contains("holds newer data"),
+        "{out}"
+    );
+    let (_, n1) = b
+        .request(
+            "bob",
+            "GET",
+            "/buckets/bob/collections/notes/records/n1",
+            None,
+        )
+        .await;
+    assert_eq!(n1["data"]["text"], "mine", "{n1}");
+
+    // A seq and a snapshot: the state after the first round, and the snapshot's.
+    let g = target().await;
+    restore(
+        &community,
+        &[
+            "--origin",
+            &home_id,
+            "--seq",
+            &first_seq,
+            "--to",
+            &g.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw,
+        ],
+        0,
+    );
+    assert_same(&views(&g), &first);
+    let h = target().await;
+    restore(
+        &community,
+        &[
+            "--origin",
+            &home_id,
+            "--snapshot",
+            &snapshot_id,
+            "--to",
+            &h.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw,
+        ],
+        0,
+    );
+    assert_same(&views(&h), &last);
 
     // The past: the state at the time between the two rounds.
     let c = target().await;

@@ -8,6 +8,8 @@
 //!   if the ingest failed, `409` while the node is still recovering its own feed.
 //! - `POST /snapshot`: sign a snapshot of the own state at its head; `200 {"snapshot",
 //!   "created"}` (`created` is false when the latest snapshot already is at the head).
+//! - `POST /pull?peer=NAME&origin=ID`: pull one origin from one peer now; `200` with the pull
+//!   report, `502 {"error"}` if it failed.
 //! - `POST /import?path=FILE`: verify the archive at `FILE` completely, then load it; `200
 //!   {"origin", "entries", "snapshots"}` or `422 {"error"}` (nothing loaded).
 //! - `GET /workers`: the health of the daemon's loops, as in `/healthz`.
@@ -80,6 +82,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/workers", get(workers))
         .route("/snapshot", post(snapshot))
         .route("/import", post(import))
+        .route("/pull", post(pull))
         .with_state(state)
 }
 
@@ -181,6 +184,39 @@ async fn snapshot(State(state): State<AdminState>) -> Response {
 }
 
 #[derive(serde::Deserialize)]
+struct PullQuery {
+    peer: String,
+    origin: crate::identity::NodeId,
+}
+
+async fn pull(
+    State(state): State<AdminState>,
+    axum::extract::Query(query): axum::extract::Query<PullQuery>,
+) -> Response {
+    let Some(fed) = state.feds.iter().find(|f| f.peer().name == query.peer) else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": format!("no [[peer]] named {:?}", query.peer)})),
+        )
+            .into_response();
+    };
+    match fed
+        .pull_origin(query.origin, std::time::Duration::ZERO)
+        .await
+    {
+        Ok(report) => {
+            state.changes.notify();
+            axum::Json(json!(report)).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
 struct ImportQuery {
     path: std::path::PathBuf,
 }
@@ -192,9 +228,8 @@ async fn import(
     let store = state.snapshots.store.clone();
     let changes = state.changes.clone();
     let result = tokio::task::spawn_blocking(move || {
-        crate::replicate::archive::verify_archive(&query.path)?;
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-        crate::replicate::archive::load_archive(&query.path, &mut store)
+        crate::replicate::archive::import_archive(&query.path, &mut store)
     })
     .await;
     match result {
@@ -202,6 +237,11 @@ async fn import(
             changes.notify();
             axum::Json(json!(summary)).into_response()
         }
+        Ok(Err(e @ crate::replicate::archive::ImportError::Stopped { .. })) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
         Ok(Err(e)) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             axum::Json(json!({"error": format!("{e}; nothing was imported")})),

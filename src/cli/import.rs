@@ -5,12 +5,10 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-
 use super::{Cli, load_config};
 use crate::api::admin;
 use crate::daemon::Node;
-use crate::replicate::archive::{ArchiveSummary, load_archive, verify_archive};
+use crate::replicate::archive::{ArchiveSummary, ImportError, import_archive};
 use crate::store::StoreError;
 
 /// Verifies and loads.
@@ -19,15 +17,14 @@ pub fn run(cli: &Cli, file: &Path) -> anyhow::Result<()> {
     let file = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
     let data_dir = config.node.data_dir.clone();
     let summary: ArchiveSummary = match Node::open(config) {
-        Ok(mut node) => {
-            let checked = verify_archive(&file)
-                .with_context(|| format!("refusing {}; nothing was imported", file.display()))?;
-            eprintln!(
-                "verified: {} entries and {} snapshots of {}",
-                checked.entries, checked.snapshots, checked.origin
-            );
-            load_archive(&file, &mut node.store)?
-        }
+        Ok(mut node) => match import_archive(&file, &mut node.store) {
+            Ok(summary) => summary,
+            Err(e @ ImportError::Stopped { .. }) => return Err(e.into()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("refusing {}; nothing was imported", file.display())));
+            }
+        },
         Err(e)
             if matches!(
                 e.downcast_ref::<StoreError>(),

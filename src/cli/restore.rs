@@ -82,8 +82,18 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
                     Some(StoreError::Locked { .. })
                 ) =>
             {
-                // The daemon holds the store: ask it for a round with every peer.
-                runtime.block_on(admin::call(&data_dir, "POST", "/sync"))?;
+                // The daemon holds the store: ask it to pull the origin from that peer.
+                let path = format!(
+                    "/pull?peer={}&origin={origin}",
+                    url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
+                );
+                let answer = runtime
+                    .block_on(admin::call(&data_dir, "POST", &path))
+                    .with_context(|| format!("fetching {origin} from peer {name}"))?;
+                eprintln!(
+                    "fetched {} new entries from peer {name}",
+                    answer["accepted"].as_u64().unwrap_or(0)
+                );
             }
             Err(e) => return Err(e),
         }

@@ -26,7 +26,20 @@ pub enum ImportError {
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The archive verified, but loading stopped: the entries up to `entries` are stored.
+    #[error(
+        "the archive verified, but loading stopped after seq {entries} (what came before is stored): {source}"
+    )]
+    Stopped {
+        /// The last seq stored.
+        entries: u64,
+        /// Why it stopped (a fork, the store).
+        source: StoreError,
+    },
 }
+
+/// Most snapshots an archive may carry.
+pub const MAX_SNAPSHOTS: usize = 100_000;
 
 /// What an archive holds, once verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -71,7 +84,23 @@ pub fn write_archive(
 /// seq 1, every checkpoint, every snapshot's signature, head and state root (the state
 /// replayed in memory), and the file's digest.
 pub fn verify_archive(path: &Path) -> Result<ArchiveSummary, ImportError> {
-    let mut r = ArchiveReader::new(open(path)?)?;
+    verify_archive_from(&mut open(path)?)
+}
+
+/// Verifies an archive, then loads it from the same open file (so what was verified is what
+/// is loaded). Nothing is loaded unless everything verifies; a load that stops partway keeps
+/// the verified pages it stored and says how far it got.
+pub fn import_archive(path: &Path, store: &mut Store) -> Result<ArchiveSummary, ImportError> {
+    use std::io::Seek;
+    let mut file = open(path)?;
+    let verified = verify_archive_from(&mut file)?;
+    file.rewind().map_err(ArchiveError::Io)?;
+    load_archive_from(&mut file, store)?;
+    Ok(verified)
+}
+
+fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, ImportError> {
+    let mut r = ArchiveReader::new(&*file)?;
     let origin = r.origin();
     let invalid = |what: String| ImportError::Invalid { what };
     let mut snapshots: Vec<Snapshot> = Vec::new();
@@ -91,9 +120,14 @@ pub fn verify_archive(path: &Path) -> Result<ArchiveSummary, ImportError> {
                         s.origin
                     )));
                 }
+                if snapshots.last().is_some_and(|l: &Snapshot| l.seq >= s.seq) {
+                    return Err(invalid("snapshots not in increasing seq order".into()));
+                }
+                if snapshots.len() >= MAX_SNAPSHOTS {
+                    return Err(invalid(format!("more than {MAX_SNAPSHOTS} snapshots")));
+                }
                 s.verify().map_err(|e| invalid(e.to_string()))?;
                 snapshots.push(s);
-                snapshots.sort_by_key(|s| s.seq);
             }
             Section::Page(checkpoint, entries) => {
                 let batch = verify_batch(origin, entries, checkpoint)
@@ -178,7 +212,14 @@ fn check_snapshot(
 /// already held is skipped; a different history is a fork, stored as evidence), then the
 /// snapshots. Call [`verify_archive`] first: this reads the file again.
 pub fn load_archive(path: &Path, store: &mut Store) -> Result<ArchiveSummary, ImportError> {
-    let mut r = ArchiveReader::new(open(path)?)?;
+    load_archive_from(&mut open(path)?, store)
+}
+
+fn load_archive_from(
+    file: &mut std::fs::File,
+    store: &mut Store,
+) -> Result<ArchiveSummary, ImportError> {
+    let mut r = ArchiveReader::new(&*file)?;
     let origin = r.origin();
     let mut snapshots = Vec::new();
     let mut entries = 0;
@@ -190,13 +231,17 @@ pub fn load_archive(path: &Path, store: &mut Store) -> Result<ArchiveSummary, Im
                     verify_batch(origin, page, checkpoint).map_err(|e| ImportError::Invalid {
                         what: e.to_string(),
                     })?;
+                store
+                    .accept(&batch, &[])
+                    .map_err(|source| ImportError::Stopped { entries, source })?;
                 entries = batch.checkpoint().seq.0;
-                store.accept(&batch, &[])?;
             }
         }
     }
     for s in &snapshots {
-        store.accept_snapshot(s)?;
+        store
+            .accept_snapshot(s)
+            .map_err(|source| ImportError::Stopped { entries, source })?;
     }
     Ok(ArchiveSummary {
         origin,

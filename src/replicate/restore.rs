@@ -5,16 +5,20 @@
 //! every live object with its data (bytes as recorded, `last_modified` included) and
 //! permissions, and every tombstone the source kept, list by list: buckets first, then each
 //! bucket's groups and collections, then each collection's records. Within a list, objects go
-//! in ascending `last_modified`, the order Kinto needs to keep client-supplied timestamps and
-//! end with the same list ETag (see `kinto-interop.md`). A tombstone at `T` is replayed as a
-//! placeholder created at `last_modified = 1` and deleted with `?last_modified=T`.
+//! in ascending `last_modified`, the order in which Kinto keeps client-supplied timestamps (see
+//! `kinto-interop.md`). A tombstone at `T` is replayed as a placeholder created at
+//! `last_modified = 1` and deleted with `?last_modified=T` and `If-Match: "1"`, so that only the
+//! placeholder can be deleted, never an object the target holds.
 //!
-//! Writes go through `POST /v1/batch`, at most `batch_max_requests` per call, several lists at
-//! once. Every put is conditional (`If-None-Match: *`): what is already there with the same
-//! timestamp is left alone, so a restore is idempotent, and one that was killed resumes where
-//! it stopped without writing anything twice. (Lists are never read first: reading a list
-//! Kinto has not written yet fixes its timestamp to the time of the read, which would give the
-//! restored list another ETag than the original.)
+//! What cannot come back: a list's ETag. Kinto stamps a list with the current time on the
+//! first request that touches it, before any write, so a restored list's ETag is the time of
+//! the restore, newer than the original (never older: clients miss no change).
+//!
+//! Writes go through `POST /v1/batch`, at most `batch_max_requests` per call, a few lists at
+//! once. Every put is conditional (`If-None-Match: *`): an object already there with the same
+//! timestamp is left alone, one with another timestamp stops the restore (named, untouched).
+//! So a restore is idempotent, and one that was killed resumes where it stopped without writing
+//! any object twice (tombstones are replayed again, which leaves the same tombstone).
 //!
 //! The target must store permissions as sent: with `kinto.explicit_permissions = false` Kinto
 //! does not add the writing account to each object's `write` list (see the README).
@@ -164,6 +168,11 @@ fn plan(state: Vec<StateItem>) -> Result<Vec<List>, RestoreError> {
     Ok(out)
 }
 
+/// What is percent-encoded in a path segment: everything but letters, digits, `-` and `_`
+/// (Kinto's default id characters).
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_');
+
 /// Sub-requests of one item: (method, request).
 type Requests = Vec<(&'static str, Box<RawValue>)>;
 
@@ -173,15 +182,21 @@ type Requests = Vec<(&'static str, Box<RawValue>)>;
 /// delete at the tombstone's timestamp.
 fn requests(item: &Item) -> Requests {
     let raw = |s: String| RawValue::from_string(s).expect("built as JSON");
-    let path = serde_json::to_string(&item.path).expect("a string");
+    // Kinto decodes `%xx` in batch paths and splits them at `?`: every segment is encoded, so
+    // no id (from any origin) can point elsewhere or smuggle in a parameter.
+    let encoded: String = item
+        .path
+        .split('/')
+        .map(|segment| percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/");
+    let path = serde_json::to_string(&encoded).expect("a string");
     let create_only = r#""headers":{"If-None-Match":"*"}"#;
     if item.deleted {
         let id = serde_json::to_string(&item.id).expect("a string");
-        let delete = serde_json::to_string(&format!(
-            "{}?last_modified={}",
-            item.path, item.last_modified
-        ))
-        .expect("a string");
+        let delete =
+            serde_json::to_string(&format!("{encoded}?last_modified={}", item.last_modified))
+                .expect("a string");
         vec![
             (
                 "PUT",
@@ -189,9 +204,13 @@ fn requests(item: &Item) -> Requests {
                     r#"{{"method":"PUT","path":{path},{create_only},"body":{{"data":{{"id":{id},"last_modified":1}}}}}}"#
                 )),
             ),
+            // Only the placeholder (at last_modified 1) may be deleted: a live object the
+            // target already holds there makes this fail (412) instead of deleting it.
             (
                 "DELETE",
-                raw(format!(r#"{{"method":"DELETE","path":{delete}}}"#)),
+                raw(format!(
+                    r#"{{"method":"DELETE","path":{delete},"headers":{{"If-Match":"\"1\""}}}}"#
+                )),
             ),
         ]
     } else {
@@ -217,6 +236,16 @@ fn check(
         "PUT" if item.deleted => 1,
         _ => item.last_modified,
     };
+    if status == 412 && method == "DELETE" {
+        let stored = body["details"]["existing"]["last_modified"]
+            .as_i64()
+            .unwrap_or(0);
+        return Err(RestoreError::Retimed {
+            path: item.path.clone(),
+            sent: item.last_modified,
+            stored,
+        });
+    }
     if status == 412 && method == "PUT" {
         // Already there: from an earlier run of this restore if its timestamp is ours (a
         // tombstone's placeholder: anything may be there, the delete settles it).
@@ -427,5 +456,23 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::from_str(put[0].1.get()).unwrap();
         assert_eq!(parsed["body"]["data"]["last_modified"], 30);
+        // A delete only removes the placeholder.
+        assert!(tomb[1].1.get().contains(r#""If-Match":"\"1\"""#));
+    }
+
+    #[test]
+    fn ids_are_encoded_in_batch_paths() {
+        let lists = plan(vec![item(
+            "/buckets/b/collections/c/records/a?b%2F c",
+            3,
+            true,
+        )])
+        .unwrap();
+        let reqs = requests(&lists[0].items[0]);
+        let delete: serde_json::Value = serde_json::from_str(reqs[1].1.get()).unwrap();
+        assert_eq!(
+            delete["path"],
+            "/buckets/b/collections/c/records/a%3Fb%252F%20c?last_modified=3"
+        );
     }
 }

@@ -537,6 +537,11 @@ fn apply_to_objects(
         Op::Delete => {
             tx.prepare_cached("DELETE FROM objects WHERE origin = ?1 AND path = ?2")?
                 .execute((origin, path))?;
+            // Deleting a container drops the source's tombstones below it.
+            tx.prepare_cached(
+                "DELETE FROM tombstones WHERE origin = ?1 AND path > ?2 AND path < ?3",
+            )?
+            .execute((origin, format!("{path}/"), format!("{path}/\u{10ffff}")))?;
             if has_body {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO tombstones (origin, path, seq) VALUES (?1, ?2, ?3)",

@@ -97,7 +97,7 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (origin, holder)
     ) WITHOUT ROWID;
     "#,
-    // 3: signed snapshots, which holders have them, and the tombstones of the state.
+    // 3: signed snapshots, and which holders have them.
     r#"
     -- Snapshots signed by origins (ours, or received with their feeds), at most one per seq.
     CREATE TABLE snapshots (
@@ -108,22 +108,26 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (origin, seq)
     ) WITHOUT ROWID;
 
-        -- The tombstones the source keeps: per path, the last delete that carried one, unless a
-    -- put came after it. Lets a re-read delete be recognized as already recorded.
-    CREATE TABLE tombstones (
-        origin  INTEGER NOT NULL,
-        path    TEXT NOT NULL,
-        seq     INTEGER NOT NULL,
-        PRIMARY KEY (origin, path)
-    ) WITHOUT ROWID;
-
-    -- Holders known to have accepted a snapshot.
+            -- Holders known to have accepted a snapshot.
     CREATE TABLE snapshot_holders (
         origin  INTEGER NOT NULL,
         seq     INTEGER NOT NULL,
         holder  BLOB NOT NULL CHECK (length(holder) = 32),
         at      INTEGER NOT NULL,
         PRIMARY KEY (origin, seq, holder)
+    ) WITHOUT ROWID;
+    "#,
+    // 4: the tombstones of the state. Stores from before have recorded no delete with a
+    // tombstone, so an empty table is right for them.
+    r#"
+    -- The tombstones the source keeps: per path, the last delete that carried one, unless a
+    -- put came after it (or its container was deleted since). Lets a re-read delete be
+    -- recognized as already recorded.
+    CREATE TABLE tombstones (
+        origin  INTEGER NOT NULL,
+        path    TEXT NOT NULL,
+        seq     INTEGER NOT NULL,
+        PRIMARY KEY (origin, path)
     ) WITHOUT ROWID;
     "#,
 ];

@@ -228,6 +228,11 @@ impl Store {
         origin: NodeId,
         seq: Seq,
     ) -> Result<Vec<StateItem>, StoreError> {
+        // One read transaction for the whole state.
+        let _view = self
+            .conn
+            .unchecked_transaction()
+            .ctx("starting a state read")?;
         let head = self.head(origin)?.map_or(0, |h| h.seq.0);
         if seq.0 == 0 || seq.0 > head {
             return Err(StoreError::Feed(FeedError::Malformed(
@@ -319,13 +324,112 @@ impl Store {
             .conn
             .unchecked_transaction()
             .ctx("starting a snapshot check")?;
-        self.check_snapshot(snapshot)?;
+        self.check_snapshot_here(snapshot)?;
         insert(&tx, snapshot)?;
         tx.commit().ctx("committing a snapshot")
     }
 
-    /// Checks a snapshot (not its signature) against the entries held.
+    /// Checks a snapshot (not its signature) against the entries held, in one read
+    /// transaction (a writer appending meanwhile cannot make it fail).
     pub fn check_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let _view = self
+            .conn
+            .unchecked_transaction()
+            .ctx("starting a snapshot check")?;
+        self.check_snapshot_here(snapshot)
+    }
+
+    /// Checks every snapshot of `origin` (not their signatures) in one replay of its entries:
+    /// the state is kept in memory (path, body hash) and compared at each snapshot's seq.
+    /// Returns the problems found, by snapshot. Runs inside the caller's transaction.
+    pub(super) fn check_snapshots_in_one_pass(
+        &self,
+        origin: NodeId,
+        snapshots: &[Snapshot],
+    ) -> Result<Vec<(Snapshot, StoreError)>, StoreError> {
+        let mut problems = Vec::new();
+        let mut pending: Vec<&Snapshot> = snapshots.iter().collect();
+        pending.sort_by_key(|s| std::cmp::Reverse(s.seq));
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(problems);
+        };
+        let mismatch = |s: &Snapshot, m| StoreError::SnapshotMismatch {
+            origin: s.origin,
+            source: m,
+        };
+        let mut state: BTreeMap<String, ([u8; 32], u64)> = BTreeMap::new();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, hash, bytes FROM entries WHERE key > ?1 AND key <= ?2 ORDER BY key",
+            )
+            .ctx("replaying entries")?;
+        let mut rows = stmt
+            .query((entry_key(row, 0), entry_key(row, crate::feed::MAX_SEQ)))
+            .ctx("replaying entries")?;
+        while let Some(r) = rows.next().ctx("replaying entries")? {
+            if pending.is_empty() {
+                break;
+            }
+            let seq = (r.get::<_, i64>(0).ctx("replaying entries")? & ((1 << SEQ_BITS) - 1)) as u64;
+            let bytes = r
+                .get_ref(2)
+                .ctx("replaying entries")?
+                .as_blob()
+                .ctx_blob()?;
+            let entry = feed::decode_stored_entry(bytes)?;
+            match entry.op {
+                Op::Put => {
+                    state.insert(
+                        entry.path.to_owned(),
+                        (
+                            *blake3::hash(entry.body).as_bytes(),
+                            entry.body.len() as u64,
+                        ),
+                    );
+                }
+                Op::Delete => {
+                    state.remove(entry.path);
+                }
+            }
+            while let Some(s) = pending.last().filter(|s| s.seq.0 == seq).copied() {
+                pending.pop();
+                let hash = super::hash_from(r.get(1).ctx("replaying entries")?)?;
+                if hash != s.head_hash {
+                    problems.push((*s, mismatch(s, SnapshotMismatch::OtherChain { seq })));
+                    continue;
+                }
+                let mut root = StateRoot::new();
+                for (path, (body_hash, len)) in &state {
+                    root.push_hashed(path, body_hash, *len)?;
+                }
+                let got = root.finish();
+                let what = if got.root != s.state_root {
+                    Some("a state root")
+                } else if got.objects != s.objects {
+                    Some("an object count")
+                } else if got.bytes != s.bytes {
+                    Some("a size")
+                } else {
+                    None
+                };
+                if let Some(what) = what {
+                    problems.push((*s, mismatch(s, SnapshotMismatch::State { seq, what })));
+                }
+            }
+        }
+        for s in pending {
+            let head = self.head(origin)?.map_or(0, |h| h.seq.0);
+            problems.push((
+                *s,
+                mismatch(s, SnapshotMismatch::Ahead { seq: s.seq.0, head }),
+            ));
+        }
+        Ok(problems)
+    }
+
+    /// [`Store::check_snapshot`] inside the caller's transaction.
+    pub(super) fn check_snapshot_here(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
         let head = self.head(snapshot.origin)?.map_or(0, |h| h.seq.0);
         let mismatch = |m| StoreError::SnapshotMismatch {
             origin: snapshot.origin,

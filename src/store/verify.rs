@@ -219,19 +219,22 @@ impl Store {
             }
         }
 
-        // Snapshots: signature, and the state their entries give.
-        for snapshot in self.snapshots(origin)? {
+        // Snapshots: signature, and the state their entries give (one replay for all).
+        let snapshots = self.snapshots(origin)?;
+        for snapshot in &snapshots {
             report.snapshots += 1;
-            let checked = snapshot
-                .verify()
-                .map_err(StoreError::from)
-                .and_then(|()| self.check_snapshot(&snapshot));
-            if let Err(e) = checked {
+            if let Err(e) = snapshot.verify() {
                 problem(
                     Some(snapshot.seq.0),
                     format!("snapshot {}: {e}", snapshot.id()),
                 );
             }
+        }
+        for (snapshot, e) in self.check_snapshots_in_one_pass(origin, &snapshots)? {
+            problem(
+                Some(snapshot.seq.0),
+                format!("snapshot {}: {e}", snapshot.id()),
+            );
         }
 
         if sample.is_some() {

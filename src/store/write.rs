@@ -118,12 +118,26 @@ impl Store {
         skip_no_ops: bool,
     ) -> Result<(Option<Checkpoint>, usize), StoreError> {
         let origin = key.id();
-        let ts = now_ms();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("starting an append")?;
         let row = origin_row(&tx, origin, false)?;
+        // Entry times never go back, even when the clock does: `restore --at` relies on it.
+        let head_ts = match row.head {
+            Some(h) => {
+                let bytes: Vec<u8> = tx
+                    .query_row(
+                        "SELECT bytes FROM entries WHERE key = ?1",
+                        [entry_key(row.id, h.seq.0)],
+                        |r| r.get(0),
+                    )
+                    .ctx("reading the head entry")?;
+                feed::decode_stored_entry(&bytes)?.ts
+            }
+            None => 0,
+        };
+        let ts = now_ms().max(head_ts);
         if row.frozen {
             return Err(StoreError::Frozen { origin });
         }
@@ -182,12 +196,13 @@ impl Store {
                                 .query_row((row.id, &change.path), |r| r.get(0))
                                 .optional()
                                 .ctx("reading a tombstone")?;
+                            // The same tombstone, however it was written (history or list).
                             let recorded = recorded
                                 .as_deref()
-                                .map(feed::decode_entry)
+                                .map(feed::decode_stored_entry)
                                 .transpose()?
-                                .map(|e| e.body);
-                            recorded == Some(change.body.as_slice())
+                                .and_then(|e| tombstone_stamp(e.body));
+                            recorded.is_some() && recorded == tombstone_stamp(&change.body)
                         }
                     };
                     if no_op {
@@ -376,6 +391,21 @@ impl Store {
         write_cursors(&tx, cursors)?;
         tx.commit().ctx("committing cursors")
     }
+}
+
+/// The `last_modified` of a delete's tombstone body (`{"data":{…,"last_modified":N,…}}`).
+fn tombstone_stamp(body: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        data: Stamp,
+    }
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        last_modified: i64,
+    }
+    serde_json::from_slice::<Body>(body)
+        .ok()
+        .map(|b| b.data.last_modified)
 }
 
 fn origin_row(

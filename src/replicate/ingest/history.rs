@@ -394,10 +394,11 @@ impl Ingest {
     }
 }
 
-/// The body of a delete seen in the history: the tombstone Kinto keeps for the object.
+/// The body of a delete seen in the history: the tombstone Kinto keeps for the object, in the
+/// form a `_since` read gives it (`{"id","last_modified","deleted":true}`, in that order).
 fn tombstone(path: &str, last_modified: i64) -> Vec<u8> {
     let id = path.rsplit('/').next().unwrap_or_default();
-    serde_json::json!({"data": {"id": id, "last_modified": last_modified, "deleted": true}})
-        .to_string()
+    let id = serde_json::to_string(id).expect("a string serializes");
+    format!(r#"{{"data":{{"id":{id},"last_modified":{last_modified},"deleted":true}}}}"#)
         .into_bytes()
 }

@@ -14,7 +14,8 @@
 //!   `last_modified`, page by page; tombstones (objects whose keys are exactly `id`,
 //!   `last_modified` and `deleted: true`, and which a GET confirms are gone) become deletes. A collection that is new or changed
 //!   since the last pass (which includes "deleted and recreated under the same id") is
-//!   reconciled instead: its full record list is read and records no longer listed are deleted,
+//!   reconciled instead: its full record list is read (with `_since=0`, so that the tombstones
+//!   Kinto keeps come too) and records no longer listed are deleted,
 //!   so the replica ends with exactly the new contents. That obligation is stored, not kept in
 //!   memory: the transaction that records a changed container also removes the cursors of the
 //!   lists below it, and a list without a cursor is always reconciled.

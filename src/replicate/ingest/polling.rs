@@ -192,7 +192,9 @@ impl Ingest {
         let mut listed = HashSet::new();
         let mut first_etag = None;
         let mut position = cursor.unwrap_or(0);
-        let mut pages = self.client.pages(&list, cursor, cursor);
+        // A full read asks `_since=0` too: the list then includes the tombstones Kinto keeps,
+        // which a plain read hides (and which clients that sync with this server have seen).
+        let mut pages = self.client.pages(&list, Some(cursor.unwrap_or(0)), cursor);
         loop {
             let first = pages.pages_read() == 0;
             let page: Page = match pages.next().await {
@@ -231,7 +233,7 @@ impl Ingest {
                 let head = ItemHead::parse(&list, raw)?;
                 let path = format!("{list}/{}", head.id);
                 position = position.max(head.last_modified);
-                if self.is_deleted(&head, &path, cursor.is_some()).await? {
+                if self.is_deleted(&head, &path, true).await? {
                     // The tombstone, as Kinto sent it: its timestamp is part of what clients
                     // that sync with this server have seen.
                     changes.push(Change {
