@@ -17,16 +17,18 @@
 //! scheduler      long-lived loops and their timing: ingest passes, pushes on change, long
 //!                polls, cron times, the recovery of the own feed before any append
 //! replicate/     one pass of work, no spawning, no timing: ingest (polling and history paths),
-//!                federate (push, pull, recover with one peer)
+//!                federate (push, pull, recover with one peer), restore (a state into Kinto),
+//!                archive (write, verify and load a portable archive)
 //! store/         the only SQLite user: feeds, checkpoints, state, cursors, fork evidence,
 //!                what holders acknowledged
 //! source/kinto   the Kinto client: credentials, lists with _since/ETag, objects (reqwest)
 //! peer           the peer protocol client: signed requests, pages, receipts (reqwest)
 //! probe          is a peer answering? (reqwest)
-//! feed, protocol, identity, config, telemetry, backoff, net
-//!                leaves: the feed's byte format and signed statements, request signatures
-//!                (RFC 9421) and page/receipt wire formats, keys, TOML, logging and metrics,
-//!                retry timing, HTTP client set-up
+//! feed, protocol, identity, config, telemetry, backoff, net, retention
+//!                leaves: the feed's byte format and signed statements (checkpoints, receipts,
+//!                snapshots and their state root), request signatures (RFC 9421), the page,
+//!                receipt and archive formats, keys, TOML, logging and metrics, retry timing,
+//!                HTTP client set-up, which snapshots a retention policy keeps
 //! ```
 //!
 //! Where to start reading: `feed` (the format everything else carries), then `store` (what is
