@@ -396,6 +396,20 @@ async fn faults_on_the_wire_store_nothing_corrupt() {
             .is_empty()
     );
 
+    // A peer that claims a head and then serves nothing is reported as withholding, and
+    // nothing changes here.
+    proxy.set(Fault::NoContent, 1);
+    let answer = community.sync().await;
+    let error = answer["peers"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("withholding") && error.contains("claims seq 10000"),
+        "{answer}"
+    );
+    assert_eq!(community.head(home.id), 4096);
+
     proxy.set(Fault::None, 0);
     let answer = community.sync().await;
     assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");

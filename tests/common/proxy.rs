@@ -19,6 +19,8 @@ pub enum Fault {
     CutAfter(usize),
     /// Forward, but flip every bit of the answer's byte at this offset.
     FlipAt(usize),
+    /// Answer `204 No Content` without forwarding (a server that says it has nothing).
+    NoContent,
 }
 
 /// A running proxy.
@@ -136,6 +138,12 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
             s.fault
         }
     };
+    if fault == Fault::NoContent {
+        client
+            .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+            .await?;
+        return client.shutdown().await;
+    }
     if let Fault::Status(code) = fault {
         let body = format!(r#"{{"code":{code},"errno":201,"error":"Service Unavailable"}}"#);
         let answer = format!(
