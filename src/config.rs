@@ -310,16 +310,8 @@ impl Config {
                     }
                     _ => unreachable!("exactly one secret was checked above"),
                 };
-                let mut url = s.url.0;
-                if !url.path().trim_end_matches('/').ends_with("/v1") {
-                    let path = format!("{}/v1/", url.path().trim_end_matches('/'));
-                    url.set_path(&path);
-                } else if !url.path().ends_with('/') {
-                    let path = format!("{}/", url.path());
-                    url.set_path(&path);
-                }
                 Some(SourceConfig {
-                    url,
+                    url: kinto_root(s.url.0),
                     auth,
                     poll: s.poll.map(|p| p.0).unwrap_or(DEFAULT_POLL),
                 })
@@ -397,6 +389,18 @@ impl Config {
     pub fn key_path(&self) -> PathBuf {
         self.node.data_dir.join("node.key")
     }
+}
+
+/// A Kinto server's root URL, given with or without the trailing `/v1`: always ending in `/v1/`.
+pub fn kinto_root(mut url: Url) -> Url {
+    if !url.path().trim_end_matches('/').ends_with("/v1") {
+        let path = format!("{}/v1/", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+    } else if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    url
 }
 
 /// Finds the 1-based line of byte `offset` and the dotted key written on it (`section.key`),

@@ -380,18 +380,9 @@ fn spawn_peer_loops(
             scheduler::run_loop(&status, cadence, token, || {
                 let fed = fed.clone();
                 async move {
-                    // Both directions run even when one fails.
-                    let pushed = if fed.peer().push.is_empty() {
-                        Ok(Default::default())
-                    } else {
-                        fed.push().await
-                    };
-                    let pulled = if fed.peer().pull.is_empty() {
-                        Ok(Default::default())
-                    } else {
-                        fed.pull().await
-                    };
-                    let (pushed, pulled) = (pushed?, pulled?);
+                    let (pushed, pulled) = fed.round().await;
+                    let pushed = pushed.transpose()?.unwrap_or_default();
+                    let pulled = pulled.transpose()?.unwrap_or_default();
                     Ok::<_, FederateError>(format!(
                         "{} entries pushed, {} pulled",
                         pushed.sent, pulled.accepted

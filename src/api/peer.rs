@@ -221,13 +221,12 @@ fn may_read(state: &PeerState, caller: &PeerConfig, origin: NodeId) -> bool {
 }
 
 /// The wire form of one origin held.
-fn describe(store: &Store, origin: NodeId) -> Result<Option<OriginDoc>, StoreError> {
+/// `is_self`: whether `origin` is this node (whose feed is held even while empty).
+fn describe(store: &Store, origin: NodeId, is_self: bool) -> Result<Option<OriginDoc>, StoreError> {
     let head = match store.head_if_held(origin)? {
         None => return Ok(None),
         // Registered only by bookkeeping: nothing of it is held.
-        Some(None) if !store.origins()?.iter().any(|o| o.id == origin && o.is_self) => {
-            return Ok(None);
-        }
+        Some(None) if !is_self => return Ok(None),
         Some(head) => head,
     };
     let checkpoint = store.latest_checkpoint(origin)?;
@@ -261,20 +260,12 @@ async fn origins(
     State(state): State<Arc<PeerState>>,
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Response {
-    let allowed: Vec<NodeId> = {
-        let held = match read_store(&state, |s| s.origins()).await {
-            Ok(held) => held,
-            Err(response) => return response,
-        };
-        held.into_iter()
-            .map(|o| o.id)
-            .filter(|id| may_read(&state, &caller.0, *id))
-            .collect()
-    };
+    let shared = state.clone();
     match read_store(&state, move |s| {
-        allowed
+        s.origins()?
             .into_iter()
-            .map(|id| describe(s, id))
+            .filter(|o| may_read(&shared, &caller.0, o.id))
+            .map(|o| describe(s, o.id, o.is_self))
             .collect::<Result<Vec<_>, _>>()
     })
     .await
@@ -301,7 +292,8 @@ async fn origin(
             format!("peer {} may not read origin {origin}", caller.0.name),
         );
     }
-    match read_store(&state, move |s| describe(s, origin)).await {
+    let is_self = origin == state.node;
+    match read_store(&state, move |s| describe(s, origin, is_self)).await {
         Ok(Some(doc)) => axum::Json(doc).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,

@@ -128,6 +128,13 @@ pub enum Command {
     Config(ConfigCommand),
 }
 
+/// Milliseconds since the epoch as RFC 3339 UTC, e.g. `2026-11-26T15:04:05.123Z`.
+fn rfc3339(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 fn parse_percent(text: &str) -> Result<f64, String> {
     match text.trim_end_matches('%').parse::<f64>() {
         Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),

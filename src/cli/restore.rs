@@ -158,16 +158,8 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
         (None, Some(var)) => Secret::Env(var.to_owned()),
         _ => bail!("give exactly one of --password-file and --password-env"),
     };
-    let mut url = args.to.clone();
-    if !url.path().trim_end_matches('/').ends_with("/v1") {
-        let path = format!("{}/v1/", url.path().trim_end_matches('/'));
-        url.set_path(&path);
-    } else if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
     let client = Arc::new(KintoClient::new(&SourceConfig {
-        url,
+        url: crate::config::kinto_root(args.to.clone()),
         auth: SourceAuth::Basic {
             user: args.user.to_owned(),
             password,

@@ -10,7 +10,6 @@ use serde::Serialize;
 use super::{Cli, load_config};
 use crate::api::admin;
 use crate::daemon::Node;
-use crate::feed::Snapshot;
 use crate::identity::NodeId;
 use crate::protocol::wire::SnapshotDoc;
 use crate::store::{Store, StoreError};
@@ -108,7 +107,7 @@ pub fn list(cli: &Cli, origin: Option<&str>, json: bool) -> anyhow::Result<()> {
                 })
                 .collect();
             out.push(Listed {
-                time: time(&s),
+                time: super::rfc3339(s.ts),
                 snapshot: SnapshotDoc::from(&s),
                 holders,
             });
@@ -173,10 +172,4 @@ pub fn verify(cli: &Cli, origin: Option<&str>) -> anyhow::Result<()> {
         anyhow::bail!("{failed} snapshot(s) failed verification");
     }
     Ok(())
-}
-
-fn time(s: &Snapshot) -> String {
-    chrono::DateTime::from_timestamp_millis(s.ts as i64)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }

@@ -130,11 +130,11 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
                     .map(|p| p.name.clone()),
                 id: h.holder,
                 acked_seq: h.acked_seq,
-                acked_at: h.acked_at.map(rfc3339),
+                acked_at: h.acked_at.map(super::rfc3339),
                 served_seq: h.served_seq,
                 behind: h.behind(),
                 last_rollback: h.last_rollback.map(|r| RollbackDoc {
-                    at: rfc3339(r.at),
+                    at: super::rfc3339(r.at),
                     served_seq: r.served_seq,
                     expected_seq: r.expected_seq,
                 }),
@@ -190,13 +190,6 @@ fn daemon_status(data_dir: &std::path::Path) -> DaemonDoc {
         running: workers.is_some(),
         workers,
     }
-}
-
-/// Milliseconds since the epoch as RFC 3339 UTC.
-fn rfc3339(ms: u64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms as i64)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 /// How long ago an RFC 3339 time was, roughly ("3m", "2h", "5d").

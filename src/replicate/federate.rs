@@ -408,6 +408,28 @@ impl Federation {
         Ok(kept)
     }
 
+    /// One round with the peer: a push if its `push` list names anything, then a pull if its
+    /// `pull` list does; the pull runs even when the push failed. `None` for a direction with
+    /// nothing to move.
+    pub async fn round(
+        &self,
+    ) -> (
+        Option<Result<PushReport, FederateError>>,
+        Option<Result<PullReport, FederateError>>,
+    ) {
+        let pushed = if self.peer.push.is_empty() {
+            None
+        } else {
+            Some(self.push().await)
+        };
+        let pulled = if self.peer.pull.is_empty() {
+            None
+        } else {
+            Some(self.pull().await)
+        };
+        (pushed, pulled)
+    }
+
     /// Pulls every origin of the peer's `pull` list once, without waiting for new entries.
     pub async fn pull(&self) -> Result<PullReport, FederateError> {
         let mut total = PullReport::default();

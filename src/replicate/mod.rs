@@ -62,28 +62,26 @@ pub struct PeerSync {
 pub async fn sync_peers(feds: &[Federation]) -> Vec<PeerSync> {
     let mut out = Vec::new();
     for fed in feds {
-        let peer = fed.peer();
-        let mut report = PeerSync {
-            peer: peer.name.clone(),
-            push: None,
-            pull: None,
-            error: None,
-        };
-        if !peer.push.is_empty() {
-            match fed.push().await {
-                Ok(r) => report.push = Some(r),
-                Err(e) => report.error = Some(e.to_string()),
-            }
-        }
-        if !peer.pull.is_empty() {
-            match fed.pull().await {
-                Ok(r) => report.pull = Some(r),
-                Err(e) => {
-                    report.error.get_or_insert(e.to_string());
-                }
-            }
-        }
-        out.push(report);
+        let (pushed, pulled) = fed.round().await;
+        let error = [
+            pushed
+                .as_ref()
+                .and_then(|r| r.as_ref().err())
+                .map(|e| e.to_string()),
+            pulled
+                .as_ref()
+                .and_then(|r| r.as_ref().err())
+                .map(|e| e.to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .next();
+        out.push(PeerSync {
+            peer: fed.peer().name.clone(),
+            push: pushed.and_then(Result::ok),
+            pull: pulled.and_then(Result::ok),
+            error,
+        });
     }
     out
 }

@@ -70,18 +70,7 @@ impl Store {
 
     /// The head of `origin`'s feed, or `None` if nothing is held.
     pub fn head(&self, origin: NodeId) -> Result<Option<Head>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT head_seq, head_hash FROM origins WHERE node_id = ?1",
-                [origin.as_bytes().as_slice()],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?)),
-            )
-            .optional()
-            .ctx("reading a head")?
-            .map(|(seq, hash)| head_from(seq, hash))
-            .transpose()?
-            .flatten())
+        Ok(self.head_if_held(origin)?.flatten())
     }
 
     /// The hash of `origin`'s entry at `seq`, if held.

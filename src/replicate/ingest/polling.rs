@@ -233,7 +233,7 @@ impl Ingest {
                 let head = ItemHead::parse(&list, raw)?;
                 let path = format!("{list}/{}", head.id);
                 position = position.max(head.last_modified);
-                if self.is_deleted(&head, &path, true).await? {
+                if self.is_deleted(&head, &path).await? {
                     // The tombstone, as Kinto sent it: its timestamp is part of what clients
                     // that sync with this server have seen.
                     changes.push(Change {
@@ -288,16 +288,12 @@ impl Ingest {
         }
     }
 
-    /// Whether a listed item is a tombstone. Lists without `_since` never contain tombstones;
-    /// with it, an item of tombstone shape may still be a live record whose data is just
-    /// `{"deleted": true}`, which only a GET of the object settles (404 for a tombstone).
-    async fn is_deleted(
-        &self,
-        head: &ItemHead,
-        path: &str,
-        filtered: bool,
-    ) -> Result<bool, IngestError> {
-        if !filtered || !head.looks_deleted() {
+    /// Whether a listed item is a tombstone. Records are always listed with `_since`, so
+    /// tombstones come with them; an item of tombstone shape may still be a live record whose
+    /// data is just `{"deleted": true}`, which only a GET of the object settles (404 for a
+    /// tombstone).
+    async fn is_deleted(&self, head: &ItemHead, path: &str) -> Result<bool, IngestError> {
+        if !head.looks_deleted() {
             return Ok(false);
         }
         // Live only if the object is there in this very version; a newer one means this item
