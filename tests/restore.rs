@@ -191,8 +191,26 @@ async fn kinto_delete(kinto: &Kinto, path: &str) {
     kinto.ok("admin", "DELETE", path, None).await;
 }
 
-fn restore(node: &TestNode, args: &[&str], code: i32) -> String {
-    let out = common::tandem(&node.config_path(), &[&["restore"], args].concat(), code);
+/// `tandem restore --origin ORIGIN --to TARGET --user admin --password-file …` with `extra`
+/// arguments, run on `node`'s configuration; returns stdout and stderr together.
+fn restore(node: &TestNode, origin: &str, target: &Kinto, extra: &[&str], code: i32) -> String {
+    let pw = node.dir.path().join("pw");
+    std::fs::write(&pw, PASSWORD).unwrap();
+    let args = [
+        &[
+            "restore",
+            "--origin",
+            origin,
+            "--to",
+            &target.url,
+            "--user",
+            "admin",
+        ][..],
+        &["--password-file", pw.to_str().unwrap()],
+        extra,
+    ]
+    .concat();
+    let out = common::tandem(&node.config_path(), &args, code);
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -273,41 +291,12 @@ async fn disaster_recovery_from_the_community_copy() {
     // Restore the latest state into a fresh server, from the community's copy, while the
     // community node runs.
     let b = target().await;
-    std::fs::write(community.dir.path().join("pw"), PASSWORD).unwrap();
-    let pw = community.dir.path().join("pw");
-    let pw = pw.to_str().unwrap();
-    let out = restore(
-        &community,
-        &[
-            "--origin",
-            &home_id,
-            "--to",
-            &b.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw,
-        ],
-        0,
-    );
+    let out = restore(&community, &home_id, &b, &[], 0);
     assert!(out.contains("restored"), "{out}");
     assert_same(&views(&b), &last);
 
     // Again: nothing to write.
-    let out = restore(
-        &community,
-        &[
-            "--origin",
-            &home_id,
-            "--to",
-            &b.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw,
-        ],
-        0,
-    );
+    let out = restore(&community, &home_id, &b, &[], 0);
     assert!(out.contains("(0 written,"), "{out}");
     assert_same(&views(&b), &last);
 
@@ -320,20 +309,7 @@ async fn disaster_recovery_from_the_community_copy() {
         json!({"data": {"back": true}}),
     )
     .await;
-    let out = restore(
-        &community,
-        &[
-            "--origin",
-            &home_id,
-            "--to",
-            &b.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw,
-        ],
-        1,
-    );
+    let out = restore(&community, &home_id, &b, &[], 1);
     assert!(
         out.contains("records/r05") && out.contains("holds newer data"),
         "{out}"
@@ -350,20 +326,7 @@ async fn disaster_recovery_from_the_community_copy() {
         json!({"data": {"text": "mine"}}),
     )
     .await;
-    let out = restore(
-        &community,
-        &[
-            "--origin",
-            &home_id,
-            "--to",
-            &b.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw,
-        ],
-        1,
-    );
+    let out = restore(&community, &home_id, &b, &[], 1);
     assert!(
         out.contains("records/n1") && out.contains("holds newer data"),
         "{out}"
@@ -380,82 +343,20 @@ async fn disaster_recovery_from_the_community_copy() {
 
     // A seq and a snapshot: the state after the first round, and the snapshot's.
     let g = target().await;
-    restore(
-        &community,
-        &[
-            "--origin",
-            &home_id,
-            "--seq",
-            &first_seq,
-            "--to",
-            &g.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw,
-        ],
-        0,
-    );
+    restore(&community, &home_id, &g, &["--seq", &first_seq], 0);
     assert_same(&views(&g), &first);
     let h = target().await;
-    restore(
-        &community,
-        &[
-            "--origin",
-            &home_id,
-            "--snapshot",
-            &snapshot_id,
-            "--to",
-            &h.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw,
-        ],
-        0,
-    );
+    restore(&community, &home_id, &h, &["--snapshot", &snapshot_id], 0);
     assert_same(&views(&h), &last);
 
     // The past: the state at the time between the two rounds.
     let c = target().await;
-    restore(
-        &community,
-        &[
-            "--origin",
-            &home_id,
-            "--at",
-            &between,
-            "--to",
-            &c.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw,
-        ],
-        0,
-    );
+    restore(&community, &home_id, &c, &["--at", &between], 0);
     assert_same(&views(&c), &first);
 
     // From another machine that holds nothing yet: fetch from the community, then restore.
     let e = target().await;
-    let rescue_pw = rescue.dir.path().join("pw");
-    std::fs::write(&rescue_pw, PASSWORD).unwrap();
-    let out = restore(
-        &rescue,
-        &[
-            "--origin",
-            &home_id,
-            "--from-peer",
-            "community",
-            "--to",
-            &e.url,
-            "--user",
-            "admin",
-            "--password-file",
-            rescue_pw.to_str().unwrap(),
-        ],
-        0,
-    );
+    let out = restore(&rescue, &home_id, &e, &["--from-peer", "community"], 0);
     assert!(out.contains("fetched") && out.contains("restored"), "{out}");
     assert_same(&views(&e), &last);
 
@@ -500,22 +401,7 @@ async fn disaster_recovery_from_the_community_copy() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported"));
     let f = target().await;
-    let third_pw = third.dir.path().join("pw");
-    std::fs::write(&third_pw, PASSWORD).unwrap();
-    restore(
-        &third,
-        &[
-            "--origin",
-            &home_id,
-            "--to",
-            &f.url,
-            "--user",
-            "admin",
-            "--password-file",
-            third_pw.to_str().unwrap(),
-        ],
-        0,
-    );
+    restore(&third, &home_id, &f, &[], 0);
     assert_same(&views(&f), &last);
 
     // A tampered copy: one byte of one stored entry. The restore refuses, names it, and
@@ -536,20 +422,7 @@ async fn disaster_recovery_from_the_community_copy() {
             .unwrap();
     }
     let d = target().await;
-    let out = restore(
-        &community,
-        &[
-            "--origin",
-            &home_id,
-            "--to",
-            &d.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw,
-        ],
-        1,
-    );
+    let out = restore(&community, &home_id, &d, &[], 1);
     assert!(
         out.contains("does not verify") && out.contains("seq 41"),
         "{out}"

@@ -234,16 +234,23 @@ format = %(levelname)s %(message)s
 
     /// [`Kinto::dump`] with extra arguments for `tests/kinto_dump.py`.
     pub fn dump_with(&self, user: &str, extra: &[&str]) -> Vec<Value> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kinto_dump.py");
+        self.read_with("kinto_dump.py", user, extra)
+    }
+
+    /// Runs one of the kinto-http scripts in `tests/` as `user`; parses its JSON lines.
+    fn read_with(&self, script: &str, user: &str, extra: &[&str]) -> Vec<Value> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join(script);
         let out = Command::new(venv().join("bin/python"))
-            .arg(script)
+            .arg(path)
             .args([self.url.as_str(), user, PASSWORD])
             .args(extra)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "kinto_dump.py: {}",
+            "{script}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout)
@@ -256,22 +263,7 @@ format = %(levelname)s %(message)s
     /// The whole state `user` sees, read by `tests/kinto_state.py` (kinto-http): objects with
     /// their permissions, and per collection the records ETag and tombstones.
     pub fn state(&self, user: &str) -> Vec<Value> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kinto_state.py");
-        let out = Command::new(venv().join("bin/python"))
-            .arg(script)
-            .args([self.url.as_str(), user, PASSWORD])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kinto_state.py: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        self.read_with("kinto_state.py", user, &[])
     }
 
     /// Stops the server (as a crash would: its memory backend is gone).
