@@ -676,7 +676,10 @@ async fn a_quota_overrun_is_refused_and_shown() {
 struct Process(std::process::Child);
 
 impl Process {
-    fn start(node: &TestNode) -> Process {
+    /// Starts `node` as a process. Its reserved port is let go of only now, so that no other
+    /// test can take it in between.
+    fn start(node: &mut TestNode) -> Process {
+        node.release_port();
         let _ = std::fs::remove_file(node.data().join("tandem.sock"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
             .arg("--config")
@@ -708,9 +711,6 @@ impl Drop for Process {
 async fn killed_processes_resume_without_loss() {
     let mut origin = TestNode::new("origin");
     let mut holder = TestNode::new("holder");
-    // Real processes bind the ports themselves.
-    origin.release_port();
-    holder.release_port();
     origin.configure("", &TestNode::peer_entry(&holder, "serve = [\"self\"]"));
     holder.configure(
         "",
@@ -719,8 +719,8 @@ async fn killed_processes_resume_without_loss() {
     origin.init();
     holder.init();
     origin.append(60_000, "r");
-    let serving = Process::start(&origin);
-    let mut pulling = Process::start(&holder);
+    let serving = Process::start(&mut origin);
+    let mut pulling = Process::start(&mut holder);
     for round in 0..3 {
         wait_for(LONG, "the pull to start", || {
             holder.head(origin.id) > round * 10_000
@@ -740,13 +740,13 @@ async fn killed_processes_resume_without_loss() {
             checkpoints.iter().any(|cp| cp.seq.0 == held),
             "held seq {held} is not at a checkpoint: a page was split"
         );
-        pulling = Process::start(&holder);
+        pulling = Process::start(&mut holder);
     }
     serving.signal(libc::SIGTERM);
     let mut serving = serving;
     let exit = serving.0.wait().unwrap();
     assert!(exit.success(), "SIGTERM ends the daemon cleanly: {exit}");
-    let serving = Process::start(&origin);
+    let serving = Process::start(&mut origin);
     wait_for(LONG, "the whole feed", || holder.head(origin.id) == 60_000).await;
     let store = holder.store();
     assert!(store.verify_origin(origin.id).unwrap().problems.is_empty());
@@ -762,14 +762,14 @@ async fn killed_processes_resume_without_loss() {
     drop(serving);
 }
 
-/// Snapshots: signed on demand (through the running daemon), handed to the holder with the
-/// feed, relayed to a third node, listed with their holders, verified; a tampered one fails
-/// verification, naming it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn snapshots_travel_with_the_feed() {
-    let mut home = TestNode::new("home");
-    let mut community = TestNode::new("community");
-    let mut laptop = TestNode::new("laptop");
+/// Home pushes to the community, which serves home's feed to the laptop, which pulls it; all
+/// by hand (`sync`), initialized, not started.
+fn relay_trio() -> (TestNode, TestNode, TestNode) {
+    let (home, community, laptop) = (
+        TestNode::new("home"),
+        TestNode::new("community"),
+        TestNode::new("laptop"),
+    );
     let h = home.id.to_string();
     home.configure(
         "",
@@ -790,6 +790,15 @@ async fn snapshots_travel_with_the_feed() {
     for n in [&home, &community, &laptop] {
         n.init();
     }
+    (home, community, laptop)
+}
+
+/// Snapshots: signed on demand (through the running daemon), handed to the holder with the
+/// feed, relayed to a third node, listed with their holders, verified; a tampered one fails
+/// verification, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_travel_with_the_feed() {
+    let (mut home, mut community, mut laptop) = relay_trio();
     home.append(3000, "a");
     for n in [&mut home, &mut community, &mut laptop] {
         n.start().await;
@@ -844,29 +853,7 @@ async fn snapshots_travel_with_the_feed() {
 /// a page is several MiB on the wire: pages are cut by bytes, and pushes and pulls of them work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_entries_travel_in_pages_cut_by_size() {
-    let mut home = TestNode::new("home");
-    let mut community = TestNode::new("community");
-    let mut laptop = TestNode::new("laptop");
-    let h = home.id.to_string();
-    home.configure(
-        "",
-        &TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
-    );
-    community.configure(
-        "",
-        &format!(
-            "{}{}",
-            TestNode::peer_entry(&home, NEVER),
-            TestNode::peer_entry(&laptop, &format!("serve = [\"{h}\"]\n{NEVER}"))
-        ),
-    );
-    laptop.configure(
-        "",
-        &TestNode::peer_entry(&community, &format!("pull = [\"{h}\"]\n{NEVER}")),
-    );
-    for n in [&home, &community, &laptop] {
-        n.init();
-    }
+    let (mut home, mut community, mut laptop) = relay_trio();
     // 120 entries of ~150 KB: 18 MB, in pages of at most 8 MiB plus one entry.
     home.append_sized(120, "big", 150_000);
     for n in [&mut home, &mut community, &mut laptop] {
