@@ -102,6 +102,8 @@ pub struct SourceConfig {
     pub auth: SourceAuth,
     /// How often to poll for changes.
     pub poll: Duration,
+    /// How many requests the ingest runs at once against the source.
+    pub concurrency: usize,
 }
 
 /// How tandem authenticates to the source.
@@ -314,6 +316,11 @@ impl Config {
                     url: kinto_root(s.url.0),
                     auth,
                     poll: s.poll.map(|p| p.0).unwrap_or(DEFAULT_POLL),
+                    concurrency: s
+                        .concurrency
+                        .map_or(crate::replicate::ingest::DEFAULT_CONCURRENCY, |c| {
+                            c.0 as usize
+                        }),
                 })
             }
         };
@@ -470,6 +477,7 @@ struct RawSource {
     token_file: Option<PathBuf>,
     token_env: Option<EnvName>,
     poll: Option<Interval>,
+    concurrency: Option<Concurrency>,
 }
 
 #[derive(Deserialize)]
@@ -528,6 +536,19 @@ impl<'de> Deserialize<'de> for Durability {
                 "durability is a number of holders, at least 1",
             )),
             k => Ok(Durability(k)),
+        }
+    }
+}
+
+/// `[source] concurrency`: requests at once, 1 to 64.
+struct Concurrency(u32);
+impl<'de> Deserialize<'de> for Concurrency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            c @ 1..=64 => Ok(Concurrency(c)),
+            c => Err(serde::de::Error::custom(format!(
+                "concurrency is a number of requests from 1 to 64, not {c}"
+            ))),
         }
     }
 }

@@ -165,6 +165,7 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
             password,
         },
         poll: crate::config::DEFAULT_POLL,
+        concurrency: args.concurrency,
     })?);
 
     let total = state.len() as u64;

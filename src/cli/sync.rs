@@ -109,6 +109,7 @@ async fn standalone(node: Node) -> anyhow::Result<SyncReport> {
             let client = Arc::new(KintoClient::new(source)?);
             Some(
                 Ingest::new(client, store.clone(), key.clone())
+                    .with_concurrency(source.concurrency)
                     .pass()
                     .await?,
             )

@@ -145,7 +145,10 @@ impl IngestSlot {
         let mut current = self.current.lock().await;
         if current.is_none() {
             let client = Arc::new(KintoClient::new(&self.source)?);
-            *current = Some(Ingest::new(client, self.store.clone(), self.key.clone()));
+            *current = Some(
+                Ingest::new(client, self.store.clone(), self.key.clone())
+                    .with_concurrency(self.source.concurrency),
+            );
         }
         let ingest = current.as_ref().expect("just set");
         tokio::time::sleep(ingest.client().backoff_remaining()).await;
@@ -243,6 +246,12 @@ impl Ingest {
             key,
             concurrency: DEFAULT_CONCURRENCY,
         }
+    }
+
+    /// Runs at most `n` requests at once (at least 1).
+    pub fn with_concurrency(mut self, n: usize) -> Ingest {
+        self.concurrency = n.max(1);
+        self
     }
 
     /// The Kinto client (for its `Backoff` state).
