@@ -78,7 +78,7 @@ mod statements;
 pub use batch::{VerifiedBatch, verify_batch};
 pub use entry::{EntryRef, decode_entry, decode_stored_entry, encode_entry};
 pub use fork::ForkEvidence;
-pub use snapshot::{SNAPSHOT_LEN, Snapshot, StateRoot, StateSummary};
+pub use snapshot::{FoldedItem, SNAPSHOT_LEN, Snapshot, StateFold, StateRoot, StateSummary};
 pub use statements::{CHECKPOINT_LEN, Checkpoint, Receipt};
 
 /// Version byte of the entry encoding this module reads and writes.

@@ -4,12 +4,21 @@
 //! # State root
 //!
 //! The state at a seq is the set of live objects: for each path, the body of the last put at or
-//! before the seq, unless a later delete removed it. Sorted by path (bytewise), each object is a
-//! leaf `BLAKE3("tandem-leaf-v1" 0x00 · len(path) (4) · path · BLAKE3(body))`, and the root is
-//! the Merkle tree hash of RFC 6962 (section 2.1) over the leaves with interior nodes
+//! before the seq, unless a later delete removed it; and the tombstones the source keeps: for
+//! each path whose last entry is a delete that carried the source's tombstone (a non-empty
+//! body), that body, unless a container above it was deleted since (deleting a container drops
+//! the tombstones below it, as Kinto does). [`StateFold`] applies entries in order to give it.
+//!
+//! Sorted by path (bytewise), each live object is a leaf
+//! `BLAKE3("tandem-leaf-v1" 0x00 · len(path) (4) · path · BLAKE3(body))` and each tombstone a
+//! leaf `BLAKE3("tandem-tombstone-v1" 0x00 · len(path) (4) · path · BLAKE3(body))`, and the
+//! root is the Merkle tree hash of RFC 6962 (section 2.1) over the leaves with interior nodes
 //! `BLAKE3("tandem-node-v1" 0x00 · left · right)`: the left subtree holds the largest power of
 //! two of leaves below the count. An empty state's root is `BLAKE3("tandem-empty-v1" 0x00)`.
-//! [`StateRoot`] computes it in one pass, holding one hash per level.
+//! [`StateRoot`] computes it in one pass, holding one hash per level. Tombstones are in the
+//! root so that everything a restore writes (they give clients their deletions and the lists
+//! their timestamps) is covered by the origin's signature, also once the entries below a
+//! snapshot are compacted away. The object count and bytes count live objects only.
 //!
 //! # Snapshot statement
 //!
@@ -24,6 +33,7 @@ use crate::identity::{NodeId, NodeKey};
 
 const SNAPSHOT_TAG: &[u8] = b"tandem-snapshot-v1\0";
 const LEAF_TAG: &[u8] = b"tandem-leaf-v1\0";
+const TOMBSTONE_TAG: &[u8] = b"tandem-tombstone-v1\0";
 const NODE_TAG: &[u8] = b"tandem-node-v1\0";
 const EMPTY_TAG: &[u8] = b"tandem-empty-v1\0";
 
@@ -70,6 +80,23 @@ impl StateRoot {
         body_hash: &[u8; 32],
         body_len: u64,
     ) -> Result<(), FeedError> {
+        self.push_leaf(LEAF_TAG, path, body_hash)?;
+        self.objects += 1;
+        self.bytes += body_len;
+        Ok(())
+    }
+
+    /// Adds the next tombstone, by its path and `BLAKE3(body)` of its delete. Paths of objects
+    /// and tombstones together must come in strictly increasing order.
+    pub fn push_tombstone_hashed(
+        &mut self,
+        path: &str,
+        body_hash: &[u8; 32],
+    ) -> Result<(), FeedError> {
+        self.push_leaf(TOMBSTONE_TAG, path, body_hash)
+    }
+
+    fn push_leaf(&mut self, tag: &[u8], path: &str, body_hash: &[u8; 32]) -> Result<(), FeedError> {
         if self
             .last_path
             .as_deref()
@@ -81,7 +108,7 @@ impl StateRoot {
         }
         self.last_path = Some(path.as_bytes().to_vec());
         let mut leaf = blake3::Hasher::new();
-        leaf.update(LEAF_TAG);
+        leaf.update(tag);
         leaf.update(&(path.len() as u32).to_be_bytes());
         leaf.update(path.as_bytes());
         leaf.update(body_hash);
@@ -94,8 +121,6 @@ impl StateRoot {
             node = (size * 2, interior(&left, &node.1));
         }
         self.stack.push(node);
-        self.objects += 1;
-        self.bytes += body_len;
         Ok(())
     }
 
@@ -113,6 +138,83 @@ impl StateRoot {
             objects: self.objects,
             bytes: self.bytes,
         }
+    }
+}
+
+/// One path of a folded state: a live object or a tombstone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FoldedItem {
+    /// The seq of the entry that holds its body.
+    pub seq: u64,
+    /// `BLAKE3(body)`.
+    pub body_hash: [u8; 32],
+    /// The body's length.
+    pub len: u64,
+    /// Whether it is a tombstone.
+    pub deleted: bool,
+}
+
+/// An origin's state (see the module docs) as its entries are applied in seq order.
+#[derive(Default)]
+pub struct StateFold {
+    items: std::collections::BTreeMap<String, FoldedItem>,
+}
+
+impl StateFold {
+    /// An empty state.
+    pub fn new() -> StateFold {
+        StateFold::default()
+    }
+
+    /// Applies the entry at `seq`.
+    pub fn apply(&mut self, seq: u64, entry: &super::EntryRef<'_>) {
+        let item = |deleted| FoldedItem {
+            seq,
+            body_hash: *blake3::hash(entry.body).as_bytes(),
+            len: entry.body.len() as u64,
+            deleted,
+        };
+        match entry.op {
+            super::Op::Put => {
+                self.items.insert(entry.path.to_owned(), item(false));
+            }
+            super::Op::Delete => {
+                let below = format!("{}/", entry.path);
+                let purged: Vec<String> = self
+                    .items
+                    .range(below.clone()..)
+                    .take_while(|(p, _)| p.starts_with(&below))
+                    .filter(|(_, i)| i.deleted)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for p in purged {
+                    self.items.remove(&p);
+                }
+                if entry.body.is_empty() {
+                    self.items.remove(entry.path);
+                } else {
+                    self.items.insert(entry.path.to_owned(), item(true));
+                }
+            }
+        }
+    }
+
+    /// Every path, in order, with what it holds.
+    pub fn items(&self) -> impl Iterator<Item = (&str, &FoldedItem)> {
+        self.items.iter().map(|(p, i)| (p.as_str(), i))
+    }
+
+    /// The state root of the state as it stands.
+    pub fn summary(&self) -> Result<StateSummary, FeedError> {
+        let mut root = StateRoot::new();
+        for (path, item) in &self.items {
+            if item.deleted {
+                root.push_tombstone_hashed(path, &item.body_hash)?;
+            } else {
+                root.push_hashed(path, &item.body_hash, item.len)?;
+            }
+        }
+        Ok(root.finish())
     }
 }
 
@@ -313,6 +415,25 @@ mod tests {
         r.push("/b", b"{}").unwrap();
         assert!(r.push("/a", b"{}").is_err());
         assert!(r.push("/b", b"{}").is_err());
+        assert!(r.push_tombstone_hashed("/b", &[0; 32]).is_err());
+    }
+
+    #[test]
+    fn a_tombstone_is_its_own_kind_of_leaf_and_counts_no_object() {
+        let body = b"{\"data\":{\"deleted\":true}}";
+        let mut live = StateRoot::new();
+        live.push("/a", b"{}").unwrap();
+        live.push("/b", body).unwrap();
+        let mut tomb = StateRoot::new();
+        tomb.push("/a", b"{}").unwrap();
+        tomb.push_tombstone_hashed("/b", blake3::hash(body).as_bytes())
+            .unwrap();
+        let (live, tomb) = (live.finish(), tomb.finish());
+        assert_ne!(live.root, tomb.root);
+        assert_eq!((tomb.objects, tomb.bytes), (1, 2));
+        let mut only_a = StateRoot::new();
+        only_a.push("/a", b"{}").unwrap();
+        assert_ne!(only_a.finish().root, tomb.root);
     }
 
     #[test]

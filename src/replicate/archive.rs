@@ -1,10 +1,9 @@
 //! Portable archives of a feed ([`crate::protocol::archive`]): writing one from the store, and
 //! importing one into the store after verifying all of it.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::feed::{EntryHash, FeedError, Op, Seq, Snapshot, StateRoot, verify_batch};
+use crate::feed::{EntryHash, FeedError, Seq, Snapshot, StateFold, verify_batch};
 use crate::identity::NodeId;
 use crate::protocol::archive::{ArchiveError, ArchiveReader, ArchiveWriter, Section};
 use crate::protocol::wire::PAGE_BYTES;
@@ -104,8 +103,8 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
     let origin = r.origin();
     let invalid = |what: String| ImportError::Invalid { what };
     let mut snapshots: Vec<Snapshot> = Vec::new();
-    // path -> (hash of the body, its length): the state as the entries are replayed.
-    let mut state: BTreeMap<String, ([u8; 32], u64)> = BTreeMap::new();
+    // The state as the entries are replayed.
+    let mut state = StateFold::new();
     let mut head = (0u64, EntryHash::genesis(&origin));
     let mut next_snapshot = 0;
     while let Some(section) = r.next_section()? {
@@ -142,20 +141,7 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
                 for (bytes, hash) in batch.entries().iter().zip(batch.hashes()) {
                     let entry = crate::feed::decode_entry(bytes)
                         .map_err(|e| invalid(format!("seq {}: {e}", head.0 + 1)))?;
-                    match entry.op {
-                        Op::Put => {
-                            state.insert(
-                                entry.path.to_owned(),
-                                (
-                                    *blake3::hash(entry.body).as_bytes(),
-                                    entry.body.len() as u64,
-                                ),
-                            );
-                        }
-                        Op::Delete => {
-                            state.remove(entry.path);
-                        }
-                    }
+                    state.apply(entry.seq.0, &entry);
                     head = (entry.seq.0, *hash);
                     while let Some(s) = snapshots.get(next_snapshot).filter(|s| s.seq.0 == head.0) {
                         check_snapshot(s, head.1, &state).map_err(invalid)?;
@@ -180,11 +166,7 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
     })
 }
 
-fn check_snapshot(
-    s: &Snapshot,
-    hash: EntryHash,
-    state: &BTreeMap<String, ([u8; 32], u64)>,
-) -> Result<(), String> {
+fn check_snapshot(s: &Snapshot, hash: EntryHash, state: &StateFold) -> Result<(), String> {
     if s.head_hash != hash {
         return Err(format!(
             "snapshot {} names another entry at seq {}",
@@ -192,12 +174,7 @@ fn check_snapshot(
             s.seq
         ));
     }
-    let mut root = StateRoot::new();
-    for (path, (body_hash, len)) in state {
-        root.push_hashed(path, body_hash, *len)
-            .map_err(|e: FeedError| e.to_string())?;
-    }
-    let got = root.finish();
+    let got = state.summary().map_err(|e: FeedError| e.to_string())?;
     if (got.root, got.objects, got.bytes) != (s.state_root, s.objects, s.bytes) {
         return Err(format!(
             "snapshot {} at seq {} states another state than the entries give",
@@ -262,6 +239,7 @@ fn open(path: &Path) -> Result<std::fs::File, ImportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::Op;
     use crate::identity::NodeKey;
     use crate::store::Change;
 

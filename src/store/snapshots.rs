@@ -1,13 +1,11 @@
 //! Snapshots: computing an origin's state root at a seq, signing our own, and keeping the
 //! ones origins signed, each checked against the entries held before it is stored.
 
-use std::collections::BTreeMap;
-
 use rusqlite::OptionalExtension;
 
 use super::read::BlobContext;
 use super::{Context, SEQ_BITS, Store, StoreError, entry_key, now_ms};
-use crate::feed::{self, FeedError, Head, Op, Seq, Snapshot, StateRoot, StateSummary};
+use crate::feed::{self, FeedError, Head, Seq, Snapshot, StateFold, StateRoot, StateSummary};
 use crate::identity::{NodeId, NodeKey};
 
 /// One object of a restorable state.
@@ -24,8 +22,7 @@ pub struct StateItem {
 }
 
 struct Replay {
-    live: BTreeMap<String, u64>,
-    tombstones: BTreeMap<String, u64>,
+    state: StateFold,
     hash: crate::feed::EntryHash,
 }
 
@@ -75,28 +72,16 @@ impl Store {
                 "seq is beyond the held head",
             )));
         }
-        let mut root = StateRoot::new();
         if seq == head.seq {
             return Ok((head, self.state_root_at_head(origin)?));
         }
         let replay = self.replay(origin, seq)?;
-        let row = self.origin_row_id(origin)?.expect("the origin has a head");
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT bytes FROM entries WHERE key = ?1")
-            .ctx("reading a body")?;
-        for (path, s) in &replay.live {
-            let bytes: Vec<u8> = stmt
-                .query_row([entry_key(row, *s)], |r| r.get(0))
-                .ctx("reading a body")?;
-            root.push(path, feed::decode_entry(&bytes)?.body)?;
-        }
         Ok((
             Head {
                 seq,
                 hash: replay.hash,
             },
-            root.finish(),
+            replay.state.summary()?,
         ))
     }
 
@@ -108,22 +93,24 @@ impl Store {
             .origin_row_id(origin)?
             .ok_or(StoreError::Feed(FeedError::Malformed("origin not held")))?;
         let head = self.head(origin)?.map_or(0, |h| h.seq.0);
-        // Which seqs hold a live object: one bit each.
+        // Which seqs hold a live object, and which a tombstone: one bit each.
         let mut live = vec![0u64; (head as usize / 64) + 1];
-        {
+        let mut tombs = vec![0u64; (head as usize / 64) + 1];
+        for (table, bits) in [("objects", &mut live), ("tombstones", &mut tombs)] {
             let mut stmt = self
                 .conn
-                .prepare("SELECT seq FROM objects WHERE origin = ?1")
+                .prepare(&format!("SELECT seq FROM {table} WHERE origin = ?1"))
                 .ctx("reading objects")?;
             let mut rows = stmt.query([row]).ctx("reading objects")?;
             while let Some(r) = rows.next().ctx("reading objects")? {
                 let seq = r.get::<_, i64>(0).ctx("reading objects")? as u64;
-                if let Some(word) = live.get_mut(seq as usize / 64) {
+                if let Some(word) = bits.get_mut(seq as usize / 64) {
                     *word |= 1 << (seq % 64);
                 }
             }
         }
-        let mut objects: Vec<(Box<str>, [u8; 32], u64)> = Vec::new();
+        // (path, body hash, length, tombstone)
+        let mut objects: Vec<(Box<str>, [u8; 32], u64, bool)> = Vec::new();
         {
             let mut stmt = self
                 .conn
@@ -135,7 +122,9 @@ impl Store {
             while let Some(r) = rows.next().ctx("reading entries")? {
                 let seq =
                     (r.get::<_, i64>(0).ctx("reading entries")? & ((1 << SEQ_BITS) - 1)) as u64;
-                if live[seq as usize / 64] & (1 << (seq % 64)) == 0 {
+                let bit = 1 << (seq % 64);
+                let deleted = tombs[seq as usize / 64] & bit != 0;
+                if live[seq as usize / 64] & bit == 0 && !deleted {
                     continue;
                 }
                 let bytes = r.get_ref(1).ctx("reading entries")?.as_blob().ctx_blob()?;
@@ -144,13 +133,18 @@ impl Store {
                     entry.path.into(),
                     *blake3::hash(entry.body).as_bytes(),
                     entry.body.len() as u64,
+                    deleted,
                 ));
             }
         }
         objects.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         let mut root = StateRoot::new();
-        for (path, hash, len) in &objects {
-            root.push_hashed(path, hash, *len)?;
+        for (path, hash, len, deleted) in &objects {
+            if *deleted {
+                root.push_tombstone_hashed(path, hash)?;
+            } else {
+                root.push_hashed(path, hash, *len)?;
+            }
         }
         Ok(root.finish())
     }
@@ -162,8 +156,7 @@ impl Store {
         let row = self
             .origin_row_id(origin)?
             .ok_or(StoreError::Feed(FeedError::Malformed("origin not held")))?;
-        let mut live: BTreeMap<String, u64> = BTreeMap::new();
-        let mut tombstones: BTreeMap<String, u64> = BTreeMap::new();
+        let mut state = StateFold::new();
         let mut at = None;
         let mut stmt = self
             .conn
@@ -183,29 +176,7 @@ impl Store {
                 .ctx_blob()?;
             let entry = feed::decode_entry(bytes)?;
             let s = (key & ((1 << SEQ_BITS) - 1)) as u64;
-            match entry.op {
-                Op::Put => {
-                    tombstones.remove(entry.path);
-                    live.insert(entry.path.to_owned(), s);
-                }
-                Op::Delete => {
-                    live.remove(entry.path);
-                    let below = format!("{}/", entry.path);
-                    let purged: Vec<String> = tombstones
-                        .range(below.clone()..)
-                        .take_while(|(p, _)| p.starts_with(&below))
-                        .map(|(p, _)| p.clone())
-                        .collect();
-                    for p in purged {
-                        tombstones.remove(&p);
-                    }
-                    if entry.body.is_empty() {
-                        tombstones.remove(entry.path);
-                    } else {
-                        tombstones.insert(entry.path.to_owned(), s);
-                    }
-                }
-            }
+            state.apply(s, &entry);
             if s == seq.0 {
                 at = Some(super::hash_from(r.get(1).ctx("replaying entries")?)?);
             }
@@ -213,11 +184,7 @@ impl Store {
         let hash = at.ok_or(StoreError::Feed(FeedError::Malformed(
             "an entry below the head is missing",
         )))?;
-        Ok(Replay {
-            live,
-            tombstones,
-            hash,
-        })
+        Ok(Replay { state, hash })
     }
 
     /// What a restore writes for `origin` at `seq`: every live object and every tombstone the
@@ -245,22 +212,18 @@ impl Store {
             .conn
             .prepare_cached("SELECT bytes FROM entries WHERE key = ?1")
             .ctx("reading a body")?;
-        let mut items: Vec<StateItem> =
-            Vec::with_capacity(replay.live.len() + replay.tombstones.len());
-        for (map, deleted) in [(&replay.live, false), (&replay.tombstones, true)] {
-            for (path, s) in map {
-                let bytes: Vec<u8> = stmt
-                    .query_row([entry_key(row, *s)], |r| r.get(0))
-                    .ctx("reading a body")?;
-                items.push(StateItem {
-                    path: path.clone(),
-                    body: feed::decode_entry(&bytes)?.body.to_vec(),
-                    deleted,
-                    seq: Seq(*s),
-                });
-            }
+        let mut items: Vec<StateItem> = Vec::new();
+        for (path, item) in replay.state.items() {
+            let bytes: Vec<u8> = stmt
+                .query_row([entry_key(row, item.seq)], |r| r.get(0))
+                .ctx("reading a body")?;
+            items.push(StateItem {
+                path: path.to_owned(),
+                body: feed::decode_entry(&bytes)?.body.to_vec(),
+                deleted: item.deleted,
+                seq: Seq(item.seq),
+            });
         }
-        items.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(items)
     }
 
@@ -357,7 +320,7 @@ impl Store {
             origin: s.origin,
             source: m,
         };
-        let mut state: BTreeMap<String, ([u8; 32], u64)> = BTreeMap::new();
+        let mut state = StateFold::new();
         let mut stmt = self
             .conn
             .prepare(
@@ -378,20 +341,7 @@ impl Store {
                 .as_blob()
                 .ctx_blob()?;
             let entry = feed::decode_stored_entry(bytes)?;
-            match entry.op {
-                Op::Put => {
-                    state.insert(
-                        entry.path.to_owned(),
-                        (
-                            *blake3::hash(entry.body).as_bytes(),
-                            entry.body.len() as u64,
-                        ),
-                    );
-                }
-                Op::Delete => {
-                    state.remove(entry.path);
-                }
-            }
+            state.apply(seq, &entry);
             while let Some(s) = pending.last().filter(|s| s.seq.0 == seq).copied() {
                 pending.pop();
                 let hash = super::hash_from(r.get(1).ctx("replaying entries")?)?;
@@ -399,11 +349,7 @@ impl Store {
                     problems.push((*s, mismatch(s, SnapshotMismatch::OtherChain { seq })));
                     continue;
                 }
-                let mut root = StateRoot::new();
-                for (path, (body_hash, len)) in &state {
-                    root.push_hashed(path, body_hash, *len)?;
-                }
-                let got = root.finish();
+                let got = state.summary()?;
                 let what = if got.root != s.state_root {
                     Some("a state root")
                 } else if got.objects != s.objects {

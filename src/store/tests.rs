@@ -784,3 +784,74 @@ fn retention_prunes_snapshots_it_does_not_keep() {
     assert_eq!(store.snapshot_holders(key.id(), Seq(5)).unwrap().len(), 1);
     assert_eq!(store.prune_snapshots(key.id(), policy).unwrap(), 0);
 }
+
+#[test]
+fn tombstones_are_in_the_state_root_the_same_way_at_the_head_and_by_replay() {
+    let key = NodeKey::from_seed([33; 32]);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut full = Store::open_writer(dir_a.path(), key.id()).unwrap();
+    let mut stepwise = Store::open_writer(dir_b.path(), key.id()).unwrap();
+    let c = "/buckets/b/collections/c";
+    let put = |p: &str, v: u32| Change {
+        op: Op::Put,
+        path: p.into(),
+        body: format!("{{\"data\":{{\"v\":{v}}}}}").into_bytes(),
+    };
+    let tomb = |p: &str, lm: u32| Change {
+        op: Op::Delete,
+        path: p.into(),
+        body: format!("{{\"data\":{{\"id\":\"x\",\"last_modified\":{lm},\"deleted\":true}}}}")
+            .into_bytes(),
+    };
+    let gone = |p: &str| Change {
+        op: Op::Delete,
+        path: p.into(),
+        body: Vec::new(),
+    };
+    let changes = vec![
+        put("/buckets/b", 1),
+        put(c, 2),
+        put(&format!("{c}/records/r1"), 3),
+        put(&format!("{c}/records/r2"), 4),
+        tomb(&format!("{c}/records/r1"), 5),
+        gone(&format!("{c}/records/r2")),
+        put(&format!("{c}/records/r3"), 6),
+        tomb(&format!("{c}/records/r3"), 7),
+        put(&format!("{c}/records/r1"), 8),
+        tomb(&format!("{c}/records/r1"), 9),
+        tomb(c, 10),
+        put(c, 11),
+        put(&format!("{c}/records/r4"), 12),
+    ];
+    full.append(&key, &changes, &[]).unwrap();
+    let mut roots = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        stepwise
+            .append(&key, std::slice::from_ref(change), &[])
+            .unwrap();
+        let (_, at_head) = stepwise.state_root_at(key.id(), Seq(i as u64 + 1)).unwrap();
+        let (_, replayed) = full.state_root_at(key.id(), Seq(i as u64 + 1)).unwrap();
+        assert_eq!(at_head, replayed, "after change {}", i + 1);
+        roots.push(at_head);
+    }
+    // A delete with a tombstone and one without leave the same live objects, not the same root.
+    assert_eq!((roots[4].objects, roots[5].objects), (3, 2));
+    let with_tombstone = full.state_for_restore(key.id(), Seq(5)).unwrap();
+    assert!(
+        with_tombstone
+            .iter()
+            .any(|i| i.deleted && i.path.ends_with("/r1"))
+    );
+    // The collection's tombstone dropped those below it: r1 and r3's tombstones are gone.
+    let after = full.state_for_restore(key.id(), Seq(11)).unwrap();
+    let tombstones: Vec<&str> = after
+        .iter()
+        .filter(|i| i.deleted)
+        .map(|i| i.path.as_str())
+        .collect();
+    assert_eq!(tombstones, vec![c]);
+    // Putting r1 back after its tombstone gives the same live state as never deleting it,
+    // but a different root than while the tombstone stood.
+    assert_ne!(roots[7].root, roots[8].root);
+    assert_eq!(roots[7].objects + 1, roots[8].objects);
+}
