@@ -142,7 +142,7 @@ impl SnapshotMaker {
             let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
             let made = store.create_snapshot(&key)?;
             if let (true, Some(policy)) = (made.1, retention) {
-                let removed = store.prune_snapshots(key.id(), policy)?;
+                let (removed, _) = store.apply_retention(key.id(), policy)?;
                 if removed > 0 {
                     tracing::info!(removed, "snapshots pruned by retention");
                 }

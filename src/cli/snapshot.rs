@@ -27,8 +27,15 @@ pub fn create(cli: &Cli) -> anyhow::Result<()> {
             }
             let (s, created) = node.store.create_snapshot(&node.key)?;
             if let (true, Some(retention)) = (created, &node.config.snapshots) {
-                node.store
-                    .prune_snapshots(node.key.id(), retention.into())?;
+                let (removed, compacted) = node
+                    .store
+                    .apply_retention(node.key.id(), retention.into())?;
+                if removed > 0 || compacted.entries > 0 {
+                    eprintln!(
+                        "retention: {removed} snapshots removed; {} entries ({} bytes) below seq {} compacted away",
+                        compacted.entries, compacted.bytes, compacted.base
+                    );
+                }
             }
             (SnapshotDoc::from(&s), created)
         }

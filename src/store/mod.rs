@@ -15,6 +15,7 @@
 //! Layout: [`schema`] holds the tables and migrations, `write` the transactions that change
 //! feeds, `read` the queries, `verify` the full re-check of everything stored.
 
+mod compact;
 mod holders;
 mod read;
 pub mod schema;
@@ -31,6 +32,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::feed::{EntryHash, FeedError, ForkEvidence, Head, Op, Seq};
 use crate::identity::NodeId;
 
+pub use compact::{BaseParts, Compacted};
 pub use holders::{HolderInfo, Rollback};
 pub use read::{OriginInfo, StoredEntry};
 pub use snapshots::{SnapshotMismatch, StateItem};
@@ -150,6 +152,18 @@ pub enum StoreError {
         "this node's feed is being recovered from its peers; nothing is appended until that is done (see `tandem status`)"
     )]
     Recovering,
+    /// Something below an origin's compacted base was asked for.
+    #[error(
+        "origin {origin}: the entries up to seq {base} were compacted into the snapshot at that seq; seq {asked} is no longer held here"
+    )]
+    Compacted {
+        /// The origin.
+        origin: NodeId,
+        /// Its compacted base.
+        base: Seq,
+        /// The seq asked for.
+        asked: Seq,
+    },
     /// A snapshot that the entries held do not give.
     #[error("snapshot of origin {origin} refused: {source}")]
     SnapshotMismatch {
@@ -259,6 +273,12 @@ impl Store {
                 found: version,
                 supported: schema::SCHEMA_VERSION,
             });
+        }
+        if version == 0 {
+            // Only a database without pages can choose (before WAL writes the header):
+            // compaction then gives pages back without rewriting the file.
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+                .map_err(|e| open_error(&path, data_dir, e))?;
         }
         // WAL: readers never block the writer; FULL: a returned commit survives power loss.
         conn.execute_batch(
@@ -498,7 +518,7 @@ fn read_error(path: &Path, e: rusqlite::Error) -> StoreError {
 }
 
 /// Reads a 32-byte hash column.
-fn hash_from(bytes: Vec<u8>) -> Result<EntryHash, StoreError> {
+pub(super) fn hash_from(bytes: Vec<u8>) -> Result<EntryHash, StoreError> {
     bytes
         .try_into()
         .map(EntryHash)
@@ -516,7 +536,7 @@ fn head_from(seq: i64, hash: Option<Vec<u8>>) -> Result<Option<Head>, StoreError
 }
 
 /// Applies one entry to the materialized state inside a write transaction.
-fn apply_to_objects(
+pub(super) fn apply_to_objects(
     tx: &rusqlite::Transaction<'_>,
     origin: i64,
     seq: Seq,

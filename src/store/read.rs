@@ -184,6 +184,7 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(None);
         };
+        self.check_not_below_base(origin, after.0)?;
         let limit = limit.max(1) as u64;
         let mut last = after.0.saturating_add(limit).min(crate::feed::MAX_SEQ);
         {

@@ -127,8 +127,15 @@ const MIGRATIONS: &[&str] = &[
         origin  INTEGER NOT NULL,
         path    TEXT NOT NULL,
         seq     INTEGER NOT NULL,
-        PRIMARY KEY (origin, path)
+                PRIMARY KEY (origin, path)
     ) WITHOUT ROWID;
+    "#,
+    // 5: compaction. Entries at or below an origin's base seq are only those that hold its
+    // state there (live objects and tombstones), checked against the snapshot signed at that
+    // seq; the chain is whole from base_seq + 1, whose prev is base_hash.
+    r#"
+    ALTER TABLE origins ADD COLUMN base_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE origins ADD COLUMN base_hash BLOB;
     "#,
 ];
 

@@ -21,8 +21,8 @@ pub struct StateItem {
     pub seq: Seq,
 }
 
-struct Replay {
-    state: StateFold,
+pub(super) struct Replay {
+    pub(super) state: StateFold,
     hash: crate::feed::EntryHash,
 }
 
@@ -152,12 +152,13 @@ impl Store {
     /// Replays `origin`'s entries up to `seq`: the live objects, and the tombstones the source
     /// still keeps (deletes that carried one, not since re-created, and not below a container
     /// deleted later: deleting a container drops the tombstones below it).
-    fn replay(&self, origin: NodeId, seq: Seq) -> Result<Replay, StoreError> {
+    pub(super) fn replay(&self, origin: NodeId, seq: Seq) -> Result<Replay, StoreError> {
         let row = self
             .origin_row_id(origin)?
             .ok_or(StoreError::Feed(FeedError::Malformed("origin not held")))?;
+        self.check_not_below_base(origin, seq.0)?;
         let mut state = StateFold::new();
-        let mut at = None;
+        let mut at = self.base(origin)?.filter(|b| b.seq == seq).map(|b| b.hash);
         let mut stmt = self
             .conn
             .prepare(
@@ -240,14 +241,31 @@ impl Store {
             Ok(feed::decode_entry(&e.bytes)?.ts)
         };
         // Entry times never decrease along a feed in practice; a binary search finds the last
-        // one not after `at_ms`.
-        let (mut lo, mut hi) = (0u64, head);
+        // one not after `at_ms`. Below a compacted base, only the base's state is known: from
+        // its snapshot's time at the latest.
+        let base = self.base(origin)?;
+        let base_seq = base.map_or(0, |b| b.seq.0);
+        let (mut lo, mut hi) = (base_seq, head);
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);
             if ts(mid)? <= at_ms {
                 lo = mid;
             } else {
                 hi = mid - 1;
+            }
+        }
+        if lo > 0 && lo == base_seq {
+            let taken = self
+                .snapshots(origin)?
+                .into_iter()
+                .find(|s| s.seq.0 == base_seq)
+                .map_or(u64::MAX, |s| s.ts);
+            if taken > at_ms {
+                return Err(StoreError::Compacted {
+                    origin,
+                    base: Seq(base_seq),
+                    asked: Seq(base_seq - 1),
+                });
             }
         }
         Ok((lo > 0).then_some(Seq(lo)))
@@ -321,6 +339,33 @@ impl Store {
             source: m,
         };
         let mut state = StateFold::new();
+        // The state of a snapshot at the compacted base is complete once the entries beyond it
+        // begin (or at the end); those below it were dropped with their entries.
+        let base = self.base(origin)?;
+        let mut base_settled = base.is_none();
+        let settle_base = |pending: &mut Vec<&Snapshot>,
+                           problems: &mut Vec<(Snapshot, StoreError)>,
+                           state: &StateFold|
+         -> Result<(), StoreError> {
+            let Some(base) = base else { return Ok(()) };
+            while let Some(s) = pending.last().filter(|s| s.seq <= base.seq).copied() {
+                pending.pop();
+                let problem = if s.seq < base.seq {
+                    Some(StoreError::Compacted {
+                        origin,
+                        base: base.seq,
+                        asked: s.seq,
+                    })
+                } else if base.hash != s.head_hash {
+                    Some(mismatch(s, SnapshotMismatch::OtherChain { seq: s.seq.0 }))
+                } else {
+                    state_differs(s, &state.summary()?)
+                        .map(|what| mismatch(s, SnapshotMismatch::State { seq: s.seq.0, what }))
+                };
+                problems.extend(problem.map(|p| (*s, p)));
+            }
+            Ok(())
+        };
         let mut stmt = self
             .conn
             .prepare(
@@ -335,6 +380,10 @@ impl Store {
                 break;
             }
             let seq = (r.get::<_, i64>(0).ctx("replaying entries")? & ((1 << SEQ_BITS) - 1)) as u64;
+            if !base_settled && base.is_some_and(|b| seq > b.seq.0) {
+                settle_base(&mut pending, &mut problems, &state)?;
+                base_settled = true;
+            }
             let bytes = r
                 .get_ref(2)
                 .ctx("replaying entries")?
@@ -349,20 +398,13 @@ impl Store {
                     problems.push((*s, mismatch(s, SnapshotMismatch::OtherChain { seq })));
                     continue;
                 }
-                let got = state.summary()?;
-                let what = if got.root != s.state_root {
-                    Some("a state root")
-                } else if got.objects != s.objects {
-                    Some("an object count")
-                } else if got.bytes != s.bytes {
-                    Some("a size")
-                } else {
-                    None
-                };
-                if let Some(what) = what {
+                if let Some(what) = state_differs(s, &state.summary()?) {
                     problems.push((*s, mismatch(s, SnapshotMismatch::State { seq, what })));
                 }
             }
+        }
+        if !base_settled {
+            settle_base(&mut pending, &mut problems, &state)?;
         }
         for s in pending {
             let head = self.head(origin)?.map_or(0, |h| h.seq.0);
@@ -498,7 +540,10 @@ impl Store {
     }
 }
 
-fn insert(tx: &rusqlite::Transaction<'_>, snapshot: &Snapshot) -> Result<(), StoreError> {
+pub(super) fn insert(
+    tx: &rusqlite::Transaction<'_>,
+    snapshot: &Snapshot,
+) -> Result<(), StoreError> {
     let origin: i64 = tx
         .query_row(
             "SELECT id FROM origins WHERE node_id = ?1",
@@ -516,4 +561,17 @@ fn insert(tx: &rusqlite::Transaction<'_>, snapshot: &Snapshot) -> Result<(), Sto
     )
     .ctx("storing a snapshot")
     .map(drop)
+}
+
+/// What a snapshot states differently from `got`, if anything.
+fn state_differs(s: &Snapshot, got: &StateSummary) -> Option<&'static str> {
+    if got.root != s.state_root {
+        Some("a state root")
+    } else if got.objects != s.objects {
+        Some("an object count")
+    } else if got.bytes != s.bytes {
+        Some("a size")
+    } else {
+        None
+    }
 }

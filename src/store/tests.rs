@@ -855,3 +855,162 @@ fn tombstones_are_in_the_state_root_the_same_way_at_the_head_and_by_replay() {
     assert_ne!(roots[7].root, roots[8].root);
     assert_eq!(roots[7].objects + 1, roots[8].objects);
 }
+
+/// An own feed of `rounds` × 100 changes over 40 records: puts, deletes with and without
+/// tombstones, a collection deleted and recreated.
+fn churn(store: &mut Store, key: &NodeKey, rounds: u32) {
+    for round in 0..rounds {
+        let c = "/buckets/b/collections/c";
+        let mut changes = vec![Change {
+            op: Op::Put,
+            path: c.into(),
+            body: format!("{{\"data\":{{\"round\":{round}}}}}").into_bytes(),
+        }];
+        for i in 0..99u32 {
+            let path = format!("{c}/records/r{}", (i * 7 + round) % 40);
+            changes.push(match i % 9 {
+                4 => Change {
+                    op: Op::Delete,
+                    path,
+                    body: format!(
+                        "{{\"data\":{{\"id\":\"x\",\"last_modified\":{i},\"deleted\":true}}}}"
+                    )
+                    .into_bytes(),
+                },
+                7 => Change {
+                    op: Op::Delete,
+                    path,
+                    body: Vec::new(),
+                },
+                _ => Change {
+                    op: Op::Put,
+                    path,
+                    body: format!("{{\"data\":{{\"v\":\"{round}-{i}-{}\"}}}}", "x".repeat(200))
+                        .into_bytes(),
+                },
+            });
+        }
+        store.append(key, &changes, &[]).unwrap();
+    }
+}
+
+#[test]
+fn compaction_keeps_the_state_at_the_base_and_everything_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([34; 32]);
+    let origin = key.id();
+    let mut store = Store::open_writer(dir.path(), origin).unwrap();
+    let vacuum: i64 = store
+        .conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(vacuum, 2, "a new store is created with incremental vacuum");
+    churn(&mut store, &key, 30);
+    let (first, _) = store.create_snapshot(&key).unwrap();
+    churn(&mut store, &key, 10);
+    let (second, _) = store.create_snapshot(&key).unwrap();
+    let at_first = store.state_for_restore(origin, first.seq).unwrap();
+    let at_head = store.state_root_at(origin, second.seq).unwrap();
+    let sizes = store.reclaim_space().unwrap();
+
+    // A compaction at a seq without a snapshot is refused, and changes nothing.
+    assert!(store.compact(origin, Seq(first.seq.0 - 1)).is_err());
+    let done = store.compact(origin, first.seq).unwrap();
+    assert_eq!(done.base, first.seq.0);
+    let kept = at_first.len() as u64;
+    assert_eq!(
+        done.entries,
+        first.seq.0 - kept,
+        "all but the state's entries go"
+    );
+    assert_eq!(store.compact(origin, first.seq).unwrap().entries, 0);
+    assert_sound(&store, origin);
+    let (before, after) = store.reclaim_space().unwrap();
+    assert_eq!(before, sizes.1);
+    assert!(after < before * 4 / 5, "{before} -> {after}");
+
+    // The state at the base and at the head are unchanged; below the base is gone.
+    assert_eq!(
+        store.state_for_restore(origin, first.seq).unwrap(),
+        at_first
+    );
+    assert_eq!(store.state_root_at(origin, second.seq).unwrap(), at_head);
+    store.check_snapshot(&first).unwrap();
+    assert!(matches!(
+        store.state_for_restore(origin, Seq(first.seq.0 - 1)),
+        Err(StoreError::Compacted { .. })
+    ));
+    assert!(matches!(
+        store.entries_page(origin, Seq(3), 100, 1 << 20),
+        Err(StoreError::Compacted { .. })
+    ));
+    assert!(
+        store
+            .entries_page(origin, first.seq, 100, 1 << 20)
+            .unwrap()
+            .is_some()
+    );
+    assert!(matches!(
+        store.seq_at_time(origin, 0),
+        Err(StoreError::Compacted { .. })
+    ));
+
+    // Appends go on, and the feed still verifies.
+    churn(&mut store, &key, 1);
+    assert_sound(&store, origin);
+
+    // A new node starts from the base and tails the feed, without the history before it.
+    let (snapshot, parts) = store.base_parts(origin).unwrap().unwrap();
+    assert_eq!((snapshot, parts.len() as u64), (first, kept));
+    let other = tempfile::tempdir().unwrap();
+    let mut holder = writer(other.path());
+    // A base with an entry it does not need, or missing one, is refused.
+    let mut bad = parts.clone();
+    bad.pop();
+    assert!(holder.install_base(&snapshot, &bad).is_err());
+    assert!(holder.install_base(&snapshot, &parts).unwrap());
+    let mut after = snapshot.seq;
+    while let Some((entries, cp)) = store.entries_page(origin, after, 500, 1 << 20).unwrap() {
+        let bytes = entries.into_iter().map(|e| e.bytes).collect();
+        holder
+            .accept(&verify_batch(origin, bytes, cp).unwrap(), &[])
+            .unwrap();
+        after = cp.seq;
+    }
+    assert_eq!(
+        holder.state_root_at(origin, after).unwrap(),
+        store.state_root_at(origin, after).unwrap()
+    );
+    assert_sound(&holder, origin);
+
+    // A flipped byte in a kept base entry is found.
+    let row = store.origin_row_id(origin).unwrap().unwrap();
+    let seq = at_first
+        .iter()
+        .map(|i| i.seq.0)
+        .find(|s| *s < first.seq.0)
+        .unwrap();
+    let bytes: Vec<u8> = store
+        .conn
+        .query_row(
+            "SELECT bytes FROM entries WHERE key = ?1",
+            [entry_key(row, seq)],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut flipped = bytes.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    store
+        .conn
+        .execute(
+            "UPDATE entries SET bytes = ?2 WHERE key = ?1",
+            (entry_key(row, seq), flipped),
+        )
+        .unwrap();
+    let report = store.verify_origin(origin).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.seq == Some(Seq(seq))),
+        "{:?}",
+        report.problems
+    );
+}

@@ -80,6 +80,8 @@ struct OriginRow {
     id: i64,
     head: Option<Head>,
     frozen: bool,
+    /// The compacted base: its seq (0 for none) and the hash of the entry there.
+    base: (u64, Option<EntryHash>),
 }
 
 impl Store {
@@ -284,11 +286,11 @@ impl Store {
 
         // Compare every entry we already hold (and the link before the batch) with ours.
         let mut divergence = None;
-        if first >= 2 {
-            let ours = held_hash(&tx, row.id, first - 1)?;
-            if ours != batch.first_prev() {
-                divergence = Some((first - 1, ours, batch.first_prev()));
-            }
+        if first >= 2
+            && let Some(ours) = held_hash_or_base(&tx, &row, first - 1)?
+            && ours != batch.first_prev()
+        {
+            divergence = Some((first - 1, ours, batch.first_prev()));
         }
         if divergence.is_none() {
             for (i, theirs) in batch.hashes().iter().enumerate() {
@@ -296,7 +298,9 @@ impl Store {
                 if seq > head_seq {
                     break;
                 }
-                let ours = held_hash(&tx, row.id, seq)?;
+                let Some(ours) = held_hash_or_base(&tx, &row, seq)? else {
+                    continue;
+                };
                 if ours != *theirs {
                     divergence = Some((seq, ours, *theirs));
                     break;
@@ -345,7 +349,9 @@ impl Store {
             drop(insert);
             set_head(&tx, row.id, batch.checkpoint().head(), bytes_added)?;
         }
-        insert_checkpoint(&tx, row.id, batch.checkpoint())?;
+        if batch.checkpoint().seq.0 >= row.base.0 {
+            insert_checkpoint(&tx, row.id, batch.checkpoint())?;
+        }
         write_cursors(&tx, cursors)?;
         tx.commit().ctx("committing an accept")?;
         let head = if last > head_seq {
@@ -374,8 +380,8 @@ impl Store {
         if cp.seq.0 > head_seq {
             return Ok(CheckpointCheck::Ahead);
         }
-        match held_hash(&tx, row.id, cp.seq.0)? {
-            ours if ours != cp.hash => {
+        match held_hash_or_base(&tx, &row, cp.seq.0)? {
+            Some(ours) if ours != cp.hash => {
                 let evidence =
                     record_fork(&tx, row.id, cp.origin, (cp.seq.0, ours, cp.hash), cp, &[])?;
                 tx.commit().ctx("committing fork evidence")?;
@@ -415,7 +421,7 @@ fn origin_row(
 ) -> Result<OriginRow, StoreError> {
     let select = |tx: &rusqlite::Transaction<'_>| {
         tx.query_row(
-            "SELECT id, head_seq, head_hash, frozen_at IS NOT NULL FROM origins WHERE node_id = ?1",
+                        "SELECT id, head_seq, head_hash, frozen_at IS NOT NULL, base_seq, base_hash FROM origins WHERE node_id = ?1",
             [origin.as_bytes().as_slice()],
             |r| {
                 Ok((
@@ -423,6 +429,8 @@ fn origin_row(
                     r.get::<_, i64>(1)?,
                     r.get::<_, Option<Vec<u8>>>(2)?,
                     r.get::<_, bool>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<Vec<u8>>>(5)?,
                 ))
             },
         )
@@ -446,12 +454,35 @@ fn origin_row(
             });
         }
     };
-    let (id, seq, hash, frozen) = found;
+    let (id, seq, hash, frozen, base_seq, base_hash) = found;
     Ok(OriginRow {
         id,
         head: head_from(seq, hash)?,
         frozen,
+        base: (base_seq as u64, base_hash.map(hash_from).transpose()?),
     })
+}
+
+/// [`held_hash`], knowing the compacted base: at the base seq, the base's hash; below it, the
+/// entry's if it was kept, else `None` (nothing to compare with).
+fn held_hash_or_base(
+    tx: &rusqlite::Transaction<'_>,
+    row: &OriginRow,
+    seq: u64,
+) -> Result<Option<EntryHash>, StoreError> {
+    match row.base {
+        (base, Some(hash)) if seq == base => Ok(Some(hash)),
+        (base, _) if seq < base => tx
+            .prepare_cached("SELECT hash FROM entries WHERE key = ?1")
+            .and_then(|mut s| {
+                s.query_row([entry_key(row.id, seq)], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()
+            })
+            .ctx("reading an entry hash")?
+            .map(hash_from)
+            .transpose(),
+        _ => held_hash(tx, row.id, seq).map(Some),
+    }
 }
 
 /// The hash of an entry the store holds (at or below the head); its absence is damage.

@@ -1,0 +1,401 @@
+//! Compaction: an origin's entries at or below one of its snapshots are dropped, except those
+//! that hold the state at that snapshot (live objects and tombstones), and the space goes back
+//! to the file system.
+//!
+//! The snapshot's seq becomes the origin's *base*. Below it the feed is no longer a chain: the
+//! kept entries are checked by folding them into the state and comparing its root with the
+//! snapshot the origin signed, and the chain is whole again from the base on (the entry after
+//! it links to the snapshot's head hash). Replays, restores and state roots at or above the
+//! base work as before; anything below it is [`StoreError::Compacted`]. A base is also how a
+//! node starts from a snapshot without the history before it (see [`Store::install_base`]).
+
+use std::collections::HashSet;
+
+use rusqlite::OptionalExtension;
+
+use super::{Context, SEQ_BITS, Store, StoreError, apply_to_objects, entry_key, hash_from};
+use crate::feed::{self, EntryHash, FeedError, Head, Seq, Snapshot, StateFold};
+use crate::identity::NodeId;
+
+/// An origin's base as a transferable whole: the snapshot, and the entries (bytes, hash) that
+/// hold its state, in seq order.
+pub type BaseParts = (Snapshot, Vec<(Vec<u8>, EntryHash)>);
+
+/// What a compaction did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Compacted {
+    /// The origin's base afterwards.
+    pub base: u64,
+    /// Entries dropped.
+    pub entries: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl Store {
+    /// The compacted base of `origin`: its seq and the hash of the entry at that seq.
+    pub fn base(&self, origin: NodeId) -> Result<Option<Head>, StoreError> {
+        let found: Option<(i64, Option<Vec<u8>>)> = self
+            .conn
+            .prepare_cached("SELECT base_seq, base_hash FROM origins WHERE node_id = ?1")
+            .and_then(|mut s| {
+                s.query_row([origin.as_bytes().as_slice()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+            })
+            .ctx("reading a base")?;
+        match found {
+            Some((seq, Some(hash))) if seq > 0 => Ok(Some(Head {
+                seq: Seq(seq as u64),
+                hash: hash_from(hash)?,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Fails with [`StoreError::Compacted`] when `seq` is below the base of `origin`.
+    pub(super) fn check_not_below_base(&self, origin: NodeId, seq: u64) -> Result<(), StoreError> {
+        match self.base(origin)? {
+            Some(base) if seq < base.seq.0 => Err(StoreError::Compacted {
+                origin,
+                base: base.seq,
+                asked: Seq(seq),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Compacts `origin` at its snapshot at `at`, which must be held: the state there is
+    /// replayed and checked against the snapshot first, then every entry at or below `at`
+    /// that holds none of it is dropped, with the checkpoints and snapshots below `at`. One
+    /// transaction; a base already at or above `at` makes it a no-op. Call
+    /// [`Store::reclaim_space`] afterwards to give the space back.
+    pub fn compact(&mut self, origin: NodeId, at: Seq) -> Result<Compacted, StoreError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .ctx("starting a compaction")?;
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(Compacted::default());
+        };
+        let current = self.base(origin)?.map_or(0, |b| b.seq.0);
+        if at.0 <= current {
+            return Ok(Compacted {
+                base: current,
+                ..Compacted::default()
+            });
+        }
+        let snapshot = self
+            .snapshots(origin)?
+            .into_iter()
+            .find(|s| s.seq == at)
+            .ok_or(StoreError::Feed(FeedError::Malformed(
+                "compaction needs a snapshot held at its seq",
+            )))?;
+        snapshot.verify()?;
+        // Verify, then delete: the state kept must be the one the origin signed.
+        self.check_snapshot_here(&snapshot)?;
+        let replay = self.replay(origin, at)?;
+        let keep: HashSet<u64> = replay.state.items().map(|(_, i)| i.seq).collect();
+        let mut dropped = Vec::new();
+        let mut bytes = 0u64;
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT key, length(bytes) FROM entries WHERE key > ?1 AND key <= ?2")
+                .ctx("reading entries")?;
+            let mut rows = stmt
+                .query((entry_key(row, 0), entry_key(row, at.0)))
+                .ctx("reading entries")?;
+            while let Some(r) = rows.next().ctx("reading entries")? {
+                let key: i64 = r.get(0).ctx("reading entries")?;
+                if !keep.contains(&((key & ((1 << SEQ_BITS) - 1)) as u64)) {
+                    dropped.push(key);
+                    bytes += r.get::<_, i64>(1).ctx("reading entries")? as u64;
+                }
+            }
+        }
+        {
+            let mut delete = self
+                .conn
+                .prepare("DELETE FROM entries WHERE key = ?1")
+                .ctx("compacting entries")?;
+            for key in &dropped {
+                delete.execute([key]).ctx("compacting entries")?;
+            }
+        }
+        for (table, what) in [
+            ("checkpoints", "dropping checkpoints"),
+            ("snapshots", "dropping snapshots"),
+            ("snapshot_holders", "dropping snapshot holders"),
+        ] {
+            self.conn
+                .execute(
+                    &format!("DELETE FROM {table} WHERE origin = ?1 AND seq < ?2"),
+                    (row, at.0 as i64),
+                )
+                .ctx(what)?;
+        }
+        self.conn
+            .execute(
+                "UPDATE origins SET base_seq = ?2, base_hash = ?3, bytes = max(bytes - ?4, 0) WHERE id = ?1",
+                (row, at.0 as i64, &snapshot.head_hash.0[..], bytes as i64),
+            )
+            .ctx("moving the base")?;
+        tx.commit().ctx("committing a compaction")?;
+        Ok(Compacted {
+            base: at.0,
+            entries: dropped.len() as u64,
+            bytes,
+        })
+    }
+
+    /// Applies a retention policy to `origin`: compacts it at the oldest snapshot the policy
+    /// keeps (which drops the snapshots below), then removes the other snapshots it does not
+    /// keep, and gives the space back when entries were dropped. Returns the snapshots removed
+    /// and what the compaction did.
+    pub fn apply_retention(
+        &mut self,
+        origin: NodeId,
+        policy: crate::retention::Policy,
+    ) -> Result<(usize, Compacted), StoreError> {
+        let snapshots = self.snapshots(origin)?;
+        let before = snapshots.len();
+        let times: Vec<u64> = snapshots.iter().map(|s| s.ts).collect();
+        let keep = crate::retention::keep(&times, policy);
+        let compacted = match (0..snapshots.len()).find(|i| keep.contains(i)) {
+            Some(oldest) => self.compact(origin, snapshots[oldest].seq)?,
+            None => Compacted::default(),
+        };
+        self.prune_snapshots(origin, policy)?;
+        if compacted.entries > 0 {
+            let (from, to) = self.reclaim_space()?;
+            tracing::info!(
+                base = compacted.base,
+                entries = compacted.entries,
+                bytes = compacted.bytes,
+                file_before = from,
+                file_after = to,
+                "compacted the entries below the oldest kept snapshot"
+            );
+        }
+        Ok((before - self.snapshots(origin)?.len(), compacted))
+    }
+
+    /// Gives the free pages of the database back to the file system. The first call on a
+    /// store created without incremental vacuum converts it (a full `VACUUM`, which rewrites
+    /// the file once); later calls only truncate. Returns the file size before and after.
+    pub fn reclaim_space(&mut self) -> Result<(u64, u64), StoreError> {
+        let size = |s: &Store| -> Result<u64, StoreError> {
+            let pages: i64 = s
+                .conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .ctx("reading the page count")?;
+            let page: i64 = s
+                .conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .ctx("reading the page size")?;
+            Ok((pages * page) as u64)
+        };
+        let before = size(self)?;
+        let mode: i64 = self
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .ctx("reading auto_vacuum")?;
+        if mode != 2 {
+            self.conn
+                .execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+                .ctx("converting to incremental vacuum")?;
+        } else {
+            // Each step of the pragma frees one page: step it to the end.
+            let mut stmt = self
+                .conn
+                .prepare("PRAGMA incremental_vacuum")
+                .ctx("reclaiming free pages")?;
+            let mut rows = stmt.query([]).ctx("reclaiming free pages")?;
+            while rows.next().ctx("reclaiming free pages")?.is_some() {}
+        }
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .ctx("checkpointing the log")?;
+        Ok((before, size(self)?))
+    }
+
+    /// Starts (or moves) `origin` at a base: the snapshot and the entries that hold its state,
+    /// checked against it here (the snapshot's signature, then the state root of the entries).
+    /// An origin held up to the snapshot's seq or beyond must have the same entry there, and
+    /// is left as it is; one held below it is replaced by the base (its entries, state and
+    /// checkpoints go). Returns whether the base was installed.
+    pub fn install_base(
+        &mut self,
+        snapshot: &Snapshot,
+        entries: &[(Vec<u8>, EntryHash)],
+    ) -> Result<bool, StoreError> {
+        snapshot.verify()?;
+        let origin = snapshot.origin;
+        let mismatch = |what: &'static str| StoreError::SnapshotMismatch {
+            origin,
+            source: super::SnapshotMismatch::State {
+                seq: snapshot.seq.0,
+                what,
+            },
+        };
+        let mut fold = StateFold::new();
+        let mut last = 0u64;
+        for (bytes, hash) in entries {
+            if EntryHash::of(bytes) != *hash {
+                return Err(StoreError::Feed(FeedError::Malformed(
+                    "a base entry does not match its hash",
+                )));
+            }
+            let entry = feed::decode_entry(bytes)?;
+            if entry.seq.0 <= last || entry.seq > snapshot.seq {
+                return Err(StoreError::Feed(FeedError::Malformed(
+                    "base entries are not in increasing seq order at or below the snapshot",
+                )));
+            }
+            last = entry.seq.0;
+            fold.apply(entry.seq.0, &entry);
+        }
+        // Every entry given must be part of the state: nothing superseded rides along.
+        if fold.items().count() != entries.len() {
+            return Err(mismatch("entries that are not part of its state"));
+        }
+        let state = fold.summary()?;
+        if state.root != snapshot.state_root {
+            return Err(mismatch("a state root"));
+        }
+        if (state.objects, state.bytes) != (snapshot.objects, snapshot.bytes) {
+            return Err(mismatch("an object count"));
+        }
+
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .ctx("starting a base install")?;
+        if let Some(head) = self.head(origin)?
+            && head.seq >= snapshot.seq
+        {
+            let ours = match self.base(origin)? {
+                Some(b) if b.seq == snapshot.seq => Some(b.hash),
+                _ => self.entry_hash(origin, snapshot.seq)?,
+            };
+            return match ours {
+                Some(h) if h == snapshot.head_hash => Ok(false),
+                Some(_) => Err(StoreError::SnapshotMismatch {
+                    origin,
+                    source: super::SnapshotMismatch::OtherChain {
+                        seq: snapshot.seq.0,
+                    },
+                }),
+                // Held beyond, compacted past it: the base adds nothing.
+                None => Ok(false),
+            };
+        }
+        let frozen: bool = self
+            .conn
+            .query_row(
+                "SELECT frozen_at IS NOT NULL FROM origins WHERE node_id = ?1",
+                [origin.as_bytes().as_slice()],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading an origin")?
+            .unwrap_or(false);
+        if frozen {
+            return Err(StoreError::Frozen { origin });
+        }
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO origins (node_id) VALUES (?1)",
+                [origin.as_bytes().as_slice()],
+            )
+            .ctx("registering an origin")?;
+        let row = self.origin_row_id(origin)?.expect("just registered");
+        for table in ["objects", "tombstones", "checkpoints", "snapshots"] {
+            self.conn
+                .execute(&format!("DELETE FROM {table} WHERE origin = ?1"), [row])
+                .ctx("clearing an origin below the base")?;
+        }
+        self.conn
+            .execute(
+                "DELETE FROM entries WHERE key > ?1 AND key <= ?2",
+                (entry_key(row, 0), entry_key(row, feed::MAX_SEQ)),
+            )
+            .ctx("clearing an origin below the base")?;
+        let mut total = 0u64;
+        {
+            let mut insert = self
+                .conn
+                .prepare("INSERT INTO entries (key, hash, bytes) VALUES (?1, ?2, ?3)")
+                .ctx("inserting base entries")?;
+            for (bytes, hash) in entries {
+                let entry = feed::decode_entry(bytes)?;
+                insert
+                    .execute((entry_key(row, entry.seq.0), &hash.0[..], bytes))
+                    .ctx("inserting base entries")?;
+                apply_to_objects(
+                    &tx,
+                    row,
+                    entry.seq,
+                    entry.op,
+                    entry.path,
+                    !entry.body.is_empty(),
+                )
+                .ctx("updating the object state")?;
+                total += bytes.len() as u64;
+            }
+        }
+        self.conn
+            .execute(
+                "UPDATE origins SET head_seq = ?2, head_hash = ?3, base_seq = ?2, base_hash = ?3, bytes = ?4 WHERE id = ?1",
+                (
+                    row,
+                    snapshot.seq.0 as i64,
+                    &snapshot.head_hash.0[..],
+                    total as i64,
+                ),
+            )
+            .ctx("setting the base")?;
+        super::snapshots::insert(&tx, snapshot)?;
+        tx.commit().ctx("committing a base install")?;
+        Ok(true)
+    }
+
+    /// The base of `origin` as a transferable whole: its snapshot and the entries that hold
+    /// its state, in seq order. `None` when the origin has no base and no snapshot; without a
+    /// base, the latest snapshot's state is read from the full feed.
+    pub fn base_parts(
+        &self,
+        origin: NodeId    ) -> Result<Option<BaseParts>, StoreError> {
+        let _view = self
+            .conn
+            .unchecked_transaction()
+            .ctx("starting a base read")?;
+        let snapshots = self.snapshots(origin)?;
+        let snapshot = match self.base(origin)? {
+            Some(base) => snapshots.into_iter().find(|s| s.seq == base.seq),
+            None => snapshots.into_iter().last(),
+        };
+        let Some(snapshot) = snapshot else {
+            return Ok(None);
+        };
+        let replay = self.replay(origin, snapshot.seq)?;
+        let row = self.origin_row_id(origin)?.expect("the origin is held");
+        let mut seqs: Vec<u64> = replay.state.items().map(|(_, i)| i.seq).collect();
+        seqs.sort_unstable();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT hash, bytes FROM entries WHERE key = ?1")
+            .ctx("reading base entries")?;
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let (hash, bytes): (Vec<u8>, Vec<u8>) = stmt
+                .query_row([entry_key(row, seq)], |r| Ok((r.get(0)?, r.get(1)?)))
+                .ctx("reading base entries")?;
+            out.push((bytes, hash_from(hash)?));
+        }
+        Ok(Some((snapshot, out)))
+    }
+}
