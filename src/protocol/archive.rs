@@ -2,23 +2,31 @@
 //! node, verifiable with nothing but the origin's key (`tandem export --archive`,
 //! `tandem import`).
 //!
-//! # Format, version 1
+//! # Format, version 2
 //!
 //! The file is one zstd frame. Decompressed, it is a header and a run of sections:
 //!
 //! ```text
-//! archive = "TNDA" version:u8=1 origin:32 section* end
+//! archive = "TNDA" version:u8=2 origin:32 section* end
 //! section = kind:u8 len:u32 payload{len}
 //!   kind 1: a snapshot of the origin (the 192-byte stored form, see crate::feed::Snapshot)
 //!   kind 2: a page of entries (crate::protocol::wire's page format: checkpoint, entries)
+//!   kind 3: entries of the base (count:u32, then len:u32 and the entry, count times)
 //! end     = kind:u8=0 digest:32      BLAKE3 of every byte before it
 //! ```
 //!
-//! Snapshots come first, then pages in seq order from seq 1, each ending at a checkpoint of the
-//! origin. Integers are big-endian. The final digest only catches damage early (a truncated or
-//! corrupted file); trust comes from the signatures: every page is a chain link of the origin's
-//! feed covered by its checkpoint, every snapshot is signed by the origin and checked against
-//! the state the entries give.
+//! Snapshots come first, in seq order. When base sections follow, the first snapshot is the
+//! base: the base sections hold, in seq order, exactly the entries that give the state at its
+//! seq (one live object or tombstone each), and the pages after them continue the feed from
+//! the entry after the snapshot. Without base sections, the pages start at seq 1. Each page
+//! ends at a checkpoint of the origin. Integers are big-endian. Version 1 files (no base) are
+//! still read.
+//!
+//! The final digest only catches damage early (a truncated or corrupted file); trust comes from
+//! the signatures: the base's entries must give the state root its snapshot signs, every page
+//! is a chain link of the origin's feed covered by its checkpoint (the first one linking to the
+//! base snapshot's head hash), every snapshot is signed by the origin and checked against the
+//! state the entries give.
 
 use std::io::{Read, Write};
 
@@ -29,7 +37,7 @@ use crate::protocol::wire::{self, MAX_PAGE, WireError};
 /// Magic bytes that open an archive.
 pub const MAGIC: &[u8; 4] = b"TNDA";
 /// The format version written.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// One section of an archive.
 #[derive(Debug)]
@@ -38,6 +46,8 @@ pub enum Section {
     Snapshot(Snapshot),
     /// A page of entries ending at a checkpoint.
     Page(Checkpoint, Vec<Vec<u8>>),
+    /// Entries of the base.
+    Base(Vec<Vec<u8>>),
 }
 
 /// Errors reading or writing an archive.
@@ -99,6 +109,16 @@ impl<W: Write> ArchiveWriter<W> {
         self.section(2, &wire::encode_page(checkpoint, entries))
     }
 
+    /// Adds entries of the base (after the snapshots, before the pages).
+    pub fn base<'a>(
+        &mut self,
+        entries: impl ExactSizeIterator<Item = &'a [u8]>,
+    ) -> Result<(), ArchiveError> {
+        let mut payload = Vec::new();
+        wire::encode_entry_list(&mut payload, entries);
+        self.section(3, &payload)
+    }
+
     /// Writes the end mark and returns the underlying writer, flushed.
     pub fn finish(mut self) -> Result<W, ArchiveError> {
         let digest = *self.digest.finalize().as_bytes();
@@ -129,7 +149,7 @@ impl<R: Read> ArchiveReader<R> {
         if &header[..4] != MAGIC {
             return Err(ArchiveError::Malformed("does not start with TNDA".into()));
         }
-        if header[4] != VERSION {
+        if header[4] != VERSION && header[4] != 1 {
             return Err(ArchiveError::Malformed(format!(
                 "format version {} (this tandem reads {VERSION})",
                 header[4]
@@ -207,6 +227,10 @@ impl<R: Read> ArchiveReader<R> {
                 let (checkpoint, entries) = wire::decode_page(&payload)?;
                 Ok(Some(Section::Page(checkpoint, entries)))
             }
+            3 => Ok(Some(Section::Base(wire::decode_entry_list(
+                "base section",
+                &payload,
+            )?))),
             k => Err(ArchiveError::Malformed(format!("unknown section kind {k}"))),
         }
     }

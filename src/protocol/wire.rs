@@ -17,6 +17,20 @@
 //! (`Content-Encoding: zstd`) when the receiver asked for it (`Accept-Encoding: zstd`) or, for
 //! a push, when the sender chose to; decompression is bounded by [`MAX_PAGE`].
 //!
+//! # Page of a base
+//!
+//! A node that cannot serve the entries a puller asks for (they were compacted into a
+//! snapshot) serves the base instead: the snapshot and the entries that hold its state, in
+//! pages of at most [`PAGE_BYTES`] of entries, in seq order:
+//!
+//! ```text
+//! base  = "TNDB" version:u8=1 snapshot:192 more:u8 count:u32 entry{count}
+//! ```
+//!
+//! `more` is 1 when entries with a higher seq follow (ask again with `after` = the last seq).
+//! The receiver gathers every page, then checks the entries against the snapshot's state root
+//! before it keeps anything.
+//!
 //! # JSON documents
 //!
 //! Hashes are 64 lowercase hex digits, signatures the standard padded base64 of 64 bytes, node
@@ -82,11 +96,7 @@ pub fn encode_page<'a>(
     out.extend_from_slice(PAGE_MAGIC);
     out.push(PAGE_VERSION);
     out.extend_from_slice(&checkpoint.to_bytes());
-    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
-    for e in entries {
-        out.extend_from_slice(&(e.len() as u32).to_be_bytes());
-        out.extend_from_slice(e);
-    }
+    encode_entry_list(&mut out, entries);
     out
 }
 
@@ -109,22 +119,85 @@ pub fn decode_page(mut bytes: &[u8]) -> Result<(Checkpoint, Vec<Vec<u8>>), WireE
     }
     let checkpoint = Checkpoint::from_bytes(take(CHECKPOINT_LEN, "the checkpoint")?)
         .map_err(|e| malformed("page", e.to_string()))?;
+    Ok((checkpoint, decode_entry_list("page", bytes)?))
+}
+
+/// Magic bytes that open a base page.
+pub const BASE_MAGIC: &[u8; 4] = b"TNDB";
+
+/// Encodes a page of a base.
+pub fn encode_base_page<'a>(
+    snapshot: &Snapshot,
+    more: bool,
+    entries: impl ExactSizeIterator<Item = &'a [u8]>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(202 + entries.len() * 310);
+    out.extend_from_slice(BASE_MAGIC);
+    out.push(PAGE_VERSION);
+    out.extend_from_slice(&snapshot.to_bytes());
+    out.push(more as u8);
+    encode_entry_list(&mut out, entries);
+    out
+}
+
+/// Decodes a page of a base: the snapshot, whether more follow, and the entries.
+pub fn decode_base_page(bytes: &[u8]) -> Result<(Snapshot, bool, Vec<Vec<u8>>), WireError> {
+    let head = 4 + 1 + crate::feed::SNAPSHOT_LEN + 1;
+    if bytes.len() < head {
+        return Err(malformed("base page", "truncated"));
+    }
+    if &bytes[..4] != BASE_MAGIC || bytes[4] != PAGE_VERSION {
+        return Err(malformed("base page", "does not start with TNDB version 1"));
+    }
+    let snapshot = Snapshot::from_bytes(&bytes[5..head - 1])
+        .map_err(|e| malformed("base page", e.to_string()))?;
+    let more = match bytes[head - 1] {
+        0 => false,
+        1 => true,
+        b => return Err(malformed("base page", format!("more flag {b}"))),
+    };
+    Ok((
+        snapshot,
+        more,
+        decode_entry_list("base page", &bytes[head..])?,
+    ))
+}
+
+/// Appends `count:u32 (len:u32 bytes)*`.
+pub fn encode_entry_list<'a>(out: &mut Vec<u8>, entries: impl ExactSizeIterator<Item = &'a [u8]>) {
+    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for e in entries {
+        out.extend_from_slice(&(e.len() as u32).to_be_bytes());
+        out.extend_from_slice(e);
+    }
+}
+
+/// Reads `count:u32 (len:u32 bytes)*`, which must fill `bytes` exactly.
+pub fn decode_entry_list(what: &'static str, mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, WireError> {
+    let mut take = |n: usize, part: &str| -> Result<&[u8], WireError> {
+        if bytes.len() < n {
+            return Err(malformed(what, format!("truncated in {part}")));
+        }
+        let (head, rest) = bytes.split_at(n);
+        bytes = rest;
+        Ok(head)
+    };
     let count = u32::from_be_bytes(take(4, "the count")?.try_into().unwrap()) as usize;
     let mut entries = Vec::with_capacity(count.min(1 << 16));
     for _ in 0..count {
         let len = u32::from_be_bytes(take(4, "an entry length")?.try_into().unwrap()) as usize;
         if len > MAX_ENTRY_LEN {
-            return Err(malformed("page", format!("entry of {len} bytes")));
+            return Err(malformed(what, format!("entry of {len} bytes")));
         }
         entries.push(take(len, "an entry")?.to_vec());
     }
     if !bytes.is_empty() {
         return Err(malformed(
-            "page",
+            what,
             format!("{} bytes after the last entry", bytes.len()),
         ));
     }
-    Ok((checkpoint, entries))
+    Ok(entries)
 }
 
 /// Compresses a body with zstd (level 1: fast, and entries compress well even so).

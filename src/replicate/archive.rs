@@ -45,14 +45,15 @@ pub const MAX_SNAPSHOTS: usize = 100_000;
 pub struct ArchiveSummary {
     /// Its origin.
     pub origin: NodeId,
-    /// Entries (from seq 1).
+    /// The last seq it holds.
     pub entries: u64,
     /// Snapshots (each checked against the state the entries give).
     pub snapshots: u64,
 }
 
-/// Writes `origin`'s whole feed (every entry, in pages ending at its checkpoints) and its
-/// snapshots to `out`.
+/// Writes `origin` to `out`: its oldest snapshot held, the entries that give the state there,
+/// the feed after it (in pages ending at its checkpoints) and the later snapshots. Without a
+/// snapshot, the whole feed from seq 1.
 pub fn write_archive(
     store: &Store,
     origin: NodeId,
@@ -64,6 +65,22 @@ pub fn write_archive(
         w.snapshot(s)?;
     }
     let mut after = Seq(0);
+    if let Some((base, entries)) = store.base_parts(origin, false)? {
+        debug_assert_eq!(Some(&base), snapshots.first());
+        let mut from = 0;
+        while from < entries.len() {
+            // Sections of at most one page's bytes.
+            let mut to = from;
+            let mut size = 0;
+            while to < entries.len() && (to == from || size + entries[to].0.len() <= PAGE_BYTES) {
+                size += entries[to].0.len();
+                to += 1;
+            }
+            w.base(entries[from..to].iter().map(|(b, _)| b.as_slice()))?;
+            from = to;
+        }
+        after = base.seq;
+    }
     while let Some((entries, checkpoint)) =
         store.entries_page(origin, after, usize::MAX, PAGE_BYTES)?
     {
@@ -107,10 +124,60 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
     let mut state = StateFold::new();
     let mut head = (0u64, EntryHash::genesis(&origin));
     let mut next_snapshot = 0;
+    // Base entries read so far (count, last seq), until the base is settled.
+    let mut base: Option<(usize, u64)> = None;
+    let mut settled = false;
+    // Once the base sections end: their state must be the first snapshot's, and the feed
+    // goes on from its head.
+    let settle = |base: Option<(usize, u64)>,
+                  state: &StateFold,
+                  snapshots: &[Snapshot]|
+     -> Result<Option<(u64, EntryHash)>, ImportError> {
+        let Some((count, _)) = base else {
+            return Ok(None);
+        };
+        let s = &snapshots[0];
+        if state.items().count() != count {
+            return Err(invalid(format!(
+                "the base of snapshot {} holds entries that are not part of its state",
+                s.id()
+            )));
+        }
+        check_snapshot(s, s.head_hash, state).map_err(invalid)?;
+        Ok(Some((s.seq.0, s.head_hash)))
+    };
     while let Some(section) = r.next_section()? {
+        if !settled && !matches!(section, Section::Snapshot(_) | Section::Base(_)) {
+            settled = true;
+            if let Some(h) = settle(base, &state, &snapshots)? {
+                head = h;
+                next_snapshot = 1;
+            }
+        }
         match section {
+            Section::Base(entries) => {
+                let Some(s) = snapshots.first() else {
+                    return Err(invalid("base entries without a snapshot".into()));
+                };
+                let (mut count, mut last) = base.unwrap_or((0, 0));
+                for bytes in &entries {
+                    let entry = crate::feed::decode_entry(bytes)
+                        .map_err(|e| invalid(format!("a base entry: {e}")))?;
+                    if entry.seq.0 <= last || entry.seq > s.seq {
+                        return Err(invalid(format!(
+                            "base entry at seq {} out of order or beyond snapshot {}",
+                            entry.seq,
+                            s.id()
+                        )));
+                    }
+                    state.apply(entry.seq.0, &entry);
+                    last = entry.seq.0;
+                    count += 1;
+                }
+                base = Some((count, last));
+            }
             Section::Snapshot(s) => {
-                if head.0 > 0 {
+                if head.0 > 0 || base.is_some() {
                     return Err(invalid("a snapshot after the first page".into()));
                 }
                 if s.origin != origin {
@@ -150,6 +217,10 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
                 }
             }
         }
+    }
+    if !settled && let Some(h) = settle(base, &state, &snapshots)? {
+        head = h;
+        next_snapshot = 1;
     }
     if let Some(s) = snapshots.get(next_snapshot) {
         return Err(invalid(format!(
@@ -198,11 +269,33 @@ fn load_archive_from(
 ) -> Result<ArchiveSummary, ImportError> {
     let mut r = ArchiveReader::new(&*file)?;
     let origin = r.origin();
-    let mut snapshots = Vec::new();
+    let mut snapshots: Vec<Snapshot> = Vec::new();
     let mut entries = 0;
+    let mut base: Option<Vec<(Vec<u8>, EntryHash)>> = None;
+    let install = |base: &mut Option<Vec<(Vec<u8>, EntryHash)>>,
+                   snapshots: &[Snapshot],
+                   store: &mut Store|
+     -> Result<u64, ImportError> {
+        let Some(parts) = base.take() else {
+            return Ok(0);
+        };
+        store
+            .install_base(&snapshots[0], &parts)
+            .map_err(|source| ImportError::Stopped { entries: 0, source })?;
+        Ok(snapshots[0].seq.0)
+    };
     while let Some(section) = r.next_section()? {
+        if !matches!(section, Section::Snapshot(_) | Section::Base(_)) && base.is_some() {
+            entries = install(&mut base, &snapshots, store)?;
+        }
         match section {
             Section::Snapshot(s) => snapshots.push(s),
+            Section::Base(page) => base
+                .get_or_insert_with(Vec::new)
+                .extend(page.into_iter().map(|b| {
+                    let h = EntryHash::of(&b);
+                    (b, h)
+                })),
             Section::Page(checkpoint, page) => {
                 let batch =
                     verify_batch(origin, page, checkpoint).map_err(|e| ImportError::Invalid {
@@ -214,6 +307,9 @@ fn load_archive_from(
                 entries = batch.checkpoint().seq.0;
             }
         }
+    }
+    if base.is_some() {
+        entries = install(&mut base, &snapshots, store)?;
     }
     for s in &snapshots {
         store
@@ -337,5 +433,68 @@ mod tests {
         w.finish().unwrap();
         let e = verify_archive(&file).unwrap_err();
         assert!(e.to_string().contains("another state"), "{e}");
+    }
+
+    #[test]
+    fn an_archive_is_the_oldest_snapshot_its_state_and_the_tail() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let key = NodeKey::from_seed([53; 32]);
+        let mut store = store_with_feed(a.path(), &key);
+        let first = store.snapshots(key.id()).unwrap()[0];
+        let done = store.compact(key.id(), first.seq).unwrap();
+        assert!(done.entries > 0);
+        let file = a.path().join("feed.tandem");
+        let written =
+            write_archive(&store, key.id(), std::fs::File::create(&file).unwrap()).unwrap();
+        assert_eq!((written.entries, written.snapshots), (3000, 3));
+        let mut other = Store::open_writer(b.path(), NodeKey::from_seed([54; 32]).id()).unwrap();
+        assert_eq!(import_archive(&file, &mut other).unwrap(), written);
+        assert_eq!(other.base(key.id()).unwrap(), Some(first.head()));
+        for s in store.snapshots(key.id()).unwrap() {
+            assert_eq!(
+                other.state_for_restore(key.id(), s.seq).unwrap(),
+                store.state_for_restore(key.id(), s.seq).unwrap()
+            );
+        }
+        assert!(other.verify_origin(key.id()).unwrap().problems.is_empty());
+
+        // A base entry with one byte of its body changed is refused, digest or not.
+        let (snapshot, parts) = store.base_parts(key.id(), false).unwrap().unwrap();
+        let forged = a.path().join("forged.tandem");
+        let mut w = ArchiveWriter::new(std::fs::File::create(&forged).unwrap(), &key.id()).unwrap();
+        w.snapshot(&snapshot).unwrap();
+        let mut bytes: Vec<Vec<u8>> = parts.into_iter().map(|(b, _)| b).collect();
+        let n = bytes[0].len() - 3;
+        bytes[0][n] ^= 1;
+        w.base(bytes.iter().map(Vec::as_slice)).unwrap();
+        w.finish().unwrap();
+        let e = verify_archive(&forged).unwrap_err();
+        assert!(e.to_string().contains("another state"), "{e}");
+        // So is a base that smuggles in an entry its state does not hold.
+        let extra = a.path().join("extra.tandem");
+        let mut w = ArchiveWriter::new(std::fs::File::create(&extra).unwrap(), &key.id()).unwrap();
+        w.snapshot(&snapshot).unwrap();
+        bytes[0][n] ^= 1;
+        let superseded = crate::feed::encode_entry(
+            Seq(snapshot.seq.0 - 1),
+            EntryHash([0; 32]),
+            1,
+            Op::Put,
+            "/buckets/b/collections/c/records/r0",
+            b"{}",
+        )
+        .unwrap();
+        let mut with_extra: Vec<Vec<u8>> = bytes.clone();
+        with_extra.retain(|e| crate::feed::decode_entry(e).unwrap().seq.0 < snapshot.seq.0 - 1);
+        with_extra.push(superseded);
+        with_extra.extend(
+            bytes
+                .iter()
+                .filter(|e| crate::feed::decode_entry(e).unwrap().seq.0 >= snapshot.seq.0 - 1)
+                .cloned(),
+        );
+        w.base(with_extra.iter().map(Vec::as_slice)).unwrap();
+        w.finish().unwrap();
+        assert!(verify_archive(&extra).is_err());
     }
 }

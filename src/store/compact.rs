@@ -363,20 +363,23 @@ impl Store {
         Ok(true)
     }
 
-    /// The base of `origin` as a transferable whole: its snapshot and the entries that hold
-    /// its state, in seq order. `None` when the origin has no base and no snapshot; without a
-    /// base, the latest snapshot's state is read from the full feed.
+    /// A snapshot of `origin` with the entries that hold its state, in seq order: a base
+    /// another node can start from. The latest snapshot held, or the oldest one (the
+    /// compacted base, if any) when `latest` is false. `None` when no snapshot is held.
     pub fn base_parts(
         &self,
-        origin: NodeId    ) -> Result<Option<BaseParts>, StoreError> {
+        origin: NodeId,
+        latest: bool,
+    ) -> Result<Option<BaseParts>, StoreError> {
         let _view = self
             .conn
             .unchecked_transaction()
             .ctx("starting a base read")?;
         let snapshots = self.snapshots(origin)?;
-        let snapshot = match self.base(origin)? {
-            Some(base) => snapshots.into_iter().find(|s| s.seq == base.seq),
-            None => snapshots.into_iter().last(),
+        let snapshot = if latest {
+            snapshots.into_iter().last()
+        } else {
+            snapshots.into_iter().next()
         };
         let Some(snapshot) = snapshot else {
             return Ok(None);
