@@ -356,6 +356,39 @@ impl PeerClient {
         }))
     }
 
+    /// `GET /v1/origins/{id}/base`: one page of the base at the snapshot at `seq` (the
+    /// peer's latest when `None`), entries after `after`. Returns `(snapshot, more, entries)`,
+    /// nothing verified yet.
+    pub async fn base_page(
+        &self,
+        origin: NodeId,
+        seq: Option<Seq>,
+        after: u64,
+    ) -> Result<(Snapshot, bool, Vec<Vec<u8>>), PeerError> {
+        let path = format!("v1/origins/{origin}/base");
+        let query = match seq {
+            Some(seq) => format!("after={after}&seq={}", seq.0),
+            None => format!("after={after}"),
+        };
+        let response = self
+            .send(
+                reqwest::Method::GET,
+                &path,
+                Some(&query),
+                Vec::new(),
+                &[(ACCEPT_ENCODING, "zstd")],
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        let body = self.read_capped(response, wire::MAX_PAGE).await?;
+        let invalid = |source| PeerError::Invalid {
+            peer: self.name.clone(),
+            source,
+        };
+        let raw = wire::decompress(&body).map_err(invalid)?;
+        wire::decode_base_page(&raw).map_err(invalid)
+    }
+
     /// `POST /v1/origins/{id}/entries`: pushes a page (already encoded) and returns the
     /// receipt the peer signed, checked: signed by the peer, for this origin, at the page's
     /// checkpoint or beyond. Also returns the bytes sent (the compressed body).

@@ -935,3 +935,61 @@ async fn a_store_restored_from_an_old_backup_catches_up_before_appending() {
     home.stop().await;
     community.stop().await;
 }
+
+/// Home keeps one snapshot and compacts the entries below it. A new holder cannot get those
+/// entries from home any more: it starts from home's snapshot (its state, checked against the
+/// signed root), then tails the feed, and ends with home's exact state; both verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_holder_starts_from_a_compacted_origins_snapshot() {
+    let (mut home, mut laptop) = (TestNode::new("home"), TestNode::new("laptop"));
+    let h = home.id.to_string();
+    home.configure(
+        "",
+        &format!(
+            "[snapshots]\n{NEVER}\nkeep_last = 1\n{}",
+            TestNode::peer_entry(&laptop, &format!("serve = [\"self\"]\n{NEVER}"))
+        ),
+    );
+    laptop.configure(
+        "",
+        &TestNode::peer_entry(&home, &format!("pull = [\"{h}\"]\n{NEVER}")),
+    );
+    home.init();
+    laptop.init();
+    home.append(2000, "a");
+    common::tandem(&home.config_path(), &["snapshot", "create"], 0);
+    // Rewrite the first 1,000 objects: their first versions are no longer state.
+    home.append(1000, "a");
+    let out = common::tandem(&home.config_path(), &["snapshot", "create"], 0);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("1000 entries") && said.contains("below seq 3000"),
+        "{said}"
+    );
+    home.append(500, "b");
+    assert_eq!(home.store().base(home.id).unwrap().unwrap().seq.0, 3000);
+    common::tandem(&home.config_path(), &["verify"], 0);
+
+    home.start().await;
+    let out = common::tandem(&laptop.config_path(), &["sync"], 0);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("started from its snapshot at seq 3000")
+            && said.contains("500 entries pulled"),
+        "{said}"
+    );
+    assert_eq!(laptop.head(home.id), 3500);
+    laptop.start().await;
+    assert_eq!(export(&laptop, &h), export(&home, "self"));
+    let store = laptop.store();
+    assert_eq!(
+        store.base(home.id).unwrap(),
+        home.store().base(home.id).unwrap()
+    );
+    assert_eq!(store.snapshots(home.id).unwrap().len(), 1);
+    drop(store);
+    let out = common::tandem(&laptop.config_path(), &["verify"], 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&h));
+    laptop.stop().await;
+    home.stop().await;
+}

@@ -91,6 +91,7 @@ pub fn router(state: Arc<PeerState>) -> Router {
         .route("/v1/origins", get(origins))
         .route("/v1/origins/{id}", get(origin))
         .route("/v1/origins/{id}/entries", get(entries).post(push))
+        .route("/v1/origins/{id}/base", get(base))
         .route(
             "/v1/origins/{id}/snapshots",
             get(snapshots).post(push_snapshot),
@@ -250,10 +251,81 @@ async fn read_store<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&reader.lock().unwrap_or_else(|e| e.into_inner())))
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| {
-            tracing::error!(error = %e, "peer api: store read failed");
-            error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+        .map_err(|e| match e {
+            // The puller can start from the base instead (GET …/base).
+            e @ crate::store::StoreError::Compacted { .. } => {
+                error(StatusCode::GONE, e.to_string())
+            }
+            e => {
+                tracing::error!(error = %e, "peer api: store read failed");
+                error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+            }
         })
+}
+
+#[derive(serde::Deserialize)]
+struct BaseQuery {
+    #[serde(default)]
+    after: u64,
+    seq: Option<u64>,
+}
+
+/// `GET /v1/origins/{id}/base?after=&seq=`: a page of the base at the snapshot at `seq` (the
+/// latest held when absent): see [`wire::encode_base_page`].
+async fn base(
+    State(state): State<Arc<PeerState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<BaseQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(origin) = id.parse::<NodeId>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
+    };
+    let query = match query {
+        Ok(q) => q.0,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if !may_read(&state, &caller.0, origin) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("peer {} may not read origin {origin}", caller.0.name),
+        );
+    }
+    let page = read_store(&state, move |s| {
+        s.base_page(origin, query.seq.map(Seq), query.after, wire::PAGE_BYTES)
+    })
+    .await;
+    match page {
+        Err(response) => response,
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no such snapshot of origin {origin} is held here"),
+        ),
+        Ok(Some((snapshot, more, entries))) => {
+            let body = tokio::task::spawn_blocking(move || {
+                wire::compress(&wire::encode_base_page(
+                    &snapshot,
+                    more,
+                    entries.iter().map(Vec::as_slice),
+                ))
+            })
+            .await;
+            let Ok(body) = body else {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "encoding a page failed");
+            };
+            let mut response = Response::new(Body::from(body));
+            let h = response.headers_mut();
+            h.insert(
+                axum::http::header::CONTENT_ENCODING,
+                axum::http::HeaderValue::from_static("zstd"),
+            );
+            h.insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static(wire::BASE_TYPE),
+            );
+            response
+        }
+    }
 }
 
 async fn origins(

@@ -58,9 +58,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             .unwrap_or_else(|| "nothing pushed".into());
         let pulled = p
             .pull
-            .map(|r| {
+                        .map(|r| {
+                let base = if r.base > 0 {
+                    format!("started from its snapshot at seq {} (it compacted the entries before), then ", r.base)
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{} entries pulled ({} bytes received)",
+                    "{base}{} entries pulled ({} bytes received)",
                     r.accepted, r.wire_bytes
                 )
             })

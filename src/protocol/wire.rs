@@ -124,6 +124,8 @@ pub fn decode_page(mut bytes: &[u8]) -> Result<(Checkpoint, Vec<Vec<u8>>), WireE
 
 /// Magic bytes that open a base page.
 pub const BASE_MAGIC: &[u8; 4] = b"TNDB";
+/// Media type of a base page (always sent zstd-compressed).
+pub const BASE_TYPE: &str = "application/vnd.tandem.base";
 
 /// Encodes a page of a base.
 pub fn encode_base_page<'a>(

@@ -103,6 +103,10 @@ pub struct PullReport {
     /// Snapshots received and kept.
     #[serde(default)]
     pub snapshots: u64,
+    /// When the peer had compacted away the entries this node lacked: the seq of the
+    /// snapshot this node started the origin from instead (0 when it did not).
+    #[serde(default)]
+    pub base: u64,
 }
 
 /// This node's side of the relationship with one peer.
@@ -441,6 +445,7 @@ impl Federation {
                     total.pages += r.pages;
                     total.wire_bytes += r.wire_bytes;
                     total.snapshots += r.snapshots;
+                    total.base = total.base.max(r.base);
                 }
                 Err(e) => {
                     warn!(peer = %self.peer.name, %origin, error = %e, "pull failed");
@@ -471,7 +476,15 @@ impl Federation {
                 .map_or(0, |h| h.seq.0);
             // Only long-poll once caught up with what the peer said it holds.
             let wait = if head < claimed { Duration::ZERO } else { wait };
-            let Some(page) = self.client.page(origin, Seq(head), wait).await? else {
+            let page = match self.client.page(origin, Seq(head), wait).await {
+                // What we lack is compacted away there: start from its base instead.
+                Err(PeerError::Refused { status: 410, .. }) if report.base == 0 => {
+                    report.base = self.bootstrap(origin).await?;
+                    continue;
+                }
+                page => page?,
+            };
+            let Some(page) = page else {
                 if head < claimed {
                     warn!(peer = %self.peer.name, %origin, claimed, served = head, "peer withholds entries it claims to hold");
                     return Err(FederateError::Withholding {
@@ -525,6 +538,51 @@ impl Federation {
             info!(peer = %self.peer.name, %origin, accepted = report.accepted, "pull done");
         }
         Ok(report)
+    }
+
+    /// Fetches the peer's latest snapshot of `origin` with the entries of its state, checks
+    /// them against its root, and starts (or moves) the origin there. Returns the snapshot's
+    /// seq.
+    async fn bootstrap(&self, origin: NodeId) -> Result<u64, FederateError> {
+        let invalid = |source| FederateError::Invalid {
+            peer: self.peer.name.clone(),
+            origin,
+            source,
+        };
+        let (snapshot, mut more, mut entries) = self.client.base_page(origin, None, 0).await?;
+        if snapshot.origin != origin {
+            return Err(invalid(FeedError::Malformed("a base of another origin")));
+        }
+                while more {
+            let after = match entries.last() {
+                Some(e) => crate::feed::decode_entry(e).map_err(invalid)?.seq.0,
+                None => 0,
+            };
+            let (again, m, page) = self
+                .client
+                .base_page(origin, Some(snapshot.seq), after)
+                .await?;
+            if again != snapshot || page.is_empty() {
+                return Err(invalid(FeedError::Malformed(
+                    "the base changed or stopped while it was read",
+                )));
+            }
+            entries.extend(page);
+            more = m;
+        }
+        info!(peer = %self.peer.name, %origin, seq = %snapshot.seq, objects = entries.len(), "starting the origin from the peer's snapshot (it compacted the entries before it)");
+        let parts: Vec<(Vec<u8>, crate::feed::EntryHash)> = entries
+            .into_iter()
+            .map(|b| {
+                let h = crate::feed::EntryHash::of(&b);
+                (b, h)
+            })
+            .collect();
+        let seq = snapshot.seq.0;
+        self.with_store(move |s| s.install_base(&snapshot, &parts))
+            .await?;
+        self.changes.notify();
+        Ok(seq)
     }
 
     /// Asks the peer for this node's own feed and pulls whatever it holds beyond the local

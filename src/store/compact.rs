@@ -21,6 +21,9 @@ use crate::identity::NodeId;
 /// hold its state, in seq order.
 pub type BaseParts = (Snapshot, Vec<(Vec<u8>, EntryHash)>);
 
+/// One page of a base as served: the snapshot, whether more entries follow, the entries.
+pub type BasePage = (Snapshot, bool, Vec<Vec<u8>>);
+
 /// What a compaction did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Compacted {
@@ -361,6 +364,73 @@ impl Store {
         super::snapshots::insert(&tx, snapshot)?;
         tx.commit().ctx("committing a base install")?;
         Ok(true)
+    }
+
+    /// One page of a base for a peer: the snapshot at `at` (the latest held when `None`), and
+    /// the entries of its state with seq above `after`, in seq order, as many as fit `budget`
+    /// bytes (at least one). Returns `(snapshot, more, entries)`; `None` when no snapshot is
+    /// held (or none at `at`).
+    pub fn base_page(
+        &self,
+        origin: NodeId,
+        at: Option<Seq>,
+        after: u64,
+        budget: usize    ) -> Result<Option<BasePage>, StoreError> {
+        let _view = self
+            .conn
+            .unchecked_transaction()
+            .ctx("starting a base read")?;
+        let snapshots = self.snapshots(origin)?;
+        let snapshot = match at {
+            Some(seq) => snapshots.into_iter().find(|s| s.seq == seq),
+            None => snapshots.into_iter().last(),
+        };
+        let Some(snapshot) = snapshot else {
+            return Ok(None);
+        };
+        let row = self.origin_row_id(origin)?.expect("the origin is held");
+        let mut seqs: Vec<u64> = if self.base(origin)?.map(|b| b.seq) == Some(snapshot.seq) {
+            // At the compacted base, the entries held up to it are exactly its state.
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT key FROM entries WHERE key > ?1 AND key <= ?2")
+                .ctx("reading base entries")?;
+            let rows = stmt
+                .query_map(
+                    (entry_key(row, after), entry_key(row, snapshot.seq.0)),
+                    |r| r.get::<_, i64>(0),
+                )
+                .ctx("reading base entries")?;
+            rows.map(|k| k.map(|k| (k & ((1 << SEQ_BITS) - 1)) as u64))
+                .collect::<Result<_, _>>()
+                .ctx("reading base entries")?
+        } else {
+            self.replay(origin, snapshot.seq)?
+                .state
+                .items()
+                .map(|(_, i)| i.seq)
+                .filter(|s| *s > after)
+                .collect()
+        };
+        seqs.sort_unstable();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT bytes FROM entries WHERE key = ?1")
+            .ctx("reading base entries")?;
+        let mut out = Vec::new();
+        let mut size = 0;
+        for seq in &seqs {
+            let bytes: Vec<u8> = stmt
+                .query_row([entry_key(row, *seq)], |r| r.get(0))
+                .ctx("reading base entries")?;
+            if !out.is_empty() && size + bytes.len() > budget {
+                break;
+            }
+            size += bytes.len();
+            out.push(bytes);
+        }
+        let more = out.len() < seqs.len();
+        Ok(Some((snapshot, more, out)))
     }
 
     /// A snapshot of `origin` with the entries that hold its state, in seq order: a base
