@@ -8,7 +8,7 @@
 //!  "origins": [{"id": "ed25519:…", "self": true,
 //!               "head": {"seq": 12, "hash": "3f2a…"},
 //!               "bytes": 4096, "frozen": false, "forks": [],
-//!               "durable_seq": 12,
+//!               "durable_seq": 12, "base_seq": 0,
 //!               "holders": [{"peer": "community", "id": "ed25519:…", "acked_seq": 12,
 //!                            "acked_at": "2026-11-26T15:04:05.123Z", "served_seq": 12,
 //!                            "behind": false, "last_rollback": null}]}]}
@@ -22,6 +22,8 @@
 //! `last_rollback` keeps the last such finding, `{"at", "served_seq", "expected_seq"}`, after a
 //! push has healed it.
 //! `peer` is the holder's name in the configuration (null if it is no longer configured).
+//! `base_seq` is the compacted base (0 when the whole feed is held): below it, only the
+//! entries holding the state at that seq's snapshot are kept.
 //! `durable_seq` (own origin only) is the highest seq held by at least `node.durability`
 //! holders. `recovering` is true while the node fetches its own feed back from its peers. `daemon` says whether a daemon runs on this
 //! store and, if so, the health of its loops: `{"running": true, "workers": [{"kind", "name",
@@ -63,6 +65,7 @@ struct OriginDoc {
     forks: Vec<ForkDoc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     durable_seq: Option<u64>,
+    base_seq: u64,
     holders: Vec<HolderDoc>,
 }
 
@@ -147,6 +150,7 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
         };
         origins.push(OriginDoc {
             durable_seq,
+            base_seq: store.base(o.id)?.map_or(0, |b| b.seq.0),
             holders,
             id: o.id,
             is_self: o.is_self,
@@ -246,6 +250,12 @@ fn print_text(status: &Status) {
                 ""
             },
         );
+        if o.base_seq > 0 {
+            println!(
+                "    compacted: entries up to seq {} hold only the state at that seq's snapshot",
+                o.base_seq
+            );
+        }
         if let Some(durable) = o.durable_seq {
             println!(
                 "    durable up to seq {durable} (held by at least {} holder(s))",

@@ -553,7 +553,7 @@ impl Federation {
         if snapshot.origin != origin {
             return Err(invalid(FeedError::Malformed("a base of another origin")));
         }
-                while more {
+        while more {
             let after = match entries.last() {
                 Some(e) => crate::feed::decode_entry(e).map_err(invalid)?.seq.0,
                 None => 0,

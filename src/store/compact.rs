@@ -375,7 +375,8 @@ impl Store {
         origin: NodeId,
         at: Option<Seq>,
         after: u64,
-        budget: usize    ) -> Result<Option<BasePage>, StoreError> {
+        budget: usize,
+    ) -> Result<Option<BasePage>, StoreError> {
         let _view = self
             .conn
             .unchecked_transaction()

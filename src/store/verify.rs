@@ -247,7 +247,9 @@ impl Store {
                 format!("recorded head {head:?} is not the last stored entry"),
             );
         }
+        // A head at the base is covered by the base's snapshot instead.
         if let Some((seq, _)) = last
+            && seq > base_seq
             && checkpoints.last().map(|c| c.seq.0) != Some(seq)
         {
             problem(Some(seq), "head is not covered by a checkpoint".into());
