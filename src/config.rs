@@ -809,6 +809,26 @@ mod tests {
         assert!(e.message.contains("retention"), "{e}");
     }
 
+        #[test]
+    fn source_concurrency_is_bounded() {
+        let source = "[node]\nname = \"n\"\n[source]\nkind = \"kinto\"\nurl = \"http://k\"\nuser = \"u\"\npassword_env = \"P\"\n";
+        let c = parse(&format!("{source}concurrency = 2\n")).unwrap();
+        assert_eq!(c.source.unwrap().concurrency, 2);
+        let c = parse(source).unwrap();
+        assert_eq!(
+            c.source.unwrap().concurrency,
+            crate::replicate::ingest::DEFAULT_CONCURRENCY
+        );
+        for bad in ["0", "65", "\"many\""] {
+            let e = parse(&format!("{source}concurrency = {bad}\n")).unwrap_err();
+            assert_eq!(
+                (e.line, e.key.as_deref()),
+                (Some(8), Some("source.concurrency")),
+                "{e}"
+            );
+        }
+    }
+
     #[test]
     fn peer_defaults() {
         let c = parse(&format!("[node]\nname = \"n\"\n[[peer]]\nname = \"p\"\nurl = \"http://x\"\nid = \"{ID}\"\npush = [\"self\"]\n")).unwrap();
