@@ -127,7 +127,7 @@ const MIGRATIONS: &[&str] = &[
         origin  INTEGER NOT NULL,
         path    TEXT NOT NULL,
         seq     INTEGER NOT NULL,
-                PRIMARY KEY (origin, path)
+        PRIMARY KEY (origin, path)
     ) WITHOUT ROWID;
     "#,
     // 5: compaction. Entries at or below an origin's base seq are only those that hold its
