@@ -207,6 +207,15 @@ pub struct PeerConfig {
 }
 
 impl Config {
+    /// The peers this node pushes its own feed to: compaction waits for them.
+    pub fn own_feed_holders(&self) -> Vec<NodeId> {
+        self.peers
+            .iter()
+            .filter(|p| p.push.contains(&OriginRef::SelfNode))
+            .map(|p| p.id)
+            .collect()
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -809,7 +818,7 @@ mod tests {
         assert!(e.message.contains("retention"), "{e}");
     }
 
-        #[test]
+    #[test]
     fn source_concurrency_is_bounded() {
         let source = "[node]\nname = \"n\"\n[source]\nkind = \"kinto\"\nurl = \"http://k\"\nuser = \"u\"\npassword_env = \"P\"\n";
         let c = parse(&format!("{source}concurrency = 2\n")).unwrap();

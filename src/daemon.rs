@@ -235,6 +235,7 @@ pub async fn serve(
             .snapshots
             .as_ref()
             .map(crate::retention::Policy::from),
+        holders: config.own_feed_holders(),
     };
     if let Some(schedule) = &config.snapshots {
         let status = Arc::new(WorkerStatus::new("snapshot", "schedule"));

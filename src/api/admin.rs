@@ -132,17 +132,20 @@ pub struct SnapshotMaker {
     pub changes: Changes,
     /// The retention applied after each new snapshot (`[snapshots]`); none keeps every one.
     pub retention: Option<crate::retention::Policy>,
+    /// The peers the own feed is pushed to: compaction never passes what they acknowledged.
+    pub holders: Vec<crate::identity::NodeId>,
 }
 
 impl SnapshotMaker {
     /// Signs a snapshot at the head unless the latest one is already there.
     pub async fn make(&self) -> Result<(Snapshot, bool), StoreError> {
         let (store, key, retention) = (self.store.clone(), self.key.clone(), self.retention);
+        let holders = self.holders.clone();
         let made = tokio::task::spawn_blocking(move || {
             let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
             let made = store.create_snapshot(&key)?;
             if let (true, Some(policy)) = (made.1, retention) {
-                let (removed, _) = store.apply_retention(key.id(), policy)?;
+                let (removed, _) = store.apply_retention(key.id(), policy, &holders)?;
                 if removed > 0 {
                     tracing::info!(removed, "snapshots pruned by retention");
                 }

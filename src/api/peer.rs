@@ -291,6 +291,12 @@ async fn base(
             format!("peer {} may not read origin {origin}", caller.0.name),
         );
     }
+    if query.after > crate::feed::MAX_SEQ || query.seq.is_some_and(|s| s > crate::feed::MAX_SEQ) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("after and seq must be at most {}", crate::feed::MAX_SEQ),
+        );
+    }
     let page = read_store(&state, move |s| {
         s.base_page(origin, query.seq.map(Seq), query.after, wire::PAGE_BYTES)
     })

@@ -27,9 +27,11 @@ pub fn create(cli: &Cli) -> anyhow::Result<()> {
             }
             let (s, created) = node.store.create_snapshot(&node.key)?;
             if let (true, Some(retention)) = (created, &node.config.snapshots) {
-                let (removed, compacted) = node
-                    .store
-                    .apply_retention(node.key.id(), retention.into())?;
+                let (removed, compacted) = node.store.apply_retention(
+                    node.key.id(),
+                    retention.into(),
+                    &node.config.own_feed_holders(),
+                )?;
                 if removed > 0 || compacted.entries > 0 {
                     eprintln!(
                         "retention: {removed} snapshots removed; {} entries ({} bytes) below seq {} compacted away",

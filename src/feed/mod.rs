@@ -45,7 +45,7 @@
 //! |---|---|
 //! | checkpoint | `"tandem-checkpoint-v1" 0x00` · origin key (32) · seq (8) · head hash (32) · ts (8) |
 //! | receipt | `"tandem-receipt-v1" 0x00` · holder key (32) · origin key (32) · seq (8) · head hash (32) · ts (8) |
-//! | snapshot | `"tandem-snapshot-v1" 0x00` · origin key (32) · seq (8) · head hash (32) · ts (8) · objects (8) · bytes (8) · state root (32) (see [`Snapshot`]) |
+//! | snapshot | `"tandem-snapshot-v2" 0x00` · origin key (32) · seq (8) · head hash (32) · ts (8) · objects (8) · bytes (8) · state root (32) (see [`Snapshot`]) |
 //!
 //! A *checkpoint* is signed by the origin: "my feed up to `seq` ends with entry hash `hash`".
 //! A receiver accepts entries only up to a checkpoint it has verified. A *receipt* is signed by
@@ -78,7 +78,9 @@ mod statements;
 pub use batch::{VerifiedBatch, verify_batch};
 pub use entry::{EntryRef, decode_entry, decode_stored_entry, encode_entry};
 pub use fork::ForkEvidence;
-pub use snapshot::{FoldedItem, SNAPSHOT_LEN, Snapshot, StateFold, StateRoot, StateSummary};
+pub use snapshot::{
+    FoldedItem, SNAPSHOT_LEN, Snapshot, StateFold, StateRoot, StateSummary, check_base,
+};
 pub use statements::{CHECKPOINT_LEN, Checkpoint, Receipt};
 
 /// Version byte of the entry encoding this module reads and writes.

@@ -18,11 +18,13 @@
 //! [`StateRoot`] computes it in one pass, holding one hash per level. Tombstones are in the
 //! root so that everything a restore writes (they give clients their deletions and the lists
 //! their timestamps) is covered by the origin's signature, also once the entries below a
-//! snapshot are compacted away. The object count and bytes count live objects only.
+//! snapshot are compacted away. The object count and bytes count live objects only. (Version 1
+//! of the statement had roots over live objects alone; its signatures do not verify as
+//! version 2, so such a snapshot is refused as badly signed, never taken for a lie.)
 //!
 //! # Snapshot statement
 //!
-//! Signed by the origin over `"tandem-snapshot-v1" 0x00` · origin key (32) · seq (8) · head hash
+//! Signed by the origin over `"tandem-snapshot-v2" 0x00` · origin key (32) · seq (8) · head hash
 //! (32) · ts (8) · objects (8) · bytes (8) · state root (32). `head hash` is the hash of the
 //! entry at `seq`, binding the snapshot to one chain; `bytes` is the sum of the bodies' lengths.
 //! The stored form is those fields without the tag, then the 64-byte signature: 192 bytes.
@@ -31,7 +33,7 @@
 use super::{EntryHash, FeedError, Head, MAX_SEQ, Seq};
 use crate::identity::{NodeId, NodeKey};
 
-const SNAPSHOT_TAG: &[u8] = b"tandem-snapshot-v1\0";
+const SNAPSHOT_TAG: &[u8] = b"tandem-snapshot-v2\0";
 const LEAF_TAG: &[u8] = b"tandem-leaf-v1\0";
 const TOMBSTONE_TAG: &[u8] = b"tandem-tombstone-v1\0";
 const NODE_TAG: &[u8] = b"tandem-node-v1\0";
@@ -216,6 +218,37 @@ impl StateFold {
         }
         Ok(root.finish())
     }
+}
+
+/// Checks a base (the entries that give a snapshot's state, see [`crate::store`]'s compaction)
+/// against its snapshot: `fold` holds the `count` entries applied in seq order, the last of
+/// which, `last` (seq and hash), must be the very entry the snapshot names; every other entry
+/// must hold a live object or tombstone of the state, and the state must be the one signed.
+/// Returns what is wrong.
+pub fn check_base(
+    snapshot: &Snapshot,
+    fold: &StateFold,
+    count: usize,
+    last: Option<(u64, EntryHash)>,
+) -> Result<(), &'static str> {
+    if last != Some((snapshot.seq.0, snapshot.head_hash)) {
+        return Err("a base that does not end with the entry its snapshot names");
+    }
+    let items = fold.items().count();
+    let last_is_state = fold.items().any(|(_, i)| i.seq == snapshot.seq.0);
+    if count != items + usize::from(!last_is_state) {
+        return Err("a base with entries that are not part of its state");
+    }
+    let state = fold
+        .summary()
+        .map_err(|_| "a base whose paths do not sort")?;
+    if state.root != snapshot.state_root {
+        return Err("a base whose state root is not the one signed");
+    }
+    if (state.objects, state.bytes) != (snapshot.objects, snapshot.bytes) {
+        return Err("a base whose object count or size is not the one signed");
+    }
+    Ok(())
 }
 
 fn interior(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {

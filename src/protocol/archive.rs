@@ -133,6 +133,7 @@ pub struct ArchiveReader<R: Read> {
     input: zstd::stream::read::Decoder<'static, std::io::BufReader<R>>,
     digest: blake3::Hasher,
     origin: NodeId,
+    version: u8,
     done: bool,
 }
 
@@ -163,6 +164,7 @@ impl<R: Read> ArchiveReader<R> {
             input,
             digest,
             origin,
+            version: header[4],
             done: false,
         })
     }
@@ -227,7 +229,7 @@ impl<R: Read> ArchiveReader<R> {
                 let (checkpoint, entries) = wire::decode_page(&payload)?;
                 Ok(Some(Section::Page(checkpoint, entries)))
             }
-            3 => Ok(Some(Section::Base(wire::decode_entry_list(
+            3 if self.version >= 2 => Ok(Some(Section::Base(wire::decode_entry_list(
                 "base section",
                 &payload,
             )?))),

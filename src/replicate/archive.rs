@@ -25,6 +25,9 @@ pub enum ImportError {
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A compaction ran while the archive was written (beside a running daemon).
+    #[error("the store was compacted while the archive was written; run the export again")]
+    Changed,
     /// The archive verified, but loading stopped: the entries up to `entries` are stored.
     #[error(
         "the archive verified, but loading stopped after seq {entries} (what came before is stored): {source}"
@@ -66,7 +69,10 @@ pub fn write_archive(
     }
     let mut after = Seq(0);
     if let Some((base, entries)) = store.base_parts(origin, false)? {
-        debug_assert_eq!(Some(&base), snapshots.first());
+        if Some(&base) != snapshots.first() {
+            // A compaction ran between the two reads (the daemon works beside the export).
+            return Err(ImportError::Changed);
+        }
         let mut from = 0;
         while from < entries.len() {
             // Sections of at most one page's bytes.
@@ -124,26 +130,21 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
     let mut state = StateFold::new();
     let mut head = (0u64, EntryHash::genesis(&origin));
     let mut next_snapshot = 0;
-    // Base entries read so far (count, last seq), until the base is settled.
-    let mut base: Option<(usize, u64)> = None;
+    // Base entries read so far (count, last seq and hash), until the base is settled.
+    let mut base: Option<(usize, u64, EntryHash)> = None;
     let mut settled = false;
     // Once the base sections end: their state must be the first snapshot's, and the feed
     // goes on from its head.
-    let settle = |base: Option<(usize, u64)>,
+    let settle = |base: Option<(usize, u64, EntryHash)>,
                   state: &StateFold,
                   snapshots: &[Snapshot]|
      -> Result<Option<(u64, EntryHash)>, ImportError> {
-        let Some((count, _)) = base else {
+        let Some((count, last, hash)) = base else {
             return Ok(None);
         };
         let s = &snapshots[0];
-        if state.items().count() != count {
-            return Err(invalid(format!(
-                "the base of snapshot {} holds entries that are not part of its state",
-                s.id()
-            )));
-        }
-        check_snapshot(s, s.head_hash, state).map_err(invalid)?;
+        crate::feed::check_base(s, state, count, Some((last, hash)))
+            .map_err(|what| invalid(format!("snapshot {}: {what}", s.id())))?;
         Ok(Some((s.seq.0, s.head_hash)))
     };
     while let Some(section) = r.next_section()? {
@@ -159,7 +160,10 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
                 let Some(s) = snapshots.first() else {
                     return Err(invalid("base entries without a snapshot".into()));
                 };
-                let (mut count, mut last) = base.unwrap_or((0, 0));
+                if settled {
+                    return Err(invalid("base entries after the first page".into()));
+                }
+                let (mut count, mut last, mut hash) = base.unwrap_or((0, 0, EntryHash([0; 32])));
                 for bytes in &entries {
                     let entry = crate::feed::decode_entry(bytes)
                         .map_err(|e| invalid(format!("a base entry: {e}")))?;
@@ -172,9 +176,10 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
                     }
                     state.apply(entry.seq.0, &entry);
                     last = entry.seq.0;
+                    hash = EntryHash::of(bytes);
                     count += 1;
                 }
-                base = Some((count, last));
+                base = Some((count, last, hash));
             }
             Section::Snapshot(s) => {
                 if head.0 > 0 || base.is_some() {
@@ -312,9 +317,11 @@ fn load_archive_from(
         entries = install(&mut base, &snapshots, store)?;
     }
     for s in &snapshots {
-        store
-            .accept_snapshot(s)
-            .map_err(|source| ImportError::Stopped { entries, source })?;
+        match store.accept_snapshot(s) {
+            // Below what this node compacted: it cannot check it, and needs it no more.
+            Ok(()) | Err(StoreError::Compacted { .. }) => {}
+            Err(source) => return Err(ImportError::Stopped { entries, source }),
+        }
     }
     Ok(ArchiveSummary {
         origin,
@@ -469,7 +476,10 @@ mod tests {
         w.base(bytes.iter().map(Vec::as_slice)).unwrap();
         w.finish().unwrap();
         let e = verify_archive(&forged).unwrap_err();
-        assert!(e.to_string().contains("another state"), "{e}");
+        assert!(
+            e.to_string().contains("state root is not the one signed"),
+            "{e}"
+        );
         // So is a base that smuggles in an entry its state does not hold.
         let extra = a.path().join("extra.tandem");
         let mut w = ArchiveWriter::new(std::fs::File::create(&extra).unwrap(), &key.id()).unwrap();
@@ -495,6 +505,16 @@ mod tests {
         );
         w.base(with_extra.iter().map(Vec::as_slice)).unwrap();
         w.finish().unwrap();
-        assert!(verify_archive(&extra).is_err());
+        let e = verify_archive(&extra).unwrap_err();
+        assert!(e.to_string().contains("snapshot"), "{e}");
+        // And one whose last entry is not the entry the snapshot names.
+        let short = a.path().join("short.tandem");
+        let mut w = ArchiveWriter::new(std::fs::File::create(&short).unwrap(), &key.id()).unwrap();
+        w.snapshot(&snapshot).unwrap();
+        w.base(bytes[..bytes.len() - 1].iter().map(Vec::as_slice))
+            .unwrap();
+        w.finish().unwrap();
+        let e = verify_archive(&short).unwrap_err();
+        assert!(e.to_string().contains("does not end with the entry"), "{e}");
     }
 }

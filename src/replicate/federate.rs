@@ -477,8 +477,9 @@ impl Federation {
             // Only long-poll once caught up with what the peer said it holds.
             let wait = if head < claimed { Duration::ZERO } else { wait };
             let page = match self.client.page(origin, Seq(head), wait).await {
-                // What we lack is compacted away there: start from its base instead.
-                Err(PeerError::Refused { status: 410, .. }) if report.base == 0 => {
+                // What we lack is compacted away there. Holding none of it, start from its
+                // base instead; holding some, keep it and say so (the 410 names the base).
+                Err(PeerError::Refused { status: 410, .. }) if report.base == 0 && head == 0 => {
                     report.base = self.bootstrap(origin).await?;
                     continue;
                 }
@@ -549,26 +550,52 @@ impl Federation {
             origin,
             source,
         };
-        let (snapshot, mut more, mut entries) = self.client.base_page(origin, None, 0).await?;
+        let (snapshot, mut more, first) = self.client.base_page(origin, None, 0).await?;
         if snapshot.origin != origin {
             return Err(invalid(FeedError::Malformed("a base of another origin")));
         }
-        while more {
-            let after = match entries.last() {
-                Some(e) => crate::feed::decode_entry(e).map_err(invalid)?.seq.0,
-                None => 0,
-            };
-            let (again, m, page) = self
-                .client
-                .base_page(origin, Some(snapshot.seq), after)
-                .await?;
-            if again != snapshot || page.is_empty() {
+        snapshot.verify().map_err(invalid)?;
+        // An honest base is the state's bodies plus, per entry, a header, a path and maybe a
+        // tombstone: refuse to gather more than twice the signed size and a GiB.
+        let cap = snapshot.bytes.saturating_mul(2).saturating_add(1 << 30);
+        let (mut entries, mut last, mut total) = (Vec::new(), 0u64, 0u64);
+        let mut page = first;
+        loop {
+            for e in &page {
+                let seq = crate::feed::decode_entry(e).map_err(invalid)?.seq.0;
+                if seq <= last || seq > snapshot.seq.0 {
+                    return Err(invalid(FeedError::Malformed(
+                        "base entries out of order or beyond their snapshot",
+                    )));
+                }
+                last = seq;
+                total += e.len() as u64;
+            }
+            if total > cap {
                 return Err(invalid(FeedError::Malformed(
-                    "the base changed or stopped while it was read",
+                    "a base far larger than its snapshot states",
                 )));
             }
+            let empty = page.is_empty();
             entries.extend(page);
-            more = m;
+            if !more {
+                break;
+            }
+            if empty {
+                return Err(invalid(FeedError::Malformed(
+                    "a base page that says more follow and holds nothing",
+                )));
+            }
+            let (again, m, next) = self
+                .client
+                .base_page(origin, Some(snapshot.seq), last)
+                .await?;
+            if again != snapshot {
+                return Err(invalid(FeedError::Malformed(
+                    "the base changed while it was read",
+                )));
+            }
+            (more, page) = (m, next);
         }
         info!(peer = %self.peer.name, %origin, seq = %snapshot.seq, objects = entries.len(), "starting the origin from the peer's snapshot (it compacted the entries before it)");
         let parts: Vec<(Vec<u8>, crate::feed::EntryHash)> = entries

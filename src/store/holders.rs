@@ -46,6 +46,15 @@ impl HolderInfo {
         self.served_seq
             .is_some_and(|s| s < self.acked_seq.max(self.served_max))
     }
+
+    /// What it can be counted on to hold: what it acknowledged, or what it last served when
+    /// that is less and it was found behind.
+    pub fn holds(&self) -> u64 {
+        match self.served_seq {
+            Some(served) if self.behind() => served.min(self.acked_seq),
+            _ => self.acked_seq,
+        }
+    }
 }
 
 impl Store {
@@ -225,11 +234,8 @@ impl Store {
         // A holder seen serving less than it acknowledged counts for what it served.
         let mut acked: Vec<u64> = self
             .holders(origin)?
-            .into_iter()
-            .map(|h| match h.served_seq {
-                Some(served) if h.behind() => served.min(h.acked_seq),
-                _ => h.acked_seq,
-            })
+            .iter()
+            .map(HolderInfo::holds)
             .collect();
         acked.sort_unstable_by(|a, b| b.cmp(a));
         Ok(acked.get(k.max(1) as usize - 1).copied().unwrap_or(0))

@@ -557,11 +557,13 @@ pub(super) fn apply_to_objects(
         Op::Delete => {
             tx.prepare_cached("DELETE FROM objects WHERE origin = ?1 AND path = ?2")?
                 .execute((origin, path))?;
-            // Deleting a container drops the source's tombstones below it.
+            // Deleting a container drops the source's tombstones below it: every path that
+            // starts with "{path}/", which are exactly those from "{path}/" up to, not
+            // including, "{path}0" ('0' follows '/'), as the state fold has it.
             tx.prepare_cached(
-                "DELETE FROM tombstones WHERE origin = ?1 AND path > ?2 AND path < ?3",
+                "DELETE FROM tombstones WHERE origin = ?1 AND path >= ?2 AND path < ?3",
             )?
-            .execute((origin, format!("{path}/"), format!("{path}/\u{10ffff}")))?;
+            .execute((origin, format!("{path}/"), format!("{path}0")))?;
             if has_body {
                 tx.prepare_cached(
                     "INSERT OR REPLACE INTO tombstones (origin, path, seq) VALUES (?1, ?2, ?3)",

@@ -51,6 +51,14 @@ pub enum SnapshotMismatch {
         /// "a state root", "an object count"…
         what: &'static str,
     },
+    /// Entries offered as the base of the snapshot do not give its state.
+    #[error("the base offered for the snapshot at seq {seq} is refused: {what}")]
+    Base {
+        /// Its seq.
+        seq: u64,
+        /// What is wrong.
+        what: &'static str,
+    },
 }
 
 impl Store {
@@ -93,20 +101,17 @@ impl Store {
             .origin_row_id(origin)?
             .ok_or(StoreError::Feed(FeedError::Malformed("origin not held")))?;
         let head = self.head(origin)?.map_or(0, |h| h.seq.0);
-        // Which seqs hold a live object, and which a tombstone: one bit each.
-        let mut live = vec![0u64; (head as usize / 64) + 1];
-        let mut tombs = vec![0u64; (head as usize / 64) + 1];
-        for (table, bits) in [("objects", &mut live), ("tombstones", &mut tombs)] {
+        // Which seqs hold a live object (false) or a tombstone (true). Sized by the state, not
+        // by the head seq, which a base can put anywhere.
+        let mut held: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
+        for (table, deleted) in [("objects", false), ("tombstones", true)] {
             let mut stmt = self
                 .conn
                 .prepare(&format!("SELECT seq FROM {table} WHERE origin = ?1"))
                 .ctx("reading objects")?;
             let mut rows = stmt.query([row]).ctx("reading objects")?;
             while let Some(r) = rows.next().ctx("reading objects")? {
-                let seq = r.get::<_, i64>(0).ctx("reading objects")? as u64;
-                if let Some(word) = bits.get_mut(seq as usize / 64) {
-                    *word |= 1 << (seq % 64);
-                }
+                held.insert(r.get::<_, i64>(0).ctx("reading objects")? as u64, deleted);
             }
         }
         // (path, body hash, length, tombstone)
@@ -122,11 +127,9 @@ impl Store {
             while let Some(r) = rows.next().ctx("reading entries")? {
                 let seq =
                     (r.get::<_, i64>(0).ctx("reading entries")? & ((1 << SEQ_BITS) - 1)) as u64;
-                let bit = 1 << (seq % 64);
-                let deleted = tombs[seq as usize / 64] & bit != 0;
-                if live[seq as usize / 64] & bit == 0 && !deleted {
+                let Some(&deleted) = held.get(&seq) else {
                     continue;
-                }
+                };
                 let bytes = r.get_ref(1).ctx("reading entries")?.as_blob().ctx_blob()?;
                 let entry = feed::decode_stored_entry(bytes)?;
                 objects.push((

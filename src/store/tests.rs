@@ -1014,3 +1014,34 @@ fn compaction_keeps_the_state_at_the_base_and_everything_after_it() {
         report.problems
     );
 }
+
+#[test]
+fn a_feed_compacted_at_its_head_appends_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([35; 32]);
+    let origin = key.id();
+    let mut store = Store::open_writer(dir.path(), origin).unwrap();
+    churn(&mut store, &key, 3);
+    // The last entry is a delete without a body: it holds none of the state.
+    let gone = Change {
+        op: Op::Delete,
+        path: "/buckets/b/collections/c/records/r1".into(),
+        body: Vec::new(),
+    };
+    store.append(&key, &[gone], &[]).unwrap();
+    let (snapshot, _) = store.create_snapshot(&key).unwrap();
+    let policy = crate::retention::Policy {
+        last: 1,
+        ..Default::default()
+    };
+    // A holder that acknowledged nothing holds compaction back; without one it runs.
+    let holder = NodeKey::from_seed([36; 32]).id();
+    let (_, held_back) = store.apply_retention(origin, policy, &[holder]).unwrap();
+    assert_eq!(held_back.entries, 0);
+    let (_, done) = store.apply_retention(origin, policy, &[]).unwrap();
+    assert_eq!(done.base, snapshot.seq.0);
+    assert!(done.entries > 0);
+    assert_eq!(store.head(origin).unwrap(), Some(snapshot.head()));
+    churn(&mut store, &key, 1);
+    assert_sound(&store, origin);
+}

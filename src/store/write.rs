@@ -463,8 +463,9 @@ fn origin_row(
     })
 }
 
-/// [`held_hash`], knowing the compacted base: at the base seq, the base's hash; below it, the
-/// entry's if it was kept, else `None` (nothing to compare with).
+/// [`held_hash`], knowing the compacted base: at the base seq, the hash its snapshot names;
+/// below it, `None`: the entries kept there are checked only as the state (path and body), so
+/// their hashes are no evidence of the chain to compare with.
 fn held_hash_or_base(
     tx: &rusqlite::Transaction<'_>,
     row: &OriginRow,
@@ -472,15 +473,7 @@ fn held_hash_or_base(
 ) -> Result<Option<EntryHash>, StoreError> {
     match row.base {
         (base, Some(hash)) if seq == base => Ok(Some(hash)),
-        (base, _) if seq < base => tx
-            .prepare_cached("SELECT hash FROM entries WHERE key = ?1")
-            .and_then(|mut s| {
-                s.query_row([entry_key(row.id, seq)], |r| r.get::<_, Vec<u8>>(0))
-                    .optional()
-            })
-            .ctx("reading an entry hash")?
-            .map(hash_from)
-            .transpose(),
+        (base, _) if seq < base => Ok(None),
         _ => held_hash(tx, row.id, seq).map(Some),
     }
 }
@@ -574,9 +567,15 @@ fn record_fork(
         .query_row(
             "SELECT seq, hash, ts, signature FROM checkpoints WHERE origin = ?1 AND seq >= ?2 ORDER BY seq LIMIT 1",
             (origin_row, seq as i64),
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?)),
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?)),
         )
-        .ctx("reading our covering checkpoint")?;
+        .optional()
+        .ctx("reading our covering checkpoint")?
+        // Only a feed started from a snapshot, not yet extended, has none: the snapshot is
+        // what the origin signed about that seq, and it is no checkpoint.
+        .ok_or(StoreError::Feed(FeedError::Malformed(
+            "a peer shows another history at the seq of the snapshot this feed starts from; no checkpoint of ours covers it to keep as fork evidence",
+        )))?;
     let ours = Checkpoint {
         origin,
         seq: Seq(ours.0 as u64),
