@@ -8,12 +8,15 @@
    one `tandem sync` pass (seconds, and the requests it made, counted by Kinto's access log),
    then `tandem run` idling for IDLE seconds with poll = 10s (CPU %).
 
-Usage: scripts/bench-ingest.py [RECORDS COLLECTIONS STEADY IDLE]   (RECORDS 0: steady state only)
+Usage: scripts/bench-ingest.py [RECORDS COLLECTIONS STEADY IDLE]   (RECORDS 0: steady state only;
+       STEADY 0: initial ingest only)
+Environment: BENCH_CONCURRENCY, a comma-separated list of `[source] concurrency` values to time
+tandem with (default "1,2,4,8"); BENCH_GATE, a file to wait for after loading (so that the
+timed part runs on an otherwise idle machine).
 Needs: a release build (cargo build --release), curl, and the test virtualenv (scripts/test).
 """
 import json
 import os
-import resource
 import shutil
 import socket
 import subprocess
@@ -130,32 +133,36 @@ def load(url, collections, per_collection, pad=120):
             request(url + "batch", "POST", {"requests": reqs})
 
 
-def node(workdir, url, poll="10s"):
+def node(workdir, url, poll="10s", concurrency=None):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "pw"), "w") as f:
         f.write(PW)
     config = os.path.join(workdir, "tandem.toml")
     with open(config, "w") as f:
         f.write(f'[node]\nname = "bench"\ndata_dir = "data"\nlisten = "127.0.0.1:0"\n'
-                f'[source]\nkind = "kinto"\nurl = "{url}"\nuser = "tandem"\npassword_file = "pw"\npoll = "{poll}"\n')
+                                f'[source]\nkind = "kinto"\nurl = "{url}"\nuser = "tandem"\npassword_file = "pw"\npoll = "{poll}"\n'
+                + (f"concurrency = {concurrency}\n" if concurrency else ""))
     subprocess.run([TANDEM, "--config", config, "init"], check=True, stdout=subprocess.DEVNULL)
     return config
 
 
 def timed(cmd, **kw):
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Runs cmd to completion: (seconds, its own peak RSS in KiB)."""
     t = time.monotonic()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, **kw)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, **kw)
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.monotonic() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return elapsed, after.ru_maxrss  # ru_maxrss: largest child so far, KiB
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return elapsed, usage.ru_maxrss
 
 
 def main():
     if RECORDS > 0:
         initial_ingest()
     # 2. Steady state: STEADY collections, nothing changing; polled, then through the history.
-    for history in (False, True):
+    for history in (False, True) if STEADY > 0 else ():
         steady_state(history)
 
 
@@ -166,7 +173,10 @@ def initial_ingest():
     try:
         t = time.monotonic()
         load(url, COLLECTIONS, per)
-        print(f"loaded {RECORDS} records in {COLLECTIONS} collections in {time.monotonic() - t:.0f} s")
+        print(f"loaded {RECORDS} records in {COLLECTIONS} collections in {time.monotonic() - t:.0f} s", flush=True)
+        gate = os.environ.get("BENCH_GATE")
+        while gate and not os.path.exists(gate):
+            time.sleep(1)
 
         # 1. Raw download of every records page with curl (one process, all URLs).
         urls = os.path.join(work, "urls.txt")
@@ -174,7 +184,22 @@ def initial_ingest():
             for c in range(COLLECTIONS):
                 f.write(f'url = "{url}buckets/bench/collections/c{c:04d}/records?_since=0&_sort=last_modified"\n'
                         f'output = "/dev/null"\n')
+        # Kinto answers its first reads of a list slower (caches warming): read everything once.
+        timed(["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", urls])
         curl, _ = timed(["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", urls])
+        # The same requests tandem makes for a first pass: the root, the bucket list, the bucket,
+        # its groups and collections, each collection (permissions are only in the object),
+        # and each records list.
+        every = os.path.join(work, "every.txt")
+        with open(every, "w") as f:
+            paths = ["", "buckets", "buckets/bench", "buckets/bench/groups?_sort=last_modified",
+                     "buckets/bench/collections?_sort=last_modified"]
+            paths += [f"buckets/bench/collections/c{c:04d}" for c in range(COLLECTIONS)]
+            for p in paths:
+                f.write(f'url = "{url}{p}"\noutput = "/dev/null"\n')
+            with open(urls) as lists:
+                f.write(lists.read())
+        same, _ = timed(["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", every])
         py = os.path.join(work, "read.py")
         with open(py, "w") as f:
             f.write("import sys\nfrom kinto_http import Client\n"
@@ -182,13 +207,19 @@ def initial_ingest():
                     f"n = sum(len(c.get_records(bucket='bench', collection='c%04d' % i)) for i in range({COLLECTIONS}))\n"
                     f"assert n == {RECORDS}, n\n")
         python, _ = timed([os.path.join(VENV, "bin/python"), py])
-        config = node(os.path.join(work, "node1"), url)
-        tandem, rss = timed([TANDEM, "--config", config, "sync"])
         print(f"initial ingest of {RECORDS} records:")
-        print(f"  curl raw download   {curl:7.2f} s  {RECORDS / curl:9.0f} records/s")
-        print(f"  kinto-http.py read  {python:7.2f} s  {RECORDS / python:9.0f} records/s")
-        print(f"  tandem sync         {tandem:7.2f} s  {RECORDS / tandem:9.0f} records/s  "
-              f"({tandem / curl:.2f}x curl)  peak RSS {rss / 1024:.0f} MiB")
+        print(f"  curl raw download   {curl:7.2f} s  {RECORDS / curl:9.0f} records/s  (the records lists)")
+        print(f"  curl, same requests {same:7.2f} s  {RECORDS / same:9.0f} records/s  "
+              f"(every request of tandem's pass: the lists, and each collection for its permissions)")
+        print(f"  kinto-http.py read  {python:7.2f} s  {RECORDS / python:9.0f} records/s", flush=True)
+        levels = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,2,4,8").split(",")]
+        for i, concurrency in enumerate(levels):
+            config = node(os.path.join(work, f"node{i}"), url, concurrency=concurrency)
+            tandem, rss = timed([TANDEM, "--config", config, "sync"])
+            print(f"  tandem sync, concurrency {concurrency:2}  {tandem:7.2f} s  {RECORDS / tandem:9.0f} records/s  "
+                  f"({tandem / same:.2f}x curl, same requests)  peak RSS {rss / 1024:.0f} MiB", flush=True)
+        again, _ = timed(["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", every])
+        print(f"  curl, same requests, again {again:7.2f} s")
     finally:
         kinto.terminate()
         kinto.wait()
