@@ -207,11 +207,25 @@ def initial_ingest():
                     f"n = sum(len(c.get_records(bucket='bench', collection='c%04d' % i)) for i in range({COLLECTIONS}))\n"
                     f"assert n == {RECORDS}, n\n")
         python, _ = timed([os.path.join(VENV, "bin/python"), py])
+        # The same pages as tandem reads, through the client: each collection too.
+        py_same = os.path.join(work, "read_same.py")
+        with open(py_same, "w") as f:
+            f.write("import sys\nfrom kinto_http import Client\n"
+                    f"c = Client(server_url='{url}', auth=('tandem', '{PW}'))\n"
+                    "c.server_info()\nc.get_buckets()\nc.get_bucket(id='bench')\nc.get_groups(bucket='bench')\n"
+                    "n = 0\n"
+                    f"for col in c.get_collections(bucket='bench'):\n"
+                    "    c.get_collection(bucket='bench', id=col['id'])\n"
+                    "    n += len(c.get_records(bucket='bench', collection=col['id']))\n"
+                    f"assert n == {RECORDS}, n\n")
+        python_same, _ = timed([os.path.join(VENV, "bin/python"), py_same])
         print(f"initial ingest of {RECORDS} records:")
         print(f"  curl raw download   {curl:7.2f} s  {RECORDS / curl:9.0f} records/s  (the records lists)")
         print(f"  curl, same requests {same:7.2f} s  {RECORDS / same:9.0f} records/s  "
               f"(every request of tandem's pass: the lists, and each collection for its permissions)")
-        print(f"  kinto-http.py read  {python:7.2f} s  {RECORDS / python:9.0f} records/s", flush=True)
+        print(f"  kinto-http.py read  {python:7.2f} s  {RECORDS / python:9.0f} records/s  (the records lists)")
+        print(f"  kinto-http.py, same {python_same:7.2f} s  {RECORDS / python_same:9.0f} records/s  "
+              f"(the same pages as tandem: each collection too)", flush=True)
         levels = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,2,4,8").split(",")]
         for i, concurrency in enumerate(levels):
             config = node(os.path.join(work, f"node{i}"), url, concurrency=concurrency)
