@@ -103,7 +103,8 @@ impl Store {
         let head = self.head(origin)?.map_or(0, |h| h.seq.0);
         // Which seqs hold a live object (false) or a tombstone (true). Sized by the state, not
         // by the head seq, which a base can put anywhere.
-        let mut held: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
+        // Sorted by seq, then matched against the entries as they are scanned in seq order.
+        let mut held: Vec<(u64, bool)> = Vec::new();
         for (table, deleted) in [("objects", false), ("tombstones", true)] {
             let mut stmt = self
                 .conn
@@ -111,9 +112,11 @@ impl Store {
                 .ctx("reading objects")?;
             let mut rows = stmt.query([row]).ctx("reading objects")?;
             while let Some(r) = rows.next().ctx("reading objects")? {
-                held.insert(r.get::<_, i64>(0).ctx("reading objects")? as u64, deleted);
+                held.push((r.get::<_, i64>(0).ctx("reading objects")? as u64, deleted));
             }
         }
+        held.sort_unstable();
+        let mut next = held.iter().peekable();
         // (path, body hash, length, tombstone)
         let mut objects: Vec<(Box<str>, [u8; 32], u64, bool)> = Vec::new();
         {
@@ -121,13 +124,15 @@ impl Store {
                 .conn
                 .prepare("SELECT key, bytes FROM entries WHERE key > ?1 AND key <= ?2 ORDER BY key")
                 .ctx("reading entries")?;
+            let first = held.first().map_or(head, |(s, _)| s.saturating_sub(1));
             let mut rows = stmt
-                .query((entry_key(row, 0), entry_key(row, head)))
+                .query((entry_key(row, first), entry_key(row, head)))
                 .ctx("reading entries")?;
             while let Some(r) = rows.next().ctx("reading entries")? {
                 let seq =
                     (r.get::<_, i64>(0).ctx("reading entries")? & ((1 << SEQ_BITS) - 1)) as u64;
-                let Some(&deleted) = held.get(&seq) else {
+                while next.next_if(|(s, _)| *s < seq).is_some() {}
+                let Some(&(_, deleted)) = next.next_if(|(s, _)| *s == seq) else {
                     continue;
                 };
                 let bytes = r.get_ref(1).ctx("reading entries")?.as_blob().ctx_blob()?;
