@@ -160,8 +160,9 @@ impl TestNode {
             );
         self.running = Some((token, task));
         let socket = self.data().join(tandem::api::admin::SOCKET_FILE);
+        // Connectable, not just present: the file appears at bind(), a moment before listen().
         wait_for(Duration::from_secs(10), "the daemon's admin socket", || {
-            socket.exists()
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
         })
         .await;
     }
