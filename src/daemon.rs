@@ -235,7 +235,7 @@ pub async fn serve(
             .snapshots
             .as_ref()
             .map(crate::retention::Policy::from),
-        holders: config.own_feed_holders(),
+        holders: config.own_feed_holders(key.id()),
     };
     if let Some(schedule) = &config.snapshots {
         let status = Arc::new(WorkerStatus::new("snapshot", "schedule"));

@@ -270,8 +270,8 @@ struct BaseQuery {
     seq: Option<u64>,
 }
 
-/// `GET /v1/origins/{id}/base?after=&seq=`: a page of the base at the snapshot at `seq` (the
-/// latest held when absent): see [`wire::encode_base_page`].
+/// `GET /v1/origins/{id}/base?after=&seq=`: a page of the base at the snapshot at `seq` (by
+/// default the compacted base, else the latest snapshot held): see [`wire::encode_base_page`].
 async fn base(
     State(state): State<Arc<PeerState>>,
     axum::Extension(caller): axum::Extension<Caller>,

@@ -15,7 +15,8 @@
 //! end     = kind:u8=0 digest:32      BLAKE3 of every byte before it
 //! ```
 //!
-//! Snapshots come first, in seq order. When base sections follow, the first snapshot is the
+//! Snapshots come first, in seq order. When base sections follow (tandem writes them for an
+//! origin it compacted), the first snapshot is the
 //! base: the base sections hold, in seq order, exactly the entries that give the state at its
 //! seq (one live object or tombstone each), and the pages after them continue the feed from
 //! the entry after the snapshot. Without base sections, the pages start at seq 1. Each page

@@ -54,9 +54,9 @@ pub struct ArchiveSummary {
     pub snapshots: u64,
 }
 
-/// Writes `origin` to `out`: its oldest snapshot held, the entries that give the state there,
-/// the feed after it (in pages ending at its checkpoints) and the later snapshots. Without a
-/// snapshot, the whole feed from seq 1.
+/// Writes `origin` to `out`: for an origin compacted here, its base snapshot, the entries that
+/// give the state there, the feed after it (in pages ending at its checkpoints) and the later
+/// snapshots; otherwise every snapshot and the whole feed from seq 1 (nothing held is left out).
 pub fn write_archive(
     store: &Store,
     origin: NodeId,
@@ -68,7 +68,8 @@ pub fn write_archive(
         w.snapshot(s)?;
     }
     let mut after = Seq(0);
-    if let Some((base, entries)) = store.base_parts(origin, false)? {
+    let compacted = store.base(origin)?.is_some();
+    if let Some((base, entries)) = store.base_parts(origin, false)?.filter(|_| compacted) {
         if Some(&base) != snapshots.first() {
             // A compaction ran between the two reads (the daemon works beside the export).
             return Err(ImportError::Changed);

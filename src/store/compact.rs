@@ -331,6 +331,10 @@ impl Store {
         if let Some(head) = self.head(origin)?
             && head.seq >= snapshot.seq
         {
+            // Below our own base, what we keep is no evidence either way; we need nothing.
+            if self.base(origin)?.is_some_and(|b| snapshot.seq < b.seq) {
+                return Ok(false);
+            }
             let ours = match self.base(origin)? {
                 Some(b) if b.seq == snapshot.seq => Some(b.hash),
                 _ => self.entry_hash(origin, snapshot.seq)?,

@@ -485,7 +485,13 @@ impl Store {
         };
         let snapshots = self.snapshots(origin)?;
         let times: Vec<u64> = snapshots.iter().map(|s| s.ts).collect();
-        let keep = crate::retention::keep(&times, policy);
+        let mut keep = crate::retention::keep(&times, policy);
+        // The snapshot at the compacted base stays whatever the policy says: the entries below
+        // it are checked against it, and new holders start from it. A later compaction moves
+        // the base, and it goes then.
+        if let Some(base) = self.base(origin)? {
+            keep.extend(snapshots.iter().position(|s| s.seq == base.seq));
+        }
         let tx = self.conn.transaction().ctx("starting a prune")?;
         let mut removed = 0;
         for (i, s) in snapshots.iter().enumerate() {

@@ -1044,4 +1044,20 @@ fn a_feed_compacted_at_its_head_appends_on() {
     assert_eq!(store.head(origin).unwrap(), Some(snapshot.head()));
     churn(&mut store, &key, 1);
     assert_sound(&store, origin);
+    // Held back by a holder, retention still never prunes the snapshot at the base.
+    let (newer, _) = store.create_snapshot(&key).unwrap();
+    let (removed, held_back) = store.apply_retention(origin, policy, &[holder]).unwrap();
+    assert_eq!((removed, held_back.entries), (0, 0));
+    let kept: Vec<Seq> = store
+        .snapshots(origin)
+        .unwrap()
+        .iter()
+        .map(|s| s.seq)
+        .collect();
+    assert_eq!(kept, vec![snapshot.seq, newer.seq]);
+    assert_sound(&store, origin);
+    // Once nothing holds it back, the base moves on and the old snapshot goes.
+    let (removed, moved) = store.apply_retention(origin, policy, &[]).unwrap();
+    assert_eq!((removed, moved.base), (1, newer.seq.0));
+    assert_sound(&store, origin);
 }

@@ -567,7 +567,7 @@ fn record_fork(
         .query_row(
             "SELECT seq, hash, ts, signature FROM checkpoints WHERE origin = ?1 AND seq >= ?2 ORDER BY seq LIMIT 1",
             (origin_row, seq as i64),
-                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?)),
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?)),
         )
         .optional()
         .ctx("reading our covering checkpoint")?
