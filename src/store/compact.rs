@@ -97,9 +97,14 @@ impl Store {
                 "compaction needs a snapshot held at its seq",
             )))?;
         snapshot.verify()?;
-        // Verify, then delete: the state kept must be the one the origin signed.
-        self.check_snapshot_here(&snapshot)?;
+        // Verify, then delete: the state kept must be the one the origin signed (one replay
+        // gives both the check and what to keep).
         let replay = self.replay(origin, at)?;
+        if let Some(e) =
+            super::snapshots::compare(&snapshot, replay.hash, || Ok(replay.state.summary()?))?
+        {
+            return Err(e);
+        }
         // The entry at the base stays too: appends read the head's time from it, and it is
         // what the snapshot names.
         let mut keep: HashSet<u64> = replay.state.items().map(|(_, i)| i.seq).collect();

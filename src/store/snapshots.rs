@@ -23,7 +23,7 @@ pub struct StateItem {
 
 pub(super) struct Replay {
     pub(super) state: StateFold,
-    hash: crate::feed::EntryHash,
+    pub(super) hash: crate::feed::EntryHash,
 }
 
 /// A snapshot that does not match what the store holds.
@@ -364,11 +364,8 @@ impl Store {
                         base: base.seq,
                         asked: s.seq,
                     })
-                } else if base.hash != s.head_hash {
-                    Some(mismatch(s, SnapshotMismatch::OtherChain { seq: s.seq.0 }))
                 } else {
-                    state_differs(s, &state.summary()?)
-                        .map(|what| mismatch(s, SnapshotMismatch::State { seq: s.seq.0, what }))
+                    compare(s, base.hash, || Ok(state.summary()?))?
                 };
                 problems.extend(problem.map(|p| (*s, p)));
             }
@@ -402,12 +399,8 @@ impl Store {
             while let Some(s) = pending.last().filter(|s| s.seq.0 == seq).copied() {
                 pending.pop();
                 let hash = super::hash_from(r.get(1).ctx("replaying entries")?)?;
-                if hash != s.head_hash {
-                    problems.push((*s, mismatch(s, SnapshotMismatch::OtherChain { seq })));
-                    continue;
-                }
-                if let Some(what) = state_differs(s, &state.summary()?) {
-                    problems.push((*s, mismatch(s, SnapshotMismatch::State { seq, what })));
+                if let Some(e) = compare(s, hash, || Ok(state.summary()?))? {
+                    problems.push((*s, e));
                 }
             }
         }
@@ -438,20 +431,10 @@ impl Store {
             }));
         }
         let (at, state) = self.state_root_at(snapshot.origin, snapshot.seq)?;
-        let seq = snapshot.seq.0;
-        if at.hash != snapshot.head_hash {
-            return Err(mismatch(SnapshotMismatch::OtherChain { seq }));
+        match compare(snapshot, at.hash, || Ok(state))? {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        let what = if state.root != snapshot.state_root {
-            "a state root"
-        } else if state.objects != snapshot.objects {
-            "an object count"
-        } else if state.bytes != snapshot.bytes {
-            "a size"
-        } else {
-            return Ok(());
-        };
-        Err(mismatch(SnapshotMismatch::State { seq, what }))
     }
 
     /// Every snapshot held for `origin`, by seq.
@@ -577,15 +560,31 @@ pub(super) fn insert(
     .map(drop)
 }
 
-/// What a snapshot states differently from `got`, if anything.
-fn state_differs(s: &Snapshot, got: &StateSummary) -> Option<&'static str> {
-    if got.root != s.state_root {
-        Some("a state root")
-    } else if got.objects != s.objects {
-        Some("an object count")
-    } else if got.bytes != s.bytes {
-        Some("a size")
+/// What is wrong with `s` against the state at its seq, whose entry has hash `hash` and whose
+/// summary `summary` computes (only when the hash agrees), as a [`StoreError::SnapshotMismatch`].
+pub(super) fn compare(
+    s: &Snapshot,
+    hash: crate::feed::EntryHash,
+    summary: impl FnOnce() -> Result<StateSummary, StoreError>,
+) -> Result<Option<StoreError>, StoreError> {
+    let seq = s.seq.0;
+    let source = if hash != s.head_hash {
+        SnapshotMismatch::OtherChain { seq }
     } else {
-        None
-    }
+        let got = summary()?;
+        let what = if got.root != s.state_root {
+            "a state root"
+        } else if got.objects != s.objects {
+            "an object count"
+        } else if got.bytes != s.bytes {
+            "a size"
+        } else {
+            return Ok(None);
+        };
+        SnapshotMismatch::State { seq, what }
+    };
+    Ok(Some(StoreError::SnapshotMismatch {
+        origin: s.origin,
+        source,
+    }))
 }
