@@ -68,23 +68,28 @@ pub fn write_archive(
         w.snapshot(s)?;
     }
     let mut after = Seq(0);
-    let compacted = store.base(origin)?.is_some();
-    if let Some((base, entries)) = store.base_parts(origin, false)?.filter(|_| compacted) {
-        if Some(&base) != snapshots.first() {
-            // A compaction ran between the two reads (the daemon works beside the export).
-            return Err(ImportError::Changed);
+    if let Some(base) = store.base(origin)? {
+        // A compaction between these reads (the daemon works beside the export) moves the base.
+        let changed = || ImportError::Changed;
+        if snapshots.first().map(|s| s.seq) != Some(base.seq) {
+            return Err(changed());
         }
-        let mut from = 0;
-        while from < entries.len() {
-            // Sections of at most one page's bytes.
-            let mut to = from;
-            let mut size = 0;
-            while to < entries.len() && (to == from || size + entries[to].0.len() <= PAGE_BYTES) {
-                size += entries[to].0.len();
-                to += 1;
+        // Sections of at most one page's bytes, as peers are served them.
+        let mut last = 0;
+        loop {
+            let (_, more, entries) = store
+                .base_page(origin, Some(base.seq), last, PAGE_BYTES)?
+                .ok_or_else(changed)?;
+            w.base(entries.iter().map(Vec::as_slice))?;
+            match entries.last() {
+                Some(e) if more => {
+                    last = crate::feed::decode_entry(e)
+                        .map_err(StoreError::from)?
+                        .seq
+                        .0
+                }
+                _ => break,
             }
-            w.base(entries[from..to].iter().map(|(b, _)| b.as_slice()))?;
-            from = to;
         }
         after = base.seq;
     }
@@ -277,8 +282,8 @@ fn load_archive_from(
     let origin = r.origin();
     let mut snapshots: Vec<Snapshot> = Vec::new();
     let mut entries = 0;
-    let mut base: Option<Vec<(Vec<u8>, EntryHash)>> = None;
-    let install = |base: &mut Option<Vec<(Vec<u8>, EntryHash)>>,
+    let mut base: Option<Vec<Vec<u8>>> = None;
+    let install = |base: &mut Option<Vec<Vec<u8>>>,
                    snapshots: &[Snapshot],
                    store: &mut Store|
      -> Result<u64, ImportError> {
@@ -296,12 +301,7 @@ fn load_archive_from(
         }
         match section {
             Section::Snapshot(s) => snapshots.push(s),
-            Section::Base(page) => base
-                .get_or_insert_with(Vec::new)
-                .extend(page.into_iter().map(|b| {
-                    let h = EntryHash::of(&b);
-                    (b, h)
-                })),
+            Section::Base(page) => base.get_or_insert_with(Vec::new).extend(page),
             Section::Page(checkpoint, page) => {
                 let batch =
                     verify_batch(origin, page, checkpoint).map_err(|e| ImportError::Invalid {
@@ -467,11 +467,14 @@ mod tests {
         assert!(other.verify_origin(key.id()).unwrap().problems.is_empty());
 
         // A base entry with one byte of its body changed is refused, digest or not.
-        let (snapshot, parts) = store.base_parts(key.id(), false).unwrap().unwrap();
+        let (snapshot, _, parts) = store
+            .base_page(key.id(), None, 0, usize::MAX)
+            .unwrap()
+            .unwrap();
         let forged = a.path().join("forged.tandem");
         let mut w = ArchiveWriter::new(std::fs::File::create(&forged).unwrap(), &key.id()).unwrap();
         w.snapshot(&snapshot).unwrap();
-        let mut bytes: Vec<Vec<u8>> = parts.into_iter().map(|(b, _)| b).collect();
+        let mut bytes: Vec<Vec<u8>> = parts;
         let n = bytes[0].len() - 3;
         bytes[0][n] ^= 1;
         w.base(bytes.iter().map(Vec::as_slice)).unwrap();

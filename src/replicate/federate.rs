@@ -598,15 +598,8 @@ impl Federation {
             (more, page) = (m, next);
         }
         info!(peer = %self.peer.name, %origin, seq = %snapshot.seq, objects = entries.len(), "starting the origin from the peer's snapshot (it compacted the entries before it)");
-        let parts: Vec<(Vec<u8>, crate::feed::EntryHash)> = entries
-            .into_iter()
-            .map(|b| {
-                let h = crate::feed::EntryHash::of(&b);
-                (b, h)
-            })
-            .collect();
         let seq = snapshot.seq.0;
-        self.with_store(move |s| s.install_base(&snapshot, &parts))
+        self.with_store(move |s| s.install_base(&snapshot, &entries))
             .await?;
         self.changes.notify();
         Ok(seq)

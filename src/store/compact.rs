@@ -17,10 +17,6 @@ use super::{Context, SEQ_BITS, Store, StoreError, apply_to_objects, entry_key, h
 use crate::feed::{self, EntryHash, FeedError, Head, Seq, Snapshot, StateFold};
 use crate::identity::NodeId;
 
-/// An origin's base as a transferable whole: the snapshot, and the entries (bytes, hash) that
-/// hold its state, in seq order.
-pub type BaseParts = (Snapshot, Vec<(Vec<u8>, EntryHash)>);
-
 /// One page of a base as served: the snapshot, whether more entries follow, the entries.
 pub type BasePage = (Snapshot, bool, Vec<Vec<u8>>);
 
@@ -294,18 +290,13 @@ impl Store {
     pub fn install_base(
         &mut self,
         snapshot: &Snapshot,
-        entries: &[(Vec<u8>, EntryHash)],
+        entries: &[Vec<u8>],
     ) -> Result<bool, StoreError> {
         snapshot.verify()?;
         let origin = snapshot.origin;
         let mut fold = StateFold::new();
         let mut last = 0u64;
-        for (bytes, hash) in entries {
-            if EntryHash::of(bytes) != *hash {
-                return Err(StoreError::Feed(FeedError::Malformed(
-                    "a base entry does not match its hash",
-                )));
-            }
+        for bytes in entries {
             let entry = feed::decode_entry(bytes)?;
             if entry.seq.0 <= last || entry.seq > snapshot.seq {
                 return Err(StoreError::Feed(FeedError::Malformed(
@@ -319,7 +310,7 @@ impl Store {
             snapshot,
             &fold,
             entries.len(),
-            entries.last().map(|(_, h)| (last, *h)),
+            entries.last().map(|b| (last, EntryHash::of(b))),
         )
         .map_err(|what| StoreError::SnapshotMismatch {
             origin,
@@ -407,10 +398,14 @@ impl Store {
                 .conn
                 .prepare("INSERT INTO entries (key, hash, bytes) VALUES (?1, ?2, ?3)")
                 .ctx("inserting base entries")?;
-            for (bytes, hash) in entries {
+            for bytes in entries {
                 let entry = feed::decode_entry(bytes)?;
                 insert
-                    .execute((entry_key(row, entry.seq.0), &hash.0[..], bytes))
+                    .execute((
+                        entry_key(row, entry.seq.0),
+                        &EntryHash::of(bytes).0[..],
+                        bytes,
+                    ))
                     .ctx("inserting base entries")?;
                 apply_to_objects(
                     &tx,
@@ -512,46 +507,5 @@ impl Store {
         }
         let more = out.len() < seqs.len();
         Ok(Some((snapshot, more, out)))
-    }
-
-    /// A snapshot of `origin` with the entries that hold its state, in seq order: a base
-    /// another node can start from. The latest snapshot held, or the oldest one (the
-    /// compacted base, if any) when `latest` is false. `None` when no snapshot is held.
-    pub fn base_parts(
-        &self,
-        origin: NodeId,
-        latest: bool,
-    ) -> Result<Option<BaseParts>, StoreError> {
-        let _view = self
-            .conn
-            .unchecked_transaction()
-            .ctx("starting a base read")?;
-        let snapshots = self.snapshots(origin)?;
-        let snapshot = if latest {
-            snapshots.into_iter().last()
-        } else {
-            snapshots.into_iter().next()
-        };
-        let Some(snapshot) = snapshot else {
-            return Ok(None);
-        };
-        let replay = self.replay(origin, snapshot.seq)?;
-        let row = self.origin_row_id(origin)?.expect("the origin is held");
-        let mut seqs: Vec<u64> = replay.state.items().map(|(_, i)| i.seq).collect();
-        seqs.push(snapshot.seq.0);
-        seqs.sort_unstable();
-        seqs.dedup();
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT hash, bytes FROM entries WHERE key = ?1")
-            .ctx("reading base entries")?;
-        let mut out = Vec::with_capacity(seqs.len());
-        for seq in seqs {
-            let (hash, bytes): (Vec<u8>, Vec<u8>) = stmt
-                .query_row([entry_key(row, seq)], |r| Ok((r.get(0)?, r.get(1)?)))
-                .ctx("reading base entries")?;
-            out.push((bytes, hash_from(hash)?));
-        }
-        Ok(Some((snapshot, out)))
     }
 }

@@ -32,7 +32,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::feed::{EntryHash, FeedError, ForkEvidence, Head, Op, Seq};
 use crate::identity::NodeId;
 
-pub use compact::{BasePage, BaseParts, Compacted};
+pub use compact::{BasePage, Compacted};
 pub use holders::{HolderInfo, Rollback};
 pub use read::{OriginInfo, StoredEntry};
 pub use snapshots::{SnapshotMismatch, StateItem};

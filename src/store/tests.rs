@@ -960,7 +960,10 @@ fn compaction_keeps_the_state_at_the_base_and_everything_after_it() {
     assert_sound(&store, origin);
 
     // A new node starts from the base and tails the feed, without the history before it.
-    let (snapshot, parts) = store.base_parts(origin, false).unwrap().unwrap();
+    let (snapshot, _, parts) = store
+        .base_page(origin, None, 0, usize::MAX)
+        .unwrap()
+        .unwrap();
     assert_eq!((snapshot, parts.len() as u64), (first, kept));
     let other = tempfile::tempdir().unwrap();
     let mut holder = writer(other.path());
