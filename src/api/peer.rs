@@ -263,6 +263,31 @@ async fn read_store<T: Send + 'static>(
         })
 }
 
+/// The checks every read of an origin starts with: the id parses, the query parses, and the
+/// caller may read the origin. The error is the finished response, built once per request.
+#[allow(clippy::result_large_err)]
+fn readable<Q>(
+    state: &PeerState,
+    caller: &Caller,
+    id: &str,
+    query: Result<axum::extract::Query<Q>, axum::extract::rejection::QueryRejection>,
+) -> Result<(NodeId, Q), Response> {
+    let Ok(origin) = id.parse::<NodeId>() else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a node id"),
+        ));
+    };
+    let query = query.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if !may_read(state, &caller.0, origin) {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!("peer {} may not read origin {origin}", caller.0.name),
+        ));
+    }
+    Ok((origin, query.0))
+}
+
 #[derive(serde::Deserialize)]
 struct BaseQuery {
     #[serde(default)]
@@ -278,19 +303,10 @@ async fn base(
     Path(id): Path<String>,
     query: Result<axum::extract::Query<BaseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(origin) = id.parse::<NodeId>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
+    let (origin, query) = match readable(&state, &caller, &id, query) {
+        Ok(found) => found,
+        Err(response) => return response,
     };
-    let query = match query {
-        Ok(q) => q.0,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    if !may_read(&state, &caller.0, origin) {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("peer {} may not read origin {origin}", caller.0.name),
-        );
-    }
     if query.after > crate::feed::MAX_SEQ || query.seq.is_some_and(|s| s > crate::feed::MAX_SEQ) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -398,19 +414,10 @@ async fn entries(
     query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let Ok(origin) = id.parse::<NodeId>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
+    let (origin, query) = match readable(&state, &caller, &id, query) {
+        Ok(found) => found,
+        Err(response) => return response,
     };
-    let query = match query {
-        Ok(q) => q.0,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    if !may_read(&state, &caller.0, origin) {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("peer {} may not read origin {origin}", caller.0.name),
-        );
-    }
     let limit = query
         .limit
         .unwrap_or(crate::peer::PAGE_ENTRIES)
@@ -639,19 +646,10 @@ async fn snapshots(
     Path(id): Path<String>,
     query: Result<axum::extract::Query<AfterQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(origin) = id.parse::<NodeId>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
+    let (origin, after) = match readable(&state, &caller, &id, query) {
+        Ok((origin, q)) => (origin, q.after),
+        Err(response) => return response,
     };
-    let after = match query {
-        Ok(q) => q.0.after,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    if !may_read(&state, &caller.0, origin) {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!("peer {} may not read origin {origin}", caller.0.name),
-        );
-    }
     match read_store(&state, move |s| s.snapshots(origin)).await {
         Ok(list) => {
             let docs: Vec<wire::SnapshotDoc> = list
