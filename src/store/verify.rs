@@ -102,8 +102,9 @@ impl Store {
         // (with the snapshots below); the chain starts after the base, from its hash.
         let base = self.base(origin)?;
         let base_seq = base.map_or(0, |b| b.seq.0);
+        let snapshots = self.snapshots(origin)?;
         if let Some(b) = base
-            && !self.snapshots(origin)?.iter().any(|s| s.seq == b.seq)
+            && !snapshots.iter().any(|s| s.seq == b.seq)
         {
             problem(
                 Some(b.seq.0),
@@ -131,79 +132,62 @@ impl Store {
                     .ctx("reading entries")?
                     .as_blob()
                     .unwrap_or_default();
-                if seq <= base_seq {
-                    report.entries += 1;
-                    if !sampled(seq) {
-                        continue;
+                // At or below the base, no chain: no continuity, no links, nothing to record.
+                let chained = seq > base_seq;
+                if chained {
+                    let expected = base_seq + hashes.len() as u64 + 1;
+                    if seq != expected {
+                        problem(
+                            Some(expected),
+                            format!("entry missing (next stored is seq {seq})"),
+                        );
+                        break;
                     }
+                }
+                let Ok(recorded) = <[u8; 32]>::try_from(recorded.as_slice()).map(EntryHash) else {
+                    problem(Some(seq), "recorded hash is not 32 bytes".into());
+                    break;
+                };
+                report.entries += 1;
+                let hash = if sampled(seq) {
                     report.rehashed += 1;
-                    if recorded != EntryHash::of(bytes).0 {
+                    let hash = EntryHash::of(bytes);
+                    if recorded != hash {
                         problem(
                             Some(seq),
                             "entry bytes do not match their recorded hash".into(),
                         );
                     }
                     match feed::decode_entry(bytes) {
-                        Ok(entry) if entry.seq.0 == seq => {
+                        Ok(entry) => {
+                            if entry.seq.0 != seq {
+                                problem(Some(seq), format!("entry says seq {}", entry.seq));
+                            }
+                            if chained && entry.prev != prev {
+                                problem(
+                                    Some(seq),
+                                    "prev does not match the previous entry's hash".into(),
+                                );
+                            }
                             latest.insert(entry.path.to_owned(), (seq, entry.op));
                         }
-                        Ok(entry) => problem(Some(seq), format!("entry says seq {}", entry.seq)),
                         Err(e) => problem(Some(seq), format!("entry does not decode: {e}")),
                     }
-                    continue;
-                }
-                let expected = base_seq + hashes.len() as u64 + 1;
-                if seq != expected {
-                    problem(
-                        Some(expected),
-                        format!("entry missing (next stored is seq {seq})"),
-                    );
-                    break;
-                }
-                let Ok(recorded) = <[u8; 32]>::try_from(recorded.as_slice()) else {
-                    problem(Some(seq), "recorded hash is not 32 bytes".into());
-                    break;
-                };
-                let recorded = EntryHash(recorded);
-                if !sampled(seq) {
+                    hash
+                } else {
                     // Not re-hashed: the link to the previous entry, through recorded hashes.
-                    if bytes.get(9..41) != Some(&prev.0[..]) {
+                    if chained && bytes.get(9..41) != Some(&prev.0[..]) {
                         problem(
                             Some(seq),
                             "prev does not match the previous entry's hash".into(),
                         );
                     }
-                    report.entries += 1;
-                    prev = recorded;
-                    hashes.push(recorded);
-                    continue;
+                    recorded
+                };
+                if chained {
+                    prev = hash;
+                    hashes.push(hash);
                 }
-                report.rehashed += 1;
-                let hash = EntryHash::of(bytes);
-                if recorded != hash {
-                    problem(
-                        Some(seq),
-                        "entry bytes do not match their recorded hash".into(),
-                    );
-                }
-                match feed::decode_entry(bytes) {
-                    Ok(entry) => {
-                        if entry.seq.0 != seq {
-                            problem(Some(seq), format!("entry says seq {}", entry.seq));
-                        }
-                        if entry.prev != prev {
-                            problem(
-                                Some(seq),
-                                "prev does not match the previous entry's hash".into(),
-                            );
-                        }
-                        latest.insert(entry.path.to_owned(), (seq, entry.op));
-                    }
-                    Err(e) => problem(Some(seq), format!("entry does not decode: {e}")),
-                }
-                report.entries += 1;
-                prev = hash;
-                hashes.push(hash);
             }
         }
 
@@ -267,7 +251,6 @@ impl Store {
         }
 
         // Snapshots: signature, and the state their entries give (one replay for all).
-        let snapshots = self.snapshots(origin)?;
         for snapshot in &snapshots {
             report.snapshots += 1;
             if let Err(e) = snapshot.verify() {
