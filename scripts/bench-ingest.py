@@ -15,111 +15,32 @@ tandem with (default "1,2,4,8"); BENCH_GATE, a file to wait for after loading (s
 timed part runs on an otherwise idle machine).
 Needs: a release build (cargo build --release), curl, and the test virtualenv (scripts/test).
 """
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV = os.environ.get("TANDEM_TEST_VENV", os.path.join(ROOT, "target/test-venv"))
-TANDEM = os.path.join(ROOT, "target/release/tandem")
+import benchkit
+from benchkit import PW, TANDEM, VENV
+
 RECORDS, COLLECTIONS, STEADY, IDLE = (int(a) for a in (sys.argv[1:] or ["100000", "100", "1000", "60"]))
-PW = "bench-pw"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def request(url, method="GET", body=None, user="admin"):
-    import base64
-    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
-    req.add_header("Content-Type", "application/json")
-    req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{PW}".encode()).decode())
-    with urllib.request.urlopen(req) as r:
-        return json.load(r)
-
-
-def start_kinto(workdir, access_log=False, history=False):
-    port = free_port()
-    ini = f"""[server:main]
-use = egg:waitress#main
-host = 127.0.0.1
-port = %(http_port)s
-threads = 4
-[app:main]
-use = egg:kinto
-kinto.includes = kinto.plugins.accounts{chr(10) + "                 kinto.plugins.history" if history else ""}
-kinto.storage_backend = kinto.core.storage.memory
-kinto.storage_url =
-kinto.cache_backend = kinto.core.cache.memory
-kinto.cache_url =
-kinto.permission_backend = kinto.core.permission.memory
-kinto.permission_url =
-kinto.userid_hmac_secret = 0a1b2c3d4e5f6071
-multiauth.policies = account
-multiauth.policy.account.use = kinto.plugins.accounts.AccountsPolicy
-kinto.account_create_principals = system.Everyone
-kinto.bucket_create_principals = system.Authenticated
+SETTINGS = """kinto.bucket_create_principals = system.Authenticated
 kinto.bucket_read_principals = account:tandem
 kinto.collection_read_principals = account:tandem
 kinto.group_read_principals = account:tandem
 kinto.record_read_principals = account:tandem
-kinto.batch_max_requests = 1000
-[loggers]
-keys = root, access
-[handlers]
-keys = console, access
-[formatters]
-keys = plain, access
-[logger_root]
-level = WARNING
-handlers = console
-[logger_access]
-level = {"INFO" if access_log else "WARNING"}
-handlers = access
-qualname = request.summary
-propagate = 0
-[handler_console]
-class = StreamHandler
-args = (sys.stderr,)
-level = NOTSET
-formatter = plain
-[handler_access]
-class = FileHandler
-args = ('{workdir}/access.log',)
-level = NOTSET
-formatter = access
-[formatter_plain]
-format = %(message)s
-[formatter_access]
-format = %(code)s %(method)s %(path)s
-"""
-    with open(os.path.join(workdir, "kinto.ini"), "w") as f:
-        f.write(ini)
-    proc = subprocess.Popen([os.path.join(VENV, "bin/kinto"), "start", "--ini", "kinto.ini", "--port", str(port)],
-                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "server.log"), "w"))
-    url = f"http://127.0.0.1:{port}/v1/"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(url + "__heartbeat__")
-            break
-        except Exception:
-            time.sleep(0.1)
-    for user in ("admin", "tandem"):
-        req = urllib.request.Request(url + f"accounts/{user}", method="PUT", data=json.dumps({"data": {"password": PW}}).encode())
-        req.add_header("Content-Type", "application/json")
-        urllib.request.urlopen(req)
-    return proc, url
+kinto.batch_max_requests = 1000"""
+
+
+def request(*args, **kw):
+    return benchkit.request(*args, **kw)[0]
+
+
+def start_kinto(workdir, access_log=False, history=False):
+    return benchkit.start_kinto(workdir, SETTINGS, ("kinto.plugins.history",) if history else (),
+                                access_log=access_log, users=("admin", "tandem"))
 
 
 def load(url, collections, per_collection, pad=120):

@@ -12,21 +12,16 @@ Prints seconds and records/s of 1 and 3, their ratio, and checks that the restor
 Usage: scripts/bench-restore.py [RECORDS COLLECTIONS]   (default 100000 100)
 Needs: a release build (cargo build --release) and the test virtualenv (scripts/test).
 """
-import base64
-import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV = os.environ.get("TANDEM_TEST_VENV", os.path.join(ROOT, "target/test-venv"))
-TANDEM = os.path.join(ROOT, "target/release/tandem")
+import benchkit
+from benchkit import PW, TANDEM
+
 RECORDS, COLLECTIONS = (int(a) for a in (sys.argv[1:] or ["100000", "100"]))
-PW = "bench-pw"
 BATCH = 200
 
 SETTINGS = "\n".join(
@@ -36,77 +31,11 @@ SETTINGS = "\n".join(
 )
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def call(url, method="GET", body=None, user="admin"):
-    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
-    req.add_header("Content-Type", "application/json")
-    req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{PW}".encode()).decode())
-    with urllib.request.urlopen(req) as r:
-        return json.load(r), r.headers
+call = benchkit.request
 
 
 def start_kinto(workdir):
-    port = free_port()
-    ini = f"""[server:main]
-use = egg:waitress#main
-host = 127.0.0.1
-port = %(http_port)s
-threads = 4
-[app:main]
-use = egg:kinto
-kinto.includes = kinto.plugins.accounts
-kinto.storage_backend = kinto.core.storage.memory
-kinto.storage_url =
-kinto.cache_backend = kinto.core.cache.memory
-kinto.cache_url =
-kinto.permission_backend = kinto.core.permission.memory
-kinto.permission_url =
-kinto.userid_hmac_secret = 0a1b2c3d4e5f6071
-multiauth.policies = account
-multiauth.policy.account.use = kinto.plugins.accounts.AccountsPolicy
-kinto.account_create_principals = system.Everyone
-kinto.batch_max_requests = {BATCH}
-kinto.paginate_by = 10000
-{SETTINGS}
-[loggers]
-keys = root
-[handlers]
-keys = console
-[formatters]
-keys = plain
-[logger_root]
-level = WARNING
-handlers = console
-[handler_console]
-class = StreamHandler
-args = (sys.stderr,)
-level = NOTSET
-formatter = plain
-[formatter_plain]
-format = %(message)s
-"""
-    with open(os.path.join(workdir, "kinto.ini"), "w") as f:
-        f.write(ini)
-    proc = subprocess.Popen([os.path.join(VENV, "bin/kinto"), "start", "--ini", "kinto.ini", "--port", str(port)],
-                            cwd=workdir, stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "server.log"), "w"))
-    url = f"http://127.0.0.1:{port}/v1/"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(url + "__heartbeat__")
-            break
-        except Exception:
-            time.sleep(0.1)
-    req = urllib.request.Request(url + "accounts/admin", method="PUT", data=json.dumps({"data": {"password": PW}}).encode())
-    req.add_header("Content-Type", "application/json")
-    urllib.request.urlopen(req)
-    return proc, url
+    return benchkit.start_kinto(workdir, f"kinto.batch_max_requests = {BATCH}\nkinto.paginate_by = 10000\n{SETTINGS}")
 
 
 def plain_write(url):
