@@ -1,5 +1,10 @@
 """What the benchmark scripts share: paths, a free port, an authenticated JSON request, and a
-throwaway Kinto (memory backend, one process, 4 threads) started from the test virtualenv."""
+throwaway Kinto (one process, 4 threads) started from the test virtualenv.
+
+Kinto stores into memory unless BENCH_POSTGRES names a PostgreSQL server
+(`postgresql://USER@HOST:PORT`): then each Kinto gets a new database of its own there, created
+and migrated here. That needs psycopg2-binary, SQLAlchemy and zope.sqlalchemy in the virtualenv
+(`pip install psycopg2-binary 'SQLAlchemy<3' zope.sqlalchemy`)."""
 import base64
 import json
 import os
@@ -12,6 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.environ.get("TANDEM_TEST_VENV", os.path.join(ROOT, "target/test-venv"))
 TANDEM = os.path.join(ROOT, "target/release/tandem")
 PW = "bench-pw"
+POSTGRES = os.environ.get("BENCH_POSTGRES", "").rstrip("/")
+BACKEND = "postgresql" if POSTGRES else "memory"
 
 
 def free_port():
@@ -37,6 +44,14 @@ def start_kinto(workdir, settings="", plugins=(), access_log=False, users=("admi
     Creates `users` with password PW. Returns (process, root URL ending in /v1/)."""
     os.makedirs(workdir, exist_ok=True)
     port = free_port()
+    storage_url = ""
+    if POSTGRES:
+        database = f"tandem_bench_{os.getpid()}_{port}"
+        subprocess.run([os.path.join(VENV, "bin/python"), "-c",
+                        "import psycopg2, sys; c = psycopg2.connect(sys.argv[1] + '/postgres'); "
+                        "c.autocommit = True; c.cursor().execute('CREATE DATABASE ' + sys.argv[2])",
+                        POSTGRES, database], check=True)
+        storage_url = f"{POSTGRES}/{database}"
     includes = "\n                 ".join(("kinto.plugins.accounts",) + tuple(plugins))
     ini = f"""[server:main]
 use = egg:waitress#main
@@ -46,12 +61,12 @@ threads = 4
 [app:main]
 use = egg:kinto
 kinto.includes = {includes}
-kinto.storage_backend = kinto.core.storage.memory
-kinto.storage_url =
+kinto.storage_backend = kinto.core.storage.{BACKEND}
+kinto.storage_url = {storage_url}
 kinto.cache_backend = kinto.core.cache.memory
 kinto.cache_url =
-kinto.permission_backend = kinto.core.permission.memory
-kinto.permission_url =
+kinto.permission_backend = kinto.core.permission.{BACKEND}
+kinto.permission_url = {storage_url}
 kinto.userid_hmac_secret = 0a1b2c3d4e5f6071
 multiauth.policies = account
 multiauth.policy.account.use = kinto.plugins.accounts.AccountsPolicy
@@ -88,6 +103,9 @@ format = %(code)s %(method)s %(path)s
 """
     with open(os.path.join(workdir, "kinto.ini"), "w") as f:
         f.write(ini)
+    if POSTGRES:
+        subprocess.run([os.path.join(VENV, "bin/kinto"), "migrate", "--ini", "kinto.ini"], cwd=workdir,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = subprocess.Popen([os.path.join(VENV, "bin/kinto"), "start", "--ini", "kinto.ini", "--port", str(port)],
                             cwd=workdir, stdout=subprocess.DEVNULL, stderr=open(os.path.join(workdir, "server.log"), "w"))
     url = f"http://127.0.0.1:{port}/v1/"

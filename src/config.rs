@@ -207,20 +207,6 @@ pub struct PeerConfig {
 }
 
 impl Config {
-    /// The peers this node (whose id is `own`) pushes its own feed to, named as `"self"` or by
-    /// its id: compaction waits for them.
-    pub fn own_feed_holders(&self, own: NodeId) -> Vec<NodeId> {
-        self.peers
-            .iter()
-            .filter(|p| {
-                p.push
-                    .iter()
-                    .any(|o| matches!(o, OriginRef::SelfNode) || *o == OriginRef::Node(own))
-            })
-            .map(|p| p.id)
-            .collect()
-    }
-
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -841,28 +827,6 @@ mod tests {
                 "{e}"
             );
         }
-    }
-
-    #[test]
-    fn own_feed_holders_are_named_as_self_or_by_id() {
-        let own: NodeId = crate::identity::NodeKey::from_seed([3; 32]).id();
-        let other: NodeId = crate::identity::NodeKey::from_seed([4; 32]).id();
-        for push in ["\"self\"".to_owned(), format!("\"{own}\"")] {
-            let c = parse(&format!(
-                "[node]\nname = \"n\"\n[[peer]]\nname = \"p\"\nurl = \"http://x\"\nid = \"{ID}\"\npush = [{push}]\n"
-            ))
-            .unwrap();
-            assert_eq!(
-                c.own_feed_holders(own),
-                vec![ID.parse::<NodeId>().unwrap()],
-                "{push}"
-            );
-        }
-        let by_id = parse(&format!(
-            "[node]\nname = \"n\"\n[[peer]]\nname = \"p\"\nurl = \"http://x\"\nid = \"{ID}\"\npush = [\"{own}\"]\n"
-        ))
-        .unwrap();
-        assert!(by_id.own_feed_holders(other).is_empty());
     }
 
     #[test]

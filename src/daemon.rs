@@ -235,7 +235,7 @@ pub async fn serve(
             .snapshots
             .as_ref()
             .map(crate::retention::Policy::from),
-        holders: config.own_feed_holders(key.id()),
+        holders: crate::retention::Holders::of_own_feed(&config, key.id()),
     };
     if let Some(schedule) = &config.snapshots {
         let status = Arc::new(WorkerStatus::new("snapshot", "schedule"));

@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
-use crate::config::SnapshotConfig;
+use crate::config::{Config, OriginRef, SnapshotConfig};
+use crate::identity::NodeId;
 
 /// The counts of a policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,6 +37,40 @@ impl From<&SnapshotConfig> for Policy {
             daily: c.keep_daily,
             weekly: c.keep_weekly,
             monthly: c.keep_monthly,
+        }
+    }
+}
+
+/// The peers that keep this node's own feed, as the config names them (`"self"` or the node's
+/// id): compaction never drops what one of them may still need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holders {
+    /// Peers the feed is pushed to. Each counts with what its receipts acknowledge (nothing
+    /// until its first).
+    pub push: Vec<NodeId>,
+    /// Peers that may read the feed (`serve`). Each counts with what it said it held in its
+    /// last pull, once it has pulled; one that never pulled starts from a snapshot instead.
+    pub readers: Vec<NodeId>,
+}
+
+impl Holders {
+    /// The holders of `own`'s feed in `config`.
+    pub fn of_own_feed(config: &Config, own: NodeId) -> Holders {
+        let names_own = |list: &[OriginRef]| {
+            list.iter()
+                .any(|o| matches!(o, OriginRef::SelfNode) || *o == OriginRef::Node(own))
+        };
+        let ids = |pick: fn(&crate::config::PeerConfig) -> &[OriginRef]| {
+            config
+                .peers
+                .iter()
+                .filter(|p| names_own(pick(p)))
+                .map(|p| p.id)
+                .collect()
+        };
+        Holders {
+            push: ids(|p| &p.push),
+            readers: ids(|p| &p.serve),
         }
     }
 }
@@ -84,6 +119,43 @@ pub fn keep(times: &[u64], policy: Policy) -> BTreeSet<usize> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn holders_of_the_own_feed_are_named_as_self_or_by_id() {
+        const ID: &str = "ed25519:iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w";
+        let own: NodeId = crate::identity::NodeKey::from_seed([3; 32]).id();
+        let other: NodeId = crate::identity::NodeKey::from_seed([4; 32]).id();
+        let config = |lists: &str| {
+            Config::parse(
+                std::path::Path::new("/etc/tandem/t.toml"),
+                &format!("[node]\nname = \"n\"\n[[peer]]\nname = \"p\"\nurl = \"http://x\"\nid = \"{ID}\"\n{lists}\n"),
+            )
+            .unwrap()
+        };
+        let peer: NodeId = ID.parse().unwrap();
+        for name in ["\"self\"".to_owned(), format!("\"{own}\"")] {
+            let pushed = config(&format!("push = [{name}]"));
+            assert_eq!(
+                Holders::of_own_feed(&pushed, own),
+                Holders {
+                    push: vec![peer],
+                    readers: vec![]
+                },
+                "{name}"
+            );
+            let served = config(&format!("serve = [{name}]"));
+            assert_eq!(
+                Holders::of_own_feed(&served, own),
+                Holders {
+                    push: vec![],
+                    readers: vec![peer]
+                },
+                "{name}"
+            );
+        }
+        let by_id = config(&format!("push = [\"{own}\"]\nserve = [\"{own}\"]"));
+        assert_eq!(Holders::of_own_feed(&by_id, other), Holders::default());
+    }
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> u64 {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)

@@ -940,6 +940,79 @@ async fn a_store_restored_from_an_old_backup_catches_up_before_appending() {
 /// entries from home any more: it starts from home's snapshot (its state, checked against the
 /// signed root), then tails the feed, and ends with home's exact state; both verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_pulled_holds_compaction_back_until_it_has_pulled_past() {
+    let (mut home, mut laptop) = (TestNode::new("home"), TestNode::new("laptop"));
+    let h = home.id.to_string();
+    home.configure(
+        "",
+        &format!(
+            "[snapshots]\n{NEVER}\nkeep_last = 2\n{}",
+            TestNode::peer_entry(&laptop, &format!("serve = [\"self\"]\n{NEVER}"))
+        ),
+    );
+    laptop.configure(
+        "",
+        &TestNode::peer_entry(&home, &format!("pull = [\"{h}\"]\n{NEVER}")),
+    );
+    home.init();
+    laptop.init();
+    home.append(1000, "a");
+    home.start().await;
+    common::tandem(&laptop.config_path(), &["sync"], 0);
+    home.stop().await;
+    let pulled = |home: &TestNode| {
+        let holders = home.store().holders(home.id).unwrap();
+        holders
+            .iter()
+            .find(|x| x.holder == laptop.id)
+            .and_then(|x| x.pulled_seq)
+    };
+    assert_eq!(pulled(&home), Some(1000));
+
+    // Every object rewritten, then a snapshot: without the laptop, compaction would drop the
+    // first 1,000 entries, which the laptop has not pulled yet.
+    home.append(1000, "a");
+    let out = common::tandem(&home.config_path(), &["snapshot", "create"], 0);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("compacted away"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(home.store().base(home.id).unwrap(), None);
+    let status = common::tandem(&home.config_path(), &["status", "--json"], 0);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["origins"][0]["holders"][0]["pulled_seq"], 1000,
+        "{status}"
+    );
+
+    // The laptop catches up with the feed, then the next snapshot compacts.
+    home.start().await;
+    let out = common::tandem(&laptop.config_path(), &["sync"], 0);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1000 entries pulled"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    home.stop().await;
+    assert_eq!(pulled(&home), Some(2000));
+    home.append(10, "b");
+    let out = common::tandem(&home.config_path(), &["snapshot", "create"], 0);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("1000 entries") && said.contains("below seq 2000"),
+        "{said}"
+    );
+    home.start().await;
+    common::tandem(&laptop.config_path(), &["sync"], 0);
+    assert_eq!(laptop.head(home.id), 2010);
+    laptop.start().await;
+    assert_eq!(export(&laptop, &h), export(&home, "self"));
+    laptop.stop().await;
+    home.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_holder_starts_from_a_compacted_origins_snapshot() {
     let (mut home, mut laptop) = (TestNode::new("home"), TestNode::new("laptop"));
     let h = home.id.to_string();

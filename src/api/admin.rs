@@ -132,8 +132,8 @@ pub struct SnapshotMaker {
     pub changes: Changes,
     /// The retention applied after each new snapshot (`[snapshots]`); none keeps every one.
     pub retention: Option<crate::retention::Policy>,
-    /// The peers the own feed is pushed to: compaction never passes what they acknowledged.
-    pub holders: Vec<crate::identity::NodeId>,
+    /// The peers that keep the own feed: compaction never passes what they hold.
+    pub holders: crate::retention::Holders,
 }
 
 impl SnapshotMaker {

@@ -431,6 +431,21 @@ async fn entries(
         );
     }
     let after = Seq(query.after);
+    if origin == state.node {
+        // The caller says, in a request it signed, that it holds this node's feed up to
+        // `after`: compaction waits for it (see `retention::Holders`).
+        let (writer, peer) = (state.writer.clone(), caller.0.id);
+        let recorded = tokio::task::spawn_blocking(move || {
+            writer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record_pulled(origin, peer, after)
+        })
+        .await;
+        if let Ok(Err(e)) = recorded {
+            tracing::warn!(peer = %caller.0.name, error = %e, "could not record what a peer pulled");
+        }
+    }
     let mut changed = state.changes.subscribe();
     loop {
         // Subscribed before reading, so a change between the read and the wait is not missed.

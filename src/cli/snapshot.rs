@@ -30,7 +30,7 @@ pub fn create(cli: &Cli) -> anyhow::Result<()> {
                 let (removed, compacted) = node.store.apply_retention(
                     node.key.id(),
                     retention.into(),
-                    &node.config.own_feed_holders(node.key.id()),
+                    &crate::retention::Holders::of_own_feed(&node.config, node.key.id()),
                 )?;
                 if removed > 0 || compacted.entries > 0 {
                     eprintln!(

@@ -11,7 +11,8 @@
 //!               "durable_seq": 12, "base_seq": 0,
 //!               "holders": [{"peer": "community", "id": "ed25519:…", "acked_seq": 12,
 //!                            "acked_at": "2026-11-26T15:04:05.123Z", "served_seq": 12,
-//!                            "behind": false, "last_rollback": null}]}]}
+//!                            "behind": false, "last_rollback": null,
+//!                            "pulled_seq": null, "pulled_at": null}]}]}
 //! ```
 //!
 //! An origin with no entries has `"head": {"seq": 0, "hash": null}`. `forks` lists stored fork
@@ -20,7 +21,9 @@
 //! null without one), `served_seq` is the head it showed when last asked, and `behind` is true
 //! while that is less than it acknowledged or served before (it rolled back or withholds);
 //! `last_rollback` keeps the last such finding, `{"at", "served_seq", "expected_seq"}`, after a
-//! push has healed it.
+//! push has healed it. On the own origin, `pulled_seq` and `pulled_at` say where a peer that
+//! reads the feed from this node last asked for entries after (what it says it holds; null if
+//! it never pulled): compaction waits for it as for receipts.
 //! `peer` is the holder's name in the configuration (null if it is no longer configured).
 //! `base_seq` is the compacted base (0 when the whole feed is held): below it, only the
 //! entries holding the state at that seq's snapshot are kept.
@@ -78,6 +81,8 @@ struct HolderDoc {
     served_seq: Option<u64>,
     behind: bool,
     last_rollback: Option<RollbackDoc>,
+    pulled_seq: Option<u64>,
+    pulled_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -141,6 +146,8 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
                     served_seq: r.served_seq,
                     expected_seq: r.expected_seq,
                 }),
+                pulled_seq: h.pulled_seq,
+                pulled_at: h.pulled_at.map(super::rfc3339),
             })
             .collect();
         let durable_seq = if o.is_self {
@@ -268,6 +275,10 @@ fn print_text(status: &Status) {
                 Some(at) => format!("acked seq {} ({} ago)", h.acked_seq, age(at)),
                 None => "no receipt".to_owned(),
             };
+            let pulled = match (h.pulled_seq, &h.pulled_at) {
+                (Some(seq), Some(at)) => format!(", pulled after seq {seq} ({} ago)", age(at)),
+                _ => String::new(),
+            };
             let served = h
                 .served_seq
                 .map(|s| format!(", serves seq {s}"))
@@ -277,7 +288,7 @@ fn print_text(status: &Status) {
             } else {
                 ""
             };
-            println!("    holder {name}: {acked}{served}{behind}");
+            println!("    holder {name}: {acked}{pulled}{served}{behind}");
             if let Some(r) = &h.last_rollback {
                 println!(
                     "      served seq {} at {} after acknowledging seq {}: rolled back or withholding",

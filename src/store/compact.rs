@@ -166,15 +166,15 @@ impl Store {
         &mut self,
         origin: NodeId,
         policy: crate::retention::Policy,
-        holders: &[NodeId],
+        holders: &crate::retention::Holders,
     ) -> Result<(usize, Compacted), StoreError> {
         let snapshots = self.snapshots(origin)?;
         let before = snapshots.len();
         let times: Vec<u64> = snapshots.iter().map(|s| s.ts).collect();
         let keep = crate::retention::keep(&times, policy);
-        // Never past what every holder the feed is pushed to has acknowledged: a holder that
-        // lacks entries must still be able to get them.
-        let floor = self.acked_by_all(origin, holders)?;
+        // Never past what every holder of the feed is known to hold: a holder that lacks
+        // entries must still be able to get them.
+        let floor = self.held_by_all(origin, holders)?;
         let compacted = match (0..snapshots.len()).find(|i| keep.contains(i)) {
             Some(oldest) if floor.is_none_or(|f| snapshots[oldest].seq.0 <= f) => {
                 match self.compact(origin, snapshots[oldest].seq) {
@@ -191,8 +191,8 @@ impl Store {
             Some(oldest) => {
                 tracing::info!(
                     oldest_kept = %snapshots[oldest].seq,
-                    acknowledged_by_all = floor.unwrap_or(0),
-                    "not compacting yet: a holder has not acknowledged the entries up to the oldest kept snapshot"
+                    held_by_all = floor.unwrap_or(0),
+                    "not compacting yet: a holder has not acknowledged or pulled the entries up to the oldest kept snapshot"
                 );
                 Compacted::default()
             }
@@ -221,26 +221,33 @@ impl Store {
         Ok((before - self.snapshots(origin)?.len(), compacted))
     }
 
-    /// The highest seq of `origin` that every one of `holders` acknowledged with a receipt
-    /// (counting, for a holder found behind, what it last served); `None` without holders.
-    pub fn acked_by_all(
+    /// The highest seq of `origin` that every one of `holders` is known to hold: for a push
+    /// holder, what its receipts acknowledge (counting, for one found behind, what it last
+    /// served); for a reader, what it said it held when it last pulled, if it ever did; the
+    /// higher of the two for a peer that is both. `None` when nobody counts.
+    pub fn held_by_all(
         &self,
         origin: NodeId,
-        holders: &[NodeId],
+        holders: &crate::retention::Holders,
     ) -> Result<Option<u64>, StoreError> {
-        if holders.is_empty() {
-            return Ok(None);
-        }
         let known = self.holders(origin)?;
-        Ok(holders
-            .iter()
-            .map(|id| {
-                known
-                    .iter()
-                    .find(|h| h.holder == *id)
-                    .map_or(0, super::HolderInfo::holds)
-            })
-            .min())
+        let info = |id: &NodeId| known.iter().find(|h| h.holder == *id);
+        let mut floor: Option<u64> = None;
+        for id in holders.push.iter().chain(&holders.readers) {
+            let pushed = holders
+                .push
+                .contains(id)
+                .then(|| info(id).map_or(0, super::HolderInfo::holds));
+            let pulled = holders
+                .readers
+                .contains(id)
+                .then(|| info(id).and_then(|h| h.pulled_seq))
+                .flatten();
+            if let Some(held) = pushed.max(pulled) {
+                floor = Some(floor.map_or(held, |f| f.min(held)));
+            }
+        }
+        Ok(floor)
     }
 
     /// Gives the free pages of the database back to the file system. The first call on a

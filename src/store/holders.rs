@@ -26,6 +26,11 @@ pub struct HolderInfo {
     pub served_at: Option<u64>,
     /// The last time it served less than it had acknowledged or served before.
     pub last_rollback: Option<Rollback>,
+    /// What it said it held when it last pulled the feed from this node (the `after` of its
+    /// signed request for entries), if it ever did.
+    pub pulled_seq: Option<u64>,
+    /// When that was (ms).
+    pub pulled_at: Option<u64>,
 }
 
 /// A holder seen serving less than before.
@@ -89,6 +94,33 @@ impl Store {
         Ok(changed > 0)
     }
 
+    /// Records that `holder` asked for `origin`'s entries after `seq` just now, in a request it
+    /// signed: it says it holds the feed up to there. The latest request counts, even if it is
+    /// lower than an earlier one (a holder that lost its copy pulls again from the start).
+    pub fn record_pulled(
+        &mut self,
+        origin: NodeId,
+        holder: NodeId,
+        seq: Seq,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().ctx("starting a holder write")?;
+        let row = origin_id(&tx, origin)?;
+        tx.execute(
+            "INSERT INTO holders (origin, holder, pulled_seq, pulled_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (origin, holder) DO UPDATE SET
+               pulled_seq = excluded.pulled_seq, pulled_at = excluded.pulled_at",
+            (
+                row,
+                holder.as_bytes().as_slice(),
+                seq.0 as i64,
+                now_ms() as i64,
+            ),
+        )
+        .ctx("storing a pulled position")?;
+        tx.commit().ctx("committing a pulled position")?;
+        Ok(())
+    }
+
     /// Records the head `holder` served for `origin` just now. Less than it acknowledged or
     /// served before is recorded as a rollback. Returns the holder's record afterwards, whose
     /// [`HolderInfo::behind`] says whether this is less than before.
@@ -140,7 +172,7 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT holder, acked_seq, acked_hash, acked_ts, served_seq, served_max, served_at,
-                        incident_at, incident_served, incident_expected
+                        incident_at, incident_served, incident_expected, pulled_seq, pulled_at
                  FROM holders WHERE origin = ?1 ORDER BY holder",
             )
             .ctx("reading holders")?;
@@ -159,12 +191,13 @@ impl Store {
                         r.get::<_, Option<i64>>(8)?,
                         r.get::<_, Option<i64>>(9)?,
                     ),
+                    (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<i64>>(11)?),
                 ))
             })
             .ctx("reading holders")?;
         let mut out = Vec::new();
         for row in rows {
-            let (holder, acked, hash, ts, served, max, at, incident) =
+            let (holder, acked, hash, ts, served, max, at, incident, (pulled, pulled_at)) =
                 row.ctx("reading holders")?;
             out.push(HolderInfo {
                 holder: super::read::node_id_from(holder)?,
@@ -182,6 +215,8 @@ impl Store {
                     }),
                     _ => None,
                 },
+                pulled_seq: pulled.map(|s| s as u64),
+                pulled_at: pulled_at.map(|t| t as u64),
             });
         }
         Ok(out)

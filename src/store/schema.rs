@@ -137,6 +137,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE origins ADD COLUMN base_seq INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE origins ADD COLUMN base_hash BLOB;
     "#,
+    // 6: what a peer that pulls a feed from this node says it holds: the `after` of its last
+    // signed request for entries. Compaction of the own feed waits for it too.
+    r#"
+    ALTER TABLE holders ADD COLUMN pulled_seq INTEGER;  -- NULL: it never pulled
+    ALTER TABLE holders ADD COLUMN pulled_at  INTEGER;  -- ms, when
+    "#,
 ];
 
 /// The schema version this build writes.

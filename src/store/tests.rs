@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::feed::{Checkpoint, Snapshot, VerifiedBatch, encode_entry, verify_batch};
 use crate::identity::NodeKey;
+use crate::retention::Holders;
 
 /// A chain of `n` entries for `key`, starting after `from`, with a checkpoint at every seq.
 struct Chain {
@@ -1037,11 +1038,29 @@ fn a_feed_compacted_at_its_head_appends_on() {
         last: 1,
         ..Default::default()
     };
-    // A holder that acknowledged nothing holds compaction back; without one it runs.
+    // A push holder that acknowledged nothing holds compaction back.
     let holder = NodeKey::from_seed([36; 32]).id();
-    let (_, held_back) = store.apply_retention(origin, policy, &[holder]).unwrap();
+    let pushed_to = Holders {
+        push: vec![holder],
+        readers: vec![],
+    };
+    let (_, held_back) = store.apply_retention(origin, policy, &pushed_to).unwrap();
     assert_eq!(held_back.entries, 0);
-    let (_, done) = store.apply_retention(origin, policy, &[]).unwrap();
+    // So does a reader whose last pull came from below the snapshot; one that never pulled
+    // does not (it starts from the snapshot).
+    let (reader, never) = (
+        NodeKey::from_seed([37; 32]).id(),
+        NodeKey::from_seed([38; 32]).id(),
+    );
+    let read_by = Holders {
+        push: vec![],
+        readers: vec![reader, never],
+    };
+    store.record_pulled(origin, reader, Seq(1)).unwrap();
+    let (_, held_back) = store.apply_retention(origin, policy, &read_by).unwrap();
+    assert_eq!(held_back.entries, 0);
+    store.record_pulled(origin, reader, snapshot.seq).unwrap();
+    let (_, done) = store.apply_retention(origin, policy, &read_by).unwrap();
     assert_eq!(done.base, snapshot.seq.0);
     assert!(done.entries > 0);
     assert_eq!(store.head(origin).unwrap(), Some(snapshot.head()));
@@ -1049,7 +1068,7 @@ fn a_feed_compacted_at_its_head_appends_on() {
     assert_sound(&store, origin);
     // Held back by a holder, retention still never prunes the snapshot at the base.
     let (newer, _) = store.create_snapshot(&key).unwrap();
-    let (removed, held_back) = store.apply_retention(origin, policy, &[holder]).unwrap();
+    let (removed, held_back) = store.apply_retention(origin, policy, &pushed_to).unwrap();
     assert_eq!((removed, held_back.entries), (0, 0));
     let kept: Vec<Seq> = store
         .snapshots(origin)
@@ -1060,7 +1079,9 @@ fn a_feed_compacted_at_its_head_appends_on() {
     assert_eq!(kept, vec![snapshot.seq, newer.seq]);
     assert_sound(&store, origin);
     // Once nothing holds it back, the base moves on and the old snapshot goes.
-    let (removed, moved) = store.apply_retention(origin, policy, &[]).unwrap();
+    let (removed, moved) = store
+        .apply_retention(origin, policy, &Holders::default())
+        .unwrap();
     assert_eq!((removed, moved.base), (1, newer.seq.0));
     assert_sound(&store, origin);
 }
