@@ -543,23 +543,38 @@ impl Federation {
 
     /// Fetches the peer's latest snapshot of `origin` with the entries of its state, checks
     /// them against its root, and starts (or moves) the origin there. Returns the snapshot's
-    /// seq.
+    /// seq. The entries are staged in the store as they arrive (on disk, not in memory) and
+    /// checked as a whole before anything of them is part of the replica.
     async fn bootstrap(&self, origin: NodeId) -> Result<u64, FederateError> {
+        let peer = self.peer.id;
+        let result = self.gather_and_install_base(origin).await;
+        if result.is_err() {
+            // Whatever was staged is of no use; the next attempt starts over.
+            self.with_store(move |s| s.discard_staged_base(peer, origin))
+                .await?;
+        }
+        result
+    }
+
+    async fn gather_and_install_base(&self, origin: NodeId) -> Result<u64, FederateError> {
         let invalid = |source| FederateError::Invalid {
             peer: self.peer.name.clone(),
             origin,
             source,
         };
+        let peer = self.peer.id;
         let (snapshot, mut more, first) = self.client.base_page(origin, None, 0).await?;
         if snapshot.origin != origin {
             return Err(invalid(FeedError::Malformed("a base of another origin")));
         }
         snapshot.verify().map_err(invalid)?;
         // An honest base is the state's bodies plus, per entry, a header, a path and maybe a
-        // tombstone: refuse to gather more than twice the signed size and a GiB.
-        let cap = snapshot.bytes.saturating_mul(2).saturating_add(1 << 30);
-        let (mut entries, mut last, mut total) = (Vec::new(), 0u64, 0u64);
+        // tombstone (which the snapshot's size does not count): refuse to stage more than four
+        // times the signed size and 4 GiB.
+        let cap = snapshot.bytes.saturating_mul(4).saturating_add(4 << 30);
+        let (mut count, mut last, mut total) = (0usize, 0u64, 0u64);
         let mut page = first;
+        let mut start = true;
         loop {
             for e in &page {
                 let seq = crate::feed::decode_entry(e).map_err(invalid)?.seq.0;
@@ -577,7 +592,10 @@ impl Federation {
                 )));
             }
             let empty = page.is_empty();
-            entries.extend(page);
+            count += page.len();
+            self.with_store(move |s| s.stage_base(peer, origin, start, &page))
+                .await?;
+            start = false;
             if !more {
                 break;
             }
@@ -597,9 +615,9 @@ impl Federation {
             }
             (more, page) = (m, next);
         }
-        info!(peer = %self.peer.name, %origin, seq = %snapshot.seq, objects = entries.len(), "starting the origin from the peer's snapshot (it compacted the entries before it)");
+        info!(peer = %self.peer.name, %origin, seq = %snapshot.seq, entries = count, bytes = total, "starting the origin from the peer's snapshot (it compacted the entries before it)");
         let seq = snapshot.seq.0;
-        self.with_store(move |s| s.install_base(&snapshot, &entries))
+        self.with_store(move |s| s.install_staged_base(peer, &snapshot))
             .await?;
         self.changes.notify();
         Ok(seq)

@@ -20,6 +20,13 @@ use crate::identity::NodeId;
 /// One page of a base as served: the snapshot, whether more entries follow, the entries.
 pub type BasePage = (Snapshot, bool, Vec<Vec<u8>>);
 
+/// Where the entries of a base come from: calls its second argument on each, in seq order.
+type BaseEntries<'a> = dyn Fn(
+        &rusqlite::Connection,
+        &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>
+    + 'a;
+
 /// What a compaction did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Compacted {
@@ -299,11 +306,120 @@ impl Store {
         snapshot: &Snapshot,
         entries: &[Vec<u8>],
     ) -> Result<bool, StoreError> {
+        self.install_base_from(snapshot, &|_, each| {
+            entries.iter().try_for_each(|bytes| each(bytes))
+        })
+    }
+
+    /// Adds entries of a base being fetched from `peer` to its staging area (a temporary table
+    /// of this connection, so on disk rather than in memory, and gone with the process).
+    /// `start` clears what was staged before for the same peer and origin.
+    pub fn stage_base(
+        &mut self,
+        peer: NodeId,
+        origin: NodeId,
+        start: bool,
+        entries: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().ctx("starting to stage a base")?;
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS base_staging (
+                peer BLOB NOT NULL, origin BLOB NOT NULL, seq INTEGER NOT NULL, bytes BLOB NOT NULL,
+                PRIMARY KEY (peer, origin, seq)
+             ) WITHOUT ROWID;",
+        )
+        .ctx("creating the base staging table")?;
+        let key = (peer.as_bytes().as_slice(), origin.as_bytes().as_slice());
+        if start {
+            tx.execute(
+                "DELETE FROM temp.base_staging WHERE peer = ?1 AND origin = ?2",
+                key,
+            )
+            .ctx("clearing a staged base")?;
+        }
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO temp.base_staging (peer, origin, seq, bytes)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .ctx("staging base entries")?;
+            for bytes in entries {
+                let seq = feed::decode_entry(bytes)?.seq.0 as i64;
+                insert
+                    .execute((key.0, key.1, seq, bytes))
+                    .ctx("staging base entries")?;
+            }
+        }
+        tx.commit().ctx("committing staged base entries")
+    }
+
+    /// [`Store::install_base`] with the entries staged from `peer` ([`Store::stage_base`]),
+    /// which are then cleared whatever the outcome.
+    pub fn install_staged_base(
+        &mut self,
+        peer: NodeId,
+        snapshot: &Snapshot,
+    ) -> Result<bool, StoreError> {
+        let key = (
+            peer.as_bytes().to_vec(),
+            snapshot.origin.as_bytes().to_vec(),
+        );
+        let installed = self.install_base_from(snapshot, &|conn, each| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT bytes FROM temp.base_staging WHERE peer = ?1 AND origin = ?2 ORDER BY seq",
+                )
+                .ctx("reading staged base entries")?;
+            let mut rows = stmt
+                .query((&key.0, &key.1))
+                .ctx("reading staged base entries")?;
+            while let Some(row) = rows.next().ctx("reading staged base entries")? {
+                let bytes = row
+                    .get_ref(0)
+                    .and_then(|v| v.as_blob().map_err(Into::into))
+                    .ctx("reading staged base entries")?;
+                each(bytes)?;
+            }
+            Ok(())
+        });
+        self.discard_staged_base(peer, snapshot.origin)?;
+        installed
+    }
+
+    /// Drops what was staged from `peer` for `origin`, if anything.
+    pub fn discard_staged_base(&mut self, peer: NodeId, origin: NodeId) -> Result<(), StoreError> {
+        let staged: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM temp.sqlite_master WHERE name = 'base_staging'",
+                [],
+                |r| r.get(0),
+            )
+            .ctx("looking for staged bases")?;
+        if staged {
+            self.conn
+                .execute(
+                    "DELETE FROM temp.base_staging WHERE peer = ?1 AND origin = ?2",
+                    (peer.as_bytes().as_slice(), origin.as_bytes().as_slice()),
+                )
+                .ctx("clearing a staged base")?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::install_base`] with the entries from `entries`, which calls its second argument
+    /// on each in seq order, and is called twice: to check them, then to store them.
+    fn install_base_from(
+        &mut self,
+        snapshot: &Snapshot,
+        entries: &BaseEntries<'_>,
+    ) -> Result<bool, StoreError> {
         snapshot.verify()?;
         let origin = snapshot.origin;
         let mut fold = StateFold::new();
-        let mut last = 0u64;
-        for bytes in entries {
+        let (mut last, mut count, mut last_hash) = (0u64, 0usize, None);
+        entries(&self.conn, &mut |bytes| {
             let entry = feed::decode_entry(bytes)?;
             if entry.seq.0 <= last || entry.seq > snapshot.seq {
                 return Err(StoreError::Feed(FeedError::Malformed(
@@ -311,20 +427,19 @@ impl Store {
                 )));
             }
             last = entry.seq.0;
+            count += 1;
             fold.apply(entry.seq.0, &entry);
-        }
-        feed::check_base(
-            snapshot,
-            &fold,
-            entries.len(),
-            entries.last().map(|b| (last, EntryHash::of(b))),
-        )
-        .map_err(|what| StoreError::SnapshotMismatch {
-            origin,
-            source: super::SnapshotMismatch::Base {
-                seq: snapshot.seq.0,
-                what,
-            },
+            last_hash = Some(EntryHash::of(bytes));
+            Ok(())
+        })?;
+        feed::check_base(snapshot, &fold, count, last_hash.map(|h| (last, h))).map_err(|what| {
+            StoreError::SnapshotMismatch {
+                origin,
+                source: super::SnapshotMismatch::Base {
+                    seq: snapshot.seq.0,
+                    what,
+                },
+            }
         })?;
 
         let tx = self
@@ -405,7 +520,7 @@ impl Store {
                 .conn
                 .prepare("INSERT INTO entries (key, hash, bytes) VALUES (?1, ?2, ?3)")
                 .ctx("inserting base entries")?;
-            for bytes in entries {
+            entries(&self.conn, &mut |bytes| {
                 let entry = feed::decode_entry(bytes)?;
                 insert
                     .execute((
@@ -424,7 +539,8 @@ impl Store {
                 )
                 .ctx("updating the object state")?;
                 total += bytes.len() as u64;
-            }
+                Ok(())
+            })?;
         }
         self.conn
             .execute(

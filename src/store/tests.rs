@@ -968,11 +968,28 @@ fn compaction_keeps_the_state_at_the_base_and_everything_after_it() {
     assert_eq!((snapshot, parts.len() as u64), (first, kept));
     let other = tempfile::tempdir().unwrap();
     let mut holder = writer(other.path());
-    // A base with an entry it does not need, or missing one, is refused.
+    // A base missing an entry is refused, given whole or staged page by page as a puller
+    // gathers it.
     let mut bad = parts.clone();
     bad.pop();
     assert!(holder.install_base(&snapshot, &bad).is_err());
-    assert!(holder.install_base(&snapshot, &parts).unwrap());
+    let peer = NodeKey::from_seed([90; 32]).id();
+    holder.stage_base(peer, origin, true, &bad).unwrap();
+    assert!(holder.install_staged_base(peer, &snapshot).is_err());
+    assert_eq!(holder.head(origin).unwrap(), None);
+    // Starting a new staging drops what an earlier attempt left (here an entry past the
+    // snapshot, which would make the base refused).
+    let (beyond, _) = store
+        .entries_page(origin, snapshot.seq, 1, 1 << 20)
+        .unwrap()
+        .unwrap();
+    let (front, back) = parts.split_at(parts.len() / 2);
+    holder
+        .stage_base(peer, origin, true, &[beyond[0].bytes.clone()])
+        .unwrap();
+    holder.stage_base(peer, origin, true, front).unwrap();
+    holder.stage_base(peer, origin, false, back).unwrap();
+    assert!(holder.install_staged_base(peer, &snapshot).unwrap());
     let mut after = snapshot.seq;
     while let Some((entries, cp)) = store.entries_page(origin, after, 500, 1 << 20).unwrap() {
         let bytes = entries.into_iter().map(|e| e.bytes).collect();
