@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Ingest benchmark against a real Kinto (memory backend), in one run:
+"""Ingest benchmark against a real Kinto (memory backend, or PostgreSQL with BENCH_POSTGRES: see
+benchkit.py), in one run:
 
 1. Initial ingest of RECORDS records spread over COLLECTIONS collections: the raw download of
    the same pages with curl, the same read with kinto-http.py, and `tandem sync`. Prints
@@ -12,18 +13,21 @@ Usage: scripts/bench-ingest.py [RECORDS COLLECTIONS STEADY IDLE]   (RECORDS 0: s
        STEADY 0: initial ingest only)
 Environment: BENCH_CONCURRENCY, a comma-separated list of `[source] concurrency` values to time
 tandem with (default "1,2,4,8"); BENCH_GATE, a file to wait for after loading (so that the
-timed part runs on an otherwise idle machine).
+timed part runs on an otherwise idle machine); BENCH_ROUNDS, how many times to run every reader
+and tandem, interleaved (default 1; medians are printed); BENCH_POSTGRES, a PostgreSQL server for Kinto's
+storage and permissions (benchkit.py).
 Needs: a release build (cargo build --release), curl, and the test virtualenv (scripts/test).
 """
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 import benchkit
-from benchkit import PW, TANDEM, VENV
+from benchkit import BACKEND, PW, TANDEM, VENV
 
 RECORDS, COLLECTIONS, STEADY, IDLE = (int(a) for a in (sys.argv[1:] or ["100000", "100", "1000", "60"]))
 SETTINGS = """kinto.bucket_create_principals = system.Authenticated
@@ -107,7 +111,6 @@ def initial_ingest():
                         f'output = "/dev/null"\n')
         # Kinto answers its first reads of a list slower (caches warming): read everything once.
         timed(["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", urls])
-        curl, _ = timed(["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", urls])
         # The same requests tandem makes for a first pass: the root, the bucket list, the bucket,
         # its groups and collections, each collection (permissions are only in the object),
         # and each records list.
@@ -120,14 +123,12 @@ def initial_ingest():
                 f.write(f'url = "{url}{p}"\noutput = "/dev/null"\n')
             with open(urls) as lists:
                 f.write(lists.read())
-        same, _ = timed(["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", every])
         py = os.path.join(work, "read.py")
         with open(py, "w") as f:
             f.write("import sys\nfrom kinto_http import Client\n"
                     f"c = Client(server_url='{url}', auth=('tandem', '{PW}'))\n"
                     f"n = sum(len(c.get_records(bucket='bench', collection='c%04d' % i)) for i in range({COLLECTIONS}))\n"
                     f"assert n == {RECORDS}, n\n")
-        python, _ = timed([os.path.join(VENV, "bin/python"), py])
         # The same pages as tandem reads, through the client: each collection too.
         py_same = os.path.join(work, "read_same.py")
         with open(py_same, "w") as f:
@@ -139,22 +140,34 @@ def initial_ingest():
                     "    c.get_collection(bucket='bench', id=col['id'])\n"
                     "    n += len(c.get_records(bucket='bench', collection=col['id']))\n"
                     f"assert n == {RECORDS}, n\n")
-        python_same, _ = timed([os.path.join(VENV, "bin/python"), py_same])
-        print(f"initial ingest of {RECORDS} records:")
-        print(f"  curl raw download   {curl:7.2f} s  {RECORDS / curl:9.0f} records/s  (the records lists)")
-        print(f"  curl, same requests {same:7.2f} s  {RECORDS / same:9.0f} records/s  "
-              f"(every request of tandem's pass: the lists, and each collection for its permissions)")
-        print(f"  kinto-http.py read  {python:7.2f} s  {RECORDS / python:9.0f} records/s  (the records lists)")
-        print(f"  kinto-http.py, same {python_same:7.2f} s  {RECORDS / python_same:9.0f} records/s  "
-              f"(the same pages as tandem: each collection too)", flush=True)
         levels = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,2,4,8").split(",")]
-        for i, concurrency in enumerate(levels):
-            config = node(os.path.join(work, f"node{i}"), url, concurrency=concurrency)
-            tandem, rss = timed([TANDEM, "--config", config, "sync"])
-            print(f"  tandem sync, concurrency {concurrency:2}  {tandem:7.2f} s  {RECORDS / tandem:9.0f} records/s  "
-                  f"({tandem / same:.2f}x curl, same requests)  peak RSS {rss / 1024:.0f} MiB", flush=True)
-        again, _ = timed(["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", every])
-        print(f"  curl, same requests, again {again:7.2f} s")
+        rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
+        # Every reader once per round, interleaved, so that a slow moment of the machine does
+        # not fall on one reader only; medians at the end.
+        readers = [("curl, records lists", ["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", urls]),
+                   ("curl, same requests", ["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", every]),
+                   ("kinto-http.py, records lists", [os.path.join(VENV, "bin/python"), py]),
+                   ("kinto-http.py, same pages", [os.path.join(VENV, "bin/python"), py_same])]
+        times = {name: [] for name, _ in readers}
+        rss = {}
+        print(f"initial ingest of {RECORDS} records ({BACKEND} backend), {rounds} round(s):", flush=True)
+        for r in range(rounds):
+            for name, cmd in readers:
+                times[name].append(timed(cmd)[0])
+            for concurrency in levels:
+                config = node(os.path.join(work, f"node{r}-{concurrency}"), url, concurrency=concurrency)
+                name = f"tandem sync, concurrency {concurrency}"
+                elapsed, peak = timed([TANDEM, "--config", config, "sync"])
+                times.setdefault(name, []).append(elapsed)
+                rss[name] = max(rss.get(name, 0), peak)
+            print("  round " + str(r + 1) + ": " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), flush=True)
+        same = statistics.median(times["curl, same requests"])
+        python_same = statistics.median(times["kinto-http.py, same pages"])
+        for name, t in times.items():
+            m = statistics.median(t)
+            extra = (f"  {m / same:.2f}x curl and {m / python_same:.2f}x kinto-http.py (same requests),"
+                     f" peak RSS {rss[name] / 1024:.0f} MiB") if name in rss else ""
+            print(f"  {name:32} median {m:6.2f} s  {RECORDS / m:8.0f} records/s{extra}")
     finally:
         kinto.terminate()
         kinto.wait()

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Restore benchmark against real Kinto servers (memory backend), in one run:
+"""Restore benchmark against real Kinto servers (memory backend, or PostgreSQL with
+BENCH_POSTGRES: see benchkit.py), in one run:
 
 1. A plain batch script (urllib, one thread, batches of `batch_max_requests`) writes RECORDS
    records spread over COLLECTIONS collections into a fresh Kinto: Kinto's own write limit.
