@@ -936,9 +936,9 @@ async fn a_store_restored_from_an_old_backup_catches_up_before_appending() {
     community.stop().await;
 }
 
-/// Home keeps one snapshot and compacts the entries below it. A new holder cannot get those
-/// entries from home any more: it starts from home's snapshot (its state, checked against the
-/// signed root), then tails the feed, and ends with home's exact state; both verify.
+/// A peer that pulls home's feed holds compaction back until it has pulled past the oldest
+/// kept snapshot: it never meets 410 for entries it lacks. Its position comes from its own
+/// signed requests, and shows in `status`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_pulled_holds_compaction_back_until_it_has_pulled_past() {
     let (mut home, mut laptop) = (TestNode::new("home"), TestNode::new("laptop"));
@@ -1012,17 +1012,17 @@ async fn a_reader_that_pulled_holds_compaction_back_until_it_has_pulled_past() {
     home.stop().await;
 }
 
+/// Home keeps one snapshot and compacts the entries below it. A new holder cannot get those
+/// entries from home any more: it starts from home's snapshot (its state, checked against the
+/// signed root), then tails the feed, and ends with home's exact state; both verify.
+/// The laptop joins home's `serve` list only after the compaction (a reader already listed
+/// would have held it back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_holder_starts_from_a_compacted_origins_snapshot() {
     let (mut home, mut laptop) = (TestNode::new("home"), TestNode::new("laptop"));
     let h = home.id.to_string();
-    home.configure(
-        "",
-        &format!(
-            "[snapshots]\n{NEVER}\nkeep_last = 1\n{}",
-            TestNode::peer_entry(&laptop, &format!("serve = [\"self\"]\n{NEVER}"))
-        ),
-    );
+    let snapshots = format!("[snapshots]\n{NEVER}\nkeep_last = 1\n");
+    home.configure("", &snapshots);
     laptop.configure(
         "",
         &TestNode::peer_entry(&home, &format!("pull = [\"{h}\"]\n{NEVER}")),
@@ -1043,6 +1043,13 @@ async fn a_new_holder_starts_from_a_compacted_origins_snapshot() {
     assert_eq!(home.store().base(home.id).unwrap().unwrap().seq.0, 3000);
     common::tandem(&home.config_path(), &["verify"], 0);
 
+    home.configure(
+        "",
+        &format!(
+            "{snapshots}{}",
+            TestNode::peer_entry(&laptop, &format!("serve = [\"self\"]\n{NEVER}"))
+        ),
+    );
     home.start().await;
     let out = common::tandem(&laptop.config_path(), &["sync"], 0);
     let said = String::from_utf8_lossy(&out.stdout);
@@ -1052,6 +1059,15 @@ async fn a_new_holder_starts_from_a_compacted_origins_snapshot() {
         "{said}"
     );
     assert_eq!(laptop.head(home.id), 3500);
+    // Home recorded what its last request said: it holds everything.
+    let pulled: Vec<Option<u64>> = home
+        .store()
+        .holders(home.id)
+        .unwrap()
+        .iter()
+        .map(|x| x.pulled_seq)
+        .collect();
+    assert_eq!(pulled, vec![Some(3500)]);
     laptop.start().await;
     assert_eq!(export(&laptop, &h), export(&home, "self"));
     let store = laptop.store();

@@ -431,22 +431,8 @@ async fn entries(
         );
     }
     let after = Seq(query.after);
-    if origin == state.node {
-        // The caller says, in a request it signed, that it holds this node's feed up to
-        // `after`: compaction waits for it (see `retention::Holders`).
-        let (writer, peer) = (state.writer.clone(), caller.0.id);
-        let recorded = tokio::task::spawn_blocking(move || {
-            writer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record_pulled(origin, peer, after)
-        })
-        .await;
-        if let Ok(Err(e)) = recorded {
-            tracing::warn!(peer = %caller.0.name, error = %e, "could not record what a peer pulled");
-        }
-    }
     let mut changed = state.changes.subscribe();
+    let mut pull_recorded = false;
     loop {
         // Subscribed before reading, so a change between the read and the wait is not missed.
         changed.borrow_and_update();
@@ -474,6 +460,15 @@ async fn entries(
             Ok((Some(head), page)) => (head.map_or(0, |h| h.seq.0), page),
             Err(response) => return response,
         };
+        if origin == state.node && !pull_recorded {
+            // The caller says, in a request it signed, that it holds this node's feed up to
+            // `after` (a request below the base got 410 above and says nothing): compaction
+            // waits for it (see `retention::Holders`). Unrecorded, it must ask again.
+            if let Err(response) = record_pull(&state, caller.0.id, after).await {
+                return response;
+            }
+            pull_recorded = true;
+        }
         if let Some((entries, checkpoint)) = page {
             let zstd = headers
                 .get(axum::http::header::ACCEPT_ENCODING)
@@ -513,6 +508,40 @@ async fn entries(
             response.headers_mut().insert("tandem-head", head.into());
             return response;
         }
+    }
+}
+
+/// Records that `peer` pulled this node's own feed after `after`, unless the same was
+/// recorded within the hour (a continuous puller asks every few seconds; each write syncs).
+async fn record_pull(state: &Arc<PeerState>, peer: NodeId, after: Seq) -> Result<(), Response> {
+    const REFRESH_MS: u64 = 3_600_000;
+    let node = state.node;
+    let known = read_store(state, move |s| {
+        Ok(s.holders(node)?
+            .into_iter()
+            .find(|h| h.holder == peer)
+            .and_then(|h| Some((h.pulled_seq?, h.pulled_at?))))
+    })
+    .await?;
+    let now = crate::store::now_ms();
+    if known.is_some_and(|(seq, at)| seq == after.0 && now.saturating_sub(at) < REFRESH_MS) {
+        return Ok(());
+    }
+    let writer = state.writer.clone();
+    let recorded = tokio::task::spawn_blocking(move || {
+        writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_pulled(node, peer, after)
+    })
+    .await;
+    match recorded {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "peer api: recording a pull failed");
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"))
+        }
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
 

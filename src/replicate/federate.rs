@@ -546,23 +546,17 @@ impl Federation {
     /// seq. The entries are staged in the store as they arrive (on disk, not in memory) and
     /// checked as a whole before anything of them is part of the replica.
     async fn bootstrap(&self, origin: NodeId) -> Result<u64, FederateError> {
-        let peer = self.peer.id;
-        let result = self.gather_and_install_base(origin).await;
-        if result.is_err() {
-            // Whatever was staged is of no use; the next attempt starts over.
-            self.with_store(move |s| s.discard_staged_base(peer, origin))
-                .await?;
-        }
-        result
-    }
-
-    async fn gather_and_install_base(&self, origin: NodeId) -> Result<u64, FederateError> {
         let invalid = |source| FederateError::Invalid {
             peer: self.peer.name.clone(),
             origin,
             source,
         };
-        let peer = self.peer.id;
+        // Dropped (an error, or the pass cancelled), the guard removes what was staged.
+        let token = self.with_store(Store::begin_base_staging).await?;
+        let mut staging = StagingGuard {
+            token: Some(token),
+            store: self.store.clone(),
+        };
         let (snapshot, mut more, first) = self.client.base_page(origin, None, 0).await?;
         if snapshot.origin != origin {
             return Err(invalid(FeedError::Malformed("a base of another origin")));
@@ -574,7 +568,6 @@ impl Federation {
         let cap = snapshot.bytes.saturating_mul(4).saturating_add(4 << 30);
         let (mut count, mut last, mut total) = (0usize, 0u64, 0u64);
         let mut page = first;
-        let mut start = true;
         loop {
             for e in &page {
                 let seq = crate::feed::decode_entry(e).map_err(invalid)?.seq.0;
@@ -593,9 +586,7 @@ impl Federation {
             }
             let empty = page.is_empty();
             count += page.len();
-            self.with_store(move |s| s.stage_base(peer, origin, start, &page))
-                .await?;
-            start = false;
+            self.with_store(move |s| s.stage_base(token, &page)).await?;
             if !more {
                 break;
             }
@@ -617,7 +608,9 @@ impl Federation {
         }
         info!(peer = %self.peer.name, %origin, seq = %snapshot.seq, entries = count, bytes = total, "starting the origin from the peer's snapshot (it compacted the entries before it)");
         let seq = snapshot.seq.0;
-        self.with_store(move |s| s.install_staged_base(peer, &snapshot))
+        // Installing removes the staging file, whatever the outcome.
+        staging.token = None;
+        self.with_store(move |s| s.install_staged_base(token, &snapshot))
             .await?;
         self.changes.notify();
         Ok(seq)
@@ -639,5 +632,36 @@ impl Federation {
         }
         // It holds some of the feed: failing to fetch it (even a 403) leaves the peer pending.
         self.pull_origin(self.node, Duration::ZERO).await.map(Some)
+    }
+}
+
+/// Removes a staged base when a bootstrap ends without installing it (an error, or the task
+/// cancelled between two pages).
+struct StagingGuard {
+    /// `None` once the staged base is handed to the store to install.
+    token: Option<u64>,
+    store: Arc<Mutex<Store>>,
+}
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        let Some(token) = self.token else {
+            return;
+        };
+        let store = self.store.clone();
+        let discard = move || {
+            if let Err(e) = store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .discard_staged_base(token)
+            {
+                tracing::warn!(error = %e, "could not remove a base staging file");
+            }
+        };
+        // Off the async workers when there are some; the store lock may be held a while.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(discard)),
+            Err(_) => discard(),
+        }
     }
 }

@@ -20,6 +20,9 @@ use crate::identity::NodeId;
 /// One page of a base as served: the snapshot, whether more entries follow, the entries.
 pub type BasePage = (Snapshot, bool, Vec<Vec<u8>>);
 
+/// The start of the name of a base staging file in the data directory.
+pub(super) const STAGING_PREFIX: &str = "base-staging-";
+
 /// Where the entries of a base come from: calls its second argument on each, in seq order.
 type BaseEntries<'a> = dyn Fn(
         &rusqlite::Connection,
@@ -183,7 +186,7 @@ impl Store {
         // entries must still be able to get them.
         let floor = self.held_by_all(origin, holders)?;
         let compacted = match (0..snapshots.len()).find(|i| keep.contains(i)) {
-            Some(oldest) if floor.is_none_or(|f| snapshots[oldest].seq.0 <= f) => {
+            Some(oldest) if floor.is_none_or(|(f, _)| snapshots[oldest].seq.0 <= f) => {
                 match self.compact(origin, snapshots[oldest].seq) {
                     Ok(done) => done,
                     // Nothing was dropped; the snapshots are still pruned, and `verify` names
@@ -196,9 +199,11 @@ impl Store {
                 }
             }
             Some(oldest) => {
+                let (held, holder) = floor.expect("a floor below the snapshot");
                 tracing::info!(
                     oldest_kept = %snapshots[oldest].seq,
-                    held_by_all = floor.unwrap_or(0),
+                    held_by_all = held,
+                    %holder,
                     "not compacting yet: a holder has not acknowledged or pulled the entries up to the oldest kept snapshot"
                 );
                 Compacted::default()
@@ -228,30 +233,38 @@ impl Store {
         Ok((before - self.snapshots(origin)?.len(), compacted))
     }
 
-    /// The highest seq of `origin` that every one of `holders` is known to hold: for a push
-    /// holder, what its receipts acknowledge (counting, for one found behind, what it last
-    /// served); for a reader, what it said it held when it last pulled, if it ever did; the
-    /// higher of the two for a peer that is both. `None` when nobody counts.
+    /// The highest seq of `origin` that every one of `holders` is known to hold, and the
+    /// holder that holds the least: for a push holder, what its receipts acknowledge
+    /// (counting, for one found behind, what it last served); for a reader, what it said it
+    /// held when it last pulled, and 0 until it has pulled (it may hold part of the feed from
+    /// before this node recorded pulls); for a peer that is both, the higher of the two,
+    /// unless it was found behind. `None` without holders.
     pub fn held_by_all(
         &self,
         origin: NodeId,
         holders: &crate::retention::Holders,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<(u64, NodeId)>, StoreError> {
         let known = self.holders(origin)?;
-        let info = |id: &NodeId| known.iter().find(|h| h.holder == *id);
-        let mut floor: Option<u64> = None;
+        let mut floor: Option<(u64, NodeId)> = None;
         for id in holders.push.iter().chain(&holders.readers) {
+            let info = known.iter().find(|h| h.holder == *id);
             let pushed = holders
                 .push
                 .contains(id)
-                .then(|| info(id).map_or(0, super::HolderInfo::holds));
-            let pulled = holders
-                .readers
-                .contains(id)
-                .then(|| info(id).and_then(|h| h.pulled_seq))
-                .flatten();
-            if let Some(held) = pushed.max(pulled) {
-                floor = Some(floor.map_or(held, |f| f.min(held)));
+                .then(|| info.map_or(0, super::HolderInfo::holds));
+            let pulled = match info {
+                // What a holder found behind says of itself does not count.
+                Some(h) if h.behind() => None,
+                _ if holders.readers.contains(id) => {
+                    Some(info.and_then(|h| h.pulled_seq).unwrap_or(0))
+                }
+                _ => None,
+            };
+            let Some(held) = pushed.max(pulled) else {
+                continue;
+            };
+            if floor.is_none_or(|(f, _)| held < f) {
+                floor = Some((held, *id));
             }
         }
         Ok(floor)
@@ -311,69 +324,67 @@ impl Store {
         })
     }
 
-    /// Adds entries of a base being fetched from `peer` to its staging area (a temporary table
-    /// of this connection, so on disk rather than in memory, and gone with the process).
-    /// `start` clears what was staged before for the same peer and origin.
-    pub fn stage_base(
-        &mut self,
-        peer: NodeId,
-        origin: NodeId,
-        start: bool,
-        entries: &[Vec<u8>],
-    ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().ctx("starting to stage a base")?;
-        tx.execute_batch(
-            "CREATE TEMP TABLE IF NOT EXISTS base_staging (
-                peer BLOB NOT NULL, origin BLOB NOT NULL, seq INTEGER NOT NULL, bytes BLOB NOT NULL,
-                PRIMARY KEY (peer, origin, seq)
-             ) WITHOUT ROWID;",
-        )
-        .ctx("creating the base staging table")?;
-        let key = (peer.as_bytes().as_slice(), origin.as_bytes().as_slice());
-        if start {
-            tx.execute(
-                "DELETE FROM temp.base_staging WHERE peer = ?1 AND origin = ?2",
-                key,
+    /// Starts staging a base being fetched: a file of its own in the data directory
+    /// (`base-staging-N.db`, attached to this connection), so that the base is on disk, not
+    /// in memory, and its space goes back when it is installed or dropped. Returns its token
+    /// for [`Store::stage_base`], [`Store::install_staged_base`] and
+    /// [`Store::discard_staged_base`]. Files left by a crash are removed when the writer opens.
+    pub fn begin_base_staging(&mut self) -> Result<u64, StoreError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let token = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.staging_path(token);
+        // A leftover of a crashed process, if any: this one starts empty.
+        let _ = std::fs::remove_file(&path);
+        self.conn
+            .execute(
+                &format!("ATTACH DATABASE ?1 AS staging_{token}"),
+                [path.to_string_lossy()],
             )
-            .ctx("clearing a staged base")?;
+            .ctx("creating a staging file for a base")?;
+        // A staging file is thrown away after a crash: no journal, no syncs.
+        let created = self
+            .conn
+            .execute_batch(&format!(
+                "PRAGMA staging_{token}.journal_mode = OFF; PRAGMA staging_{token}.synchronous = OFF;
+                 CREATE TABLE staging_{token}.base (seq INTEGER PRIMARY KEY, bytes BLOB NOT NULL);"
+            ))
+            .ctx("creating a staging file for a base");
+        if let Err(e) = created {
+            let _ = self.discard_staged_base(token);
+            return Err(e);
         }
+        Ok(token)
+    }
+
+    /// Adds entries (in any order; a seq staged twice keeps the last bytes) to the base staged
+    /// under `token`.
+    pub fn stage_base(&mut self, token: u64, entries: &[Vec<u8>]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().ctx("starting to stage a base")?;
         {
             let mut insert = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO temp.base_staging (peer, origin, seq, bytes)
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
+                .prepare(&format!(
+                    "INSERT OR REPLACE INTO staging_{token}.base (seq, bytes) VALUES (?1, ?2)"
+                ))
                 .ctx("staging base entries")?;
             for bytes in entries {
                 let seq = feed::decode_entry(bytes)?.seq.0 as i64;
-                insert
-                    .execute((key.0, key.1, seq, bytes))
-                    .ctx("staging base entries")?;
+                insert.execute((seq, bytes)).ctx("staging base entries")?;
             }
         }
         tx.commit().ctx("committing staged base entries")
     }
 
-    /// [`Store::install_base`] with the entries staged from `peer` ([`Store::stage_base`]),
-    /// which are then cleared whatever the outcome.
+    /// [`Store::install_base`] with the entries staged under `token`; the staging file is
+    /// removed whatever the outcome.
     pub fn install_staged_base(
         &mut self,
-        peer: NodeId,
+        token: u64,
         snapshot: &Snapshot,
     ) -> Result<bool, StoreError> {
-        let key = (
-            peer.as_bytes().to_vec(),
-            snapshot.origin.as_bytes().to_vec(),
-        );
+        let select = format!("SELECT bytes FROM staging_{token}.base ORDER BY seq");
         let installed = self.install_base_from(snapshot, &|conn, each| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT bytes FROM temp.base_staging WHERE peer = ?1 AND origin = ?2 ORDER BY seq",
-                )
-                .ctx("reading staged base entries")?;
-            let mut rows = stmt
-                .query((&key.0, &key.1))
-                .ctx("reading staged base entries")?;
+            let mut stmt = conn.prepare(&select).ctx("reading staged base entries")?;
+            let mut rows = stmt.query([]).ctx("reading staged base entries")?;
             while let Some(row) = rows.next().ctx("reading staged base entries")? {
                 let bytes = row
                     .get_ref(0)
@@ -383,29 +394,40 @@ impl Store {
             }
             Ok(())
         });
-        self.discard_staged_base(peer, snapshot.origin)?;
+        if let Err(e) = self.discard_staged_base(token) {
+            // The outcome stands; the file goes when the writer next opens.
+            tracing::warn!(error = %e, "could not remove a base staging file");
+        }
         installed
     }
 
-    /// Drops what was staged from `peer` for `origin`, if anything.
-    pub fn discard_staged_base(&mut self, peer: NodeId, origin: NodeId) -> Result<(), StoreError> {
-        let staged: bool = self
+    /// Drops the base staged under `token`: detaches its file and removes it.
+    pub fn discard_staged_base(&mut self, token: u64) -> Result<(), StoreError> {
+        let attached: bool = self
             .conn
             .query_row(
-                "SELECT count(*) FROM temp.sqlite_master WHERE name = 'base_staging'",
-                [],
+                "SELECT count(*) FROM pragma_database_list WHERE name = ?1",
+                [format!("staging_{token}")],
                 |r| r.get(0),
             )
-            .ctx("looking for staged bases")?;
-        if staged {
+            .ctx("looking for a staged base")?;
+        if attached {
             self.conn
-                .execute(
-                    "DELETE FROM temp.base_staging WHERE peer = ?1 AND origin = ?2",
-                    (peer.as_bytes().as_slice(), origin.as_bytes().as_slice()),
-                )
-                .ctx("clearing a staged base")?;
+                .execute_batch(&format!("DETACH DATABASE staging_{token}"))
+                .ctx("detaching a staged base")?;
         }
-        Ok(())
+        match std::fs::remove_file(self.staging_path(token)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::NotWritable {
+                dir: self.path.with_file_name(""),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn staging_path(&self, token: u64) -> std::path::PathBuf {
+        self.path
+            .with_file_name(format!("{STAGING_PREFIX}{token}.db"))
     }
 
     /// [`Store::install_base`] with the entries from `entries`, which calls its second argument

@@ -211,6 +211,24 @@ impl<T> Context<T> for rusqlite::Result<T> {
     }
 }
 
+/// Removes the base staging files a crashed writer left (see [`Store::begin_base_staging`]);
+/// only the writer, which holds the lock, creates them.
+fn remove_staging_leftovers(data_dir: &Path) {
+    let Ok(dir) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for file in dir.flatten() {
+        let name = file.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(compact::STAGING_PREFIX)
+            && name.ends_with(".db")
+            && let Err(e) = std::fs::remove_file(file.path())
+        {
+            tracing::warn!(file = %name, error = %e, "could not remove a leftover base staging file");
+        }
+    }
+}
+
 /// Number of bits of an entry key that hold the seq.
 const SEQ_BITS: u32 = 40;
 
@@ -297,6 +315,7 @@ impl Store {
             });
         }
         schema::migrate(&mut conn, version).map_err(|e| open_error(&path, data_dir, e))?;
+        remove_staging_leftovers(data_dir);
         let mut store = Store {
             conn,
             path,

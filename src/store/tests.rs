@@ -973,23 +973,44 @@ fn compaction_keeps_the_state_at_the_base_and_everything_after_it() {
     let mut bad = parts.clone();
     bad.pop();
     assert!(holder.install_base(&snapshot, &bad).is_err());
-    let peer = NodeKey::from_seed([90; 32]).id();
-    holder.stage_base(peer, origin, true, &bad).unwrap();
-    assert!(holder.install_staged_base(peer, &snapshot).is_err());
+    let staged_files = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|f| {
+                let name = f.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("base-staging-")
+            })
+            .count()
+    };
+    let token = holder.begin_base_staging().unwrap();
+    holder.stage_base(token, &bad).unwrap();
+    assert_eq!(staged_files(other.path()), 1);
+    assert!(holder.install_staged_base(token, &snapshot).is_err());
     assert_eq!(holder.head(origin).unwrap(), None);
-    // Starting a new staging drops what an earlier attempt left (here an entry past the
-    // snapshot, which would make the base refused).
+    assert_eq!(
+        staged_files(other.path()),
+        0,
+        "a refused base leaves no file"
+    );
+    // Two stagings at once are apart; one dropped leaves the other whole.
+    let (front, back) = parts.split_at(parts.len() / 2);
+    let (dropped, kept) = (
+        holder.begin_base_staging().unwrap(),
+        holder.begin_base_staging().unwrap(),
+    );
     let (beyond, _) = store
         .entries_page(origin, snapshot.seq, 1, 1 << 20)
         .unwrap()
         .unwrap();
-    let (front, back) = parts.split_at(parts.len() / 2);
     holder
-        .stage_base(peer, origin, true, &[beyond[0].bytes.clone()])
+        .stage_base(dropped, &[beyond[0].bytes.clone()])
         .unwrap();
-    holder.stage_base(peer, origin, true, front).unwrap();
-    holder.stage_base(peer, origin, false, back).unwrap();
-    assert!(holder.install_staged_base(peer, &snapshot).unwrap());
+    holder.stage_base(kept, back).unwrap();
+    holder.stage_base(kept, front).unwrap();
+    holder.discard_staged_base(dropped).unwrap();
+    assert_eq!(staged_files(other.path()), 1);
+    assert!(holder.install_staged_base(kept, &snapshot).unwrap());
+    assert_eq!(staged_files(other.path()), 0);
     let mut after = snapshot.seq;
     while let Some((entries, cp)) = store.entries_page(origin, after, 500, 1 << 20).unwrap() {
         let bytes = entries.into_iter().map(|e| e.bytes).collect();
@@ -1063,20 +1084,37 @@ fn a_feed_compacted_at_its_head_appends_on() {
     };
     let (_, held_back) = store.apply_retention(origin, policy, &pushed_to).unwrap();
     assert_eq!(held_back.entries, 0);
-    // So does a reader whose last pull came from below the snapshot; one that never pulled
-    // does not (it starts from the snapshot).
-    let (reader, never) = (
+    // So does a reader that never pulled (it may hold part of the feed from before pulls
+    // were recorded), and one whose last pull came from below the snapshot.
+    let (reader, both) = (
         NodeKey::from_seed([37; 32]).id(),
         NodeKey::from_seed([38; 32]).id(),
     );
     let read_by = Holders {
         push: vec![],
-        readers: vec![reader, never],
+        readers: vec![reader],
     };
+    let (_, held_back) = store.apply_retention(origin, policy, &read_by).unwrap();
+    assert_eq!(held_back.entries, 0);
     store.record_pulled(origin, reader, Seq(1)).unwrap();
     let (_, held_back) = store.apply_retention(origin, policy, &read_by).unwrap();
     assert_eq!(held_back.entries, 0);
     store.record_pulled(origin, reader, snapshot.seq).unwrap();
+    // A holder both pushed to and reading, found serving less than before, counts with what
+    // it serves, whatever it said when it pulled.
+    store.record_served(origin, both, snapshot.seq).unwrap();
+    store.record_served(origin, both, Seq(1)).unwrap();
+    store.record_pulled(origin, both, snapshot.seq).unwrap();
+    let rolled_back = Holders {
+        push: vec![both],
+        readers: vec![both, reader],
+    };
+    let (_, held_back) = store.apply_retention(origin, policy, &rolled_back).unwrap();
+    assert_eq!(held_back.entries, 0);
+    assert_eq!(
+        store.held_by_all(origin, &rolled_back).unwrap(),
+        Some((0, both))
+    );
     let (_, done) = store.apply_retention(origin, policy, &read_by).unwrap();
     assert_eq!(done.base, snapshot.seq.0);
     assert!(done.entries > 0);
@@ -1101,4 +1139,18 @@ fn a_feed_compacted_at_its_head_appends_on() {
         .unwrap();
     assert_eq!((removed, moved.base), (1, newer.seq.0));
     assert_sound(&store, origin);
+}
+
+#[test]
+fn the_writer_removes_base_staging_files_a_crash_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([91; 32]);
+    drop(Store::open_writer(dir.path(), key.id()).unwrap());
+    let leftover = dir.path().join("base-staging-7.db");
+    std::fs::write(&leftover, b"half a base").unwrap();
+    let other = dir.path().join("base-staging-notes.txt");
+    std::fs::write(&other, b"not ours").unwrap();
+    let _store = Store::open_writer(dir.path(), key.id()).unwrap();
+    assert!(!leftover.exists());
+    assert!(other.exists());
 }
