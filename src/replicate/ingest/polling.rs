@@ -36,15 +36,33 @@ impl Ingest {
         walk: &Walk,
     ) -> Result<IngestReport, IngestError> {
         let mut report = IngestReport::default();
+        // Every cursor in one store call rather than one each: in a steady state, each
+        // collection costs a single conditional request. Only each collection's own task
+        // moves its cursor, so reading them all first is the same as reading each at its start.
+        let cursors: Vec<Option<i64>> = if walk.full {
+            vec![None; collections.len()]
+        } else {
+            let names: Vec<String> = collections
+                .iter()
+                .map(|c| format!("kinto:{c}/records"))
+                .collect();
+            self.with_store(move |s| {
+                names
+                    .iter()
+                    .map(|name| Ok(s.cursor(name)?.and_then(|v| v.parse().ok())))
+                    .collect()
+            })
+            .await?
+        };
         let mut tasks = JoinSet::new();
-        let mut pending = collections.into_iter();
+        let mut pending = collections.into_iter().zip(cursors);
         loop {
             while tasks.len() < self.concurrency {
-                let Some(collection) = pending.next() else {
+                let Some((collection, cursor)) = pending.next() else {
                     break;
                 };
                 let (worker, walk) = (self.clone_handle(), walk.clone());
-                tasks.spawn(async move { worker.sync_records(&collection, &walk).await });
+                tasks.spawn(async move { worker.sync_records(&collection, cursor, &walk).await });
             }
             match tasks.join_next().await {
                 None => return Ok(report),
@@ -172,21 +190,18 @@ impl Ingest {
         Ok(report)
     }
 
-    /// Reads the records of one collection since its cursor, committing page by page. Without
-    /// a cursor (a new collection, or one that changed), the full list is read and records no
-    /// longer in it are deleted; the cursor is only set once that is done.
+    /// Reads the records of one collection since its `cursor` (read by the caller; `None`
+    /// for a full read), committing page by page. Without a cursor (a new collection, or one
+    /// that changed), the full list is read and records no longer in it are deleted; the
+    /// cursor is only set once that is done.
     async fn sync_records(
         &self,
         collection: &str,
+        cursor: Option<i64>,
         walk: &Walk,
     ) -> Result<IngestReport, IngestError> {
         let list = format!("{collection}/records");
         let cursor_name = format!("kinto:{list}");
-        let cursor = if walk.full {
-            None
-        } else {
-            self.cursor(&cursor_name).await?
-        };
         let reconcile = cursor.is_none();
         let mut report = IngestReport::default();
         let mut listed = HashSet::new();
