@@ -49,7 +49,8 @@ pub struct Holders {
     /// until its first).
     pub push: Vec<NodeId>,
     /// Peers that may read the feed (`serve`). Each counts with what it said it held in its
-    /// last pull, once it has pulled; one that never pulled starts from a snapshot instead.
+    /// last pull, and with nothing until it has pulled (it may hold part of the feed from
+    /// before pulls were recorded).
     pub readers: Vec<NodeId>,
 }
 

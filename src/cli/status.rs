@@ -21,9 +21,10 @@
 //! null without one), `served_seq` is the head it showed when last asked, and `behind` is true
 //! while that is less than it acknowledged or served before (it rolled back or withholds);
 //! `last_rollback` keeps the last such finding, `{"at", "served_seq", "expected_seq"}`, after a
-//! push has healed it. On the own origin, `pulled_seq` and `pulled_at` say where a peer that
-//! reads the feed from this node last asked for entries after (what it says it holds; null if
-//! it never pulled): compaction waits for it as for receipts.
+//! push has healed it. On the own origin, `pulled_seq` says where a peer that reads the feed
+//! from this node last asked for entries after (what it says it holds; null if it never
+//! pulled), and `pulled_at` when it first asked that (refreshed hourly while it keeps asking
+//! the same): compaction waits for it as for receipts.
 //! `peer` is the holder's name in the configuration (null if it is no longer configured).
 //! `base_seq` is the compacted base (0 when the whole feed is held): below it, only the
 //! entries holding the state at that seq's snapshot are kept.

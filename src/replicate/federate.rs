@@ -552,11 +552,15 @@ impl Federation {
             source,
         };
         // Dropped (an error, or the pass cancelled), the guard removes what was staged.
-        let token = self.with_store(Store::begin_base_staging).await?;
+        // The guard exists before the store is asked, so that a pass dropped while waiting
+        // for it still discards what the staging began.
+        let token = Store::staging_token();
         let mut staging = StagingGuard {
             token: Some(token),
             store: self.store.clone(),
         };
+        self.with_store(move |s| s.begin_base_staging(token))
+            .await?;
         let (snapshot, mut more, first) = self.client.base_page(origin, None, 0).await?;
         if snapshot.origin != origin {
             return Err(invalid(FeedError::Malformed("a base of another origin")));

@@ -20,8 +20,16 @@ use crate::identity::NodeId;
 /// One page of a base as served: the snapshot, whether more entries follow, the entries.
 pub type BasePage = (Snapshot, bool, Vec<Vec<u8>>);
 
-/// The start of the name of a base staging file in the data directory.
-pub(super) const STAGING_PREFIX: &str = "base-staging-";
+/// A staging token that was not begun (or was discarded).
+fn no_such_staging() -> StoreError {
+    StoreError::Sqlite {
+        context: "staging a base: no such staging",
+        source: rusqlite::Error::InvalidQuery,
+    }
+}
+
+/// The base staging file in the data directory.
+pub(super) const STAGING_FILE: &str = "base-staging.db";
 
 /// Where the entries of a base come from: calls its second argument on each, in seq order.
 type BaseEntries<'a> = dyn Fn(
@@ -200,12 +208,20 @@ impl Store {
             }
             Some(oldest) => {
                 let (held, holder) = floor.expect("a floor below the snapshot");
-                tracing::info!(
-                    oldest_kept = %snapshots[oldest].seq,
-                    held_by_all = held,
-                    %holder,
-                    "not compacting yet: a holder has not acknowledged or pulled the entries up to the oldest kept snapshot"
-                );
+                if held == 0 {
+                    tracing::warn!(
+                        oldest_kept = %snapshots[oldest].seq,
+                        %holder,
+                        "not compacting: a peer that keeps this feed has not acknowledged or pulled any of it yet (see `tandem status`)"
+                    );
+                } else {
+                    tracing::info!(
+                        oldest_kept = %snapshots[oldest].seq,
+                        held_by_all = held,
+                        %holder,
+                        "not compacting yet: a holder has not acknowledged or pulled the entries up to the oldest kept snapshot"
+                    );
+                }
                 Compacted::default()
             }
             None => Compacted::default(),
@@ -252,14 +268,12 @@ impl Store {
                 .push
                 .contains(id)
                 .then(|| info.map_or(0, super::HolderInfo::holds));
-            let pulled = match info {
-                // What a holder found behind says of itself does not count.
-                Some(h) if h.behind() => None,
-                _ if holders.readers.contains(id) => {
-                    Some(info.and_then(|h| h.pulled_seq).unwrap_or(0))
-                }
-                _ => None,
-            };
+            let pulled = holders.readers.contains(id).then(|| match info {
+                // What a holder found behind says of itself does not count: what it serves does.
+                Some(h) if h.behind() => h.holds(),
+                Some(h) => h.pulled_seq.unwrap_or(0),
+                None => 0,
+            });
             let Some(held) = pushed.max(pulled) else {
                 continue;
             };
@@ -324,110 +338,135 @@ impl Store {
         })
     }
 
-    /// Starts staging a base being fetched: a file of its own in the data directory
-    /// (`base-staging-N.db`, attached to this connection), so that the base is on disk, not
-    /// in memory, and its space goes back when it is installed or dropped. Returns its token
-    /// for [`Store::stage_base`], [`Store::install_staged_base`] and
-    /// [`Store::discard_staged_base`]. Files left by a crash are removed when the writer opens.
-    pub fn begin_base_staging(&mut self) -> Result<u64, StoreError> {
+    /// A token for a new base staging, unique in this process (see
+    /// [`Store::begin_base_staging`]). Taken before the store is reached, so that whoever
+    /// holds it can always discard what it may have staged.
+    pub fn staging_token() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let token = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = self.staging_path(token);
-        // A leftover of a crashed process, if any: this one starts empty.
-        let _ = std::fs::remove_file(&path);
-        self.conn
-            .execute(
-                &format!("ATTACH DATABASE ?1 AS staging_{token}"),
-                [path.to_string_lossy()],
-            )
-            .ctx("creating a staging file for a base")?;
-        // A staging file is thrown away after a crash: no journal, no syncs.
-        let created = self
-            .conn
-            .execute_batch(&format!(
-                "PRAGMA staging_{token}.journal_mode = OFF; PRAGMA staging_{token}.synchronous = OFF;
-                 CREATE TABLE staging_{token}.base (seq INTEGER PRIMARY KEY, bytes BLOB NOT NULL);"
-            ))
-            .ctx("creating a staging file for a base");
-        if let Err(e) = created {
-            let _ = self.discard_staged_base(token);
-            return Err(e);
-        }
-        Ok(token)
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Adds entries (in any order; a seq staged twice keeps the last bytes) to the base staged
-    /// under `token`.
+    /// Starts staging a base being fetched, under `token` ([`Store::staging_token`]): its
+    /// entries go to a file in the data directory (`base-staging.db`, attached to this
+    /// connection while any base is staged), on disk rather than in memory. The file goes
+    /// (its space with it) once no base is staged any more; one left by a crash is removed
+    /// when the writer opens.
+    pub fn begin_base_staging(&mut self, token: u64) -> Result<(), StoreError> {
+        if self.staging_dropped.remove(&token) {
+            return Err(no_such_staging());
+        }
+        if self.staging.is_empty() {
+            let path = self.path.with_file_name(STAGING_FILE);
+            // A leftover, if any: staging starts empty.
+            let _ = std::fs::remove_file(&path);
+            self.conn
+                .execute("ATTACH DATABASE ?1 AS staging", [path.to_string_lossy()])
+                .ctx("creating the base staging file")?;
+            // A staging file is thrown away after a crash: no journal, no syncs.
+            let created = self
+                .conn
+                .execute_batch(
+                    "PRAGMA staging.journal_mode = OFF; PRAGMA staging.synchronous = OFF;
+                     CREATE TABLE staging.base (
+                         token INTEGER NOT NULL, seq INTEGER NOT NULL, bytes BLOB NOT NULL,
+                         PRIMARY KEY (token, seq)
+                     ) WITHOUT ROWID;",
+                )
+                .ctx("creating the base staging file");
+            if let Err(e) = created {
+                let _ = self.close_staging();
+                return Err(e);
+            }
+        }
+        self.staging.insert(token);
+        Ok(())
+    }
+
+    /// Adds entries (a seq staged twice keeps the last bytes) to the base staged under
+    /// `token`.
     pub fn stage_base(&mut self, token: u64, entries: &[Vec<u8>]) -> Result<(), StoreError> {
+        if !self.staging.contains(&token) {
+            return Err(no_such_staging());
+        }
         let tx = self.conn.transaction().ctx("starting to stage a base")?;
         {
             let mut insert = tx
-                .prepare(&format!(
-                    "INSERT OR REPLACE INTO staging_{token}.base (seq, bytes) VALUES (?1, ?2)"
-                ))
+                .prepare(
+                    "INSERT OR REPLACE INTO staging.base (token, seq, bytes) VALUES (?1, ?2, ?3)",
+                )
                 .ctx("staging base entries")?;
             for bytes in entries {
                 let seq = feed::decode_entry(bytes)?.seq.0 as i64;
-                insert.execute((seq, bytes)).ctx("staging base entries")?;
+                insert
+                    .execute((token as i64, seq, bytes))
+                    .ctx("staging base entries")?;
             }
         }
         tx.commit().ctx("committing staged base entries")
     }
 
-    /// [`Store::install_base`] with the entries staged under `token`; the staging file is
-    /// removed whatever the outcome.
+    /// [`Store::install_base`] with the entries staged under `token`, which are then
+    /// discarded whatever the outcome.
     pub fn install_staged_base(
         &mut self,
         token: u64,
         snapshot: &Snapshot,
     ) -> Result<bool, StoreError> {
-        let select = format!("SELECT bytes FROM staging_{token}.base ORDER BY seq");
-        let installed = self.install_base_from(snapshot, &|conn, each| {
-            let mut stmt = conn.prepare(&select).ctx("reading staged base entries")?;
-            let mut rows = stmt.query([]).ctx("reading staged base entries")?;
-            while let Some(row) = rows.next().ctx("reading staged base entries")? {
-                let bytes = row
-                    .get_ref(0)
-                    .and_then(|v| v.as_blob().map_err(Into::into))
+        let installed = if self.staging.contains(&token) {
+            self.install_base_from(snapshot, &|conn, each| {
+                let mut stmt = conn
+                    .prepare("SELECT bytes FROM staging.base WHERE token = ?1 ORDER BY seq")
                     .ctx("reading staged base entries")?;
-                each(bytes)?;
-            }
-            Ok(())
-        });
+                let mut rows = stmt
+                    .query([token as i64])
+                    .ctx("reading staged base entries")?;
+                while let Some(row) = rows.next().ctx("reading staged base entries")? {
+                    let bytes = row
+                        .get_ref(0)
+                        .and_then(|v| v.as_blob().map_err(Into::into))
+                        .ctx("reading staged base entries")?;
+                    each(bytes)?;
+                }
+                Ok(())
+            })
+        } else {
+            Err(no_such_staging())
+        };
         if let Err(e) = self.discard_staged_base(token) {
             // The outcome stands; the file goes when the writer next opens.
-            tracing::warn!(error = %e, "could not remove a base staging file");
+            tracing::warn!(error = %e, "could not remove a staged base");
         }
         installed
     }
 
-    /// Drops the base staged under `token`: detaches its file and removes it.
+    /// Drops the base staged under `token`, if any; the last one closes the staging file.
     pub fn discard_staged_base(&mut self, token: u64) -> Result<(), StoreError> {
-        let attached: bool = self
-            .conn
-            .query_row(
-                "SELECT count(*) FROM pragma_database_list WHERE name = ?1",
-                [format!("staging_{token}")],
-                |r| r.get(0),
-            )
-            .ctx("looking for a staged base")?;
-        if attached {
-            self.conn
-                .execute_batch(&format!("DETACH DATABASE staging_{token}"))
-                .ctx("detaching a staged base")?;
+        if !self.staging.remove(&token) {
+            self.staging_dropped.insert(token);
+            return Ok(());
         }
-        match std::fs::remove_file(self.staging_path(token)) {
+        if self.staging.is_empty() {
+            return self.close_staging();
+        }
+        self.conn
+            .execute("DELETE FROM staging.base WHERE token = ?1", [token as i64])
+            .ctx("clearing a staged base")
+            .map(drop)
+    }
+
+    /// Detaches the staging file and removes it.
+    fn close_staging(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("DETACH DATABASE staging")
+            .ctx("detaching the base staging file")?;
+        let path = self.path.with_file_name(STAGING_FILE);
+        match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::NotWritable {
                 dir: self.path.with_file_name(""),
                 source: e,
             }),
             _ => Ok(()),
         }
-    }
-
-    fn staging_path(&self, token: u64) -> std::path::PathBuf {
-        self.path
-            .with_file_name(format!("{STAGING_PREFIX}{token}.db"))
     }
 
     /// [`Store::install_base`] with the entries from `entries`, which calls its second argument

@@ -211,21 +211,15 @@ impl<T> Context<T> for rusqlite::Result<T> {
     }
 }
 
-/// Removes the base staging files a crashed writer left (see [`Store::begin_base_staging`]);
-/// only the writer, which holds the lock, creates them.
+/// Removes the base staging file a crashed writer left (see [`Store::begin_base_staging`]);
+/// only the writer, which holds the lock, creates it.
 fn remove_staging_leftovers(data_dir: &Path) {
-    let Ok(dir) = std::fs::read_dir(data_dir) else {
-        return;
-    };
-    for file in dir.flatten() {
-        let name = file.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(compact::STAGING_PREFIX)
-            && name.ends_with(".db")
-            && let Err(e) = std::fs::remove_file(file.path())
-        {
-            tracing::warn!(file = %name, error = %e, "could not remove a leftover base staging file");
+    let path = data_dir.join(compact::STAGING_FILE);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(file = %path.display(), error = %e, "could not remove a leftover base staging file");
         }
+        _ => {}
     }
 }
 
@@ -245,6 +239,12 @@ pub struct Store {
     path: PathBuf,
     /// Held for the store's lifetime by a writer; dropping it releases the lock.
     _lock: Option<File>,
+    /// The bases being staged on this connection (tokens; see [`Store::begin_base_staging`]):
+    /// the staging file stays attached while there is one.
+    staging: std::collections::BTreeSet<u64>,
+    /// Tokens discarded before their staging began (the caller gave up while waiting for the
+    /// store): their staging never begins.
+    staging_dropped: std::collections::BTreeSet<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -320,6 +320,8 @@ impl Store {
             conn,
             path,
             _lock: Some(lock),
+            staging: Default::default(),
+            staging_dropped: Default::default(),
         };
         store.claim(node, data_dir, recover_if_new)?;
         Ok(store)
@@ -348,6 +350,8 @@ impl Store {
                 conn,
                 path,
                 _lock: None,
+                staging: Default::default(),
+                staging_dropped: Default::default(),
             }),
             _ => Err(StoreError::Corrupt {
                 path,

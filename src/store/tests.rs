@@ -973,31 +973,22 @@ fn compaction_keeps_the_state_at_the_base_and_everything_after_it() {
     let mut bad = parts.clone();
     bad.pop();
     assert!(holder.install_base(&snapshot, &bad).is_err());
-    let staged_files = |dir: &std::path::Path| {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .filter(|f| {
-                let name = f.as_ref().unwrap().file_name();
-                name.to_string_lossy().starts_with("base-staging-")
-            })
-            .count()
+    let staging_file = other.path().join("base-staging.db");
+    let begin = |holder: &mut Store| {
+        let token = Store::staging_token();
+        holder.begin_base_staging(token).unwrap();
+        token
     };
-    let token = holder.begin_base_staging().unwrap();
+    let token = begin(&mut holder);
     holder.stage_base(token, &bad).unwrap();
-    assert_eq!(staged_files(other.path()), 1);
+    assert!(staging_file.exists());
     assert!(holder.install_staged_base(token, &snapshot).is_err());
     assert_eq!(holder.head(origin).unwrap(), None);
-    assert_eq!(
-        staged_files(other.path()),
-        0,
-        "a refused base leaves no file"
-    );
-    // Two stagings at once are apart; one dropped leaves the other whole.
+    assert!(!staging_file.exists(), "a refused base leaves no file");
+    // Two stagings at once are apart; one dropped leaves the other whole, and the file goes
+    // with the last one.
     let (front, back) = parts.split_at(parts.len() / 2);
-    let (dropped, kept) = (
-        holder.begin_base_staging().unwrap(),
-        holder.begin_base_staging().unwrap(),
-    );
+    let (dropped, kept) = (begin(&mut holder), begin(&mut holder));
     let (beyond, _) = store
         .entries_page(origin, snapshot.seq, 1, 1 << 20)
         .unwrap()
@@ -1008,9 +999,15 @@ fn compaction_keeps_the_state_at_the_base_and_everything_after_it() {
     holder.stage_base(kept, back).unwrap();
     holder.stage_base(kept, front).unwrap();
     holder.discard_staged_base(dropped).unwrap();
-    assert_eq!(staged_files(other.path()), 1);
+    assert!(holder.stage_base(dropped, &bad).is_err());
+    assert!(staging_file.exists());
     assert!(holder.install_staged_base(kept, &snapshot).unwrap());
-    assert_eq!(staged_files(other.path()), 0);
+    assert!(!staging_file.exists());
+    // A staging discarded before it began never begins.
+    let late = Store::staging_token();
+    holder.discard_staged_base(late).unwrap();
+    assert!(holder.begin_base_staging(late).is_err());
+    assert!(!staging_file.exists());
     let mut after = snapshot.seq;
     while let Some((entries, cp)) = store.entries_page(origin, after, 500, 1 << 20).unwrap() {
         let bytes = entries.into_iter().map(|e| e.bytes).collect();
@@ -1115,6 +1112,14 @@ fn a_feed_compacted_at_its_head_appends_on() {
         store.held_by_all(origin, &rolled_back).unwrap(),
         Some((0, both))
     );
+    let only_reading = Holders {
+        push: vec![],
+        readers: vec![both],
+    };
+    assert_eq!(
+        store.held_by_all(origin, &only_reading).unwrap(),
+        Some((0, both))
+    );
     let (_, done) = store.apply_retention(origin, policy, &read_by).unwrap();
     assert_eq!(done.base, snapshot.seq.0);
     assert!(done.entries > 0);
@@ -1142,15 +1147,18 @@ fn a_feed_compacted_at_its_head_appends_on() {
 }
 
 #[test]
-fn the_writer_removes_base_staging_files_a_crash_left() {
+fn the_writer_removes_the_base_staging_file_a_crash_left() {
     let dir = tempfile::tempdir().unwrap();
     let key = NodeKey::from_seed([91; 32]);
     drop(Store::open_writer(dir.path(), key.id()).unwrap());
-    let leftover = dir.path().join("base-staging-7.db");
+    let leftover = dir.path().join("base-staging.db");
     std::fs::write(&leftover, b"half a base").unwrap();
-    let other = dir.path().join("base-staging-notes.txt");
-    std::fs::write(&other, b"not ours").unwrap();
-    let _store = Store::open_writer(dir.path(), key.id()).unwrap();
+    let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
     assert!(!leftover.exists());
-    assert!(other.exists());
+    // And staging works after it.
+    let token = Store::staging_token();
+    store.begin_base_staging(token).unwrap();
+    assert!(leftover.exists());
+    store.discard_staged_base(token).unwrap();
+    assert!(!leftover.exists());
 }
