@@ -50,6 +50,7 @@ use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 mod history;
+mod order;
 mod polling;
 
 use crate::config::SourceConfig;
@@ -403,9 +404,16 @@ impl ObjectBody<'_> {
         let permissions = self.permissions.map_or("{}", RawValue::get);
         format!(
             "{{\"data\":{},\"permissions\":{}}}",
-            self.data.get(),
+            order::data_bytes(self.data.get()),
             permissions
         )
         .into_bytes()
     }
+}
+
+/// The feed body of an object known only by its data (a listed record, a tombstone, an
+/// object whose permissions the account cannot see): `{"data":…}`, members in the order
+/// both paths record (see [`order`]).
+fn data_only_body(data: &str) -> Vec<u8> {
+    format!("{{\"data\":{}}}", order::data_bytes(data)).into_bytes()
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 
-use super::{Ingest, IngestError, IngestReport, ItemHead, ObjectBody, Walk};
+use super::{Ingest, IngestError, IngestReport, ItemHead, ObjectBody, Walk, data_only_body};
 use crate::feed::Op;
 use crate::source::kinto::{KintoError, ListResult, Page};
 use crate::store::{Change, CursorUpdate};
@@ -254,7 +254,7 @@ impl Ingest {
                     changes.push(Change {
                         op: Op::Delete,
                         path,
-                        body: format!("{{\"data\":{}}}", raw.get()).into_bytes(),
+                        body: data_only_body(raw.get()),
                     });
                 } else {
                     if reconcile {
@@ -262,7 +262,7 @@ impl Ingest {
                     }
                     let body = match walk.body_for(&path, head.last_modified) {
                         Some(body) => body.to_vec(),
-                        None => format!("{{\"data\":{}}}", raw.get()).into_bytes(),
+                        None => data_only_body(raw.get()),
                     };
                     changes.push(Change {
                         op: Op::Put,
@@ -370,7 +370,7 @@ fn object_body(list: &str, object: &RawValue) -> Result<Vec<u8>, IngestError> {
             what: format!("object without data: {e}"),
         })?;
     if parts.permissions.is_none_or(|p| p.get().trim() == "{}") {
-        return Ok(format!("{{\"data\":{}}}", parts.data.get()).into_bytes());
+        return Ok(data_only_body(parts.data.get()));
     }
     Ok(parts.body())
 }
