@@ -1,6 +1,9 @@
 //! A throwaway Kinto server: memory backend, loopback, a free port, stopped on drop.
 //!
-//! Kinto comes from the virtualenv that `scripts/test` builds (`TANDEM_TEST_VENV`).
+//! Kinto comes from the virtualenv that `scripts/test` builds (`TANDEM_TEST_VENV`). With
+//! `TANDEM_TEST_POSTGRES=postgresql://USER@HOST:PORT`, each server stores into a new database
+//! of its own on that PostgreSQL server instead (the virtualenv then needs psycopg2-binary,
+//! SQLAlchemy and zope.sqlalchemy): the same tests, against Kinto's production backend.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,6 +25,36 @@ pub fn venv() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The storage backend and URL for a new server: memory, or with `TANDEM_TEST_POSTGRES`, a
+/// new database on that PostgreSQL server.
+fn postgres_database(venv: &std::path::Path) -> (&'static str, String) {
+    let Ok(server) = std::env::var("TANDEM_TEST_POSTGRES") else {
+        return ("memory", String::new());
+    };
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let database = format!("tandem_test_{}_{n}", std::process::id());
+    let created = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import psycopg2, sys; c = psycopg2.connect(sys.argv[1] + '/postgres'); \
+             c.autocommit = True; c.cursor().execute('CREATE DATABASE ' + sys.argv[2])",
+            &server,
+            &database,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "creating database {database}: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    (
+        "postgresql",
+        format!("{}/{database}", server.trim_end_matches('/')),
+    )
 }
 
 /// A running Kinto server.
@@ -71,6 +104,7 @@ impl Kinto {
         if options.history {
             includes.push_str("\n                 kinto.plugins.history");
         }
+        let (backend, storage_url) = postgres_database(&venv);
         let ini = format!(
             r#"[server:main]
 use = egg:waitress#main
@@ -81,12 +115,12 @@ threads = 8
 [app:main]
 use = egg:kinto
 kinto.includes = {includes}
-kinto.storage_backend = kinto.core.storage.memory
-kinto.storage_url =
+kinto.storage_backend = kinto.core.storage.{backend}
+kinto.storage_url = {storage_url}
 kinto.cache_backend = kinto.core.cache.memory
 kinto.cache_url =
-kinto.permission_backend = kinto.core.permission.memory
-kinto.permission_url =
+kinto.permission_backend = kinto.core.permission.{backend}
+kinto.permission_url = {storage_url}
 kinto.userid_hmac_secret = 0a1b2c3d4e5f60718293a4b5c6d7e8f9
 multiauth.policies = account
 multiauth.policy.account.use = kinto.plugins.accounts.AccountsPolicy
@@ -141,6 +175,18 @@ format = %(levelname)s %(message)s
             .map(|l| format!("{l}\n"))
             .collect();
         std::fs::write(dir.path().join("kinto.ini"), ini).unwrap();
+        if backend == "postgresql" {
+            let migrated = Command::new(venv.join("bin/kinto"))
+                .args(["migrate", "--ini", "kinto.ini"])
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                migrated.status.success(),
+                "kinto migrate: {}",
+                String::from_utf8_lossy(&migrated.stderr)
+            );
+        }
         let http = tandem::net::client_builder().build().unwrap();
         // A free port can be taken between our probe and Kinto's bind: try a few.
         for _ in 0..5 {
