@@ -251,6 +251,20 @@ impl Node {
             .collect()
     }
 
+    /// The tombstones in this node's state at its head: (path, body bytes).
+    fn tombstones(&self) -> Vec<(String, String)> {
+        let store = tandem::store::Store::open_read_only(&self.dir.path().join("data")).unwrap();
+        let own = store.node_id().unwrap();
+        let head = store.head(own).unwrap().map_or(0, |h| h.seq.0);
+        store
+            .state_for_restore(own, tandem::feed::Seq(head))
+            .unwrap()
+            .into_iter()
+            .filter(|item| item.deleted)
+            .map(|item| (item.path, String::from_utf8(item.body).unwrap()))
+            .collect()
+    }
+
     fn export(&self) -> Vec<serde_json::Value> {
         self.run(&["export", "--origin", "self", "--format", "jsonl"])
             .lines()
@@ -1017,6 +1031,13 @@ async fn history_and_polling_record_the_same_objects_and_data() {
             Some(json!({"data": {"changed": true}})),
         )
         .await;
+    history.sync();
+    polling.sync();
+    compare();
+    // The tombstone of the deleted record, byte for byte the same on both paths.
+    let tombstones = history.tombstones();
+    assert_eq!(tombstones.len(), 1, "{tombstones:?}");
+    assert_eq!(tombstones, polling.tombstones());
     kinto
         .ok("alice", "DELETE", "buckets/b/collections/c2", None)
         .await;

@@ -20,7 +20,7 @@
 //! | 50 | 2 | `n`, length of `path` in bytes, 1 ..= 4096 |
 //! | 52 | n | `path`: UTF-8, starts with `/`, e.g. `/buckets/b/collections/c/records/r` |
 //! | 52+n | 4 | `m`, length of `body` in bytes, at most 64 MiB |
-//! | 56+n | m | `body`: for put, a JSON object (RFC 8259, UTF-8; the source object's data and permissions, bytes as the source gave them); for delete, empty (`m` = 0), or a JSON object describing the source's tombstone (`{"data": <the tombstone as the source gave it>}`, e.g. Kinto's `{"id","last_modified","deleted":true}`) |
+//! | 56+n | m | `body`: for put, a JSON object (RFC 8259, UTF-8; the source object's data and permissions, bytes as the source gave them); for delete, empty (`m` = 0), or a JSON object describing the source's tombstone (`{"data": <the tombstone the source keeps>}`, e.g. Kinto's `{"deleted":true,"id","last_modified"}`) |
 //!
 //! The entry is exactly `56 + n + m` bytes; trailing bytes are an error. A put body, and a
 //! non-empty delete body, must be valid UTF-8 and parse as one JSON object (surrounding

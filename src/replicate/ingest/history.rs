@@ -394,11 +394,12 @@ impl Ingest {
     }
 }
 
-/// The body of a delete seen in the history: the tombstone Kinto keeps for the object, in the
-/// form a `_since` read gives it (`{"id","last_modified","deleted":true}`, in that order).
+/// The body of a delete seen in the history: the tombstone Kinto keeps for the object, as the
+/// polling path records the one a `_since` read gives (`{"deleted":true,"id","last_modified"}`:
+/// see [`super::order`]).
 fn tombstone(path: &str, last_modified: i64) -> Vec<u8> {
     let id = path.rsplit('/').next().unwrap_or_default();
     let id = serde_json::to_string(id).expect("a string serializes");
-    format!(r#"{{"data":{{"id":{id},"last_modified":{last_modified},"deleted":true}}}}"#)
+    format!(r#"{{"data":{{"deleted":true,"id":{id},"last_modified":{last_modified}}}}}"#)
         .into_bytes()
 }

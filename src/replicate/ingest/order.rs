@@ -12,7 +12,9 @@
 //! pass the data through [`data_bytes`]: `id`, then `last_modified`, are moved last. Every
 //! other member keeps its position, and every key and value keeps its exact bytes (numbers
 //! are never re-formatted, nested objects never reordered). Data already in that order, as
-//! lists serve it, is kept byte for byte.
+//! lists serve it, is kept byte for byte. Tombstones go the same way, and the history path
+//! writes its own in that order (`{"deleted":true,"id","last_modified"}`). Duplicate keys,
+//! which Kinto never sends, are not looked for.
 
 use std::borrow::Cow;
 

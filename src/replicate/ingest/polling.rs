@@ -249,8 +249,8 @@ impl Ingest {
                 let path = format!("{list}/{}", head.id);
                 position = position.max(head.last_modified);
                 if self.is_deleted(&head, &path).await? {
-                    // The tombstone, as Kinto sent it: its timestamp is part of what clients
-                    // that sync with this server have seen.
+                    // The tombstone Kinto sent (members in the order both paths record): its
+                    // timestamp is part of what clients that sync with this server have seen.
                     changes.push(Change {
                         op: Op::Delete,
                         path,
