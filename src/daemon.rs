@@ -30,6 +30,9 @@ use crate::telemetry;
 /// How long shutdown waits for loops and connections before giving up on them.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long shutdown then waits for store calls still running to finish.
+pub const STORE_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// An opened node: its configuration, key and (locked) store.
 pub struct Node {
     /// The configuration it runs with.
@@ -156,16 +159,41 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let Node { config, key, store } = node;
+    let writer = Arc::new(Mutex::new(store));
+    let store_users = Arc::downgrade(&writer);
+    let result = serve_with(config, key, writer, listener, shutdown).await;
+    // A blocking store call that a loop started before it stopped runs to its end and holds
+    // the store (and its writer lock) until then: wait for the last, so that whatever opens
+    // the store next (a restarted daemon, a command) finds it free.
+    let deadline = tokio::time::Instant::now() + STORE_RELEASE_WAIT;
+    while store_users.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if store_users.strong_count() > 0 {
+        warn!(waited = ?STORE_RELEASE_WAIT, "the store is still in use after shutdown");
+    }
+    result
+}
+
+async fn serve_with(
+    config: Config,
+    key: NodeKey,
+    writer: Arc<Mutex<Store>>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let key = Arc::new(key);
     let node_id = key.id();
     let addr = listener
         .local_addr()
         .context("reading the listener address")?;
     telemetry::metrics();
-    let recovering = store.recovering()?;
+    let recovering = writer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .recovering()?;
     // One read-only connection for every HTTP handler: WAL lets it read beside the writer.
     let reader = Arc::new(Mutex::new(Store::open_read_only(&config.node.data_dir)?));
-    let writer = Arc::new(Mutex::new(store));
     let changes = Changes::default();
     let feds = config
         .peers
@@ -279,6 +307,7 @@ pub async fn serve(
         writer: writer.clone(),
         key: key.clone(),
         changes: changes.clone(),
+        stopping: token.child_token(),
     });
     let server_token = token.clone();
     let server = tokio::spawn(async move {

@@ -1082,3 +1082,57 @@ async fn a_new_holder_starts_from_a_compacted_origins_snapshot() {
     laptop.stop().await;
     home.stop().await;
 }
+
+/// A daemon stopped while a peer waits in a long poll answers the poll at once and lets go of
+/// its store: whatever opens the store next (here a writer) finds it free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_a_long_poll_answers_it_and_lets_go_of_the_store() {
+    let (mut home, laptop) = (TestNode::new("home"), TestNode::new("laptop"));
+    home.configure(
+        "",
+        &TestNode::peer_entry(&laptop, &format!("serve = [\"self\"]\n{NEVER}")),
+    );
+    home.init();
+    home.append(3, "a");
+    home.start().await;
+    let (path, query) = (
+        format!("/v1/origins/{}/entries", home.id),
+        "after=3&wait=30",
+    );
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let signed =
+        tandem::protocol::signature::sign(&laptop.key(), "GET", &path, Some(query), b"", created);
+    let poll = tandem::net::client_builder()
+        .build()
+        .unwrap()
+        .get(format!(
+            "{}{}?{query}",
+            home.url().trim_end_matches('/'),
+            path
+        ))
+        .header("content-digest", signed.content_digest)
+        .header("signature-input", signed.signature_input)
+        .header("signature", signed.signature)
+        .send();
+    let poll = tokio::spawn(poll);
+    // The poll is in once home has recorded what the laptop says it holds.
+    let laptop_id = laptop.id;
+    wait_for(LONG, "the long poll to arrive", || {
+        home.store()
+            .holders(home.id)
+            .unwrap()
+            .iter()
+            .any(|h| h.holder == laptop_id && h.pulled_seq == Some(3))
+    })
+    .await;
+    home.stop().await;
+    // Held by the stopped daemon (the poll's handler still waiting), the store would be
+    // locked here.
+    home.append(1, "b");
+    let answer = poll.await.unwrap().unwrap();
+    assert_eq!(answer.status().as_u16(), 204);
+    assert_eq!(answer.headers()["tandem-head"], "3");
+}

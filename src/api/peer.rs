@@ -78,6 +78,8 @@ pub struct PeerState {
     pub key: Arc<NodeKey>,
     /// Wakes long polls when a feed grows.
     pub changes: Changes,
+    /// Cancelled when the node stops: long polls answer at once instead of holding shutdown.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// The authenticated caller, put in the request's extensions by [`authenticate`].
@@ -502,8 +504,12 @@ async fn entries(
                 .increment(count as u64);
             return response;
         }
-        let waited = tokio::time::timeout_at(deadline, changed.changed()).await;
-        if !matches!(waited, Ok(Ok(()))) {
+        // A change reads again; the deadline, or the node stopping, answers that nothing came.
+        let grew = tokio::select! {
+            waited = tokio::time::timeout_at(deadline, changed.changed()) => matches!(waited, Ok(Ok(()))),
+            _ = state.stopping.cancelled() => false,
+        };
+        if !grew {
             let mut response = StatusCode::NO_CONTENT.into_response();
             response.headers_mut().insert("tandem-head", head.into());
             return response;
