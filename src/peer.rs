@@ -183,10 +183,7 @@ impl PeerClient {
         mut response: reqwest::Response,
         cap: usize,
     ) -> Result<Vec<u8>, PeerError> {
-        let too_large = || PeerError::Invalid {
-            peer: self.name.clone(),
-            source: WireError::TooLarge,
-        };
+        let too_large = || self.invalid(WireError::TooLarge);
         if response.content_length().is_some_and(|n| n > cap as u64) {
             return Err(too_large());
         }
@@ -212,12 +209,11 @@ impl PeerClient {
         response: reqwest::Response,
     ) -> Result<T, PeerError> {
         let bytes = self.read_capped(response, MAX_JSON).await?;
-        serde_json::from_slice(&bytes).map_err(|e| PeerError::Invalid {
-            peer: self.name.clone(),
-            source: WireError::Malformed {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            self.invalid(WireError::Malformed {
                 what: "json",
                 detail: e.to_string(),
-            },
+            })
         })
     }
 
@@ -284,10 +280,7 @@ impl PeerClient {
             .iter()
             .map(|d| d.to_snapshot())
             .collect::<Result<_, _>>()
-            .map_err(|source| PeerError::Invalid {
-                peer: self.name.clone(),
-                source,
-            })
+            .map_err(|e| self.invalid(e))
     }
 
     /// `POST /v1/origins/{id}/snapshots`: hands the peer a snapshot of an origin it holds.
@@ -320,14 +313,34 @@ impl PeerClient {
             after.0,
             wait.as_secs()
         );
+        let Some((raw, wire_bytes)) = self.get_page(&path, &query, REQUEST_TIMEOUT + wait).await?
+        else {
+            return Ok(None);
+        };
+        let (checkpoint, entries) = wire::decode_page(&raw).map_err(|e| self.invalid(e))?;
+        Ok(Some(Page {
+            checkpoint,
+            entries,
+            wire_bytes,
+        }))
+    }
+
+    /// A GET of a page (entries or base): the body decompressed when the peer compressed it,
+    /// and its size on the wire; `None` for `204 No Content`.
+    async fn get_page(
+        &self,
+        path: &str,
+        query: &str,
+        timeout: Duration,
+    ) -> Result<Option<(Vec<u8>, usize)>, PeerError> {
         let response = self
             .send(
                 reqwest::Method::GET,
-                &path,
-                Some(&query),
+                path,
+                Some(query),
                 Vec::new(),
                 &[(ACCEPT_ENCODING, "zstd")],
-                REQUEST_TIMEOUT + wait,
+                timeout,
             )
             .await?;
         if response.status() == StatusCode::NO_CONTENT {
@@ -339,21 +352,19 @@ impl PeerClient {
             .is_some_and(|v| v.as_bytes() == b"zstd");
         let body = self.read_capped(response, wire::MAX_PAGE).await?;
         let wire_bytes = body.len();
-        let invalid = |source| PeerError::Invalid {
-            peer: self.name.clone(),
-            source,
-        };
         let raw = if zstd {
-            wire::decompress(&body).map_err(invalid)?
+            wire::decompress(&body).map_err(|e| self.invalid(e))?
         } else {
             body
         };
-        let (checkpoint, entries) = wire::decode_page(&raw).map_err(invalid)?;
-        Ok(Some(Page {
-            checkpoint,
-            entries,
-            wire_bytes,
-        }))
+        Ok(Some((raw, wire_bytes)))
+    }
+
+    fn invalid(&self, source: WireError) -> PeerError {
+        PeerError::Invalid {
+            peer: self.name.clone(),
+            source,
+        }
     }
 
     /// `GET /v1/origins/{id}/base`: one page of the base at the snapshot at `seq` (the
@@ -370,23 +381,16 @@ impl PeerClient {
             Some(seq) => format!("after={after}&seq={}", seq.0),
             None => format!("after={after}"),
         };
-        let response = self
-            .send(
-                reqwest::Method::GET,
-                &path,
-                Some(&query),
-                Vec::new(),
-                &[(ACCEPT_ENCODING, "zstd")],
-                REQUEST_TIMEOUT,
-            )
-            .await?;
-        let body = self.read_capped(response, wire::MAX_PAGE).await?;
-        let invalid = |source| PeerError::Invalid {
-            peer: self.name.clone(),
-            source,
-        };
-        let raw = wire::decompress(&body).map_err(invalid)?;
-        wire::decode_base_page(&raw).map_err(invalid)
+        let (raw, _) = self
+            .get_page(&path, &query, REQUEST_TIMEOUT)
+            .await?
+            .ok_or_else(|| {
+                self.invalid(WireError::Malformed {
+                    what: "base page",
+                    detail: "an empty answer".into(),
+                })
+            })?;
+        wire::decode_base_page(&raw).map_err(|e| self.invalid(e))
     }
 
     /// `POST /v1/origins/{id}/entries`: pushes a page (already encoded) and returns the
@@ -412,12 +416,11 @@ impl PeerClient {
             )
             .await?;
         let doc: wire::ReceiptDoc = self.json(response).await?;
-        let invalid = |detail: String| PeerError::Invalid {
-            peer: self.name.clone(),
-            source: WireError::Malformed {
+        let invalid = |detail: String| {
+            self.invalid(WireError::Malformed {
                 what: "receipt",
                 detail,
-            },
+            })
         };
         let receipt = doc.to_receipt().map_err(|e| invalid(e.to_string()))?;
         receipt.verify().map_err(|e| invalid(e.to_string()))?;
