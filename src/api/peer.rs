@@ -533,22 +533,21 @@ async fn record_pull(state: &Arc<PeerState>, peer: NodeId, after: Seq) -> Result
     if known.is_some_and(|(seq, at)| seq == after.0 && now.saturating_sub(at) < REFRESH_MS) {
         return Ok(());
     }
+    write_store(state, move |s| s.record_pulled(node, peer, after))
+        .await?
+        .map_err(unavailable)
+}
+
+/// Runs `f` on the writer on a blocking thread. The store's error is the caller's to map; a
+/// task that did not finish is a 500.
+async fn write_store<T: Send + 'static>(
+    state: &Arc<PeerState>,
+    f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<Result<T, StoreError>, Response> {
     let writer = state.writer.clone();
-    let recorded = tokio::task::spawn_blocking(move || {
-        writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_pulled(node, peer, after)
-    })
-    .await;
-    match recorded {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "peer api: recording a pull failed");
-            Err(error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable"))
-        }
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    }
+    tokio::task::spawn_blocking(move || f(&mut writer.lock().unwrap_or_else(|e| e.into_inner())))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn push(
@@ -737,15 +736,7 @@ async fn push_snapshot(
         Ok(_) => return bad("the snapshot is of another origin".into()),
         Err(e) => return bad(e),
     };
-    let writer = state.writer.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .accept_snapshot(&snapshot)
-    })
-    .await;
-    match result {
+    match write_store(&state, move |s| s.accept_snapshot(&snapshot)).await {
         Ok(Ok(())) => axum::Json(json!({ "stored": true })).into_response(),
         Ok(Err(
             e @ StoreError::SnapshotMismatch {
@@ -757,6 +748,6 @@ async fn push_snapshot(
             bad(e.to_string())
         }
         Ok(Err(e)) => unavailable(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(response) => response,
     }
 }
