@@ -363,8 +363,7 @@ impl Ingest {
 
     async fn cursor(&self, name: &str) -> Result<Option<i64>, IngestError> {
         let name = name.to_owned();
-        let value = self.with_store(move |s| s.cursor(&name)).await?;
-        Ok(value.and_then(|v| v.parse().ok()))
+        self.with_store(move |s| list_cursor(s, &name)).await
     }
 
     /// Appends `changes` (no-ops dropped) and moves `cursor`, in one transaction.
@@ -409,6 +408,11 @@ impl ObjectBody<'_> {
         )
         .into_bytes()
     }
+}
+
+/// The list cursor `name` (a Kinto timestamp), if one is stored.
+fn list_cursor(store: &Store, name: &str) -> Result<Option<i64>, StoreError> {
+    Ok(store.cursor(name)?.and_then(|v| v.parse().ok()))
 }
 
 /// The feed body of an object known only by its data (a listed record, a tombstone, an

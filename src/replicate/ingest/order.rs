@@ -28,7 +28,7 @@ pub(super) fn data_bytes(raw: &str) -> Cow<'_, str> {
     if in_order_already(raw) {
         return Cow::Borrowed(raw);
     }
-    let Some(members) = members(raw) else {
+    let Some(mut ordered) = members(raw) else {
         return Cow::Borrowed(raw);
     };
     let rank = |key: &str| match serde_json::from_str::<String>(key).as_deref() {
@@ -36,12 +36,11 @@ pub(super) fn data_bytes(raw: &str) -> Cow<'_, str> {
         Ok("last_modified") => 2,
         _ => 0,
     };
-    let mut ordered = members.clone();
-    // A stable sort: members of the same rank keep their order.
-    ordered.sort_by_key(|(key, _)| rank(key));
-    if ordered == members {
+    if ordered.is_sorted_by_key(|(key, _)| rank(key)) {
         return Cow::Borrowed(raw);
     }
+    // A stable sort: members of the same rank keep their order.
+    ordered.sort_by_key(|(key, _)| rank(key));
     let mut out = String::with_capacity(raw.len());
     out.push('{');
     for (i, (key, value)) in ordered.iter().enumerate() {

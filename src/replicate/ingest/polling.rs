@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 
-use super::{Ingest, IngestError, IngestReport, ItemHead, ObjectBody, Walk, data_only_body};
+use super::{
+    Ingest, IngestError, IngestReport, ItemHead, ObjectBody, Walk, data_only_body, list_cursor,
+};
 use crate::feed::Op;
 use crate::source::kinto::{KintoError, ListResult, Page};
 use crate::store::{Change, CursorUpdate};
@@ -46,13 +48,8 @@ impl Ingest {
                 .iter()
                 .map(|c| format!("kinto:{c}/records"))
                 .collect();
-            self.with_store(move |s| {
-                names
-                    .iter()
-                    .map(|name| Ok(s.cursor(name)?.and_then(|v| v.parse().ok())))
-                    .collect()
-            })
-            .await?
+            self.with_store(move |s| names.iter().map(|name| list_cursor(s, name)).collect())
+                .await?
         };
         let mut tasks = JoinSet::new();
         let mut pending = collections.into_iter().zip(cursors);
