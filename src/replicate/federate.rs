@@ -574,7 +574,8 @@ impl Federation {
         let mut page = first;
         loop {
             for e in &page {
-                let seq = crate::feed::decode_entry(e).map_err(invalid)?.seq.0;
+                // The layout only, for the order: the whole base is validated when installed.
+                let seq = crate::feed::decode_stored_entry(e).map_err(invalid)?.seq.0;
                 if seq <= last || seq > snapshot.seq.0 {
                     return Err(invalid(FeedError::Malformed(
                         "base entries out of order or beyond their snapshot",
