@@ -64,7 +64,11 @@ fn export(node: &TestNode, origin: &str) -> String {
 /// receipts come back, and the laptop ends with home's exact state, verified end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_relay_and_continuous_propagation() {
-    let kinto = Kinto::start(Options { history: false }).await;
+    let kinto = Kinto::start(Options {
+        history: false,
+        ..Options::default()
+    })
+    .await;
     kinto.ok("alice", "PUT", "/buckets/b", None).await;
     kinto
         .ok("alice", "PUT", "/buckets/b/collections/c", None)
@@ -567,7 +571,11 @@ async fn a_rolled_back_holder_is_reported() {
 /// and continues from the recovered head: the holder sees no fork.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_recovery_after_losing_the_store() {
-    let kinto = Kinto::start(Options { history: false }).await;
+    let kinto = Kinto::start(Options {
+        history: false,
+        ..Options::default()
+    })
+    .await;
     kinto.ok("alice", "PUT", "/buckets/b", None).await;
     kinto
         .ok("alice", "PUT", "/buckets/b/collections/c", None)

@@ -22,7 +22,11 @@ fn source(dir: &Path, url: &str, user: &str, password: &str) -> SourceConfig {
 
 #[tokio::test]
 async fn the_client_checks_credentials_and_reads_capabilities() {
-    let kinto = Kinto::start(Options { history: true }).await;
+    let kinto = Kinto::start(Options {
+        history: true,
+        ..Options::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
 
     let client = KintoClient::new(&source(dir.path(), &kinto.url, "tandem", PASSWORD)).unwrap();
@@ -38,14 +42,22 @@ async fn the_client_checks_credentials_and_reads_capabilities() {
     assert!(matches!(err, KintoError::Unauthorized { .. }), "{err}");
     assert!(!err.to_string().contains("nope"));
 
-    let plain = Kinto::start(Options { history: false }).await;
+    let plain = Kinto::start(Options {
+        history: false,
+        ..Options::default()
+    })
+    .await;
     let client = KintoClient::new(&source(dir.path(), &plain.url, "tandem", PASSWORD)).unwrap();
     assert!(!client.server_info().await.unwrap().history);
 }
 
 #[tokio::test]
 async fn lists_page_keep_bytes_and_answer_304() {
-    let kinto = Kinto::start(Options { history: false }).await;
+    let kinto = Kinto::start(Options {
+        history: false,
+        ..Options::default()
+    })
+    .await;
     bucket_and_collection(&kinto, "alice", "b", "c").await;
     for i in 0..5 {
         kinto
@@ -281,7 +293,11 @@ fn assert_export_matches(node: &Node, kinto: &Kinto) {
 
 #[tokio::test]
 async fn ingest_follows_every_kind_of_change() {
-    let kinto = Kinto::start(Options { history: false }).await;
+    let kinto = Kinto::start(Options {
+        history: false,
+        ..Options::default()
+    })
+    .await;
     let node = Node::new(&kinto);
 
     // Stage 1: varied content from two accounts.
@@ -535,7 +551,11 @@ fn record_count(export: &[serde_json::Value]) -> usize {
 // Multi-threaded: the proxy must keep running while the test waits for a tandem process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_never_commit_part_of_a_page_and_heal() {
-    let kinto = Kinto::start(Options { history: false }).await;
+    let kinto = Kinto::start(Options {
+        history: false,
+        ..Options::default()
+    })
+    .await;
     bucket_and_collection(&kinto, "alice", "b", "c").await;
     // Pages hold 40 records: the first page is small, the later ones large.
     fill(&kinto, "alice", "/buckets/b/collections/c", 40, 10, "a").await;
@@ -598,7 +618,11 @@ async fn faults_never_commit_part_of_a_page_and_heal() {
 
 #[tokio::test]
 async fn sigkill_during_ingest_loses_and_duplicates_nothing() {
-    let kinto = Kinto::start(Options { history: false }).await;
+    let kinto = Kinto::start(Options {
+        history: false,
+        ..Options::default()
+    })
+    .await;
     kinto
         .ok("bob", "PUT", "buckets/big", Some(json!({"data": {}})))
         .await;
@@ -668,7 +692,11 @@ async fn sigkill_during_ingest_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_asks_the_running_daemon() {
     use std::io::BufRead;
-    let kinto = Kinto::start(Options { history: false }).await;
+    let kinto = Kinto::start(Options {
+        history: false,
+        ..Options::default()
+    })
+    .await;
     kinto
         .ok("alice", "PUT", "buckets/b", Some(json!({"data": {}})))
         .await;
@@ -751,7 +779,11 @@ fn assert_same_under(export: &[serde_json::Value], dump: &[serde_json::Value], p
 
 #[tokio::test]
 async fn history_gives_every_permission_and_follows_changes() {
-    let kinto = Kinto::start(Options { history: true }).await;
+    let kinto = Kinto::start(Options {
+        history: true,
+        ..Options::default()
+    })
+    .await;
     // Alice lets tandem read her bucket (what the history path needs); bob does not.
     kinto.ok("alice", "PUT", "buckets/ha", Some(json!({"data": {"x": 1}, "permissions": {"read": ["account:tandem", "account:bob"]}}))).await;
     kinto
@@ -918,7 +950,11 @@ async fn history_gives_every_permission_and_follows_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bearer_token_is_sent_and_a_refusal_is_clear() {
-    let kinto = Kinto::start(Options { history: false }).await;
+    let kinto = Kinto::start(Options {
+        history: false,
+        ..Options::default()
+    })
+    .await;
     let proxy = proxy_for(&kinto).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), "tok-123\n").unwrap();
@@ -944,7 +980,11 @@ async fn a_bearer_token_is_sent_and_a_refusal_is_clear() {
 
 #[tokio::test]
 async fn history_and_polling_record_the_same_objects_and_data() {
-    let kinto = Kinto::start(Options { history: true }).await;
+    let kinto = Kinto::start(Options {
+        history: true,
+        ..Options::default()
+    })
+    .await;
     // `tandem` may read the bucket through its ACL (history path); `poller` only through the
     // settings, which Kinto's history ignores (polling path).
     kinto
@@ -1048,7 +1088,11 @@ async fn history_and_polling_record_the_same_objects_and_data() {
 
 #[tokio::test]
 async fn kintos_backoff_header_is_remembered() {
-    let (options, backoff) = Options { history: false }.with_backoff(30);
+    let (options, backoff) = Options {
+        history: false,
+        ..Options::default()
+    }
+    .with_backoff(30);
     let kinto = Kinto::start_with(options, backoff).await;
     let dir = tempfile::tempdir().unwrap();
     let client = KintoClient::new(&source(dir.path(), &kinto.url, "tandem", PASSWORD)).unwrap();
@@ -1088,7 +1132,11 @@ fn hooked_write(
 // Multi-threaded: the proxy must keep running while the test waits for a tandem process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_during_a_full_read_is_not_lost() {
-    let kinto = Kinto::start(Options { history: false }).await;
+    let kinto = Kinto::start(Options {
+        history: false,
+        ..Options::default()
+    })
+    .await;
     bucket_and_collection(&kinto, "alice", "b", "c").await;
     fill(&kinto, "alice", "/buckets/b/collections/c", 100, 10, "r").await;
     let proxy = proxy_for(&kinto).await;
@@ -1125,7 +1173,11 @@ async fn a_delete_during_a_full_read_is_not_lost() {
 
 #[tokio::test]
 async fn the_history_path_survives_merged_batches_and_a_cleared_history() {
-    let kinto = Kinto::start(Options { history: true }).await;
+    let kinto = Kinto::start(Options {
+        history: true,
+        ..Options::default()
+    })
+    .await;
     kinto
         .ok(
             "alice",
@@ -1212,7 +1264,11 @@ async fn the_history_path_survives_merged_batches_and_a_cleared_history() {
 
 #[tokio::test]
 async fn a_followed_bucket_changed_or_recreated_is_followed_exactly() {
-    let kinto = Kinto::start(Options { history: true }).await;
+    let kinto = Kinto::start(Options {
+        history: true,
+        ..Options::default()
+    })
+    .await;
     let readable = json!({"read": ["account:tandem"]});
     kinto
         .ok(

@@ -17,7 +17,10 @@ const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
 /// The source: the history plugin (every permission is recorded).
 async fn source() -> Kinto {
     Kinto::start_with_settings(
-        Options { history: true },
+        Options {
+            history: true,
+            ..Options::default()
+        },
         "kinto.bucket_read_principals = account:tandem account:poller account:admin",
     )
     .await
@@ -42,7 +45,14 @@ kinto.record_read_principals = account:tandem account:poller account:admin";
 /// A restore target: stores permissions exactly as sent, and lets `admin` (the restoring
 /// account) read and write everywhere.
 async fn target() -> Kinto {
-    Kinto::start_with_settings(Options { history: false }, TARGET_SETTINGS).await
+    Kinto::start_with_settings(
+        Options {
+            history: false,
+            ..Options::default()
+        },
+        TARGET_SETTINGS,
+    )
+    .await
 }
 
 async fn put(kinto: &Kinto, user: &str, path: &str, body: Value) {

@@ -193,6 +193,11 @@ pub struct RestoreCommand {
     /// How many lists (collections…) to write at the same time.
     #[arg(long, value_name = "N", default_value_t = crate::replicate::restore::CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub concurrency: usize,
+    /// Restore even if the target's identity secrets (`userid_hmac_secret`, the default
+    /// bucket's secret) differ from the source's: its users then get other default bucket ids
+    /// and `basicauth:` principals.
+    #[arg(long)]
+    pub ignore_secrets_mismatch: bool,
 }
 
 /// `tandem snapshot ...`
@@ -255,6 +260,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 password_env: r.password_env.as_deref(),
                 from_peer: r.from_peer.as_deref(),
                 concurrency: r.concurrency,
+                ignore_secrets_mismatch: r.ignore_secrets_mismatch,
             },
         ),
         Command::Snapshot(SnapshotCommand::List { origin, json }) => {

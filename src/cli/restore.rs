@@ -43,6 +43,8 @@ pub struct RestoreArgs<'a> {
     pub from_peer: Option<&'a str>,
     /// Lists written at the same time.
     pub concurrency: usize,
+    /// Go on when the target's secrets differ from the source's.
+    pub ignore_secrets_mismatch: bool,
 }
 
 /// Runs the restore.
@@ -186,12 +188,35 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
         let bar = bar.clone();
         Arc::new(move |n| bar.inc(n))
     };
-    let report = runtime.block_on(restore::restore(client, state, args.concurrency, progress));
+    let options = restore::RestoreOptions {
+        concurrency: args.concurrency,
+        ignore_secrets_mismatch: args.ignore_secrets_mismatch,
+    };
+    let report = runtime.block_on(restore::restore(client, state, options, progress));
     bar.finish_and_clear();
     let report = report.context("restore stopped; run the same command again to resume")?;
+    let how = if report.via_plugin {
+        "requests to the target's kinto-tandem plugin"
+    } else {
+        "batch requests"
+    };
     println!(
-        "restored {origin} at seq {seq}: {} objects ({} written, {} already there) and {} tombstones, in {} batch requests",
+        "restored {origin} at seq {seq}: {} objects ({} written, {} already there) and {} tombstones, in {} {how}",
         report.objects, report.written, report.skipped, report.tombstones, report.batches
     );
+    if !report.accounts_kept.is_empty() {
+        println!(
+            "{} accounts already existed on the target and were kept as they are there: {}",
+            report.accounts_kept.len(),
+            report.accounts_kept.join(", ")
+        );
+    }
+    if !report.accounts_not_restored.is_empty() {
+        println!(
+            "{} accounts were not restored (the target does not run the kinto-tandem plugin, and Kinto's API cannot set a password hash); create them again and let their users choose new passwords: {}",
+            report.accounts_not_restored.len(),
+            report.accounts_not_restored.join(", ")
+        );
+    }
     Ok(())
 }

@@ -22,6 +22,23 @@
 //!
 //! The target must store permissions as sent: with `kinto.explicit_permissions = false` Kinto
 //! does not add the writing account to each object's `write` list (see the README).
+//!
+//! # Through the kinto-tandem plugin
+//!
+//! When the target runs the plugin (`docs/kinto-plugin.md`), objects go through its restore
+//! endpoint instead, in the same order and the same chunks: it writes data, timestamps and
+//! permissions exactly whatever `explicit_permissions` says, accounts with their password
+//! hashes, tombstones as tombstones, and the history entries of what it wrote. Each object is
+//! answered `created`, `unchanged` (already there with the same timestamp) or `conflict`, which
+//! stops the restore as a retimed object does above. Without the plugin, accounts cannot be
+//! restored (Kinto hashes whatever password it is given): the report names them.
+//!
+//! # Secrets that decide identities
+//!
+//! Default bucket ids and `basicauth:` principals are HMACs under the server's secrets. When
+//! the source ran the plugin, its fingerprint of them is in the feed (`/tandem/source`); a
+//! target whose fingerprint differs is refused before anything is written, unless the caller
+//! accepts it, since its users would not find their default buckets.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +58,16 @@ pub const CONCURRENCY: usize = 2;
 /// Why a restore stopped. Everything written before stays, and a new run resumes.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// The target's identity secrets differ from the source's.
+    #[error(
+        "the target's secrets differ from the source's (fingerprint {target} instead of {recorded}): its users would get other default buckets and basicauth principals. Copy kinto.userid_hmac_secret (and kinto.default_bucket_hmac_secret, if the source set it) from the source's ini to the target's and restart it, or accept the difference with --ignore-secrets-mismatch; nothing was written"
+    )]
+    SecretsDiffer {
+        /// What the source's plugin published.
+        recorded: String,
+        /// What the target's publishes (`unknown` without the plugin).
+        target: String,
+    },
     /// Talking to the target failed.
     #[error(transparent)]
     Kinto(#[from] KintoError),
@@ -79,8 +106,16 @@ pub enum RestoreError {
 }
 
 /// What a restore did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RestoreReport {
+    /// Whether the target's kinto-tandem plugin wrote the objects.
+    pub via_plugin: bool,
+    /// Accounts in the state that could not be restored (the target has no plugin): their
+    /// users must be created again, with new passwords.
+    pub accounts_not_restored: Vec<String>,
+    /// Accounts the target already had under another version (e.g. the account restoring):
+    /// the target's are kept.
+    pub accounts_kept: Vec<String>,
     /// Live objects in the restored state.
     pub objects: u64,
     /// Tombstones in it.
@@ -93,8 +128,19 @@ pub struct RestoreReport {
     pub batches: u64,
 }
 
+/// How to restore.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreOptions {
+    /// Lists written at the same time.
+    pub concurrency: usize,
+    /// Go on when the target's secrets fingerprint differs from the source's.
+    pub ignore_secrets_mismatch: bool,
+}
+
 /// One object to write.
 struct Item {
+    /// Kinto's resource name (`bucket`, `record`…).
+    kind: &'static str,
     path: String,
     id: String,
     last_modified: i64,
@@ -110,8 +156,14 @@ struct List {
     items: Vec<Item>,
 }
 
+/// The lists to write, and the source's secrets fingerprint if the feed recorded one.
+struct Plan {
+    lists: Vec<List>,
+    fingerprint: Option<String>,
+}
+
 /// Groups the state into lists, each sorted by `last_modified`.
-fn plan(state: Vec<StateItem>) -> Result<Vec<List>, RestoreError> {
+fn plan(state: Vec<StateItem>) -> Result<Plan, RestoreError> {
     #[derive(Deserialize)]
     struct Body<'a> {
         #[serde(borrow)]
@@ -122,19 +174,36 @@ fn plan(state: Vec<StateItem>) -> Result<Vec<List>, RestoreError> {
         last_modified: i64,
     }
     let mut lists: BTreeMap<String, List> = BTreeMap::new();
+    let mut fingerprint = None;
     for item in state {
+        if item.path == crate::replicate::ingest::SOURCE_PATH {
+            #[derive(Deserialize)]
+            struct Source {
+                data: SourceData,
+            }
+            #[derive(Deserialize)]
+            struct SourceData {
+                secrets_fingerprint: String,
+            }
+            fingerprint = serde_json::from_slice::<Source>(&item.body)
+                .ok()
+                .map(|s| s.data.secrets_fingerprint);
+            continue;
+        }
         let unrestorable = |what: &str| RestoreError::Unrestorable {
             path: item.path.clone(),
             what: what.to_owned(),
         };
         let segments: Vec<&str> = item.path.trim_start_matches('/').split('/').collect();
-        let phase = match segments.as_slice() {
-            ["buckets", _] => 0,
-            ["buckets", _, "groups" | "collections", _] => 1,
-            ["buckets", _, "collections", _, "records", _] => 2,
+        let (phase, kind) = match segments.as_slice() {
+            ["accounts", _] => (0, "account"),
+            ["buckets", _] => (1, "bucket"),
+            ["buckets", _, "groups", _] => (2, "group"),
+            ["buckets", _, "collections", _] => (2, "collection"),
+            ["buckets", _, "collections", _, "records", _] => (3, "record"),
             _ => {
                 return Err(unrestorable(
-                    "not a Kinto bucket, group, collection or record",
+                    "not a Kinto account, bucket, group, collection or record",
                 ));
             }
         };
@@ -154,6 +223,7 @@ fn plan(state: Vec<StateItem>) -> Result<Vec<List>, RestoreError> {
             items: Vec::new(),
         });
         entry.items.push(Item {
+            kind,
             id: id.to_owned(),
             path: item.path,
             last_modified,
@@ -165,7 +235,129 @@ fn plan(state: Vec<StateItem>) -> Result<Vec<List>, RestoreError> {
     for list in &mut out {
         list.items.sort_by_key(|i| i.last_modified);
     }
-    Ok(out)
+    Ok(Plan {
+        lists: out,
+        fingerprint,
+    })
+}
+
+/// Objects per request to the plugin's restore endpoint (its default limit is 1,000).
+const PLUGIN_CHUNK: usize = 500;
+
+/// The plugin's answer for one object.
+#[derive(Deserialize)]
+struct PluginResult {
+    uri: String,
+    status: String,
+    #[serde(default)]
+    existing_last_modified: Option<i64>,
+}
+
+/// Restores one list through the plugin's endpoint.
+async fn restore_list_plugin(
+    client: Arc<KintoClient>,
+    list: List,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<RestoreReport, RestoreError> {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+        #[serde(borrow, default)]
+        permissions: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Answer {
+        results: Vec<PluginResult>,
+    }
+    let mut report = RestoreReport::default();
+    for chunk in list.items.chunks(PLUGIN_CHUNK) {
+        let mut request = Vec::with_capacity(chunk.iter().map(|i| i.body.len() + 96).sum());
+        request.extend_from_slice(b"{\"objects\":[");
+        for (n, item) in chunk.iter().enumerate() {
+            let body: Body<'_> =
+                serde_json::from_slice(&item.body).map_err(|e| RestoreError::Unrestorable {
+                    path: item.path.clone(),
+                    what: format!("body is not {{\"data\":…}}: {e}"),
+                })?;
+            if n > 0 {
+                request.push(b',');
+            }
+            let uri = serde_json::to_string(&item.path).expect("a string");
+            request.extend_from_slice(
+                format!(
+                    "{{\"uri\":{uri},\"resource_name\":\"{}\",\"data\":{}",
+                    item.kind,
+                    body.data.get()
+                )
+                .as_bytes(),
+            );
+            if !item.deleted {
+                let permissions = body.permissions.map_or("{}", RawValue::get);
+                request.extend_from_slice(format!(",\"permissions\":{permissions}").as_bytes());
+            }
+            request.push(b'}');
+        }
+        request.extend_from_slice(b"]}");
+        let answer = client.post("tandem/restore", request).await?;
+        report.batches += 1;
+        let answer: Answer =
+            serde_json::from_slice(&answer).map_err(|e| RestoreError::Unrestorable {
+                path: list.path.clone(),
+                what: format!("the target's plugin answered something unreadable: {e}"),
+            })?;
+        if answer.results.len() != chunk.len() {
+            return Err(RestoreError::Unrestorable {
+                path: list.path.clone(),
+                what: format!(
+                    "the target's plugin answered {} results for {} objects",
+                    answer.results.len(),
+                    chunk.len()
+                ),
+            });
+        }
+        for (item, result) in chunk.iter().zip(answer.results) {
+            if result.uri != item.path {
+                return Err(RestoreError::Unrestorable {
+                    path: item.path.clone(),
+                    what: format!("the target's plugin answered for {} instead", result.uri),
+                });
+            }
+            if item.deleted {
+                report.tombstones += 1;
+            } else {
+                report.objects += 1;
+            }
+            match result.status.as_str() {
+                "created" if !item.deleted => report.written += 1,
+                "unchanged" if !item.deleted => report.skipped += 1,
+                "created" | "unchanged" => {}
+                // An account made on the target before the restore (the restoring account
+                // itself, typically) is the target's to keep, not a reason to stop.
+                "conflict" if item.kind == "account" => {
+                    report.skipped += 1;
+                    report.accounts_kept.push(item.id.clone());
+                }
+                "conflict" => {
+                    return Err(RestoreError::Retimed {
+                        path: item.path.clone(),
+                        sent: item.last_modified,
+                        stored: result.existing_last_modified.unwrap_or(0),
+                    });
+                }
+                other => {
+                    return Err(RestoreError::Refused {
+                        method: "POST",
+                        path: item.path.clone(),
+                        status: 200,
+                        message: format!("unknown result {other:?}"),
+                    });
+                }
+            }
+        }
+        progress(chunk.len() as u64);
+    }
+    Ok(report)
 }
 
 /// What is percent-encoded in a path segment: everything but letters, digits, `-` and `_`
@@ -342,21 +534,59 @@ async fn restore_list(
 pub async fn restore(
     client: Arc<KintoClient>,
     state: Vec<StateItem>,
-    concurrency: usize,
+    options: RestoreOptions,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<RestoreReport, RestoreError> {
     let info = client.server_info().await?;
     let batch_max = info.batch_max_requests.unwrap_or(100).clamp(2, 500) as usize;
-    if info.explicit_permissions {
-        tracing::warn!(
-            "the target adds the restoring account to every object's write permissions (kinto.explicit_permissions is true): permissions will not be exactly the recorded ones"
-        );
+    let Plan {
+        mut lists,
+        fingerprint,
+    } = plan(state)?;
+    let plugin = info.tandem.as_ref().filter(|p| p.restore).is_some();
+    if let Some(recorded) = fingerprint {
+        let target = info
+            .tandem
+            .as_ref()
+            .and_then(|p| p.secrets_fingerprint.clone());
+        match target {
+            Some(target) if target != recorded => {
+                if !options.ignore_secrets_mismatch {
+                    return Err(RestoreError::SecretsDiffer { recorded, target });
+                }
+                tracing::warn!(%recorded, %target, "restoring into a target whose secrets differ from the source's");
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                "the target does not publish its secrets fingerprint (no kinto-tandem plugin): if its kinto.userid_hmac_secret differs from the source's, users get other default buckets and basicauth principals"
+            ),
+        }
     }
-    let mut lists = plan(state)?;
-    let mut total = RestoreReport::default();
-    for phase in 0..=2u8 {
+    let mut total = RestoreReport {
+        via_plugin: plugin,
+        ..RestoreReport::default()
+    };
+    if !plugin {
+        if info.explicit_permissions {
+            tracing::warn!(
+                "the target adds the restoring account to every object's write permissions (kinto.explicit_permissions is true): permissions will not be exactly the recorded ones"
+            );
+        }
+        // Kinto hashes whatever password it is given: accounts cannot come back through its
+        // API. Name them instead.
+        let (accounts, rest): (Vec<List>, Vec<List>) =
+            lists.into_iter().partition(|l| l.path == "/accounts");
+        lists = rest;
+        for list in accounts {
+            progress(list.items.len() as u64);
+            total
+                .accounts_not_restored
+                .extend(list.items.into_iter().filter(|i| !i.deleted).map(|i| i.id));
+        }
+    }
+    for phase in 0..=3u8 {
         let mut set = JoinSet::new();
-        let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1)));
         let (now, later): (Vec<List>, Vec<List>) =
             lists.into_iter().partition(|l| l.phase == phase);
         lists = later;
@@ -365,7 +595,11 @@ pub async fn restore(
                 (client.clone(), progress.clone(), semaphore.clone());
             set.spawn(async move {
                 let _permit = semaphore.acquire_owned().await.expect("never closed");
-                restore_list(client, list, batch_max, progress).await
+                if plugin {
+                    restore_list_plugin(client, list, progress).await
+                } else {
+                    restore_list(client, list, batch_max, progress).await
+                }
             });
         }
         while let Some(done) = set.join_next().await {
@@ -375,6 +609,7 @@ pub async fn restore(
             total.written += r.written;
             total.skipped += r.skipped;
             total.batches += r.batches;
+            total.accounts_kept.extend(r.accounts_kept);
         }
     }
     Ok(total)
@@ -411,7 +646,8 @@ mod tests {
             item("/buckets/b/collections/c/records/r2", 20, true),
             item("/buckets/b/groups/g", 6, false),
         ])
-        .unwrap();
+        .unwrap()
+        .lists;
         let summary: Vec<(String, u8, Vec<i64>)> = lists
             .iter()
             .map(|l| {
@@ -425,13 +661,18 @@ mod tests {
         assert_eq!(
             summary,
             vec![
-                ("/buckets".into(), 0, vec![5]),
-                ("/buckets/b/collections".into(), 1, vec![7]),
-                ("/buckets/b/collections/c/records".into(), 2, vec![20, 30]),
-                ("/buckets/b/groups".into(), 1, vec![6]),
+                ("/buckets".into(), 1, vec![5]),
+                ("/buckets/b/collections".into(), 2, vec![7]),
+                ("/buckets/b/collections/c/records".into(), 3, vec![20, 30]),
+                ("/buckets/b/groups".into(), 2, vec![6]),
             ]
         );
-        assert!(plan(vec![item("/accounts/a", 1, false)]).is_err());
+        assert_eq!(
+            plan(vec![item("/accounts/a", 1, false)]).unwrap().lists[0].phase,
+            0
+        );
+        assert!(plan(vec![item("/accounts/a/b", 1, false)]).is_err());
+        assert!(plan(vec![item("/history/h", 1, false)]).is_err());
     }
 
     #[test]
@@ -440,7 +681,8 @@ mod tests {
             item("/buckets/b/collections/c/records/r1", 30, false),
             item("/buckets/b/collections/c/records/r2", 20, true),
         ])
-        .unwrap();
+        .unwrap()
+        .lists;
         let items = &lists[0].items;
         let tomb = requests(&items[0]);
         assert_eq!(tomb.len(), 2);
@@ -467,7 +709,8 @@ mod tests {
             3,
             true,
         )])
-        .unwrap();
+        .unwrap()
+        .lists;
         let reqs = requests(&lists[0].items[0]);
         let delete: serde_json::Value = serde_json::from_str(reqs[1].1.get()).unwrap();
         assert_eq!(

@@ -111,6 +111,26 @@ pub struct ServerInfo {
     pub explicit_permissions: bool,
     /// Whether the history plugin is installed.
     pub history: bool,
+    /// The kinto-tandem plugin, when the server runs it.
+    pub tandem: Option<TandemPlugin>,
+}
+
+/// What the kinto-tandem plugin offers (its `tandem` capability in `GET /v1/`; see
+/// `docs/kinto-plugin.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TandemPlugin {
+    /// The plugin's version.
+    #[serde(default)]
+    pub version: String,
+    /// `GET /v1/tandem/journal` and `/v1/tandem/objects` are served.
+    #[serde(default)]
+    pub journal: bool,
+    /// `POST /v1/tandem/restore` is served.
+    #[serde(default)]
+    pub restore: bool,
+    /// A fingerprint of the secrets that decide default bucket ids and `basicauth:` principals.
+    #[serde(default)]
+    pub secrets_fingerprint: Option<String>,
 }
 
 /// One page of a plural endpoint.
@@ -237,6 +257,14 @@ impl KintoClient {
             batch_max_requests: root.settings.batch_max_requests.filter(|n| *n > 0),
             explicit_permissions: root.settings.explicit_permissions.unwrap_or(true),
             history: root.capabilities.contains_key("history"),
+            tandem: root
+                .capabilities
+                .get("tandem")
+                .map(|c| {
+                    serde_json::from_value(c.clone())
+                        .map_err(|e| protocol(&url, &format!("unreadable tandem capability: {e}")))
+                })
+                .transpose()?,
         })
     }
 
@@ -360,49 +388,7 @@ impl KintoClient {
             body.extend_from_slice(r.get().as_bytes());
         }
         body.extend_from_slice(b"]}");
-        let response = self
-            .http
-            .post(url.clone())
-            .header(header::AUTHORIZATION, self.auth.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| unreachable(&url, &e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        if let Some(seconds) = header_seconds(&headers, "backoff") {
-            *self.backoff_until.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Instant::now() + seconds);
-        }
-        let bytes = response.bytes().await.map_err(|e| unreachable(&url, &e))?;
-        match status.as_u16() {
-            200..=299 => {}
-            401 => {
-                return Err(KintoError::Unauthorized {
-                    url,
-                    user: self.user.clone(),
-                });
-            }
-            403 => return Err(KintoError::Forbidden { url }),
-            429 | 500..=599 => {
-                return Err(KintoError::Unavailable {
-                    url,
-                    status: status.as_u16(),
-                    retry_after: header_seconds(&headers, "retry-after"),
-                });
-            }
-            code => {
-                return Err(KintoError::Status {
-                    url,
-                    status: code,
-                    message: serde_json::from_slice::<serde_json::Value>(&bytes)
-                        .ok()
-                        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-                        .unwrap_or_default(),
-                });
-            }
-        }
+        let bytes = self.post_to(&url, body).await?;
         let answer: Answer = serde_json::from_slice(&bytes)
             .map_err(|e| protocol(&url, &format!("not a batch answer: {e}")))?;
         if answer.responses.len() != requests.len() {
@@ -420,6 +406,65 @@ impl KintoClient {
             .into_iter()
             .map(|r| (r.status, r.body))
             .collect())
+    }
+
+    /// `POST` of a JSON `body` (sent byte for byte) to `path` (relative to the root); the
+    /// answer's body on 2xx.
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, KintoError> {
+        let url = self.url(path)?;
+        self.post_to(&url, body).await
+    }
+
+    async fn post_to(&self, url: &Url, body: Vec<u8>) -> Result<Vec<u8>, KintoError> {
+        let response = self
+            .http
+            .post(url.clone())
+            .header(header::AUTHORIZATION, self.auth.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| unreachable(url, &e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        if let Some(seconds) = header_seconds(&headers, "backoff") {
+            *self.backoff_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Instant::now() + seconds);
+        }
+        let bytes = response.bytes().await.map_err(|e| unreachable(url, &e))?;
+        self.check_status(url, status, &headers, &bytes)?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Maps a non-2xx answer to its error.
+    fn check_status(
+        &self,
+        url: &Url,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), KintoError> {
+        match status.as_u16() {
+            200..=299 => Ok(()),
+            401 => Err(KintoError::Unauthorized {
+                url: url.clone(),
+                user: self.user.clone(),
+            }),
+            403 => Err(KintoError::Forbidden { url: url.clone() }),
+            429 | 500..=599 => Err(KintoError::Unavailable {
+                url: url.clone(),
+                status: status.as_u16(),
+                retry_after: header_seconds(headers, "retry-after"),
+            }),
+            code => Err(KintoError::Status {
+                url: url.clone(),
+                status: code,
+                message: serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                    .unwrap_or_default(),
+            }),
+        }
     }
 
     fn url(&self, path: &str) -> Result<Url, KintoError> {
@@ -453,27 +498,8 @@ impl KintoClient {
         }
         // Read the whole body: a connection closed early is an error here, never a short page.
         let body = response.bytes().await.map_err(|e| unreachable(url, &e))?;
-        match status.as_u16() {
-            200..=299 => Ok((headers, Some(body.to_vec()))),
-            401 => Err(KintoError::Unauthorized {
-                url: url.clone(),
-                user: self.user.clone(),
-            }),
-            403 => Err(KintoError::Forbidden { url: url.clone() }),
-            429 | 500..=599 => Err(KintoError::Unavailable {
-                url: url.clone(),
-                status: status.as_u16(),
-                retry_after: header_seconds(&headers, "retry-after"),
-            }),
-            code => Err(KintoError::Status {
-                url: url.clone(),
-                status: code,
-                message: serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-                    .unwrap_or_default(),
-            }),
-        }
+        self.check_status(url, status, &headers, &body)?;
+        Ok((headers, Some(body.to_vec())))
     }
 }
 

@@ -414,6 +414,19 @@ impl Store {
             .ctx("reading a cursor")
     }
 
+    /// The names of the cursors that start with `prefix`, sorted.
+    pub fn cursor_names(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM cursors WHERE name >= ?1 AND name < ?2 ORDER BY name")
+            .ctx("listing cursors")?;
+        let rows = stmt
+            .query_map((prefix, prefix_end(prefix)), |r| r.get::<_, String>(0))
+            .ctx("listing cursors")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing cursors")
+    }
+
     /// Fork evidence held for `origin`, oldest first.
     pub fn forks(&self, origin: NodeId) -> Result<Vec<ForkEvidence>, StoreError> {
         let Some(row) = self.origin_row_id(origin)? else {

@@ -1,9 +1,11 @@
 //! A throwaway Kinto server: memory backend, loopback, a free port, stopped on drop.
 //!
-//! Kinto comes from the virtualenv that `scripts/test` builds (`TANDEM_TEST_VENV`). With
-//! `TANDEM_TEST_POSTGRES=postgresql://USER@HOST:PORT`, each server stores into a new database
-//! of its own on that PostgreSQL server instead (the virtualenv then needs psycopg2-binary,
-//! SQLAlchemy and zope.sqlalchemy): the same tests, against Kinto's production backend.
+//! Kinto comes from the virtualenv that `scripts/test` builds (`TANDEM_TEST_VENV`), with the
+//! kinto-tandem plugin and PostgreSQL drivers. `scripts/test` also starts a PostgreSQL server
+//! and names it in `TANDEM_TEST_POSTGRES=postgresql://USER@HOST:PORT`: tests that run on both
+//! backends ask for it ([`Options::postgres`]), each server getting a new database there, and
+//! `TANDEM_TEST_BACKEND=postgresql` puts every test's servers on it (the same tests, against
+//! Kinto's production backend).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -27,12 +29,17 @@ pub fn venv() -> PathBuf {
     dir
 }
 
-/// The storage backend and URL for a new server: memory, or with `TANDEM_TEST_POSTGRES`, a
-/// new database on that PostgreSQL server.
-fn postgres_database(venv: &std::path::Path) -> (&'static str, String) {
-    let Ok(server) = std::env::var("TANDEM_TEST_POSTGRES") else {
+/// The storage backend and URL for a new server: memory, or a new database on the
+/// PostgreSQL server `TANDEM_TEST_POSTGRES` names when the test asks for it (`postgres`) or
+/// `TANDEM_TEST_BACKEND=postgresql` asks it for every test.
+fn postgres_database(venv: &std::path::Path, postgres: bool) -> (&'static str, String) {
+    let everywhere = std::env::var("TANDEM_TEST_BACKEND").is_ok_and(|b| b == "postgresql");
+    if !postgres && !everywhere {
         return ("memory", String::new());
-    };
+    }
+    let server = std::env::var("TANDEM_TEST_POSTGRES").expect(
+        "this test needs PostgreSQL: run it with ./scripts/test, which starts one, or set TANDEM_TEST_POSTGRES=postgresql://USER@HOST:PORT",
+    );
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let database = format!("tandem_test_{}_{n}", std::process::id());
@@ -67,10 +74,17 @@ pub struct Kinto {
 }
 
 /// How to configure a server.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
     /// Install the history plugin.
     pub history: bool,
+    /// Install the kinto-tandem plugin, readable by `account:tandem` (`kinto.tandem.principals`).
+    pub plugin: bool,
+    /// Store into PostgreSQL whatever `TANDEM_TEST_BACKEND` says (for tests that run on both
+    /// backends).
+    pub postgres: bool,
+    /// The accounts to create (default: `admin`, `tandem`, `poller`, `alice` and `bob`).
+    pub accounts: Option<&'static [&'static str]>,
 }
 
 impl Options {
@@ -104,7 +118,14 @@ impl Kinto {
         if options.history {
             includes.push_str("\n                 kinto.plugins.history");
         }
-        let (backend, storage_url) = postgres_database(&venv);
+        let mut plugin_settings = String::new();
+        if options.plugin {
+            includes.push_str(
+                "\n                 kinto.plugins.default_bucket\n                 kinto_tandem",
+            );
+            plugin_settings.push_str("kinto.tandem.principals = account:tandem\n");
+        }
+        let (backend, storage_url) = postgres_database(&venv, options.postgres);
         let ini = format!(
             r#"[server:main]
 use = egg:waitress#main
@@ -134,7 +155,7 @@ kinto.record_read_principals = account:tandem account:poller
 kinto.batch_max_requests = 200
 # Small pages, so that every test crosses page boundaries.
 kinto.paginate_by = 40
-{backoff}
+{plugin_settings}{backoff}
 
 [loggers]
 keys = root
@@ -211,7 +232,10 @@ format = %(levelname)s %(message)s
                     url,
                     http,
                 };
-                for user in ["admin", "tandem", "poller", "alice", "bob"] {
+                let accounts = options
+                    .accounts
+                    .unwrap_or(&["admin", "tandem", "poller", "alice", "bob"]);
+                for user in accounts {
                     kinto.create_account(user).await;
                 }
                 return kinto;
@@ -225,7 +249,8 @@ format = %(levelname)s %(message)s
         );
     }
 
-    async fn create_account(&self, user: &str) {
+    /// Creates the account `user` with [`PASSWORD`].
+    pub async fn create_account(&self, user: &str) {
         let r = self
             .http
             .put(format!("{}accounts/{user}", self.url))

@@ -50,8 +50,11 @@ use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 mod history;
+mod journal;
 mod order;
 mod polling;
+
+pub use journal::SOURCE_PATH;
 
 use crate::config::SourceConfig;
 use crate::feed::Op;
@@ -116,6 +119,9 @@ pub struct Ingest {
     store: Arc<Mutex<Store>>,
     key: Arc<NodeKey>,
     concurrency: usize,
+    /// The server's root answer while the journal is followed: a pass is then one request.
+    /// Dropped on any failure, so that credentials and capabilities are read again.
+    journal_info: Arc<Mutex<Option<crate::source::kinto::ServerInfo>>>,
 }
 
 /// The ingest of a running daemon, shared by its source loop and the admin endpoint: one pass
@@ -246,6 +252,7 @@ impl Ingest {
             store,
             key,
             concurrency: DEFAULT_CONCURRENCY,
+            journal_info: Arc::default(),
         }
     }
 
@@ -263,7 +270,28 @@ impl Ingest {
     /// Runs one pass: checks the credentials, then buckets, their groups and collections, and
     /// every collection's records.
     pub async fn pass(&self) -> Result<IngestReport, IngestError> {
-        let info = self.client.server_info().await?;
+        let cached = self
+            .journal_info
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let info = match cached {
+            Some(info) => info,
+            None => self.client.server_info().await?,
+        };
+        if let Some(plugin) = info.tandem.as_ref().filter(|p| p.journal) {
+            let result = self.sync_journal(plugin).await;
+            *self.journal_info.lock().unwrap_or_else(|e| e.into_inner()) =
+                result.is_ok().then(|| info.clone());
+            return result;
+        }
+        if self.cursor(journal::CURSOR).await?.is_some() {
+            // The plugin went away: its position means nothing to the other paths, and a
+            // plugin coming back must read everything again.
+            tracing::info!("the kinto-tandem journal is gone; following the server's lists");
+            self.commit(Vec::new(), [CursorUpdate::clear(journal::CURSOR)])
+                .await?;
+        }
         // With explicit_permissions off, Kinto's history logs only the first object of each
         // event (a batch of creates is one entry): it cannot be followed.
         let history = info.history && info.explicit_permissions;

@@ -76,6 +76,7 @@ impl Ingest {
             store: self.store.clone(),
             key: self.key.clone(),
             concurrency: self.concurrency,
+            journal_info: self.journal_info.clone(),
         }
     }
 
