@@ -40,6 +40,9 @@ pub const HOLDER_ROLLBACKS: &str = "tandem_holder_rollbacks_total";
 pub const DURABLE_SEQ: &str = "tandem_durable_seq";
 /// Gauge: 1 while a peer refuses our pushes for lack of quota. Labels: `peer`.
 pub const PEER_QUOTA_EXCEEDED: &str = "tandem_peer_quota_exceeded";
+/// Gauge: buckets of the source followed without record permissions (their history does not
+/// cover them for the account).
+pub const SOURCE_PERMISSIONS_INCOMPLETE: &str = "tandem_source_buckets_permissions_incomplete";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,6 +118,10 @@ pub fn metrics() -> &'static Metrics {
         metrics::describe_gauge!(
             PEER_QUOTA_EXCEEDED,
             "1 while a peer refuses pushes for lack of quota."
+        );
+        metrics::describe_gauge!(
+            SOURCE_PERMISSIONS_INCOMPLETE,
+            "Source buckets followed without record permissions."
         );
         metrics::counter!(ENTRIES_APPENDED).absolute(0);
         metrics::counter!(ENTRIES_ACCEPTED).absolute(0);

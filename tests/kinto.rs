@@ -1327,3 +1327,153 @@ async fn a_followed_bucket_changed_or_recreated_is_followed_exactly() {
     }));
     assert_eq!(node.sync(), 0);
 }
+
+/// The `source.permissions_incomplete` buckets of `node`'s `status --json`.
+fn permissions_incomplete(node: &Node) -> Vec<String> {
+    let status: serde_json::Value = serde_json::from_str(&node.run(&["status", "--json"])).unwrap();
+    status["source"]["permissions_incomplete"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no source.permissions_incomplete: {status}"))
+        .iter()
+        .map(|b| b.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_running_during_the_first_history_read_loses_no_permissions() {
+    let kinto = std::sync::Arc::new(
+        Kinto::start(Options {
+            history: true,
+            ..Options::default()
+        })
+        .await,
+    );
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/busy",
+            Some(json!({"data": {}, "permissions": {"read": ["account:tandem"]}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/busy/collections/c",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    // Batches of 20 records with their own permissions, one after another, while first syncs
+    // run: each batch's history entries are written when its request ends.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (kinto, stop) = (kinto.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while n < 60 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let requests: Vec<serde_json::Value> = (0..20)
+                    .map(|i| {
+                        json!({"method": "PUT",
+                               "path": format!("/buckets/busy/collections/c/records/w{n}-{i}"),
+                               "body": {"data": {"i": i}, "permissions": {"read": ["account:bob"]}}})
+                    })
+                    .collect();
+                kinto
+                    .ok(
+                        "alice",
+                        "POST",
+                        "batch",
+                        Some(json!({"requests": requests})),
+                    )
+                    .await;
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..5 {
+        let node = Node::new(&kinto);
+        node.sync();
+        assert_eq!(
+            permissions_incomplete(&node),
+            Vec::<String>::new(),
+            "a first sync beside a writer marked the bucket"
+        );
+        nodes.push(node);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let batches = writer.await.unwrap();
+    assert!(batches >= 3, "the writer ran only {batches} batches");
+    // Every node ends with every record, each with its permissions.
+    for node in &nodes {
+        node.sync();
+        let export = node.export();
+        let records: Vec<_> = export
+            .iter()
+            .filter(|o| o["path"].as_str().unwrap().contains("/records/"))
+            .collect();
+        assert_eq!(records.len(), batches * 20);
+        assert!(
+            records
+                .iter()
+                .all(|r| r["permissions"]["read"] == json!(["account:bob"])),
+            "a record without its permissions"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_history_that_does_not_cover_a_bucket_is_a_warning_in_status() {
+    // The history keeps only the newest few entries per kind: older records are not in it.
+    let kinto = Kinto::start_with_settings(
+        Options {
+            history: true,
+            ..Options::default()
+        },
+        "history.auto_trim_max_count = 3\nhistory.auto_trim_threshold = 1",
+    )
+    .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/trimmed",
+            Some(json!({"data": {}, "permissions": {"read": ["account:tandem"]}})),
+        )
+        .await;
+    kinto
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/trimmed/collections/c",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    for i in 0..12 {
+        kinto
+            .ok(
+                "alice",
+                "PUT",
+                &format!("buckets/trimmed/collections/c/records/r{i}"),
+                Some(json!({"data": {"i": i}})),
+            )
+            .await;
+    }
+    let node = Node::new(&kinto);
+    node.sync();
+    assert_eq!(permissions_incomplete(&node), vec!["/buckets/trimmed"]);
+    let text = node.run(&["status"]);
+    assert!(
+        text.contains("WARNING: /buckets/trimmed is followed without record permissions"),
+        "{text}"
+    );
+    // Every record is still there, from the lists.
+    let records = node
+        .export()
+        .iter()
+        .filter(|o| o["path"].as_str().unwrap().contains("/records/"))
+        .count();
+    assert_eq!(records, 12);
+}

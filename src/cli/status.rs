@@ -31,7 +31,9 @@
 //! `durable_seq` (own origin only) is the highest seq held by at least `node.durability`
 //! holders. `recovering` is true while the node fetches its own feed back from its peers. `daemon` says whether a daemon runs on this
 //! store and, if so, the health of its loops: `{"running": true, "workers": [{"kind", "name",
-//! "ok", "consecutive_errors", "last_error"}]}`.
+//! "ok", "consecutive_errors", "last_error"}]}`. `source.permissions_incomplete` lists the
+//! buckets followed without record permissions (the history the account reads does not
+//! cover them; see the README).
 
 use serde::Serialize;
 
@@ -48,6 +50,15 @@ struct Status {
     node: NodeDoc,
     origins: Vec<OriginDoc>,
     daemon: DaemonDoc,
+    source: SourceDoc,
+}
+
+/// What the source path could not record.
+#[derive(Serialize)]
+struct SourceDoc {
+    /// Buckets polled without record permissions, because the history the account can read
+    /// does not cover them.
+    permissions_incomplete: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -180,6 +191,9 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
         },
         origins,
         daemon: daemon_status(&config.node.data_dir),
+        source: SourceDoc {
+            permissions_incomplete: crate::replicate::ingest::permissions_incomplete(&store)?,
+        },
     };
     if as_json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -242,6 +256,11 @@ fn print_text(status: &Status) {
                 println!("  {} {}: {state}", w.kind, w.name);
             }
         }
+    }
+    for bucket in &status.source.permissions_incomplete {
+        println!(
+            "WARNING: {bucket} is followed without record permissions (its history does not cover it for this account)"
+        );
     }
     println!("{} origin(s) held", status.origins.len());
     for o in &status.origins {

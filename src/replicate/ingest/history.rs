@@ -24,7 +24,12 @@
 //! that can read only part of a bucket's history (Kinto filters entries by the permissions of
 //! the bucket and objects, and settings such as `bucket_read_principals` do not count), or a
 //! history trimmed or started after the data, would miss changes: such a bucket is marked
-//! (`kinto:<bucket>/history-incomplete`) and polled instead, until the bucket itself changes.
+//! (`kinto:<bucket>/history-incomplete`) and polled instead, without record permissions. That
+//! is a warning in the log, in `status` and in `/metrics`; the history is tried again when the
+//! bucket changes and every 15 minutes, and followed again once it covers the bucket. Before a
+//! bucket is marked, the objects the history lacked are looked for again a few times: Kinto
+//! writes a request's history entries when the request ends, so a batch still running during
+//! the first read is not yet in the history that another writer's entries already moved past.
 //! A bucket whose history the account cannot read at all (403) is polled as well.
 
 use std::collections::HashMap;
@@ -257,8 +262,8 @@ impl Ingest {
                 report.appended += self.commit(vec![put], []).await?;
             }
             None => {
-                walk.misses
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let lm = self.stored_last_modified(bucket).await?.unwrap_or(0);
+                walk.miss(bucket, lm);
             }
         }
         report += self.sync_bucket_lists(bucket, &walk).await?;
@@ -275,15 +280,26 @@ impl Ingest {
             }
         }
         report.appended += self.commit(deletes, []).await?;
-        let cursor = if walk.misses() == 0 {
+        let misses = self
+            .confirm_misses(bucket, list, position, walk.take_misses())
+            .await?;
+        let cursor = if misses.is_empty() {
             // Only now is everything up to `position` in the replica.
             CursorUpdate::set(cursor_name, position)
         } else {
             // The account sees only part of this history (or it was trimmed, or started after
             // the data): following it would miss changes. Poll this bucket's lists instead,
-            // until the bucket itself changes (which clears this mark).
-            tracing::info!(bucket = %bucket, objects = walk.misses(), "history incomplete for this account; polling the bucket's lists");
-            CursorUpdate::set(format!("kinto:{bucket}/history-incomplete"), walk.misses())
+            // without record permissions, and try the history again later.
+            tracing::warn!(
+                bucket = %bucket,
+                objects = misses.len(),
+                first = %misses[0].0,
+                "the history does not cover this bucket for this account; following it without record permissions"
+            );
+            CursorUpdate::set(
+                format!("kinto:{bucket}/{INCOMPLETE}"),
+                crate::store::now_ms(),
+            )
         };
         report.appended += self.commit(Vec::new(), [cursor]).await?;
         Ok(report)
@@ -391,6 +407,62 @@ impl Ingest {
                 .await?;
         }
         Ok(Some(report))
+    }
+}
+
+/// The name of the mark (below `kinto:<bucket>/`) of a bucket whose history does not cover it.
+/// Its value is when it was set, in milliseconds.
+pub(super) const INCOMPLETE: &str = "history-incomplete";
+
+/// How long a bucket stays on the polling path before its history is tried again.
+const RETRY_AFTER_MS: u64 = 15 * 60 * 1000;
+
+/// How long to wait for history entries a concurrent request has not written yet, and how
+/// many times to look again.
+const SETTLE: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_millis(800),
+    std::time::Duration::from_secs(2),
+];
+
+/// Whether a mark set at `since` (milliseconds, as stored) is old enough to try the history again.
+pub(super) fn retry_due(since: i64) -> bool {
+    crate::store::now_ms().saturating_sub(since.max(0) as u64) >= RETRY_AFTER_MS
+}
+
+impl Ingest {
+    /// Of the objects the first sync listed but did not find in the history (path and
+    /// `last_modified`), those the history still lacks after a few more reads. Kinto writes a
+    /// request's history entries when the request ends, and another request's entries can move
+    /// the history's ETag past them before that: objects written by a request still running
+    /// during the first read are not misses, and their entries come after `position`.
+    async fn confirm_misses(
+        &self,
+        bucket: &str,
+        list: &str,
+        position: i64,
+        mut misses: Vec<(String, i64)>,
+    ) -> Result<Vec<(String, i64)>, IngestError> {
+        for delay in SETTLE {
+            if misses.is_empty() {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            let mut found: std::collections::HashSet<(String, i64)> = Default::default();
+            let mut pages = self.client.pages(list, Some(position), None);
+            while let Some(result) = pages.next().await? {
+                let ListResult::Page(page) = result else {
+                    break;
+                };
+                for raw in &page.items {
+                    if let Item::Entry(_, effect) = Entry::parse(list, bucket, raw)? {
+                        found.insert((effect.path().to_owned(), effect.last_modified()));
+                    }
+                }
+            }
+            misses.retain(|m| !found.contains(m));
+        }
+        Ok(misses)
     }
 }
 

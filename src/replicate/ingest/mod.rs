@@ -185,7 +185,8 @@ struct Walk {
     /// When the history was read (its ETag): objects written later are not misses, since
     /// following the history from there will bring them.
     history_read_at: i64,
-    misses: Arc<std::sync::atomic::AtomicU64>,
+    /// Listed objects (path, `last_modified`) whose version the history did not hold.
+    misses: Arc<Mutex<Vec<(String, i64)>>>,
 }
 
 impl Walk {
@@ -197,15 +198,21 @@ impl Walk {
             Some((lm, body)) if *lm == last_modified => Some(body),
             _ if last_modified > self.history_read_at => None,
             _ => {
-                self.misses
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.miss(path, last_modified);
                 None
             }
         }
     }
 
-    fn misses(&self) -> u64 {
-        self.misses.load(std::sync::atomic::Ordering::Relaxed)
+    fn miss(&self, path: &str, last_modified: i64) {
+        self.misses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((path.to_owned(), last_modified));
+    }
+
+    fn take_misses(&self) -> Vec<(String, i64)> {
+        std::mem::take(&mut *self.misses.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -309,6 +316,8 @@ impl Ingest {
                 }
             }
         }
+        let incomplete = self.with_store(|s| permissions_incomplete(s)).await?.len();
+        metrics::gauge!(crate::telemetry::SOURCE_PERMISSIONS_INCOMPLETE).set(incomplete as f64);
         match failure {
             None => Ok(report),
             Some(e) => Err(e),
@@ -317,10 +326,17 @@ impl Ingest {
 
     /// One bucket, through its history if it can be followed, else through its lists.
     async fn sync_bucket(&self, bucket: &str, history: bool) -> Result<IngestReport, IngestError> {
-        let incomplete = self
-            .cursor(&format!("kinto:{bucket}/history-incomplete"))
-            .await?
-            .is_some();
+        let mark = format!("kinto:{bucket}/{}", history::INCOMPLETE);
+        let incomplete = match self.cursor(&mark).await? {
+            // Marked a while ago: the history may cover the bucket by now (objects rewritten,
+            // a change of ACL): try it again.
+            Some(since) if history && history::retry_due(since) => {
+                self.commit(Vec::new(), [CursorUpdate::clear(mark)]).await?;
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
         if history && !incomplete {
             match self.sync_bucket_history(bucket).await {
                 Ok(report) => return Ok(report),
@@ -436,6 +452,21 @@ impl ObjectBody<'_> {
         )
         .into_bytes()
     }
+}
+
+/// The buckets followed without record permissions: their history did not cover them for the
+/// account (marked `kinto:<bucket>/history-incomplete`).
+pub fn permissions_incomplete(store: &Store) -> Result<Vec<String>, StoreError> {
+    let suffix = format!("/{}", history::INCOMPLETE);
+    Ok(store
+        .cursor_names("kinto:/buckets/")?
+        .into_iter()
+        .filter_map(|name| {
+            name.strip_prefix("kinto:")?
+                .strip_suffix(&suffix)
+                .map(str::to_owned)
+        })
+        .collect())
 }
 
 /// The list cursor `name` (a Kinto timestamp), if one is stored.
