@@ -47,7 +47,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 
-use crate::source::kinto::{KintoClient, KintoError};
+use crate::source::kinto::{KintoClient, KintoError, SubAnswer};
 use crate::store::StateItem;
 
 /// Lists written at the same time, by default. Measured against a single-process Kinto on two
@@ -407,6 +407,8 @@ fn requests(item: &Item) -> Requests {
         ]
     } else {
         let body = String::from_utf8_lossy(&item.body);
+        // Numbers as Kinto's parser reads them exactly (see `exact_for_kinto`).
+        let body = crate::source::kinto::exact_for_kinto(&body);
         vec![(
             "PUT",
             raw(format!(
@@ -418,20 +420,14 @@ fn requests(item: &Item) -> Requests {
 
 /// Checks one sub-response. `Ok(true)`: the object was written; `Ok(false)`: it was already
 /// there, as restored.
-fn check(
-    item: &Item,
-    method: &'static str,
-    status: u16,
-    body: &serde_json::Value,
-) -> Result<bool, RestoreError> {
+fn check(item: &Item, method: &'static str, answer: &SubAnswer) -> Result<bool, RestoreError> {
+    let status = answer.status;
     let expected = match method {
         "PUT" if item.deleted => 1,
         _ => item.last_modified,
     };
     if status == 412 && method == "DELETE" {
-        let stored = body["details"]["existing"]["last_modified"]
-            .as_i64()
-            .unwrap_or(0);
+        let stored = answer.existing_last_modified.unwrap_or(0);
         return Err(RestoreError::Retimed {
             path: item.path.clone(),
             sent: item.last_modified,
@@ -441,7 +437,7 @@ fn check(
     if status == 412 && method == "PUT" {
         // Already there: from an earlier run of this restore if its timestamp is ours (a
         // tombstone's placeholder: anything may be there, the delete settles it).
-        let existing = body["details"]["existing"]["last_modified"].as_i64();
+        let existing = answer.existing_last_modified;
         return match existing {
             _ if item.deleted => Ok(false),
             Some(stored) if stored == expected => Ok(false),
@@ -463,10 +459,10 @@ fn check(
             method,
             path: item.path.clone(),
             status,
-            message: body["message"].as_str().unwrap_or_default().to_owned(),
+            message: answer.message.clone(),
         });
     }
-    match body["data"]["last_modified"].as_i64() {
+    match answer.last_modified {
         Some(stored) if stored != expected => Err(RestoreError::Retimed {
             path: item.path.clone(),
             sent: expected,
@@ -513,8 +509,8 @@ async fn restore_list(
         for (item, reqs) in &batch {
             let mut wrote = false;
             for (method, _) in reqs {
-                let (status, body) = answers.next().expect("one answer per request");
-                wrote |= check(item, method, status, &body)?;
+                let answer = answers.next().expect("one answer per request");
+                wrote |= check(item, method, &answer)?;
             }
             // Tombstones are replayed every time (the target's lists are not read, see the
             // module docs); replaying one again leaves the same tombstone.

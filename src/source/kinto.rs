@@ -133,6 +133,19 @@ pub struct TandemPlugin {
     pub secrets_fingerprint: Option<String>,
 }
 
+/// What one sub-request of a batch answered, as far as a writer needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubAnswer {
+    /// Its HTTP status.
+    pub status: u16,
+    /// `data.last_modified`: the timestamp Kinto kept for the object written or deleted.
+    pub last_modified: Option<i64>,
+    /// `details.existing.last_modified` of a `412`: the object already there.
+    pub existing_last_modified: Option<i64>,
+    /// Kinto's error message, if any.
+    pub message: String,
+}
+
 /// One page of a plural endpoint.
 #[derive(Debug)]
 pub struct Page {
@@ -363,10 +376,7 @@ impl KintoClient {
     /// `POST /v1/batch` with `requests` (each a JSON sub-request, kept as given: bodies are
     /// sent byte for byte). Returns each sub-response's status and body, in order. The caller
     /// keeps each batch within [`ServerInfo::batch_max_requests`].
-    pub async fn batch(
-        &self,
-        requests: &[Box<RawValue>],
-    ) -> Result<Vec<(u16, serde_json::Value)>, KintoError> {
+    pub async fn batch(&self, requests: &[Box<RawValue>]) -> Result<Vec<SubAnswer>, KintoError> {
         #[derive(Deserialize)]
         struct Answer {
             responses: Vec<Sub>,
@@ -375,7 +385,23 @@ impl KintoClient {
         struct Sub {
             status: u16,
             #[serde(default)]
-            body: serde_json::Value,
+            body: SubBody,
+        }
+        // Only these fields are decoded: the objects in the answer may hold numbers wider than
+        // any machine type, which are skipped, never converted.
+        #[derive(Deserialize, Default)]
+        struct SubBody {
+            data: Option<Stamp>,
+            details: Option<Details>,
+            message: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Details {
+            existing: Option<Stamp>,
+        }
+        #[derive(Deserialize)]
+        struct Stamp {
+            last_modified: Option<i64>,
         }
         let url = self.url("batch")?;
         let mut body =
@@ -404,7 +430,16 @@ impl KintoClient {
         Ok(answer
             .responses
             .into_iter()
-            .map(|r| (r.status, r.body))
+            .map(|r| SubAnswer {
+                status: r.status,
+                last_modified: r.body.data.and_then(|d| d.last_modified),
+                existing_last_modified: r
+                    .body
+                    .details
+                    .and_then(|d| d.existing)
+                    .and_then(|e| e.last_modified),
+                message: r.body.message.unwrap_or_default(),
+            })
             .collect())
     }
 
@@ -611,5 +646,111 @@ fn unreachable(url: &Url, e: &reqwest::Error) -> KintoError {
     KintoError::Unreachable {
         url: url.clone(),
         reason,
+    }
+}
+
+/// `json` with every integer literal too wide for 64 bits written in exponent form
+/// (`179769313486231570000…0` becomes `17976931348623157e292`), everything else byte for byte.
+///
+/// Kinto parses request bodies with rapidjson, which reads such integers as floats inexactly
+/// (`17976931348623157` followed by 292 zeros comes out as `1.7976931348623145e308`), while it
+/// reads the exponent form exactly. Kinto on PostgreSQL serves large floats as such integers
+/// (`numeric`), so a restore that sent them back as served would change them.
+pub fn exact_for_kinto(json: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = json.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    let mut in_string = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let literal = &json[start..i];
+                let digits = literal.trim_start_matches('-');
+                let integer = digits.bytes().all(|d| d.is_ascii_digit());
+                if integer && digits.len() >= 20 && digits.parse::<u64>().is_err() {
+                    let significant = digits.trim_end_matches('0');
+                    let zeros = digits.len() - significant.len();
+                    let sign = if literal.starts_with('-') { "-" } else { "" };
+                    let out = out.get_or_insert_with(|| String::with_capacity(json.len()));
+                    out.push_str(&json[copied..start]);
+                    out.push_str(&format!("{sign}{significant}e{zeros}"));
+                    copied = i;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    match out {
+        None => std::borrow::Cow::Borrowed(json),
+        Some(mut out) => {
+            out.push_str(&json[copied..]);
+            std::borrow::Cow::Owned(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exact_for_kinto;
+    use proptest::prelude::*;
+
+    #[test]
+    fn wide_integers_take_the_exponent_form() {
+        let max = format!("17976931348623157{}", "0".repeat(292));
+        assert_eq!(
+            exact_for_kinto(&format!(
+                r#"{{"a":{max},"b":-{max},"s":"{max}","n":18446744073709551615}}"#
+            )),
+            format!(
+                r#"{{"a":17976931348623157e292,"b":-17976931348623157e292,"s":"{max}","n":18446744073709551615}}"#
+            )
+        );
+        assert_eq!(
+            exact_for_kinto(r#"{"x":18446744073709551616}"#),
+            r#"{"x":18446744073709551616e0}"#
+        );
+        assert_eq!(
+            exact_for_kinto(r#"{"q":"a\"1000000000000000000000"}"#),
+            r#"{"q":"a\"1000000000000000000000"}"#
+        );
+        assert_eq!(exact_for_kinto("[1.5e300,1e-5,0]"), "[1.5e300,1e-5,0]");
+    }
+
+    proptest! {
+        #[test]
+        fn the_value_is_kept(significant in "[1-9][0-9]{0,16}", zeros in 0usize..320, text in any::<String>()) {
+            let s = serde_json::to_string(&text).unwrap();
+            let literal = format!("{significant}{}", "0".repeat(zeros));
+            let json = format!("[{s},{literal},{s}]");
+            let exact = exact_for_kinto(&json);
+            let wide = literal.len() >= 20 && literal.parse::<u64>().is_err();
+            if wide {
+                prop_assert_eq!(exact.as_ref(), format!("[{s},{}e{},{s}]", significant.trim_end_matches('0'), zeros + significant.len() - significant.trim_end_matches('0').len()));
+            } else {
+                prop_assert_eq!(exact.as_ref(), json.as_str());
+            }
+        }
     }
 }

@@ -46,7 +46,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 mod history;
@@ -216,21 +215,47 @@ impl Walk {
     }
 }
 
-/// The identifying fields of a listed object.
-#[derive(Deserialize)]
+/// The identifying fields of a listed object. Only `id` and `last_modified` are decoded: every
+/// other member is kept as its raw bytes, so that no value (a number wider than any machine
+/// type, as Kinto on PostgreSQL serves some) can make an object unreadable.
 struct ItemHead {
     id: String,
     last_modified: i64,
-    deleted: Option<serde_json::Value>,
-    #[serde(flatten)]
-    rest: HashMap<String, IgnoredAny>,
+    /// Whether `deleted` is `true`.
+    deleted: bool,
+    /// How many members other than `id`, `last_modified` and `deleted` it has.
+    others: usize,
 }
 
 impl ItemHead {
     fn parse(list: &str, raw: &RawValue) -> Result<ItemHead, IngestError> {
-        serde_json::from_str(raw.get()).map_err(|e| IngestError::Source {
+        let bad = |what: String| IngestError::Source {
             list: list.to_owned(),
-            what: format!("{e}"),
+            what,
+        };
+        let members: HashMap<std::borrow::Cow<'_, str>, &RawValue> =
+            serde_json::from_str(raw.get()).map_err(|e| bad(format!("{e}")))?;
+        let id = members
+            .get("id")
+            .ok_or_else(|| bad("an object without id".into()))
+            .and_then(|v| {
+                serde_json::from_str::<String>(v.get())
+                    .map_err(|e| bad(format!("id is not a string: {e}")))
+            })?;
+        let last_modified = members
+            .get("last_modified")
+            .ok_or_else(|| bad(format!("{id} has no last_modified")))
+            .and_then(|v| {
+                serde_json::from_str::<i64>(v.get())
+                    .map_err(|e| bad(format!("last_modified of {id} is not an integer: {e}")))
+            })?;
+        let deleted = members.get("deleted").is_some_and(|v| v.get() == "true");
+        let others = members.len() - 2 - usize::from(members.contains_key("deleted"));
+        Ok(ItemHead {
+            id,
+            last_modified,
+            deleted,
+            others,
         })
     }
 
@@ -238,7 +263,7 @@ impl ItemHead {
     /// `deleted: true`. A live record may have a `deleted` field of its own, and one whose only
     /// field is `deleted: true` has this very shape: see [`Ingest::is_deleted`].
     fn looks_deleted(&self) -> bool {
-        self.deleted == Some(serde_json::Value::Bool(true)) && self.rest.is_empty()
+        self.deleted && self.others == 0
     }
 }
 
@@ -479,4 +504,48 @@ fn list_cursor(store: &Store, name: &str) -> Result<Option<i64>, StoreError> {
 /// both paths record (see [`order`]).
 fn data_only_body(data: &str) -> Vec<u8> {
     format!("{{\"data\":{}}}", order::data_bytes(data)).into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::value::RawValue;
+
+    use super::{ItemHead, ObjectBody, data_only_body};
+
+    /// Any JSON number literal: integers of up to 400 digits, fractions, exponents far outside
+    /// any machine type.
+    fn number() -> impl Strategy<Value = String> {
+        "-?(0|[1-9][0-9]{0,400})(\\.[0-9]{1,40})?([eE][+-]?[0-9]{1,4})?"
+    }
+
+    /// Any JSON string literal: arbitrary text as serde_json writes it, or with escapes of the
+    /// kinds other encoders use (`\u00e9`, surrogate pairs, `\/`).
+    fn string() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+            "[a-z]{0,5}".prop_map(|s| format!(r#""{s}\u00e9\ud83c\udfb5\/\u0000""#)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_number_or_string_is_recorded_byte_for_byte(
+            n in number(), s in string(), key in string(), lm in 0i64..i64::MAX,
+        ) {
+            let data = format!(r#"{{{key}:[{n},{s}],"n":{n},"s":{s},"id":"r1","last_modified":{lm}}}"#);
+            let raw = RawValue::from_string(data.clone()).unwrap();
+            let head = ItemHead::parse("list", &raw).unwrap();
+            prop_assert!(!head.looks_deleted());
+            prop_assert_eq!(head.id, "r1");
+            prop_assert_eq!(head.last_modified, lm);
+            // Already in list order: the recorded data is the served bytes.
+            let body = String::from_utf8(data_only_body(&data)).unwrap();
+            prop_assert_eq!(body, format!(r#"{{"data":{data}}}"#));
+            // Through an object fetched on its own (or a journal or history entry).
+            let object = format!(r#"{{"data":{data},"permissions":{{"read":[{s}]}}}}"#);
+            let parts: ObjectBody<'_> = serde_json::from_str(&object).unwrap();
+            prop_assert_eq!(String::from_utf8(parts.body()).unwrap(), object);
+        }
+    }
 }
