@@ -1596,3 +1596,80 @@ kinto.record_write_principals = account:tandem",
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_a_postgresql_target_cannot_hold_are_named_before_writing() {
+    let source = Kinto::start(Options::default()).await;
+    source
+        .ok("alice", "PUT", "buckets/z", Some(json!({"data": {}})))
+        .await;
+    source
+        .ok(
+            "alice",
+            "PUT",
+            "buckets/z/collections/c",
+            Some(json!({"data": {}})),
+        )
+        .await;
+    for (id, text) in [("ok1", "fine"), ("nul", "a\u{0}b"), ("ok2", "also fine")] {
+        source
+            .ok(
+                "alice",
+                "PUT",
+                &format!("buckets/z/collections/c/records/{id}"),
+                Some(json!({"data": {"text": text}})),
+            )
+            .await;
+    }
+    let node = Node::as_user(&source.url, "poller");
+    node.sync();
+    let target = Kinto::start_with_settings(
+        Options {
+            postgres: true,
+            ..Options::default()
+        },
+        "kinto.bucket_create_principals = account:poller
+kinto.bucket_write_principals = account:poller",
+    )
+    .await;
+    let pw = node.dir.path().join("pw");
+    let restore = |extra: &[&str], code: i32| {
+        let mut args = vec![
+            "restore",
+            "--to",
+            &target.url,
+            "--user",
+            "poller",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = common::tandem(&node.config(), &args, code);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let refused = restore(&[], 1);
+    assert!(
+        refused.contains("/buckets/z/collections/c/records/nul") && refused.contains("U+0000"),
+        "{refused}"
+    );
+    let (_, buckets) = target.request("poller", "GET", "buckets", None).await;
+    assert_eq!(buckets["data"], json!([]), "a refused restore wrote");
+    let skipped = restore(&["--nul", "skip"], 0);
+    assert!(
+        skipped.contains(
+            "1 objects holding U+0000 were not restored: /buckets/z/collections/c/records/nul"
+        ),
+        "{skipped}"
+    );
+    let (_, records) = target
+        .request("poller", "GET", "buckets/z/collections/c/records", None)
+        .await;
+    let mut ids: Vec<&str> = records["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["ok1", "ok2"]);
+}

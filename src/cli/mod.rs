@@ -198,6 +198,11 @@ pub struct RestoreCommand {
     /// and `basicauth:` principals.
     #[arg(long)]
     pub ignore_secrets_mismatch: bool,
+    /// Objects holding the character U+0000 in a string, which Kinto on PostgreSQL cannot
+    /// store: `refuse` names them before writing anything, `skip` restores everything else,
+    /// `write` writes them (a target on the memory backend).
+    #[arg(long, value_enum, default_value_t = crate::replicate::restore::NulStrings::Refuse)]
+    pub nul: crate::replicate::restore::NulStrings,
 }
 
 /// `tandem snapshot ...`
@@ -261,6 +266,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 from_peer: r.from_peer.as_deref(),
                 concurrency: r.concurrency,
                 ignore_secrets_mismatch: r.ignore_secrets_mismatch,
+                nul: r.nul,
             },
         ),
         Command::Snapshot(SnapshotCommand::List { origin, json }) => {

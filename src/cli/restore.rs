@@ -45,6 +45,8 @@ pub struct RestoreArgs<'a> {
     pub concurrency: usize,
     /// Go on when the target's secrets differ from the source's.
     pub ignore_secrets_mismatch: bool,
+    /// Objects holding U+0000.
+    pub nul: restore::NulStrings,
 }
 
 /// Runs the restore.
@@ -191,6 +193,7 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
     let options = restore::RestoreOptions {
         concurrency: args.concurrency,
         ignore_secrets_mismatch: args.ignore_secrets_mismatch,
+        nul: args.nul,
     };
     let report = runtime.block_on(restore::restore(client, state, options, progress));
     bar.finish_and_clear();
@@ -204,6 +207,13 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
         "restored {origin} at seq {seq}: {} objects ({} written, {} already there) and {} tombstones, in {} {how}",
         report.objects, report.written, report.skipped, report.tombstones, report.batches
     );
+    if !report.skipped_nul.is_empty() {
+        println!(
+            "{} objects holding U+0000 were not restored: {}",
+            report.skipped_nul.len(),
+            report.skipped_nul.join(", ")
+        );
+    }
     if !report.accounts_kept.is_empty() {
         println!(
             "{} accounts already existed on the target and were kept as they are there: {}",

@@ -58,6 +58,17 @@ pub const CONCURRENCY: usize = 2;
 /// Why a restore stopped. Everything written before stays, and a new run resumes.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// Objects hold U+0000, which a PostgreSQL-backed Kinto cannot store.
+    #[error(
+        "{} object(s) hold the character U+0000 in a string, which Kinto on PostgreSQL cannot store (the write fails with 503, every time): {}{}. Run again with --nul skip to restore everything else, or --nul write if the target keeps its data in memory; nothing was written",
+        paths.len(),
+        paths.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+        if paths.len() > 10 { ", …" } else { "" }
+    )]
+    NulStrings {
+        /// The objects.
+        paths: Vec<String>,
+    },
     /// The target's identity secrets differ from the source's.
     #[error(
         "the target's secrets differ from the source's (fingerprint {target} instead of {recorded}): its users would get other default buckets and basicauth principals. Copy kinto.userid_hmac_secret (and kinto.default_bucket_hmac_secret, if the source set it) from the source's ini to the target's and restart it, or accept the difference with --ignore-secrets-mismatch; nothing was written"
@@ -116,6 +127,8 @@ pub struct RestoreReport {
     /// Accounts the target already had under another version (e.g. the account restoring):
     /// the target's are kept.
     pub accounts_kept: Vec<String>,
+    /// Objects not restored because they hold U+0000 (with [`NulStrings::Skip`]).
+    pub skipped_nul: Vec<String>,
     /// Live objects in the restored state.
     pub objects: u64,
     /// Tombstones in it.
@@ -135,6 +148,21 @@ pub struct RestoreOptions {
     pub concurrency: usize,
     /// Go on when the target's secrets fingerprint differs from the source's.
     pub ignore_secrets_mismatch: bool,
+    /// What to do with objects holding U+0000 in a string.
+    pub nul: NulStrings,
+}
+
+/// What to do with objects holding the character U+0000 in a string (key or value), which
+/// Kinto on PostgreSQL cannot store: a batch holding one fails with `503`, every time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NulStrings {
+    /// Stop before writing anything, and name them.
+    #[default]
+    Refuse,
+    /// Restore everything else, and name them.
+    Skip,
+    /// Write them (a target on the memory backend stores them).
+    Write,
 }
 
 /// One object to write.
@@ -239,6 +267,23 @@ fn plan(state: Vec<StateItem>) -> Result<Plan, RestoreError> {
         lists: out,
         fingerprint,
     })
+}
+
+/// Whether a JSON text holds the escape `\u0000` (JSON cannot carry a raw U+0000, and a
+/// backslash outside strings is not JSON).
+fn holds_nul(json: &[u8]) -> bool {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json.get(i + 1) == Some(&b'u') && json.get(i + 2..i + 6) == Some(b"0000") {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 /// Objects per request to the plugin's restore endpoint (its default limit is 1,000).
@@ -539,6 +584,26 @@ pub async fn restore(
         mut lists,
         fingerprint,
     } = plan(state)?;
+    let with_nul: Vec<String> = lists
+        .iter()
+        .flat_map(|l| l.items.iter())
+        .filter(|i| !i.deleted && holds_nul(&i.body))
+        .map(|i| i.path.clone())
+        .collect();
+    let mut skipped_nul = Vec::new();
+    if !with_nul.is_empty() {
+        match options.nul {
+            NulStrings::Refuse => return Err(RestoreError::NulStrings { paths: with_nul }),
+            NulStrings::Write => {}
+            NulStrings::Skip => {
+                for list in &mut lists {
+                    list.items.retain(|i| i.deleted || !holds_nul(&i.body));
+                }
+                progress(with_nul.len() as u64);
+                skipped_nul = with_nul;
+            }
+        }
+    }
     let plugin = info.tandem.as_ref().filter(|p| p.restore).is_some();
     if let Some(recorded) = fingerprint {
         let target = info
@@ -560,6 +625,7 @@ pub async fn restore(
     }
     let mut total = RestoreReport {
         via_plugin: plugin,
+        skipped_nul,
         ..RestoreReport::default()
     };
     if !plugin {
@@ -696,6 +762,16 @@ mod tests {
         assert_eq!(parsed["body"]["data"]["last_modified"], 30);
         // A delete only removes the placeholder.
         assert!(tomb[1].1.get().contains(r#""If-Match":"\"1\"""#));
+    }
+
+    #[test]
+    fn nul_escapes_are_found_and_escaped_backslashes_are_not() {
+        assert!(holds_nul(br#"{"data":{"a":"x\u0000y"}}"#));
+        assert!(holds_nul(br#"{"data":{"a\u0000":1}}"#));
+        assert!(!holds_nul(br#"{"data":{"a":"x\\u0000y"}}"#));
+        assert!(holds_nul(br#"{"data":{"a":"x\\\u0000y"}}"#));
+        assert!(holds_nul(br#"{"data":{"a":"\u00001"}}"#));
+        assert!(!holds_nul(br#"{"data":{"a":"\u0001"}}"#));
     }
 
     #[test]
