@@ -188,7 +188,7 @@ fn main() {
             ),
         )
         .unwrap();
-        drop(Node::init(Config::load(&path).unwrap(), true).unwrap());
+        drop(Node::init(Config::load(&path).unwrap(), true, true).unwrap());
     }
     let data = |i: usize| root.path().join(names[i]);
     let config = |i: usize| root.path().join(format!("{}.toml", names[i]));

@@ -63,7 +63,7 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StoreError> {
 pub enum SetupError {
     /// A key without its store, and no peer to recover the feed from.
     #[error(
-        "the node key {key} exists but there is no store in {dir}, and no [[peer]] is configured to recover this node's feed from: starting it again at seq 1 would fork it. Add the peers that hold this node's feed to the configuration (`tandem run` then fetches it back before appending anything), restore the data directory from a backup, or, to start this node's feed anew on purpose, run `tandem init --existing-key`"
+        "the node key {key} exists but there is no store in {dir}, and no [[peer]] is configured to recover this node's feed from: starting it again at seq 1 would fork it. Add the peers that hold this node's feed to the configuration (`tandem run` then fetches it back before appending anything), restore the data directory from a backup, or, to start this node's feed anew on purpose (peers that hold the old one will record a fork), run `tandem init --existing-key --new-feed`"
     )]
     StoreLost {
         /// The key file.
@@ -85,7 +85,11 @@ impl Node {
     /// `tandem init`: creates the data directory, a new key (never replacing one) and the
     /// store. With `existing_key`, uses the key already there (one restored from a backup) and
     /// only creates the store. Refuses where a store already exists.
-    pub fn init(config: Config, existing_key: bool) -> anyhow::Result<Node> {
+    ///
+    /// A store for an existing key is created marked as recovering when peers are configured:
+    /// `tandem run` then fetches the node's own feed back from them before appending anything.
+    /// Without peers it is refused, unless `new_feed` says to start the feed anew at seq 1.
+    pub fn init(config: Config, existing_key: bool, new_feed: bool) -> anyhow::Result<Node> {
         let dir = config.node.data_dir.clone();
         ensure_data_dir(&dir)?;
         if !existing_key && config.key_path().exists() {
@@ -102,7 +106,15 @@ impl Node {
         } else {
             NodeKey::create(&config.key_path())?
         };
-        let store = Store::open_writer(&dir, key.id())?;
+        let recover = existing_key && !new_feed;
+        if recover && config.peers.is_empty() {
+            return Err(SetupError::StoreLost {
+                key: config.key_path(),
+                dir,
+            }
+            .into());
+        }
+        let store = Store::open_writer_with(&dir, key.id(), recover)?;
         Ok(Node { config, key, store })
     }
 

@@ -560,10 +560,42 @@ fn a_key_without_its_store_is_not_restarted_at_seq_1() {
         "{err}"
     );
     assert!(!env.data().join("tandem.db").exists());
-    // The operator decides: a new store for the same key.
-    let out = env.run(&["init", "--existing-key"], 0);
+    // Without peers to recover from, `init --existing-key` refuses too...
+    let err = stderr(&env.run(&["init", "--existing-key"], 78));
+    assert!(err.contains("--new-feed"), "{err}");
+    assert!(!env.data().join("tandem.db").exists());
+    // ...and the operator decides: a new feed for the same key.
+    let out = env.run(&["init", "--existing-key", "--new-feed"], 0);
     assert_eq!(stdout(&out).lines().last().unwrap(), id);
     assert_eq!(stdout(&env.run(&["key", "show"], 0)).trim(), id);
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["status", "--json"], 0))).unwrap();
+    assert_eq!(status["node"]["recovering"], false);
+}
+
+#[test]
+fn a_kept_key_with_peers_recovers_its_feed_before_appending() {
+    let env = Env::new(
+        "[[peer]]\nname = \"far\"\nurl = \"http://127.0.0.1:1\"\nid = \"ed25519:dYF38bYGVyvmHA_iN-Cy8KY32iTTZ-h7aPa_2gmSP5E\"\n",
+    );
+    let id = stdout(&env.run(&["init"], 0))
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    for file in ["tandem.db", "tandem.db-wal", "tandem.db-shm"] {
+        let _ = std::fs::remove_file(env.data().join(file));
+    }
+    let out = stdout(&env.run(&["init", "--existing-key"], 0));
+    assert!(
+        out.contains("will first fetch this node's feed back"),
+        "{out}"
+    );
+    assert_eq!(out.lines().last().unwrap(), id);
+    // The store waits for the feed from the peers: nothing can be appended to it before.
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["status", "--json"], 0))).unwrap();
+    assert_eq!(status["node"]["recovering"], true, "{status}");
 }
 
 #[test]

@@ -58,11 +58,16 @@ pub struct Cli {
 pub enum Command {
     /// Create the data directory, a new node key and an empty store; print the node id last.
     Init {
-        /// Keep the key already in the data directory (one restored from a backup) and only
-        /// create the store. Its feed starts again at seq 1: peers that hold the old feed will
-        /// record a fork.
+        /// Keep the key already in the data directory (one kept when the disk was lost) and
+        /// only create the store, marked to recover: `tandem run` first fetches this node's
+        /// feed back from the configured peers and appends nothing before that. Refused when
+        /// no peer is configured, unless --new-feed.
         #[arg(long)]
         existing_key: bool,
+        /// With --existing-key: start this node's feed anew at seq 1 instead of recovering it.
+        /// Peers that hold the old feed will record a fork and freeze it.
+        #[arg(long, requires = "existing_key")]
+        new_feed: bool,
     },
     /// Run the daemon until SIGTERM or SIGINT.
     Run,
@@ -246,7 +251,10 @@ pub fn main(cli: Cli) -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let result = match &cli.command {
-        Command::Init { existing_key } => init::run(&cli, *existing_key),
+        Command::Init {
+            existing_key,
+            new_feed,
+        } => init::run(&cli, *existing_key, *new_feed),
         Command::Run => run::run(&cli),
         Command::Status { json } => status::run(&cli, *json),
         Command::Peers { json } => peers::run(&cli, *json),

@@ -112,7 +112,7 @@ impl TestNode {
     /// Creates the store (as `tandem init` does for an existing key).
     pub fn init(&self) {
         let config = Config::load(&self.config_path()).unwrap();
-        drop(Node::init(config, true).unwrap());
+        drop(Node::init(config, true, true).unwrap());
     }
 
     /// Appends `n` puts of about 300 bytes to its own feed (the node must be stopped).
