@@ -19,9 +19,10 @@ How an entry is written:
   :data:`PARENT_ID`), so PostgreSQL needs no migration. Their ``last_modified``, assigned by
   the backend at insert, is the journal's cursor: strictly increasing within one list.
 - On PostgreSQL two transactions can insert entries concurrently and commit in the other
-  order; a reader that moved past the later timestamp would never see the earlier entry. A
-  transaction-scoped advisory lock, taken right before inserting, serializes journal writers
-  until commit, so entries become visible in the order of their ``last_modified``.
+  order; a reader that moved past the later timestamp would never see the earlier entry (and
+  two inserts in the same millisecond collide on Kinto's unique index: a 409 for a writer).
+  A transaction-scoped advisory lock, taken right before inserting, serializes journal
+  writers until commit, so entries become visible in the order of their ``last_modified``.
 
 Trimming keeps at most ``kinto.tandem.journal_max_entries`` entries and records the newest
 trimmed timestamp (the *floor*): a reader whose cursor is below it missed entries (``410``).
