@@ -7,7 +7,8 @@ implementation independent of tandem), and prints one JSON object per line, sort
 - {"path": ".../records", "etag": ..., "tombstones": [[id, last_modified], ...]} for every
   collection: the records list's ETag (what a syncing client stores as its cursor; null for a
   list that never had a record, whose ETag is only the time of its first read) and the
-  tombstones a `_since=0` read returns.
+  tombstones a `_since=0` read returns; the tombstone a tandem restore ends each records list
+  with (id `tandem-restored`) is not among them but in "restore_marker": [id, last_modified].
 
 Principals in permissions are sorted (they are sets).
 
@@ -17,6 +18,8 @@ import json
 import sys
 
 from kinto_http import Client
+
+RESTORE_MARKER = "tandem-restored"
 
 
 def main():
@@ -39,8 +42,13 @@ def main():
                 rows.append({"path": f"/buckets/{bid}/collections/{cid}/records/{r['id']}", "data": record["data"], "permissions": record.get("permissions")})
             everything = client.get_records(bucket=bid, collection=cid, _since=0)
             tombstones = sorted([t["id"], t["last_modified"]] for t in everything if t.get("deleted"))
+            marker = [t for t in tombstones if t[0] == RESTORE_MARKER]
+            tombstones = [t for t in tombstones if t[0] != RESTORE_MARKER]
             etag = client.get_records_timestamp(bucket=bid, collection=cid)
-            rows.append({"path": f"/buckets/{bid}/collections/{cid}/records", "etag": etag, "tombstones": tombstones})
+            row = {"path": f"/buckets/{bid}/collections/{cid}/records", "etag": etag, "tombstones": tombstones}
+            if marker:
+                row["restore_marker"] = marker[0]
+            rows.append(row)
     for row in rows:
         # Principals are sets: Kinto lists them in no particular order.
         for principals in (row.get("permissions") or {}).values():

@@ -156,6 +156,14 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
     };
     let state = store.state_for_restore(origin, seq)?;
     drop(store);
+    let blind = restore::buckets_without_permissions(&state);
+    if !blind.is_empty() {
+        eprintln!(
+            "warning: {} bucket(s) were recorded without their permissions (the account that followed the source could not see them); restored, they will grant nobody access and their members will be locked out until someone gives it back: {}",
+            blind.len(),
+            blind.join(", ")
+        );
+    }
 
     let password = match (args.password_file, args.password_env) {
         (Some(file), None) => Secret::File(file.clone()),

@@ -14,6 +14,19 @@
 //! first request that touches it, before any write, so a restored list's ETag is the time of
 //! the restore, newer than the original (never older: clients miss no change).
 //!
+//! # Devices that synced with the lost server
+//!
+//! kinto.js raises `ServerWasFlushedError` when a list's ETag is newer than its cursor and
+//! `_since=<cursor>` returns nothing. So that devices whose cursor the restored state covers
+//! sync on, every restored records list ends with a tombstone for the reserved id
+//! [`RESTORE_MARKER`], one millisecond after the newest timestamp restored in the list: any
+//! cursor at or before that timestamp gets a non-empty answer (a tombstone of an unknown id,
+//! which clients skip). A device whose cursor is newer saw changes the backup never received:
+//! it gets nothing since its cursor under a newer ETag, which is the flush signal, and it
+//! uploads its records again. (Once the restored list is written again, such a device gets
+//! those writes instead and is no longer told.) A list with nothing restored in it gets no
+//! marker.
+//!
 //! Writes go through `POST /v1/batch`, at most `batch_max_requests` per call, a few lists at
 //! once. Every put is conditional (`If-None-Match: *`): an object already there with the same
 //! timestamp is left alone, one with another timestamp stops the restore (named, untouched).
@@ -49,6 +62,10 @@ use tokio::task::JoinSet;
 
 use crate::source::kinto::{KintoClient, KintoError, SubAnswer};
 use crate::store::StateItem;
+
+/// The id of the tombstone that ends every restored records list (see the module docs).
+/// Ingest never records it.
+pub const RESTORE_MARKER: &str = "tandem-restored";
 
 /// Lists written at the same time, by default. Measured against a single-process Kinto on two
 /// cores: 1 and 2 are as fast as a plain sequential batch script, 4 is 30% slower (Kinto's
@@ -184,6 +201,28 @@ struct List {
     items: Vec<Item>,
 }
 
+/// The live buckets of `state` recorded without permissions: restored, they grant nobody access.
+pub fn buckets_without_permissions(state: &[StateItem]) -> Vec<String> {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        permissions: Option<&'a RawValue>,
+    }
+    state
+        .iter()
+        .filter(|i| !i.deleted)
+        .filter(|i| {
+            let segments: Vec<&str> = i.path.trim_start_matches('/').split('/').collect();
+            matches!(segments.as_slice(), ["buckets", _])
+        })
+        .filter(|i| {
+            serde_json::from_slice::<Body<'_>>(&i.body)
+                .map_or(true, |b| b.permissions.is_none_or(|p| p.get() == "{}"))
+        })
+        .map(|i| i.path.clone())
+        .collect()
+}
+
 /// The lists to write, and the source's secrets fingerprint if the feed recorded one.
 struct Plan {
     lists: Vec<List>,
@@ -261,7 +300,29 @@ fn plan(state: Vec<StateItem>) -> Result<Plan, RestoreError> {
     }
     let mut out: Vec<List> = lists.into_values().collect();
     for list in &mut out {
+        list.items
+            .retain(|i| i.kind != "record" || i.id != RESTORE_MARKER);
         list.items.sort_by_key(|i| i.last_modified);
+        // Records lists end with the marker tombstone, one millisecond after the newest
+        // timestamp restored (see the module docs).
+        if list.phase == 3
+            && let Some(newest) = list.items.last().map(|i| i.last_modified)
+        {
+            let id = RESTORE_MARKER.to_owned();
+            let path = format!("{}/{id}", list.path);
+            let last_modified = newest + 1;
+            list.items.push(Item {
+                kind: "record",
+                body: format!(
+                    r#"{{"data":{{"deleted":true,"id":"{id}","last_modified":{last_modified}}}}}"#
+                )
+                .into_bytes(),
+                id,
+                path,
+                last_modified,
+                deleted: true,
+            });
+        }
     }
     Ok(Plan {
         lists: out,
@@ -725,7 +786,12 @@ mod tests {
             vec![
                 ("/buckets".into(), 1, vec![5]),
                 ("/buckets/b/collections".into(), 2, vec![7]),
-                ("/buckets/b/collections/c/records".into(), 3, vec![20, 30]),
+                // The records end with the restore marker, 1 ms after the newest.
+                (
+                    "/buckets/b/collections/c/records".into(),
+                    3,
+                    vec![20, 30, 31]
+                ),
                 ("/buckets/b/groups".into(), 2, vec![6]),
             ]
         );

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod devices;
+pub mod follower;
 pub mod kinto;
 pub mod node;
 pub mod proxy;

@@ -425,6 +425,22 @@ const SETTLE: [std::time::Duration; 3] = [
     std::time::Duration::from_secs(2),
 ];
 
+/// Whether a stored body is of version `last_modified` and carries permissions.
+fn recorded_with_permissions(body: &[u8], last_modified: i64) -> bool {
+    #[derive(Deserialize)]
+    struct Stored<'a> {
+        data: Stamp,
+        #[serde(borrow)]
+        permissions: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Stamp {
+        last_modified: i64,
+    }
+    serde_json::from_slice::<Stored<'_>>(body)
+        .is_ok_and(|s| s.data.last_modified == last_modified && s.permissions.is_some())
+}
+
 /// Whether a mark set at `since` (milliseconds, as stored) is old enough to try the history again.
 pub(super) fn retry_due(since: i64) -> bool {
     crate::store::now_ms().saturating_sub(since.max(0) as u64) >= RETRY_AFTER_MS
@@ -443,6 +459,23 @@ impl Ingest {
         position: i64,
         mut misses: Vec<(String, i64)>,
     ) -> Result<Vec<(String, i64)>, IngestError> {
+        // A version recorded with its permissions already (followed before, restored from
+        // this very feed) loses nothing by being absent from the history: a restored server's
+        // history, or a trimmed one, does not hold what it was given at the start.
+        if !misses.is_empty() {
+            let origin = self.key.id();
+            let paths: Vec<String> = misses.iter().map(|(p, _)| p.clone()).collect();
+            let stored: Vec<Option<Vec<u8>>> = self
+                .with_store(move |s| paths.iter().map(|p| s.object(origin, p)).collect())
+                .await?;
+            let mut known = stored.into_iter();
+            misses.retain(|(_, lm)| {
+                !known
+                    .next()
+                    .flatten()
+                    .is_some_and(|body| recorded_with_permissions(&body, *lm))
+            });
+        }
         for delay in SETTLE {
             if misses.is_empty() {
                 break;

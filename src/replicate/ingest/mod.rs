@@ -435,12 +435,14 @@ impl Ingest {
         self.with_store(move |s| list_cursor(s, &name)).await
     }
 
-    /// Appends `changes` (no-ops dropped) and moves `cursor`, in one transaction.
+    /// Appends `changes` (no-ops and restore markers dropped) and moves `cursor`, in one
+    /// transaction.
     async fn commit(
         &self,
-        changes: Vec<Change>,
+        mut changes: Vec<Change>,
         cursors: impl IntoIterator<Item = CursorUpdate>,
     ) -> Result<u64, IngestError> {
+        changes.retain(|c| !is_restore_marker(&c.path));
         let cursors: Vec<CursorUpdate> = cursors.into_iter().collect();
         if changes.is_empty() && cursors.is_empty() {
             return Ok(0);
@@ -451,6 +453,45 @@ impl Ingest {
             .await?;
         metrics::counter!(crate::telemetry::ENTRIES_APPENDED).increment(appended as u64);
         Ok(appended as u64)
+    }
+
+    /// Gives the puts at `data_only` (bodies made from data alone: the path reading them cannot
+    /// see permissions) the permissions recorded for their object, if any. A path that cannot
+    /// see permissions says nothing about them: it must not record "none" over what another
+    /// path (the history, the journal, a restore) recorded. Unchanged data then appends nothing.
+    async fn keep_recorded_permissions(
+        &self,
+        changes: &mut [Change],
+        data_only: &[usize],
+    ) -> Result<(), IngestError> {
+        if data_only.is_empty() {
+            return Ok(());
+        }
+        let paths: Vec<String> = data_only.iter().map(|&i| changes[i].path.clone()).collect();
+        let origin = self.key.id();
+        let stored: Vec<Option<Vec<u8>>> = self
+            .with_store(move |s| paths.iter().map(|p| s.object(origin, p)).collect())
+            .await?;
+        for (&i, stored) in data_only.iter().zip(stored) {
+            let Some(stored) = stored else { continue };
+            let Ok(ObjectBody {
+                permissions: Some(permissions),
+                ..
+            }) = serde_json::from_slice::<ObjectBody<'_>>(&stored)
+            else {
+                continue;
+            };
+            let Ok(new) = serde_json::from_slice::<ObjectBody<'_>>(&changes[i].body) else {
+                continue;
+            };
+            changes[i].body = format!(
+                "{{\"data\":{},\"permissions\":{}}}",
+                new.data.get(),
+                permissions.get()
+            )
+            .into_bytes();
+        }
+        Ok(())
     }
 
     /// Runs `f` on the store on a blocking thread.
@@ -492,6 +533,14 @@ pub fn permissions_incomplete(store: &Store) -> Result<Vec<String>, StoreError> 
                 .map(str::to_owned)
         })
         .collect())
+}
+
+/// Whether `path` is the tombstone a restore ends each records list with
+/// ([`crate::replicate::restore::RESTORE_MARKER`]): not the source's data, never recorded.
+fn is_restore_marker(path: &str) -> bool {
+    path.rsplit_once('/').is_some_and(|(list, id)| {
+        id == crate::replicate::restore::RESTORE_MARKER && list.ends_with("/records")
+    })
 }
 
 /// The list cursor `name` (a Kinto timestamp), if one is stored.

@@ -154,11 +154,18 @@ impl Ingest {
         }
         let mut changes = Vec::new();
         let mut cursors = Vec::new();
+        let mut data_only = Vec::new();
         for (i, (path, same_version, plan)) in plans.into_iter().enumerate() {
             let body = match plan {
                 Plan::Body(body) => body,
                 Plan::Fetch => match fetched.remove(&i).flatten() {
-                    Some(object) => object_body(list, &object)?,
+                    Some(object) => {
+                        let (body, with_permissions) = object_body(list, &object)?;
+                        if !with_permissions {
+                            data_only.push(changes.len());
+                        }
+                        body
+                    }
                     None => continue, // deleted since it was listed; the next pass sees it gone
                 },
             };
@@ -184,6 +191,8 @@ impl Ingest {
             }
         }
         cursors.extend(etag.map(|e| CursorUpdate::set(cursor_name, e)));
+        self.keep_recorded_permissions(&mut changes, &data_only)
+            .await?;
         report.appended += self.commit(changes, cursors).await?;
         Ok(report)
     }
@@ -242,6 +251,7 @@ impl Ingest {
                 }
             }
             let mut changes = Vec::with_capacity(page.items.len());
+            let mut data_only = Vec::new();
             for raw in &page.items {
                 let head = ItemHead::parse(&list, raw)?;
                 let path = format!("{list}/{}", head.id);
@@ -260,7 +270,10 @@ impl Ingest {
                     }
                     let body = match walk.body_for(&path, head.last_modified) {
                         Some(body) => body.to_vec(),
-                        None => data_only_body(raw.get()),
+                        None => {
+                            data_only.push(changes.len());
+                            data_only_body(raw.get())
+                        }
                     };
                     changes.push(Change {
                         op: Op::Put,
@@ -283,6 +296,8 @@ impl Ingest {
             // ETag. A reconcile only moves it once the vanished records are deleted too.
             let cursors =
                 (!reconcile || last).then(|| CursorUpdate::set(cursor_name.clone(), position));
+            self.keep_recorded_permissions(&mut changes, &data_only)
+                .await?;
             if reconcile && last {
                 for path in self.live_children(&list).await? {
                     if !listed.contains(&path) {
@@ -361,14 +376,15 @@ fn child_lists(path: &str) -> impl Iterator<Item = String> + '_ {
 /// The feed body of a fetched object: `{"data":…,"permissions":…}` with Kinto's bytes.
 /// On the polling path, Kinto shows `"permissions": {}` both for an empty ACL and for one the
 /// account may not see; the body leaves it out rather than record an empty ACL that may be false.
-fn object_body(list: &str, object: &RawValue) -> Result<Vec<u8>, IngestError> {
+/// The feed body of a fetched object, and whether the account saw its permissions.
+fn object_body(list: &str, object: &RawValue) -> Result<(Vec<u8>, bool), IngestError> {
     let parts: ObjectBody<'_> =
         serde_json::from_str(object.get()).map_err(|e| IngestError::Source {
             list: list.to_owned(),
             what: format!("object without data: {e}"),
         })?;
     if parts.permissions.is_none_or(|p| p.get().trim() == "{}") {
-        return Ok(data_only_body(parts.data.get()));
+        return Ok((data_only_body(parts.data.get()), false));
     }
-    Ok(parts.body())
+    Ok((parts.body(), true))
 }
