@@ -11,6 +11,8 @@ use super::kinto::{Kinto, PASSWORD};
 pub struct Follower {
     /// Holds `tandem.toml`, `pw` and `data/`.
     pub dir: tempfile::TempDir,
+    user: String,
+    extra: String,
 }
 
 impl Follower {
@@ -23,18 +25,27 @@ impl Follower {
     pub fn with_extra(kinto: &Kinto, user: &str, extra: &str) -> Follower {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), PASSWORD).unwrap();
+        let node = Follower {
+            dir,
+            user: user.to_owned(),
+            extra: extra.to_owned(),
+        };
+        node.set_source(kinto);
+        node.run(&["init"], 0);
+        node
+    }
+
+    /// Points the node at `kinto` (the server restored after a disaster, say).
+    pub fn set_source(&self, kinto: &Kinto) {
         std::fs::write(
-            dir.path().join("tandem.toml"),
+            self.config(),
             format!(
                 "[node]\nname = \"home\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\
-                 [source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"{user}\"\npassword_file = \"pw\"\n{extra}",
-                kinto.url
+                 [source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"{}\"\npassword_file = \"pw\"\n{}",
+                kinto.url, self.user, self.extra
             ),
         )
         .unwrap();
-        let node = Follower { dir };
-        node.run(&["init"], 0);
-        node
     }
 
     /// The configuration file.
