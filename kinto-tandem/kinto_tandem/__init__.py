@@ -14,22 +14,27 @@ Enable with ``kinto.includes = kinto_tandem`` and name who may use it::
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version
 
+from kinto.core import metrics
+from kinto.core.events import ResourceChanged
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
 from pyramid.settings import aslist
 from pyramid.tweens import EXCVIEW
 
-from kinto.core import metrics
-from kinto.core.events import ResourceChanged
+from . import journal, views
 
 
 __version__ = version("kinto-tandem")
 
 DEFAULT_JOURNAL_MAX_ENTRIES = 1_000_000
 DEFAULT_RESTORE_MAX_OBJECTS = 1000
+
+
+#: Default and largest page of the journal and of the dump.
+MAX_PAGE = 10000
 
 
 @dataclass
@@ -39,7 +44,11 @@ class Settings:
     principals: frozenset
     journal_max_entries: int
     restore_max_objects: int
-    trim_schedule: object = field(repr=False, default=None)
+    #: Largest page, and most objects asked of the storage backend at once: 10,000, or
+    #: ``storage_max_fetch_size`` if lower (the PostgreSQL backend returns no more).
+    page_max: int
+    #: When this process trims the journal next (see ``journal.TrimSchedule``).
+    trim_schedule: journal.TrimSchedule
 
 
 def secrets_fingerprint(settings: dict) -> str:
@@ -68,21 +77,25 @@ def _int_setting(settings: dict, name: str, default: int, minimum: int) -> int:
     except (TypeError, ValueError):
         value = None
     if value is None or value < minimum:
-        raise ConfigurationError(f"kinto.tandem.{name} must be an integer >= {minimum}, not {raw!r}")
+        raise ConfigurationError(
+            f"kinto.tandem.{name} must be an integer >= {minimum}, not {raw!r}"
+        )
     return value
 
 
 def includeme(config: Configurator) -> None:
-    from . import journal, views
-
     settings = config.get_settings()
+    journal_max_entries = _int_setting(
+        settings, "journal_max_entries", DEFAULT_JOURNAL_MAX_ENTRIES, 0
+    )
     config.registry.tandem = Settings(
         principals=frozenset(aslist(settings.get("tandem.principals", ""))),
-        journal_max_entries=_int_setting(settings, "journal_max_entries", DEFAULT_JOURNAL_MAX_ENTRIES, 0),
-        restore_max_objects=_int_setting(settings, "restore_max_objects", DEFAULT_RESTORE_MAX_OBJECTS, 1),
-    )
-    config.registry.tandem.trim_schedule = journal._TrimSchedule(
-        journal.trim_interval(config.registry.tandem.journal_max_entries)
+        journal_max_entries=journal_max_entries,
+        restore_max_objects=_int_setting(
+            settings, "restore_max_objects", DEFAULT_RESTORE_MAX_OBJECTS, 1
+        ),
+        page_max=min(MAX_PAGE, int(settings["storage_max_fetch_size"])),
+        trim_schedule=journal.TrimSchedule(journal_max_entries),
     )
 
     config.add_api_capability(

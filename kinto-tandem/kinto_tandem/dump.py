@@ -25,7 +25,9 @@ def is_tombstone_shape(obj: dict) -> bool:
     return obj.get("deleted") is True and set(obj) == {"id", "last_modified", "deleted"}
 
 
-def walk(storage, after: uris.ObjectRef | None, chunk: int) -> Iterator[tuple[uris.ObjectRef, dict, bool]]:
+def walk(
+    storage, after: uris.ObjectRef | None, chunk: int
+) -> Iterator[tuple[uris.ObjectRef, dict, bool]]:
     """Every object after ``after`` (from the start if ``None``), in dump order, as
     ``(ref, data, is_tombstone)``; lists are read ``chunk`` objects at a time."""
     segments = tuple(after.uri[1:].split("/")) if after else ()
@@ -51,12 +53,18 @@ def _bucket_children(storage, bucket_id: str, rest: tuple, chunk: int):
     parent_id = f"/buckets/{bucket_id}"
     if not rest or rest[0] == "collections":
         start = rest[1] if rest else None
-        for collection in _sorted_by_id(storage, "collection", parent_id, start, bool(rest), chunk):
+        for collection in _sorted_by_id(
+            storage, "collection", parent_id, start, bool(rest), chunk
+        ):
             collection_id = collection["id"]
             if rest and collection_id == start:
                 yield from _records(storage, bucket_id, collection_id, rest[2:], chunk)
                 continue
-            yield uris.ObjectRef("collection", collection_id, bucket_id, collection_id), collection, False
+            yield (
+                uris.ObjectRef("collection", collection_id, bucket_id, collection_id),
+                collection,
+                False,
+            )
             yield from _records(storage, bucket_id, collection_id, (), chunk)
     start = rest[1] if rest and rest[0] == "groups" else None
     for group in _sorted_by_id(storage, "group", parent_id, start, False, chunk):

@@ -72,7 +72,9 @@ class Pending:
     permissions: dict | None = field(default=None)
 
 
-def queue(request, ref: uris.ObjectRef, action: str, data: dict, permissions: dict | None = None) -> None:
+def queue(
+    request, ref: uris.ObjectRef, action: str, data: dict, permissions: dict | None = None
+) -> None:
     """Queues an entry for ``ref`` (written when the request's events are done); the object's
     permissions are read then, unless given."""
     request.bound_data.setdefault(PENDING_KEY, []).append(Pending(ref, action, data, permissions))
@@ -109,8 +111,8 @@ def write(request, pending: list[Pending]) -> None:
     registry = request.registry
     storage = registry.storage
     entries = _in_object_order(storage, pending)
-    if _is_postgresql(storage):
-        _refresh_data(storage, entries)
+    if is_postgresql(storage):
+        _refresh_data(storage, entries, registry.tandem.page_max)
     unknown = [e for e in entries if e.action != "delete" and e.permissions is None]
     if unknown:
         unknown_uris = list(dict.fromkeys(e.ref.uri for e in unknown))
@@ -141,7 +143,7 @@ def normalize_permissions(acl: dict) -> dict:
 def lock(storage) -> None:
     """Serializes journal writers until the current transaction ends (PostgreSQL only: the
     memory backend has no transactions, each write is visible at once)."""
-    if not _is_postgresql(storage):
+    if not is_postgresql(storage):
         return
     from kinto.core.utils import sqlalchemy as sa
 
@@ -160,7 +162,9 @@ def position(storage) -> int:
 def floor(storage) -> int:
     """The newest trimmed entry's ``last_modified`` (0 while nothing was trimmed)."""
     try:
-        stored = storage.get(resource_name=FLOOR_RESOURCE_NAME, parent_id=PARENT_ID, object_id=FLOOR_ID)
+        stored = storage.get(
+            resource_name=FLOOR_RESOURCE_NAME, parent_id=PARENT_ID, object_id=FLOOR_ID
+        )
     except ObjectNotFoundError:
         return 0
     return int(stored["floor"])
@@ -179,12 +183,18 @@ def read(storage, since: int | None, limit: int) -> tuple[list[dict], bool]:
     entries = []
     for obj in found[:limit]:
         entry = {"last_modified": obj["last_modified"]}
-        entry.update((k, obj[k]) for k in ("action", "resource_name", "uri", "data", "permissions") if k in obj)
+        entry.update(
+            (k, obj[k])
+            for k in ("action", "resource_name", "uri", "data", "permissions")
+            if k in obj
+        )
         entries.append(entry)
     return entries, len(found) > limit
 
 
-def _is_postgresql(storage) -> bool:
+def is_postgresql(storage) -> bool:
+    """Whether ``storage`` is Kinto's PostgreSQL backend (transactions, jsonb, unique
+    timestamps per list) rather than the memory one."""
     return type(storage).__module__.startswith("kinto.core.storage.postgresql")
 
 
@@ -203,8 +213,14 @@ def _in_object_order(storage, pending: list[Pending]) -> list[Pending]:
         mine = sorted((pending[i] for i in indexes), key=lambda e: e.data.get("last_modified", 0))
         ref = mine[0].ref
         try:
-            now = storage.get(resource_name=ref.resource_name, parent_id=ref.parent_id, object_id=ref.id)
-            final = [e for e in mine if e.action != "delete" and e.data.get("last_modified") == now["last_modified"]]
+            now = storage.get(
+                resource_name=ref.resource_name, parent_id=ref.parent_id, object_id=ref.id
+            )
+            final = [
+                e
+                for e in mine
+                if e.action != "delete" and e.data.get("last_modified") == now["last_modified"]
+            ]
         except ObjectNotFoundError:
             final = [e for e in mine if e.action == "delete"]
         if final:
@@ -215,7 +231,13 @@ def _in_object_order(storage, pending: list[Pending]) -> list[Pending]:
     return ordered
 
 
-def _refresh_data(storage, entries: list[Pending]) -> None:
+def pieces(items: list, size: int):
+    """``items`` in lists of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _refresh_data(storage, entries: list[Pending], size: int) -> None:
     """Replaces the data of created and updated objects by what PostgreSQL stored, where it is
     still the same version: ``jsonb`` keeps numbers as ``numeric``, so what Kinto serves back
     can differ from what was sent (``1e308`` comes back as a 309-digit integer)."""
@@ -224,23 +246,25 @@ def _refresh_data(storage, entries: list[Pending]) -> None:
         if entry.action != "delete":
             by_list[entry.ref.list_key].setdefault(entry.ref.id, []).append(entry)
     for (resource_name, parent_id), by_id in by_list.items():
-        stored = storage.list_all(
-            resource_name=resource_name,
-            parent_id=parent_id,
-            filters=[Filter("id", list(by_id), COMPARISON.IN)],
-        )
-        for obj in stored:
-            for entry in by_id.get(obj["id"], ()):
-                if entry.data.get("last_modified") == obj["last_modified"]:
-                    entry.data = obj
+        for ids in pieces(list(by_id), size):
+            stored = storage.list_all(
+                resource_name=resource_name,
+                parent_id=parent_id,
+                filters=[Filter("id", ids, COMPARISON.IN)],
+            )
+            for obj in stored:
+                for entry in by_id[obj["id"]]:
+                    if entry.data.get("last_modified") == obj["last_modified"]:
+                        entry.data = obj
 
 
-class _TrimSchedule:
-    """Counts entries written by this process, to trim every ``interval`` of them: counting a
-    journal of a million entries at every write would cost more than the write."""
+class TrimSchedule:
+    """Counts entries written by this process, to trim every 1% of ``max_entries`` of them
+    (at least 1, at most 1000): counting a journal of a million entries at every write would
+    cost more than the write."""
 
-    def __init__(self, interval: int):
-        self.interval = interval
+    def __init__(self, max_entries: int):
+        self.interval = max(1, min(1000, max_entries // 100))
         self.written = 0
         self.mutex = threading.Lock()
 
@@ -251,11 +275,6 @@ class _TrimSchedule:
                 return False
             self.written = 0
             return True
-
-
-def trim_interval(max_entries: int) -> int:
-    """Entries written between two trimming passes: 1% of the maximum, between 1 and 1000."""
-    return max(1, min(1000, max_entries // 100))
 
 
 def _maybe_trim(registry, written: int) -> None:

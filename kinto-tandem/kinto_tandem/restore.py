@@ -55,8 +55,13 @@ class Item:
         return self.data["last_modified"]
 
 
-def parse(body, max_objects: int) -> list[Item]:
-    """The items of a restore request body; :class:`Invalid` when anything is malformed."""
+#: Timestamps are kept within JSON's safe integers (PostgreSQL's timestamps reach further).
+MAX_TIMESTAMP = 2**53 - 1
+
+
+def parse(body, max_objects: int, postgresql: bool) -> list[Item]:
+    """The items of a restore request body; :class:`Invalid` when anything is malformed
+    (``postgresql``: also when a string holds U+0000, which PostgreSQL cannot store)."""
     if not isinstance(body, dict) or not isinstance(body.get("objects"), list):
         raise Invalid("objects", "a list of objects is required")
     unknown = set(body) - {"objects"}
@@ -65,7 +70,26 @@ def parse(body, max_objects: int) -> list[Item]:
     objects = body["objects"]
     if len(objects) > max_objects:
         raise Invalid("objects", f"at most {max_objects} objects per request")
-    return [_parse_item(f"objects.{i}", obj) for i, obj in enumerate(objects)]
+    items = [_parse_item(f"objects.{i}", obj) for i, obj in enumerate(objects)]
+    if postgresql:
+        for i, item in enumerate(items):
+            if _holds_nul(item.data):
+                raise Invalid(f"objects.{i}.data", "holds U+0000, which PostgreSQL cannot store")
+            if item.permissions and _holds_nul(item.permissions):
+                raise Invalid(
+                    f"objects.{i}.permissions", "holds U+0000, which PostgreSQL cannot store"
+                )
+    return items
+
+
+def _holds_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _parse_item(name: str, obj) -> Item:
@@ -86,8 +110,8 @@ def _parse_item(name: str, obj) -> Item:
     if data.get("id") != ref.id:
         raise Invalid(f"{name}.data.id", "must be the uri's last segment")
     stamp = data.get("last_modified")
-    if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp < 0:
-        raise Invalid(f"{name}.data.last_modified", "a non-negative integer is required")
+    if not isinstance(stamp, int) or isinstance(stamp, bool) or abs(stamp) > MAX_TIMESTAMP:
+        raise Invalid(f"{name}.data.last_modified", "an integer (milliseconds) is required")
     if "permissions" not in obj:
         if not is_tombstone_shape(data):
             raise Invalid(
@@ -101,7 +125,9 @@ def _parse_item(name: str, obj) -> Item:
     allowed = uris.PERMISSIONS[ref.resource_name]
     for perm, principals in permissions.items():
         if perm not in allowed:
-            raise Invalid(f"{name}.permissions.{perm}", f"not a permission of a {ref.resource_name}")
+            raise Invalid(
+                f"{name}.permissions.{perm}", f"not a permission of a {ref.resource_name}"
+            )
         if not isinstance(principals, list) or not all(isinstance(p, str) for p in principals):
             raise Invalid(f"{name}.permissions.{perm}", "a list of principals is required")
     if ref.resource_name == "account" and not isinstance(data.get("password"), str):
@@ -123,7 +149,9 @@ def check_parents(storage, items: list[Item]) -> None:
             if parent_uri not in live:
                 live[parent_uri] = _is_live(storage, uris.parse(parent_uri))
             if not live[parent_uri]:
-                raise Invalid(f"objects.{i}.uri", f"{parent_uri} is not on the server nor restored before")
+                raise Invalid(
+                    f"objects.{i}.uri", f"{parent_uri} is not on the server nor restored before"
+                )
         if item.permissions is not None:
             live[item.ref.uri] = True
 
@@ -159,24 +187,26 @@ class Restore:
         accounts = []
         for key in [k for k in by_list if k[0] == "account"]:
             accounts.extend(item.ref.id for item in by_list.pop(key))
-        if accounts:
+        size = self.request.registry.tandem.page_max
+        for ids in journal.pieces(list(dict.fromkeys(accounts)), size):
             # Each account is a list of its own (see ``uris``): look them all up at once.
-            for state, obj in _states(self.storage, "account", "*", accounts):
+            for state, obj in _states(self.storage, "account", "*", ids):
                 self.states[(("account", obj["id"]), obj["id"])] = (state, obj)
         for key, listed in by_list.items():
             resource_name, parent_id = key
-            ids = list(dict.fromkeys(item.ref.id for item in listed))
-            for state, obj in _states(self.storage, resource_name, parent_id, ids):
-                self.states[(key, obj["id"])] = (state, obj)
+            for ids in journal.pieces(list(dict.fromkeys(item.ref.id for item in listed)), size):
+                for state, obj in _states(self.storage, resource_name, parent_id, ids):
+                    self.states[(key, obj["id"])] = (state, obj)
             # 0 is where tombstones are staged (see ``_write_tombstone``).
-            stamps = list({item.last_modified for item in listed} | {0})
-            for obj in self.storage.list_all(
-                resource_name=resource_name,
-                parent_id=parent_id,
-                filters=[Filter("last_modified", stamps, COMPARISON.IN)],
-                include_deleted=True,
-            ):
-                self.holders[(key, obj["last_modified"])].add(obj["id"])
+            stamps = sorted({item.last_modified for item in listed} | {0})
+            for some in journal.pieces(stamps, size):
+                for obj in self.storage.list_all(
+                    resource_name=resource_name,
+                    parent_id=parent_id,
+                    filters=[Filter("last_modified", some, COMPARISON.IN)],
+                    include_deleted=True,
+                ):
+                    self.holders[(key, obj["last_modified"])].add(obj["id"])
 
     def _one(self, item: Item) -> dict:
         ref = item.ref
@@ -185,8 +215,16 @@ class Restore:
         if state == "live":
             if item.permissions is not None and existing["last_modified"] == item.last_modified:
                 return {**result, "status": "unchanged"}
-            return {**result, "status": "conflict", "existing_last_modified": existing["last_modified"]}
-        if item.permissions is None and state == "tombstone" and existing["last_modified"] == item.last_modified:
+            return {
+                **result,
+                "status": "conflict",
+                "existing_last_modified": existing["last_modified"],
+            }
+        if (
+            item.permissions is None
+            and state == "tombstone"
+            and existing["last_modified"] == item.last_modified
+        ):
             return {**result, "status": "unchanged"}
         self._initialize_list(ref)
         if self._timestamp_taken(ref, item.last_modified):
@@ -215,7 +253,9 @@ class Restore:
         if stored["last_modified"] != wanted:
             # Cannot happen after ``_timestamp_taken`` unless someone wrote into the list
             # meanwhile; never let a restore re-time an object silently.
-            raise RuntimeError(f"{ref.uri} was stored at {stored['last_modified']} instead of {wanted}")
+            raise RuntimeError(
+                f"{ref.uri} was stored at {stored['last_modified']} instead of {wanted}"
+            )
         key = ref.list_key
         self.list_timestamps[key] = max(self.list_timestamps[key], wanted)
         self.states[(key, ref.id)] = (state, stored)
@@ -225,7 +265,9 @@ class Restore:
         ref = item.ref
         # Over a tombstone, ``create`` replaces it (both backends); the data keeps its
         # ``last_modified``, which the backends keep unless it is the list's newest.
-        stored = self.storage.create(resource_name=ref.resource_name, parent_id=ref.parent_id, obj=item.data)
+        stored = self.storage.create(
+            resource_name=ref.resource_name, parent_id=ref.parent_id, obj=item.data
+        )
         self._stored(ref, "live", stored, item.last_modified)
         permissions = self._replace_permissions(ref, item.permissions)
         if ref.resource_name == "group":
@@ -276,11 +318,16 @@ class Restore:
     def _replace_permissions(self, ref: uris.ObjectRef, permissions: dict) -> dict:
         """Sets the object's ACL to ``permissions`` exactly: every permission its kind can
         carry is named, the ones not given emptied (no read of the current ACL needed)."""
-        wanted = {perm: list(dict.fromkeys(permissions.get(perm, []))) for perm in uris.PERMISSIONS[ref.resource_name]}
+        wanted = {
+            perm: list(dict.fromkeys(permissions.get(perm, [])))
+            for perm in uris.PERMISSIONS[ref.resource_name]
+        }
         self.permission.replace_object_permissions(ref.uri, wanted)
         return journal.normalize_permissions(wanted)
 
-    def _written(self, ref: uris.ObjectRef, action: str, stored: dict, permissions: dict | None) -> None:
+    def _written(
+        self, ref: uris.ObjectRef, action: str, stored: dict, permissions: dict | None
+    ) -> None:
         journal.queue(self.request, ref, action, stored, permissions)
         if ref.resource_name == "account":
             self._forget_password_check(ref.id)
@@ -320,7 +367,9 @@ def _states(storage, resource_name: str, parent_id: str, ids: list[str]):
     """``(state, object)`` for the objects of the list at ``ids``, live or tombstoned (two
     queries: a live object may hold exactly what a tombstone does)."""
     live = storage.list_all(
-        resource_name=resource_name, parent_id=parent_id, filters=[Filter("id", ids, COMPARISON.IN)]
+        resource_name=resource_name,
+        parent_id=parent_id,
+        filters=[Filter("id", ids, COMPARISON.IN)],
     )
     live_ids = {obj["id"] for obj in live}
     for obj in live:

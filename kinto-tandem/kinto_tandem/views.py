@@ -6,17 +6,13 @@ their own). The views parse, authorize and call :mod:`.journal`, :mod:`.dump` an
 :mod:`.restore`; errors have Kinto's JSON shape (``kinto.core.errors``).
 """
 
+from kinto.core import Service
+from kinto.core.errors import ERRORS, http_error, raise_invalid
 from pyramid import httpexceptions
 from pyramid.security import NO_PERMISSION_REQUIRED
 
-from kinto.core import Service
-from kinto.core.errors import ERRORS, http_error, raise_invalid
-
 from . import dump, journal, restore, uris
 
-
-#: Default and largest page of the journal and of the dump.
-MAX_PAGE = 10000
 
 journal_service = Service(
     name="tandem-journal",
@@ -49,13 +45,19 @@ def _int_param(request, name: str, minimum: int) -> int | None:
         return None
     text = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
     if not text.isascii() or not text.isdigit() or int(text) < minimum:
-        raise_invalid(request, location="querystring", name=name, description=f'"{raw}" is not a number >= {minimum}')
+        raise_invalid(
+            request,
+            location="querystring",
+            name=name,
+            description=f'"{raw}" is not a number >= {minimum}',
+        )
     return int(text)
 
 
 def _limit(request) -> int:
     limit = _int_param(request, "_limit", 1)
-    return MAX_PAGE if limit is None else min(limit, MAX_PAGE)
+    page_max = request.registry.tandem.page_max
+    return page_max if limit is None else min(limit, page_max)
 
 
 def _set_etag(request, position: int) -> None:
@@ -72,7 +74,12 @@ def _not_modified(request, position: int) -> bool:
     if header == "*":
         return True
     if not (len(header) > 2 and header[0] == header[-1] == '"' and header[1:-1].isdigit()):
-        raise_invalid(request, location="header", name="If-None-Match", description="Invalid value for If-None-Match")
+        raise_invalid(
+            request,
+            location="header",
+            name="If-None-Match",
+            description="Invalid value for If-None-Match",
+        )
     return int(header[1:-1]) == position
 
 
@@ -138,7 +145,9 @@ def get_objects(request):
     more = len(page) > limit
     page = page[:limit]
     live = [ref.uri for ref, _, tombstone in page if not tombstone]
-    acls = dict(zip(live, request.registry.permission.get_objects_permissions(live))) if live else {}
+    acls = (
+        dict(zip(live, request.registry.permission.get_objects_permissions(live))) if live else {}
+    )
     data = []
     for ref, obj, tombstone in page:
         item = {"uri": ref.uri, "resource_name": ref.resource_name, "data": obj}
@@ -162,7 +171,9 @@ def post_restore(request):
         raise_invalid(request, location="body", description="Invalid JSON")
     storage = request.registry.storage
     try:
-        items = restore.parse(body, request.registry.tandem.restore_max_objects)
+        items = restore.parse(
+            body, request.registry.tandem.restore_max_objects, journal.is_postgresql(storage)
+        )
         # Everything is checked before the first write: the memory backend has no rollback.
         restore.check_parents(storage, items)
     except restore.Invalid as e:

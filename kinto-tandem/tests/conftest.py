@@ -20,11 +20,10 @@ import warnings
 from urllib.parse import urlsplit
 
 import bcrypt
+import kinto
 import pytest
 import transaction
 from webob import Request
-
-import kinto
 
 
 _gensalt = bcrypt.gensalt
@@ -131,7 +130,9 @@ class Kinto:
         params = [f"_since={since}"] if since is not None else []
         params += [f"_limit={limit}"] if limit is not None else []
         query = ("?" + "&".join(params)) if params else ""
-        return self.get(f"/tandem/journal{query}", user=self.account("tandem"), status=status, **kw)
+        return self.get(
+            f"/tandem/journal{query}", user=self.account("tandem"), status=status, **kw
+        )
 
     def whole_journal(self):
         """Every entry, following Next-Page."""
@@ -158,7 +159,9 @@ class Kinto:
             response = self.get(following, user="tandem", status=200)
 
     def restore(self, objects, status=200):
-        return self.post("/tandem/restore", {"objects": objects}, user=self.account("tandem"), status=status)
+        return self.post(
+            "/tandem/restore", {"objects": objects}, user=self.account("tandem"), status=status
+        )
 
     def flush(self):
         """Empties the backends, as Kinto's flush endpoint does."""
@@ -234,18 +237,22 @@ def kinto_settings(backend: str, database: str | None, **overrides) -> dict:
     }
     if backend == "postgresql":
         url = f"{POSTGRES}/{database}"
-        settings.update({
-            "kinto.storage_backend": "kinto.core.storage.postgresql",
-            "kinto.storage_url": url,
-            "kinto.permission_backend": "kinto.core.permission.postgresql",
-            "kinto.permission_url": url,
-            "kinto.storage_pool_size": "4",
-        })
+        settings.update(
+            {
+                "kinto.storage_backend": "kinto.core.storage.postgresql",
+                "kinto.storage_url": url,
+                "kinto.permission_backend": "kinto.core.permission.postgresql",
+                "kinto.permission_url": url,
+                "kinto.storage_pool_size": "4",
+            }
+        )
     else:
-        settings.update({
-            "kinto.storage_backend": "kinto.core.storage.memory",
-            "kinto.permission_backend": "kinto.core.permission.memory",
-        })
+        settings.update(
+            {
+                "kinto.storage_backend": "kinto.core.storage.memory",
+                "kinto.permission_backend": "kinto.core.permission.memory",
+            }
+        )
     for key, value in overrides.items():
         settings["kinto." + key.replace("__", ".")] = str(value)
     return settings
@@ -291,7 +298,9 @@ def server(backend, shared_servers):
     shared = shared_servers.get(backend)
     if shared is None:
         database = create_database() if backend == "postgresql" else None
-        shared = shared_servers[backend] = Kinto(backend, database, kinto_settings(backend, database))
+        shared = shared_servers[backend] = Kinto(
+            backend, database, kinto_settings(backend, database)
+        )
     shared.flush()
     shared.account("admin")
     shared.account("tandem")

@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from kinto_tandem import journal
-
 from conftest import run_threads
+from kinto_tandem import journal
 
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -68,10 +67,16 @@ def race(server, inserted, proceed):
     reads in between and after. Returns the URIs the reader saw."""
     cursor = server.journal().headers["ETag"].strip('"')
     slow = threading.Thread(
-        name="slow", target=lambda: server.put("/buckets/b/collections/s/records/slow", user="admin", status=201)
+        name="slow",
+        target=lambda: server.put(
+            "/buckets/b/collections/s/records/slow", user="admin", status=201
+        ),
     )
     fast = threading.Thread(
-        name="fast", target=lambda: server.put("/buckets/b/collections/f/records/fast", user="admin", status=201)
+        name="fast",
+        target=lambda: server.put(
+            "/buckets/b/collections/f/records/fast", user="admin", status=201
+        ),
     )
     slow.start()
     assert inserted.wait(10)
@@ -121,12 +126,18 @@ def test_many_writers_and_a_follower(make_kinto, monkeypatch):
             for i in range(20):
                 if i % 4 == 0:
                     requests = [
-                        {"method": "PUT", "path": f"/buckets/b/collections/{name}/records/{i}-{k}", "body": {"data": {}}}
+                        {
+                            "method": "PUT",
+                            "path": f"/buckets/b/collections/{name}/records/{i}-{k}",
+                            "body": {"data": {}},
+                        }
                         for k in range(5)
                     ]
                     server.batch(requests)
                 else:
-                    server.put(f"/buckets/b/collections/{name}/records/{i}", user="admin", status=201)
+                    server.put(
+                        f"/buckets/b/collections/{name}/records/{i}", user="admin", status=201
+                    )
 
         return write
 

@@ -10,7 +10,10 @@ def capability(server):
 
 
 def expected(userid_secret, bucket_secret):
-    parts = [hmac.new(s.encode(), b"tandem-probe", hashlib.sha256).hexdigest() for s in (userid_secret, bucket_secret)]
+    parts = [
+        hmac.new(s.encode(), b"tandem-probe", hashlib.sha256).hexdigest()
+        for s in (userid_secret, bucket_secret)
+    ]
     return hashlib.sha256(("tandem-secrets-v1\n" + "\n".join(parts)).encode()).hexdigest()
 
 
@@ -28,7 +31,9 @@ def test_fingerprint_follows_the_secrets(make_kinto):
     same = make_kinto(batch_max_requests=7, tandem__principals="account:other")
     other_userid = make_kinto(userid_hmac_secret="another")
     other_bucket = make_kinto(default_bucket_hmac_secret="bucket-secret")
-    fingerprints = [capability(s)["secrets_fingerprint"] for s in (first, same, other_userid, other_bucket)]
+    fingerprints = [
+        capability(s)["secrets_fingerprint"] for s in (first, same, other_userid, other_bucket)
+    ]
     # Unset, Kinto 26's default bucket secret is the empty string (not userid_hmac_secret).
     assert fingerprints[0] == expected(userid_secret, "")
     assert fingerprints[3] == expected(userid_secret, "bucket-secret")

@@ -69,7 +69,9 @@ def call(url, method="GET", body=None, user=None):
         request.data = json.dumps(body).encode()
         request.add_header("Content-Type", "application/json")
     if user:
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:pw".encode()).decode())
+        request.add_header(
+            "Authorization", "Basic " + base64.b64encode(f"{user}:pw".encode()).decode()
+        )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -95,7 +97,10 @@ def kinto_process(backend, tmp_path):
         port = probe.getsockname()[1]
     log = open(tmp_path / "server.log", "w")
     process = subprocess.Popen(
-        [str(kinto), "start", "--ini", str(ini), "--port", str(port)], stdout=log, stderr=log, cwd=tmp_path
+        [str(kinto), "start", "--ini", str(ini), "--port", str(port)],
+        stdout=log,
+        stderr=log,
+        cwd=tmp_path,
     )
     root = f"http://127.0.0.1:{port}/v1/"
     try:

@@ -14,7 +14,9 @@ def stored(server, uri):
     """The object as the storage backend holds it, and its ACL as the permission backend
     does (Kinto's own GET would hide both from an account outside the ACLs)."""
     ref = uris.parse(uri)
-    data = server.storage.get(resource_name=ref.resource_name, parent_id=ref.parent_id, object_id=ref.id)
+    data = server.storage.get(
+        resource_name=ref.resource_name, parent_id=ref.parent_id, object_id=ref.id
+    )
     (acl,) = server.permission.get_objects_permissions([uri])
     return data, {k: sorted(v) for k, v in acl.items() if v}
 
@@ -38,7 +40,9 @@ def test_every_object_of_a_batch_is_an_entry(make_kinto, explicit):
     ]
     server.batch(requests, user=alice)
     entries = server.journal(since=before).json["data"]
-    assert [e["uri"] for e in entries] == [f"/buckets/b/collections/c/records/r{i:02}" for i in range(50)]
+    assert [e["uri"] for e in entries] == [
+        f"/buckets/b/collections/c/records/r{i:02}" for i in range(50)
+    ]
     for i, entry in enumerate(entries):
         data, acl = stored(server, entry["uri"])
         assert entry["action"] == "create"
@@ -55,19 +59,39 @@ def test_every_object_of_a_batch_is_an_entry(make_kinto, explicit):
 def test_members_buckets_and_default_buckets_with_full_permissions(server):
     alice = server.account("alice")
     bob = server.account("bob")
-    server.put("/buckets/private", {"data": {}, "permissions": {"read": ["account:bob"]}}, user=alice, status=201)
-    server.put("/buckets/private/groups/friends", {"data": {"members": ["account:bob"]}}, user=alice, status=201)
+    server.put(
+        "/buckets/private",
+        {"data": {}, "permissions": {"read": ["account:bob"]}},
+        user=alice,
+        status=201,
+    )
+    server.put(
+        "/buckets/private/groups/friends",
+        {"data": {"members": ["account:bob"]}},
+        user=alice,
+        status=201,
+    )
     server.put(
         "/buckets/private/collections/notes",
         {"data": {"x": 1}, "permissions": {"record:create": ["/buckets/private/groups/friends"]}},
         user=alice,
         status=201,
     )
-    server.put("/buckets/private/collections/notes/records/n1", {"data": {"t": "hi"}}, user=bob, status=201)
+    server.put(
+        "/buckets/private/collections/notes/records/n1",
+        {"data": {"t": "hi"}},
+        user=bob,
+        status=201,
+    )
     # tandem's account is in no ACL: Kinto itself would show it nothing of these.
     server.get("/buckets/private", user="tandem", status=403)
     # The default bucket: bucket and collection created implicitly by the record's write.
-    server.put("/buckets/default/collections/tasks/records/t1", {"data": {"done": False}}, user=alice, status=201)
+    server.put(
+        "/buckets/default/collections/tasks/records/t1",
+        {"data": {"done": False}},
+        user=alice,
+        status=201,
+    )
     default_id = server.get("/", user=alice).json["user"]["bucket"]
 
     entries = server.whole_journal()
@@ -87,7 +111,9 @@ def test_members_buckets_and_default_buckets_with_full_permissions(server):
     assert bucket["permissions"] == {"read": ["account:bob"], "write": ["account:alice"]}
     (record,) = entries_for(entries, "/buckets/private/collections/notes/records/n1")
     assert record["permissions"] == {"write": ["account:bob"]}
-    assert entries_for(entries, f"/buckets/{default_id}")[0]["permissions"] == {"write": ["account:alice"]}
+    assert entries_for(entries, f"/buckets/{default_id}")[0]["permissions"] == {
+        "write": ["account:alice"]
+    }
     assert bob  # bob wrote through the group's record:create
 
 
@@ -105,12 +131,20 @@ def test_deleting_a_bucket_or_collection_is_one_entry(server):
     assert entry["action"] == "delete"
     assert entry["resource_name"] == "collection"
     assert entry["uri"] == "/buckets/b/collections/c1"
-    assert entry["data"] == tombstone == {"id": "c1", "last_modified": tombstone["last_modified"], "deleted": True}
+    assert (
+        entry["data"]
+        == tombstone
+        == {"id": "c1", "last_modified": tombstone["last_modified"], "deleted": True}
+    )
     assert "permissions" not in entry
 
     server.delete("/buckets/b", user="admin", status=200)
     (entry,) = server.journal(since=entry["last_modified"]).json["data"]
-    assert (entry["action"], entry["uri"], entry["data"]["deleted"]) == ("delete", "/buckets/b", True)
+    assert (entry["action"], entry["uri"], entry["data"]["deleted"]) == (
+        "delete",
+        "/buckets/b",
+        True,
+    )
 
 
 def test_deleted_records_are_entries_with_their_tombstone(server):
@@ -119,10 +153,14 @@ def test_deleted_records_are_entries_with_their_tombstone(server):
     for r in range(3):
         server.put(f"/buckets/b/collections/c/records/r{r}", user="admin", status=201)
     position = server.journal().headers["ETag"].strip('"')
-    tombstones = server.delete("/buckets/b/collections/c/records", user="admin", status=200).json["data"]
+    tombstones = server.delete("/buckets/b/collections/c/records", user="admin", status=200).json[
+        "data"
+    ]
     entries = server.journal(since=position).json["data"]
     assert sorted(e["uri"].rsplit("/", 1)[1] for e in entries) == ["r0", "r1", "r2"]
-    assert sorted((e["data"] for e in entries), key=lambda d: d["id"]) == sorted(tombstones, key=lambda d: d["id"])
+    assert sorted((e["data"] for e in entries), key=lambda d: d["id"]) == sorted(
+        tombstones, key=lambda d: d["id"]
+    )
     assert all(e["action"] == "delete" and "permissions" not in e for e in entries)
 
 
@@ -141,7 +179,11 @@ def test_one_object_changed_several_times_in_a_batch_ends_as_it_is(server):
             {"method": "PUT", "path": path + "2", "body": {"data": {"v": 1}}},
             {"method": "DELETE", "path": path + "2"},
             # Recreated in the past: the create's last_modified is below the tombstone's.
-            {"method": "PUT", "path": path + "2", "body": {"data": {"v": 3, "last_modified": 1000}}},
+            {
+                "method": "PUT",
+                "path": path + "2",
+                "body": {"data": {"v": 3, "last_modified": 1000}},
+            },
             {"method": "DELETE", "path": path + "2"},
         ]
     )
@@ -157,14 +199,25 @@ def test_one_object_changed_several_times_in_a_batch_ends_as_it_is(server):
 def test_accounts_creation_and_password_change(server):
     position = server.journal().headers["ETag"].strip('"')
     server.account("alice", "first-pw")
-    server.patch("/accounts/alice", {"data": {"password": "second-pw"}}, user=("alice", "first-pw"), status=200)
+    server.patch(
+        "/accounts/alice",
+        {"data": {"password": "second-pw"}},
+        user=("alice", "first-pw"),
+        status=200,
+    )
     created, changed = server.journal(since=position).json["data"]
-    assert (created["action"], created["resource_name"], created["uri"]) == ("create", "account", "/accounts/alice")
+    assert (created["action"], created["resource_name"], created["uri"]) == (
+        "create",
+        "account",
+        "/accounts/alice",
+    )
     assert (changed["action"], changed["uri"]) == ("update", "/accounts/alice")
     assert created["permissions"] == changed["permissions"] == {"write": ["account:alice"]}
     assert bcrypt.checkpw(b"first-pw", created["data"]["password"].encode())
     assert bcrypt.checkpw(b"second-pw", changed["data"]["password"].encode())
-    assert changed["data"] == server.storage.get(resource_name="account", parent_id="alice", object_id="alice")
+    assert changed["data"] == server.storage.get(
+        resource_name="account", parent_id="alice", object_id="alice"
+    )
     server.delete("/accounts/alice", user=("alice", "second-pw"), status=200)
     (deleted,) = server.journal(since=changed["last_modified"]).json["data"]
     assert (deleted["action"], deleted["data"]["deleted"]) == ("delete", True)
@@ -260,6 +313,10 @@ def test_settings_are_checked():
 
     from conftest import Kinto, kinto_settings
 
-    for bad in ({"tandem__journal_max_entries": "-1"}, {"tandem__restore_max_objects": "0"}, {"tandem__restore_max_objects": "many"}):
+    for bad in (
+        {"tandem__journal_max_entries": "-1"},
+        {"tandem__restore_max_objects": "0"},
+        {"tandem__restore_max_objects": "many"},
+    ):
         with pytest.raises(ConfigurationError):
             Kinto("memory", None, kinto_settings("memory", None, **bad))

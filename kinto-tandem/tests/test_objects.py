@@ -6,15 +6,28 @@ def build(server):
     alice = server.account("alice")
     bob = server.account("bob")
     server.put("/buckets/b-x", user=bob, status=201)
-    server.put("/buckets/b", {"data": {"t": 1}, "permissions": {"read": ["account:bob"]}}, user=alice, status=201)
-    server.put("/buckets/b/groups/g1", {"data": {"members": ["account:bob"]}}, user=alice, status=201)
+    server.put(
+        "/buckets/b",
+        {"data": {"t": 1}, "permissions": {"read": ["account:bob"]}},
+        user=alice,
+        status=201,
+    )
+    server.put(
+        "/buckets/b/groups/g1", {"data": {"members": ["account:bob"]}}, user=alice, status=201
+    )
     for c in ("c2", "c1"):
         server.put(f"/buckets/b/collections/{c}", user=alice, status=201)
     for r in ("r2", "r1", "r3"):
-        server.put(f"/buckets/b/collections/c1/records/{r}", {"data": {"r": r}}, user=alice, status=201)
+        server.put(
+            f"/buckets/b/collections/c1/records/{r}", {"data": {"r": r}}, user=alice, status=201
+        )
     # A live record that looks like a tombstone, and a real one.
-    server.put("/buckets/b/collections/c1/records/r0", {"data": {"deleted": True}}, user=alice, status=201)
-    tombstone = server.delete("/buckets/b/collections/c1/records/r2", user=alice, status=200).json["data"]
+    server.put(
+        "/buckets/b/collections/c1/records/r0", {"data": {"deleted": True}}, user=alice, status=201
+    )
+    tombstone = server.delete("/buckets/b/collections/c1/records/r2", user=alice, status=200).json[
+        "data"
+    ]
     server.put("/buckets/b-x/collections/c", user=bob, status=201)
     server.put("/buckets/b-x/collections/c/records/x", user=bob, status=201)
     # A deleted collection and bucket: no tombstones of theirs are listed.
@@ -56,11 +69,24 @@ def test_order_tombstones_and_permissions(server):
     }
     lookalike = by_uri["/buckets/b/collections/c1/records/r0"]
     assert lookalike["data"]["deleted"] is True and "permissions" in lookalike
-    assert by_uri["/buckets/b"]["permissions"] == {"read": ["account:bob"], "write": ["account:alice"]}
-    assert by_uri["/buckets/b"]["data"] == {"t": 1, "id": "b", "last_modified": by_uri["/buckets/b"]["data"]["last_modified"]}
+    assert by_uri["/buckets/b"]["permissions"] == {
+        "read": ["account:bob"],
+        "write": ["account:alice"],
+    }
+    assert by_uri["/buckets/b"]["data"] == {
+        "t": 1,
+        "id": "b",
+        "last_modified": by_uri["/buckets/b"]["data"]["last_modified"],
+    }
     assert by_uri["/accounts/alice"]["data"]["password"].startswith("$2b$")
     assert [i["resource_name"] for i in items[:5]] == ["account"] * 4 + ["bucket"]
-    assert {i["resource_name"] for i in items} == {"account", "bucket", "collection", "group", "record"}
+    assert {i["resource_name"] for i in items} == {
+        "account",
+        "bucket",
+        "collection",
+        "group",
+        "record",
+    }
     # The ETag is the journal's position.
     assert etag == server.journal().headers["ETag"]
 
@@ -88,7 +114,9 @@ def test_pages_resume_after_each_uri(server):
         ("/buckets/b/groups/g2", "/buckets/b-x"),
         ("/buckets/b-w", "/buckets/b-x"),
     ]:
-        data = server.get(f"/tandem/objects?_after={after}&_limit=1", user="tandem", status=200).json["data"]
+        data = server.get(
+            f"/tandem/objects?_after={after}&_limit=1", user="tandem", status=200
+        ).json["data"]
         assert [i["uri"] for i in data] == [first], after
     assert server.get("/tandem/objects?_after=/buckets/c", user="tandem").json["data"] == []
 
@@ -106,6 +134,34 @@ def test_etag_is_taken_before_the_page(server):
 
 
 def test_bad_parameters(server):
-    for query in ("_after=/buckets", "_after=/nothing/x", "_after=buckets/b", "_after=/buckets/b/collections", "_limit=0", "_after=/buckets/b%0A"):
+    for query in (
+        "_after=/buckets",
+        "_after=/nothing/x",
+        "_after=buckets/b",
+        "_after=/buckets/b/collections",
+        "_limit=0",
+        "_after=/buckets/b%0A",
+    ):
         response = server.get(f"/tandem/objects?{query}", user="tandem", status=400)
         assert response.json["errno"] == 107, query
+
+
+def test_small_storage_fetch_size(make_kinto):
+    """Pages and restore lookups stay within what the storage backend returns at once."""
+    server = make_kinto(storage_max_fetch_size=3)
+    server.account("admin")
+    build(server)
+    items, _ = server.dump()
+    assert [i["uri"] for i in items] == EXPECTED_ORDER
+    first = server.get("/tandem/objects", user="tandem", status=200)
+    assert len(first.json["data"]) == 3 and "Next-Page" in first.headers
+    assert len(server.journal(limit=100).json["data"]) == 3
+    entries = server.whole_journal()
+    assert len(entries) > 3
+    assert [e["last_modified"] for e in entries] == sorted(e["last_modified"] for e in entries)
+    target = make_kinto(storage_max_fetch_size=3)
+    results = target.restore(items).json["results"]
+    assert [r["status"] for r in results][4:] == ["created"] * (len(items) - 4)
+    assert target.restore(items).json["results"][4:] == [
+        {"uri": i["uri"], "status": "unchanged"} for i in items[4:]
+    ]
