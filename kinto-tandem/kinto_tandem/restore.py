@@ -258,6 +258,9 @@ class Restore:
             )
         key = ref.list_key
         self.list_timestamps[key] = max(self.list_timestamps[key], wanted)
+        before = self.states.get((key, ref.id))
+        if before is not None:
+            self.holders[(key, before[1]["last_modified"])].discard(ref.id)
         self.states[(key, ref.id)] = (state, stored)
         self.holders[(key, wanted)].add(ref.id)
 

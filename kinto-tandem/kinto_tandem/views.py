@@ -44,12 +44,16 @@ def _int_param(request, name: str, minimum: int) -> int | None:
     if raw is None:
         return None
     text = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
-    if not text.isascii() or not text.isdigit() or int(text) < minimum:
+    # Timestamps are milliseconds within JSON's safe integers (which PostgreSQL's timestamps
+    # hold); the length check keeps int() from parsing a megabyte of digits.
+    if not (text.isascii() and text.isdigit() and len(text) <= 16) or not (
+        minimum <= int(text) <= restore.MAX_TIMESTAMP
+    ):
         raise_invalid(
             request,
             location="querystring",
             name=name,
-            description=f'"{raw}" is not a number >= {minimum}',
+            description=f'"{raw[:40]}" is not an integer from {minimum} to 2^53 - 1',
         )
     return int(text)
 
@@ -80,7 +84,7 @@ def _not_modified(request, position: int) -> bool:
             name="If-None-Match",
             description="Invalid value for If-None-Match",
         )
-    return int(header[1:-1]) == position
+    return header[1:-1].lstrip("0") == str(position)
 
 
 def _next_page(request, service: Service, **params) -> str:

@@ -274,7 +274,17 @@ def test_empty_journal_has_a_position(make_kinto):
 
 @pytest.mark.parametrize(
     "query",
-    ["_since=abc", "_since=-1", "_limit=0", "_limit=x", '_since="12', "_since=1.5"],
+    [
+        "_since=abc",
+        "_since=-1",
+        "_limit=0",
+        "_limit=x",
+        '_since="12',
+        "_since=1.5",
+        "_since=9007199254740992",
+        "_since=" + "9" * 5000,
+        "_since=%D9%A1%D9%A2",  # Arabic-Indic digits
+    ],
 )
 def test_bad_parameters_are_400(server, query):
     response = server.get(f"/tandem/journal?{query}", user="tandem", status=400)
