@@ -218,14 +218,6 @@ impl Ingest {
         let list = "/tandem/objects";
         let mut report = IngestReport::default();
         report.lists_changed += 1;
-        let stale: Vec<CursorUpdate> = self
-            .with_store(|s| s.cursor_names("kinto:"))
-            .await?
-            .into_iter()
-            .filter(|n| n != CURSOR)
-            .map(CursorUpdate::clear)
-            .collect();
-        self.commit(Vec::new(), stale).await?;
         let mut seen: HashSet<String> = HashSet::new();
         let mut position = None;
         let mut target = self.plugin_url(&format!("tandem/objects?_limit={PAGE}"))?;
@@ -242,6 +234,15 @@ impl Ingest {
                     list: list.to_owned(),
                     what: "no ETag (the journal's position) on the first page".into(),
                 })?);
+                // The plugin answers: the other paths' cursors go (see the module docs).
+                let stale: Vec<CursorUpdate> = self
+                    .with_store(|s| s.cursor_names("kinto:"))
+                    .await?
+                    .into_iter()
+                    .filter(|n| n != CURSOR)
+                    .map(CursorUpdate::clear)
+                    .collect();
+                self.commit(Vec::new(), stale).await?;
             }
             let mut changes = Vec::with_capacity(page.items.len());
             for raw in &page.items {

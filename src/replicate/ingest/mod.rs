@@ -121,7 +121,13 @@ pub struct Ingest {
     /// The server's root answer while the journal is followed: a pass is then one request.
     /// Dropped on any failure, so that credentials and capabilities are read again.
     journal_info: Arc<Mutex<Option<crate::source::kinto::ServerInfo>>>,
+    /// When the plugin last refused this account its journal (tried again after
+    /// [`JOURNAL_RETRY`]).
+    journal_refused: Arc<Mutex<Option<std::time::Instant>>>,
 }
+
+/// How long after the plugin refused the journal to this account it is asked again.
+const JOURNAL_RETRY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The ingest of a running daemon, shared by its source loop and the admin endpoint: one pass
 /// at a time. The Kinto client is built on first use and rebuilt after a credentials error, so
@@ -285,6 +291,7 @@ impl Ingest {
             key,
             concurrency: DEFAULT_CONCURRENCY,
             journal_info: Arc::default(),
+            journal_refused: Arc::default(),
         }
     }
 
@@ -311,11 +318,33 @@ impl Ingest {
             Some(info) => info,
             None => self.client.server_info().await?,
         };
-        if let Some(plugin) = info.tandem.as_ref().filter(|p| p.journal) {
+        let refused_lately = self
+            .journal_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < JOURNAL_RETRY);
+        if let Some(plugin) = info
+            .tandem
+            .as_ref()
+            .filter(|p| p.journal && !refused_lately)
+        {
             let result = self.sync_journal(plugin).await;
             *self.journal_info.lock().unwrap_or_else(|e| e.into_inner()) =
                 result.is_ok().then(|| info.clone());
-            return result;
+            match result {
+                // The account is not in kinto.tandem.principals: follow what it can read.
+                Err(IngestError::Kinto(KintoError::Forbidden { .. })) => {
+                    tracing::warn!(
+                        user = %info.user_id,
+                        "the server runs the kinto-tandem plugin but this account may not read its journal (kinto.tandem.principals); following the lists it can read instead"
+                    );
+                    *self
+                        .journal_refused
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+                }
+                result => return result,
+            }
         }
         if self.cursor(journal::CURSOR).await?.is_some() {
             // The plugin went away: its position means nothing to the other paths, and a

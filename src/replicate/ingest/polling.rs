@@ -77,6 +77,7 @@ impl Ingest {
             key: self.key.clone(),
             concurrency: self.concurrency,
             journal_info: self.journal_info.clone(),
+            journal_refused: self.journal_refused.clone(),
         }
     }
 
