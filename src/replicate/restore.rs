@@ -394,7 +394,8 @@ async fn restore_list_plugin(
                 format!(
                     "{{\"uri\":{uri},\"resource_name\":\"{}\",\"data\":{}",
                     item.kind,
-                    body.data.get()
+                    // Numbers as Kinto's parsers read them exactly (see `exact_for_kinto`).
+                    crate::source::kinto::exact_for_kinto(body.data.get())
                 )
                 .as_bytes(),
             );

@@ -70,6 +70,8 @@ pub struct Kinto {
     dir: tempfile::TempDir,
     /// Root URL, ending with `/v1/`.
     pub url: String,
+    /// The PostgreSQL database it stores into (empty on the memory backend).
+    pub storage_url: String,
     http: reqwest::Client,
 }
 
@@ -230,6 +232,7 @@ format = %(levelname)s %(message)s
                     child,
                     dir,
                     url,
+                    storage_url: storage_url.clone(),
                     http,
                 };
                 let accounts = options
@@ -335,6 +338,32 @@ format = %(levelname)s %(message)s
     /// their permissions, and per collection the records ETag and tombstones.
     pub fn state(&self, user: &str) -> Vec<Value> {
         self.read_with("kinto_state.py", user, &[])
+    }
+
+    /// What Kinto's PostgreSQL tables hold, read by `tests/kinto_db.py` (psycopg2, not Kinto):
+    /// every bucket, group, collection, record and account with its timestamp, data and
+    /// tombstone flag, and every access control entry on them. Panics on the memory backend.
+    pub fn database(&self) -> Vec<Value> {
+        assert!(
+            !self.storage_url.is_empty(),
+            "not a PostgreSQL-backed Kinto"
+        );
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kinto_db.py");
+        let out = Command::new(venv().join("bin/python"))
+            .arg(script)
+            .arg(&self.storage_url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kinto_db.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     /// Stops the server (as a crash would: its memory backend is gone).
