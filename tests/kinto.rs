@@ -1648,6 +1648,11 @@ kinto.bucket_write_principals = account:poller",
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     };
     let refused = restore(&[], 1);
+    // The poller could not see the bucket's permissions: restore says so before writing.
+    assert!(
+        refused.contains("recorded without their permissions") && refused.contains("/buckets/z"),
+        "{refused}"
+    );
     assert!(
         refused.contains("/buckets/z/collections/c/records/nul") && refused.contains("U+0000"),
         "{refused}"

@@ -464,3 +464,49 @@ async fn the_journal_captures_members_data_and_a_restore_brings_it_back_memory()
 async fn the_journal_captures_members_data_and_a_restore_brings_it_back_postgresql() {
     journal_end_to_end(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_trimmed_journal_reads_the_whole_state_again() {
+    let a = Kinto::start_with_settings(
+        Options {
+            plugin: true,
+            ..Options::default()
+        },
+        "kinto.tandem.journal_max_entries = 5",
+    )
+    .await;
+    put(&a, "alice", "/buckets/t", json!({"data": {}})).await;
+    put(&a, "alice", "/buckets/t/collections/c", json!({"data": {}})).await;
+    let home = Node::new(&a, "tandem");
+    home.sync();
+    // Far more changes than the journal keeps, a delete among them.
+    for i in 0..30 {
+        put(
+            &a,
+            "alice",
+            &format!("/buckets/t/collections/c/records/r{i}"),
+            json!({"data": {"i": i}}),
+        )
+        .await;
+    }
+    kinto_ok_delete(&a, "alice", "/buckets/t/collections/c/records/r3").await;
+    let out = home.run(&["sync"], 0);
+    assert!(out.contains("reading the whole state again"), "{out}");
+    let records: Vec<String> = home
+        .export()
+        .iter()
+        .map(|o| o["path"].as_str().unwrap().to_owned())
+        .filter(|p| p.contains("/records/"))
+        .collect();
+    assert_eq!(records.len(), 29, "{records:?}");
+    assert!(!records.iter().any(|p| p.ends_with("/r3")));
+    // And it follows the journal again from there.
+    put(
+        &a,
+        "alice",
+        "/buckets/t/collections/c/records/late",
+        json!({"data": {}}),
+    )
+    .await;
+    assert_eq!(home.sync(), 1);
+}
