@@ -75,7 +75,8 @@ def main():
         plain = plain_write(s_url)
         print(f"plain batch script: {RECORDS} records in {plain:.1f} s ({RECORDS / plain:.0f} records/s)", flush=True)
 
-        with open(f"{work}/pw", "w") as f:
+        # tandem refuses a password file others may read.
+        with open(os.open(f"{work}/pw", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(PW)
         with open(f"{work}/tandem.toml", "w") as f:
             f.write(f'[node]\nname = "bench"\ndata_dir = "data"\n[source]\nkind = "kinto"\nurl = "{s_url}"\nuser = "admin"\npassword_file = "pw"\n')

@@ -93,6 +93,27 @@ pub enum Secret {
     Env(String),
 }
 
+impl Secret {
+    /// Refuses a secret file that group or others may read (or write): a password or token
+    /// anyone on the machine can read is no secret. Returns what to do about it.
+    pub fn check_private(&self) -> Result<(), String> {
+        let Secret::File(path) = self else {
+            return Ok(());
+        };
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => Err(format!(
+                "the secret file {} has mode {:04o}, open to group or others; run `chmod 600 {}`",
+                path.display(),
+                meta.permissions().mode() & 0o7777,
+                path.display()
+            )),
+            // A missing file is reported when it is read, with the reason.
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `[source]`: the data server this node follows.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
@@ -124,6 +145,14 @@ pub enum SourceAuth {
 }
 
 impl SourceAuth {
+    /// Where the password or token comes from.
+    pub fn secret(&self) -> &Secret {
+        match self {
+            SourceAuth::Basic { password, .. } => password,
+            SourceAuth::Bearer { token } => token,
+        }
+    }
+
     /// Who tandem says it is, for messages: the user, or "the bearer token".
     pub fn who(&self) -> String {
         match self {

@@ -43,9 +43,30 @@ pub struct Node {
     pub store: Store,
 }
 
-/// Creates the data directory (mode 0700) if it does not exist.
+/// Creates the data directory (mode 0700) if it does not exist; one that exists open to group
+/// or others (the store and its WAL hold every backed-up object) is set to 0700, with a
+/// warning that says so.
 pub fn ensure_data_dir(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
+        let mode = std::fs::metadata(dir)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            .unwrap_or(0o700);
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(
+                dir,
+                std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7700),
+            )
+            .map_err(|source| StoreError::NotWritable {
+                dir: dir.to_owned(),
+                source,
+            })?;
+            warn!(
+                dir = %dir.display(),
+                was = %format!("{mode:04o}"),
+                now = %format!("{:04o}", mode & 0o7700),
+                "the data directory was open to group or others; it is now private to this user"
+            );
+        }
         return Ok(());
     }
     std::fs::DirBuilder::new()
@@ -61,6 +82,9 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StoreError> {
 /// A data directory in a state that only the operator can resolve.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// A secret file open to group or others.
+    #[error("{0}")]
+    SecretOpen(String),
     /// A key without its store, and no peer to recover the feed from.
     #[error(
         "the node key {key} exists but there is no store in {dir}, and no [[peer]] is configured to recover this node's feed from: starting it again at seq 1 would fork it. Add the peers that hold this node's feed to the configuration (`tandem run` then fetches it back before appending anything), restore the data directory from a backup, or, to start this node's feed anew on purpose (peers that hold the old one will record a fork), run `tandem init --existing-key --new-feed`"
@@ -122,6 +146,13 @@ impl Node {
     /// initialized; a store without its key is refused, since a new key would be another node.
     pub fn open(config: Config) -> anyhow::Result<Node> {
         let dir = config.node.data_dir.clone();
+        if let Some(source) = &config.source {
+            source
+                .auth
+                .secret()
+                .check_private()
+                .map_err(SetupError::SecretOpen)?;
+        }
         ensure_data_dir(&dir)?;
         let key_path = config.key_path();
         let mut created = false;

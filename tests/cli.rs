@@ -760,3 +760,30 @@ fn verify_finds_a_flipped_byte_and_names_it() {
     );
     env.run(&["verify", "--sample", "250"], 2);
 }
+
+#[test]
+fn a_password_file_open_to_others_is_refused_and_an_open_data_dir_is_closed() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new(
+        "[source]\nkind = \"kinto\"\nurl = \"http://127.0.0.1:1/\"\nuser = \"tandem\"\npassword_file = \"pw\"\n",
+    );
+    std::fs::write(env.dir.path().join("pw"), "secret\n").unwrap();
+    std::fs::set_permissions(
+        env.dir.path().join("pw"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    // A data directory someone made open to all.
+    std::fs::create_dir(env.data()).unwrap();
+    std::fs::set_permissions(env.data(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = stderr(&env.run(&["init"], 0));
+    assert!(err.contains("now private to this user"), "{err}");
+    let mode = std::fs::metadata(env.data()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let err = stderr(&env.run(&["run"], 78));
+    assert!(
+        err.contains("has mode 0644, open to group or others") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(!err.contains("secret\n"), "{err}");
+}

@@ -36,7 +36,7 @@ async fn server() -> Kinto {
 /// `tandem restore --origin ORIGIN --to TARGET --user tandem` on `node`'s configuration.
 fn restore(node: &TestNode, origin: &str, target: &Kinto) -> String {
     let pw = node.dir.path().join("pw");
-    std::fs::write(&pw, PASSWORD).unwrap();
+    common::write_secret(&pw, PASSWORD);
     let out = common::tandem(
         &node.config_path(),
         &[
@@ -151,7 +151,7 @@ async fn two_disasters_lose_nothing() {
 
     let mut home = TestNode::new("home");
     let mut community = TestNode::new("community");
-    std::fs::write(home.dir.path().join("pw"), PASSWORD).unwrap();
+    common::write_secret(home.dir.path().join("pw"), PASSWORD);
     let source = |kinto: &Kinto| {
         format!(
             "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1h\"\n",
@@ -218,7 +218,7 @@ async fn two_disasters_lose_nothing() {
     let mut home = TestNode::new("home");
     std::fs::write(home.data().join("node.key"), &key).unwrap();
     home.id = home_id;
-    std::fs::write(home.dir.path().join("pw"), PASSWORD).unwrap();
+    common::write_secret(home.dir.path().join("pw"), PASSWORD);
     home.configure(
         "",
         &format!(

@@ -20,7 +20,7 @@ const LONG: Duration = Duration::from_secs(30);
 
 /// The `[source]` section for a node that follows `kinto` as the `tandem` account.
 fn source(node: &TestNode, kinto: &Kinto) -> String {
-    std::fs::write(node.dir.path().join("pw"), PASSWORD).unwrap();
+    common::write_secret(node.dir.path().join("pw"), PASSWORD);
     format!(
         "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1s\"\n",
         kinto.url

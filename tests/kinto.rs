@@ -10,7 +10,7 @@ use tandem::config::{Config, SourceConfig};
 use tandem::source::kinto::{KintoClient, KintoError, ListResult, ListTarget};
 
 fn source(dir: &Path, url: &str, user: &str, password: &str) -> SourceConfig {
-    std::fs::write(dir.join("pw"), format!("{password}\n")).unwrap();
+    common::write_secret(dir.join("pw"), format!("{password}\n"));
     let text = format!(
         "[node]\nname = \"t\"\n[source]\nkind = \"kinto\"\nurl = \"{url}\"\nuser = \"{user}\"\npassword_file = \"pw\"\n"
     );
@@ -210,7 +210,7 @@ impl Node {
     /// A node reading the Kinto root at `url` as `user`.
     fn as_user(url: &str, user: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pw"), PASSWORD).unwrap();
+        common::write_secret(dir.path().join("pw"), PASSWORD);
         std::fs::write(
             dir.path().join("tandem.toml"),
             format!(
@@ -605,7 +605,7 @@ async fn faults_never_commit_part_of_a_page_and_heal() {
     let err = node.fail(&["sync"]);
     assert!(err.contains("did not accept the credentials"), "{err}");
     assert!(!err.contains("changed-pw") && !err.contains(PASSWORD));
-    std::fs::write(node.dir.path().join("pw"), "changed-pw\n").unwrap();
+    common::write_secret(node.dir.path().join("pw"), "changed-pw\n");
     assert_eq!(node.sync(), 1);
     let export = node.export();
     assert_eq!(record_count(&export), 121);
@@ -957,7 +957,7 @@ async fn a_bearer_token_is_sent_and_a_refusal_is_clear() {
     .await;
     let proxy = proxy_for(&kinto).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "tok-123\n").unwrap();
+    common::write_secret(dir.path().join("token"), "tok-123\n");
     let text = format!(
         "[node]\nname = \"t\"\n[source]\nkind = \"kinto\"\nurl = \"{}\"\ntoken_file = \"token\"\n",
         proxy.url

@@ -42,7 +42,7 @@ struct Node {
 impl Node {
     fn new(kinto: &Kinto, user: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pw"), PASSWORD).unwrap();
+        common::write_secret(dir.path().join("pw"), PASSWORD);
         std::fs::write(
             dir.path().join("tandem.toml"),
             format!(

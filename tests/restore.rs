@@ -205,7 +205,7 @@ async fn kinto_delete(kinto: &Kinto, path: &str) {
 /// arguments, run on `node`'s configuration; returns stdout and stderr together.
 fn restore(node: &TestNode, origin: &str, target: &Kinto, extra: &[&str], code: i32) -> String {
     let pw = node.dir.path().join("pw");
-    std::fs::write(&pw, PASSWORD).unwrap();
+    common::write_secret(&pw, PASSWORD);
     let args = [
         &[
             "restore",
@@ -234,7 +234,7 @@ async fn disaster_recovery_from_the_community_copy() {
     first_content(&a).await;
     let mut home = TestNode::new("home");
     let mut community = TestNode::new("community");
-    std::fs::write(home.dir.path().join("pw"), PASSWORD).unwrap();
+    common::write_secret(home.dir.path().join("pw"), PASSWORD);
     home.configure(
         "",
         &format!(
@@ -542,7 +542,7 @@ async fn a_killed_restore_resumes_without_duplicates() {
     }
     let target = target().await;
     let pw = node.dir.path().join("pw");
-    std::fs::write(&pw, PASSWORD).unwrap();
+    common::write_secret(&pw, PASSWORD);
     let args = |config: &std::path::Path| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"));
         cmd.arg("--config").arg(config).args([

@@ -5,6 +5,7 @@ use crate::daemon::Node;
 
 /// Creates a new node; the node id is the last line of stdout, for scripts.
 pub fn run(cli: &Cli, existing_key: bool, new_feed: bool) -> anyhow::Result<()> {
+    crate::telemetry::init_logging(cli.log_format);
     let config = load_config(cli)?;
     let node = Node::init(config, existing_key, new_feed)?;
     if !existing_key {

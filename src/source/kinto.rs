@@ -599,6 +599,7 @@ pub enum ListTarget<'a> {
 }
 
 fn read_secret(secret: &Secret) -> Result<zeroize::Zeroizing<String>, KintoError> {
+    secret.check_private().map_err(KintoError::Credentials)?;
     let value = match secret {
         Secret::File(path) => std::fs::read_to_string(path)
             .map_err(|e| KintoError::Credentials(format!("{}: {e}", path.display())))?,

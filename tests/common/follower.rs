@@ -24,7 +24,7 @@ impl Follower {
     /// [`Follower::new`] with more lines at the end of the configuration (`[[peer]]`…).
     pub fn with_extra(kinto: &Kinto, user: &str, extra: &str) -> Follower {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pw"), PASSWORD).unwrap();
+        super::write_secret(dir.path().join("pw"), PASSWORD);
         let node = Follower {
             dir,
             user: user.to_owned(),

@@ -29,3 +29,17 @@ pub fn tandem(config: &Path, args: &[&str], code: i32) -> Output {
     );
     out
 }
+
+/// Writes a password or token file readable by its owner only (tandem refuses others).
+pub fn write_secret(path: impl AsRef<Path>, text: impl AsRef<[u8]>) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = path.as_ref();
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::io::Write::write_all(&mut file, text.as_ref()).unwrap();
+}
