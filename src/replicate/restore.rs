@@ -446,10 +446,22 @@ async fn restore_list_plugin(
                     report.accounts_kept.push(item.id.clone());
                 }
                 "conflict" => {
-                    return Err(RestoreError::Retimed {
-                        path: item.path.clone(),
-                        sent: item.last_modified,
-                        stored: result.existing_last_modified.unwrap_or(0),
+                    return Err(match result.existing_last_modified {
+                        Some(stored) => RestoreError::Retimed {
+                            path: item.path.clone(),
+                            sent: item.last_modified,
+                            stored,
+                        },
+                        // Nothing at this path, but its timestamp is taken in the list.
+                        None => RestoreError::Refused {
+                            method: "POST",
+                            path: item.path.clone(),
+                            status: 200,
+                            message: format!(
+                                "the target's list already holds another object at last_modified {} (or that is the list's own timestamp): restore into an empty server",
+                                item.last_modified
+                            ),
+                        },
                     });
                 }
                 other => {

@@ -32,9 +32,9 @@ pub fn venv() -> PathBuf {
 /// The storage backend and URL for a new server: memory, or a new database on the
 /// PostgreSQL server `TANDEM_TEST_POSTGRES` names when the test asks for it (`postgres`) or
 /// `TANDEM_TEST_BACKEND=postgresql` asks it for every test.
-fn postgres_database(venv: &std::path::Path, postgres: bool) -> (&'static str, String) {
+fn postgres_database(venv: &std::path::Path, options: Options) -> (&'static str, String) {
     let everywhere = std::env::var("TANDEM_TEST_BACKEND").is_ok_and(|b| b == "postgresql");
-    if !postgres && !everywhere {
+    if options.memory || (!options.postgres && !everywhere) {
         return ("memory", String::new());
     }
     let server = std::env::var("TANDEM_TEST_POSTGRES").expect(
@@ -85,6 +85,9 @@ pub struct Options {
     /// Store into PostgreSQL whatever `TANDEM_TEST_BACKEND` says (for tests that run on both
     /// backends).
     pub postgres: bool,
+    /// Keep the data in memory whatever `TANDEM_TEST_BACKEND` says (a server that must accept
+    /// what PostgreSQL cannot store).
+    pub memory: bool,
     /// The accounts to create (default: `admin`, `tandem`, `poller`, `alice` and `bob`).
     pub accounts: Option<&'static [&'static str]>,
 }
@@ -127,7 +130,7 @@ impl Kinto {
             );
             plugin_settings.push_str("kinto.tandem.principals = account:tandem\n");
         }
-        let (backend, storage_url) = postgres_database(&venv, options.postgres);
+        let (backend, storage_url) = postgres_database(&venv, options);
         let ini = format!(
             r#"[server:main]
 use = egg:waitress#main
