@@ -22,15 +22,7 @@ const NOTES: (&str, &str) = ("family", "notes");
 async fn target() -> Kinto {
     Kinto::start_with_settings(
         Options::default(),
-        "kinto.explicit_permissions = false
-kinto.bucket_create_principals = account:admin
-kinto.bucket_write_principals = account:admin
-kinto.collection_create_principals = account:admin
-kinto.collection_write_principals = account:admin
-kinto.group_create_principals = account:admin
-kinto.group_write_principals = account:admin
-kinto.record_create_principals = account:admin
-kinto.record_write_principals = account:admin",
+        &common::kinto::restore_target_settings("admin"),
     )
     .await
 }

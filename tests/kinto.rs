@@ -1568,13 +1568,7 @@ async fn numbers_wider_than_any_machine_type_are_recorded_and_restored_as_served
             postgres: true,
             ..Options::default()
         },
-        "kinto.explicit_permissions = false
-kinto.bucket_create_principals = account:tandem
-kinto.bucket_write_principals = account:tandem
-kinto.collection_create_principals = account:tandem
-kinto.collection_write_principals = account:tandem
-kinto.record_create_principals = account:tandem
-kinto.record_write_principals = account:tandem",
+        &common::kinto::restore_target_settings("tandem"),
     )
     .await;
     let pw = history.dir.path().join("pw");

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
+use common::follower::Follower as Node;
 use common::kinto::{Kinto, Options, PASSWORD};
 use serde_json::{Value, json};
 
@@ -32,91 +31,6 @@ kinto.group_read_principals = account:poller
 kinto.record_read_principals = account:poller",
     )
     .await
-}
-
-/// A tandem node reading `kinto` as `user`, driven through the command line.
-struct Node {
-    dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn new(kinto: &Kinto, user: &str) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        common::write_secret(dir.path().join("pw"), PASSWORD);
-        std::fs::write(
-            dir.path().join("tandem.toml"),
-            format!(
-                "[node]\nname = \"home\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\
-                 [source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"{user}\"\npassword_file = \"pw\"\n",
-                kinto.url
-            ),
-        )
-        .unwrap();
-        let node = Node { dir };
-        node.run(&["init"], 0);
-        node
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("tandem.toml")
-    }
-
-    fn run(&self, args: &[&str], code: i32) -> String {
-        let out = common::tandem(&self.config(), args, code);
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    }
-
-    /// `tandem sync`; the number of entries appended.
-    fn sync(&self) -> u64 {
-        let out = self.run(&["sync"], 0);
-        out.split_whitespace()
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{out}"))
-    }
-
-    fn export(&self) -> Vec<Value> {
-        self.run(&["export", "--format", "jsonl"], 0)
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
-    }
-
-    /// (path, exact bytes of data) of every exported object.
-    fn raw_data(&self) -> Vec<(String, String)> {
-        #[derive(serde::Deserialize)]
-        struct Line<'a> {
-            path: String,
-            #[serde(borrow)]
-            data: &'a serde_json::value::RawValue,
-        }
-        self.run(&["export", "--format", "jsonl"], 0)
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| {
-                let line: Line<'_> = serde_json::from_str(l).unwrap();
-                (line.path, line.data.get().to_owned())
-            })
-            .collect()
-    }
-
-    /// `tandem restore` of the own origin into `target` as `tandem`.
-    fn restore(&self, target: &Kinto, extra: &[&str], code: i32) -> String {
-        let mut args = vec![
-            "restore",
-            "--to",
-            &target.url,
-            "--user",
-            "tandem",
-            "--password-file",
-        ];
-        let pw = self.dir.path().join("pw");
-        let pw = pw.to_str().unwrap();
-        args.push(pw);
-        args.extend_from_slice(extra);
-        self.run(&args, code)
-    }
 }
 
 /// `GET /v1/` as `user` with `password`: the authenticated user id, if any.
@@ -379,7 +293,7 @@ async fn journal_end_to_end(postgres: bool) {
         ..Options::default()
     })
     .await;
-    let out = home.restore(&b, &[], 0);
+    let out = home.restore_as(&b, "tandem", &[], 0);
     assert!(out.contains("kinto-tandem plugin"), "{out}");
     assert!(
         out.contains("already existed on the target and were kept as they are there: tandem"),
@@ -402,7 +316,7 @@ async fn journal_end_to_end(postgres: bool) {
         assert_eq!(before, view(&b, user), "{user} sees another state");
     }
     // Running it again writes nothing.
-    let again = home.restore(&b, &[], 0);
+    let again = home.restore_as(&b, "tandem", &[], 0);
     assert!(again.contains("(0 written"), "{again}");
 
     // Without the plugin, accounts cannot come back: restore names them.
@@ -412,18 +326,10 @@ async fn journal_end_to_end(postgres: bool) {
             accounts: Some(&["tandem"]),
             ..Options::default()
         },
-        "kinto.explicit_permissions = false
-kinto.bucket_create_principals = account:tandem
-kinto.bucket_write_principals = account:tandem
-kinto.collection_create_principals = account:tandem
-kinto.collection_write_principals = account:tandem
-kinto.group_create_principals = account:tandem
-kinto.group_write_principals = account:tandem
-kinto.record_create_principals = account:tandem
-kinto.record_write_principals = account:tandem",
+        &common::kinto::restore_target_settings("tandem"),
     )
     .await;
-    let out = home.restore(&c, &[], 0);
+    let out = home.restore_as(&c, "tandem", &[], 0);
     assert!(out.contains("accounts were not restored"), "{out}");
     for user in ["alice", "bob", "carol"] {
         assert!(out.contains(user), "{user} not named: {out}");
@@ -440,11 +346,11 @@ kinto.record_write_principals = account:tandem",
         "kinto.userid_hmac_secret = ffeeddccbbaa99887766554433221100",
     )
     .await;
-    let out = home.restore(&d, &[], 1);
+    let out = home.restore_as(&d, "tandem", &[], 1);
     assert!(out.contains("kinto.userid_hmac_secret"), "{out}");
     let (_, buckets) = d.request("tandem", "GET", "/buckets", None).await;
     assert_eq!(buckets["data"], json!([]), "a refused restore wrote");
-    home.restore(&d, &["--ignore-secrets-mismatch"], 0);
+    home.restore_as(&d, "tandem", &["--ignore-secrets-mismatch"], 0);
     assert_eq!(
         whoami(&d, "alice", PASSWORD).await.as_deref(),
         Some("account:alice")

@@ -64,6 +64,20 @@ fn postgres_database(venv: &std::path::Path, options: Options) -> (&'static str,
     )
 }
 
+/// The settings of a restore target without the kinto-tandem plugin, as the README gives them:
+/// permissions stored exactly as sent, and `account` allowed to create and write everything.
+pub fn restore_target_settings(account: &str) -> String {
+    let mut settings = "kinto.explicit_permissions = false\n".to_owned();
+    for kind in ["bucket", "group", "collection", "record"] {
+        for permission in ["create", "write"] {
+            settings.push_str(&format!(
+                "kinto.{kind}_{permission}_principals = account:{account}\n"
+            ));
+        }
+    }
+    settings
+}
+
 /// A running Kinto server.
 pub struct Kinto {
     child: Child,
