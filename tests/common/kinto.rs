@@ -330,25 +330,9 @@ format = %(levelname)s %(message)s
 
     /// Runs one of the kinto-http scripts in `tests/` as `user`; parses its JSON lines.
     fn read_with(&self, script: &str, user: &str, extra: &[&str]) -> Vec<Value> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests")
-            .join(script);
-        let out = Command::new(venv().join("bin/python"))
-            .arg(path)
-            .args([self.url.as_str(), user, PASSWORD])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        let mut args = vec![self.url.as_str(), user, PASSWORD];
+        args.extend_from_slice(extra);
+        run_script(script, &args)
     }
 
     /// The whole state `user` sees, read by `tests/kinto_state.py` (kinto-http): objects with
@@ -365,22 +349,7 @@ format = %(levelname)s %(message)s
             !self.storage_url.is_empty(),
             "not a PostgreSQL-backed Kinto"
         );
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kinto_db.py");
-        let out = Command::new(venv().join("bin/python"))
-            .arg(script)
-            .arg(&self.storage_url)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kinto_db.py: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        run_script("kinto_db.py", &[&self.storage_url])
     }
 
     /// Stops the server (as a crash would: its memory backend is gone).
@@ -393,6 +362,29 @@ format = %(levelname)s %(message)s
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
+}
+
+/// Runs the Python script `tests/<script>` from the virtualenv with `args`; parses the JSON
+/// object on each line it prints.
+fn run_script(script: &str, args: &[&str]) -> Vec<Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let out = Command::new(venv().join("bin/python"))
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Waits until the server answers its heartbeat; false if it died or took over a minute.
