@@ -91,7 +91,9 @@ impl Item<'_> {
         let deleted = match self.action.as_deref() {
             Some("create" | "update") => false,
             Some("delete") => true,
-            None => is_tombstone(self.data),
+            // A dump item: live objects carry their permissions, tombstones none (a live record
+            // may have a tombstone's shape).
+            None => self.permissions.is_none(),
             Some(other) => {
                 return Err(IngestError::Source {
                     list: list.to_owned(),
@@ -139,20 +141,6 @@ fn valid_uri(resource_name: &str, uri: &str) -> bool {
         }
         _ => false,
     }
-}
-
-/// Whether `data` is a tombstone (keys exactly `id`, `last_modified` and `deleted: true`).
-fn is_tombstone(data: &RawValue) -> bool {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Tombstone {
-        #[allow(dead_code)]
-        id: serde::de::IgnoredAny,
-        #[allow(dead_code)]
-        last_modified: serde::de::IgnoredAny,
-        deleted: bool,
-    }
-    serde_json::from_str::<Tombstone>(data.get()).is_ok_and(|t| t.deleted)
 }
 
 impl Ingest {
@@ -433,14 +421,25 @@ mod tests {
     }
 
     #[test]
-    fn tombstones_are_recognized_by_shape() {
-        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
-        assert!(is_tombstone(&raw(
-            r#"{"id":"r","last_modified":3,"deleted":true}"#
-        )));
-        assert!(!is_tombstone(&raw(
-            r#"{"id":"r","last_modified":3,"deleted":true,"x":1}"#
-        )));
-        assert!(!is_tombstone(&raw(r#"{"id":"r","last_modified":3}"#)));
+    fn dump_items_are_tombstones_only_without_permissions() {
+        let shape = r#"{"id":"r","last_modified":3,"deleted":true}"#;
+        let live = format!(
+            r#"{{"uri":"/buckets/b/collections/c/records/r","resource_name":"record","data":{shape},"permissions":{{}}}}"#
+        );
+        let dead = format!(
+            r#"{{"uri":"/buckets/b/collections/c/records/r","resource_name":"record","data":{shape}}}"#
+        );
+        let effect = |json: &str| {
+            let raw = RawValue::from_string(json.to_owned()).unwrap();
+            let item = Item::parse("dump", &raw).unwrap();
+            matches!(item.effect("dump").unwrap(), Effect::Delete { .. })
+        };
+        assert!(!effect(&live));
+        assert!(effect(&dead));
+        // A journal entry says what it is.
+        let entry = format!(
+            r#"{{"last_modified":9,"action":"update","uri":"/buckets/b/collections/c/records/r","resource_name":"record","data":{shape},"permissions":{{}}}}"#
+        );
+        assert!(!effect(&entry));
     }
 }
