@@ -4,20 +4,36 @@ benchkit.py), in one run:
 
 1. Initial ingest of RECORDS records spread over COLLECTIONS collections: the raw download of
    the same pages with curl, the same read with kinto-http.py, and `tandem sync`. Prints
-   seconds, records/s and tandem's peak RSS.
-2. Steady state with STEADY unchanged collections, polled and then with the history plugin:
-   one `tandem sync` pass (seconds, and the requests it made, counted by Kinto's access log),
-   then `tandem run` idling for IDLE seconds with poll = 10s (CPU %).
+   seconds, records/s and tandem's peak RSS. With BENCH_INGEST=journal, Kinto runs the
+   kinto-tandem plugin and tandem's first sync reads its dump and journal: curl then reads
+   exactly those pages (the root, every /tandem/objects page following Next-Page, the journal
+   with If-None-Match), besides the lists path's pages.
+2. Steady state with STEADY unchanged collections (spread over BENCH_BUCKETS buckets), on each
+   path of BENCH_PATHS: polled, with the history plugin, with the kinto-tandem plugin's journal.
+   `tandem sync` passes (seconds, process included; the requests each made and the pass as
+   Kinto saw it, from the first request's arrival to the last response, both from Kinto's
+   access log), then `tandem run` idling for IDLE seconds with poll = 10s (CPU %, the
+   daemon's passes in that time, its peak RSS).
 
 Usage: scripts/bench-ingest.py [RECORDS COLLECTIONS STEADY IDLE]   (RECORDS 0: steady state only;
        STEADY 0: initial ingest only)
 Environment: BENCH_CONCURRENCY, a comma-separated list of `[source] concurrency` values to time
-tandem with (default "1,2,4,8"); BENCH_GATE, a file to wait for after loading (so that the
+tandem with (default "1,2,4,8"; "8" with BENCH_INGEST=journal, whose dump is read one page at a
+time); BENCH_INGEST, `lists` (default: Kinto without the kinto-tandem plugin) or `journal`;
+BENCH_PATHS, the steady-state paths (default "polling,history,journal"); BENCH_BUCKETS, how
+many buckets hold the STEADY collections (default 1); BENCH_GATE, a file to wait for after loading (so that the
 timed part runs on an otherwise idle machine); BENCH_ROUNDS, how many times to run every reader
-and tandem, interleaved (default 1; medians are printed); BENCH_POSTGRES, a PostgreSQL server for Kinto's
+and tandem, interleaved, and how many steady `tandem sync` passes to time (default 1; medians
+are printed); BENCH_POSTGRES, a PostgreSQL server for Kinto's
 storage and permissions (benchkit.py).
-Needs: a release build (cargo build --release), curl, and the test virtualenv (scripts/test).
+Needs: a release build (cargo build --release), curl, and the test virtualenv (scripts/test),
+which has the kinto-tandem plugin (or TANDEM_TEST_VENV naming one with it: benchkit.py).
+
+The plugin's goals, measured so: `BENCH_BUCKETS=1000 BENCH_PATHS=history,journal BENCH_ROUNDS=5
+scripts/bench-ingest.py 0 0 10000 60` (steady state) and `BENCH_INGEST=journal BENCH_ROUNDS=3
+scripts/bench-ingest.py 100000 100 0 0` (initial ingest).
 """
+import json
 import os
 import shutil
 import statistics
@@ -36,14 +52,22 @@ kinto.collection_read_principals = account:tandem
 kinto.group_read_principals = account:tandem
 kinto.record_read_principals = account:tandem
 kinto.batch_max_requests = 1000"""
+PLUGIN_SETTINGS = "\nkinto.tandem.principals = account:tandem"
+INGEST = os.environ.get("BENCH_INGEST", "lists")
+PATHS = os.environ.get("BENCH_PATHS", "polling,history,journal").split(",")
+BUCKETS = int(os.environ.get("BENCH_BUCKETS", "1"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1"))
+assert INGEST in ("lists", "journal"), INGEST
+assert set(PATHS) <= {"polling", "history", "journal"}, PATHS
 
 
 def request(*args, **kw):
     return benchkit.request(*args, **kw)[0]
 
 
-def start_kinto(workdir, access_log=False, history=False):
-    return benchkit.start_kinto(workdir, SETTINGS, ("kinto.plugins.history",) if history else (),
+def start_kinto(workdir, access_log=False, history=False, plugin=False):
+    plugins = (("kinto.plugins.history",) if history else ()) + (("kinto_tandem",) if plugin else ())
+    return benchkit.start_kinto(workdir, SETTINGS + (PLUGIN_SETTINGS if plugin else ""), plugins,
                                 access_log=access_log, users=("admin", "tandem"))
 
 
@@ -60,7 +84,8 @@ def load(url, collections, per_collection, pad=120):
 
 def node(workdir, url, poll="10s", concurrency=None):
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "pw"), "w") as f:
+    # tandem refuses a secret file open to group or others.
+    with open(os.open(os.path.join(workdir, "pw"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(PW)
     config = os.path.join(workdir, "tandem.toml")
     with open(config, "w") as f:
@@ -86,15 +111,40 @@ def timed(cmd, **kw):
 def main():
     if RECORDS > 0:
         initial_ingest()
-    # 2. Steady state: STEADY collections, nothing changing; polled, then through the history.
-    for history in (False, True) if STEADY > 0 else ():
-        steady_state(history)
+    # 2. Steady state: STEADY collections, nothing changing; polled, through the history, through
+    # the journal.
+    for path in PATHS if STEADY > 0 else ():
+        steady_state(path)
+
+
+def plugin_pages(work, url):
+    """The pages tandem's first sync reads through the plugin, read once here: a curl config
+    reading them all (the journal conditionally, as tandem does), and the number of items."""
+    pages = [url + "tandem/objects?_limit=10000"]
+    body, headers = benchkit.request(pages[0], user="tandem")
+    position = int(headers["ETag"].strip('"'))
+    items = len(body["data"])
+    while headers.get("Next-Page"):
+        pages.append(headers["Next-Page"])
+        body, headers = benchkit.request(pages[-1], user="tandem")
+        items += len(body["data"])
+    config = os.path.join(work, "plugin.txt")
+    common = f'silent\nshow-error\nfail\nuser = "tandem:{PW}"\n'
+    with open(config, "w") as f:
+        f.write(common)
+        for page in [url] + pages:
+            f.write(f"url = {json.dumps(page)}\noutput = \"/dev/null\"\n")
+        # `next` keeps the connections; the header applies to the journal only.
+        f.write("next\n" + common + f'header = "If-None-Match: \\"{position}\\""\n'
+                f'url = "{url}tandem/journal?_since={position}&_limit=10000"\noutput = "/dev/null"\n')
+    return config, items, len(pages) + 2
 
 
 def initial_ingest():
     work = tempfile.mkdtemp(prefix="tandem-bench-")
     per = RECORDS // COLLECTIONS
-    kinto, url = start_kinto(work)
+    journal = INGEST == "journal"
+    kinto, url = start_kinto(work, access_log=journal, plugin=journal)
     try:
         t = time.monotonic()
         load(url, COLLECTIONS, per)
@@ -140,33 +190,56 @@ def initial_ingest():
                     "    c.get_collection(bucket='bench', id=col['id'])\n"
                     "    n += len(c.get_records(bucket='bench', collection=col['id']))\n"
                     f"assert n == {RECORDS}, n\n")
-        levels = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,2,4,8").split(",")]
-        rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
+        levels = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "8" if journal else "1,2,4,8").split(",")]
+        rounds = ROUNDS
         # Every reader once per round, interleaved, so that a slow moment of the machine does
         # not fall on one reader only; medians at the end.
-        readers = [("curl, records lists", ["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", urls]),
-                   ("curl, same requests", ["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", every]),
-                   ("kinto-http.py, records lists", [os.path.join(VENV, "bin/python"), py]),
-                   ("kinto-http.py, same pages", [os.path.join(VENV, "bin/python"), py_same])]
+        readers = [("curl, records lists", ["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", urls])]
+        if journal:
+            plugin, items, requests = plugin_pages(work, url)
+            print(f"the plugin's dump: {items} objects; a first sync reads {requests} pages", flush=True)
+            timed(["curl", "--config", plugin])
+            readers += [("curl, lists path's requests", ["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", every]),
+                        ("curl, same requests", ["curl", "--config", plugin]),
+                        ("kinto-http.py, records lists", [os.path.join(VENV, "bin/python"), py])]
+        else:
+            readers += [("curl, same requests", ["curl", "-sS", "-f", "-u", f"tandem:{PW}", "--config", every]),
+                        ("kinto-http.py, records lists", [os.path.join(VENV, "bin/python"), py]),
+                        ("kinto-http.py, same pages", [os.path.join(VENV, "bin/python"), py_same])]
         times = {name: [] for name, _ in readers}
         rss = {}
-        print(f"initial ingest of {RECORDS} records ({BACKEND} backend), {rounds} round(s):", flush=True)
+        log = os.path.join(work, "access.log")
+        path = "the kinto-tandem journal" if journal else "the lists"
+        print(f"initial ingest of {RECORDS} records ({BACKEND} backend, {path}), {rounds} round(s):", flush=True)
         for r in range(rounds):
             for name, cmd in readers:
+                before = sum(1 for _ in open(log)) if journal else 0
                 times[name].append(timed(cmd)[0])
+                if journal and r == 0:
+                    seen = benchkit.access_log(log, before)
+                    print(f"  {name}: {len(seen)} requests, by status: {status_counts(seen)}", flush=True)
             for concurrency in levels:
                 config = node(os.path.join(work, f"node{r}-{concurrency}"), url, concurrency=concurrency)
                 name = f"tandem sync, concurrency {concurrency}"
+                before = sum(1 for _ in open(log)) if journal else 0
                 elapsed, peak = timed([TANDEM, "--config", config, "sync"])
                 times.setdefault(name, []).append(elapsed)
                 rss[name] = max(rss.get(name, 0), peak)
+                if journal and r == 0:
+                    seen = benchkit.access_log(log, before)
+                    print(f"  {name}: {len(seen)} requests, by status: {status_counts(seen)}, "
+                          f"{sum(1 for s in seen if s[2].endswith('/tandem/objects'))} of the dump", flush=True)
             print("  round " + str(r + 1) + ": " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), flush=True)
         same = statistics.median(times["curl, same requests"])
-        python_same = statistics.median(times["kinto-http.py, same pages"])
+        python_same = statistics.median(times["kinto-http.py, same pages"]) if not journal else None
         for name, t in times.items():
             m = statistics.median(t)
-            extra = (f"  {m / same:.2f}x curl and {m / python_same:.2f}x kinto-http.py (same requests),"
-                     f" peak RSS {rss[name] / 1024:.0f} MiB") if name in rss else ""
+            extra = ""
+            if name in rss:
+                extra = f"  {m / same:.2f}x curl"
+                if python_same:
+                    extra += f" and {m / python_same:.2f}x kinto-http.py"
+                extra += f" (same requests), peak RSS {rss[name] / 1024:.0f} MiB"
             print(f"  {name:32} median {m:6.2f} s  {RECORDS / m:8.0f} records/s{extra}")
     finally:
         kinto.terminate()
@@ -174,32 +247,52 @@ def initial_ingest():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def steady_state(history):
+def status_counts(requests):
+    codes = {}
+    for r in requests:
+        codes[r[0]] = codes.get(r[0], 0) + 1
+    return codes
+
+
+def steady_state(path):
     work2 = tempfile.mkdtemp(prefix="tandem-bench-steady-")
-    kinto, url = start_kinto(work2, access_log=True, history=history)
-    how = "history plugin" if history else "polling"
+    kinto, url = start_kinto(work2, access_log=True, history=path == "history", plugin=path == "journal")
+    how = {"polling": "polling", "history": "history plugin", "journal": "kinto-tandem journal"}[path]
+    per = STEADY // BUCKETS
+    buckets = ["steady"] if BUCKETS == 1 else [f"b{b:04d}" for b in range(BUCKETS)]
     try:
         # With the history plugin, tandem follows buckets whose permissions let it read them.
-        request(url + "buckets/steady", "PUT", {"data": {}, "permissions": {"read": ["account:tandem"]}})
-        for start in range(0, STEADY, 1000):
-            reqs = [{"method": "PUT", "path": f"/buckets/steady/collections/c{c:05d}", "body": {"data": {}}}
-                    for c in range(start, min(STEADY, start + 1000))]
-            request(url + "batch", "POST", {"requests": reqs})
-            reqs = [{"method": "PUT", "path": f"/buckets/steady/collections/c{c:05d}/records/r", "body": {"data": {"c": c}}}
-                    for c in range(start, min(STEADY, start + 1000))]
-            request(url + "batch", "POST", {"requests": reqs})
+        # One bucket per request, and batches within one bucket: Kinto merges a batch's events
+        # of one kind, and the history plugin then files several buckets' creations in the
+        # first one's history.
+        for b in buckets:
+            request(url + f"buckets/{b}", "PUT", {"data": {}, "permissions": {"read": ["account:tandem"]}})
+            for kind in ("collections", "records"):
+                for start in range(0, per, 1000):
+                    reqs = [{"method": "PUT", "path": f"/buckets/{b}/collections/c{c:05d}"
+                             + ("/records/r" if kind == "records" else ""),
+                             "body": {"data": {"c": c} if kind == "records" else {}}}
+                            for c in range(start, min(per, start + 1000))]
+                    request(url + "batch", "POST", {"requests": reqs})
         config = node(os.path.join(work2, "node"), url)
-        subprocess.run([TANDEM, "--config", config, "sync"], check=True, stdout=subprocess.DEVNULL)
         log = os.path.join(work2, "access.log")
         before = sum(1 for _ in open(log))
-        steady, _ = timed([TANDEM, "--config", config, "sync"])
-        lines = open(log).read().splitlines()[before:]
-        codes = {}
-        for l in lines:
-            code = l.split()[0] if l.split() else "?"
-            codes[code] = codes.get(code, 0) + 1
-        print(f"steady state ({how}), {STEADY} unchanged collections: one pass {steady:.2f} s "
-              f"(process included), {len(lines)} requests to Kinto, by status: {codes}")
+        first, _ = timed([TANDEM, "--config", config, "sync"])
+        seen = benchkit.access_log(log, before)
+        print(f"first sync ({how}): {first:.2f} s, {len(seen)} requests, Kinto busy answering them "
+              f"{sum(r[4] - r[3] for r in seen) / 1000:.2f} s", flush=True)
+        walls, spans = [], []
+        for _ in range(ROUNDS):
+            before = sum(1 for _ in open(log))
+            wall, peak = timed([TANDEM, "--config", config, "sync"])
+            seen = benchkit.access_log(log, before)
+            walls.append(wall)
+            spans.append(sum(span for _, span in benchkit.passes(seen, gap_ms=10 ** 9)))
+        print(f"steady state ({how}), {per * len(buckets)} unchanged collections in {len(buckets)} bucket(s), "
+              f"{ROUNDS} pass(es) of tandem sync (first sync {first:.2f} s): median {statistics.median(walls) * 1000:.0f} ms "
+              f"(process included; {', '.join(f'{w * 1000:.0f}' for w in walls)}), as Kinto saw it median "
+              f"{statistics.median(spans):.0f} ms; {len(seen)} requests to Kinto, by status: {status_counts(seen)}; "
+              f"peak RSS {peak / 1024:.0f} MiB", flush=True)
 
         daemon = subprocess.Popen([TANDEM, "--config", config, "run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(5)
@@ -207,12 +300,19 @@ def steady_state(history):
             with open(f"/proc/{daemon.pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        before = sum(1 for _ in open(log))
         c0, t0 = cpu(), time.monotonic()
         time.sleep(IDLE)
         c1, t1 = cpu(), time.monotonic()
+        with open(f"/proc/{daemon.pid}/status") as f:
+            hwm = next((l.split()[1] for l in f if l.startswith("VmHWM:")), "0")
         daemon.terminate()
         daemon.wait()
-        print(f"idle daemon ({how}) over {IDLE} s (poll 10s, {STEADY} collections): CPU {100 * (c1 - c0) / (t1 - t0):.2f}%")
+        runs = benchkit.passes(benchkit.access_log(log, before))
+        print(f"idle daemon ({how}) over {IDLE} s (poll 10s, {per * len(buckets)} collections): "
+              f"CPU {100 * (c1 - c0) / (t1 - t0):.3f}% ({(c1 - c0) * 1000:.0f} ms of CPU); {len(runs)} passes, "
+              f"requests per pass {sorted(set(n for n, _ in runs))}, as Kinto saw them median "
+              f"{statistics.median([s for _, s in runs]) if runs else 0:.0f} ms; peak RSS {int(hwm) / 1024:.0f} MiB", flush=True)
     finally:
         kinto.terminate()
         kinto.wait()

@@ -6,6 +6,7 @@ Kinto stores into memory unless BENCH_POSTGRES names a PostgreSQL server
 and migrated here. That needs psycopg2-binary, SQLAlchemy and zope.sqlalchemy in the virtualenv
 (`pip install psycopg2-binary 'SQLAlchemy<3' zope.sqlalchemy`)."""
 import base64
+import datetime
 import json
 import os
 import socket
@@ -40,7 +41,8 @@ def request(url, method="GET", body=None, user="admin"):
 
 def start_kinto(workdir, settings="", plugins=(), access_log=False, users=("admin",)):
     """Starts Kinto in `workdir` with `settings` (ini lines) and `plugins` besides accounts;
-    with `access_log`, each request is logged to workdir/access.log as "code method path".
+    with `access_log`, each request is logged to workdir/access.log as "code method path time t"
+    (read them with `access_log`).
     Creates `users` with password PW. Returns (process, root URL ending in /v1/)."""
     os.makedirs(workdir, exist_ok=True)
     port = free_port()
@@ -99,7 +101,7 @@ formatter = access
 [formatter_plain]
 format = %(message)s
 [formatter_access]
-format = %(code)s %(method)s %(path)s
+format = %(code)s %(method)s %(path)s %(time)s %(t)s
 """
     with open(os.path.join(workdir, "kinto.ini"), "w") as f:
         f.write(ini)
@@ -120,3 +122,31 @@ format = %(code)s %(method)s %(path)s
         req.add_header("Content-Type", "application/json")
         urllib.request.urlopen(req)
     return proc, url
+
+
+def access_log(path, skip=0):
+    """The requests of an access log written by `start_kinto(access_log=True)`, after its first
+    `skip` lines: a list of (code, method, path, start, end), times in ms since the epoch as
+    Kinto took them (the response's time minus its duration `t`)."""
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f):
+            fields = line.split()
+            if n < skip or len(fields) < 5:
+                continue
+            end = datetime.datetime.fromisoformat(fields[3]).timestamp() * 1000
+            out.append((fields[0], fields[1], fields[2], end - float(fields[4]), end))
+    return out
+
+
+def passes(requests, gap_ms=2000):
+    """Groups requests (from `access_log`) into passes: a new pass starts after `gap_ms` without
+    a request. Returns a list of (request count, ms from the first request's arrival to the last
+    response)."""
+    groups = []
+    for r in sorted(requests, key=lambda r: r[3]):
+        if groups and r[3] - max(q[4] for q in groups[-1]) <= gap_ms:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return [(len(g), max(r[4] for r in g) - g[0][3]) for g in groups]
