@@ -16,12 +16,14 @@
 //!                and the local admin socket (api/admin)
 //! scheduler      long-lived loops and their timing: ingest passes, pushes on change, long
 //!                polls, cron times, the recovery of the own feed before any append
-//! replicate/     one pass of work, no spawning, no timing: ingest (polling and history paths),
+//! replicate/     one pass of work, no spawning, no timing: ingest (the kinto-tandem journal,
+//!                history and polling paths),
 //!                federate (push, pull, recover with one peer), restore (a state into Kinto),
 //!                archive (write, verify and load a portable archive)
 //! store/         the only SQLite user: feeds, checkpoints, state, cursors, fork evidence,
 //!                what holders acknowledged
-//! source/kinto   the Kinto client: credentials, lists with _since/ETag, objects (reqwest)
+//! source/kinto   the Kinto client: credentials, lists with _since/ETag, objects, batches, the
+//!                kinto-tandem plugin's capability (reqwest)
 //! peer           the peer protocol client: signed requests, pages, receipts (reqwest)
 //! probe          is a peer answering? (reqwest)
 //! feed, protocol, identity, config, telemetry, backoff, net, retention
