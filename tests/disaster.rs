@@ -35,24 +35,14 @@ async fn server() -> Kinto {
 
 /// `tandem restore --origin ORIGIN --to TARGET --user tandem` on `node`'s configuration.
 fn restore(node: &TestNode, origin: &str, target: &Kinto) -> String {
-    let pw = node.dir.path().join("pw");
-    common::write_secret(&pw, PASSWORD);
-    let out = common::tandem(
+    common::restore(
         &node.config_path(),
-        &[
-            "restore",
-            "--origin",
-            origin,
-            "--to",
-            &target.url,
-            "--user",
-            "tandem",
-            "--password-file",
-            pw.to_str().unwrap(),
-        ],
+        node.dir.path(),
+        target,
+        "tandem",
+        &["--origin", origin],
         0,
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    )
 }
 
 /// The notes as alice reads them on `kinto`, sorted by id.

@@ -201,30 +201,17 @@ async fn kinto_delete(kinto: &Kinto, path: &str) {
     kinto.ok("admin", "DELETE", path, None).await;
 }
 
-/// `tandem restore --origin ORIGIN --to TARGET --user admin --password-file …` with `extra`
-/// arguments, run on `node`'s configuration; returns stdout and stderr together.
+/// `tandem restore --origin ORIGIN --to TARGET --user admin` with `extra` arguments, run on
+/// `node`'s configuration; returns stdout and stderr together.
 fn restore(node: &TestNode, origin: &str, target: &Kinto, extra: &[&str], code: i32) -> String {
-    let pw = node.dir.path().join("pw");
-    common::write_secret(&pw, PASSWORD);
-    let args = [
-        &[
-            "restore",
-            "--origin",
-            origin,
-            "--to",
-            &target.url,
-            "--user",
-            "admin",
-        ][..],
-        &["--password-file", pw.to_str().unwrap()],
-        extra,
-    ]
-    .concat();
-    let out = common::tandem(&node.config_path(), &args, code);
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let args = [&["--origin", origin][..], extra].concat();
+    common::restore(
+        &node.config_path(),
+        node.dir.path(),
+        target,
+        "admin",
+        &args,
+        code,
     )
 }
 

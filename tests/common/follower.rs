@@ -12,23 +12,16 @@ pub struct Follower {
     /// Holds `tandem.toml`, `pw` and `data/`.
     pub dir: tempfile::TempDir,
     user: String,
-    extra: String,
 }
 
 impl Follower {
     /// A node reading `kinto` as `user` (whose password is [`PASSWORD`]), initialized.
     pub fn new(kinto: &Kinto, user: &str) -> Follower {
-        Follower::with_extra(kinto, user, "")
-    }
-
-    /// [`Follower::new`] with more lines at the end of the configuration (`[[peer]]`…).
-    pub fn with_extra(kinto: &Kinto, user: &str, extra: &str) -> Follower {
         let dir = tempfile::tempdir().unwrap();
         super::write_secret(dir.path().join("pw"), PASSWORD);
         let node = Follower {
             dir,
             user: user.to_owned(),
-            extra: extra.to_owned(),
         };
         node.set_source(kinto);
         node.run(&["init"], 0);
@@ -41,8 +34,8 @@ impl Follower {
             self.config(),
             format!(
                 "[node]\nname = \"home\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\
-                 [source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"{}\"\npassword_file = \"pw\"\n{}",
-                kinto.url, self.user, self.extra
+                 [source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"{}\"\npassword_file = \"pw\"\n",
+                kinto.url, self.user
             ),
         )
         .unwrap();
@@ -104,17 +97,6 @@ impl Follower {
 
     /// `tandem restore` of the own origin into `target` as `user`, with `extra` arguments.
     pub fn restore_as(&self, target: &Kinto, user: &str, extra: &[&str], code: i32) -> String {
-        let pw = self.dir.path().join("pw");
-        let mut args = vec![
-            "restore",
-            "--to",
-            &target.url,
-            "--user",
-            user,
-            "--password-file",
-            pw.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        self.run(&args, code)
+        super::restore(&self.config(), self.dir.path(), target, user, extra, code)
     }
 }

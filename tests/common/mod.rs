@@ -43,3 +43,30 @@ pub fn write_secret(path: impl AsRef<Path>, text: impl AsRef<[u8]>) {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     std::io::Write::write_all(&mut file, text.as_ref()).unwrap();
 }
+
+/// `tandem restore --to TARGET --user USER --password-file DIR/pw` with `extra` arguments, run
+/// on the configuration `config` (the password file, [`kinto::PASSWORD`], is written into
+/// `dir`); panics unless it exits with `code`; returns stdout and stderr together.
+pub fn restore(
+    config: &Path,
+    dir: &Path,
+    target: &kinto::Kinto,
+    user: &str,
+    extra: &[&str],
+    code: i32,
+) -> String {
+    let pw = dir.join("pw");
+    write_secret(&pw, kinto::PASSWORD);
+    let mut args = vec![
+        "restore",
+        "--to",
+        &target.url,
+        "--user",
+        user,
+        "--password-file",
+        pw.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = tandem(config, &args, code);
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
