@@ -204,40 +204,48 @@ impl Ingest {
     /// transaction, so that they never resume from before this read.
     async fn read_whole_state(&self) -> Result<(i64, IngestReport), IngestError> {
         let list = "/tandem/objects";
+        let origin = self.key.id();
         let mut report = IngestReport::default();
         report.lists_changed += 1;
+        // A replica holding nothing from the source has nothing to reconcile: no paths kept in
+        // memory, no scan at the end.
+        let reconcile = self
+            .with_store(move |s| {
+                Ok(!s.children(origin, "/buckets")?.is_empty()
+                    || !s.children(origin, "/accounts")?.is_empty())
+            })
+            .await?;
         let mut seen: HashSet<String> = HashSet::new();
-        let mut position = None;
-        let mut target = self.plugin_url(&format!("tandem/objects?_limit={PAGE}"))?;
+        let unconditional = |page: Option<Page>| {
+            page.ok_or_else(|| IngestError::Source {
+                list: list.to_owned(),
+                what: "answered 304 to an unconditional request".into(),
+            })
+        };
+        let first = self.plugin_url(&format!("tandem/objects?_limit={PAGE}"))?;
+        let mut page = unconditional(self.plugin_page(&first, None).await?)?;
+        let position = page.etag.ok_or_else(|| IngestError::Source {
+            list: list.to_owned(),
+            what: "no ETag (the journal's position) on the first page".into(),
+        })?;
+        // The plugin answers: the other paths' cursors go (see the module docs).
+        let stale: Vec<CursorUpdate> = self
+            .with_store(|s| s.cursor_names("kinto:"))
+            .await?
+            .into_iter()
+            .filter(|n| n != CURSOR)
+            .map(CursorUpdate::clear)
+            .collect();
+        self.commit(Vec::new(), stale).await?;
         loop {
-            let page =
-                self.plugin_page(&target, None)
-                    .await?
-                    .ok_or_else(|| IngestError::Source {
-                        list: list.to_owned(),
-                        what: "answered 304 to an unconditional request".into(),
-                    })?;
-            if position.is_none() {
-                position = Some(page.etag.ok_or_else(|| IngestError::Source {
-                    list: list.to_owned(),
-                    what: "no ETag (the journal's position) on the first page".into(),
-                })?);
-                // The plugin answers: the other paths' cursors go (see the module docs).
-                let stale: Vec<CursorUpdate> = self
-                    .with_store(|s| s.cursor_names("kinto:"))
-                    .await?
-                    .into_iter()
-                    .filter(|n| n != CURSOR)
-                    .map(CursorUpdate::clear)
-                    .collect();
-                self.commit(Vec::new(), stale).await?;
-            }
             let mut changes = Vec::with_capacity(page.items.len());
             for raw in &page.items {
                 let item = Item::parse(list, raw)?;
                 match item.effect(list)? {
                     Effect::Put(path, body) => {
-                        seen.insert(path.clone());
+                        if reconcile {
+                            seen.insert(path.clone());
+                        }
                         changes.push(Change {
                             op: Op::Put,
                             path,
@@ -251,32 +259,35 @@ impl Ingest {
                     }),
                 }
             }
-            report.appended += self.commit(changes, []).await?;
-            match page.next {
-                Some(next) => target = next,
-                None => break,
-            }
+            let Some(next) = page.next.take() else {
+                report.appended += self.commit(changes, []).await?;
+                break;
+            };
+            // The next page is read while this one is stored, so that Kinto is never idle.
+            let (appended, next_page) =
+                tokio::join!(self.commit(changes, []), self.plugin_page(&next, None));
+            report.appended += appended?;
+            page = unconditional(next_page?)?;
         }
-        // What the replica holds that the server no longer has (deepest first).
-        let mut gone: Vec<String> = self
-            .with_store({
-                let origin = self.key.id();
-                move |s| s.paths_under(origin, "/")
-            })
-            .await?
-            .into_iter()
-            .filter(|p| p != SOURCE_PATH && !seen.contains(p))
-            .collect();
-        gone.reverse();
-        let deletes = gone
-            .into_iter()
-            .map(|path| Change {
-                op: Op::Delete,
-                path,
-                body: Vec::new(),
-            })
-            .collect();
-        let position = position.unwrap_or(0);
+        let mut deletes = Vec::new();
+        if reconcile {
+            // What the replica holds that the server no longer has (deepest first).
+            let mut gone: Vec<String> = self
+                .with_store(move |s| s.paths_under(origin, "/"))
+                .await?
+                .into_iter()
+                .filter(|p| p != SOURCE_PATH && !seen.contains(p))
+                .collect();
+            gone.reverse();
+            deletes = gone
+                .into_iter()
+                .map(|path| Change {
+                    op: Op::Delete,
+                    path,
+                    body: Vec::new(),
+                })
+                .collect();
+        }
         report.appended += self
             .commit(deletes, [CursorUpdate::set(CURSOR, position)])
             .await?;
