@@ -54,6 +54,15 @@ PARENT_ID = "__tandem__"
 #: The ``pg_advisory_xact_lock`` key serializing journal writers ("tandem" in ASCII).
 LOCK_KEY = 0x74616E64656D
 
+#: The permissions an object of each kind can carry (the ``permissions`` of Kinto's resource
+#: classes; the schema of every object's ``permissions`` accepts these only).
+OBJECT_PERMISSIONS = {
+    "bucket": ("read", "write", "collection:create", "group:create"),
+    "collection": ("read", "write", "record:create"),
+}
+#: Those of groups, records and accounts.
+DEFAULT_PERMISSIONS = ("read", "write")
+
 #: Where a request (and the subrequests of its batch) queues its entries.
 PENDING_KEY = "tandem.journal.pending"
 
@@ -115,11 +124,9 @@ def write(request, pending: list[Pending]) -> None:
         _refresh_data(storage, entries, registry.tandem.page_max)
     unknown = [e for e in entries if e.action != "delete" and e.permissions is None]
     if unknown:
-        unknown_uris = list(dict.fromkeys(e.ref.uri for e in unknown))
-        acls = registry.permission.get_objects_permissions(unknown_uris)
-        by_uri = dict(zip(unknown_uris, acls))
+        acls = object_acls(registry.permission, [e.ref for e in unknown])
         for entry in unknown:
-            entry.permissions = normalize_permissions(by_uri[entry.ref.uri])
+            entry.permissions = acls[entry.ref.uri]
 
     lock(storage)
     for entry in entries:
@@ -133,6 +140,31 @@ def write(request, pending: list[Pending]) -> None:
             obj["permissions"] = entry.permissions
         storage.create(resource_name=RESOURCE_NAME, parent_id=PARENT_ID, obj=obj)
     _maybe_trim(registry, len(entries))
+
+
+def object_acls(permission, refs: list[uris.ObjectRef]) -> dict[str, dict]:
+    """The complete ACL of each object, by URI, normalized (:func:`normalize_permissions`).
+
+    Asked by permission name: without names the memory backend scans every key it holds for
+    each object, which made a write cost as much as the number of objects on the server. Its
+    ``get_objects_permissions`` fails on a name an object lacks, so there each principal set is
+    looked up alone; other backends answer one query per kind of object."""
+    by_kind = defaultdict(dict)
+    for ref in refs:
+        by_kind[ref.resource_name][ref.uri] = None
+    memory = type(permission).__module__.startswith("kinto.core.permission.memory")
+    acls = {}
+    for kind, kind_uris in by_kind.items():
+        names = OBJECT_PERMISSIONS.get(kind, DEFAULT_PERMISSIONS)
+        if memory:
+            found = [
+                {name: permission.get_object_permission_principals(uri, name) for name in names}
+                for uri in kind_uris
+            ]
+        else:
+            found = permission.get_objects_permissions(list(kind_uris), list(names))
+        acls.update((uri, normalize_permissions(acl)) for uri, acl in zip(kind_uris, found))
+    return acls
 
 
 def normalize_permissions(acl: dict) -> dict:

@@ -148,15 +148,13 @@ def get_objects(request):
             break
     more = len(page) > limit
     page = page[:limit]
-    live = [ref.uri for ref, _, tombstone in page if not tombstone]
-    acls = (
-        dict(zip(live, request.registry.permission.get_objects_permissions(live))) if live else {}
-    )
+    live = [ref for ref, _, tombstone in page if not tombstone]
+    acls = journal.object_acls(request.registry.permission, live)
     data = []
     for ref, obj, tombstone in page:
         item = {"uri": ref.uri, "resource_name": ref.resource_name, "data": obj}
         if not tombstone:
-            item["permissions"] = journal.normalize_permissions(acls[ref.uri])
+            item["permissions"] = acls[ref.uri]
         data.append(item)
     if more:
         request.response.headers["Next-Page"] = _next_page(
