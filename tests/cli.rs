@@ -520,6 +520,46 @@ fn a_damaged_store_is_refused_and_kept() {
 }
 
 #[test]
+fn verify_finds_a_damaged_page_that_no_entry_check_reads() {
+    let env = Env::new("");
+    env.run(&["init"], 0);
+    env.run(&["verify"], 0);
+    let db = env.data().join("tandem.db");
+    // The root page of the cursors table (no origin check reads it) gets a page type SQLite does not know.
+    let (page, size): (i64, i64) = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let page = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = 'cursors'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let size = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        (page, size)
+    };
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[((page - 1) * size) as usize] = 0x42;
+    std::fs::write(&db, &bytes).unwrap();
+    // SQLite gives up on this page rather than list its problems: the store is damaged.
+    for args in [&["verify"][..], &["verify", "--sample", "10"]] {
+        let err = stderr(&env.run(args, 78));
+        assert!(
+            err.contains("damaged") && err.contains("malformed"),
+            "{err}"
+        );
+    }
+    // What `verify` reads is what `run` refuses.
+    let err = stderr(&env.run(&["run"], 78));
+    assert!(err.contains("damaged"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), bytes);
+}
+
+#[test]
 fn a_store_without_its_key_is_not_given_a_new_identity() {
     let env = Env::new("");
     let id = stdout(&env.run(&["init"], 0))

@@ -56,6 +56,33 @@ pub struct VerifyReport {
 }
 
 impl Store {
+    /// SQLite's own check of the database file: every page, b-tree and index (`PRAGMA
+    /// integrity_check`), or the cheaper `quick_check` (no index contents) when not `full`.
+    /// The problems it names, none when the file is sound. A read-only open checks nothing, so
+    /// this is what finds a damaged page before the entries on it are needed.
+    pub fn check_file(&self, full: bool) -> Result<Vec<String>, StoreError> {
+        let pragma = if full {
+            "PRAGMA integrity_check"
+        } else {
+            "PRAGMA quick_check"
+        };
+        let mut stmt = self
+            .conn
+            .prepare(pragma)
+            .ctx("checking the database file")?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .ctx("checking the database file")?;
+        let mut problems = Vec::new();
+        for row in rows {
+            let row = row.ctx("checking the database file")?;
+            if row != "ok" {
+                problems.push(row);
+            }
+        }
+        Ok(problems)
+    }
+
     /// Verifies everything held for `origin`. Problems are reported, not returned as errors;
     /// an error means the store could not be read at all.
     pub fn verify_origin(&self, origin: NodeId) -> Result<VerifyReport, StoreError> {
