@@ -467,7 +467,7 @@ async fn upload_until(
 /// an error that says so; once they finish, uploads go through again.
 #[tokio::test]
 async fn concurrent_bodies_are_bounded_per_peer_and_per_node() {
-    use tandem::api::peer::{MAX_BODIES, MAX_BODIES_PER_PEER};
+    use tandem::api::peer::guard::{MAX_BODIES, MAX_BODIES_PER_PEER};
     let dir = tempfile::tempdir().unwrap();
     let keys: Vec<NodeKey> = (0..=MAX_BODIES / MAX_BODIES_PER_PEER)
         .map(|i| NodeKey::from_seed([60 + i as u8; 32]))
@@ -546,7 +546,7 @@ async fn long_polls_beyond_a_peers_share_are_answered_at_once() {
     );
     let daemon = Daemon::spawn(&config);
     // What `serve = ["self"]` allows: its own feed and this node's.
-    let share = 2 + tandem::api::peer::POLL_SLACK;
+    let share = 2 + tandem::api::peer::guard::POLL_SLACK;
     let path = format!("/v1/origins/{id}/entries?after=5&wait=30");
     let started = Instant::now();
     let mut polls = tokio::task::JoinSet::new();

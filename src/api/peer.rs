@@ -52,13 +52,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-mod guard;
+pub mod guard;
 
 use guard::Caller;
-pub use guard::{
-    BODY_TIMEOUT, MAX_BODIES, MAX_BODIES_PER_PEER, MAX_NONCES, NONCES_PER_PEER, POLL_SLACK,
-    long_polls_for,
-};
 
 use crate::config::{OriginRef, PeerConfig};
 use crate::feed::{Receipt, Seq, verify_batch};
