@@ -12,8 +12,9 @@
 //! main.rs        parse the command line, dispatch, map errors to exit codes
 //! cli/           one file per subcommand; the only place that prints for humans
 //! daemon         composition root of `tandem run`: builds everything, owns signals and shutdown
-//! api/           HTTP (axum): /healthz, /metrics, the signed peer API under /v1/ (api/peer),
-//!                and the local admin socket (api/admin)
+//! api/           HTTP (axum): /healthz, /metrics, the signed peer API under /v1/ (api/peer;
+//!                authentication and per-peer limits in api/peer/guard), and the local admin
+//!                socket (api/admin)
 //! scheduler      long-lived loops and their timing: ingest passes, pushes on change, long
 //!                polls, cron times, the recovery of the own feed before any append
 //! replicate/     one pass of work, no spawning, no timing: ingest (the kinto-tandem journal,
@@ -28,9 +29,10 @@
 //! probe          is a peer answering? (reqwest)
 //! feed, protocol, identity, config, telemetry, backoff, net, retention
 //!                leaves: the feed's byte format and signed statements (checkpoints, receipts,
-//!                snapshots and their state root), request signatures (RFC 9421), the page,
-//!                receipt and archive formats, keys, TOML, logging and metrics, retry timing,
-//!                HTTP client set-up, which snapshots a retention policy keeps
+//!                snapshots and their state root), request signatures (RFC 9421) and the
+//!                nonces already seen, the page, receipt and archive formats, keys, TOML,
+//!                logging and metrics, retry timing, HTTP client set-up, which snapshots a
+//!                retention policy keeps
 //! ```
 //!
 //! Where to start reading: `feed` (the format everything else carries), then `store` (what is
@@ -47,7 +49,8 @@
 //! - [`store`] knows nothing of HTTP, Kinto or peers; [`api`], [`source`], [`replicate`] and
 //!   [`probe`] know nothing of SQL.
 //! - [`replicate`] decides nothing about time: the [`scheduler`] (or a command) runs a pass.
-//! - Every peer request is authenticated before anything is read for it ([`api::peer`]), and
+//! - Every peer request is authenticated from its headers before any of its body is read, for
+//!   this node and once ([`api::peer::guard`]), and
 //!   every page from a peer is verified against its origin's key before the store sees it,
 //!   whoever relayed it ([`replicate::federate`]).
 //! - Secrets ([`identity::NodeKey`], source passwords) are never logged or printed.

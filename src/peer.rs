@@ -84,11 +84,19 @@ pub struct PeerClient {
     key: Arc<NodeKey>,
     base: url::Url,
     name: String,
+    /// The peer's node id: every request is signed for it and for no other node.
+    target: NodeId,
 }
 
 impl PeerClient {
-    /// A client for the peer `name` at `base`, signing as `key`.
-    pub fn new(name: &str, base: &url::Url, key: Arc<NodeKey>) -> Result<PeerClient, PeerError> {
+    /// A client for the peer `name` with node id `target` at `base`, signing as `key`.
+    /// Requests are signed for `target` only: another node refuses them.
+    pub fn new(
+        name: &str,
+        target: NodeId,
+        base: &url::Url,
+        key: Arc<NodeKey>,
+    ) -> Result<PeerClient, PeerError> {
         let http = net::client_builder()
             .connect_timeout(Duration::from_secs(10))
             // A peer is reached at its configured URL, never somewhere it redirects to.
@@ -108,6 +116,7 @@ impl PeerClient {
             key,
             base,
             name: name.to_owned(),
+            target,
         })
     }
 
@@ -134,21 +143,23 @@ impl PeerClient {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
+        // Signed anew for every request, retries included: each signature carries its own
+        // nonce and the peer accepts it once.
         let signed = signature::sign(
             &self.key,
-            method.as_str(),
-            url.path(),
-            url.query(),
+            &signature::Outgoing {
+                target: self.target,
+                method: method.as_str(),
+                path: url.path(),
+                query: url.query(),
+            },
             &body,
             created,
         );
-        let mut request = self
-            .http
-            .request(method, url)
-            .timeout(timeout)
-            .header("content-digest", signed.content_digest)
-            .header("signature-input", signed.signature_input)
-            .header("signature", signed.signature);
+        let mut request = self.http.request(method, url).timeout(timeout);
+        for (name, value) in signed.pairs() {
+            request = request.header(name, value);
+        }
         for (name, value) in headers {
             request = request.header(name, *value);
         }

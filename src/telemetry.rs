@@ -40,6 +40,9 @@ pub const HOLDER_ROLLBACKS: &str = "tandem_holder_rollbacks_total";
 pub const DURABLE_SEQ: &str = "tandem_durable_seq";
 /// Gauge: 1 while a peer refuses our pushes for lack of quota. Labels: `peer`.
 pub const PEER_QUOTA_EXCEEDED: &str = "tandem_peer_quota_exceeded";
+/// Counter: peer API requests refused before any handler ran. Labels: `reason`
+/// (`unauthenticated`, `replayed`, `nonces`, `peer_bodies`, `bodies`, `long_polls`).
+pub const PEER_REQUESTS_REFUSED: &str = "tandem_peer_requests_refused_total";
 /// Gauge: buckets of the source followed without record permissions (their history does not
 /// cover them for the account).
 pub const SOURCE_PERMISSIONS_INCOMPLETE: &str = "tandem_source_buckets_permissions_incomplete";
@@ -118,6 +121,10 @@ pub fn metrics() -> &'static Metrics {
         metrics::describe_gauge!(
             PEER_QUOTA_EXCEEDED,
             "1 while a peer refuses pushes for lack of quota."
+        );
+        metrics::describe_counter!(
+            PEER_REQUESTS_REFUSED,
+            "Peer API requests refused by authentication, replay protection or a limit."
         );
         metrics::describe_gauge!(
             SOURCE_PERMISSIONS_INCOMPLETE,

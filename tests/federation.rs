@@ -224,7 +224,8 @@ async fn authorization_matrix() {
     host.start().await;
 
     let url: url::Url = host.url().parse().unwrap();
-    let client = |key: NodeKey| PeerClient::new("host", &url, std::sync::Arc::new(key)).unwrap();
+    let client =
+        |key: NodeKey| PeerClient::new("host", host.id, &url, std::sync::Arc::new(key)).unwrap();
     let page_of = |node: &TestNode| {
         let store = node.store();
         let (entries, cp) = store
@@ -1111,20 +1112,22 @@ async fn a_stop_during_a_long_poll_answers_it_and_lets_go_of_the_store() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let signed =
-        tandem::protocol::signature::sign(&laptop.key(), "GET", &path, Some(query), b"", created);
-    let poll = tandem::net::client_builder()
-        .build()
-        .unwrap()
-        .get(format!(
-            "{}{}?{query}",
-            home.url().trim_end_matches('/'),
-            path
-        ))
-        .header("content-digest", signed.content_digest)
-        .header("signature-input", signed.signature_input)
-        .header("signature", signed.signature)
-        .send();
+    let outgoing = tandem::protocol::signature::Outgoing {
+        target: home.id,
+        method: "GET",
+        path: &path,
+        query: Some(query),
+    };
+    let signed = tandem::protocol::signature::sign(&laptop.key(), &outgoing, b"", created);
+    let mut poll = tandem::net::client_builder().build().unwrap().get(format!(
+        "{}{}?{query}",
+        home.url().trim_end_matches('/'),
+        path
+    ));
+    for (name, value) in signed.pairs() {
+        poll = poll.header(name, value);
+    }
+    let poll = poll.send();
     let poll = tokio::spawn(poll);
     // The poll is in once home has recorded what the laptop says it holds.
     let laptop_id = laptop.id;

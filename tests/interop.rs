@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use tandem::identity::NodeKey;
-use tandem::protocol::signature::{self, RequestParts, SignatureError};
+use tandem::protocol::signature::{self, Outgoing, RequestParts, SignatureError};
 
 fn python(args: &[&str]) -> std::process::Output {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/httpsig_interop.py");
@@ -28,6 +28,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The node the requests are for.
+fn target() -> NodeKey {
+    NodeKey::from_seed([22; 32])
+}
+
 #[test]
 fn python_verifies_what_tandem_signs() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,13 +42,16 @@ fn python_verifies_what_tandem_signs() {
     let body_file = dir.path().join("body");
     let h = signature::sign(
         &key,
-        "POST",
-        "/v1/origins/abc/entries",
-        Some("after=5&limit=10"),
+        &Outgoing {
+            target: target().id(),
+            method: "POST",
+            path: "/v1/origins/abc/entries",
+            query: Some("after=5&limit=10"),
+        },
         body,
         now(),
     );
-    let verify = |signature: &str| {
+    let verify = |signature: &str, digest: &str, target: &str| {
         python(&[
             "verify",
             &hex(key.id().as_bytes()),
@@ -51,12 +59,13 @@ fn python_verifies_what_tandem_signs() {
             "POST",
             "http://peer.example:8750/v1/origins/abc/entries?after=5&limit=10",
             body_file.to_str().unwrap(),
-            &h.content_digest,
+            digest,
             &h.signature_input,
             signature,
+            target,
         ])
     };
-    let out = verify(&h.signature);
+    let out = verify(&h.signature, &h.content_digest, &h.target);
     assert!(
         out.status.success(),
         "python refused tandem's signature: {}",
@@ -64,12 +73,35 @@ fn python_verifies_what_tandem_signs() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["label"], "tandem");
+    let covered = report["covered"].to_string();
+    assert!(covered.contains("tandem-target"), "{covered}");
+    // The nonce python read is the one tandem signed.
+    let nonce = report["nonce"].as_str().unwrap();
+    assert!(
+        h.signature_input.contains(&format!(r#";nonce="{nonce}""#)),
+        "{report}"
+    );
     // A flipped signature byte: python refuses too.
     let mut bytes = h.signature.clone().into_bytes();
     let at = bytes.len() - 5;
     bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    let flipped = std::str::from_utf8(&bytes).unwrap();
     assert!(
-        !verify(std::str::from_utf8(&bytes).unwrap())
+        !verify(flipped, &h.content_digest, &h.target)
+            .status
+            .success()
+    );
+    // Presented to another node, python refuses it as tandem does.
+    let elsewhere = NodeKey::from_seed([23; 32]).id().to_string();
+    assert!(
+        !verify(&h.signature, &h.content_digest, &elsewhere)
+            .status
+            .success()
+    );
+    // Python checks the body against the digest itself.
+    let other_digest = signature::content_digest(b"another body");
+    assert!(
+        !verify(&h.signature, &other_digest, &h.target)
             .status
             .success()
     );
@@ -81,16 +113,21 @@ fn tandem_verifies_what_python_signs() {
     let key_path = dir.path().join("node.key");
     // The node key file, as tandem writes it, is what python loads (PKCS#8 PEM).
     let key = NodeKey::create(&key_path).unwrap();
-    std::fs::write(dir.path().join("body"), b"").unwrap();
+    let body = b"a body";
+    std::fs::write(dir.path().join("body"), body).unwrap();
     let created = now();
+    let this = target().id();
+    let nonce = "cHl0aG9uLW5vbmNlLTAwMQ";
     let out = python(&[
         "sign",
         key_path.to_str().unwrap(),
         &key.id().to_string(),
-        "GET",
+        "POST",
         "http://peer.example:8750/v1/origins?x=1",
         dir.path().join("body").to_str().unwrap(),
         &created.to_string(),
+        &this.to_string(),
+        nonce,
     ]);
     assert!(
         out.status.success(),
@@ -98,29 +135,44 @@ fn tandem_verifies_what_python_signs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let (digest, input, sig) = (
+    let (digest, target_header, input, sig) = (
         h["content-digest"].as_str().unwrap(),
+        h["tandem-target"].as_str().unwrap(),
         h["signature-input"].as_str().unwrap(),
         h["signature"].as_str().unwrap(),
     );
     let parts = RequestParts {
-        method: "GET",
+        method: "POST",
         path: "/v1/origins",
         query: Some("x=1"),
         content_digest: Some(digest),
+        target: Some(target_header),
     };
+    let verified = signature::verify(&parts, Some(input), Some(sig), this, now()).unwrap();
     assert_eq!(
-        signature::verify(&parts, Some(input), Some(sig), b"", now()).unwrap(),
-        key.id()
+        (verified.signer, verified.nonce.as_str()),
+        (key.id(), nonce)
     );
-    // The same headers on another query, or another key's claim, do not verify.
+    // The digest python computed is the body's; another body does not match it.
+    verified.digest.check(body).unwrap();
+    let verified = signature::verify(&parts, Some(input), Some(sig), this, now()).unwrap();
+    assert_eq!(
+        verified.digest.check(b"a bodY").unwrap_err(),
+        SignatureError::Digest
+    );
+    // The same headers on another query, at another node, or long after, do not verify.
     let other = RequestParts {
         query: Some("x=2"),
         ..parts
     };
     assert_eq!(
-        signature::verify(&other, Some(input), Some(sig), b"", now()),
-        Err(SignatureError::Bad)
+        signature::verify(&other, Some(input), Some(sig), this, now()).unwrap_err(),
+        SignatureError::Bad
     );
-    assert!(signature::verify(&parts, Some(input), Some(sig), b"", created + 1000).is_err());
+    let elsewhere = NodeKey::from_seed([23; 32]).id();
+    assert!(matches!(
+        signature::verify(&parts, Some(input), Some(sig), elsewhere, now()),
+        Err(SignatureError::WrongTarget { .. })
+    ));
+    assert!(signature::verify(&parts, Some(input), Some(sig), this, created + 1000).is_err());
 }

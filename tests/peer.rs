@@ -3,26 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::process::Daemon;
 use serde_json::Value;
 use tandem::feed::{Checkpoint, EntryHash, Op, Seq};
-use tandem::identity::NodeKey;
-use tandem::protocol::signature;
+use tandem::identity::{NodeId, NodeKey};
+use tandem::protocol::signature::{self, Outgoing};
 use tandem::store::{Change, Store};
-
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A community node that serves its own feed to `home` and nothing to `neighbour`.
 fn start(dir: &std::path::Path, home: &NodeKey, neighbour: &NodeKey) -> (Daemon, NodeKey) {
@@ -51,29 +39,7 @@ fn start(dir: &std::path::Path, home: &NodeKey, neighbour: &NodeKey) -> (Daemon,
             .collect();
         store.append(&key, &changes, &[]).unwrap();
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("listen="))
-            {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("the daemon started");
-    (Daemon { child, addr }, key)
+    (Daemon::spawn(&config), key)
 }
 
 fn now() -> i64 {
@@ -83,19 +49,30 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// GET `path` signed by `key` (if any) with `created`; returns status and JSON body.
-async fn get(addr: &str, path: &str, key: Option<&NodeKey>, created: i64) -> (u16, Value) {
+/// GET `path` at the node `target` listening on `addr`, signed by `key` (if any) with
+/// `created`; returns status and JSON body.
+async fn get_at(
+    addr: &str,
+    target: NodeId,
+    path: &str,
+    key: Option<&NodeKey>,
+    created: i64,
+) -> (u16, Value) {
     let http = tandem::net::client_builder().build().unwrap();
     let (p, q) = path
         .split_once('?')
         .map_or((path, None), |(p, q)| (p, Some(q)));
     let mut request = http.get(format!("http://{addr}{path}"));
     if let Some(key) = key {
-        let h = signature::sign(key, "GET", p, q, b"", created);
-        request = request
-            .header("content-digest", h.content_digest)
-            .header("signature-input", h.signature_input)
-            .header("signature", h.signature);
+        let outgoing = Outgoing {
+            target,
+            method: "GET",
+            path: p,
+            query: q,
+        };
+        for (name, value) in signature::sign(key, &outgoing, b"", created).pairs() {
+            request = request.header(name, value);
+        }
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
@@ -113,31 +90,32 @@ async fn peers_are_authenticated_and_read_only_what_they_are_served() {
     let (daemon, community) = start(dir.path(), &home, &neighbour);
     let addr = daemon.addr.as_str();
     let own = format!("/v1/origins/{}", community.id());
+    let this = community.id();
 
     // Who may talk at all.
-    let (status, body) = get(addr, "/v1/node", None, now()).await;
+    let (status, body) = get_at(addr, this, "/v1/node", None, now()).await;
     assert_eq!(status, 401, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("missing"),
         "{body}"
     );
-    let (status, body) = get(addr, "/v1/node", Some(&stranger), now()).await;
+    let (status, body) = get_at(addr, this, "/v1/node", Some(&stranger), now()).await;
     assert_eq!(status, 401);
     assert!(
         body["error"].as_str().unwrap().contains("unknown key"),
         "{body}"
     );
-    let (status, body) = get(addr, "/v1/node", Some(&home), now()).await;
+    let (status, body) = get_at(addr, this, "/v1/node", Some(&home), now()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         (body["id"].as_str().unwrap(), body["name"].as_str().unwrap()),
         (community.id().to_string().as_str(), "community")
     );
-    let (status, _) = get(addr, "/v1/node", Some(&home), now() - 400).await;
+    let (status, _) = get_at(addr, this, "/v1/node", Some(&home), now() - 400).await;
     assert_eq!(status, 401, "a stale signature");
 
     // What each may read. The checkpoint served verifies with the origin's key alone.
-    let (status, body) = get(addr, "/v1/origins", Some(&home), now()).await;
+    let (status, body) = get_at(addr, this, "/v1/origins", Some(&home), now()).await;
     assert_eq!(status, 200);
     let origins = body["origins"].as_array().unwrap();
     assert_eq!(origins.len(), 1);
@@ -157,17 +135,18 @@ async fn peers_are_authenticated_and_read_only_what_they_are_served() {
     };
     checkpoint.verify().unwrap();
     assert_eq!(checkpoint.seq, Seq(5));
-    assert_eq!(get(addr, &own, Some(&home), now()).await.0, 200);
-    let (status, body) = get(addr, "/v1/origins", Some(&neighbour), now()).await;
+    assert_eq!(get_at(addr, this, &own, Some(&home), now()).await.0, 200);
+    let (status, body) = get_at(addr, this, "/v1/origins", Some(&neighbour), now()).await;
     assert_eq!(
         (status, body["origins"].as_array().unwrap().len()),
         (200, 0)
     );
-    let (status, body) = get(addr, &own, Some(&neighbour), now()).await;
+    let (status, body) = get_at(addr, this, &own, Some(&neighbour), now()).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(
-        get(
+        get_at(
             addr,
+            this,
             &format!("/v1/origins/{}", stranger.id()),
             Some(&home),
             now()
@@ -177,48 +156,55 @@ async fn peers_are_authenticated_and_read_only_what_they_are_served() {
         403
     );
     assert_eq!(
-        get(addr, "/v1/origins/nonsense", Some(&home), now())
+        get_at(addr, this, "/v1/origins/nonsense", Some(&home), now())
             .await
             .0,
         400
     );
 
     // Headers signed for one request do not authenticate another.
-    let h = signature::sign(&home, "GET", "/v1/node", None, b"", now());
-    let replay = tandem::net::client_builder()
+    let outgoing = Outgoing {
+        target: this,
+        method: "GET",
+        path: "/v1/node",
+        query: None,
+    };
+    let h = signature::sign(&home, &outgoing, b"", now());
+    let mut replay = tandem::net::client_builder()
         .build()
         .unwrap()
-        .get(format!("http://{addr}/v1/origins"))
-        .header("content-digest", h.content_digest)
-        .header("signature-input", h.signature_input)
-        .header("signature", h.signature)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(replay.status().as_u16(), 401);
+        .get(format!("http://{addr}/v1/origins"));
+    for (name, value) in h.pairs() {
+        replay = replay.header(name, value);
+    }
+    assert_eq!(replay.send().await.unwrap().status().as_u16(), 401);
 }
 
-#[tokio::test]
-async fn a_request_signed_by_another_implementation_is_accepted() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = NodeKey::from_seed([11; 32]);
-    let (daemon, community) = start(dir.path(), &home, &NodeKey::from_seed([12; 32]));
-    let key_file = dir.path().join("home.key");
-    home.write_new(&key_file).unwrap();
-    std::fs::write(dir.path().join("empty"), b"").unwrap();
-    let url = format!("http://{}/v1/origins/{}", daemon.addr, community.id());
+/// Signs a request to `url` with the Python RFC 9421 implementation; `target` and `nonce` "-"
+/// sign as releases before the target binding. Returns the headers to send.
+fn python_sign(
+    dir: &std::path::Path,
+    key: &NodeKey,
+    url: &str,
+    target: &str,
+    nonce: &str,
+) -> Vec<(String, String)> {
+    let key_file = dir.join("python.key");
+    let _ = std::fs::remove_file(&key_file);
+    key.write_new(&key_file).unwrap();
+    std::fs::write(dir.join("empty"), b"").unwrap();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/httpsig_interop.py");
     let out = Command::new(common::kinto::venv().join("bin/python"))
         .arg(script)
         .args([
             "sign",
             key_file.to_str().unwrap(),
-            &home.id().to_string(),
+            &key.id().to_string(),
             "GET",
-            &url,
+            url,
         ])
-        .arg(dir.path().join("empty"))
-        .arg(now().to_string())
+        .arg(dir.join("empty"))
+        .args([&now().to_string(), target, nonce])
         .output()
         .unwrap();
     assert!(
@@ -227,17 +213,62 @@ async fn a_request_signed_by_another_implementation_is_accepted() {
         String::from_utf8_lossy(&out.stderr)
     );
     let h: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let response = tandem::net::client_builder()
-        .build()
+    h.as_object()
         .unwrap()
-        .get(&url)
-        .header("content-digest", h["content-digest"].as_str().unwrap())
-        .header("signature-input", h["signature-input"].as_str().unwrap())
-        .header("signature", h["signature"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let body: Value = response.json().await.unwrap();
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+        .collect()
+}
+
+async fn send_get(url: &str, headers: &[(String, String)]) -> (u16, Value) {
+    let mut request = tandem::net::client_builder().build().unwrap().get(url);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_request_signed_by_another_implementation_is_accepted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = NodeKey::from_seed([11; 32]);
+    let (daemon, community) = start(dir.path(), &home, &NodeKey::from_seed([12; 32]));
+    let url = format!("http://{}/v1/origins/{}", daemon.addr, community.id());
+    let headers = python_sign(
+        dir.path(),
+        &home,
+        &url,
+        &community.id().to_string(),
+        "cHl0aG9uLW5vbmNlLTAwMQ",
+    );
+    let (status, body) = send_get(&url, &headers).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["head"]["seq"], 5);
+    // The nonce python chose is remembered: the same headers again are a replay.
+    let (status, body) = send_get(&url, &headers).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("already used"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_signature_of_the_previous_release_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = NodeKey::from_seed([11; 32]);
+    let (daemon, community) = start(dir.path(), &home, &NodeKey::from_seed([12; 32]));
+    let url = format!("http://{}/v1/origins/{}", daemon.addr, community.id());
+    // Covering method, path, query and digest, with no target and no nonce: what earlier
+    // releases signed.
+    let headers = python_sign(dir.path(), &home, &url, "-", "-");
+    let (status, body) = send_get(&url, &headers).await;
+    assert_eq!(status, 401, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("does not cover tandem-target") && error.contains("upgrade it"),
+        "{body}"
+    );
 }

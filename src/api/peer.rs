@@ -2,11 +2,14 @@
 //! and pushes answered with signed receipts.
 //!
 //! Every request must be signed by a node key (RFC 9421, see
-//! [`crate::protocol::signature`]) that a `[[peer]]` entry of the configuration names:
-//! unsigned or badly signed requests and unknown keys get `401` (an unknown `keyid` before any
-//! body is read); a known peer asking for an origin its lists do not grant gets `403`. Errors
-//! are JSON `{"error": …}`. Nothing is stored for a request before it is authenticated and
-//! authorized. A peer may always read its own feed back.
+//! [`crate::protocol::signature`]) that a `[[peer]]` entry of the configuration names, for this
+//! node (its id in the covered `tandem-target` header) and with a nonce not used before:
+//! unsigned, badly signed, replayed or misdirected requests and unknown keys get `401` before
+//! any of their body is read; a known peer asking for an origin its lists do not grant gets
+//! `403`. Errors are JSON `{"error": …}`. Nothing is stored for a request before it is
+//! authenticated and authorized. A peer may always read its own feed back. How much one peer
+//! and all of them together may hold (bodies in flight, long polls, remembered nonces) is
+//! bounded, and what happens beyond the bounds is said in [`guard`].
 //!
 //! Endpoints (bodies in [`crate::protocol::wire`]):
 //! - `GET /v1/node`: `{"id", "name", "version"}`.
@@ -19,13 +22,16 @@
 //!   checkpoint; a run up to the first checkpoint comes whole), `200` with a page body
 //!   (zstd when the request's `Accept-Encoding` lists it), or `204` when there is nothing after
 //!   `SEQ` even after waiting up to `S` seconds (at most 30; the long poll of continuous
-//!   replication). Every answer carries `Tandem-Head: <seq>`, the head held.
+//!   replication; a peer already holding [`guard::long_polls_for`] polls is answered at once).
+//!   Every answer carries `Tandem-Head: <seq>`, the head held.
 //! - `POST /v1/origins/{id}/entries`: a page (optionally `Content-Encoding: zstd`) of an origin
 //!   the caller's `accept` list grants. It is fully verified against the origin's key, then
 //!   stored in one transaction, and answered `200` with a receipt signed by this node. `400`: the
 //!   page does not verify; `409` with `"head"`: it does not link to what is held (start after
 //!   `head`), or it shows a fork (the origin is then frozen here); `413`: larger than
-//!   [`MAX_BODY`]; `507`: past the caller's `quota`.
+//!   [`MAX_BODY`]; `507`: past the caller's `quota`. Like every body, it is first checked
+//!   against its `Content-Digest` (`400`), and refused with `429`/`503` while the caller or
+//!   this node already reads as many bodies as [`guard`] allows.
 //! - `GET /v1/origins/{id}/snapshots?after=SEQ`: `{"snapshots": [snapshot…]}`, the origin's
 //!   snapshots after `SEQ` (for readers granted by `serve`).
 //! - `POST /v1/origins/{id}/snapshots`: one snapshot (JSON) of an origin the caller may push;
@@ -39,17 +45,20 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+pub mod guard;
+
+use guard::Caller;
+
 use crate::config::{OriginRef, PeerConfig};
 use crate::feed::{Receipt, Seq, verify_batch};
 use crate::identity::{NodeId, NodeKey};
-use crate::protocol::signature::{self, RequestParts};
 use crate::protocol::wire::{self, CheckpointDoc, ErrorDoc, HeadDoc, OriginDoc};
 use crate::replicate::Changes;
 use crate::store::{Store, StoreError};
@@ -82,10 +91,6 @@ pub struct PeerState {
     pub stopping: tokio_util::sync::CancellationToken,
 }
 
-/// The authenticated caller, put in the request's extensions by [`authenticate`].
-#[derive(Clone)]
-struct Caller(Arc<PeerConfig>);
-
 /// The `/v1/` router, behind signature authentication.
 pub fn router(state: Arc<PeerState>) -> Router {
     Router::new()
@@ -98,9 +103,12 @@ pub fn router(state: Arc<PeerState>) -> Router {
             "/v1/origins/{id}/snapshots",
             get(snapshots).post(push_snapshot),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        // The middleware enforces MAX_BODY before authentication; axum's own 2 MiB default for
-        // body extractors would otherwise refuse pages the protocol allows.
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), Arc::new(guard::Guard::new(&state.peers))),
+            guard::authenticate,
+        ))
+        // The middleware reads bodies (after authentication) up to MAX_BODY; axum's own 2 MiB
+        // default for body extractors would otherwise refuse pages the protocol allows.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -115,91 +123,6 @@ fn error_with_head(status: StatusCode, message: String, head: u64) -> Response {
         head: Some(head),
     };
     (status, axum::Json(doc)).into_response()
-}
-
-/// Verifies the request's signature and finds the peer it comes from.
-async fn authenticate(
-    State(state): State<Arc<PeerState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    // Who claims to call, before reading any body: unknown keys are refused at once.
-    let peer = match signature::claimed_signer(header("signature-input")) {
-        Ok(id) => match state.peers.iter().find(|p| p.id == id) {
-            Some(peer) => peer,
-            None => {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    format!("unknown key {id}: no [[peer]] has this id"),
-                );
-            }
-        },
-        Err(e) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                format!("request not authenticated: {e}"),
-            );
-        }
-    };
-    let declared = header("content-length").and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than {MAX_BODY} bytes"),
-        );
-    }
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(body) => body,
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body larger than {MAX_BODY} bytes"),
-                )
-            } else {
-                error(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
-            };
-        }
-    };
-    let request_parts = RequestParts {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query(),
-        content_digest: header("content-digest"),
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    match signature::verify(
-        &request_parts,
-        header("signature-input"),
-        header("signature"),
-        &body,
-        now,
-    ) {
-        Ok(signer) if signer == peer.id => {}
-        Ok(signer) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                format!("signed by {signer}, not by the key it names"),
-            );
-        }
-        Err(e) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                format!("request not authenticated: {e}"),
-            );
-        }
-    }
-    let mut request = Request::from_parts(parts, Body::from(body));
-    request
-        .extensions_mut()
-        .insert(Caller(Arc::new(peer.clone())));
-    next.run(request).await
 }
 
 async fn node(State(state): State<Arc<PeerState>>) -> Response {
@@ -281,10 +204,10 @@ fn readable<Q>(
         ));
     };
     let query = query.map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
-    if !may_read(state, &caller.0, origin) {
+    if !may_read(state, &caller.peer, origin) {
         return Err(error(
             StatusCode::FORBIDDEN,
-            format!("peer {} may not read origin {origin}", caller.0.name),
+            format!("peer {} may not read origin {origin}", caller.peer.name),
         ));
     }
     Ok((origin, query.0))
@@ -360,7 +283,7 @@ async fn origins(
     match read_store(&state, move |s| {
         s.origins()?
             .into_iter()
-            .filter(|o| may_read(&shared, &caller.0, o.id))
+            .filter(|o| may_read(&shared, &caller.peer, o.id))
             .map(|o| describe(s, o.id, o.is_self))
             .collect::<Result<Vec<_>, _>>()
     })
@@ -382,10 +305,10 @@ async fn origin(
     let Ok(origin) = id.parse::<NodeId>() else {
         return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
     };
-    if !may_read(&state, &caller.0, origin) && !grants(&state, &caller.0.accept, origin) {
+    if !may_read(&state, &caller.peer, origin) && !grants(&state, &caller.peer.accept, origin) {
         return error(
             StatusCode::FORBIDDEN,
-            format!("peer {} may not read origin {origin}", caller.0.name),
+            format!("peer {} may not read origin {origin}", caller.peer.name),
         );
     }
     let is_self = origin == state.node;
@@ -424,14 +347,29 @@ async fn entries(
         .limit
         .unwrap_or(crate::peer::PAGE_ENTRIES)
         .clamp(1, MAX_PAGE_ENTRIES);
-    let deadline =
-        tokio::time::Instant::now() + std::time::Duration::from_secs(query.wait).min(MAX_WAIT);
     if query.after > crate::feed::MAX_SEQ {
         return error(
             StatusCode::BAD_REQUEST,
             format!("after must be at most {}", crate::feed::MAX_SEQ),
         );
     }
+    // A long poll holds one of the caller's slots while it waits; without a free slot it is
+    // answered at once, as if it asked no wait (see `guard`).
+    let mut wait = std::time::Duration::from_secs(query.wait).min(MAX_WAIT);
+    let _slot = if wait.is_zero() {
+        None
+    } else {
+        match caller.polls.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                tracing::debug!(peer = %caller.peer.name, "peer api: long poll answered at once, the peer holds its share");
+                guard::refused("long_polls");
+                wait = std::time::Duration::ZERO;
+                None
+            }
+        }
+    };
+    let deadline = tokio::time::Instant::now() + wait;
     let after = Seq(query.after);
     let mut changed = state.changes.subscribe();
     let mut pull_recorded = false;
@@ -466,7 +404,7 @@ async fn entries(
             // The caller says, in a request it signed, that it holds this node's feed up to
             // `after` (a request below the base got 410 above and says nothing): compaction
             // waits for it (see `retention::Holders`). Unrecorded, it must ask again.
-            if let Err(response) = record_pull(&state, caller.0.id, after).await {
+            if let Err(response) = record_pull(&state, caller.peer.id, after).await {
                 return response;
             }
             pull_recorded = true;
@@ -500,7 +438,7 @@ async fn entries(
                 axum::http::HeaderValue::from_static(wire::PAGE_TYPE),
             );
             h.insert("tandem-head", head.into());
-            metrics::counter!(telemetry::ENTRIES_SERVED, "peer" => caller.0.name.clone())
+            metrics::counter!(telemetry::ENTRIES_SERVED, "peer" => caller.peer.name.clone())
                 .increment(count as u64);
             return response;
         }
@@ -560,7 +498,7 @@ async fn push(
     let Ok(origin) = id.parse::<NodeId>() else {
         return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
     };
-    let peer = caller.0;
+    let peer = caller.peer;
     if origin == state.node {
         return error(
             StatusCode::FORBIDDEN,
@@ -721,7 +659,7 @@ async fn push_snapshot(
     let Ok(origin) = id.parse::<NodeId>() else {
         return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
     };
-    let peer = caller.0;
+    let peer = caller.peer;
     if origin == state.node || !grants(&state, &peer.accept, origin) {
         return error(
             StatusCode::FORBIDDEN,

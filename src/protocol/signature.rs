@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! Content-Digest: sha-256=:<base64 of SHA-256(body)>:        (also for an empty body)
-//! Signature-Input: tandem=("@method" "@path" "@query" "content-digest");created=<unix seconds>;keyid="ed25519:…";alg="ed25519"
+//! Tandem-Target: ed25519:…                                    (the node the request is for)
+//! Signature-Input: tandem=("@method" "@path" "@query" "content-digest" "tandem-target");created=<unix seconds>;keyid="ed25519:…";alg="ed25519";nonce="<random>"
 //! Signature: tandem=:<base64 of the 64-byte ed25519 signature>:
 //! ```
 //!
@@ -14,14 +15,35 @@
 //! with `\n`. `@query` is `?` followed by the query string (just `?` without one). `keyid` is
 //! the signer's node id, and the key that verifies.
 //!
-//! A verifier requires at least these four components, `created` within ±300 s of its clock,
-//! `alg` absent or `ed25519`, `expires` (if present) in the future, and a `Content-Digest`
-//! (SHA-256 or SHA-512; every one given must match) equal to the body. Signatures made by any
-//! RFC 9421 implementation with these parameters verify; the tests check this against the
-//! Python `http-message-signatures` package in both directions.
+//! ## Binding a signature to one request at one node
+//!
+//! Method, path, query and body digest alone would let whoever receives a signed request use it
+//! again: at the same node within the clock window, or at another node that knows the same
+//! signer (a peer that gets a signed `GET …/entries` could read another node's copy of an
+//! origin it may not read itself). Two more things are therefore signed:
+//!
+//! - **The target node**, as the `tandem-target` header holding the receiving node's id, which
+//!   a verifier compares with its own. Not `@authority`: behind a reverse proxy or a TLS
+//!   terminator the host a node sees is rarely the one its peers dial, one node may be reached
+//!   under several names, and `public_url` is optional; a node's id is the one name that is the
+//!   same on both ends, and the caller already has it from its `[[peer]]` entry.
+//! - **A nonce**, the `nonce` signature parameter: 16 random bytes per request (base64url).
+//!   The verifier remembers `(keyid, nonce)` until the signature's `created` leaves the clock
+//!   window, and refuses a second use ([`crate::protocol::replay`]).
+//!
+//! A verifier requires these five components and the nonce (a signature without them comes
+//! from a release before the binding, and the error says to upgrade that node), `created`
+//! within ±300 s of its clock, `alg` absent or `ed25519`, `expires` (if present) in the future,
+//! and a `Content-Digest` (SHA-256 or SHA-512; every one given must match). [`verify`] checks
+//! all of that without the body, which the signature does not cover directly: it hands back a
+//! [`DigestCheck`] for the covered `Content-Digest`, through which the caller streams the body
+//! once the signer is known, so that nothing of an unauthenticated request is ever read.
+//!
+//! Signatures made by any RFC 9421 implementation with these parameters verify; the tests check
+//! this against the Python `http-message-signatures` package in both directions.
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sfv::{BareItem, Dictionary, FieldType, Integer, KeyRef, ListEntry, Parser, StringRef};
 use sha2::Digest;
 
@@ -31,8 +53,20 @@ use crate::identity::{NodeId, NodeKey};
 pub const LABEL: &str = "tandem";
 /// Largest accepted difference between `created` and the verifier's clock, in seconds.
 pub const MAX_SKEW_SECS: i64 = 300;
+/// The header naming the node a request is for (its id); covered by every signature.
+pub const TARGET_HEADER: &str = "tandem-target";
 /// Components every signature must cover, in the order tandem signs them.
-pub const COVERED: [&str; 4] = ["@method", "@path", "@query", "content-digest"];
+pub const COVERED: [&str; 5] = [
+    "@method",
+    "@path",
+    "@query",
+    "content-digest",
+    TARGET_HEADER,
+];
+/// Shortest accepted nonce, in characters (tandem sends 22: 16 random bytes, base64url).
+pub const MIN_NONCE_LEN: usize = 16;
+/// Longest accepted nonce, in characters: what a verifier remembers per request stays small.
+pub const MAX_NONCE_LEN: usize = 64;
 
 /// Why a request's signature was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +85,13 @@ pub enum SignatureError {
     /// A required component is not covered.
     #[error("the signature does not cover {0}")]
     NotCovered(&'static str),
+    /// The signature lacks what binds it to its target and to one use: the signer runs a
+    /// release from before that binding.
+    #[error(
+        "the signature does not cover {0}, which tandem {version} requires (it binds a request to the node it is for and to one use); the signing node runs an older tandem: upgrade it",
+        version = env!("CARGO_PKG_VERSION")
+    )]
+    Outdated(&'static str),
     /// A covered component this verifier cannot reconstruct.
     #[error("the signature covers {0:?}, which tandem does not support")]
     Unsupported(String),
@@ -68,6 +109,16 @@ pub enum SignatureError {
     /// `keyid` is not a node id.
     #[error("keyid {0:?} is not a node id")]
     KeyId(String),
+    /// The request was signed for another node.
+    #[error(
+        "the request was signed for node {signed_for}, not for this node ({this}); a request signed for one node is refused by every other"
+    )]
+    WrongTarget {
+        /// The `tandem-target` the signature covers.
+        signed_for: String,
+        /// This node.
+        this: NodeId,
+    },
     /// The body does not match `Content-Digest`.
     #[error("the body does not match its content-digest")]
     Digest,
@@ -76,7 +127,7 @@ pub enum SignatureError {
     Bad,
 }
 
-/// The parts of a request that a signature covers.
+/// The parts of a received request that a signature covers.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestParts<'a> {
     /// Method, e.g. `GET`.
@@ -87,6 +138,21 @@ pub struct RequestParts<'a> {
     pub query: Option<&'a str>,
     /// The `Content-Digest` header value, if present.
     pub content_digest: Option<&'a str>,
+    /// The `Tandem-Target` header value, if present.
+    pub target: Option<&'a str>,
+}
+
+/// A request about to be signed: what it asks of which node.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The node the request is for (its `[[peer]]` id).
+    pub target: NodeId,
+    /// Method, e.g. `GET`.
+    pub method: &'a str,
+    /// Path, e.g. `/v1/origins`.
+    pub path: &'a str,
+    /// Query string without the `?`, if any.
+    pub query: Option<&'a str>,
 }
 
 /// Headers that carry a signature.
@@ -94,10 +160,37 @@ pub struct RequestParts<'a> {
 pub struct SignatureHeaders {
     /// `Content-Digest`.
     pub content_digest: String,
+    /// `Tandem-Target`.
+    pub target: String,
     /// `Signature-Input`.
     pub signature_input: String,
     /// `Signature`.
     pub signature: String,
+}
+
+impl SignatureHeaders {
+    /// The headers as (name, value) pairs, to add to a request.
+    pub fn pairs(&self) -> [(&'static str, &str); 4] {
+        [
+            ("content-digest", &self.content_digest),
+            (TARGET_HEADER, &self.target),
+            ("signature-input", &self.signature_input),
+            ("signature", &self.signature),
+        ]
+    }
+}
+
+/// What a verified signature establishes. The body is not checked yet: feed it to `digest`.
+#[derive(Debug)]
+pub struct Verified {
+    /// Who signed (the `keyid`, whose key verified).
+    pub signer: NodeId,
+    /// `created`, in Unix seconds.
+    pub created: i64,
+    /// The signature's nonce: a verifier must accept it once per signer.
+    pub nonce: String,
+    /// The check of the covered `Content-Digest` against the body.
+    pub digest: DigestCheck,
 }
 
 /// `sha-256=:<base64>:` for `body`.
@@ -105,23 +198,36 @@ pub fn content_digest(body: &[u8]) -> String {
     format!("sha-256=:{}:", STANDARD.encode(sha2::Sha256::digest(body)))
 }
 
-/// Signs a request as `key` at `created` (Unix seconds).
-pub fn sign(
+/// A fresh nonce: 16 bytes from the operating system's random source, base64url.
+pub fn new_nonce() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system random source failed");
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Signs `request` with `body` as `key` at `created` (Unix seconds), with a fresh nonce.
+pub fn sign(key: &NodeKey, request: &Outgoing<'_>, body: &[u8], created: i64) -> SignatureHeaders {
+    sign_with_nonce(key, request, body, created, &new_nonce())
+}
+
+/// [`sign`] with a given nonce (tests, and whoever must reproduce a signature).
+pub fn sign_with_nonce(
     key: &NodeKey,
-    method: &str,
-    path: &str,
-    query: Option<&str>,
+    request: &Outgoing<'_>,
     body: &[u8],
     created: i64,
+    nonce: &str,
 ) -> SignatureHeaders {
     let content_digest = content_digest(body);
+    let target = request.target.to_string();
     let keyid = key.id().to_string();
-    let params = signature_params(&COVERED, created, &keyid);
+    let params = signature_params(&COVERED, created, &keyid, nonce);
     let parts = RequestParts {
-        method,
-        path,
-        query,
+        method: request.method,
+        path: request.path,
+        query: request.query,
         content_digest: Some(&content_digest),
+        target: Some(&target),
     };
     let base =
         signature_base(&parts, &COVERED, &params).expect("tandem's own components are supported");
@@ -130,11 +236,12 @@ pub fn sign(
         signature_input: format!("{LABEL}={params}"),
         signature: format!("{LABEL}=:{}:", STANDARD.encode(signature)),
         content_digest,
+        target,
     }
 }
 
 /// The `keyid` a `Signature-Input` header names, without verifying anything: lets a server
-/// refuse unknown keys before it reads a request's body.
+/// refuse unknown keys before it does any other work for a request.
 pub fn claimed_signer(signature_input: Option<&str>) -> Result<NodeId, SignatureError> {
     let input = signature_input.ok_or(SignatureError::Missing("signature-input"))?;
     let malformed = |why: String| SignatureError::Malformed {
@@ -157,14 +264,16 @@ pub fn claimed_signer(signature_input: Option<&str>) -> Result<NodeId, Signature
     keyid.parse().map_err(|_| SignatureError::KeyId(keyid))
 }
 
-/// Verifies a request's signature and body digest at `now` (Unix seconds). Returns the signer.
+/// Verifies a request's signature at `now` (Unix seconds) as the node `this`: everything but
+/// the body, which the caller then checks through [`Verified::digest`]. Does not know which
+/// nonces were used before; the caller must refuse a second use ([`crate::protocol::replay`]).
 pub fn verify(
     parts: &RequestParts<'_>,
     signature_input: Option<&str>,
     signature: Option<&str>,
-    body: &[u8],
+    this: NodeId,
     now: i64,
-) -> Result<NodeId, SignatureError> {
+) -> Result<Verified, SignatureError> {
     let input = signature_input.ok_or(SignatureError::Missing("signature-input"))?;
     let signature = signature.ok_or(SignatureError::Missing("signature"))?;
     let malformed = |header, why: &str| SignatureError::Malformed {
@@ -195,7 +304,11 @@ pub fn verify(
     }
     for required in COVERED {
         if !components.iter().any(|c| c == required) {
-            return Err(SignatureError::NotCovered(required));
+            return Err(if required == TARGET_HEADER {
+                SignatureError::Outdated(TARGET_HEADER)
+            } else {
+                SignatureError::NotCovered(required)
+            });
         }
     }
     let param = |name: &str| {
@@ -203,6 +316,19 @@ pub fn verify(
             .iter()
             .find(|(k, _)| k.as_str() == name)
             .map(|(_, v)| v)
+    };
+    let nonce = match param("nonce") {
+        None => return Err(SignatureError::Outdated("a nonce parameter")),
+        Some(nonce) => nonce
+            .as_string()
+            .map(|s| s.as_str().to_owned())
+            .filter(|n| (MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&n.len()))
+            .ok_or_else(|| {
+                malformed(
+                    "signature-input",
+                    "nonce must be a string of 16 to 64 characters",
+                )
+            })?,
     };
     let created = param("created")
         .and_then(BareItem::as_integer)
@@ -237,11 +363,20 @@ pub fn verify(
         .parse()
         .map_err(|_| SignatureError::KeyId(keyid.clone()))?;
 
-    check_content_digest(
+    let target = parts
+        .target
+        .ok_or(SignatureError::Missing(TARGET_HEADER))?
+        .trim();
+    if target.parse::<NodeId>().ok() != Some(this) {
+        return Err(SignatureError::WrongTarget {
+            signed_for: target.chars().take(80).collect(),
+            this,
+        });
+    }
+    let digest = DigestCheck::parse(
         parts
             .content_digest
             .ok_or(SignatureError::Missing("content-digest"))?,
-        body,
     )?;
 
     let params = vec![ListEntry::InnerList(list.clone())]
@@ -262,44 +397,111 @@ pub fn verify(
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| malformed("signature", "not a 64-byte sequence"))?;
     if signer.verify(base.as_bytes(), &bytes) {
-        Ok(signer)
+        Ok(Verified {
+            signer,
+            created,
+            nonce,
+            digest,
+        })
     } else {
         Err(SignatureError::Bad)
+    }
+}
+
+/// The check of a body against a `Content-Digest` value, fed chunk by chunk as the body
+/// arrives: at least one of `sha-256`, `sha-512` must be given, and every one given must match.
+pub struct DigestCheck {
+    sha256: Option<(sha2::Sha256, Vec<u8>)>,
+    sha512: Option<(sha2::Sha512, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for DigestCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DigestCheck")
+            .field("sha256", &self.sha256.is_some())
+            .field("sha512", &self.sha512.is_some())
+            .finish()
+    }
+}
+
+impl DigestCheck {
+    /// Parses a `Content-Digest` value. Other algorithms than SHA-256 and SHA-512 are ignored;
+    /// a value with neither is refused.
+    pub fn parse(header: &str) -> Result<DigestCheck, SignatureError> {
+        let malformed = |why: String| SignatureError::Malformed {
+            header: "content-digest",
+            why,
+        };
+        let digests: Dictionary = Parser::new(header)
+            .parse()
+            .map_err(|e| malformed(e.to_string()))?;
+        let mut check = DigestCheck {
+            sha256: None,
+            sha512: None,
+        };
+        for (name, entry) in &digests {
+            let expected = match entry {
+                ListEntry::Item(item) => item.bare_item.as_byte_sequence().map(<[u8]>::to_vec),
+                ListEntry::InnerList(_) => None,
+            };
+            match name.as_str() {
+                "sha-256" => {
+                    let expected = expected
+                        .filter(|e| e.len() == 32)
+                        .ok_or_else(|| malformed("sha-256 is not a 32-byte sequence".into()))?;
+                    check.sha256 = Some((sha2::Sha256::new(), expected));
+                }
+                "sha-512" => {
+                    let expected = expected
+                        .filter(|e| e.len() == 64)
+                        .ok_or_else(|| malformed("sha-512 is not a 64-byte sequence".into()))?;
+                    check.sha512 = Some((sha2::Sha512::new(), expected));
+                }
+                _ => {}
+            }
+        }
+        if check.sha256.is_none() && check.sha512.is_none() {
+            return Err(malformed("no sha-256 or sha-512 digest".into()));
+        }
+        Ok(check)
+    }
+
+    /// Adds the next chunk of the body.
+    pub fn update(&mut self, chunk: &[u8]) {
+        if let Some((hasher, _)) = &mut self.sha256 {
+            hasher.update(chunk);
+        }
+        if let Some((hasher, _)) = &mut self.sha512 {
+            hasher.update(chunk);
+        }
+    }
+
+    /// Whether the body fed so far is the one the header names.
+    pub fn finish(self) -> Result<(), SignatureError> {
+        let sha256 = self
+            .sha256
+            .is_none_or(|(h, expected)| h.finalize().as_slice() == expected.as_slice());
+        let sha512 = self
+            .sha512
+            .is_none_or(|(h, expected)| h.finalize().as_slice() == expected.as_slice());
+        if sha256 && sha512 {
+            Ok(())
+        } else {
+            Err(SignatureError::Digest)
+        }
+    }
+
+    /// Checks a whole body at once.
+    pub fn check(mut self, body: &[u8]) -> Result<(), SignatureError> {
+        self.update(body);
+        self.finish()
     }
 }
 
 /// Checks a `Content-Digest` value against `body`: at least one of `sha-256`, `sha-512`, and
 /// every one given must match.
 pub fn check_content_digest(header: &str, body: &[u8]) -> Result<(), SignatureError> {
-    let digests: Dictionary =
-        Parser::new(header)
-            .parse()
-            .map_err(|e| SignatureError::Malformed {
-                header: "content-digest",
-                why: e.to_string(),
-            })?;
-    let mut checked = 0;
-    for (name, entry) in &digests {
-        let expected: Vec<u8> = match name.as_str() {
-            "sha-256" => sha2::Sha256::digest(body).to_vec(),
-            "sha-512" => sha2::Sha512::digest(body).to_vec(),
-            _ => continue,
-        };
-        let ListEntry::Item(item) = entry else {
-            return Err(SignatureError::Digest);
-        };
-        if item.bare_item.as_byte_sequence() != Some(expected.as_slice()) {
-            return Err(SignatureError::Digest);
-        }
-        checked += 1;
-    }
-    if checked == 0 {
-        return Err(SignatureError::Malformed {
-            header: "content-digest",
-            why: "no sha-256 or sha-512 digest".into(),
-        });
-    }
-    Ok(())
+    DigestCheck::parse(header)?.check(body)
 }
 
 fn member<'a>(dict: &'a Dictionary, name: &str) -> Option<&'a ListEntry> {
@@ -309,7 +511,7 @@ fn member<'a>(dict: &'a Dictionary, name: &str) -> Option<&'a ListEntry> {
 }
 
 /// The serialized inner list of `components` with tandem's parameters.
-fn signature_params(components: &[&str], created: i64, keyid: &str) -> String {
+fn signature_params(components: &[&str], created: i64, keyid: &str, nonce: &str) -> String {
     let key = |k| KeyRef::from_str(k).expect("a valid key");
     let string = |s| StringRef::from_str(s).expect("an ASCII string");
     let mut ser = sfv::ListSerializer::new();
@@ -324,6 +526,7 @@ fn signature_params(components: &[&str], created: i64, keyid: &str) -> String {
             .parameter(key("created"), Integer::constant(created))
             .parameter(key("keyid"), string(keyid))
             .parameter(key("alg"), string("ed25519"))
+            .parameter(key("nonce"), string(nonce))
             .finish();
     }
     ser.finish().expect("a non-empty list")
@@ -346,6 +549,11 @@ fn signature_base(
                 .ok_or(SignatureError::Missing("content-digest"))?
                 .trim()
                 .to_owned(),
+            TARGET_HEADER => parts
+                .target
+                .ok_or(SignatureError::Missing(TARGET_HEADER))?
+                .trim()
+                .to_owned(),
             other => return Err(SignatureError::Unsupported(other.to_owned())),
         };
         base.push_str(&format!("\"{name}\": {value}\n"));
@@ -359,6 +567,20 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_795_700_000;
+    const NONCE: &str = "AAECAwQFBgcICQoLDA0ODw";
+
+    fn this() -> NodeId {
+        NodeKey::from_seed([9; 32]).id()
+    }
+
+    fn outgoing(query: Option<&str>) -> Outgoing<'_> {
+        Outgoing {
+            target: this(),
+            method: "POST",
+            path: "/v1/origins/x/entries",
+            query,
+        }
+    }
 
     fn parts<'a>(h: &'a SignatureHeaders, query: Option<&'a str>) -> RequestParts<'a> {
         RequestParts {
@@ -366,101 +588,114 @@ mod tests {
             path: "/v1/origins/x/entries",
             query,
             content_digest: Some(&h.content_digest),
+            target: Some(&h.target),
         }
     }
 
+    /// Verifies the signature and the body, as a server does in two steps.
+    fn check(
+        p: &RequestParts<'_>,
+        h: &SignatureHeaders,
+        body: &[u8],
+        now: i64,
+    ) -> Result<NodeId, SignatureError> {
+        let verified = verify(p, Some(&h.signature_input), Some(&h.signature), this(), now)?;
+        verified.digest.check(body)?;
+        Ok(verified.signer)
+    }
+
     #[test]
-    fn a_signature_verifies_and_names_its_signer() {
+    fn a_signature_verifies_and_names_its_signer_and_nonce() {
         let key = NodeKey::from_seed([3; 32]);
-        let h = sign(
-            &key,
-            "POST",
-            "/v1/origins/x/entries",
-            Some("after=5"),
-            b"body",
-            NOW,
+        let h = sign_with_nonce(&key, &outgoing(Some("after=5")), b"body", NOW, NONCE);
+        assert!(h.signature_input.starts_with(r#"tandem=("@method" "@path" "@query" "content-digest" "tandem-target");created=1795700000;keyid="ed25519:"#));
+        assert!(
+            h.signature_input
+                .ends_with(&format!(r#"alg="ed25519";nonce="{NONCE}""#))
         );
-        assert!(h.signature_input.starts_with(r#"tandem=("@method" "@path" "@query" "content-digest");created=1795700000;keyid="ed25519:"#));
-        let signer = verify(
+        assert_eq!(h.target, this().to_string());
+        let verified = verify(
             &parts(&h, Some("after=5")),
             Some(&h.signature_input),
             Some(&h.signature),
-            b"body",
+            this(),
             NOW + 10,
         )
         .unwrap();
-        assert_eq!(signer, key.id());
+        assert_eq!(
+            (verified.signer, verified.created, verified.nonce.as_str()),
+            (key.id(), NOW, NONCE)
+        );
+        verified.digest.check(b"body").unwrap();
+        // Every signature gets its own nonce.
+        let (a, b) = (
+            sign(&key, &outgoing(None), b"", NOW),
+            sign(&key, &outgoing(None), b"", NOW),
+        );
+        assert_ne!(a.signature_input, b.signature_input);
     }
 
     #[test]
     fn any_change_to_what_is_covered_fails() {
         let key = NodeKey::from_seed([3; 32]);
-        let h = sign(
-            &key,
-            "POST",
-            "/v1/origins/x/entries",
-            Some("after=5"),
-            b"body",
-            NOW,
-        );
+        let h = sign_with_nonce(&key, &outgoing(Some("after=5")), b"body", NOW, NONCE);
         let ok = parts(&h, Some("after=5"));
-        let check = |p: &RequestParts<'_>, body: &[u8], now: i64| {
-            verify(p, Some(&h.signature_input), Some(&h.signature), body, now)
-        };
+        let bad = |p: RequestParts<'_>| check(&p, &h, b"body", NOW);
         assert_eq!(
-            check(
-                &RequestParts {
-                    method: "GET",
-                    ..ok
-                },
-                b"body",
-                NOW
-            ),
+            bad(RequestParts {
+                method: "GET",
+                ..ok
+            }),
             Err(SignatureError::Bad)
         );
         assert_eq!(
-            check(
-                &RequestParts {
-                    path: "/v1/origins/y/entries",
-                    ..ok
-                },
-                b"body",
-                NOW
-            ),
+            bad(RequestParts {
+                path: "/v1/origins/y/entries",
+                ..ok
+            }),
             Err(SignatureError::Bad)
         );
         assert_eq!(
-            check(
-                &RequestParts {
-                    query: Some("after=6"),
-                    ..ok
-                },
-                b"body",
-                NOW
-            ),
+            bad(RequestParts {
+                query: Some("after=6"),
+                ..ok
+            }),
             Err(SignatureError::Bad)
         );
         assert_eq!(
-            check(&RequestParts { query: None, ..ok }, b"body", NOW),
+            bad(RequestParts { query: None, ..ok }),
             Err(SignatureError::Bad)
         );
-        assert_eq!(check(&ok, b"bodY", NOW), Err(SignatureError::Digest));
+        let other_digest = content_digest(b"bodY");
         assert_eq!(
-            check(&ok, b"body", NOW + 301),
+            bad(RequestParts {
+                content_digest: Some(&other_digest),
+                ..ok
+            }),
+            Err(SignatureError::Bad)
+        );
+        assert_eq!(check(&ok, &h, b"bodY", NOW), Err(SignatureError::Digest));
+        assert_eq!(
+            check(&ok, &h, b"body", NOW + 301),
             Err(SignatureError::Skew(301))
         );
         assert_eq!(
-            check(&ok, b"body", NOW - 301),
+            check(&ok, &h, b"body", NOW - 301),
             Err(SignatureError::Skew(-301))
         );
+        // Another nonce in the same headers.
+        let renonced = h.signature_input.replace(NONCE, "BBECAwQFBgcICQoLDA0ODw");
+        assert_eq!(
+            verify(&ok, Some(&renonced), Some(&h.signature), this(), NOW).unwrap_err(),
+            SignatureError::Bad
+        );
         // Another key cannot pass as this one.
-        let other = sign(
+        let other = sign_with_nonce(
             &NodeKey::from_seed([4; 32]),
-            "POST",
-            "/v1/origins/x/entries",
-            Some("after=5"),
+            &outgoing(Some("after=5")),
             b"body",
             NOW,
+            NONCE,
         );
         let forged_input = other.signature_input.replace(
             &NodeKey::from_seed([4; 32]).id().to_string(),
@@ -471,46 +706,118 @@ mod tests {
                 &ok,
                 Some(&forged_input),
                 Some(&other.signature),
-                b"body",
+                this(),
                 NOW
-            ),
-            Err(SignatureError::Bad)
+            )
+            .unwrap_err(),
+            SignatureError::Bad
         );
+    }
+
+    #[test]
+    fn a_request_signed_for_another_node_is_refused_there() {
+        let key = NodeKey::from_seed([3; 32]);
+        let elsewhere = NodeKey::from_seed([5; 32]).id();
+        let h = sign_with_nonce(&key, &outgoing(None), b"", NOW, NONCE);
+        let p = parts(&h, None);
+        // At the node it was signed for it verifies; at another it does not, whatever the
+        // header then says.
+        verify(
+            &p,
+            Some(&h.signature_input),
+            Some(&h.signature),
+            this(),
+            NOW,
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(&p, Some(&h.signature_input), Some(&h.signature), elsewhere, NOW),
+            Err(SignatureError::WrongTarget { this, .. }) if this == elsewhere
+        ));
+        let retargeted = elsewhere.to_string();
+        let p = RequestParts {
+            target: Some(&retargeted),
+            ..p
+        };
+        assert_eq!(
+            verify(
+                &p,
+                Some(&h.signature_input),
+                Some(&h.signature),
+                elsewhere,
+                NOW
+            )
+            .unwrap_err(),
+            SignatureError::Bad
+        );
+        let p = RequestParts { target: None, ..p };
+        assert_eq!(
+            verify(
+                &p,
+                Some(&h.signature_input),
+                Some(&h.signature),
+                elsewhere,
+                NOW
+            )
+            .unwrap_err(),
+            SignatureError::Missing(TARGET_HEADER)
+        );
+    }
+
+    #[test]
+    fn signatures_of_the_previous_release_are_refused_with_what_to_do() {
+        let key = NodeKey::from_seed([3; 32]);
+        let h = sign_with_nonce(&key, &outgoing(None), b"", NOW, NONCE);
+        let p = parts(&h, None);
+        let untargeted = h.signature_input.replace(r#" "tandem-target""#, "");
+        let e = verify(&p, Some(&untargeted), Some(&h.signature), this(), NOW).unwrap_err();
+        assert_eq!(e, SignatureError::Outdated(TARGET_HEADER));
+        assert!(e.to_string().contains("upgrade it"), "{e}");
+        let unnonced = h
+            .signature_input
+            .replace(&format!(r#";nonce="{NONCE}""#), "");
+        let e = verify(&p, Some(&unnonced), Some(&h.signature), this(), NOW).unwrap_err();
+        assert_eq!(e, SignatureError::Outdated("a nonce parameter"));
+        for nonce in ["short", &"n".repeat(65)] {
+            let odd = h.signature_input.replace(NONCE, nonce);
+            assert!(matches!(
+                verify(&p, Some(&odd), Some(&h.signature), this(), NOW),
+                Err(SignatureError::Malformed { .. })
+            ));
+        }
     }
 
     #[test]
     fn signatures_that_cover_too_little_or_use_other_algorithms_are_refused() {
         let key = NodeKey::from_seed([3; 32]);
-        let h = sign(&key, "GET", "/v1/node", None, b"", NOW);
-        let p = RequestParts {
-            method: "GET",
-            path: "/v1/node",
-            query: None,
-            content_digest: Some(&h.content_digest),
+        let h = sign_with_nonce(&key, &outgoing(None), b"", NOW, NONCE);
+        let p = parts(&h, None);
+        let verify_input = |input: Option<&str>| {
+            verify(&p, input, Some(&h.signature), this(), NOW).map(|v| v.signer)
         };
         let less = h.signature_input.replace(r#" "content-digest""#, "");
         assert_eq!(
-            verify(&p, Some(&less), Some(&h.signature), b"", NOW),
+            verify_input(Some(&less)),
             Err(SignatureError::NotCovered("content-digest"))
         );
         let rsa = h
             .signature_input
             .replace(r#"alg="ed25519""#, r#"alg="rsa-pss-sha512""#);
         assert!(matches!(
-            verify(&p, Some(&rsa), Some(&h.signature), b"", NOW),
+            verify_input(Some(&rsa)),
             Err(SignatureError::Algorithm(_))
         ));
         assert_eq!(
-            verify(&p, None, Some(&h.signature), b"", NOW),
+            verify_input(None),
             Err(SignatureError::Missing("signature-input"))
         );
         assert!(matches!(
-            verify(&p, Some("tandem=nonsense("), Some(&h.signature), b"", NOW),
+            verify_input(Some("tandem=nonsense(")),
             Err(SignatureError::Malformed { .. })
         ));
         let other_label = h.signature_input.replacen("tandem=", "sig1=", 1);
         assert!(matches!(
-            verify(&p, Some(&other_label), Some(&h.signature), b"", NOW),
+            verify_input(Some(&other_label)),
             Err(SignatureError::Malformed { .. })
         ));
     }
@@ -531,5 +838,19 @@ mod tests {
             Err(SignatureError::Digest)
         );
         assert!(check_content_digest("md5=:AAAA:", b"x").is_err());
+        assert!(check_content_digest("sha-256=:AAAA:", b"x").is_err());
+    }
+
+    #[test]
+    fn a_digest_fed_in_chunks_is_the_digest_of_the_whole() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut check = DigestCheck::parse(&content_digest(&body)).unwrap();
+        for chunk in body.chunks(4093) {
+            check.update(chunk);
+        }
+        check.finish().unwrap();
+        let mut short = DigestCheck::parse(&content_digest(&body)).unwrap();
+        short.update(&body[..body.len() - 1]);
+        assert_eq!(short.finish(), Err(SignatureError::Digest));
     }
 }

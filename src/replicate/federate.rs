@@ -130,7 +130,7 @@ impl Federation {
         changes: Changes,
     ) -> Result<Federation, PeerError> {
         let node = key.id();
-        let client = PeerClient::new(&peer.name, &peer.url, key)?;
+        let client = PeerClient::new(&peer.name, peer.id, &peer.url, key)?;
         Ok(Federation {
             peer: Arc::new(peer),
             client,

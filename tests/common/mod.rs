@@ -6,6 +6,7 @@ pub mod devices;
 pub mod follower;
 pub mod kinto;
 pub mod node;
+pub mod process;
 pub mod proxy;
 
 use std::path::Path;

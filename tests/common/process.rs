@@ -1,0 +1,68 @@
+//! tandem daemons run as real processes (`tandem run`), for tests that measure or signal the
+//! process itself: its memory, its exit. Each is killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running `tandem run` process.
+pub struct Daemon {
+    /// The process.
+    pub child: Child,
+    /// The address its HTTP listener bound (`listen = "127.0.0.1:0"` gives a free port).
+    pub addr: String,
+}
+
+impl Daemon {
+    /// Starts `tandem --config CONFIG run` and waits until it says where it listens.
+    pub fn spawn(config: &Path) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env_remove("TANDEM_CONFIG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("listen="))
+                {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the daemon started");
+        Daemon { child, addr }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of `/proc/PID/status` in bytes (`VmRSS`, `VmHWM`: given there in kB).
+    pub fn memory(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
+            * 1024
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
