@@ -83,12 +83,27 @@ pub struct Limits {
 impl Limits {
     /// The defaults, with `max_connections` when given (`[node] max_connections`), else
     /// derived from the descriptor limit (see [`default_max_connections`]).
+    /// Raises the descriptor limit either way (see [`raise_descriptor_limit`]).
     pub fn new(max_connections: Option<usize>) -> Limits {
+        let descriptors = raise_descriptor_limit();
+        let max_connections = match max_connections {
+            Some(n) => {
+                if n as u64 + RESERVED_DESCRIPTORS > descriptors {
+                    warn!(
+                        max_connections = n,
+                        descriptors,
+                        "max_connections leaves fewer than 32 descriptors for the store and outgoing requests"
+                    );
+                }
+                n
+            }
+            None => cap_for(descriptors),
+        };
         Limits {
             header_timeout: HEADER_TIMEOUT,
             body_grace: BODY_GRACE,
             body_min_rate: BODY_MIN_RATE,
-            max_connections: max_connections.unwrap_or_else(default_max_connections),
+            max_connections,
         }
     }
 }
@@ -259,11 +274,14 @@ pub async fn serve(
                 result = connection.as_mut() => log_end(result),
                 _ = conn.evict.cancelled() => {}
                 _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        result = connection.as_mut() => log_end(result),
-                        // An evicted connection during shutdown still goes at once.
-                        _ = conn.evict.cancelled() => {}
+                    // An idle connection (a head not complete yet included) closes at once; a
+                    // request in progress finishes first.
+                    if conn.busy.load(Ordering::Acquire) > 0 {
+                        connection.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            result = connection.as_mut() => log_end(result),
+                            _ = conn.evict.cancelled() => {}
+                        }
                     }
                 }
             }
