@@ -82,6 +82,9 @@ pub struct NodeConfig {
     pub public_url: Option<Url>,
     /// How many holders must acknowledge an entry of our feed for it to count as durable.
     pub durability: u32,
+    /// Most HTTP connections open at once; `None`: derived from the descriptor limit
+    /// (see [`crate::api::listen`]).
+    pub max_connections: Option<usize>,
 }
 
 /// How the password for the source is obtained.
@@ -293,6 +296,7 @@ impl Config {
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap()),
             public_url: raw.node.public_url.map(|u| u.0),
             durability: raw.node.durability.map_or(1, |d| d.0),
+            max_connections: raw.node.max_connections.map(|m| m.0),
         };
 
         let source = match raw.source {
@@ -492,6 +496,7 @@ struct RawNode {
     listen: Option<Listen>,
     public_url: Option<HttpUrl>,
     durability: Option<Durability>,
+    max_connections: Option<MaxConnections>,
 }
 
 #[derive(Deserialize)]
@@ -565,6 +570,19 @@ impl<'de> Deserialize<'de> for Durability {
                 "durability is a number of holders, at least 1",
             )),
             k => Ok(Durability(k)),
+        }
+    }
+}
+
+/// `[node] max_connections`: 1 to 1,000,000.
+struct MaxConnections(usize);
+impl<'de> Deserialize<'de> for MaxConnections {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            n @ 1..=1_000_000 => Ok(MaxConnections(n as usize)),
+            _ => Err(serde::de::Error::custom(
+                "max_connections is a number of connections, 1 to 1000000",
+            )),
         }
     }
 }
@@ -878,6 +896,9 @@ mod tests {
         assert_eq!(c.peers[0].quota, Some(5 << 30));
         let c = parse(&format!("[node]\nname = \"n\"\n{peer}")).unwrap();
         assert_eq!((c.node.durability, c.peers[0].quota), (1, None));
+        assert_eq!(c.node.max_connections, None);
+        let c = parse("[node]\nname = \"n\"\nmax_connections = 100\n").unwrap();
+        assert_eq!(c.node.max_connections, Some(100));
         for (text, line, key) in [
             (
                 format!("[node]\nname = \"n\"\n{peer}quota = \"lots\"\n"),
@@ -893,6 +914,11 @@ mod tests {
                 "[node]\nname = \"n\"\ndurability = 0\n".to_owned(),
                 3,
                 "node.durability",
+            ),
+            (
+                "[node]\nname = \"n\"\nmax_connections = 0\n".to_owned(),
+                3,
+                "node.max_connections",
             ),
         ] {
             let e = parse(&text).unwrap_err();

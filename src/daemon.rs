@@ -353,11 +353,18 @@ async fn serve_with(
         stopping: token.child_token(),
     });
     let server_token = token.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, api::router(state, peer_state))
-            .with_graceful_shutdown(server_token.cancelled_owned())
-            .await
-    });
+    let limits = api::listen::Limits::new(config.node.max_connections);
+    info!(
+        max_connections = limits.max_connections,
+        header_timeout = ?limits.header_timeout,
+        "http limits"
+    );
+    let server = tokio::spawn(api::listen::serve(
+        listener,
+        api::router(state, peer_state),
+        limits,
+        server_token.cancelled_owned(),
+    ));
 
     let admin_listener = api::admin::bind(&config.node.data_dir).with_context(|| {
         format!(

@@ -13,13 +13,13 @@
 //! cli/           one file per subcommand; the only place that prints for humans
 //! daemon         composition root of `tandem run`: builds everything, owns signals and shutdown
 //! api/           HTTP (axum): /healthz, /metrics, the signed peer API under /v1/ (api/peer;
-//!                authentication and per-peer limits in api/peer/guard), and the local admin
-//!                socket (api/admin)
+//!                authentication and per-peer limits in api/peer/guard), the local admin
+//!                socket (api/admin), and the listener's time limits and connection cap
+//!                (api/listen)
 //! scheduler      long-lived loops and their timing: ingest passes, pushes on change, long
 //!                polls, cron times, the recovery of the own feed before any append
 //! replicate/     one pass of work, no spawning, no timing: ingest (the kinto-tandem journal,
-//!                history and polling paths),
-//!                federate (push, pull, recover with one peer), restore (a state into Kinto),
+//!                history and polling paths), federate (push, pull, recover with one peer), restore (a state into Kinto),
 //!                archive (write, verify and load a portable archive)
 //! store/         the only SQLite user: feeds, checkpoints, state, cursors, fork evidence,
 //!                what holders acknowledged
@@ -31,8 +31,8 @@
 //!                leaves: the feed's byte format and signed statements (checkpoints, receipts,
 //!                snapshots and their state root), request signatures (RFC 9421) and the
 //!                nonces already seen, the page, receipt and archive formats, keys, TOML,
-//!                logging and metrics, retry timing, HTTP client set-up, which snapshots a
-//!                retention policy keeps
+//!                logging and metrics, retry timing, HTTP client set-up (no redirects, bounded
+//!                body reads), which snapshots a retention policy keeps
 //! ```
 //!
 //! Where to start reading: `feed` (the format everything else carries), then `store` (what is

@@ -47,6 +47,26 @@ pub enum PeerError {
         /// Its head for the origin, when it reports one (a push that does not link).
         head: Option<u64>,
     },
+    /// The peer answered with a redirect, which is never followed.
+    #[error(
+        "peer {peer} answered {status} redirecting to {location}; tandem does not follow redirects: set the peer's url to the address where it answers"
+    )]
+    Redirected {
+        /// The peer's name.
+        peer: String,
+        /// HTTP status.
+        status: u16,
+        /// Its `Location` header (at most 200 characters), or "nowhere".
+        location: String,
+    },
+    /// The peer's answer is larger than the protocol allows.
+    #[error("peer {peer} sent an answer larger than {limit} bytes")]
+    TooLarge {
+        /// The peer's name.
+        peer: String,
+        /// The bound, in bytes.
+        limit: usize,
+    },
     /// The peer's body is not what the protocol says.
     #[error("peer {peer} sent an invalid body: {source}")]
     Invalid {
@@ -171,41 +191,60 @@ impl PeerClient {
         if response.status().is_success() {
             return Ok(response);
         }
+        Err(self.refused(response).await)
+    }
+
+    /// The error for a non-2xx answer: a redirect (never followed: the request, signed for
+    /// this peer, would go wherever the answer says), or the peer's error document.
+    async fn refused(&self, response: reqwest::Response) -> PeerError {
         let status = response.status().as_u16();
-        let text = self
-            .read_capped(response, MAX_ERROR)
-            .await
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        if response.status().is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .map(|v| {
+                    String::from_utf8_lossy(v.as_bytes())
+                        .chars()
+                        .take(200)
+                        .collect()
+                })
+                .unwrap_or_else(|| "nowhere".to_owned());
+            return PeerError::Redirected {
+                peer: self.name.clone(),
+                status,
+                location,
+            };
+        }
+        let text =
+            String::from_utf8_lossy(&net::read_prefix(response, MAX_ERROR).await).into_owned();
         let doc: Option<ErrorDoc> = serde_json::from_str(&text).ok();
-        Err(PeerError::Refused {
+        PeerError::Refused {
             peer: self.name.clone(),
             status,
             message: doc
                 .as_ref()
                 .map_or_else(|| text.chars().take(200).collect(), |d| d.error.clone()),
             head: doc.and_then(|d| d.head),
-        })
+        }
     }
 
-    /// Reads a body of at most `cap` bytes; a larger one (declared or actual) is invalid.
+    /// Reads a body of at most `cap` bytes; a larger one (declared or actual) or one cut
+    /// short is an error.
     async fn read_capped(
         &self,
-        mut response: reqwest::Response,
+        response: reqwest::Response,
         cap: usize,
     ) -> Result<Vec<u8>, PeerError> {
-        let too_large = || self.invalid(WireError::TooLarge);
-        if response.content_length().is_some_and(|n| n > cap as u64) {
-            return Err(too_large());
-        }
-        let mut out = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(&e))? {
-            if out.len() + chunk.len() > cap {
-                return Err(too_large());
-            }
-            out.extend_from_slice(&chunk);
-        }
-        Ok(out)
+        net::read_capped(response, cap).await.map_err(|e| match e {
+            net::ReadError::TooLarge { limit } => PeerError::TooLarge {
+                peer: self.name.clone(),
+                limit,
+            },
+            e @ net::ReadError::Transport(_) => PeerError::Transport {
+                peer: self.name.clone(),
+                reason: e.to_string(),
+            },
+        })
     }
 
     fn transport(&self, e: &reqwest::Error) -> PeerError {

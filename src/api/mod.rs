@@ -7,9 +7,11 @@
 //!
 //! - `/v1/…`: the peer API ([`peer`]), every request signed by a configured peer.
 //!
-//! [`admin`] serves local commands on a Unix socket.
+//! [`listen`] runs the listener itself, with time limits and a connection cap; [`admin`]
+//! serves local commands on a Unix socket.
 
 pub mod admin;
+pub mod listen;
 pub mod peer;
 
 use std::sync::{Arc, Mutex};

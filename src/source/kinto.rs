@@ -6,6 +6,12 @@
 //!
 //! Kinto treats a wrong password as an anonymous request (it answers, just with less), so
 //! [`KintoClient::server_info`] checks that `user.id` is present and fails otherwise.
+//!
+//! Every request carries the account's credentials, so the client only ever talks to the
+//! configured server: redirects are refused ([`KintoError::Redirected`]), a `Next-Page` is
+//! followed on the configured server and only under its root path, and every body is read
+//! with a bound ([`MAX_ANSWER`], [`MAX_ROOT`]) so that a server cannot make tandem buffer
+//! without end.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,6 +23,15 @@ use serde_json::value::RawValue;
 use url::Url;
 
 use crate::config::{Secret, SourceAuth, SourceConfig};
+
+/// Largest answer read for a list page, an object, a batch or a plugin call: four objects of
+/// the largest size a feed entry holds ([`crate::feed::MAX_BODY_LEN`]), or a page of Kinto's
+/// default 10,000 objects of 25 KiB each.
+pub const MAX_ANSWER: usize = 256 << 20;
+/// Largest answer read for the server root (`GET /v1/`: settings and capabilities).
+pub const MAX_ROOT: usize = 1 << 20;
+/// Largest part of an error answer read (for its message).
+const MAX_ERROR: usize = 64 << 10;
 
 /// Errors from talking to Kinto. [`KintoError::retry_after`] says whether (and when) to retry.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +82,38 @@ pub enum KintoError {
         status: u16,
         /// Kinto's error message, if any.
         message: String,
+    },
+    /// A redirect: never followed, since the request carries the account's credentials.
+    #[error(
+        "Kinto at {url} answered HTTP {status} redirecting to {location}; tandem does not follow redirects: configure the URL where the server answers"
+    )]
+    Redirected {
+        /// What was requested.
+        url: Url,
+        /// The status.
+        status: u16,
+        /// Its `Location` header (at most 200 characters), or "nowhere".
+        location: String,
+    },
+    /// A `Next-Page` outside the configured server's root path.
+    #[error(
+        "Kinto at {url} sent a Next-Page outside the root path it is configured with: {next}; not followed (the request would carry the credentials there)"
+    )]
+    NextPageElsewhere {
+        /// The request whose answer named it.
+        url: Url,
+        /// The `Next-Page` URL (at most 200 characters).
+        next: String,
+    },
+    /// An answer larger than tandem reads.
+    #[error(
+        "the answer from {url} is larger than {limit} bytes; if this is a list page, set Kinto's `paginate_by` setting (say, 1000) for smaller pages"
+    )]
+    TooLarge {
+        /// What was requested.
+        url: Url,
+        /// The bound, in bytes.
+        limit: usize,
     },
     /// An answer that does not parse as what Kinto sends.
     #[error("unexpected answer from {url}: {what}")]
@@ -153,7 +200,7 @@ pub struct Page {
     pub etag: Option<i64>,
     /// Items exactly as Kinto sent them.
     pub items: Vec<Box<RawValue>>,
-    /// `Next-Page`, when there are more.
+    /// `Next-Page`, when there are more: on the configured server, under its root.
     pub next: Option<Url>,
 }
 
@@ -256,7 +303,7 @@ impl KintoClient {
             id: String,
         }
         let url = self.root.clone();
-        let (_, body) = self.get(&url, None).await?;
+        let (_, body) = self.get(&url, None, MAX_ROOT).await?;
         let body = body.ok_or_else(|| protocol(&url, "no body"))?;
         let root: Root = serde_json::from_slice(&body)
             .map_err(|e| protocol(&url, &format!("not a Kinto root: {e}")))?;
@@ -294,14 +341,7 @@ impl KintoClient {
             data: Vec<Box<RawValue>>,
         }
         let url = match target {
-            ListTarget::Next(next) => {
-                // Kinto builds Next-Page from its own idea of its host (kinto.http_host behind a
-                // proxy): keep its path and query, on the server this client was configured for.
-                let mut url = self.root.clone();
-                url.set_path(next.path());
-                url.set_query(next.query());
-                url
-            }
+            ListTarget::Next(next) => self.next_page(next, next)?,
             ListTarget::Path { path, since, limit } => {
                 let mut url = self.url(path)?;
                 {
@@ -317,7 +357,7 @@ impl KintoClient {
                 url
             }
         };
-        let (headers, body) = self.get(&url, if_none_match).await?;
+        let (headers, body) = self.get(&url, if_none_match, MAX_ANSWER).await?;
         let Some(body) = body else {
             return Ok(ListResult::NotModified);
         };
@@ -325,18 +365,38 @@ impl KintoClient {
             .map_err(|e| protocol(&url, &format!("not a Kinto list: {e}")))?;
         let next = match headers.get("next-page") {
             None => None,
-            Some(v) => Some(
-                v.to_str()
+            Some(v) => {
+                let next = v
+                    .to_str()
                     .ok()
                     .and_then(|s| Url::parse(s).ok())
-                    .ok_or_else(|| protocol(&url, "unreadable Next-Page header"))?,
-            ),
+                    .ok_or_else(|| protocol(&url, "unreadable Next-Page header"))?;
+                Some(self.next_page(&url, &next)?)
+            }
         };
         Ok(ListResult::Page(Page {
             etag: etag(&headers),
             items: parsed.data,
             next,
         }))
+    }
+
+    /// Where to fetch a `Next-Page`: Kinto builds it from its own idea of its host
+    /// (`kinto.http_host` behind a proxy, often another scheme or port), so its path and query
+    /// are kept, on the server this client was configured for, and never elsewhere. Its path
+    /// must lie under the configured root (`/v1/` or a proxy's prefix before it), so that the
+    /// credentials go to no other application on that host.
+    fn next_page(&self, from: &Url, next: &Url) -> Result<Url, KintoError> {
+        if !next.path().starts_with(self.root.path()) {
+            return Err(KintoError::NextPageElsewhere {
+                url: from.clone(),
+                next: next.as_str().chars().take(200).collect(),
+            });
+        }
+        let mut url = self.root.clone();
+        url.set_path(next.path());
+        url.set_query(next.query());
+        Ok(url)
     }
 
     /// Pages through the list at `path` (relative to the root): see [`Pager`].
@@ -360,7 +420,7 @@ impl KintoClient {
     /// exist or is not visible (Kinto hides missing buckets behind 403).
     pub async fn object(&self, path: &str) -> Result<Option<Box<RawValue>>, KintoError> {
         let url = self.url(path)?;
-        match self.get(&url, None).await {
+        match self.get(&url, None, MAX_ANSWER).await {
             Ok((_, Some(body))) => {
                 let raw: Box<RawValue> = serde_json::from_slice(&body)
                     .map_err(|e| protocol(&url, &format!("not JSON: {e}")))?;
@@ -460,15 +520,41 @@ impl KintoClient {
             .send()
             .await
             .map_err(|e| unreachable(url, &e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        if let Some(seconds) = header_seconds(&headers, "backoff") {
+        if let Some(seconds) = header_seconds(response.headers(), "backoff") {
             *self.backoff_until.lock().unwrap_or_else(|e| e.into_inner()) =
                 Some(Instant::now() + seconds);
         }
-        let bytes = response.bytes().await.map_err(|e| unreachable(url, &e))?;
-        self.check_status(url, status, &headers, &bytes)?;
-        Ok(bytes.to_vec())
+        self.read_answer(url, response, MAX_ANSWER).await
+    }
+
+    /// The body of a 2xx answer, read within `limit`; any other status as its error.
+    async fn read_answer(
+        &self,
+        url: &Url,
+        response: reqwest::Response,
+        limit: usize,
+    ) -> Result<Vec<u8>, KintoError> {
+        let status = response.status();
+        let headers = response.headers().clone();
+        if status.is_success() {
+            return crate::net::read_capped(response, limit)
+                .await
+                .map_err(|e| match e {
+                    crate::net::ReadError::TooLarge { limit } => KintoError::TooLarge {
+                        url: url.clone(),
+                        limit,
+                    },
+                    e @ crate::net::ReadError::Transport(_) => KintoError::Unreachable {
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    },
+                });
+        }
+        let body = crate::net::read_prefix(response, MAX_ERROR).await;
+        Err(match self.check_status(url, status, &headers, &body) {
+            Err(e) => e,
+            Ok(()) => protocol(url, &format!("unexpected HTTP {status}")),
+        })
     }
 
     /// Maps a non-2xx answer to its error.
@@ -481,6 +567,19 @@ impl KintoClient {
     ) -> Result<(), KintoError> {
         match status.as_u16() {
             200..=299 => Ok(()),
+            code @ 300..=399 => Err(KintoError::Redirected {
+                url: url.clone(),
+                status: code,
+                location: headers
+                    .get(header::LOCATION)
+                    .map(|v| {
+                        String::from_utf8_lossy(v.as_bytes())
+                            .chars()
+                            .take(200)
+                            .collect()
+                    })
+                    .unwrap_or_else(|| "nowhere".to_owned()),
+            }),
             401 => Err(KintoError::Unauthorized {
                 url: url.clone(),
                 user: self.user.clone(),
@@ -508,11 +607,13 @@ impl KintoClient {
             .map_err(|_| protocol(&self.root, &format!("cannot build a URL for {path:?}")))
     }
 
-    /// One GET; `None` body on 304. Maps statuses to errors and records `Backoff`.
+    /// One GET; `None` body on 304. Maps statuses to errors, records `Backoff`, and reads at
+    /// most `limit` bytes of body.
     async fn get(
         &self,
         url: &Url,
         if_none_match: Option<i64>,
+        limit: usize,
     ) -> Result<(HeaderMap, Option<Vec<u8>>), KintoError> {
         let mut request = self
             .http
@@ -532,9 +633,8 @@ impl KintoClient {
             return Ok((headers, None));
         }
         // Read the whole body: a connection closed early is an error here, never a short page.
-        let body = response.bytes().await.map_err(|e| unreachable(url, &e))?;
-        self.check_status(url, status, &headers, &body)?;
-        Ok((headers, Some(body.to_vec())))
+        let body = self.read_answer(url, response, limit).await?;
+        Ok((headers, Some(body)))
     }
 }
 
