@@ -526,6 +526,7 @@ async fn a_restore_target_that_redirects_gets_nothing_and_sends_nothing_elsewher
 fn peer_client(server: &Server) -> PeerClient {
     PeerClient::new(
         "evil",
+        NodeKey::from_seed([32; 32]).id(),
         &server.url("/").parse().unwrap(),
         Arc::new(NodeKey::from_seed([31; 32])),
     )

@@ -18,6 +18,8 @@ use tokio::net::TcpStream;
 struct Daemon {
     child: Child,
     addr: String,
+    /// The daemon's node id.
+    id: tandem::identity::NodeId,
 }
 
 impl Drop for Daemon {
@@ -61,7 +63,13 @@ fn start(dir: &std::path::Path, peer: Option<&NodeKey>, nofile: Option<u64>) -> 
         ),
     )
     .unwrap();
-    common::tandem(&config, &["init"], 0);
+    let init = common::tandem(&config, &["init"], 0);
+    let id = String::from_utf8_lossy(&init.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
     cmd.arg("--config")
         .arg(&config)
@@ -99,7 +107,7 @@ fn start(dir: &std::path::Path, peer: Option<&NodeKey>, nofile: Option<u64>) -> 
     let addr = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("the daemon started");
-    Daemon { child, addr }
+    Daemon { child, addr, id }
 }
 
 /// Raises this process's soft descriptor limit to its hard limit; returns it.
@@ -351,12 +359,20 @@ async fn a_request_body_that_trickles_is_cut_off() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let h = signature::sign(&home, "POST", &path, None, &body, created);
+    let outgoing = signature::Outgoing {
+        target: daemon.id,
+        method: "POST",
+        path: &path,
+        query: None,
+    };
+    let h = signature::sign(&home, &outgoing, &body, created);
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/vnd.tandem.page\r\n\
-         Content-Length: {}\r\ncontent-digest: {}\r\nsignature-input: {}\r\nsignature: {}\r\n\r\n",
+         Content-Length: {}\r\ncontent-digest: {}\r\ntandem-target: {}\r\n\
+         signature-input: {}\r\nsignature: {}\r\n\r\n",
         body.len(),
         h.content_digest,
+        h.target,
         h.signature_input,
         h.signature
     );
