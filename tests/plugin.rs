@@ -416,3 +416,95 @@ async fn a_node_behind_a_trimmed_journal_reads_the_whole_state_again() {
     .await;
     assert_eq!(home.sync(), 1);
 }
+
+/// A dump read in many pages (the plugin's page size is Kinto's `storage_max_fetch_size`),
+/// cut off in the middle: the pass fails with Kinto's error and moves no cursor; the next one
+/// reads the dump again, keeps what is still there, deletes what went in between, and follows
+/// the journal from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_of_many_pages_cut_off_midway_is_read_again_whole() {
+    let a = Kinto::start_with_settings(
+        Options {
+            plugin: true,
+            ..Options::default()
+        },
+        "kinto.storage_max_fetch_size = 10",
+    )
+    .await;
+    put(&a, "alice", "/buckets/t", json!({"data": {}})).await;
+    put(&a, "alice", "/buckets/t/collections/c", json!({"data": {}})).await;
+    for i in 0..45 {
+        put(
+            &a,
+            "alice",
+            &format!("/buckets/t/collections/c/records/r{i:02}"),
+            json!({"data": {"i": i}}),
+        )
+        .await;
+    }
+    let upstream = a
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1/")
+        .to_owned();
+    let proxy = common::proxy::Proxy::start(upstream, "/v1/").await;
+    let home = Node::new(&a, "tandem");
+    home.set_source_url(&proxy.url);
+    // The root, two pages of the dump, then an error.
+    proxy.set(common::proxy::Fault::Status(500), 3);
+    let out = home.run(&["sync"], 1);
+    assert!(out.contains("HTTP 500"), "{out}");
+    let records = |export: &[Value]| -> Vec<String> {
+        export
+            .iter()
+            .map(|o| o["path"].as_str().unwrap().to_owned())
+            .filter(|p| p.contains("/records/"))
+            .collect()
+    };
+    let kept = records(&home.export()).len();
+    assert!(
+        (1..45).contains(&kept),
+        "{kept} records kept from two pages"
+    );
+
+    // In between, a record goes and one comes.
+    kinto_ok_delete(&a, "alice", "/buckets/t/collections/c/records/r00").await;
+    put(
+        &a,
+        "alice",
+        "/buckets/t/collections/c/records/new",
+        json!({"data": {}}),
+    )
+    .await;
+    proxy.set(common::proxy::Fault::None, 0);
+    home.sync();
+    let mut got = records(&home.export());
+    got.sort();
+    let mut want: Vec<String> = (1..45)
+        .map(|i| format!("/buckets/t/collections/c/records/r{i:02}"))
+        .collect();
+    want.push("/buckets/t/collections/c/records/new".into());
+    want.sort();
+    assert_eq!(got, want);
+    assert!(
+        proxy.requests() > 8,
+        "the dump was read in {} requests",
+        proxy.requests()
+    );
+    // From the journal on, one request per pass.
+    let before = proxy.requests();
+    put(
+        &a,
+        "alice",
+        "/buckets/t/collections/c/records/late",
+        json!({"data": {}}),
+    )
+    .await;
+    assert_eq!(home.sync(), 1);
+    assert_eq!(home.sync(), 0);
+    assert!(
+        proxy.requests() - before <= 4,
+        "{}",
+        proxy.requests() - before
+    );
+}

@@ -336,10 +336,16 @@ impl KintoClient {
         target: ListTarget<'_>,
         if_none_match: Option<i64>,
     ) -> Result<ListResult, KintoError> {
-        #[derive(Deserialize)]
-        struct ListBody {
-            data: Vec<Box<RawValue>>,
-        }
+        self.list_head(target, if_none_match).await?.read().await
+    }
+
+    /// The first half of [`list`](Self::list): the answer's status and headers, so that the
+    /// next page (its `Next-Page`) can be asked for while this one's body is read and parsed.
+    pub async fn list_head(
+        &self,
+        target: ListTarget<'_>,
+        if_none_match: Option<i64>,
+    ) -> Result<ListHead<'_>, KintoError> {
         let url = match target {
             ListTarget::Next(next) => self.next_page(next, next)?,
             ListTarget::Path { path, since, limit } => {
@@ -357,15 +363,16 @@ impl KintoClient {
                 url
             }
         };
-        let (headers, body) = self.get(&url, if_none_match, MAX_ANSWER).await?;
-        let Some(body) = body else {
-            return Ok(ListResult::NotModified);
-        };
-        let parsed: ListBody = serde_json::from_slice(&body)
-            .map_err(|e| protocol(&url, &format!("not a Kinto list: {e}")))?;
-        let next = match headers.get("next-page") {
-            None => None,
-            Some(v) => {
+        let (headers, mut response) = self.get_head(&url, if_none_match).await?;
+        if let Some(answer) = response.take_if(|a| !a.status().is_success()) {
+            // An error status: Kinto's message, now.
+            return Err(match self.read_answer(&url, answer, 0).await {
+                Err(e) => e,
+                Ok(_) => protocol(&url, "an error status read as a success"),
+            });
+        }
+        let next = match (&response, headers.get("next-page")) {
+            (Some(_), Some(v)) => {
                 let next = v
                     .to_str()
                     .ok()
@@ -373,12 +380,15 @@ impl KintoClient {
                     .ok_or_else(|| protocol(&url, "unreadable Next-Page header"))?;
                 Some(self.next_page(&url, &next)?)
             }
+            _ => None,
         };
-        Ok(ListResult::Page(Page {
+        Ok(ListHead {
+            client: self,
             etag: etag(&headers),
-            items: parsed.data,
             next,
-        }))
+            url,
+            response,
+        })
     }
 
     /// Where to fetch a `Next-Page`: Kinto builds it from its own idea of its host
@@ -615,6 +625,22 @@ impl KintoClient {
         if_none_match: Option<i64>,
         limit: usize,
     ) -> Result<(HeaderMap, Option<Vec<u8>>), KintoError> {
+        let (headers, response) = self.get_head(url, if_none_match).await?;
+        let Some(response) = response else {
+            return Ok((headers, None));
+        };
+        // Read the whole body: a connection closed early is an error here, never a short page.
+        let body = self.read_answer(url, response, limit).await?;
+        Ok((headers, Some(body)))
+    }
+
+    /// Sends a GET and returns the answer's headers, and the answer itself to read the body
+    /// from (`None` for `304`). Honours `Backoff`.
+    async fn get_head(
+        &self,
+        url: &Url,
+        if_none_match: Option<i64>,
+    ) -> Result<(HeaderMap, Option<reqwest::Response>), KintoError> {
         let mut request = self
             .http
             .get(url.clone())
@@ -632,9 +658,45 @@ impl KintoClient {
         if status == StatusCode::NOT_MODIFIED {
             return Ok((headers, None));
         }
+        Ok((headers, Some(response)))
+    }
+}
+
+/// A list answer whose headers arrived: [`ListHead::next`] is known before the body is read.
+pub struct ListHead<'a> {
+    client: &'a KintoClient,
+    url: Url,
+    /// The list's `ETag`.
+    pub etag: Option<i64>,
+    /// `Next-Page`, on the configured server under its root (see [`KintoClient::list`]).
+    pub next: Option<Url>,
+    /// `None` for `304`.
+    response: Option<reqwest::Response>,
+}
+
+impl ListHead<'_> {
+    /// Reads and parses the body: the page (or `NotModified`). An error status is an error
+    /// here, with Kinto's message.
+    pub async fn read(self) -> Result<ListResult, KintoError> {
+        #[derive(Deserialize)]
+        struct ListBody {
+            data: Vec<Box<RawValue>>,
+        }
+        let Some(response) = self.response else {
+            return Ok(ListResult::NotModified);
+        };
         // Read the whole body: a connection closed early is an error here, never a short page.
-        let body = self.read_answer(url, response, limit).await?;
-        Ok((headers, Some(body)))
+        let body = self
+            .client
+            .read_answer(&self.url, response, MAX_ANSWER)
+            .await?;
+        let parsed: ListBody = serde_json::from_slice(&body)
+            .map_err(|e| protocol(&self.url, &format!("not a Kinto list: {e}")))?;
+        Ok(ListResult::Page(Page {
+            etag: self.etag,
+            items: parsed.data,
+            next: self.next,
+        }))
     }
 }
 

@@ -30,12 +30,17 @@ impl Follower {
 
     /// Points the node at `kinto` (the server restored after a disaster, say).
     pub fn set_source(&self, kinto: &Kinto) {
+        self.set_source_url(&kinto.url);
+    }
+
+    /// Points the node at the Kinto root `url` (a proxy in front of a server, say).
+    pub fn set_source_url(&self, url: &str) {
         std::fs::write(
             self.config(),
             format!(
                 "[node]\nname = \"home\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\
                  [source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"{}\"\npassword_file = \"pw\"\n",
-                kinto.url, self.user
+                url, self.user
             ),
         )
         .unwrap();

@@ -216,58 +216,92 @@ impl Ingest {
             })
             .await?;
         let mut seen: HashSet<String> = HashSet::new();
-        let unconditional = |page: Option<Page>| {
-            page.ok_or_else(|| IngestError::Source {
-                list: list.to_owned(),
-                what: "answered 304 to an unconditional request".into(),
-            })
-        };
         let first = self.plugin_url(&format!("tandem/objects?_limit={PAGE}"))?;
-        let mut page = unconditional(self.plugin_page(&first, None).await?)?;
-        let position = page.etag.ok_or_else(|| IngestError::Source {
+        let mut head = self
+            .client
+            .list_head(ListTarget::Next(&first), None)
+            .await?;
+        let position = head.etag.ok_or_else(|| IngestError::Source {
             list: list.to_owned(),
             what: "no ETag (the journal's position) on the first page".into(),
         })?;
-        // The plugin answers: the other paths' cursors go (see the module docs).
-        let stale: Vec<CursorUpdate> = self
+        // The plugin answers: the other paths' cursors go (see the module docs), with the first
+        // page.
+        let mut stale: Vec<CursorUpdate> = self
             .with_store(|s| s.cursor_names("kinto:"))
             .await?
             .into_iter()
             .filter(|n| n != CURSOR)
             .map(CursorUpdate::clear)
             .collect();
-        self.commit(Vec::new(), stale).await?;
-        loop {
-            let mut changes = Vec::with_capacity(page.items.len());
-            for raw in &page.items {
-                let item = Item::parse(list, raw)?;
-                match item.effect(list)? {
-                    Effect::Put(path, body) => {
-                        if reconcile {
-                            seen.insert(path.clone());
-                        }
-                        changes.push(Change {
-                            op: Op::Put,
-                            path,
-                            body,
-                        });
+        // Pages are read by one future and stored by the other, and each page is asked for as
+        // soon as the previous one's headers name it, so that Kinto is never idle while a page
+        // is parsed or committed. The channel holds one page: at most three are in memory
+        // (one stored, one waiting, one parsed) besides the one arriving.
+        let (pages, mut received) = tokio::sync::mpsc::channel::<Page>(1);
+        let read = async move {
+            loop {
+                let following = head.next.clone();
+                let ask_next = async {
+                    match &following {
+                        Some(url) => Some(self.client.list_head(ListTarget::Next(url), None).await),
+                        None => None,
                     }
-                    Effect::Delete { path, body, .. } => changes.push(Change {
-                        op: Op::Delete,
-                        path,
-                        body,
-                    }),
+                };
+                let (page, next) = tokio::join!(head.read(), ask_next);
+                let ListResult::Page(page) = page? else {
+                    return Err(IngestError::Source {
+                        list: list.to_owned(),
+                        what: "answered 304 to an unconditional request".into(),
+                    });
+                };
+                if pages.send(page).await.is_err() {
+                    return Ok(());
+                }
+                match next {
+                    Some(next) => head = next?,
+                    None => return Ok(()),
                 }
             }
-            let Some(next) = page.next.take() else {
-                report.appended += self.commit(changes, []).await?;
-                break;
-            };
-            // The next page is read while this one is stored, so that Kinto is never idle.
-            let (appended, next_page) =
-                tokio::join!(self.commit(changes, []), self.plugin_page(&next, None));
-            report.appended += appended?;
-            page = unconditional(next_page?)?;
+        };
+        let store = async {
+            // Whether the page without a `Next-Page` was stored: only then is the read whole.
+            let mut whole = false;
+            while let Some(page) = received.recv().await {
+                let mut changes = Vec::with_capacity(page.items.len());
+                for raw in &page.items {
+                    let item = Item::parse(list, raw)?;
+                    match item.effect(list)? {
+                        Effect::Put(path, body) => {
+                            if reconcile {
+                                seen.insert(path.clone());
+                            }
+                            changes.push(Change {
+                                op: Op::Put,
+                                path,
+                                body,
+                            });
+                        }
+                        Effect::Delete { path, body, .. } => changes.push(Change {
+                            op: Op::Delete,
+                            path,
+                            body,
+                        }),
+                    }
+                }
+                report.appended += self.commit(changes, std::mem::take(&mut stale)).await?;
+                whole = page.next.is_none();
+            }
+            Ok::<bool, IngestError>(whole)
+        };
+        let (read, stored) = tokio::join!(read, store);
+        // A read that failed ends the channel early: its error, not the partial result.
+        read?;
+        if !stored? {
+            return Err(IngestError::Source {
+                list: list.to_owned(),
+                what: "the dump ended before its last page".into(),
+            });
         }
         let mut deletes = Vec::new();
         if reconcile {
