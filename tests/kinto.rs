@@ -1262,6 +1262,55 @@ async fn the_history_path_survives_merged_batches_and_a_cleared_history() {
     assert_eq!(node.sync(), 0);
 }
 
+/// The history plugin files every bucket of a batch under the first one's history: the others'
+/// histories lack their creation and later changes. Nothing fails; every bucket's data is
+/// recorded as Kinto has it; the first one's permissions too, and the others are named in
+/// `status` as recorded without permissions (their histories cannot give them).
+#[tokio::test]
+async fn buckets_written_in_one_batch_are_all_followed() {
+    let kinto = Kinto::start(Options {
+        history: true,
+        ..Options::default()
+    })
+    .await;
+    let bucket = |id: &str, n: u32| {
+        json!({"method": "PUT", "path": format!("/buckets/{id}"),
+               "body": {"data": {"n": n}, "permissions": {"read": ["account:tandem"]}}})
+    };
+    let batch = json!([bucket("b0", 1), bucket("b1", 1), bucket("b2", 1)]);
+    kinto
+        .ok("alice", "POST", "batch", Some(json!({ "requests": batch })))
+        .await;
+    let node = Node::new(&kinto);
+    node.sync();
+    let assert_buckets = |n: u32| {
+        let export = node.export();
+        for id in ["b0", "b1", "b2"] {
+            let b = export
+                .iter()
+                .find(|o| o["path"] == format!("/buckets/{id}"))
+                .unwrap_or_else(|| panic!("/buckets/{id} not recorded"));
+            assert_eq!(b["data"]["n"], n, "{id}");
+        }
+        let b0 = export.iter().find(|o| o["path"] == "/buckets/b0").unwrap();
+        assert_eq!(b0["permissions"]["read"], json!(["account:tandem"]));
+    };
+    assert_buckets(1);
+    assert_eq!(
+        permissions_incomplete(&node),
+        ["/buckets/b1", "/buckets/b2"]
+    );
+
+    // One batch changes all three: only b0's history has the entries.
+    let batch = json!([bucket("b0", 2), bucket("b1", 2), bucket("b2", 2)]);
+    kinto
+        .ok("alice", "POST", "batch", Some(json!({ "requests": batch })))
+        .await;
+    node.sync();
+    assert_buckets(2);
+    assert_eq!(node.sync(), 0);
+}
+
 #[tokio::test]
 async fn a_followed_bucket_changed_or_recreated_is_followed_exactly() {
     let kinto = Kinto::start(Options {

@@ -31,6 +31,12 @@
 //! writes a request's history entries when the request ends, so a batch still running during
 //! the first read is not yet in the history that another writer's entries already moved past.
 //! A bucket whose history the account cannot read at all (403) is polled as well.
+//!
+//! The history plugin files every object of a batch event under the bucket of the first, and
+//! Kinto merges the buckets written by one batch into one event: the first bucket's history
+//! then holds the others' entries, and theirs lack them. Such entries are skipped there, and
+//! the buckets they are about are read again in full at once; their own histories do not
+//! cover them, so they are polled and named as recorded without permissions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,6 +101,10 @@ enum Item {
     Entry(i64, Effect),
     /// The tombstone of a trimmed or cleared entry.
     Gap,
+    /// An entry about another bucket (this one's path): the history plugin files every object
+    /// of a batch event under the bucket of the first, so creating several buckets in one batch
+    /// logs them all in the first one's history. That bucket's own history lacks it.
+    Elsewhere(i64, String),
 }
 
 impl Entry<'_> {
@@ -109,10 +119,21 @@ impl Entry<'_> {
         let entry: Entry<'_> =
             serde_json::from_str(raw.get()).map_err(|e| bad(format!("history entry: {e}")))?;
         if entry.uri != bucket && !entry.uri.starts_with(&format!("{bucket}/")) {
-            return Err(bad(format!(
-                "history entry for {} outside {bucket}",
-                entry.uri
-            )));
+            let other = entry
+                .uri
+                .strip_prefix("/buckets/")
+                .map(|rest| rest.split('/').next().unwrap_or(rest))
+                .filter(|id| !id.is_empty());
+            return match other {
+                Some(id) => Ok(Item::Elsewhere(
+                    entry.last_modified,
+                    format!("/buckets/{id}"),
+                )),
+                None => Err(bad(format!(
+                    "history entry for {} outside {bucket}",
+                    entry.uri
+                ))),
+            };
         }
         let container = match entry.resource_name.as_str() {
             "record" => false,
@@ -316,6 +337,8 @@ impl Ingest {
     ) -> Result<Option<IngestReport>, IngestError> {
         let mut report = IngestReport::default();
         let mut position = cursor;
+        // Cursors of other buckets whose changes this history holds (see `Item::Elsewhere`).
+        let mut misfiled = Vec::new();
         let mut pages = self.client.pages(list, Some(cursor), Some(cursor));
         while let Some(result) = pages.next().await? {
             let ListResult::Page(page) = result else {
@@ -332,6 +355,13 @@ impl Ingest {
             for raw in &page.items {
                 match Entry::parse(list, bucket, raw)? {
                     Item::Gap => return Ok(None),
+                    // Another bucket changed in a batch with this one, and its own history
+                    // lacks the change: it is read again in full at its next pass.
+                    Item::Elsewhere(stamp, other) => {
+                        position = position.max(stamp);
+                        tracing::info!(bucket = %bucket, other = %other, "a change of another bucket is in this one's history; reading that bucket again");
+                        misfiled.push(CursorUpdate::clear(format!("kinto:{other}/history")));
+                    }
                     // The bucket was (re)created: deleting a bucket erases its history, so what
                     // came before cannot be followed from here. Read the bucket again.
                     Item::Entry(
@@ -402,9 +432,9 @@ impl Ingest {
                     }),
                 }
             }
-            report.appended += self
-                .commit(changes, [CursorUpdate::set(cursor_name, position)])
-                .await?;
+            let mut cursors = std::mem::take(&mut misfiled);
+            cursors.push(CursorUpdate::set(cursor_name, position));
+            report.appended += self.commit(changes, cursors).await?;
         }
         Ok(Some(report))
     }
