@@ -241,7 +241,10 @@ async fn serve_with(
     let feds = config
         .peers
         .iter()
-        .map(|p| Federation::new(p.clone(), key.clone(), writer.clone(), changes.clone()))
+        .map(|p| {
+            Federation::new(p.clone(), key.clone(), writer.clone(), changes.clone())
+                .map(|f| f.listing(config.peers.iter().map(|p| p.id).collect()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     // Cleared once this node's own feed is back from its peers (at once when nothing was lost).
     let (recovered_tx, recovered) = tokio::sync::watch::channel(!recovering);
@@ -341,6 +344,7 @@ async fn serve_with(
         reader: reader.clone(),
         workers: workers.clone(),
         durability: config.node.durability,
+        peers: config.peers.iter().map(|p| p.id).collect(),
     });
     let peer_state = Arc::new(api::peer::PeerState {
         node: node_id,

@@ -25,11 +25,14 @@
 //! from this node last asked for entries after (what it says it holds; null if it never
 //! pulled), and `pulled_at` when it first asked that (refreshed hourly while it keeps asking
 //! the same): compaction waits for it as for receipts.
-//! `peer` is the holder's name in the configuration (null if it is no longer configured).
+//! `peer` is the holder's name in the configuration (null if it is not configured: no longer,
+//! or a holder known only from receipts relayed by other nodes, which does not count toward
+//! `durable_seq`). A holder's receipt comes from a push, from the holder after it pulled, or
+//! relayed by the nodes between (see [`crate::replicate::federate`]).
 //! `base_seq` is the compacted base (0 when the whole feed is held): below it, only the
 //! entries holding the state at that seq's snapshot are kept.
 //! `durable_seq` (own origin only) is the highest seq held by at least `node.durability`
-//! holders. `recovering` is true while the node fetches its own feed back from its peers. `daemon` says whether a daemon runs on this
+//! configured holders. `recovering` is true while the node fetches its own feed back from its peers. `daemon` says whether a daemon runs on this
 //! store and, if so, the health of its loops: `{"running": true, "workers": [{"kind", "name",
 //! "ok", "consecutive_errors", "last_error"}]}`. `source.permissions_incomplete` lists the
 //! buckets followed without record permissions (the history the account reads does not
@@ -163,7 +166,8 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
             })
             .collect();
         let durable_seq = if o.is_self {
-            Some(store.durable_seq(o.id, config.node.durability)?)
+            let counted: Vec<NodeId> = config.peers.iter().map(|p| p.id).collect();
+            Some(store.durable_seq(o.id, config.node.durability, &counted)?)
         } else {
             None
         };

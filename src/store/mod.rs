@@ -33,7 +33,7 @@ use crate::feed::{EntryHash, FeedError, ForkEvidence, Head, Op, Seq};
 use crate::identity::NodeId;
 
 pub use compact::{BasePage, Compacted};
-pub use holders::{HolderInfo, Rollback};
+pub use holders::{HolderInfo, MAX_UNLISTED_HOLDERS, ReceiptCheck, Rollback};
 pub use read::{OriginInfo, StoredEntry};
 pub use snapshots::{SnapshotMismatch, StateItem};
 pub use verify::{VerifyProblem, VerifyReport};
