@@ -301,6 +301,15 @@ async fn serve_with(
     for fed in &feds {
         spawn_peer_loops(fed, &prober, &changes, &tasks, &token, &mut workers);
     }
+    // Entries damaged on disk are fetched again from peers (see `store::damage`). Its health
+    // is not listed with the loops': `status` shows the damaged entries themselves.
+    tasks.spawn(scheduler::repair_damaged(
+        Arc::new(WorkerStatus::new("repair", "damaged entries")),
+        feds.clone(),
+        writer.clone(),
+        changes.clone(),
+        token.child_token(),
+    ));
     let snapshots = api::admin::SnapshotMaker {
         key: key.clone(),
         store: writer.clone(),

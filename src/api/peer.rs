@@ -49,6 +49,10 @@
 //!   `200 {"recorded": n, "refused": [{"holder", "seq", "error"}]}`. Sending the same again
 //!   changes nothing. `404` when the origin is not held here.
 //!
+//! A page is hashed again and chained back from its checkpoint as it is read: an entry damaged
+//! on this node's disk is never served; the request gets `503` with `{"error", "origin",
+//! "seq"}` naming it while this node fetches a good copy from a peer.
+//!
 //! A reader verifies everything it gets with the origin's key; this node cannot forge it.
 
 use std::sync::{Arc, Mutex};
@@ -207,19 +211,57 @@ async fn read_store<T: Send + 'static>(
     f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
     let reader = state.reader.clone();
-    tokio::task::spawn_blocking(move || f(&reader.lock().unwrap_or_else(|e| e.into_inner())))
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| match e {
-            // The puller can start from the base instead (GET …/base).
-            e @ crate::store::StoreError::Compacted { .. } => {
-                error(StatusCode::GONE, e.to_string())
-            }
-            e => {
-                tracing::error!(error = %e, "peer api: store read failed");
-                error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
-            }
-        })
+    let read =
+        tokio::task::spawn_blocking(move || f(&reader.lock().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Err(crate::store::StoreError::EntryDamaged {
+        origin,
+        seq,
+        detail,
+    }) = read
+    {
+        return Err(damaged(state, origin, seq, detail).await);
+    }
+    read.map_err(|e| match e {
+        // The puller can start from the base instead (GET …/base).
+        e @ crate::store::StoreError::Compacted { .. } => error(StatusCode::GONE, e.to_string()),
+        e => {
+            tracing::error!(error = %e, "peer api: store read failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+        }
+    })
+}
+
+/// The answer when an entry to serve is damaged on disk (see `store::damage`): `503` naming
+/// the origin and seq, never the bytes. The entry is recorded (an error logged once) on the
+/// writer before the answer, which wakes the repair; the reader may ask another holder or try
+/// again later.
+async fn damaged(state: &Arc<PeerState>, origin: NodeId, seq: Seq, detail: String) -> Response {
+    let (writer, changes) = (state.writer.clone(), state.changes.clone());
+    let recorded = tokio::task::spawn_blocking(move || {
+        let mut store = writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) =
+            crate::replicate::federate::record_damage(&mut store, &changes, origin, seq, &detail)
+        {
+            tracing::error!(error = %e, "peer api: cannot record a damaged entry");
+        }
+    });
+    let _ = recorded.await;
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({
+            "error": format!("origin {origin}: the entry at seq {seq} is damaged in this node's store; it is not served until a good copy is fetched from a peer: try another holder, or again later"),
+            "origin": origin,
+            "seq": seq.0,
+        })),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("5"),
+    );
+    response
 }
 
 /// The checks every read of an origin starts with: the id parses, the query parses, and the

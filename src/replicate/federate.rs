@@ -20,6 +20,11 @@
 //!   with what it acknowledged or served before; less is reported (warning, `status`,
 //!   `tandem_holder_rollbacks_total`) and the missing entries are pushed again. When pulling, a peer that
 //!   serves a lower head than it served before is reported the same way.
+//! - **Damage.** An entry of this node's store that no longer hashes or chains (the disk) is
+//!   found when a page is read to be pushed or served, recorded once ([`record_damage`]: an
+//!   error in the log, `tandem_entries_damaged_total`, `status`), and never sent.
+//!   [`Federation::repair`] fetches a good copy from the peer through the ordinary accept
+//!   path, which replaces the damaged bytes in the transaction that accepts the page.
 //! - **Forks.** Every checkpoint a peer shows is checked against the held chain; a disagreement
 //!   is stored as evidence and freezes the origin ([`crate::store::Store::observe_checkpoint`]).
 
@@ -28,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::Changes;
 use crate::config::{OriginRef, PeerConfig};
@@ -116,6 +121,24 @@ pub struct PullReport {
     /// snapshot this node started the origin from instead (0 when it did not).
     #[serde(default)]
     pub base: u64,
+}
+
+/// Records that `origin`'s entry at `seq` was found damaged (see `store::damage`): the first
+/// time, an error in the log, `tandem_entries_damaged_total`, and a change signal that wakes
+/// the repair loop. Runs on the writer, on a blocking thread.
+pub fn record_damage(
+    store: &mut Store,
+    changes: &Changes,
+    origin: NodeId,
+    seq: Seq,
+    detail: &str,
+) -> Result<(), StoreError> {
+    if store.mark_damaged(origin, seq, detail)? {
+        error!(%origin, seq = seq.0, detail, "stored entry damaged: not served until a good copy is fetched from a peer");
+        metrics::counter!(telemetry::ENTRIES_DAMAGED, "origin" => origin.to_string()).increment(1);
+        changes.notify();
+    }
+    Ok(())
 }
 
 /// What one peer was handed in receipts of one origin: (holder, seq) of each, this node's own
@@ -305,11 +328,29 @@ impl Federation {
         }
         let mut relinks = 0;
         loop {
-            let page = self
+            let page = match self
                 .with_store(move |s| {
                     s.entries_page(origin, Seq(after), PAGE_ENTRIES, wire::PAGE_BYTES)
                 })
-                .await?;
+                .await
+            {
+                Err(StoreError::EntryDamaged {
+                    origin,
+                    seq,
+                    detail,
+                }) => {
+                    let (changes, text) = (self.changes.clone(), detail.clone());
+                    self.with_store(move |s| record_damage(s, &changes, origin, seq, &text))
+                        .await?;
+                    return Err(StoreError::EntryDamaged {
+                        origin,
+                        seq,
+                        detail,
+                    }
+                    .into());
+                }
+                page => page?,
+            };
             let Some((entries, checkpoint)) = page else {
                 break;
             };
@@ -484,6 +525,62 @@ impl Federation {
                 warn!(peer = %self.peer.name, %origin, error = %e, "sending receipts failed; the next pull tries again");
             }
         }
+    }
+
+    /// Asks the peer for good copies of the damaged entries of `origin`: the page starting at
+    /// each one not yet covered, verified and accepted like any pulled page, which replaces the
+    /// damaged entries the chain held here confirms (see `store::damage`). Returns how many
+    /// were replaced; `Ok(0)` when the peer does not hold them, may not let this node read
+    /// them, or has them damaged too.
+    pub async fn repair(&self, origin: NodeId) -> Result<u64, FederateError> {
+        let mut repaired = 0;
+        let mut covered = 0u64;
+        loop {
+            let damaged = self.with_store(move |s| s.damaged(origin)).await?;
+            let Some(d) = damaged.iter().map(|d| d.seq.0).find(|s| *s > covered) else {
+                break;
+            };
+            let page = match self.client.page(origin, Seq(d - 1), Duration::ZERO).await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                // It does not know this node, may not let it read the origin, does not hold
+                // the entry (or compacted it), or has it damaged too: it answered, no copy.
+                Err(PeerError::Refused {
+                    status: 401 | 403 | 404 | 410 | 503,
+                    ..
+                }) => break,
+                Err(e) => return Err(e.into()),
+            };
+            covered = page.checkpoint.seq.0;
+            if covered < d {
+                break;
+            }
+            let peer = self.peer.name.clone();
+            let batch = tokio::task::spawn_blocking(move || {
+                verify_batch(origin, page.entries, page.checkpoint)
+            })
+            .await
+            .expect("verification task panicked")
+            .map_err(|source| FederateError::Invalid {
+                peer,
+                origin,
+                source,
+            })?;
+            let accepted = self.with_store(move |s| s.accept(&batch, &[])).await?;
+            if accepted.added > 0 {
+                metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(accepted.added);
+            }
+            if accepted.repaired > 0 || accepted.added > 0 {
+                self.changes.notify();
+            }
+            if accepted.repaired > 0 {
+                metrics::counter!(telemetry::ENTRIES_REPAIRED, "origin" => origin.to_string())
+                    .increment(accepted.repaired);
+                info!(peer = %self.peer.name, %origin, repaired = accepted.repaired, "damaged entries replaced by a good copy");
+            }
+            repaired += accepted.repaired;
+        }
+        Ok(repaired)
     }
 
     /// Fetches this node's own feed back from the peer up to `theirs`, with appends paused
