@@ -241,7 +241,10 @@ async fn serve_with(
     let feds = config
         .peers
         .iter()
-        .map(|p| Federation::new(p.clone(), key.clone(), writer.clone(), changes.clone()))
+        .map(|p| {
+            Federation::new(p.clone(), key.clone(), writer.clone(), changes.clone())
+                .map(|f| f.listing(config.peers.iter().map(|p| p.id).collect()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     // Cleared once this node's own feed is back from its peers (at once when nothing was lost).
     let (recovered_tx, recovered) = tokio::sync::watch::channel(!recovering);
@@ -298,6 +301,15 @@ async fn serve_with(
     for fed in &feds {
         spawn_peer_loops(fed, &prober, &changes, &tasks, &token, &mut workers);
     }
+    // Entries damaged on disk are fetched again from peers (see `store::damage`). Its health
+    // is not listed with the loops': `status` shows the damaged entries themselves.
+    tasks.spawn(scheduler::repair_damaged(
+        Arc::new(WorkerStatus::new("repair", "damaged entries")),
+        feds.clone(),
+        writer.clone(),
+        changes.clone(),
+        token.child_token(),
+    ));
     let snapshots = api::admin::SnapshotMaker {
         key: key.clone(),
         store: writer.clone(),
@@ -341,6 +353,7 @@ async fn serve_with(
         reader: reader.clone(),
         workers: workers.clone(),
         durability: config.node.durability,
+        peers: config.peers.iter().map(|p| p.id).collect(),
     });
     let peer_state = Arc::new(api::peer::PeerState {
         node: node_id,

@@ -22,7 +22,8 @@
 //!                history and polling paths), federate (push, pull, recover with one peer), restore (a state into Kinto),
 //!                archive (write, verify and load a portable archive)
 //! store/         the only SQLite user: feeds, checkpoints, state, cursors, fork evidence,
-//!                what holders acknowledged
+//!                what holders acknowledged, entries found damaged on disk (never served;
+//!                replaced through the accept path by a good copy a peer sends)
 //! source/kinto   the Kinto client: credentials, lists with _since/ETag, objects, batches, the
 //!                kinto-tandem plugin's capability (reqwest)
 //! peer           the peer protocol client: signed requests, pages, receipts (reqwest)

@@ -489,3 +489,36 @@ impl PeerClient {
         Ok((receipt, sent))
     }
 }
+
+impl PeerClient {
+    /// `POST /v1/origins/{id}/receipts`: hands the peer receipts of `origin` (this node's own
+    /// for what it pulled, and those of other holders it relays). `Ok(None)` when the peer
+    /// does not know the endpoint (an older version answers 404 for every unknown route; a
+    /// peer that does not hold the origin answers 404 too).
+    pub async fn post_receipts(
+        &self,
+        origin: NodeId,
+        receipts: &[Receipt],
+    ) -> Result<Option<wire::ReceiptsAnswer>, PeerError> {
+        let path = format!("v1/origins/{origin}/receipts");
+        let doc = wire::ReceiptsDoc {
+            receipts: receipts.iter().map(wire::ReceiptDoc::from).collect(),
+        };
+        let body = serde_json::to_vec(&doc).expect("serializable");
+        match self
+            .send(
+                reqwest::Method::POST,
+                &path,
+                None,
+                body,
+                &[(CONTENT_TYPE, "application/json")],
+                REQUEST_TIMEOUT,
+            )
+            .await
+        {
+            Ok(response) => Ok(Some(self.json(response).await?)),
+            Err(PeerError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -279,6 +279,122 @@ pub async fn recover_own_feed(
     }
 }
 
+/// Replaces the entries of this store found damaged on disk (see `store::damage`) with good
+/// copies from peers, until `shutdown`. It looks whenever the store signals a change (a
+/// damaged entry is recorded with one) and every [`PEER_CHECK_INTERVAL`]; for each origin
+/// with damaged entries it asks the origin itself first, then every other peer. When every
+/// peer answered and none had a good copy, the entry is marked unrepaired (an error in the
+/// log, once, and `status`): an operator must restore it; the loop keeps asking, with
+/// backoff, in case a peer gets one later.
+pub async fn repair_damaged(
+    status: std::sync::Arc<WorkerStatus>,
+    feds: Vec<crate::replicate::federate::Federation>,
+    store: std::sync::Arc<Mutex<crate::store::Store>>,
+    changes: crate::replicate::Changes,
+    shutdown: CancellationToken,
+) {
+    let mut seen = changes.subscribe();
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+    loop {
+        seen.borrow_and_update();
+        let origins: Result<Vec<(crate::identity::NodeId, usize)>, crate::store::StoreError> =
+            with_store(&store, |s| {
+                s.damaged_origins()?
+                    .into_iter()
+                    .map(|o| Ok((o, s.damaged(o)?.len())))
+                    .collect()
+            })
+            .await;
+        let origins = match origins {
+            Ok(origins) => origins,
+            Err(e) => {
+                error!(error = %e, "cannot read damaged entries");
+                status.failed(e.to_string());
+                if !sleep_or_cancel(backoff.fail(), &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let pending: usize = origins.iter().map(|(_, n)| n).sum();
+        metrics::gauge!(telemetry::ENTRIES_DAMAGED_PENDING).set(pending as f64);
+        if origins.is_empty() {
+            backoff.succeed();
+            status.succeeded();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = seen.changed() => {}
+                _ = tokio::time::sleep(PEER_CHECK_INTERVAL) => {}
+            }
+            continue;
+        }
+        let mut left = Vec::new();
+        for (origin, _) in origins {
+            // The origin first: it holds its whole feed unless it compacted it.
+            let mut order: Vec<_> = feds.iter().collect();
+            order.sort_by_key(|f| f.peer().id != origin);
+            let mut unanswered = Vec::new();
+            for fed in order {
+                let attempt = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    attempt = fed.repair(origin) => attempt,
+                };
+                if let Err(e) = attempt {
+                    warn!(peer = %fed.peer().name, %origin, error = %e, "repair of damaged entries failed");
+                    unanswered.push(fed.peer().name.clone());
+                }
+            }
+            let still: Result<Vec<crate::feed::Seq>, crate::store::StoreError> =
+                with_store(&store, move |s| {
+                    Ok(s.damaged(origin)?.into_iter().map(|d| d.seq).collect())
+                })
+                .await;
+            let still = still.unwrap_or_default();
+            if still.is_empty() {
+                continue;
+            }
+            if unanswered.is_empty() {
+                let seqs = still.clone();
+                let new = with_store(&store, move |s| s.mark_unrepaired(origin, &seqs))
+                    .await
+                    .unwrap_or_default();
+                for seq in new {
+                    error!(%origin, seq = seq.0, "no peer holds a good copy of a damaged entry: restore it from a backup or an archive, or give a peer that holds it to this node");
+                }
+            }
+            left.push(format!(
+                "origin {origin}: {} damaged entries await a good copy{}",
+                still.len(),
+                if unanswered.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (unreachable: {})", unanswered.join(", "))
+                }
+            ));
+        }
+        if left.is_empty() {
+            backoff.succeed();
+            status.succeeded();
+            continue;
+        }
+        status.failed(left.join("; "));
+        if !sleep_or_cancel(backoff.fail(), &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Runs `f` on the writer on a blocking thread.
+async fn with_store<T: Send + 'static>(
+    store: &std::sync::Arc<Mutex<crate::store::Store>>,
+    f: impl FnOnce(&mut crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, crate::store::StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|e| e.into_inner())))
+        .await
+        .expect("store task panicked")
+}
+
 /// Sleeps `delay`; false if cancelled first.
 async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {

@@ -43,6 +43,13 @@ pub const PEER_QUOTA_EXCEEDED: &str = "tandem_peer_quota_exceeded";
 /// Counter: peer API requests refused before any handler ran. Labels: `reason`
 /// (`unauthenticated`, `replayed`, `nonces`, `peer_bodies`, `bodies`, `long_polls`).
 pub const PEER_REQUESTS_REFUSED: &str = "tandem_peer_requests_refused_total";
+/// Counter: stored entries found damaged (their bytes no longer hash or chain) when read to be
+/// served or pushed; each counted once. Labels: `origin`.
+pub const ENTRIES_DAMAGED: &str = "tandem_entries_damaged_total";
+/// Counter: damaged entries replaced by a good copy from a peer. Labels: `origin`.
+pub const ENTRIES_REPAIRED: &str = "tandem_entries_repaired_total";
+/// Gauge: damaged entries awaiting a good copy (not served meanwhile).
+pub const ENTRIES_DAMAGED_PENDING: &str = "tandem_entries_damaged";
 /// Gauge: buckets of the source followed without record permissions (their history does not
 /// cover them for the account).
 pub const SOURCE_PERMISSIONS_INCOMPLETE: &str = "tandem_source_buckets_permissions_incomplete";
@@ -129,6 +136,18 @@ pub fn metrics() -> &'static Metrics {
         metrics::describe_gauge!(
             SOURCE_PERMISSIONS_INCOMPLETE,
             "Source buckets followed without record permissions."
+        );
+        metrics::describe_counter!(
+            ENTRIES_DAMAGED,
+            "Stored entries found damaged when read to be served or pushed."
+        );
+        metrics::describe_counter!(
+            ENTRIES_REPAIRED,
+            "Damaged entries replaced by a good copy from a peer."
+        );
+        metrics::describe_gauge!(
+            ENTRIES_DAMAGED_PENDING,
+            "Damaged entries awaiting a good copy from a peer (not served meanwhile)."
         );
         metrics::counter!(ENTRIES_APPENDED).absolute(0);
         metrics::counter!(ENTRIES_ACCEPTED).absolute(0);

@@ -41,6 +41,8 @@ pub struct ApiState {
     pub workers: Vec<Arc<WorkerStatus>>,
     /// `[node] durability`: holders needed for an entry to count as durable.
     pub durability: u32,
+    /// The configured peers: only their receipts count toward durability.
+    pub peers: Vec<NodeId>,
 }
 
 /// Builds the router: `/healthz`, `/metrics`, and the peer API under `/v1/`.
@@ -56,9 +58,10 @@ pub fn router(state: Arc<ApiState>, peer: Arc<peer::PeerState>) -> Router {
 /// The origins held and the durable seq of the own feed.
 async fn origins(state: &Arc<ApiState>) -> Result<(Vec<OriginInfo>, u64), String> {
     let (reader, node, k) = (state.reader.clone(), state.node, state.durability);
+    let state = state.clone();
     tokio::task::spawn_blocking(move || {
         let store = reader.lock().unwrap_or_else(|e| e.into_inner());
-        Ok((store.origins()?, store.durable_seq(node, k)?))
+        Ok((store.origins()?, store.durable_seq(node, k, &state.peers)?))
     })
     .await
     .map_err(|e| e.to_string())?

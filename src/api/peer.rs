@@ -16,7 +16,9 @@
 //! - `GET /v1/origins`: `{"origins": [origin…]}`, the origins held that the caller may read
 //!   (its `serve` list).
 //! - `GET /v1/origins/{id}`: one origin, if the caller may read it or push it (`accept`);
-//!   `404` if not held.
+//!   `404` if not held. To a caller that is the origin or may push it, the answer also carries
+//!   `"receipts"`: the receipts other holders signed for the origin that this node holds, so
+//!   that they travel towards the origin with every push pass.
 //! - `GET /v1/origins/{id}/entries?after=SEQ&limit=N&wait=S`: the next page after `SEQ` (at
 //!   most `N` entries, default 4096, and [`wire::PAGE_BYTES`] of entries, ending at a
 //!   checkpoint; a run up to the first checkpoint comes whole), `200` with a page body
@@ -39,6 +41,18 @@
 //!   is stored; `200 {"stored": true}`, `400` when it does not check, `409` when its seq is
 //!   beyond what is held.
 //!
+//! - `POST /v1/origins/{id}/receipts`: `{"receipts": [receipt…]}` (at most
+//!   [`wire::MAX_RECEIPTS`], [`wire::MAX_RECEIPTS_BODY`] bytes) from a caller that may read or
+//!   push the origin, sent after it pulled: its own receipt for what it now holds, and the
+//!   receipts of other holders it relays. Each is kept if its holder signed it and it names
+//!   the entry held here at its seq (see [`crate::store::Store::record_foreign_receipt`]);
+//!   `200 {"recorded": n, "refused": [{"holder", "seq", "error"}]}`. Sending the same again
+//!   changes nothing. `404` when the origin is not held here.
+//!
+//! A page is hashed again and chained back from its checkpoint as it is read: an entry damaged
+//! on this node's disk is never served; the request gets `503` with `{"error", "origin",
+//! "seq"}` naming it while this node fetches a good copy from a peer.
+//!
 //! A reader verifies everything it gets with the origin's key; this node cannot forge it.
 
 use std::sync::{Arc, Mutex};
@@ -49,7 +63,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 
 pub mod guard;
@@ -99,6 +113,7 @@ pub fn router(state: Arc<PeerState>) -> Router {
         .route("/v1/origins/{id}", get(origin))
         .route("/v1/origins/{id}/entries", get(entries).post(push))
         .route("/v1/origins/{id}/base", get(base))
+        .route("/v1/origins/{id}/receipts", post(receipts))
         .route(
             "/v1/origins/{id}/snapshots",
             get(snapshots).post(push_snapshot),
@@ -148,7 +163,14 @@ fn may_read(state: &PeerState, caller: &PeerConfig, origin: NodeId) -> bool {
 
 /// The wire form of one origin held.
 /// `is_self`: whether `origin` is this node (whose feed is held even while empty).
-fn describe(store: &Store, origin: NodeId, is_self: bool) -> Result<Option<OriginDoc>, StoreError> {
+/// `relay`: whether to add the receipts of its holders (for a caller that is the origin or may
+/// push it; see the module docs).
+fn describe(
+    store: &Store,
+    origin: NodeId,
+    is_self: bool,
+    relay: bool,
+) -> Result<Option<OriginDoc>, StoreError> {
     let head = match store.head_if_held(origin)? {
         None => return Ok(None),
         // Registered only by bookkeeping: nothing of it is held.
@@ -165,7 +187,23 @@ fn describe(store: &Store, origin: NodeId, is_self: bool) -> Result<Option<Origi
             hash: head.map(|h| h.hash.to_string()),
         },
         checkpoint: checkpoint.as_ref().map(CheckpointDoc::from),
+        receipts: if relay {
+            relayed_receipts(store, origin)?
+        } else {
+            Vec::new()
+        },
     }))
+}
+
+/// The latest receipts held for `origin`, newest first, at most [`wire::MAX_RECEIPTS`].
+fn relayed_receipts(store: &Store, origin: NodeId) -> Result<Vec<wire::ReceiptDoc>, StoreError> {
+    let mut receipts = store.receipts(origin)?;
+    receipts.sort_by_key(|r| std::cmp::Reverse(r.ts));
+    Ok(receipts
+        .iter()
+        .take(wire::MAX_RECEIPTS)
+        .map(wire::ReceiptDoc::from)
+        .collect())
 }
 
 async fn read_store<T: Send + 'static>(
@@ -173,19 +211,57 @@ async fn read_store<T: Send + 'static>(
     f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
     let reader = state.reader.clone();
-    tokio::task::spawn_blocking(move || f(&reader.lock().unwrap_or_else(|e| e.into_inner())))
-        .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| match e {
-            // The puller can start from the base instead (GET …/base).
-            e @ crate::store::StoreError::Compacted { .. } => {
-                error(StatusCode::GONE, e.to_string())
-            }
-            e => {
-                tracing::error!(error = %e, "peer api: store read failed");
-                error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
-            }
-        })
+    let read =
+        tokio::task::spawn_blocking(move || f(&reader.lock().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Err(crate::store::StoreError::EntryDamaged {
+        origin,
+        seq,
+        detail,
+    }) = read
+    {
+        return Err(damaged(state, origin, seq, detail).await);
+    }
+    read.map_err(|e| match e {
+        // The puller can start from the base instead (GET …/base).
+        e @ crate::store::StoreError::Compacted { .. } => error(StatusCode::GONE, e.to_string()),
+        e => {
+            tracing::error!(error = %e, "peer api: store read failed");
+            error(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+        }
+    })
+}
+
+/// The answer when an entry to serve is damaged on disk (see `store::damage`): `503` naming
+/// the origin and seq, never the bytes. The entry is recorded (an error logged once) on the
+/// writer before the answer, which wakes the repair; the reader may ask another holder or try
+/// again later.
+async fn damaged(state: &Arc<PeerState>, origin: NodeId, seq: Seq, detail: String) -> Response {
+    let (writer, changes) = (state.writer.clone(), state.changes.clone());
+    let recorded = tokio::task::spawn_blocking(move || {
+        let mut store = writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) =
+            crate::replicate::federate::record_damage(&mut store, &changes, origin, seq, &detail)
+        {
+            tracing::error!(error = %e, "peer api: cannot record a damaged entry");
+        }
+    });
+    let _ = recorded.await;
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({
+            "error": format!("origin {origin}: the entry at seq {seq} is damaged in this node's store; it is not served until a good copy is fetched from a peer: try another holder, or again later"),
+            "origin": origin,
+            "seq": seq.0,
+        })),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("5"),
+    );
+    response
 }
 
 /// The checks every read of an origin starts with: the id parses, the query parses, and the
@@ -284,7 +360,7 @@ async fn origins(
         s.origins()?
             .into_iter()
             .filter(|o| may_read(&shared, &caller.peer, o.id))
-            .map(|o| describe(s, o.id, o.is_self))
+            .map(|o| describe(s, o.id, o.is_self, false))
             .collect::<Result<Vec<_>, _>>()
     })
     .await
@@ -312,7 +388,8 @@ async fn origin(
         );
     }
     let is_self = origin == state.node;
-    match read_store(&state, move |s| describe(s, origin, is_self)).await {
+    let relay = origin == caller.peer.id || grants(&state, &caller.peer.accept, origin);
+    match read_store(&state, move |s| describe(s, origin, is_self, relay)).await {
         Ok(Some(doc)) => axum::Json(doc).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -685,6 +762,97 @@ async fn push_snapshot(
         Ok(Err(e @ (StoreError::SnapshotMismatch { .. } | StoreError::Feed(_)))) => {
             bad(e.to_string())
         }
+        Ok(Err(e)) => unavailable(e),
+        Err(response) => response,
+    }
+}
+
+/// `POST /v1/origins/{id}/receipts`: receipts sent after a pull, the caller's own and those it
+/// relays (see the module docs).
+async fn receipts(
+    State(state): State<Arc<PeerState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(origin) = id.parse::<NodeId>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a node id"));
+    };
+    let peer = caller.peer;
+    if !may_read(&state, &peer, origin) && !grants(&state, &peer.accept, origin) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "peer {} may not read or push origin {origin} here",
+                peer.name
+            ),
+        );
+    }
+    if body.len() > wire::MAX_RECEIPTS_BODY {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a list of receipts is at most {} bytes",
+                wire::MAX_RECEIPTS_BODY
+            ),
+        );
+    }
+    let doc: wire::ReceiptsDoc = match serde_json::from_slice(&body) {
+        Ok(doc) => doc,
+        Err(e) => return bad(format!("not a list of receipts: {e}")),
+    };
+    if doc.receipts.len() > wire::MAX_RECEIPTS {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {} receipts per request", wire::MAX_RECEIPTS),
+        );
+    }
+    let mut parsed = Vec::with_capacity(doc.receipts.len());
+    for d in &doc.receipts {
+        match d.to_receipt() {
+            Ok(r) if r.origin == origin => parsed.push(r),
+            Ok(_) => return bad("a receipt of another origin".into()),
+            Err(e) => return bad(e.to_string()),
+        }
+    }
+    let listed: Vec<NodeId> = state.peers.iter().map(|p| p.id).collect();
+    let names: Vec<(NodeId, String)> = state.peers.iter().map(|p| (p.id, p.name.clone())).collect();
+    let (peer_name, peer_id) = (peer.name.clone(), peer.id);
+    let outcome = write_store(&state, move |s| {
+        if s.head_if_held(origin)?.is_none() {
+            return Ok(None);
+        }
+        let mut answer = wire::ReceiptsAnswer::default();
+        for receipt in &parsed {
+            let check = s.record_foreign_receipt(receipt, &listed)?;
+            match check {
+                crate::store::ReceiptCheck::Recorded => {
+                    answer.recorded += 1;
+                    if let Some((_, name)) = names.iter().find(|(id, _)| *id == receipt.holder) {
+                        metrics::gauge!(telemetry::HOLDER_ACKED_SEQ, "origin" => origin.to_string(), "holder" => name.clone())
+                            .set(receipt.seq.0 as f64);
+                    }
+                }
+                crate::store::ReceiptCheck::Unchanged => {}
+                crate::store::ReceiptCheck::Refused(why) => {
+                    tracing::warn!(peer = %peer_name, %origin, holder = %receipt.holder, seq = receipt.seq.0, reason = %why, own = receipt.holder == peer_id, "receipt refused");
+                    answer.refused.push(wire::RefusedReceipt {
+                        holder: receipt.holder,
+                        seq: receipt.seq.0,
+                        error: why,
+                    });
+                }
+            }
+        }
+        Ok(Some(answer))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Some(answer))) => axum::Json(answer).into_response(),
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            format!("origin {origin} is not held here"),
+        ),
         Ok(Err(e)) => unavailable(e),
         Err(response) => response,
     }

@@ -8,7 +8,7 @@
 //!  "origins": [{"id": "ed25519:…", "self": true,
 //!               "head": {"seq": 12, "hash": "3f2a…"},
 //!               "bytes": 4096, "frozen": false, "forks": [],
-//!               "durable_seq": 12, "base_seq": 0,
+//!               "durable_seq": 12, "base_seq": 0, "damaged": [],
 //!               "holders": [{"peer": "community", "id": "ed25519:…", "acked_seq": 12,
 //!                            "acked_at": "2026-11-26T15:04:05.123Z", "served_seq": 12,
 //!                            "behind": false, "last_rollback": null,
@@ -25,11 +25,18 @@
 //! from this node last asked for entries after (what it says it holds; null if it never
 //! pulled), and `pulled_at` when it first asked that (refreshed hourly while it keeps asking
 //! the same): compaction waits for it as for receipts.
-//! `peer` is the holder's name in the configuration (null if it is no longer configured).
+//! `peer` is the holder's name in the configuration (null if it is not configured: no longer,
+//! or a holder known only from receipts relayed by other nodes, which does not count toward
+//! `durable_seq`). A holder's receipt comes from a push, from the holder after it pulled, or
+//! relayed by the nodes between (see [`crate::replicate::federate`]).
+//! `damaged` lists the entries found damaged in this store (their bytes no longer hash or chain:
+//! the disk, or an edited file) as `{"seq", "found_at", "detail", "needs_operator"}`: they are
+//! not served until a good copy fetched from a peer replaces them; `needs_operator` is true
+//! when every peer was asked and none had one (restore the entry from a backup or an archive).
 //! `base_seq` is the compacted base (0 when the whole feed is held): below it, only the
 //! entries holding the state at that seq's snapshot are kept.
 //! `durable_seq` (own origin only) is the highest seq held by at least `node.durability`
-//! holders. `recovering` is true while the node fetches its own feed back from its peers. `daemon` says whether a daemon runs on this
+//! configured holders. `recovering` is true while the node fetches its own feed back from its peers. `daemon` says whether a daemon runs on this
 //! store and, if so, the health of its loops: `{"running": true, "workers": [{"kind", "name",
 //! "ok", "consecutive_errors", "last_error"}]}`. `source.permissions_incomplete` lists the
 //! buckets followed without record permissions (the history the account reads does not
@@ -82,6 +89,15 @@ struct OriginDoc {
     durable_seq: Option<u64>,
     base_seq: u64,
     holders: Vec<HolderDoc>,
+    damaged: Vec<DamagedDoc>,
+}
+
+#[derive(Serialize)]
+struct DamagedDoc {
+    seq: Seq,
+    found_at: String,
+    detail: String,
+    needs_operator: bool,
 }
 
 #[derive(Serialize)]
@@ -163,11 +179,23 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
             })
             .collect();
         let durable_seq = if o.is_self {
-            Some(store.durable_seq(o.id, config.node.durability)?)
+            let counted: Vec<NodeId> = config.peers.iter().map(|p| p.id).collect();
+            Some(store.durable_seq(o.id, config.node.durability, &counted)?)
         } else {
             None
         };
+        let damaged = store
+            .damaged(o.id)?
+            .into_iter()
+            .map(|d| DamagedDoc {
+                seq: d.seq,
+                found_at: super::rfc3339(d.found_at),
+                detail: d.detail,
+                needs_operator: d.unrepaired_at.is_some(),
+            })
+            .collect();
         origins.push(OriginDoc {
+            damaged,
             durable_seq,
             base_seq: store.base(o.id)?.map_or(0, |b| b.seq.0),
             holders,
@@ -315,6 +343,19 @@ fn print_text(status: &Status) {
                     r.served_seq, r.at, r.expected_seq
                 );
             }
+        }
+        for d in &o.damaged {
+            println!(
+                "    DAMAGED entry at seq {} (found {} ago: {}): not served; {}",
+                d.seq,
+                age(&d.found_at),
+                d.detail,
+                if d.needs_operator {
+                    "no peer holds a good copy: restore it from a backup or an archive"
+                } else {
+                    "fetching a good copy from the peers"
+                }
+            );
         }
         for f in &o.forks {
             println!(

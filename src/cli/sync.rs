@@ -93,7 +93,10 @@ async fn standalone(node: Node) -> anyhow::Result<SyncReport> {
     let feds = config
         .peers
         .iter()
-        .map(|p| Federation::new(p.clone(), key.clone(), store.clone(), changes.clone()))
+        .map(|p| {
+            Federation::new(p.clone(), key.clone(), store.clone(), changes.clone())
+                .map(|f| f.listing(config.peers.iter().map(|p| p.id).collect()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if recovering {
         for fed in &feds {

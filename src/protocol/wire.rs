@@ -41,7 +41,10 @@
 //! ```
 //! is a checkpoint ([`CheckpointDoc`]); a receipt ([`ReceiptDoc`]) adds `"holder"`; an origin
 //! ([`OriginDoc`]) is `{"id", "head": {"seq", "hash"}, "checkpoint": checkpoint | null,
-//! "snapshot_seq"}`; a snapshot ([`SnapshotDoc`]) is `{"id", "origin", "seq", "head_hash",
+//! "snapshot_seq"}`, plus `"receipts": [receipt…]` when the node relays other holders'
+//! receipts to the caller (see [`OriginDoc::receipts`]); a list of receipts sent after a pull
+//! ([`ReceiptsDoc`]) is `{"receipts": [receipt…]}` and is answered by [`ReceiptsAnswer`]; a
+//! snapshot ([`SnapshotDoc`]) is `{"id", "origin", "seq", "head_hash",
 //! "ts", "objects", "bytes", "state_root", "signature"}` (`state_root` in hex).
 
 use base64::Engine;
@@ -383,6 +386,46 @@ pub struct OriginDoc {
     /// Seq of the latest snapshot of the origin held (0: none).
     #[serde(default)]
     pub snapshot_seq: u64,
+    /// Receipts other holders signed for this origin that the node holds, relayed to a caller
+    /// that is the origin or may push it there, so that receipts reach the origin through the
+    /// nodes between. Absent (empty) otherwise, and from nodes that predate it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receipts: Vec<ReceiptDoc>,
+}
+
+/// Most receipts one `POST /v1/origins/{id}/receipts` may carry.
+pub const MAX_RECEIPTS: usize = 256;
+/// Largest body of a `POST /v1/origins/{id}/receipts`: [`MAX_RECEIPTS`] documents of about
+/// 350 bytes each, with room to spare.
+pub const MAX_RECEIPTS_BODY: usize = 128 << 10;
+
+/// The body of `POST /v1/origins/{id}/receipts`: receipts of one origin, the caller's own (for
+/// what it just pulled) and those of other holders it relays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptsDoc {
+    /// At most [`MAX_RECEIPTS`].
+    pub receipts: Vec<ReceiptDoc>,
+}
+
+/// The answer to a [`ReceiptsDoc`]: how many receipts were new here, and the ones refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptsAnswer {
+    /// Receipts that acknowledged more than what was held from their holder.
+    pub recorded: u64,
+    /// Receipts refused, with why.
+    #[serde(default)]
+    pub refused: Vec<RefusedReceipt>,
+}
+
+/// One receipt of a [`ReceiptsDoc`] that was not kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedReceipt {
+    /// Its holder.
+    pub holder: NodeId,
+    /// The seq it acknowledges.
+    pub seq: u64,
+    /// Why it was refused.
+    pub error: String,
 }
 
 /// An error body: `{"error": "…"}`, plus the holder's head where it matters (a gap).

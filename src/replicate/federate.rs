@@ -7,23 +7,37 @@
 //!   ([`crate::feed::verify_batch`]) before the store sees it; the store then checks it links to
 //!   the held head in the same transaction that writes it. A corrupt or forged page stores
 //!   nothing and fails the pass; the next pass starts again from the held head.
-//! - **Receipts.** Every pushed page is answered by a receipt signed by the peer, checked and
-//!   kept (the highest per origin and holder).
+//! - **Receipts.** Every way an entry reaches a holder ends in a receipt the origin sees. A
+//!   pushed page is answered by a receipt signed by the peer, checked and kept (the highest per
+//!   origin and holder). After a pull that stored something, this node signs a receipt for
+//!   its new head and posts it to the peer it pulled from, with the receipts of other holders
+//!   it keeps for that origin; a push pass takes the receipts the peer relays in its answer
+//!   about the origin. So receipts climb from holder to relay to origin, whichever direction
+//!   the entries flowed, and each is checked against the chain held where it lands
+//!   ([`Store::record_foreign_receipt`]). A peer too old for receipts by pull is told once and
+//!   then left alone.
 //! - **Rollback and withholding.** Before pushing, the peer's head for the origin is compared
 //!   with what it acknowledged or served before; less is reported (warning, `status`,
 //!   `tandem_holder_rollbacks_total`) and the missing entries are pushed again. When pulling, a peer that
 //!   serves a lower head than it served before is reported the same way.
+//! - **Damage.** An entry of this node's store that no longer hashes or chains (the disk) is
+//!   found when a page is read to be pushed or served, recorded once ([`record_damage`]: an
+//!   error in the log, `tandem_entries_damaged_total`, `status`), and never sent.
+//!   [`Federation::repair`] fetches a good copy from the peer through the ordinary accept
+//!   path, which replaces the damaged bytes in the transaction that accepts the page.
 //! - **Forks.** Every checkpoint a peer shows is checked against the held chain; a disagreement
 //!   is stored as evidence and freezes the origin ([`crate::store::Store::observe_checkpoint`]).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::Changes;
 use crate::config::{OriginRef, PeerConfig};
-use crate::feed::{FeedError, Seq, verify_batch};
+use crate::feed::{FeedError, Receipt, Seq, verify_batch};
 use crate::identity::{NodeId, NodeKey};
 use crate::peer::{PAGE_ENTRIES, PeerClient, PeerError};
 use crate::protocol::wire::{self, OriginDoc};
@@ -109,6 +123,28 @@ pub struct PullReport {
     pub base: u64,
 }
 
+/// Records that `origin`'s entry at `seq` was found damaged (see `store::damage`): the first
+/// time, an error in the log, `tandem_entries_damaged_total`, and a change signal that wakes
+/// the repair loop. Runs on the writer, on a blocking thread.
+pub fn record_damage(
+    store: &mut Store,
+    changes: &Changes,
+    origin: NodeId,
+    seq: Seq,
+    detail: &str,
+) -> Result<(), StoreError> {
+    if store.mark_damaged(origin, seq, detail)? {
+        error!(%origin, seq = seq.0, detail, "stored entry damaged: not served until a good copy is fetched from a peer");
+        metrics::counter!(telemetry::ENTRIES_DAMAGED, "origin" => origin.to_string()).increment(1);
+        changes.notify();
+    }
+    Ok(())
+}
+
+/// What one peer was handed in receipts of one origin: (holder, seq) of each, this node's own
+/// first.
+type SentReceipts = Vec<(NodeId, u64)>;
+
 /// This node's side of the relationship with one peer.
 #[derive(Clone)]
 pub struct Federation {
@@ -119,6 +155,16 @@ pub struct Federation {
     changes: Changes,
     /// Held for a whole push pass.
     push_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Signs the receipts for what this node pulled.
+    key: Arc<NodeKey>,
+    /// Every configured peer: relayed receipts of other holders are bounded (see
+    /// [`crate::store::MAX_UNLISTED_HOLDERS`]).
+    listed: Arc<Vec<NodeId>>,
+    /// Per origin, what the peer was last handed in receipts (this node's head, then each
+    /// relayed holder and seq): the same is not sent again.
+    receipts_sent: Arc<Mutex<HashMap<NodeId, SentReceipts>>>,
+    /// Set when the peer answered 404 to receipts: a version before receipts by pull.
+    receipts_unsupported: Arc<AtomicBool>,
 }
 
 impl Federation {
@@ -130,15 +176,27 @@ impl Federation {
         changes: Changes,
     ) -> Result<Federation, PeerError> {
         let node = key.id();
-        let client = PeerClient::new(&peer.name, peer.id, &peer.url, key)?;
+        let client = PeerClient::new(&peer.name, peer.id, &peer.url, key.clone())?;
         Ok(Federation {
+            listed: Arc::new(vec![peer.id]),
             peer: Arc::new(peer),
             client,
             store,
             node,
             changes,
             push_lock: Arc::default(),
+            key,
+            receipts_sent: Arc::default(),
+            receipts_unsupported: Arc::default(),
         })
+    }
+
+    /// Names every configured peer (only this one by default): receipts the peer relays of
+    /// other holders are kept without bound for these, and for at most
+    /// [`crate::store::MAX_UNLISTED_HOLDERS`] others.
+    pub fn listing(mut self, peers: Vec<NodeId>) -> Federation {
+        self.listed = Arc::new(peers);
+        self
     }
 
     /// The peer's configuration.
@@ -242,6 +300,9 @@ impl Federation {
     ) -> Result<(), FederateError> {
         let doc = self.client.origin(origin).await?;
         let theirs = doc.as_ref().map_or(0, |d| d.head.seq);
+        if let Some(d) = &doc {
+            self.keep_relayed(origin, &d.receipts).await?;
+        }
         if origin == self.node {
             let ours = self
                 .with_store(move |s| s.head(origin))
@@ -267,11 +328,29 @@ impl Federation {
         }
         let mut relinks = 0;
         loop {
-            let page = self
+            let page = match self
                 .with_store(move |s| {
                     s.entries_page(origin, Seq(after), PAGE_ENTRIES, wire::PAGE_BYTES)
                 })
-                .await?;
+                .await
+            {
+                Err(StoreError::EntryDamaged {
+                    origin,
+                    seq,
+                    detail,
+                }) => {
+                    let (changes, text) = (self.changes.clone(), detail.clone());
+                    self.with_store(move |s| record_damage(s, &changes, origin, seq, &text))
+                        .await?;
+                    return Err(StoreError::EntryDamaged {
+                        origin,
+                        seq,
+                        detail,
+                    }
+                    .into());
+                }
+                page => page?,
+            };
             let Some((entries, checkpoint)) = page else {
                 break;
             };
@@ -342,6 +421,166 @@ impl Federation {
             .push_snapshots(origin, doc.as_ref().map_or(0, |d| d.snapshot_seq))
             .await?;
         Ok(())
+    }
+
+    /// Keeps the receipts of other holders the peer relayed about `origin` (in its answer to
+    /// `GET /v1/origins/{id}`). Each is checked where it lands; one refused is logged and
+    /// skipped, it does not fail the pass.
+    async fn keep_relayed(
+        &self,
+        origin: NodeId,
+        docs: &[wire::ReceiptDoc],
+    ) -> Result<(), FederateError> {
+        let receipts: Vec<Receipt> = docs
+            .iter()
+            .take(wire::MAX_RECEIPTS)
+            .filter_map(|d| d.to_receipt().ok())
+            .filter(|r| r.origin == origin && r.holder != self.peer.id)
+            .collect();
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let listed = self.listed.clone();
+        let refused = self
+            .with_store(move |s| {
+                let mut refused = Vec::new();
+                for r in &receipts {
+                    if let crate::store::ReceiptCheck::Refused(why) =
+                        s.record_foreign_receipt(r, &listed)?
+                    {
+                        refused.push((r.holder, r.seq, why));
+                    }
+                }
+                Ok(refused)
+            })
+            .await?;
+        for (holder, seq, why) in refused {
+            tracing::debug!(peer = %self.peer.name, %origin, %holder, %seq, reason = %why, "relayed receipt refused");
+        }
+        Ok(())
+    }
+
+    /// Hands the peer a receipt for what this node now holds of `origin`, with the receipts
+    /// of other holders kept here (at most [`wire::MAX_RECEIPTS`] in all, the newest), unless
+    /// the same was handed over already. Failures are logged, not returned: the entries are
+    /// stored, and the next pull tries again.
+    async fn send_receipts(&self, origin: NodeId) {
+        if self.receipts_unsupported.load(Ordering::Relaxed) {
+            return;
+        }
+        let (peer, me) = (self.peer.id, self.node);
+        let held = self
+            .with_store(move |s| {
+                let mut others: Vec<Receipt> = s
+                    .receipts(origin)?
+                    .into_iter()
+                    .filter(|r| r.holder != peer && r.holder != me)
+                    .collect();
+                others.sort_by_key(|r| std::cmp::Reverse(r.ts));
+                others.truncate(wire::MAX_RECEIPTS - 1);
+                Ok((s.head(origin)?, others))
+            })
+            .await;
+        let (head, others) = match held {
+            Ok((Some(head), others)) => (head, others),
+            Ok((None, _)) => return,
+            Err(e) => {
+                warn!(peer = %self.peer.name, %origin, error = %e, "cannot read receipts to send");
+                return;
+            }
+        };
+        let mut sent: Vec<(NodeId, u64)> = vec![(me, head.seq.0)];
+        sent.extend(others.iter().map(|r| (r.holder, r.seq.0)));
+        if self
+            .receipts_sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&origin)
+            == Some(&sent)
+        {
+            return;
+        }
+        let mut receipts = vec![Receipt::sign(
+            &self.key,
+            origin,
+            head,
+            crate::store::now_ms(),
+        )];
+        receipts.extend(others);
+        match self.client.post_receipts(origin, &receipts).await {
+            Ok(Some(answer)) => {
+                for r in &answer.refused {
+                    warn!(peer = %self.peer.name, %origin, holder = %r.holder, seq = r.seq, reason = %r.error, "peer refused a receipt");
+                }
+                self.receipts_sent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(origin, sent);
+            }
+            Ok(None) => {
+                info!(peer = %self.peer.name, %origin, "peer does not take receipts by pull (an older version, or it does not hold the origin); not sending them again");
+                self.receipts_unsupported.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                warn!(peer = %self.peer.name, %origin, error = %e, "sending receipts failed; the next pull tries again");
+            }
+        }
+    }
+
+    /// Asks the peer for good copies of the damaged entries of `origin`: the page starting at
+    /// each one not yet covered, verified and accepted like any pulled page, which replaces the
+    /// damaged entries the chain held here confirms (see `store::damage`). Returns how many
+    /// were replaced; `Ok(0)` when the peer does not hold them, may not let this node read
+    /// them, or has them damaged too.
+    pub async fn repair(&self, origin: NodeId) -> Result<u64, FederateError> {
+        let mut repaired = 0;
+        let mut covered = 0u64;
+        loop {
+            let damaged = self.with_store(move |s| s.damaged(origin)).await?;
+            let Some(d) = damaged.iter().map(|d| d.seq.0).find(|s| *s > covered) else {
+                break;
+            };
+            let page = match self.client.page(origin, Seq(d - 1), Duration::ZERO).await {
+                Ok(Some(page)) => page,
+                Ok(None) => break,
+                // It does not know this node, may not let it read the origin, does not hold
+                // the entry (or compacted it), or has it damaged too: it answered, no copy.
+                Err(PeerError::Refused {
+                    status: 401 | 403 | 404 | 410 | 503,
+                    ..
+                }) => break,
+                Err(e) => return Err(e.into()),
+            };
+            covered = page.checkpoint.seq.0;
+            if covered < d {
+                break;
+            }
+            let peer = self.peer.name.clone();
+            let batch = tokio::task::spawn_blocking(move || {
+                verify_batch(origin, page.entries, page.checkpoint)
+            })
+            .await
+            .expect("verification task panicked")
+            .map_err(|source| FederateError::Invalid {
+                peer,
+                origin,
+                source,
+            })?;
+            let accepted = self.with_store(move |s| s.accept(&batch, &[])).await?;
+            if accepted.added > 0 {
+                metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(accepted.added);
+            }
+            if accepted.repaired > 0 || accepted.added > 0 {
+                self.changes.notify();
+            }
+            if accepted.repaired > 0 {
+                metrics::counter!(telemetry::ENTRIES_REPAIRED, "origin" => origin.to_string())
+                    .increment(accepted.repaired);
+                info!(peer = %self.peer.name, %origin, repaired = accepted.repaired, "damaged entries replaced by a good copy");
+            }
+            repaired += accepted.repaired;
+        }
+        Ok(repaired)
     }
 
     /// Fetches this node's own feed back from the peer up to `theirs`, with appends paused
@@ -535,6 +774,9 @@ impl Federation {
         }
         let theirs = doc.as_ref().map_or(0, |d| d.snapshot_seq);
         report.snapshots += self.pull_snapshots(origin, theirs).await?;
+        if origin != self.node {
+            self.send_receipts(origin).await;
+        }
         if report.accepted > 0 {
             info!(peer = %self.peer.name, %origin, accepted = report.accepted, "pull done");
         }

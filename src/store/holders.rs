@@ -1,5 +1,14 @@
 //! What other nodes hold of a feed: the receipts they signed and the heads they served. This is
 //! how a node notices a holder that rolled back or withholds what it acknowledged.
+//!
+//! Receipts arrive three ways: in answer to a push, from a node that pulled (its own, for what
+//! it just stored), and relayed by the nodes between a holder and the origin (receipts of
+//! holders this node may never talk to). Whoever hands one over, it is kept only if its holder
+//! signed it and it names the entry held here at its seq ([`Store::record_foreign_receipt`]).
+//! A relayed receipt proves that its holder's key signed it, not that the holder is a separate
+//! machine: anyone can mint keys. So only holders the configuration names count toward
+//! durability ([`Store::durable_seq`]); the others are shown, and at most
+//! [`MAX_UNLISTED_HOLDERS`] of them are kept per origin.
 
 use rusqlite::OptionalExtension;
 
@@ -62,7 +71,92 @@ impl HolderInfo {
     }
 }
 
+/// Most holders per origin that the configuration does not name whose receipts are kept: a
+/// relay could mint keys and hand over receipts of as many made-up holders as it likes.
+pub const MAX_UNLISTED_HOLDERS: usize = 64;
+
+/// What became of a receipt another node handed over ([`Store::record_foreign_receipt`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptCheck {
+    /// Kept: it acknowledges more than what was held from its holder.
+    Recorded,
+    /// Valid, but no newer than what was held from its holder (a receipt sent again).
+    Unchanged,
+    /// Not kept, with why.
+    Refused(String),
+}
+
 impl Store {
+    /// Records a receipt another node handed over (not one this node asked for by pushing):
+    /// kept only if its holder's signature checks, its holder is not this node, and it names
+    /// the entry held here at its seq. A seq not held here is taken on the signature alone,
+    /// except on this node's own feed, where a receipt beyond the head is refused. A holder
+    /// not in `listed` (the configured peers) is kept only while fewer than
+    /// [`MAX_UNLISTED_HOLDERS`] such holders are. Idempotent.
+    pub fn record_foreign_receipt(
+        &mut self,
+        receipt: &Receipt,
+        listed: &[NodeId],
+    ) -> Result<ReceiptCheck, StoreError> {
+        let refused = |why: &str| Ok(ReceiptCheck::Refused(why.to_owned()));
+        if receipt.verify().is_err() {
+            return refused("its signature does not check");
+        }
+        if receipt.seq.0 == 0 || receipt.seq.0 > crate::feed::MAX_SEQ {
+            return refused("its seq is out of range");
+        }
+        if receipt.holder == self.node_id()? {
+            return refused("it is signed by this node");
+        }
+        let origin = receipt.origin;
+        match self.entry_hash(origin, receipt.seq)? {
+            Some(held) if held != receipt.hash => {
+                return refused("it names another entry than the one held at its seq");
+            }
+            Some(_) => {}
+            None => {
+                let head = self.head(origin)?.map_or(0, |h| h.seq.0);
+                let base = self.base(origin)?;
+                if base.is_some_and(|b| b.seq == receipt.seq && b.hash != receipt.hash) {
+                    return refused("it names another entry than the one held at its seq");
+                }
+                if receipt.seq.0 > head && self.is_own(origin)? {
+                    return refused("it acknowledges more than this origin wrote");
+                }
+            }
+        }
+        if !listed.contains(&receipt.holder) {
+            let holders = self.holders(origin)?;
+            let unlisted = holders
+                .iter()
+                .filter(|h| h.acked_at.is_some() && !listed.contains(&h.holder))
+                .count();
+            if unlisted >= MAX_UNLISTED_HOLDERS
+                && !holders.iter().any(|h| h.holder == receipt.holder)
+            {
+                return refused("too many holders not configured here are known already");
+            }
+        }
+        Ok(if self.record_receipt(receipt)? {
+            ReceiptCheck::Recorded
+        } else {
+            ReceiptCheck::Unchanged
+        })
+    }
+
+    /// Whether `origin` is this node's own feed.
+    fn is_own(&self, origin: NodeId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT is_self FROM origins WHERE node_id = ?1")
+            .and_then(|mut s| {
+                s.query_row([origin.as_bytes().as_slice()], |r| r.get::<_, bool>(0))
+                    .optional()
+            })
+            .ctx("reading an origin")?
+            .unwrap_or(false))
+    }
+
     /// Records a receipt (its signature checked first) if it acknowledges more than the one held
     /// from the same holder. Returns whether it was newer.
     pub fn record_receipt(&mut self, receipt: &Receipt) -> Result<bool, StoreError> {
@@ -264,12 +358,20 @@ impl Store {
         Ok(out)
     }
 
-    /// The highest seq of `origin` that at least `k` holders acknowledged (0 if fewer hold it).
-    pub fn durable_seq(&self, origin: NodeId, k: u32) -> Result<u64, StoreError> {
+    /// The highest seq of `origin` that at least `k` of the holders in `counted` (the
+    /// configured peers) acknowledged (0 if fewer hold it). Holders known only from relayed
+    /// receipts do not count: their keys prove no separate copy (see the module docs).
+    pub fn durable_seq(
+        &self,
+        origin: NodeId,
+        k: u32,
+        counted: &[NodeId],
+    ) -> Result<u64, StoreError> {
         // A holder seen serving less than it acknowledged counts for what it served.
         let mut acked: Vec<u64> = self
             .holders(origin)?
             .iter()
+            .filter(|h| counted.contains(&h.holder))
             .map(HolderInfo::holds)
             .collect();
         acked.sort_unstable_by(|a, b| b.cmp(a));

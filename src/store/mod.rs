@@ -16,6 +16,7 @@
 //! feeds, `read` the queries, `verify` the full re-check of everything stored.
 
 mod compact;
+mod damage;
 mod holders;
 mod read;
 pub mod schema;
@@ -33,7 +34,8 @@ use crate::feed::{EntryHash, FeedError, ForkEvidence, Head, Op, Seq};
 use crate::identity::NodeId;
 
 pub use compact::{BasePage, Compacted};
-pub use holders::{HolderInfo, Rollback};
+pub use damage::DamagedEntry;
+pub use holders::{HolderInfo, MAX_UNLISTED_HOLDERS, ReceiptCheck, Rollback};
 pub use read::{OriginInfo, StoredEntry};
 pub use snapshots::{SnapshotMismatch, StateItem};
 pub use verify::{VerifyProblem, VerifyReport};
@@ -179,6 +181,19 @@ pub enum StoreError {
         path: String,
         /// What is wrong.
         source: FeedError,
+    },
+    /// A stored entry no longer matches its recorded hash or the chain (a flipped bit on the
+    /// disk, an edited database file). It is not served; a good copy from a peer replaces it.
+    #[error(
+        "origin {origin}: the stored entry at seq {seq} is damaged ({detail}); it is not served until a good copy is fetched from a peer (see `tandem status`)"
+    )]
+    EntryDamaged {
+        /// The origin.
+        origin: NodeId,
+        /// The damaged entry.
+        seq: Seq,
+        /// What does not match.
+        detail: String,
     },
     /// Stored bytes that fail feed rules.
     #[error("invalid stored data: {0}")]

@@ -166,7 +166,9 @@ impl Store {
     /// [`super::CHECKPOINT_EVERY`] entries and [`super::CHECKPOINT_BYTES`] bytes, and a relay
     /// keeps the checkpoints of the pages it received, so pages stay bounded). `None` when
     /// nothing after `after` is covered by a checkpoint. Reads in one transaction, so the
-    /// entries and the checkpoint agree even beside a writer.
+    /// entries and the checkpoint agree even beside a writer. Every entry is hashed again and
+    /// chained back from the checkpoint: a damaged one is [`StoreError::EntryDamaged`], never
+    /// served.
     pub fn entries_page(
         &self,
         origin: NodeId,
@@ -230,6 +232,18 @@ impl Store {
         };
         let entries = self.entries_after(origin, after, (checkpoint.seq.0 - after.0) as usize)?;
         tx.finish().ctx("ending a page read")?;
+        // Never serve bytes the disk damaged: every entry is hashed again and chained back
+        // from the checkpoint (see `damage`).
+        if let Some((seq, detail)) = super::damage::check_page(&entries, &checkpoint)?
+            .into_iter()
+            .next()
+        {
+            return Err(StoreError::EntryDamaged {
+                origin,
+                seq,
+                detail,
+            });
+        }
         match entries.last() {
             Some(last) if last.seq == checkpoint.seq && last.hash == checkpoint.hash => {
                 Ok(Some((entries, checkpoint)))

@@ -143,6 +143,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE holders ADD COLUMN pulled_seq INTEGER;  -- NULL: it never pulled
     ALTER TABLE holders ADD COLUMN pulled_at  INTEGER;  -- ms, when
     "#,
+    // 7: entries found damaged on disk (their bytes no longer hash to the recorded hash, or no
+    // longer chain), not served until a good copy from a peer replaces them.
+    r#"
+    CREATE TABLE damaged (
+        origin         INTEGER NOT NULL,
+        seq            INTEGER NOT NULL,
+        found_at       INTEGER NOT NULL,  -- ms
+        detail         TEXT NOT NULL,
+        unrepaired_at  INTEGER,           -- ms; set when every peer answered without a good copy
+        PRIMARY KEY (origin, seq)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -266,6 +266,18 @@ impl Store {
             problem(Some(seq), "head is not covered by a checkpoint".into());
         }
 
+        // Entries the daemon found damaged and still awaits a good copy of (a sampled run may
+        // not re-hash them).
+        for d in self.damaged(origin)? {
+            problem(
+                Some(d.seq.0),
+                format!(
+                    "found damaged ({}) and not yet replaced by a good copy from a peer",
+                    d.detail
+                ),
+            );
+        }
+
         // Receipts holders signed for this origin.
         for receipt in self.receipts(origin)? {
             report.receipts += 1;

@@ -64,6 +64,8 @@ pub struct Accepted {
     pub added: u64,
     /// The origin's head afterwards.
     pub head: Head,
+    /// Entries found damaged here that the batch replaced (see `store::damage`).
+    pub repaired: u64,
 }
 
 /// What a lone checkpoint says about the stored chain.
@@ -257,8 +259,10 @@ impl Store {
 
     /// Accepts a verified batch of a foreign (or, during recovery, our own) origin: it must
     /// link to the stored head. Entries already held must match exactly (re-delivery is a
-    /// no-op); a mismatch is a fork, whose evidence is stored and the origin frozen. New
-    /// entries, the checkpoint, state and `cursors` commit in one transaction.
+    /// no-op); a mismatch is a fork, whose evidence is stored and the origin frozen. Entries
+    /// found damaged here are not compared but replaced by the batch's, when the chain held
+    /// confirms them (see `store::damage`). New entries, repairs, the checkpoint, state and
+    /// `cursors` commit in one transaction.
     pub fn accept(
         &mut self,
         batch: &VerifiedBatch,
@@ -284,9 +288,12 @@ impl Store {
             });
         }
 
+        // Entries found damaged here are not compared: the batch may replace them.
+        let damaged = super::damage::damaged_between(&tx, row.id, first.saturating_sub(1), last)?;
         // Compare every entry we already hold (and the link before the batch) with ours.
         let mut divergence = None;
         if first >= 2
+            && !damaged.contains(&(first - 1))
             && let Some(ours) = held_hash_or_base(&tx, &row, first - 1)?
             && ours != batch.first_prev()
         {
@@ -297,6 +304,9 @@ impl Store {
                 let seq = first + i as u64;
                 if seq > head_seq {
                     break;
+                }
+                if damaged.contains(&seq) {
+                    continue;
                 }
                 let Some(ours) = held_hash_or_base(&tx, &row, seq)? else {
                     continue;
@@ -322,6 +332,11 @@ impl Store {
             return Err(StoreError::Fork(Box::new(evidence)));
         }
 
+        let repaired = if damaged.is_empty() {
+            0
+        } else {
+            super::damage::repair(&tx, row.id, row.head, batch, &damaged)?
+        };
         let mut added = 0u64;
         let mut bytes_added = 0u64;
         if last > head_seq {
@@ -360,7 +375,11 @@ impl Store {
             row.head
                 .expect("a batch within the stored head implies a head")
         };
-        Ok(Accepted { added, head })
+        Ok(Accepted {
+            added,
+            head,
+            repaired,
+        })
     }
 
     /// Checks a lone checkpoint (its signature first) against the stored chain. A checkpoint
