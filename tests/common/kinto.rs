@@ -145,6 +145,15 @@ impl Kinto {
             plugin_settings.push_str("kinto.tandem.principals = account:tandem\n");
         }
         let (backend, storage_url) = postgres_database(&venv, options);
+        // The root names this server's own directory: a server that answers on the port we
+        // probed is ours, not another test's that took the port first.
+        let tag = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches('.')
+            .to_owned();
         let ini = format!(
             r#"[server:main]
 use = egg:waitress#main
@@ -162,6 +171,7 @@ kinto.cache_url =
 kinto.permission_backend = kinto.core.permission.{backend}
 kinto.permission_url = {storage_url}
 kinto.userid_hmac_secret = 0a1b2c3d4e5f60718293a4b5c6d7e8f9
+kinto.project_name = {tag}
 multiauth.policies = account
 multiauth.policy.account.use = kinto.plugins.accounts.AccountsPolicy
 kinto.account_create_principals = system.Everyone
@@ -244,7 +254,7 @@ format = %(levelname)s %(message)s
                 .stderr(log)
                 .spawn()
                 .unwrap();
-            if wait_ready(&mut child, &http, &url).await {
+            if wait_ready(&mut child, &http, &url, &tag).await {
                 let kinto = Kinto {
                     child,
                     dir,
@@ -388,16 +398,25 @@ fn run_script(script: &str, args: &[&str]) -> Vec<Value> {
 }
 
 /// Waits until the server answers its heartbeat; false if it died or took over a minute.
-async fn wait_ready(child: &mut Child, http: &reqwest::Client, url: &str) -> bool {
+/// Waits until the server at `url` answers and is this `child` (its root names `tag`); false
+/// when the child exits first (its port was taken) or after a minute.
+async fn wait_ready(child: &mut Child, http: &reqwest::Client, url: &str, tag: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        if let Ok(r) = http.get(format!("{url}__heartbeat__")).send().await
+        if let Ok(r) = http.get(url).send().await
             && r.status().is_success()
+            && let Ok(root) = r.json::<Value>().await
         {
-            return true;
+            if root["project_name"] == tag {
+                return true;
+            }
+            // Another test's server took the port: ours cannot bind it.
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
