@@ -168,6 +168,24 @@ pub struct Federation {
 }
 
 impl Federation {
+    /// Verifies a page this peer sent of `origin`, on a blocking thread (signature and chain:
+    /// CPU work that must not hold up the runtime).
+    async fn verify_page(
+        &self,
+        origin: NodeId,
+        page: crate::peer::Page,
+    ) -> Result<crate::feed::VerifiedBatch, FederateError> {
+        let peer = self.peer.name.clone();
+        tokio::task::spawn_blocking(move || verify_batch(origin, page.entries, page.checkpoint))
+            .await
+            .expect("verification task panicked")
+            .map_err(|source| FederateError::Invalid {
+                peer,
+                origin,
+                source,
+            })
+    }
+
     /// Builds the federation with `peer`, signing as `key`, using the node's writer `store`.
     pub fn new(
         peer: PeerConfig,
@@ -555,17 +573,7 @@ impl Federation {
             if covered < d {
                 break;
             }
-            let peer = self.peer.name.clone();
-            let batch = tokio::task::spawn_blocking(move || {
-                verify_batch(origin, page.entries, page.checkpoint)
-            })
-            .await
-            .expect("verification task panicked")
-            .map_err(|source| FederateError::Invalid {
-                peer,
-                origin,
-                source,
-            })?;
+            let batch = self.verify_page(origin, page).await?;
             let accepted = self.with_store(move |s| s.accept(&batch, &[])).await?;
             if accepted.added > 0 {
                 metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(accepted.added);
@@ -749,17 +757,7 @@ impl Federation {
                     },
                 }));
             }
-            let peer = self.peer.name.clone();
-            let batch = tokio::task::spawn_blocking(move || {
-                verify_batch(origin, page.entries, page.checkpoint)
-            })
-            .await
-            .expect("verification task panicked")
-            .map_err(|source| FederateError::Invalid {
-                peer,
-                origin,
-                source,
-            })?;
+            let batch = self.verify_page(origin, page).await?;
             let accepted = self.with_store(move |s| s.accept(&batch, &[])).await?;
             report.pages += 1;
             report.accepted += accepted.added;
