@@ -18,8 +18,8 @@ benchkit.py), in one run:
 Usage: scripts/bench-ingest.py [RECORDS COLLECTIONS STEADY IDLE]   (RECORDS 0: steady state only;
        STEADY 0: initial ingest only)
 Environment: BENCH_CONCURRENCY, a comma-separated list of `[source] concurrency` values to time
-tandem with (default "1,2,4,8"; "8" with BENCH_INGEST=journal, whose dump is read one page at a
-time); BENCH_INGEST, `lists` (default: Kinto without the kinto-tandem plugin) or `journal`;
+tandem with (default "1,2,4,8"; "8" with BENCH_INGEST=journal, whose dump does not use
+it); BENCH_INGEST, `lists` (default: Kinto without the kinto-tandem plugin) or `journal`;
 BENCH_PATHS, the steady-state paths (default "polling,history,journal"); BENCH_BUCKETS, how
 many buckets hold the STEADY collections (default 1); BENCH_GATE, a file to wait for after loading (so that the
 timed part runs on an otherwise idle machine); BENCH_ROUNDS, how many times to run every reader
