@@ -509,4 +509,24 @@ async fn faults_between_peers_store_nothing_corrupt_and_heal() {
     }
     println!("wire_faults: errors seen: {seen:#?}");
     assert!(!seen.is_empty(), "no fault was noticed");
+    // Each failure names what happened on the wire, not only that something failed.
+    const NAMED: &[&str] = &[
+        "reset",
+        "cut short",
+        "closed",
+        "answered 503",
+        "invalid",
+        "hash",
+        "signature",
+        "malformed",
+        "parse",
+        "decod",
+        "digest",
+    ];
+    for error in &seen {
+        assert!(
+            NAMED.iter().any(|n| error.to_lowercase().contains(n)),
+            "this failure does not say what happened: {error}"
+        );
+    }
 }

@@ -11,7 +11,11 @@ use std::process::Command;
 
 use common::kinto::{Kinto, Options};
 use common::node::TestNode;
+use common::process::Daemon;
 use serde_json::json;
+
+/// A schedule that never fires: rounds run only when asked.
+const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
 
 /// `tandem ARGS` on `config` with every file it writes limited to `limit` bytes.
 fn tandem_limited(config: &std::path::Path, args: &[&str], limit: u64) -> std::process::Output {
@@ -66,16 +70,22 @@ async fn a_full_disk_is_named_stores_nothing_damaged_and_heals() {
             )
             .await;
     }
-    let node = TestNode::new("home");
+    let mut node = TestNode::new("home");
+    let mut laptop = TestNode::new("laptop");
     common::write_secret(node.dir.path().join("pw"), common::kinto::PASSWORD);
     node.configure(
         "",
-        &format!(
+        &(format!(
             "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1s\"\n",
             kinto.url
-        ),
+        ) + &TestNode::peer_entry(&laptop, &format!("serve = [\"self\"]\n{NEVER}"))),
     );
     node.init();
+    laptop.configure(
+        "",
+        &TestNode::peer_entry(&node, &format!("pull = [\"{}\"]\n{NEVER}", node.id)),
+    );
+    laptop.init();
     let config = node.config_path();
 
     // About 1.6 MB to ingest; no file may grow past 512 kB.
@@ -84,7 +94,7 @@ async fn a_full_disk_is_named_stores_nothing_damaged_and_heals() {
     assert!(!out.status.success(), "the sync fit: {stderr}");
     let data = node.data();
     assert!(
-        stderr.contains("full") || stderr.contains("space"),
+        stderr.contains("no space left"),
         "the error does not say space ran out: {stderr}"
     );
     assert!(
@@ -103,4 +113,22 @@ async fn a_full_disk_is_named_stores_nothing_damaged_and_heals() {
     common::chaos::verify(&config, "after the limit was lifted");
     let status = node.status();
     assert_eq!(status["origins"][0]["head"]["seq"], 802, "{status}");
+
+    // A node pulling that feed fills its disk the same way, and heals the same way.
+    node.release_port();
+    laptop.release_port();
+    let _home = Daemon::spawn(&config);
+    let out = tandem_limited(&laptop.config_path(), &["sync"], 512 * 1024);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the pull fit: {stderr}");
+    let data = laptop.data();
+    assert!(
+        stderr.contains("no space left") && stderr.contains(data.to_str().unwrap()),
+        "the pull's error does not say that {} is full: {stderr}",
+        data.display()
+    );
+    common::chaos::verify(&laptop.config_path(), "after the pull filled the disk");
+    common::tandem(&laptop.config_path(), &["sync"], 0);
+    common::chaos::verify(&laptop.config_path(), "after the pull's limit was lifted");
+    assert_eq!(laptop.head(node.id), 802);
 }
