@@ -6,13 +6,20 @@
 //! Even rounds wait until the child has opened the store and kill it during its appends; odd
 //! rounds kill it early, often while it starts, opens (checks, migrates) or first commits.
 //!
-//! The child is this same test binary started with `child DIR`, which is why the file has its
-//! own `main` (`harness = false` in Cargo.toml).
+//! The child is this same test binary started with `child DIR SEED`, which is why the file has
+//! its own `main` (`harness = false` in Cargo.toml). Kill delays and the children's batches
+//! come from one seed, printed first and taken from `TANDEM_CRASH_SEED` to replay a failure.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[allow(dead_code)] // the rest of the helpers are for the tests that run daemons
+#[path = "common/chaos.rs"]
+mod chaos;
+
+use chaos::Rng;
 
 use tandem::feed::{Op, Seq};
 use tandem::identity::NodeKey;
@@ -21,12 +28,10 @@ use tandem::store::{Change, CursorUpdate, Store};
 const ROUNDS: u32 = 60;
 const SEED: [u8; 32] = [42; 32];
 
-fn random(below: u64) -> u64 {
-    getrandom::u64().unwrap() % below
-}
-
 /// The child: append forever, printing `committed SEQ` after each commit.
-fn child(dir: &Path) {
+fn child(dir: &Path, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut random = |below| rng.below(below);
     let key = NodeKey::from_seed(SEED);
     let mut store = Store::open_writer(dir, key.id()).unwrap();
     let mut out = std::io::stdout().lock();
@@ -74,6 +79,7 @@ fn child(dir: &Path) {
 }
 
 fn parent() {
+    let mut rng = Rng::from_env("crash");
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let key = NodeKey::from_seed(SEED);
@@ -84,6 +90,7 @@ fn parent() {
         let mut child = Command::new(&exe)
             .arg("child")
             .arg(dir.path())
+            .arg(rng.next_u64().to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -112,10 +119,10 @@ fn parent() {
                     "round {round}: the child never opened the store"
                 );
             }
-            std::thread::sleep(Duration::from_micros(1_000 + random(80_000)));
+            std::thread::sleep(Duration::from_micros(1_000 + rng.below(80_000)));
         } else {
             // Odd rounds: kill early, often during start-up, the open or the first commit.
-            std::thread::sleep(Duration::from_micros(random(30_000)));
+            std::thread::sleep(Duration::from_micros(rng.below(30_000)));
         }
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let status = child.wait().unwrap();
@@ -187,7 +194,7 @@ fn parent() {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("child") => child(Path::new(&args[2])),
+        Some("child") => child(Path::new(&args[2]), args[3].parse().unwrap()),
         // `cargo test -- --list` and filters: this binary holds one test, named "crash".
         Some("--list") => println!("crash: test"),
         _ => parent(),

@@ -198,6 +198,19 @@ pub enum StoreError {
     /// Stored bytes that fail feed rules.
     #[error("invalid stored data: {0}")]
     Feed(#[from] FeedError),
+    /// The file system holding the store ran out of space (or the quota or the file size limit
+    /// was reached): the write was rolled back whole. Heals once there is room again.
+    #[error(
+        "no space left for the store in {dir} ({context}: {detail}); nothing of this write was kept: free space on that file system (or raise its quota or the file size limit), then run again"
+    )]
+    Full {
+        /// The data directory.
+        dir: PathBuf,
+        /// What was being done.
+        context: &'static str,
+        /// What SQLite and the system said.
+        detail: String,
+    },
     /// An SQLite error, with what was being done.
     #[error("store: {context}: {source}")]
     Sqlite {
@@ -223,6 +236,38 @@ impl<T> Context<T> for rusqlite::Result<T> {
             },
             _ => StoreError::Sqlite { context, source },
         })
+    }
+}
+
+impl Store {
+    /// Names a write that failed for want of space as [`StoreError::Full`]: SQLite's
+    /// `SQLITE_FULL` (ENOSPC while writing), or an I/O error whose system error is ENOSPC,
+    /// EDQUOT or EFBIG (a write at the file size limit, which SQLite reports as a plain
+    /// "disk I/O error"). Other errors pass unchanged.
+    pub(super) fn name_full(&self, e: StoreError) -> StoreError {
+        use rusqlite::ffi::ErrorCode;
+        let StoreError::Sqlite { context, source } = e else {
+            return e;
+        };
+        let full = match source.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => Some(String::new()),
+            Some(ErrorCode::SystemIoFailure) => {
+                // SAFETY: the handle is this store's open connection, used on this thread.
+                let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(self.conn.handle()) };
+                [libc::ENOSPC, libc::EDQUOT, libc::EFBIG]
+                    .contains(&errno)
+                    .then(|| format!(": {}", std::io::Error::from_raw_os_error(errno)))
+            }
+            _ => None,
+        };
+        match full {
+            Some(system) => StoreError::Full {
+                dir: self.path.parent().unwrap_or(&self.path).to_owned(),
+                context,
+                detail: format!("{source}{system}"),
+            },
+            None => StoreError::Sqlite { context, source },
+        }
     }
 }
 

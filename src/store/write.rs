@@ -96,7 +96,8 @@ impl Store {
         changes: &[Change],
         cursors: &[CursorUpdate],
     ) -> Result<Option<Checkpoint>, StoreError> {
-        Ok(self.append_in_one(key, changes, cursors, false)?.0)
+        let done = self.append_in_one(key, changes, cursors, false);
+        Ok(done.map_err(|e| self.name_full(e))?.0)
     }
 
     /// Like [`Store::append`], but drops changes that would not change the state: a put whose
@@ -109,7 +110,8 @@ impl Store {
         changes: Vec<Change>,
         cursors: &[CursorUpdate],
     ) -> Result<(Option<Checkpoint>, usize), StoreError> {
-        self.append_in_one(key, &changes, cursors, true)
+        let done = self.append_in_one(key, &changes, cursors, true);
+        done.map_err(|e| self.name_full(e))
     }
 
     /// Both appends, in one transaction. The no-op check reads the state inside the
@@ -264,6 +266,16 @@ impl Store {
     /// confirms them (see `store::damage`). New entries, repairs, the checkpoint, state and
     /// `cursors` commit in one transaction.
     pub fn accept(
+        &mut self,
+        batch: &VerifiedBatch,
+        cursors: &[CursorUpdate],
+    ) -> Result<Accepted, StoreError> {
+        let done = self.accept_in_one(batch, cursors);
+        done.map_err(|e| self.name_full(e))
+    }
+
+    /// [`Store::accept`], in one transaction.
+    fn accept_in_one(
         &mut self,
         batch: &VerifiedBatch,
         cursors: &[CursorUpdate],

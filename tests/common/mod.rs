@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod chaos;
 pub mod devices;
 pub mod follower;
 pub mod kinto;

@@ -1,7 +1,8 @@
 //! A fault-injecting TCP proxy in front of a real server, for failures the server cannot
-//! produce on demand: an error status, an answer cut off in the middle of its body, or one
-//! with a byte flipped.
-//! Each connection carries one request (the proxy asks the server to close after answering).
+//! produce on demand: an error status, a connection dropped or reset before any answer, an
+//! answer held back, cut off in the middle of its body, or with a byte flipped.
+//! Each connection carries one request (the proxy asks the server to close after answering);
+//! a request body (a push) is passed through as it comes.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +22,12 @@ pub enum Fault {
     FlipAt(usize),
     /// Answer `204 No Content` without forwarding (a server that says it has nothing).
     NoContent,
+    /// Read the request, then close the connection without answering.
+    Drop,
+    /// Read the request, then reset the connection (RST: `SO_LINGER` 0, then close).
+    Reset,
+    /// Forward, but hold the answer back this many milliseconds first.
+    Delay(u64),
 }
 
 /// A running proxy.
@@ -104,7 +111,7 @@ impl Drop for Proxy {
 }
 
 async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::Result<()> {
-    // Read the request head (the client sends GETs without bodies).
+    // Read the request head; what follows it (a body) is passed on below.
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -114,6 +121,8 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
         }
         head.extend_from_slice(&buf[..n]);
     }
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body_start = head.split_off(end);
     let head_text = String::from_utf8_lossy(&head).into_owned();
     let hook = {
         let mut s = state.lock().unwrap();
@@ -138,6 +147,16 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
             s.fault
         }
     };
+    match fault {
+        Fault::Drop => return client.shutdown().await,
+        Fault::Reset => {
+            client.set_zero_linger()?;
+            drop(client);
+            return Ok(());
+        }
+        Fault::Delay(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
+        _ => {}
+    }
     if fault == Fault::NoContent {
         client
             .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
@@ -167,11 +186,18 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
         rewritten.push_str("\r\n");
     }
     rewritten.push_str("Connection: close\r\n\r\n");
-    let mut server = TcpStream::connect(upstream).await?;
-    server.write_all(rewritten.as_bytes()).await?;
+    let server = TcpStream::connect(upstream).await?;
+    let (mut from_server, mut to_server) = server.into_split();
+    let (mut from_client, mut client) = client.into_split();
+    to_server.write_all(rewritten.as_bytes()).await?;
+    to_server.write_all(&body_start).await?;
+    // The rest of the body, as the client sends it (the server closes after answering).
+    let upload = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+    });
     let mut sent = 0usize;
     loop {
-        let n = server.read(&mut buf).await?;
+        let n = from_server.read(&mut buf).await?;
         if n == 0 {
             break;
         }
@@ -190,5 +216,6 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
             break; // cut: drop the connection mid-answer
         }
     }
+    upload.abort();
     client.shutdown().await
 }
