@@ -9,9 +9,9 @@
 //! cannot leak through a log line or a copy left behind. The underlying key is zeroized on drop.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -248,41 +248,18 @@ impl NodeKey {
             path: path.to_owned(),
             source,
         };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
-            std::process::id()
-        ));
-        let _ = fs::remove_file(&tmp);
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| io("cannot create", e))?;
+        crate::atomic::write_atomic(path, 0o600, crate::atomic::Existing::Keep, |file| {
             file.write_all(self.to_pem().as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(|e| io("cannot write", e))?;
-            fs::hard_link(&tmp, path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    IdentityError::KeyExists {
-                        path: path.to_owned(),
-                    }
-                } else {
-                    io("cannot create", e)
+        })
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                IdentityError::KeyExists {
+                    path: path.to_owned(),
                 }
-            })?;
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("cannot sync directory of", e))
-        })();
-        let _ = fs::remove_file(&tmp);
-        result
+            } else {
+                io("cannot write", e)
+            }
+        })
     }
 
     fn to_pem(&self) -> zeroize::Zeroizing<String> {

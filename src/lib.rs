@@ -28,12 +28,13 @@
 //!                kinto-tandem plugin's capability (reqwest)
 //! peer           the peer protocol client: signed requests, pages, receipts (reqwest)
 //! probe          is a peer answering? (reqwest)
-//! feed, protocol, identity, config, telemetry, backoff, net, retention
+//! feed, protocol, identity, config, telemetry, backoff, net, retention, atomic
 //!                leaves: the feed's byte format and signed statements (checkpoints, receipts,
 //!                snapshots and their state root), request signatures (RFC 9421) and the
 //!                nonces already seen, the page, receipt and archive formats, keys, TOML,
 //!                logging and metrics, retry timing, HTTP client set-up (no redirects, bounded
-//!                body reads), which snapshots a retention policy keeps
+//!                body reads), which snapshots a retention policy keeps, files written whole
+//!                (temporary file, fsync, rename, fsync of the directory)
 //! ```
 //!
 //! Where to start reading: `feed` (the format everything else carries), then `store` (what is
@@ -59,6 +60,7 @@
 //!   variants say what to do.
 
 pub mod api;
+pub mod atomic;
 pub mod backoff;
 pub mod cli;
 pub mod config;

@@ -10,11 +10,12 @@
 //! not at all (written to a temporary name, synced, renamed).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 
 use super::{Cli, load_config};
+use crate::atomic::{Existing, write_atomic};
 use crate::identity::NodeId;
 use crate::store::Store;
 
@@ -45,21 +46,12 @@ pub fn run(cli: &Cli, origin: &str, _format: Format, out: Option<&Path>) -> anyh
             w.flush().context("writing to stdout")?;
         }
         Some(path) => {
-            let tmp = temp_name(path);
-            let result = (|| {
-                let file = std::fs::File::create(&tmp)
-                    .with_context(|| format!("cannot create {}", tmp.display()))?;
+            write_atomic(path, 0o644, Existing::Replace, |file| {
                 let mut w = std::io::BufWriter::new(file);
                 write_jsonl(&store, origin, &mut w)?;
-                let file = w.into_inner().context("writing the export")?;
-                file.sync_all().context("syncing the export")?;
-                std::fs::rename(&tmp, path)
-                    .with_context(|| format!("cannot rename to {}", path.display()))
-            })();
-            if result.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            result?;
+                w.flush().context("writing the export")
+            })
+            .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }
     Ok(())
@@ -77,26 +69,15 @@ pub fn archive(cli: &Cli, origin: &str, file: &Path) -> anyhow::Result<()> {
     if store.head(origin)?.is_none() {
         bail!("this node holds no entries of origin {origin}; see `tandem status`");
     }
-    let tmp = temp_name(file);
-    let result = (|| {
-        let out = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        // Entries are only ever appended: pages read one after the other give a prefix of the
-        // feed that ends at a checkpoint, even beside a running daemon.
-        let summary = crate::replicate::archive::write_archive(
-            &store,
-            origin,
-            std::io::BufWriter::new(&out),
-        )?;
-        out.sync_all().context("syncing the archive")?;
-        std::fs::rename(&tmp, file)
-            .with_context(|| format!("cannot rename to {}", file.display()))?;
+    // Entries are only ever appended: pages read one after the other give a prefix of the
+    // feed that ends at a checkpoint, even beside a running daemon.
+    let summary = write_atomic(file, 0o644, Existing::Replace, |out| {
+        let mut w = std::io::BufWriter::new(out);
+        let summary = crate::replicate::archive::write_archive(&store, origin, &mut w)?;
+        w.flush().context("writing the archive")?;
         anyhow::Ok(summary)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    let summary = result?;
+    })
+    .with_context(|| format!("cannot write {}", file.display()))?;
     println!(
         "archived {origin}: {} entries and {} snapshots in {}",
         summary.entries,
@@ -117,12 +98,4 @@ fn write_jsonl(store: &Store, origin: NodeId, w: &mut impl Write) -> anyhow::Res
         w.write_all(b"\n")?;
         Ok(())
     })
-}
-
-fn temp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("export");
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
