@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tandem::identity::NodeKey;
@@ -16,23 +14,17 @@ use tokio::net::TcpStream;
 
 /// A daemon process, killed when dropped.
 struct Daemon {
-    child: Child,
+    /// The `tandem run` process, killed on drop.
+    process: common::process::Daemon,
     addr: String,
     /// The daemon's node id.
     id: tandem::identity::NodeId,
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Daemon {
     /// Descriptors the process has open.
     fn descriptors(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+        std::fs::read_dir(format!("/proc/{}/fd", self.process.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
     }
@@ -40,8 +32,8 @@ impl Daemon {
     /// Stops it with SIGTERM and returns its exit code.
     fn terminate(mut self) -> Option<i32> {
         // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap().code()
+        unsafe { libc::kill(self.process.pid() as i32, libc::SIGTERM) };
+        self.process.child.wait().unwrap().code()
     }
 }
 
@@ -70,12 +62,7 @@ fn start(dir: &std::path::Path, peer: Option<&NodeKey>, nofile: Option<u64>) -> 
         .unwrap()
         .parse()
         .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env_remove("TANDEM_CONFIG")
-        .stderr(Stdio::piped());
+    let mut cmd = common::process::Daemon::command(&config);
     if let Some(n) = nofile {
         // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
@@ -91,23 +78,12 @@ fn start(dir: &std::path::Path, peer: Option<&NodeKey>, nofile: Option<u64>) -> 
             });
         }
     }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("listen="))
-            {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the daemon started");
-    Daemon { child, addr, id }
+    let process = common::process::Daemon::start(cmd);
+    Daemon {
+        addr: process.addr.clone(),
+        process,
+        id,
+    }
 }
 
 /// Raises this process's soft descriptor limit to its hard limit; returns it.

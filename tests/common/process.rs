@@ -17,14 +17,24 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `tandem --config CONFIG run` and waits until it says where it listens.
     pub fn spawn(config: &Path) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        Daemon::start(Daemon::command(config))
+    }
+
+    /// The command [`Daemon::spawn`] runs, for a caller to adjust (limits, environment)
+    /// before [`Daemon::start`].
+    pub fn command(config: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        command
             .arg("--config")
             .arg(config)
             .arg("run")
-            .env_remove("TANDEM_CONFIG")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .env_remove("TANDEM_CONFIG");
+        command
+    }
+
+    /// Starts `command` (a `tandem run`) and waits until it says where it listens.
+    pub fn start(mut command: Command) -> Daemon {
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
