@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::node::{TestNode, wait_for};
+use common::node::{TestNode, origin_status, wait_for};
 use serde_json::Value;
 use tandem::identity::NodeId;
 
@@ -36,20 +36,6 @@ fn flip(node: &TestNode, origin: NodeId, seq: u64) {
         (key, bytes.as_slice()),
     )
     .unwrap();
-}
-
-fn origin<'a>(status: &'a Value, id: &str) -> &'a Value {
-    status["origins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["id"] == id)
-        .unwrap_or_else(|| panic!("no origin {id} in {status:#}"))
-}
-
-fn export(node: &TestNode, origin: &str) -> String {
-    let out = common::tandem(&node.config_path(), &["export", "--origin", origin], 0);
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Home pushes to the community, which serves home's feed to the laptop. A byte flipped in
@@ -116,7 +102,7 @@ async fn a_damaged_entry_on_a_relay_is_not_served_and_is_fetched_again() {
     })
     .await;
     let status = community.status();
-    let damaged = &origin(&status, &h)["damaged"];
+    let damaged = &origin_status(&status, &h)["damaged"];
     assert_eq!(damaged[0]["seq"], 10, "{status:#}");
     assert_eq!(damaged[0]["needs_operator"], false, "{status:#}");
     assert!(
@@ -160,9 +146,9 @@ async fn a_damaged_entry_on_a_relay_is_not_served_and_is_fetched_again() {
     let answer = laptop.sync().await;
     assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
     assert_eq!(laptop.head(home.id), 3000);
-    assert_eq!(export(&laptop, &h), export(&home, "self"));
+    assert_eq!(laptop.export_origin(&h), home.export_origin("self"));
     assert_eq!(
-        origin(&community.status(), &h)["damaged"],
+        origin_status(&community.status(), &h)["damaged"],
         Value::Array(vec![])
     );
     for n in [&community, &laptop] {
@@ -229,7 +215,7 @@ async fn an_origin_fetches_its_own_damaged_entry_back_or_says_it_cannot() {
     )
     .await;
     let status = home.status();
-    let damaged = &origin(&status, &h)["damaged"];
+    let damaged = &origin_status(&status, &h)["damaged"];
     assert_eq!(damaged[0]["seq"], 150, "{status:#}");
     assert_eq!(damaged[0]["needs_operator"], true, "{status:#}");
     let text = common::tandem(&home.config_path(), &["status"], 0);

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::kinto::{Kinto, Options, PASSWORD};
-use common::node::{TestNode, wait_for};
+use common::node::{TestNode, holder_status, wait_for};
 use common::proxy::{Fault, Proxy};
 use serde_json::{Value, json};
 use tandem::feed::Seq;
@@ -36,27 +36,6 @@ async fn record(kinto: &Kinto, id: &str) {
             Some(json!({"data": {"title": id}})),
         )
         .await;
-}
-
-fn holder<'a>(status: &'a Value, origin: &str, peer: &str) -> &'a Value {
-    let o = status["origins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["id"] == origin)
-        .unwrap_or_else(|| panic!("no origin {origin} in {status:#}"));
-    o["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["peer"] == peer)
-        .unwrap_or_else(|| panic!("no holder {peer} in {o:#}"))
-}
-
-/// Exported state of `origin` on `node`, as the CLI prints it.
-fn export(node: &TestNode, origin: &str) -> String {
-    let out = common::tandem(&node.config_path(), &["export", "--origin", origin], 0);
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Home follows Kinto and pushes continuously to the community node, which relays home's feed
@@ -115,8 +94,8 @@ async fn push_relay_and_continuous_propagation() {
     )
     .await;
     assert_eq!(community.head(home.id), home.head(home.id));
-    assert_eq!(export(&laptop, &h), export(&home, "self"));
-    assert!(export(&home, "self").contains("/records/r19"));
+    assert_eq!(laptop.export_origin(&h), home.export_origin("self"));
+    assert!(home.export_origin("self").contains("/records/r19"));
 
     // Three more changes, each timed from the moment home has it to the moment the
     // community does; the median must be under a second.
@@ -149,11 +128,11 @@ async fn push_relay_and_continuous_propagation() {
 
     // Receipts: home knows what the community holds; durability 1 = that head.
     wait_for(LONG, "the receipt for the last push", || {
-        holder(&home.status(), &h, "community")["acked_seq"] == new_head
+        holder_status(&home.status(), &h, "peer", "community")["acked_seq"] == new_head
     })
     .await;
     let status = home.status();
-    let c = holder(&status, &h, "community");
+    let c = holder_status(&status, &h, "peer", "community");
     assert_eq!(c["id"], community.id.to_string());
     assert!(c["acked_at"].as_str().unwrap().ends_with('Z'), "{c}");
     assert_eq!(c["behind"], false);
@@ -509,7 +488,10 @@ async fn a_rolled_back_holder_is_reported() {
     community.start().await;
     home.sync().await;
     let h = home.id.to_string();
-    assert_eq!(holder(&home.status(), &h, "community")["acked_seq"], 100);
+    assert_eq!(
+        holder_status(&home.status(), &h, "peer", "community")["acked_seq"],
+        100
+    );
 
     // Back up the community's data directory while it is stopped.
     community.stop().await;
@@ -522,7 +504,10 @@ async fn a_rolled_back_holder_is_reported() {
     home.append(50, "b");
     home.start().await;
     home.sync().await;
-    assert_eq!(holder(&home.status(), &h, "community")["acked_seq"], 150);
+    assert_eq!(
+        holder_status(&home.status(), &h, "peer", "community")["acked_seq"],
+        150
+    );
 
     // Restore the old copy.
     community.stop().await;
@@ -539,7 +524,7 @@ async fn a_rolled_back_holder_is_reported() {
     let answer = home.sync().await;
     assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
     let status = home.status();
-    let c = holder(&status, &h, "community");
+    let c = holder_status(&status, &h, "peer", "community");
     let rollback = &c["last_rollback"];
     assert_eq!(
         (&rollback["served_seq"], &rollback["expected_seq"]),
@@ -607,7 +592,7 @@ async fn self_recovery_after_losing_the_store() {
     })
     .await;
     let head = home.head(home.id);
-    let before = export(&home, "self");
+    let before = home.export_origin("self");
     home.stop().await;
     for f in ["tandem.db", "tandem.db-wal", "tandem.db-shm"] {
         let _ = std::fs::remove_file(home.data().join(f));
@@ -624,8 +609,12 @@ async fn self_recovery_after_losing_the_store() {
     })
     .await;
     assert_eq!(home.head(home.id), head + 1);
-    assert!(export(&home, "self").contains("/records/after"));
-    assert!(before.lines().all(|l| export(&home, "self").contains(l)));
+    assert!(home.export_origin("self").contains("/records/after"));
+    assert!(
+        before
+            .lines()
+            .all(|l| home.export_origin("self").contains(l))
+    );
     let status = community.status();
     assert_eq!(status["origins"][1]["frozen"], false, "{status}");
     assert_eq!(home.status()["node"]["recovering"], false);
@@ -1016,7 +1005,7 @@ async fn a_reader_that_pulled_holds_compaction_back_until_it_has_pulled_past() {
     common::tandem(&laptop.config_path(), &["sync"], 0);
     assert_eq!(laptop.head(home.id), 2010);
     laptop.start().await;
-    assert_eq!(export(&laptop, &h), export(&home, "self"));
+    assert_eq!(laptop.export_origin(&h), home.export_origin("self"));
     laptop.stop().await;
     home.stop().await;
 }
@@ -1078,7 +1067,7 @@ async fn a_new_holder_starts_from_a_compacted_origins_snapshot() {
         .collect();
     assert_eq!(pulled, vec![Some(3500)]);
     laptop.start().await;
-    assert_eq!(export(&laptop, &h), export(&home, "self"));
+    assert_eq!(laptop.export_origin(&h), home.export_origin("self"));
     let store = laptop.store();
     assert_eq!(
         store.base(home.id).unwrap(),

@@ -4,29 +4,10 @@
 
 mod common;
 
-use common::node::TestNode;
+use common::node::{TestNode, holder_status, origin_status};
 use serde_json::Value;
 
 const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
-
-fn origin<'a>(status: &'a Value, id: &str) -> &'a Value {
-    status["origins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["id"] == id)
-        .unwrap_or_else(|| panic!("no origin {id} in {status:#}"))
-}
-
-fn holder_by_id<'a>(status: &'a Value, origin_id: &str, holder: &str) -> &'a Value {
-    let o = origin(status, origin_id);
-    o["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["id"] == holder)
-        .unwrap_or_else(|| panic!("no holder {holder} in {o:#}"))
-}
 
 /// A holder that only pulls (the origin never pushes to it) still acknowledges what it holds:
 /// the origin shows its receipt, and durability counts it. Pulling again with nothing new
@@ -51,17 +32,21 @@ async fn a_holder_that_pulls_acknowledges_to_the_origin() {
     laptop.start().await;
 
     let before = home.status();
-    assert_eq!(origin(&before, &h)["durable_seq"], 0, "{before:#}");
+    assert_eq!(origin_status(&before, &h)["durable_seq"], 0, "{before:#}");
     let answer = laptop.sync().await;
     assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
     assert_eq!(laptop.head(home.id), 1500);
 
     let status = home.status();
-    let l = holder_by_id(&status, &h, &laptop.id.to_string());
+    let l = holder_status(&status, &h, "id", &laptop.id.to_string());
     assert_eq!(l["peer"], "laptop", "{l}");
     assert_eq!(l["acked_seq"], 1500, "{l}");
     assert!(l["acked_at"].as_str().unwrap().ends_with('Z'), "{l}");
-    assert_eq!(origin(&status, &h)["durable_seq"], 1500, "{status:#}");
+    assert_eq!(
+        origin_status(&status, &h)["durable_seq"],
+        1500,
+        "{status:#}"
+    );
 
     // More entries: the next pull acknowledges them too; a pull with nothing new sends the
     // same receipt no more.
@@ -70,16 +55,16 @@ async fn a_holder_that_pulls_acknowledges_to_the_origin() {
     home.start().await;
     laptop.sync().await;
     let status = home.status();
-    let acked_at = holder_by_id(&status, &h, &laptop.id.to_string())["acked_at"].clone();
+    let acked_at = holder_status(&status, &h, "id", &laptop.id.to_string())["acked_at"].clone();
     assert_eq!(
-        holder_by_id(&status, &h, &laptop.id.to_string())["acked_seq"],
+        holder_status(&status, &h, "id", &laptop.id.to_string())["acked_seq"],
         1510
     );
-    assert_eq!(origin(&status, &h)["durable_seq"], 1510);
+    assert_eq!(origin_status(&status, &h)["durable_seq"], 1510);
     laptop.sync().await;
     let again = home.status();
     assert_eq!(
-        holder_by_id(&again, &h, &laptop.id.to_string())["acked_at"],
+        holder_status(&again, &h, "id", &laptop.id.to_string())["acked_at"],
         acked_at
     );
     let out = common::tandem(&home.config_path(), &["verify"], 0);
@@ -130,22 +115,22 @@ async fn a_relay_hands_the_pullers_receipt_to_the_origin() {
     // The community keeps the laptop's receipt (the laptop is its configured peer).
     let c = community.status();
     assert_eq!(
-        holder_by_id(&c, &h, &laptop.id.to_string())["acked_seq"],
+        holder_status(&c, &h, "id", &laptop.id.to_string())["acked_seq"],
         200,
         "{c:#}"
     );
     // Home's next pass with the community brings it home.
     home.sync().await;
     let status = home.status();
-    let l = holder_by_id(&status, &h, &laptop.id.to_string());
+    let l = holder_status(&status, &h, "id", &laptop.id.to_string());
     assert_eq!(l["acked_seq"], 200, "{l}");
     assert_eq!(l["peer"], Value::Null, "{l}");
     assert_eq!(
-        holder_by_id(&status, &h, &community.id.to_string())["acked_seq"],
+        holder_status(&status, &h, "id", &community.id.to_string())["acked_seq"],
         200
     );
     // Two holders acknowledge seq 200, but only the community is configured here.
-    assert_eq!(origin(&status, &h)["durable_seq"], 0, "{status:#}");
+    assert_eq!(origin_status(&status, &h)["durable_seq"], 0, "{status:#}");
 
     // Configured (even with no lists), the laptop counts.
     home.stop().await;
@@ -159,9 +144,9 @@ async fn a_relay_hands_the_pullers_receipt_to_the_origin() {
     );
     home.start().await;
     let status = home.status();
-    assert_eq!(origin(&status, &h)["durable_seq"], 200, "{status:#}");
+    assert_eq!(origin_status(&status, &h)["durable_seq"], 200, "{status:#}");
     assert_eq!(
-        holder_by_id(&status, &h, &laptop.id.to_string())["peer"],
+        holder_status(&status, &h, "id", &laptop.id.to_string())["peer"],
         "laptop"
     );
     for n in [&mut home, &mut community, &mut laptop] {

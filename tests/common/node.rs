@@ -253,3 +253,33 @@ fn noise(seed: u64, len: usize) -> String {
         })
         .collect()
 }
+
+/// The entry of origin `id` in a `status --json` document.
+pub fn origin_status<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["origins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == id)
+        .unwrap_or_else(|| panic!("no origin {id} in {status:#}"))
+}
+
+/// The holder of `origin` in a `status --json` document whose field `key` (`"peer"`, its
+/// configured name, or `"id"`) is `value`.
+pub fn holder_status<'a>(status: &'a Value, origin: &str, key: &str, value: &str) -> &'a Value {
+    let o = origin_status(status, origin);
+    o["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[key] == value)
+        .unwrap_or_else(|| panic!("no holder with {key} {value} in {o:#}"))
+}
+
+impl TestNode {
+    /// Exported state of `origin` on this node, as the CLI prints it.
+    pub fn export_origin(&self, origin: &str) -> String {
+        let out = super::tandem(&self.config_path(), &["export", "--origin", origin], 0);
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
