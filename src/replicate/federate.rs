@@ -9,9 +9,9 @@
 //!   nothing and fails the pass; the next pass starts again from the held head.
 //! - **Receipts.** Every way an entry reaches a holder ends in a receipt the origin sees. A
 //!   pushed page is answered by a receipt signed by the peer, checked and kept (the highest per
-//!   origin and holder). After a pull that stored something, this node signs a receipt for
-//!   its new head and posts it to the peer it pulled from, with the receipts of other holders
-//!   it keeps for that origin; a push pass takes the receipts the peer relays in its answer
+//!   origin and holder). After each pull pass, this node signs a receipt for its head and
+//!   posts it to the peer it pulled from, with the receipts of other holders it keeps for that
+//!   origin, unless the peer was handed exactly these already; a push pass takes the receipts the peer relays in its answer
 //!   about the origin. So receipts climb from holder to relay to origin, whichever direction
 //!   the entries flowed, and each is checked against the chain held where it lands
 //!   ([`Store::record_foreign_receipt`]). A peer too old for receipts by pull is told once and
@@ -29,7 +29,6 @@
 //!   is stored as evidence and freezes the origin ([`crate::store::Store::observe_checkpoint`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -163,8 +162,9 @@ pub struct Federation {
     /// Per origin, what the peer was last handed in receipts (this node's head, then each
     /// relayed holder and seq): the same is not sent again.
     receipts_sent: Arc<Mutex<HashMap<NodeId, SentReceipts>>>,
-    /// Set when the peer answered 404 to receipts: a version before receipts by pull.
-    receipts_unsupported: Arc<AtomicBool>,
+    /// The origins for which the peer answered 404 to receipts (a version before receipts by
+    /// pull answers so for every origin; a peer that does not hold an origin, for that one).
+    receipts_unsupported: Arc<Mutex<std::collections::HashSet<NodeId>>>,
 }
 
 impl Federation {
@@ -483,7 +483,12 @@ impl Federation {
     /// the same was handed over already. Failures are logged, not returned: the entries are
     /// stored, and the next pull tries again.
     async fn send_receipts(&self, origin: NodeId) {
-        if self.receipts_unsupported.load(Ordering::Relaxed) {
+        if self
+            .receipts_unsupported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&origin)
+        {
             return;
         }
         let (peer, me) = (self.peer.id, self.node);
@@ -536,8 +541,11 @@ impl Federation {
                     .insert(origin, sent);
             }
             Ok(None) => {
-                info!(peer = %self.peer.name, %origin, "peer does not take receipts by pull (an older version, or it does not hold the origin); not sending them again");
-                self.receipts_unsupported.store(true, Ordering::Relaxed);
+                info!(peer = %self.peer.name, %origin, "peer does not take receipts by pull for this origin (an older version, or it does not hold the origin); not sending them again");
+                self.receipts_unsupported
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(origin);
             }
             Err(e) => {
                 warn!(peer = %self.peer.name, %origin, error = %e, "sending receipts failed; the next pull tries again");
