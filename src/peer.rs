@@ -119,8 +119,6 @@ impl PeerClient {
     ) -> Result<PeerClient, PeerError> {
         let http = net::client_builder()
             .connect_timeout(Duration::from_secs(10))
-            // A peer is reached at its configured URL, never somewhere it redirects to.
-            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| PeerError::Transport {
                 peer: name.to_owned(),

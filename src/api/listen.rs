@@ -82,7 +82,7 @@ pub struct Limits {
 
 impl Limits {
     /// The defaults, with `max_connections` when given (`[node] max_connections`), else
-    /// derived from the descriptor limit (see [`default_max_connections`]).
+    /// derived from the descriptor limit (see `cap_for`).
     /// Raises the descriptor limit either way (see [`raise_descriptor_limit`]).
     pub fn new(max_connections: Option<usize>) -> Limits {
         let descriptors = raise_descriptor_limit();
@@ -136,10 +136,6 @@ pub fn raise_descriptor_limit() -> u64 {
 /// The connection cap for the descriptor limit: the limit less [`RESERVED_DESCRIPTORS`] (half
 /// the limit when that is smaller, for very low limits), at most [`MAX_CONNECTIONS_CEILING`],
 /// at least 1.
-pub fn default_max_connections() -> usize {
-    cap_for(raise_descriptor_limit())
-}
-
 fn cap_for(limit: u64) -> usize {
     let reserve = RESERVED_DESCRIPTORS.min(limit / 2);
     (limit.saturating_sub(reserve) as usize).clamp(1, MAX_CONNECTIONS_CEILING)

@@ -13,8 +13,8 @@
 //!   total; full means refused with `429`/`503` and `Retry-After`, never forgotten).
 //! - **Bodies** are read by at most [`MAX_BODIES_PER_PEER`] requests of one peer and
 //!   [`MAX_BODIES`] in all at a time; beyond that, `429` (that peer) or `503` (this node), with
-//!   `Retry-After`. A body is read in chunks up to [`MAX_BODY`] (`413`), within
-//!   [`BODY_TIMEOUT`] (`408`), each chunk fed to the covered `Content-Digest`; a body that does
+//!   `Retry-After`. A body is read in chunks up to [`MAX_BODY`] (`413`), at the
+//!   listener's rate floor ([`crate::api::listen::BODY_MIN_RATE`]), each chunk fed to the covered `Content-Digest`; a body that does
 //!   not match is `400` and no handler sees it.
 //! - **Long polls** (`GET …/entries?wait=S`) hold at most [`long_polls_for`] per peer: one per
 //!   origin it may read, plus slack for polls a restarted peer left behind. A poll beyond that
@@ -27,7 +27,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -49,8 +48,6 @@ pub const MAX_BODIES_PER_PEER: usize = 2;
 /// Request bodies this node reads at once, all peers together: with [`MAX_BODY`] each, the
 /// bound on what authenticated uploads can hold in memory.
 pub const MAX_BODIES: usize = 8;
-/// Longest time a request body may take to arrive once its headers are authenticated.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Long polls a peer may hold beyond one per origin it may read.
 pub const POLL_SLACK: usize = 8;
 /// Nonces remembered per peer: at most this many requests per peer within a signature's
@@ -239,8 +236,10 @@ pub(super) async fn authenticate(
         };
         permits = Some((own, node));
         let read = read_body(body, declared.unwrap_or(0), &mut digest);
-        match tokio::time::timeout(BODY_TIMEOUT, read).await {
-            Ok(Ok(bytes)) => {
+        // How long it may take is the listener's business: a body slower than its rate floor
+        // fails the read (`api::listen`), however large the page.
+        match read.await {
+            Ok(bytes) => {
                 if digest.finish().is_err() {
                     tracing::warn!(peer = %peer.name, "peer api: body does not match its content-digest");
                     return error(
@@ -250,16 +249,7 @@ pub(super) async fn authenticate(
                 }
                 Body::from(bytes)
             }
-            Ok(Err(response)) => return response,
-            Err(_) => {
-                return error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    format!(
-                        "the request body took longer than {} s to arrive",
-                        BODY_TIMEOUT.as_secs()
-                    ),
-                );
-            }
+            Err(response) => return response,
         }
     };
     let mut request = Request::from_parts(parts, body);
