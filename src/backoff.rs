@@ -5,6 +5,22 @@
 
 use std::time::Duration;
 
+/// What a failure tells a loop about trying again. Every error a loop can hit implements it,
+/// next to its definition, so that the loop decides without knowing the error's module.
+pub trait RetryHint {
+    /// The delay the remote asked for (HTTP `Retry-After`), if any.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+
+    /// False when trying again cannot succeed until someone changes something: a fork, a
+    /// forged page, credentials or grants refused, a quota reached, a damaged store. The loop
+    /// then stops retrying, says so, and waits for the operator (`tandem sync`, `SIGHUP`).
+    fn heals(&self) -> bool {
+        true
+    }
+}
+
 /// Retry timing: the n-th consecutive failure waits a random time in
 /// `[d/2, d]` where `d = min(cap, base * 2^n)`.
 #[derive(Debug, Clone)]

@@ -27,6 +27,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/tandem";
 /// Default `[source] poll`.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(10);
+/// `[source] concurrency` when unset: how many requests (collections read, objects fetched)
+/// the ingest runs against the source at the same time.
+pub const DEFAULT_CONCURRENCY: usize = 8;
 
 /// A configuration file that could not be read or is invalid.
 #[derive(Debug, thiserror::Error)]
@@ -349,11 +352,7 @@ impl Config {
                     url: kinto_root(s.url.0),
                     auth,
                     poll: s.poll.map(|p| p.0).unwrap_or(DEFAULT_POLL),
-                    concurrency: s
-                        .concurrency
-                        .map_or(crate::replicate::ingest::DEFAULT_CONCURRENCY, |c| {
-                            c.0 as usize
-                        }),
+                    concurrency: s.concurrency.map_or(DEFAULT_CONCURRENCY, |c| c.0 as usize),
                 })
             }
         };
@@ -862,10 +861,7 @@ mod tests {
         let c = parse(&format!("{source}concurrency = 2\n")).unwrap();
         assert_eq!(c.source.unwrap().concurrency, 2);
         let c = parse(source).unwrap();
-        assert_eq!(
-            c.source.unwrap().concurrency,
-            crate::replicate::ingest::DEFAULT_CONCURRENCY
-        );
+        assert_eq!(c.source.unwrap().concurrency, DEFAULT_CONCURRENCY);
         for bad in ["0", "65", "\"many\""] {
             let e = parse(&format!("{source}concurrency = {bad}\n")).unwrap_err();
             assert_eq!(

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,7 +24,7 @@ use crate::replicate::Changes;
 use crate::replicate::federate::{FederateError, Federation};
 use crate::replicate::ingest::IngestSlot;
 use crate::scheduler::{self, Cadence, WorkerStatus};
-use crate::store::{DB_FILE, Store, StoreError};
+use crate::store::{DB_FILE, Store, StoreError, StoreHandle};
 use crate::telemetry;
 
 /// How long shutdown waits for loops and connections before giving up on them.
@@ -202,17 +202,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let Node { config, key, store } = node;
-    let writer = Arc::new(Mutex::new(store));
-    let store_users = Arc::downgrade(&writer);
-    let result = serve_with(config, key, writer, listener, shutdown).await;
-    // A blocking store call that a loop started before it stopped runs to its end and holds
-    // the store (and its writer lock) until then: wait for the last, so that whatever opens
-    // the store next (a restarted daemon, a command) finds it free.
-    let deadline = tokio::time::Instant::now() + STORE_RELEASE_WAIT;
-    while store_users.strong_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if store_users.strong_count() > 0 {
+    let writer = StoreHandle::new(store, crate::store::READERS)?;
+    let result = serve_with(config, key, writer.clone(), listener, shutdown).await;
+    // A write that a loop sent before it stopped runs to its end and holds the store (and its
+    // writer lock) until then: wait for it, so that whatever opens the store next (a restarted
+    // daemon, a command) finds it free.
+    if !writer.close(STORE_RELEASE_WAIT).await {
         warn!(waited = ?STORE_RELEASE_WAIT, "the store is still in use after shutdown");
     }
     result
@@ -221,7 +216,7 @@ pub async fn serve(
 async fn serve_with(
     config: Config,
     key: NodeKey,
-    writer: Arc<Mutex<Store>>,
+    writer: StoreHandle,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -231,12 +226,7 @@ async fn serve_with(
         .local_addr()
         .context("reading the listener address")?;
     telemetry::metrics();
-    let recovering = writer
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .recovering()?;
-    // One read-only connection for every HTTP handler: WAL lets it read beside the writer.
-    let reader = Arc::new(Mutex::new(Store::open_read_only(&config.node.data_dir)?));
+    let recovering = writer.read(|s| s.recovering()).await?;
     let changes = Changes::default();
     let feds = config
         .peers
@@ -310,7 +300,7 @@ async fn serve_with(
         changes.clone(),
         token.child_token(),
     ));
-    let snapshots = api::admin::SnapshotMaker {
+    let snapshots = crate::replicate::snapshot::SnapshotMaker {
         key: key.clone(),
         store: writer.clone(),
         changes: changes.clone(),
@@ -350,7 +340,7 @@ async fn serve_with(
     let state = Arc::new(ApiState {
         node: node_id,
         name: config.node.name.clone(),
-        reader: reader.clone(),
+        store: writer.clone(),
         workers: workers.clone(),
         durability: config.node.durability,
         peers: config.peers.iter().map(|p| p.id).collect(),
@@ -359,8 +349,7 @@ async fn serve_with(
         node: node_id,
         name: config.node.name.clone(),
         peers: config.peers.clone(),
-        reader,
-        writer: writer.clone(),
+        store: writer.clone(),
         key: key.clone(),
         changes: changes.clone(),
         stopping: token.child_token(),
@@ -532,7 +521,7 @@ fn spawn_peer_loops(
 /// Pings the systemd watchdog every `every`, but only while the store still answers: a wedged
 /// writer stops the pings and lets systemd restart the service.
 async fn watchdog(
-    store: Arc<Mutex<Store>>,
+    store: StoreHandle,
     node: crate::identity::NodeId,
     every: Duration,
     token: CancellationToken,
@@ -544,17 +533,11 @@ async fn watchdog(
             _ = token.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let store = store.clone();
-        let check = tokio::task::spawn_blocking(move || {
-            store
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .head(node)
-                .map(drop)
-        });
+        // On the writer: a wedged writer is what the watchdog must catch.
+        let check = store.write(move |s| s.head(node).map(drop));
         match tokio::time::timeout(every, check).await {
-            Ok(Ok(Ok(()))) => notify(&[NotifyState::Watchdog]),
-            Ok(Ok(Err(e))) => {
+            Ok(Ok(())) => notify(&[NotifyState::Watchdog]),
+            Ok(Err(e)) => {
                 error!(error = %e, "store check failed; withholding the watchdog ping")
             }
             _ => error!("store check timed out; withholding the watchdog ping"),

@@ -77,6 +77,18 @@ pub enum PeerError {
     },
 }
 
+impl crate::backoff::RetryHint for PeerError {
+    /// A peer that refuses this node (`401`, `403`), has no room for it (`507`) or redirects
+    /// elsewhere will do the same until one of the two configurations changes.
+    fn heals(&self) -> bool {
+        match self {
+            PeerError::Refused { status, .. } => !matches!(status, 401 | 403 | 507),
+            PeerError::Redirected { .. } => false,
+            _ => true,
+        }
+    }
+}
+
 impl PeerError {
     /// The HTTP status, when the peer answered.
     pub fn status(&self) -> Option<u16> {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use url::Url;
 
+impl crate::backoff::RetryHint for ProbeError {}
+
 /// Why a target did not answer as expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {

@@ -102,26 +102,7 @@ impl WorkerStatus {
     }
 }
 
-/// An error that may say how long to wait before retrying (HTTP `Retry-After`).
-pub trait RetryHint {
-    /// The delay the remote asked for, if any.
-    fn retry_after(&self) -> Option<Duration> {
-        None
-    }
-}
-
-impl RetryHint for crate::probe::ProbeError {}
-
-impl RetryHint for crate::store::StoreError {}
-
-impl RetryHint for crate::replicate::ingest::IngestError {
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            crate::replicate::ingest::IngestError::Kinto(e) => e.retry_after(),
-            _ => None,
-        }
-    }
-}
+pub use crate::backoff::RetryHint;
 
 /// When a loop runs its next attempt after a success.
 #[derive(Debug, Clone)]
@@ -215,7 +196,7 @@ pub async fn run_loop<F, Fut, E>(
 pub async fn recover_own_feed(
     status: std::sync::Arc<WorkerStatus>,
     feds: Vec<crate::replicate::federate::Federation>,
-    store: std::sync::Arc<Mutex<crate::store::Store>>,
+    store: crate::store::StoreHandle,
     done: tokio::sync::watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
@@ -255,27 +236,16 @@ pub async fn recover_own_feed(
             return;
         }
     }
-    let cleared = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            store
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .set_recovering(false)
-        })
-        .await
-    };
-    match cleared {
-        Ok(Ok(())) => {
+    match store.write(|s| s.set_recovering(false)).await {
+        Ok(()) => {
             status.succeeded();
             info!(entries = recovered, "own feed recovered; appending resumes");
             let _ = done.send(true);
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             error!(error = %e, "cannot clear the recovery flag");
             status.failed(e.to_string());
         }
-        Err(e) => status.failed(e.to_string()),
     }
 }
 
@@ -289,7 +259,7 @@ pub async fn recover_own_feed(
 pub async fn repair_damaged(
     status: std::sync::Arc<WorkerStatus>,
     feds: Vec<crate::replicate::federate::Federation>,
-    store: std::sync::Arc<Mutex<crate::store::Store>>,
+    store: crate::store::StoreHandle,
     changes: crate::replicate::Changes,
     shutdown: CancellationToken,
 ) {
@@ -298,13 +268,14 @@ pub async fn repair_damaged(
     loop {
         seen.borrow_and_update();
         let origins: Result<Vec<(crate::identity::NodeId, usize)>, crate::store::StoreError> =
-            with_store(&store, |s| {
-                s.damaged_origins()?
-                    .into_iter()
-                    .map(|o| Ok((o, s.damaged(o)?.len())))
-                    .collect()
-            })
-            .await;
+            store
+                .write(|s| {
+                    s.damaged_origins()?
+                        .into_iter()
+                        .map(|o| Ok((o, s.damaged(o)?.len())))
+                        .collect()
+                })
+                .await;
         let origins = match origins {
             Ok(origins) => origins,
             Err(e) => {
@@ -344,10 +315,8 @@ pub async fn repair_damaged(
                     unanswered.push(fed.peer().name.clone());
                 }
             }
-            let still: Result<Vec<crate::feed::Seq>, crate::store::StoreError> =
-                with_store(&store, move |s| {
-                    Ok(s.damaged(origin)?.into_iter().map(|d| d.seq).collect())
-                })
+            let still: Result<Vec<crate::feed::Seq>, crate::store::StoreError> = store
+                .write(move |s| Ok(s.damaged(origin)?.into_iter().map(|d| d.seq).collect()))
                 .await;
             let still = still.unwrap_or_default();
             if still.is_empty() {
@@ -355,7 +324,8 @@ pub async fn repair_damaged(
             }
             if unanswered.is_empty() {
                 let seqs = still.clone();
-                let new = with_store(&store, move |s| s.mark_unrepaired(origin, &seqs))
+                let new = store
+                    .write(move |s| s.mark_unrepaired(origin, &seqs))
                     .await
                     .unwrap_or_default();
                 for seq in new {
@@ -382,17 +352,6 @@ pub async fn repair_damaged(
             return;
         }
     }
-}
-
-/// Runs `f` on the writer on a blocking thread.
-async fn with_store<T: Send + 'static>(
-    store: &std::sync::Arc<Mutex<crate::store::Store>>,
-    f: impl FnOnce(&mut crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, crate::store::StoreError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|e| e.into_inner())))
-        .await
-        .expect("store task panicked")
 }
 
 /// Sleeps `delay`; false if cancelled first.

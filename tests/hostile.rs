@@ -283,7 +283,7 @@ async fn a_next_page_is_followed_only_on_the_configured_server_under_its_root() 
         text.contains("/admin/reset") && text.contains("outside the root path"),
         "{text}"
     );
-    assert!(!e.is_transient());
+    assert!(!tandem::backoff::RetryHint::heals(&e));
     assert_eq!(kinto.heads().len(), 1);
 
     // Through the daemon's code path: `tandem sync` reports it and exits 1.

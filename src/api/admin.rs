@@ -26,13 +26,10 @@ use serde_json::json;
 
 use std::sync::Arc;
 
-use crate::feed::Snapshot;
-use crate::identity::NodeKey;
 use crate::replicate::federate::Federation;
 use crate::replicate::ingest::IngestSlot;
 use crate::replicate::{Changes, SyncReport, sync_peers};
 use crate::scheduler::WorkerStatus;
-use crate::store::{Store, StoreError};
 
 /// File name of the admin socket inside the data directory.
 pub const SOCKET_FILE: &str = "tandem.sock";
@@ -70,7 +67,7 @@ pub struct AdminState {
     /// Raised when the ingest appended something or a snapshot was signed.
     pub changes: Changes,
     /// The node's key and writer, to sign snapshots.
-    pub snapshots: SnapshotMaker,
+    pub snapshots: crate::replicate::snapshot::SnapshotMaker,
     /// Health of the daemon's loops.
     pub workers: Vec<Arc<WorkerStatus>>,
 }
@@ -119,47 +116,6 @@ async fn sync(State(state): State<AdminState>) -> Response {
     };
     let peers = sync_peers(&state.feds).await;
     (StatusCode::OK, axum::Json(SyncReport { ingest, peers })).into_response()
-}
-
-/// Signs snapshots of the own state (shared by the schedule and `POST /snapshot`).
-#[derive(Clone)]
-pub struct SnapshotMaker {
-    /// The node's key.
-    pub key: Arc<NodeKey>,
-    /// The writer.
-    pub store: Arc<std::sync::Mutex<Store>>,
-    /// Raised when a snapshot was signed, so that pushes hand it over.
-    pub changes: Changes,
-    /// The retention applied after each new snapshot (`[snapshots]`); none keeps every one.
-    pub retention: Option<crate::retention::Policy>,
-    /// The peers that keep the own feed: compaction never passes what they hold.
-    pub holders: crate::retention::Holders,
-}
-
-impl SnapshotMaker {
-    /// Signs a snapshot at the head unless the latest one is already there.
-    pub async fn make(&self) -> Result<(Snapshot, bool), StoreError> {
-        let (store, key, retention) = (self.store.clone(), self.key.clone(), self.retention);
-        let holders = self.holders.clone();
-        let made = tokio::task::spawn_blocking(move || {
-            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-            let made = store.create_snapshot(&key)?;
-            if let (true, Some(policy)) = (made.1, retention) {
-                let (removed, _) = store.apply_retention(key.id(), policy, &holders)?;
-                if removed > 0 {
-                    tracing::info!(removed, "snapshots pruned by retention");
-                }
-            }
-            Ok::<_, StoreError>(made)
-        })
-        .await
-        .expect("snapshot task panicked")?;
-        if made.1 {
-            tracing::info!(seq = %made.0.seq, objects = made.0.objects, id = %made.0.id(), "snapshot signed");
-            self.changes.notify();
-        }
-        Ok(made)
-    }
 }
 
 async fn snapshot(State(state): State<AdminState>) -> Response {
@@ -228,13 +184,17 @@ async fn import(
     State(state): State<AdminState>,
     axum::extract::Query(query): axum::extract::Query<ImportQuery>,
 ) -> Response {
-    let store = state.snapshots.store.clone();
     let changes = state.changes.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-        crate::replicate::archive::import_archive(&query.path, &mut store)
-    })
-    .await;
+    let result = state
+        .snapshots
+        .store
+        .write(move |store| {
+            Ok(crate::replicate::archive::import_archive(
+                &query.path,
+                store,
+            ))
+        })
+        .await;
     match result {
         Ok(Ok(summary)) => {
             changes.notify();
@@ -251,7 +211,7 @@ async fn import(
         )
             .into_response(),
         Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"error": e.to_string()})),
         )
             .into_response(),

@@ -14,7 +14,7 @@ pub mod admin;
 pub mod listen;
 pub mod peer;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::identity::NodeId;
 use crate::scheduler::WorkerStatus;
-use crate::store::{OriginInfo, Store};
+use crate::store::{OriginInfo, StoreHandle};
 use crate::telemetry;
 
 /// What the handlers share.
@@ -34,9 +34,8 @@ pub struct ApiState {
     pub node: NodeId,
     /// This node's name.
     pub name: String,
-    /// A read-only store connection (readers never wait for the writer under WAL). A std mutex:
-    /// it is only locked inside `spawn_blocking`, never across an await.
-    pub reader: Arc<Mutex<Store>>,
+    /// The store; these handlers only read (readers never wait for the writer under WAL).
+    pub store: StoreHandle,
     /// Health of the background loops.
     pub workers: Vec<Arc<WorkerStatus>>,
     /// `[node] durability`: holders needed for an entry to count as durable.
@@ -57,15 +56,12 @@ pub fn router(state: Arc<ApiState>, peer: Arc<peer::PeerState>) -> Router {
 
 /// The origins held and the durable seq of the own feed.
 async fn origins(state: &Arc<ApiState>) -> Result<(Vec<OriginInfo>, u64), String> {
-    let (reader, node, k) = (state.reader.clone(), state.node, state.durability);
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || {
-        let store = reader.lock().unwrap_or_else(|e| e.into_inner());
-        Ok((store.origins()?, store.durable_seq(node, k, &state.peers)?))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e: crate::store::StoreError| e.to_string())
+    let (node, k, peers) = (state.node, state.durability, state.peers.clone());
+    state
+        .store
+        .read(move |store| Ok((store.origins()?, store.durable_seq(node, k, &peers)?)))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {

@@ -55,7 +55,7 @@
 //!
 //! A reader verifies everything it gets with the origin's key; this node cannot forge it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -71,11 +71,12 @@ pub mod guard;
 use guard::Caller;
 
 use crate::config::{OriginRef, PeerConfig};
-use crate::feed::{Receipt, Seq, verify_batch};
+use crate::feed::Seq;
 use crate::identity::{NodeId, NodeKey};
 use crate::protocol::wire::{self, CheckpointDoc, ErrorDoc, HeadDoc, OriginDoc};
 use crate::replicate::Changes;
-use crate::store::{Store, StoreError};
+use crate::replicate::accept;
+use crate::store::{Store, StoreError, StoreHandle};
 use crate::telemetry;
 
 /// Largest request body the peer API reads, as sent: a page, compressed or not.
@@ -93,10 +94,8 @@ pub struct PeerState {
     pub name: String,
     /// The configured peers.
     pub peers: Vec<PeerConfig>,
-    /// A read-only store connection, used inside `spawn_blocking`.
-    pub reader: Arc<Mutex<Store>>,
-    /// The writer, for pushes.
-    pub writer: Arc<Mutex<Store>>,
+    /// The store: reads on its readers, pushes and receipts on its writer.
+    pub store: StoreHandle,
     /// This node's key, to sign receipts.
     pub key: Arc<NodeKey>,
     /// Wakes long polls when a feed grows.
@@ -210,11 +209,7 @@ async fn read_store<T: Send + 'static>(
     state: &Arc<PeerState>,
     f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    let reader = state.reader.clone();
-    let read =
-        tokio::task::spawn_blocking(move || f(&reader.lock().unwrap_or_else(|e| e.into_inner())))
-            .await
-            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let read = state.store.read(f).await;
     if let Err(crate::store::StoreError::EntryDamaged {
         origin,
         seq,
@@ -238,16 +233,16 @@ async fn read_store<T: Send + 'static>(
 /// writer before the answer, which wakes the repair; the reader may ask another holder or try
 /// again later.
 async fn damaged(state: &Arc<PeerState>, origin: NodeId, seq: Seq, detail: String) -> Response {
-    let (writer, changes) = (state.writer.clone(), state.changes.clone());
-    let recorded = tokio::task::spawn_blocking(move || {
-        let mut store = writer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) =
-            crate::replicate::federate::record_damage(&mut store, &changes, origin, seq, &detail)
-        {
-            tracing::error!(error = %e, "peer api: cannot record a damaged entry");
-        }
-    });
-    let _ = recorded.await;
+    let changes = state.changes.clone();
+    let recorded = state
+        .store
+        .write(move |store| {
+            crate::replicate::federate::record_damage(store, &changes, origin, seq, &detail)
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::error!(error = %e, "peer api: cannot record a damaged entry");
+    }
     let mut response = (
         StatusCode::SERVICE_UNAVAILABLE,
         axum::Json(json!({
@@ -548,21 +543,11 @@ async fn record_pull(state: &Arc<PeerState>, peer: NodeId, after: Seq) -> Result
     if known.is_some_and(|(seq, at)| seq == after.0 && now.saturating_sub(at) < REFRESH_MS) {
         return Ok(());
     }
-    write_store(state, move |s| s.record_pulled(node, peer, after))
-        .await?
-        .map_err(unavailable)
-}
-
-/// Runs `f` on the writer on a blocking thread. The store's error is the caller's to map; a
-/// task that did not finish is a 500.
-async fn write_store<T: Send + 'static>(
-    state: &Arc<PeerState>,
-    f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<Result<T, StoreError>, Response> {
-    let writer = state.writer.clone();
-    tokio::task::spawn_blocking(move || f(&mut writer.lock().unwrap_or_else(|e| e.into_inner())))
+    state
+        .store
+        .write(move |s| s.record_pulled(node, peer, after))
         .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .map_err(unavailable)
 }
 
 async fn push(
@@ -593,88 +578,36 @@ async fn push(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("identity")
         .to_owned();
-    let (writer, key, accepted) = (
-        state.writer.clone(),
-        state.key.clone(),
-        accepted_origins(&state, &peer),
-    );
-    // The error is the finished response; it is built at most once per request.
-    #[allow(clippy::result_large_err)]
-    let result = tokio::task::spawn_blocking(move || -> Result<PushOutcome, Response> {
-        let raw = match encoding.as_str() {
-            "zstd" => wire::decompress(&body).map_err(|e| bad(e.to_string()))?,
-            "identity" => body.to_vec(),
-            other => {
-                return Err(error(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!("content-encoding {other} is not supported (zstd or none)"),
-                ));
-            }
-        };
-        let (checkpoint, entries) = wire::decode_page(&raw).map_err(|e| bad(e.to_string()))?;
-        let batch = verify_batch(origin, entries, checkpoint)
-            .map_err(|e| bad(format!("page does not verify: {e}")))?;
-        let mut store = writer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(quota) = peer.quota {
-            let held = store.bytes_of(&accepted).map_err(unavailable)?;
-            let head = store.head(origin).map_err(unavailable)?.map_or(0, |h| h.seq.0);
-            let first = batch.first_seq().0;
-            let new: u64 = batch
-                .entries()
-                .iter()
-                .skip(head.saturating_sub(first - 1) as usize)
-                .map(|e| e.len() as u64)
-                .sum();
-            if new > 0 && held + new > quota {
-                return Err(error_with_head(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    format!(
-                        "quota exceeded: peer {} may store {} here, holds {} and this push adds {}",
-                        peer.name,
-                        bytesize::ByteSize(quota).display().iec(),
-                        bytesize::ByteSize(held).display().iec(),
-                        bytesize::ByteSize(new).display().iec()
-                    ),
-                    head,
-                ));
-            }
-        }
-        match store.accept(&batch, &[]) {
-            Ok(accepted) => {
-                let receipt = Receipt::sign(&key, origin, accepted.head, crate::store::now_ms());
-                Ok(PushOutcome { receipt, added: accepted.added })
-            }
-            Err(StoreError::Gap { head, first, .. }) => Err(error_with_head(
-                StatusCode::CONFLICT,
-                format!("page starts at seq {first} but seq {head} is the last held: send the entries after {head}"),
-                head.0,
-            )),
-            Err(e @ (StoreError::Fork(_) | StoreError::Frozen { .. })) => {
-                let head = store.head(origin).ok().flatten().map_or(0, |h| h.seq.0);
-                tracing::warn!(peer = %peer.name, %origin, error = %e, "push refused: fork");
-                Err(error_with_head(StatusCode::CONFLICT, e.to_string(), head))
-            }
-            Err(StoreError::Feed(e)) => Err(bad(e.to_string())),
-            Err(e) => Err(unavailable(e)),
-        }
-    })
-    .await;
-    match result {
-        Ok(Ok(outcome)) => {
-            if outcome.added > 0 {
+    let push = accept::Push {
+        origin,
+        peer: peer.name.clone(),
+        encoding,
+        body,
+        quota: peer.quota,
+        counted: accepted_origins(&state, &peer),
+    };
+    match accept::accept_push(&state.store, &state.key, push).await {
+        Ok(pushed) => {
+            if pushed.added > 0 {
                 state.changes.notify();
             }
-            metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(outcome.added);
-            axum::Json(wire::ReceiptDoc::from(&outcome.receipt)).into_response()
+            metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(pushed.added);
+            axum::Json(wire::ReceiptDoc::from(&pushed.receipt)).into_response()
         }
-        Ok(Err(response)) => response,
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(accept::Refused::Store(e)) => unavailable(e),
+        Err(refused) => {
+            let status = match refused {
+                accept::Refused::Encoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                accept::Refused::Invalid(_) => StatusCode::BAD_REQUEST,
+                accept::Refused::Quota { .. } => StatusCode::INSUFFICIENT_STORAGE,
+                _ => StatusCode::CONFLICT,
+            };
+            match refused.head() {
+                Some(head) => error_with_head(status, refused.to_string(), head),
+                None => error(status, refused.to_string()),
+            }
+        }
     }
-}
-
-struct PushOutcome {
-    receipt: Receipt,
-    added: u64,
 }
 
 fn bad(message: String) -> Response {
@@ -751,19 +684,20 @@ async fn push_snapshot(
         Ok(_) => return bad("the snapshot is of another origin".into()),
         Err(e) => return bad(e),
     };
-    match write_store(&state, move |s| s.accept_snapshot(&snapshot)).await {
-        Ok(Ok(())) => axum::Json(json!({ "stored": true })).into_response(),
-        Ok(Err(
+    match state
+        .store
+        .write(move |s| s.accept_snapshot(&snapshot))
+        .await
+    {
+        Ok(()) => axum::Json(json!({ "stored": true })).into_response(),
+        Err(
             e @ StoreError::SnapshotMismatch {
                 source: crate::store::SnapshotMismatch::Ahead { .. },
                 ..
             },
-        )) => error(StatusCode::CONFLICT, e.to_string()),
-        Ok(Err(e @ (StoreError::SnapshotMismatch { .. } | StoreError::Feed(_)))) => {
-            bad(e.to_string())
-        }
-        Ok(Err(e)) => unavailable(e),
-        Err(response) => response,
+        ) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ (StoreError::SnapshotMismatch { .. } | StoreError::Feed(_))) => bad(e.to_string()),
+        Err(e) => unavailable(e),
     }
 }
 
@@ -818,7 +752,7 @@ async fn receipts(
     let listed: Vec<NodeId> = state.peers.iter().map(|p| p.id).collect();
     let names: Vec<(NodeId, String)> = state.peers.iter().map(|p| (p.id, p.name.clone())).collect();
     let (peer_name, peer_id) = (peer.name.clone(), peer.id);
-    let outcome = write_store(&state, move |s| {
+    let outcome = state.store.write(move |s| {
         if s.head_if_held(origin)?.is_none() {
             return Ok(None);
         }
@@ -848,12 +782,11 @@ async fn receipts(
     })
     .await;
     match outcome {
-        Ok(Ok(Some(answer))) => axum::Json(answer).into_response(),
-        Ok(Ok(None)) => error(
+        Ok(Some(answer)) => axum::Json(answer).into_response(),
+        Ok(None) => error(
             StatusCode::NOT_FOUND,
             format!("origin {origin} is not held here"),
         ),
-        Ok(Err(e)) => unavailable(e),
-        Err(response) => response,
+        Err(e) => unavailable(e),
     }
 }

@@ -71,13 +71,16 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
         let data_dir = config.node.data_dir.clone();
         match Node::open(config.clone()) {
             Ok(node) => runtime.block_on(async {
-                let store = Arc::new(std::sync::Mutex::new(node.store));
-                let fed = Federation::new(peer, Arc::new(node.key), store, Changes::default())?;
+                let store = crate::store::StoreHandle::new(node.store, 1)?;
+                let fed =
+                    Federation::new(peer, Arc::new(node.key), store.clone(), Changes::default())?;
                 let pulled = fed
                     .pull_origin(origin, std::time::Duration::ZERO)
                     .await
-                    .with_context(|| format!("fetching {origin} from peer {name}"))?;
-                eprintln!("fetched {} new entries from peer {name}", pulled.accepted);
+                    .with_context(|| format!("fetching {origin} from peer {name}"));
+                // The restore below opens the store again: the writer must be gone first.
+                store.close(std::time::Duration::from_secs(60)).await;
+                eprintln!("fetched {} new entries from peer {name}", pulled?.accepted);
                 anyhow::Ok(())
             })?,
             Err(e)

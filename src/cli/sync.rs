@@ -2,7 +2,7 @@
 //! report. When the daemon is running (it holds the store), the round is asked of it over its
 //! admin socket and `sync` waits for the result.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
@@ -13,7 +13,7 @@ use crate::replicate::federate::Federation;
 use crate::replicate::ingest::Ingest;
 use crate::replicate::{Changes, SyncReport, sync_peers};
 use crate::source::kinto::KintoClient;
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreHandle};
 
 /// Runs one round; exits non-zero if the ingest or any peer failed.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -88,7 +88,19 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
 async fn standalone(node: Node) -> anyhow::Result<SyncReport> {
     let Node { config, key, store } = node;
     let recovering = store.recovering()?;
-    let (key, store) = (Arc::new(key), Arc::new(Mutex::new(store)));
+    let (key, store) = (Arc::new(key), StoreHandle::new(store, 1)?);
+    let report = round(config, key, &store, recovering).await;
+    // Every write sent is done, and the writer lock released, before the command returns.
+    store.close(std::time::Duration::from_secs(60)).await;
+    report
+}
+
+async fn round(
+    config: crate::config::Config,
+    key: Arc<crate::identity::NodeKey>,
+    store: &StoreHandle,
+    recovering: bool,
+) -> anyhow::Result<SyncReport> {
     let changes = Changes::default();
     let feds = config
         .peers
@@ -107,10 +119,7 @@ async fn standalone(node: Node) -> anyhow::Result<SyncReport> {
                 )
             })?;
         }
-        store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_recovering(false)?;
+        store.write(|s| s.set_recovering(false)).await?;
     }
     let ingest = match &config.source {
         Some(source) => {

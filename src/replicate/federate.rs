@@ -40,7 +40,7 @@ use crate::feed::{FeedError, Receipt, Seq, verify_batch};
 use crate::identity::{NodeId, NodeKey};
 use crate::peer::{PAGE_ENTRIES, PeerClient, PeerError};
 use crate::protocol::wire::{self, OriginDoc};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreHandle};
 use crate::telemetry;
 
 /// Why a pass with a peer failed. Everything verified and stored before the failure stays.
@@ -88,7 +88,18 @@ pub enum FederateError {
     },
 }
 
-impl crate::scheduler::RetryHint for FederateError {}
+impl crate::backoff::RetryHint for FederateError {
+    fn heals(&self) -> bool {
+        match self {
+            FederateError::Peer(e) => e.heals(),
+            FederateError::Store(e) => e.heals(),
+            // A page that does not verify was forged or corrupted; the peer must be looked at.
+            FederateError::Invalid { .. } | FederateError::QuotaExceeded { .. } => false,
+            // A peer may claim a head it is still writing; it is asked again.
+            FederateError::Withholding { .. } => true,
+        }
+    }
+}
 
 /// What a push pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -149,7 +160,7 @@ type SentReceipts = Vec<(NodeId, u64)>;
 pub struct Federation {
     peer: Arc<PeerConfig>,
     client: PeerClient,
-    store: Arc<Mutex<Store>>,
+    store: StoreHandle,
     node: NodeId,
     changes: Changes,
     /// Held for a whole push pass.
@@ -190,7 +201,7 @@ impl Federation {
     pub fn new(
         peer: PeerConfig,
         key: Arc<NodeKey>,
-        store: Arc<Mutex<Store>>,
+        store: StoreHandle,
         changes: Changes,
     ) -> Result<Federation, PeerError> {
         let node = key.id();
@@ -237,16 +248,6 @@ impl Federation {
         out
     }
 
-    async fn with_store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|e| e.into_inner())))
-            .await
-            .expect("store task panicked")
-    }
-
     /// Checks what the peer shows of `origin`: its checkpoint against the held chain (a fork is
     /// stored and returned as an error), and its head against what it acknowledged or served
     /// before. Returns the peer's head.
@@ -267,11 +268,12 @@ impl Federation {
                     },
                 });
             }
-            self.with_store(move |s| s.observe_checkpoint(&cp)).await?;
+            self.store.write(move |s| s.observe_checkpoint(&cp)).await?;
         }
         let holder = self.peer.id;
         let info = self
-            .with_store(move |s| s.record_served(origin, holder, Seq(served)))
+            .store
+            .write(move |s| s.record_served(origin, holder, Seq(served)))
             .await?;
         if info.behind() {
             warn!(
@@ -323,7 +325,8 @@ impl Federation {
         }
         if origin == self.node {
             let ours = self
-                .with_store(move |s| s.head(origin))
+                .store
+                .write(move |s| s.head(origin))
                 .await?
                 .map_or(0, |h| h.seq.0);
             if theirs > ours {
@@ -347,9 +350,8 @@ impl Federation {
         let mut relinks = 0;
         loop {
             let page = match self
-                .with_store(move |s| {
-                    s.entries_page(origin, Seq(after), PAGE_ENTRIES, wire::PAGE_BYTES)
-                })
+                .store
+                .write(move |s| s.entries_page(origin, Seq(after), PAGE_ENTRIES, wire::PAGE_BYTES))
                 .await
             {
                 Err(StoreError::EntryDamaged {
@@ -358,7 +360,8 @@ impl Federation {
                     detail,
                 }) => {
                     let (changes, text) = (self.changes.clone(), detail.clone());
-                    self.with_store(move |s| record_damage(s, &changes, origin, seq, &text))
+                    self.store
+                        .write(move |s| record_damage(s, &changes, origin, seq, &text))
                         .await?;
                     return Err(StoreError::EntryDamaged {
                         origin,
@@ -409,7 +412,7 @@ impl Federation {
             if receipt.seq > checkpoint.seq {
                 // The holder acknowledges more than this page: only what we hold can be checked.
                 let (seq, hash) = (receipt.seq, receipt.hash);
-                let held = self.with_store(move |s| s.entry_hash(origin, seq)).await?;
+                let held = self.store.write(move |s| s.entry_hash(origin, seq)).await?;
                 if held != Some(hash) {
                     return Err(FederateError::Peer(PeerError::Invalid {
                         peer: self.peer.name.clone(),
@@ -426,7 +429,9 @@ impl Federation {
                 .set(0.0);
             metrics::gauge!(telemetry::HOLDER_ACKED_SEQ, "origin" => origin.to_string(), "holder" => self.peer.name.clone())
                 .set(receipt.seq.0 as f64);
-            self.with_store(move |s| s.record_receipt(&receipt)).await?;
+            self.store
+                .write(move |s| s.record_receipt(&receipt))
+                .await?;
             report.sent += count as u64;
             report.pages += 1;
             report.wire_bytes += sent as u64;
@@ -460,7 +465,8 @@ impl Federation {
         }
         let listed = self.listed.clone();
         let refused = self
-            .with_store(move |s| {
+            .store
+            .write(move |s| {
                 let mut refused = Vec::new();
                 for r in &receipts {
                     if let crate::store::ReceiptCheck::Refused(why) =
@@ -493,7 +499,8 @@ impl Federation {
         }
         let (peer, me) = (self.peer.id, self.node);
         let held = self
-            .with_store(move |s| {
+            .store
+            .write(move |s| {
                 let mut others: Vec<Receipt> = s
                     .receipts(origin)?
                     .into_iter()
@@ -562,7 +569,7 @@ impl Federation {
         let mut repaired = 0;
         let mut covered = 0u64;
         loop {
-            let damaged = self.with_store(move |s| s.damaged(origin)).await?;
+            let damaged = self.store.write(move |s| s.damaged(origin)).await?;
             let Some(d) = damaged.iter().map(|d| d.seq.0).find(|s| *s > covered) else {
                 break;
             };
@@ -582,7 +589,7 @@ impl Federation {
                 break;
             }
             let batch = self.verify_page(origin, page).await?;
-            let accepted = self.with_store(move |s| s.accept(&batch, &[])).await?;
+            let accepted = self.store.write(move |s| s.accept(&batch, &[])).await?;
             if accepted.added > 0 {
                 metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(accepted.added);
             }
@@ -603,15 +610,16 @@ impl Federation {
     /// (the store's recovery flag) until it is back.
     async fn recover_ahead(&self, theirs: u64) -> Result<(), FederateError> {
         warn!(peer = %self.peer.name, held_there = theirs, "a peer holds more of this node's own feed than this node: fetching it back before appending");
-        self.with_store(|s| s.set_recovering(true)).await?;
+        self.store.write(|s| s.set_recovering(true)).await?;
         self.pull_origin(self.node, Duration::ZERO).await?;
         let node = self.node;
         let ours = self
-            .with_store(move |s| s.head(node))
+            .store
+            .write(move |s| s.head(node))
             .await?
             .map_or(0, |h| h.seq.0);
         if ours >= theirs {
-            self.with_store(|s| s.set_recovering(false)).await?;
+            self.store.write(|s| s.set_recovering(false)).await?;
             info!(head = ours, "own feed fetched back; appending resumes");
         }
         Ok(())
@@ -620,7 +628,7 @@ impl Federation {
     /// Hands the peer the snapshots of `origin` after `after` (the latest it has), up to what
     /// it now holds, and records that it has them.
     async fn push_snapshots(&self, origin: NodeId, after: u64) -> Result<u64, FederateError> {
-        let list = self.with_store(move |s| s.snapshots(origin)).await?;
+        let list = self.store.write(move |s| s.snapshots(origin)).await?;
         let mut sent = 0;
         for snapshot in list.into_iter().filter(|s| s.seq.0 > after) {
             match self.client.push_snapshot(&snapshot).await {
@@ -630,7 +638,8 @@ impl Federation {
                 Err(e) => return Err(e.into()),
             }
             let holder = self.peer.id;
-            self.with_store(move |s| s.record_snapshot_holder(origin, snapshot.seq, holder))
+            self.store
+                .write(move |s| s.record_snapshot_holder(origin, snapshot.seq, holder))
                 .await?;
             sent += 1;
         }
@@ -641,7 +650,8 @@ impl Federation {
     /// ones that check against the entries held (see [`Store::accept_snapshot`]).
     async fn pull_snapshots(&self, origin: NodeId, theirs: u64) -> Result<u64, FederateError> {
         let after = self
-            .with_store(move |s| s.snapshots(origin))
+            .store
+            .write(move |s| s.snapshots(origin))
             .await?
             .last()
             .map_or(0, |s| s.seq.0);
@@ -654,7 +664,11 @@ impl Federation {
             if snapshot.origin != origin {
                 continue;
             }
-            match self.with_store(move |s| s.accept_snapshot(&snapshot)).await {
+            match self
+                .store
+                .write(move |s| s.accept_snapshot(&snapshot))
+                .await
+            {
                 Ok(()) => kept += 1,
                 // Beyond what is held: the next pull brings the entries, then the snapshot.
                 Err(StoreError::SnapshotMismatch {
@@ -726,7 +740,8 @@ impl Federation {
         let claimed = self.observe(doc.as_ref(), origin).await?;
         loop {
             let head = self
-                .with_store(move |s| s.head(origin))
+                .store
+                .write(move |s| s.head(origin))
                 .await?
                 .map_or(0, |h| h.seq.0);
             // Only long-poll once caught up with what the peer said it holds.
@@ -766,7 +781,7 @@ impl Federation {
                 }));
             }
             let batch = self.verify_page(origin, page).await?;
-            let accepted = self.with_store(move |s| s.accept(&batch, &[])).await?;
+            let accepted = self.store.write(move |s| s.accept(&batch, &[])).await?;
             report.pages += 1;
             report.accepted += accepted.added;
             if accepted.added > 0 {
@@ -775,7 +790,8 @@ impl Federation {
             }
             let holder = self.peer.id;
             let served = accepted.head.seq;
-            self.with_store(move |s| s.record_served(origin, holder, served).map(drop))
+            self.store
+                .write(move |s| s.record_served(origin, holder, served).map(drop))
                 .await?;
         }
         let theirs = doc.as_ref().map_or(0, |d| d.snapshot_seq);
@@ -807,7 +823,8 @@ impl Federation {
             token: Some(token),
             store: self.store.clone(),
         };
-        self.with_store(move |s| s.begin_base_staging(token))
+        self.store
+            .write(move |s| s.begin_base_staging(token))
             .await?;
         let (snapshot, mut more, first) = self.client.base_page(origin, None, 0).await?;
         if snapshot.origin != origin {
@@ -839,7 +856,9 @@ impl Federation {
             }
             let empty = page.is_empty();
             count += page.len();
-            self.with_store(move |s| s.stage_base(token, &page)).await?;
+            self.store
+                .write(move |s| s.stage_base(token, &page))
+                .await?;
             if !more {
                 break;
             }
@@ -863,7 +882,8 @@ impl Federation {
         let seq = snapshot.seq.0;
         // Installing removes the staging file, whatever the outcome.
         staging.token = None;
-        self.with_store(move |s| s.install_staged_base(token, &snapshot))
+        self.store
+            .write(move |s| s.install_staged_base(token, &snapshot))
             .await?;
         self.changes.notify();
         Ok(seq)
@@ -893,7 +913,7 @@ impl Federation {
 struct StagingGuard {
     /// `None` once the staged base is handed to the store to install.
     token: Option<u64>,
-    store: Arc<Mutex<Store>>,
+    store: StoreHandle,
 }
 
 impl Drop for StagingGuard {
@@ -901,20 +921,15 @@ impl Drop for StagingGuard {
         let Some(token) = self.token else {
             return;
         };
-        let store = self.store.clone();
-        let discard = move || {
-            if let Err(e) = store
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .discard_staged_base(token)
-            {
+        let sent = self.store.write_later(move |store| {
+            if let Err(e) = store.discard_staged_base(token) {
                 tracing::warn!(error = %e, "could not remove a base staging file");
             }
-        };
-        // Off the async workers when there are some; the store lock may be held a while.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(discard)),
-            Err(_) => discard(),
+        });
+        if !sent {
+            tracing::warn!(
+                "the store closed before a base staging file was removed; the next start removes it"
+            );
         }
     }
 }

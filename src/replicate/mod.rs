@@ -1,11 +1,14 @@
 //! One pass of each kind of replication work, with no spawning and no timing decisions (the
 //! scheduler decides when): [`ingest`] follows the source into this node's own feed,
-//! [`federate`] moves feeds between this node and one peer.
+//! [`federate`] moves feeds between this node and one peer, [`accept`] takes in what a peer
+//! pushes.
 
+pub mod accept;
 pub mod archive;
 pub mod federate;
 pub mod ingest;
 pub mod restore;
+pub mod snapshot;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;

@@ -125,17 +125,27 @@ pub enum KintoError {
     },
 }
 
-impl KintoError {
-    /// Whether retrying later can succeed without operator action.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            KintoError::Unreachable { .. }
-                | KintoError::Unavailable { .. }
-                | KintoError::Protocol { .. }
-        )
+impl crate::backoff::RetryHint for KintoError {
+    fn retry_after(&self) -> Option<Duration> {
+        KintoError::retry_after(self)
     }
 
+    /// Credentials that cannot be read or that Kinto refuses, a redirect (never followed) and a
+    /// next page outside the server's root stay so until the configuration, the Kinto account
+    /// or the server changes.
+    fn heals(&self) -> bool {
+        !matches!(
+            self,
+            KintoError::Credentials(_)
+                | KintoError::Unauthorized { .. }
+                | KintoError::Forbidden { .. }
+                | KintoError::Redirected { .. }
+                | KintoError::NextPageElsewhere { .. }
+        )
+    }
+}
+
+impl KintoError {
     /// The delay Kinto asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -24,7 +24,7 @@ pub type BasePage = (Snapshot, bool, Vec<Vec<u8>>);
 fn no_such_staging() -> StoreError {
     StoreError::Sqlite {
         context: "staging a base: no such staging",
-        source: rusqlite::Error::InvalidQuery,
+        source: super::SqlError::internal("no such staging"),
     }
 }
 

@@ -253,7 +253,7 @@ impl Store {
             .find(|h| h.holder == holder)
             .ok_or(StoreError::Sqlite {
                 context: "reading a holder",
-                source: rusqlite::Error::QueryReturnedNoRows,
+                source: super::SqlError::internal("the holder row is missing"),
             })
     }
 

@@ -17,6 +17,7 @@
 
 mod compact;
 mod damage;
+mod handle;
 mod holders;
 mod read;
 pub mod schema;
@@ -35,6 +36,7 @@ use crate::identity::NodeId;
 
 pub use compact::{BasePage, Compacted};
 pub use damage::DamagedEntry;
+pub use handle::{READERS, StoreHandle};
 pub use holders::{HolderInfo, MAX_UNLISTED_HOLDERS, ReceiptCheck, Rollback};
 pub use read::{OriginInfo, StoredEntry};
 pub use snapshots::{SnapshotMismatch, StateItem};
@@ -216,10 +218,70 @@ pub enum StoreError {
     Sqlite {
         /// What was being done.
         context: &'static str,
-        /// The SQLite error.
-        source: rusqlite::Error,
+        /// What SQLite said.
+        source: SqlError,
     },
+    /// The store handle was closed (the daemon is stopping): nothing more runs on it.
+    #[error("the store is closed: tandem is stopping")]
+    Closed,
 }
+
+impl crate::backoff::RetryHint for StoreError {
+    /// A fork or a frozen origin, a damaged or foreign store, or one this user cannot use:
+    /// nothing changes them but an operator. A full disk, a busy or closed store, a gap or a
+    /// damaged entry (repaired from peers) can pass.
+    fn heals(&self) -> bool {
+        !matches!(
+            self,
+            StoreError::Fork(_)
+                | StoreError::Frozen { .. }
+                | StoreError::Corrupt { .. }
+                | StoreError::Damaged { .. }
+                | StoreError::TooNew { .. }
+                | StoreError::WrongNode { .. }
+                | StoreError::NotReadable { .. }
+                | StoreError::NotWritable { .. }
+                | StoreError::Locked { .. }
+                | StoreError::Missing { .. }
+        )
+    }
+}
+
+/// What SQLite said about a failed statement: its message and result code, without the SQLite
+/// binding's types, so that callers depend on the store alone.
+#[derive(Debug)]
+pub struct SqlError {
+    message: String,
+    /// SQLite's primary result code (`SQLITE_FULL`, `SQLITE_IOERR`...), when SQLite gave one.
+    code: Option<std::ffi::c_int>,
+}
+
+impl SqlError {
+    /// An error the store itself found (a row that should exist and does not).
+    fn internal(message: &str) -> SqlError {
+        SqlError {
+            message: message.to_owned(),
+            code: None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for SqlError {
+    fn from(e: rusqlite::Error) -> SqlError {
+        SqlError {
+            code: e.sqlite_error().map(|f| f.extended_code & 0xff),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SqlError {}
 
 /// Adds a context line to an SQLite result.
 trait Context<T> {
@@ -234,7 +296,10 @@ impl<T> Context<T> for rusqlite::Result<T> {
                 context,
                 detail: source.to_string(),
             },
-            _ => StoreError::Sqlite { context, source },
+            _ => StoreError::Sqlite {
+                context,
+                source: source.into(),
+            },
         })
     }
 }
@@ -245,13 +310,12 @@ impl Store {
     /// EDQUOT or EFBIG (a write at the file size limit, which SQLite reports as a plain
     /// "disk I/O error"). Other errors pass unchanged.
     pub(super) fn name_full(&self, e: StoreError) -> StoreError {
-        use rusqlite::ffi::ErrorCode;
         let StoreError::Sqlite { context, source } = e else {
             return e;
         };
-        let full = match source.sqlite_error_code() {
-            Some(ErrorCode::DiskFull) => Some(String::new()),
-            Some(ErrorCode::SystemIoFailure) => {
+        let full = match source.code {
+            Some(rusqlite::ffi::SQLITE_FULL) => Some(String::new()),
+            Some(rusqlite::ffi::SQLITE_IOERR) => {
                 // SAFETY: the handle is this store's open connection, used on this thread.
                 let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(self.conn.handle()) };
                 [libc::ENOSPC, libc::EDQUOT, libc::EFBIG]
@@ -574,7 +638,7 @@ fn open_error(path: &Path, data_dir: &Path, e: rusqlite::Error) -> StoreError {
         },
         _ => StoreError::Sqlite {
             context: "opening the store",
-            source: e,
+            source: e.into(),
         },
     }
 }
@@ -595,7 +659,7 @@ fn read_error(path: &Path, e: rusqlite::Error) -> StoreError {
         }
         _ => StoreError::Sqlite {
             context: "opening the store",
-            source: e,
+            source: e.into(),
         },
     }
 }

@@ -511,7 +511,8 @@ impl<'a> BlobContext<'a> for rusqlite::types::FromSqlResult<&'a [u8]> {
                 0,
                 rusqlite::types::Type::Blob,
                 Box::new(e),
-            ),
+            )
+            .into(),
         })
     }
 }

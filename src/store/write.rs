@@ -481,7 +481,7 @@ fn origin_row(
         None => {
             return Err(StoreError::Sqlite {
                 context: "reading an origin",
-                source: rusqlite::Error::QueryReturnedNoRows,
+                source: super::SqlError::internal("the origin row is missing"),
             });
         }
     };

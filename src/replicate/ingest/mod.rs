@@ -59,10 +59,9 @@ use crate::config::SourceConfig;
 use crate::feed::Op;
 use crate::identity::NodeKey;
 use crate::source::kinto::{KintoClient, KintoError};
-use crate::store::{Change, CursorUpdate, Store, StoreError};
+use crate::store::{Change, CursorUpdate, Store, StoreError, StoreHandle};
 
-/// How many requests (collections read, objects fetched) run at the same time.
-pub const DEFAULT_CONCURRENCY: usize = 8;
+pub use crate::config::DEFAULT_CONCURRENCY;
 
 /// Why a pass failed. Nothing of the failing page was stored.
 #[derive(Debug, thiserror::Error)]
@@ -83,12 +82,19 @@ pub enum IngestError {
     },
 }
 
-impl IngestError {
-    /// Whether the next pass may succeed without operator action.
-    pub fn is_transient(&self) -> bool {
+impl crate::backoff::RetryHint for IngestError {
+    fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
-            IngestError::Kinto(e) => e.is_transient(),
-            IngestError::Store(_) | IngestError::Source { .. } => false,
+            IngestError::Kinto(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+
+    fn heals(&self) -> bool {
+        match self {
+            IngestError::Kinto(e) => e.heals(),
+            IngestError::Store(e) => e.heals(),
+            IngestError::Source { .. } => true,
         }
     }
 }
@@ -115,7 +121,7 @@ impl std::ops::AddAssign for IngestReport {
 /// Follows one Kinto server into one node's feed.
 pub struct Ingest {
     client: Arc<KintoClient>,
-    store: Arc<Mutex<Store>>,
+    store: StoreHandle,
     key: Arc<NodeKey>,
     concurrency: usize,
     /// The server's root answer while the journal is followed: a pass is then one request.
@@ -136,13 +142,13 @@ const JOURNAL_RETRY: std::time::Duration = std::time::Duration::from_secs(600);
 pub struct IngestSlot {
     current: Arc<tokio::sync::Mutex<Option<Ingest>>>,
     source: SourceConfig,
-    store: Arc<Mutex<Store>>,
+    store: StoreHandle,
     key: Arc<NodeKey>,
 }
 
 impl IngestSlot {
     /// A slot for `source` into `key`'s feed in `store`.
-    pub fn new(source: SourceConfig, store: Arc<Mutex<Store>>, key: Arc<NodeKey>) -> IngestSlot {
+    pub fn new(source: SourceConfig, store: StoreHandle, key: Arc<NodeKey>) -> IngestSlot {
         IngestSlot {
             current: Arc::default(),
             source,
@@ -284,7 +290,7 @@ struct ObjectBody<'a> {
 
 impl Ingest {
     /// An ingest of `client`'s server into `key`'s feed in `store`.
-    pub fn new(client: Arc<KintoClient>, store: Arc<Mutex<Store>>, key: Arc<NodeKey>) -> Ingest {
+    pub fn new(client: Arc<KintoClient>, store: StoreHandle, key: Arc<NodeKey>) -> Ingest {
         Ingest {
             client,
             store,
@@ -523,16 +529,12 @@ impl Ingest {
         Ok(())
     }
 
-    /// Runs `f` on the store on a blocking thread.
+    /// Runs `f` on the store's writer.
     async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, IngestError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap_or_else(|e| e.into_inner())))
-            .await
-            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
-            .map_err(IngestError::from)
+        Ok(self.store.write(f).await?)
     }
 }
 
