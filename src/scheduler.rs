@@ -2,7 +2,11 @@
 //!
 //! Each loop owns one target, runs until the shutdown token is cancelled, and reports its health
 //! in a [`WorkerStatus`] that `/healthz` shows. Failures back off with capped, jittered delays
-//! ([`crate::backoff`]); the daemon never exits because a remote is down.
+//! ([`crate::backoff`]); the daemon never exits because a remote is down. A failure that cannot
+//! heal by waiting ([`RetryHint::heals`]: a fork, a forged page, credentials or grants refused,
+//! a quota reached, a damaged store) is not retried: the loop logs at `ERROR`, shows
+//! `needs_operator` in its status, and waits until it is re-armed ([`WorkerStatus::rearm`]:
+//! `tandem sync` or `SIGHUP`).
 //!
 //! Cron schedules are computed with `croner` and slept with `tokio::time::sleep`, each sleep
 //! capped at a minute and recomputed, so that a clock step or a suspend cannot make a schedule
@@ -41,6 +45,10 @@ pub struct WorkerStatus {
     ok: AtomicBool,
     consecutive_errors: AtomicU32,
     last_error: Mutex<Option<String>>,
+    /// Set while the loop waits for the operator: the failure that stopped it.
+    needs_operator: Mutex<Option<String>>,
+    /// Raised by [`WorkerStatus::rearm`].
+    rearmed: tokio::sync::watch::Sender<u64>,
 }
 
 /// A point-in-time copy of a [`WorkerStatus`].
@@ -56,6 +64,10 @@ pub struct WorkerReport {
     pub consecutive_errors: u32,
     /// The last failure, if any.
     pub last_error: Option<String>,
+    /// Set when the loop stopped retrying a failure that cannot heal by waiting: what it was.
+    /// The loop tries again after `tandem sync` or `SIGHUP`.
+    #[serde(default)]
+    pub needs_operator: Option<String>,
 }
 
 impl WorkerStatus {
@@ -67,7 +79,29 @@ impl WorkerStatus {
             ok: AtomicBool::new(false),
             consecutive_errors: AtomicU32::new(0),
             last_error: Mutex::new(None),
+            needs_operator: Mutex::new(None),
+            rearmed: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Wakes the loop if it waits for the operator, to try again at once (`tandem sync`,
+    /// `SIGHUP`). Does nothing to a loop that is retrying or waiting for its next time.
+    pub fn rearm(&self) {
+        self.rearmed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Records that the loop stopped on `error`, which cannot heal, and returns what resolves
+    /// when it is re-armed.
+    fn stop_for_operator(&self, error: String) -> tokio::sync::watch::Receiver<u64> {
+        // Subscribed before it is shown, so that a re-arm right after is not missed.
+        let rearmed = self.rearmed.subscribe();
+        *self
+            .needs_operator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(error);
+        metrics::gauge!(telemetry::NEEDS_OPERATOR, "target" => self.kind, "name" => self.name.clone())
+            .set(1.0);
+        rearmed
     }
 
     /// A snapshot for reporting.
@@ -82,12 +116,27 @@ impl WorkerStatus {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            needs_operator: self
+                .needs_operator
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
     fn succeeded(&self) {
         self.ok.store(true, Ordering::Relaxed);
         self.consecutive_errors.store(0, Ordering::Relaxed);
+        if self
+            .needs_operator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some()
+        {
+            metrics::gauge!(telemetry::NEEDS_OPERATOR, "target" => self.kind, "name" => self.name.clone())
+                .set(0.0);
+        }
         metrics::gauge!(telemetry::TARGET_UP, "target" => self.kind, "name" => self.name.clone())
             .set(1.0);
     }
@@ -124,7 +173,8 @@ impl Cadence {
 }
 
 /// Runs `attempt` on `cadence` until `shutdown`, retrying failures with backoff and recording
-/// health in `status`. `attempt` returns a short description of success for the log.
+/// health in `status`. `attempt` returns a short description of success for the log. A
+/// failure that cannot heal stops the retries until `status` is re-armed.
 pub async fn run_loop<F, Fut, E>(
     status: &WorkerStatus,
     cadence: Cadence,
@@ -149,6 +199,24 @@ pub async fn run_loop<F, Fut, E>(
             result = attempt() => result,
         };
         let retry = match result {
+            Err(e) if !e.heals() => {
+                error!(
+                    target_kind = status.kind,
+                    name = %status.name,
+                    error = %e,
+                    "this cannot heal by retrying: fix what the error names, then run `tandem sync` or reload the configuration (SIGHUP, `systemctl reload tandem`); until then this loop waits"
+                );
+                status.failed(e.to_string());
+                let mut rearmed = status.stop_for_operator(e.to_string());
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = rearmed.changed() => {}
+                }
+                info!(target_kind = status.kind, name = %status.name, "trying again as asked");
+                backoff.succeed();
+                first = false;
+                continue;
+            }
             Ok(detail) => {
                 if first || backoff.failures() > 0 {
                     info!(target_kind = status.kind, name = %status.name, detail = %detail, "reachable");

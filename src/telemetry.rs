@@ -27,6 +27,9 @@ pub const ENTRIES_ACCEPTED: &str = "tandem_entries_accepted_total";
 pub const TARGET_UP: &str = "tandem_target_up";
 /// Counter: failed probes or passes per target. Labels: `target`, `name`.
 pub const TARGET_ERRORS: &str = "tandem_target_errors_total";
+/// Gauge: 1 while a loop has stopped retrying a failure that cannot heal and waits for the
+/// operator (`tandem sync`, `SIGHUP`). Labels: `target`, `name`.
+pub const NEEDS_OPERATOR: &str = "tandem_needs_operator";
 
 /// Counter: entries served to peers in pages. Labels: `peer`.
 pub const ENTRIES_SERVED: &str = "tandem_entries_served_total";

@@ -89,6 +89,10 @@ async fn workers(State(state): State<AdminState>) -> Response {
 }
 
 async fn sync(State(state): State<AdminState>) -> Response {
+    // Loops stopped on a failure that cannot heal try again too (see `scheduler`).
+    for worker in &state.workers {
+        worker.rearm();
+    }
     if !*state.recovered.borrow() {
         return (
             StatusCode::CONFLICT,

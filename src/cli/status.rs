@@ -275,6 +275,10 @@ fn print_text(status: &Status) {
             println!("daemon running");
             for w in workers {
                 let state = match (&w.ok, w.consecutive_errors, &w.last_error) {
+                    _ if w.needs_operator.is_some() => format!(
+                        "NEEDS OPERATOR: {} (fix it, then `tandem sync` or reload with SIGHUP)",
+                        w.needs_operator.as_deref().unwrap_or("")
+                    ),
                     (true, _, _) => "ok".to_owned(),
                     (false, 0, _) => "starting".to_owned(),
                     (false, n, error) => {
