@@ -10,7 +10,7 @@
 //!
 //! Cron schedules are computed with `croner` and slept with `tokio::time::sleep`, each sleep
 //! capped at a minute and recomputed, so that a clock step or a suspend cannot make a schedule
-//! drift or silently stop (see the README on why not `tokio-cron-scheduler`).
+//! drift or silently stop (see docs/dependencies.md on why not `tokio-cron-scheduler`).
 
 use std::future::Future;
 use std::sync::Mutex;

@@ -346,7 +346,7 @@ async fn sigkill_during_compaction_restore_and_import_leaves_it_whole() {
 
     // Restore into a fresh Kinto, killed; then once more to the end: the target holds the
     // state, and a further restore writes nothing.
-    // The target lets `admin` write everything (as the README says) and read it back.
+    // The target lets `admin` write everything (as docs/operating.md says) and read it back.
     let mut settings = common::kinto::restore_target_settings("admin");
     for kind in ["bucket", "group", "collection", "record"] {
         settings.push_str(&format!("kinto.{kind}_read_principals = account:admin\n"));

@@ -156,7 +156,7 @@ async fn devices_sync_on_with_a_restored_server() {
     // The desktop, up to date with the backup, syncs without an error.
     ok(&devices.sync("desktop", &b, "alice", NOTES));
     // The tablet saw a change the backup lacks: it is told, and uploads again. (Through
-    // Kinto's API this holds until the list is written again; see the README.)
+    // Kinto's API this holds until the list is written again; see docs/operating.md.)
     flushed(&devices.sync("tablet", &b, "alice", NOTES));
     devices.local("tablet", NOTES, json!({"cmd": "reset"}));
     ok(&devices.sync("tablet", &b, "alice", NOTES));

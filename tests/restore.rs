@@ -26,8 +26,8 @@ async fn source() -> Kinto {
     .await
 }
 
-/// What a restore target needs (as the README says): permissions stored exactly as sent, and
-/// the restoring account (`admin` here) allowed to create, read and write everything.
+/// What a restore target needs (as docs/operating.md says): permissions stored exactly as
+/// sent, and the restoring account (`admin` here) allowed to create, read and write everything.
 const TARGET_SETTINGS: &str = "kinto.explicit_permissions = false
 kinto.bucket_create_principals = account:admin
 kinto.bucket_write_principals = account:admin
@@ -678,8 +678,8 @@ async fn the_restored_server_is_followed_and_a_second_disaster_loses_nothing() {
     // The second disaster: the restored server goes too; everything comes back. One thing
     // cannot: r11's new permissions, set on B, where explicit_permissions is off (as the
     // restore needed) and so no history can be followed and the lists show no permissions:
-    // the node kept r11's earlier ones (see the README: turn explicit_permissions back on, or
-    // use the kinto-tandem plugin, before following a restored server).
+    // the node kept r11's earlier ones (see docs/operating.md: turn explicit_permissions
+    // back on, or use the kinto-tandem plugin, before following a restored server).
     let c = target().await;
     home.restore_as(&c, "admin", &[], 0);
     let without_r11_permissions = |rows: Vec<Value>| -> Vec<Value> {

@@ -73,7 +73,7 @@ pub enum Command {
     Run,
     /// Show this node and every origin it holds (works with or without a running daemon).
     Status {
-        /// Print JSON (stable shape, see the README).
+        /// Print JSON (stable shape, see docs/operating.md).
         #[arg(long)]
         json: bool,
     },

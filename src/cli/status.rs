@@ -40,7 +40,7 @@
 //! store and, if so, the health of its loops: `{"running": true, "workers": [{"kind", "name",
 //! "ok", "consecutive_errors", "last_error"}]}`. `source.permissions_incomplete` lists the
 //! buckets followed without record permissions (the history the account reads does not
-//! cover them; see the README).
+//! cover them; see docs/operating.md).
 
 use serde::Serialize;
 

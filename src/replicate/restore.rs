@@ -34,7 +34,7 @@
 //! any object twice (tombstones are replayed again, which leaves the same tombstone).
 //!
 //! The target must store permissions as sent: with `kinto.explicit_permissions = false` Kinto
-//! does not add the writing account to each object's `write` list (see the README).
+//! does not add the writing account to each object's `write` list (see docs/operating.md).
 //!
 //! # Through the kinto-tandem plugin
 //!

@@ -64,7 +64,8 @@ fn postgres_database(venv: &std::path::Path, options: Options) -> (&'static str,
     )
 }
 
-/// The settings of a restore target without the kinto-tandem plugin, as the README gives them:
+/// The settings of a restore target without the kinto-tandem plugin, as docs/operating.md
+/// gives them:
 /// permissions stored exactly as sent, and `account` allowed to create and write everything.
 pub fn restore_target_settings(account: &str) -> String {
     let mut settings = "kinto.explicit_permissions = false\n".to_owned();
