@@ -196,14 +196,74 @@ impl Node {
 /// Runs the node until `shutdown` resolves: serves HTTP on `listener`, runs the loops, tells
 /// systemd (when present) it is ready, feeds its watchdog, and stops within
 /// [`SHUTDOWN_DEADLINE`].
+///
+/// `SIGHUP` reloads the configuration from its file. The new one is checked in full first
+/// (as `tandem config check` does, and every peer and the source client built); a bad one, or
+/// one that changes what only a restart can (`listen`, `data_dir`), is refused with an
+/// `ERROR` and the running one goes on. A good one replaces it: the loops and servers stop
+/// as at shutdown (each write finishes) and start again with it, on the same socket and
+/// store, within the process. Every loop that waited for the operator tries again.
 pub async fn serve(
     node: Node,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let Node { config, key, store } = node;
+    let (key, listener) = (Arc::new(key), Arc::new(listener));
     let writer = StoreHandle::new(store, crate::store::READERS)?;
-    let result = serve_with(config, key, writer.clone(), listener, shutdown).await;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut config = config;
+    let result = loop {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut stop = Some(stop);
+        let serving = serve_with(
+            config.clone(),
+            key.clone(),
+            writer.clone(),
+            listener.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        );
+        let mut serving = std::pin::pin!(serving);
+        let next = loop {
+            tokio::select! {
+                ended = &mut serving => break Err(ended),
+                _ = &mut shutdown => {
+                    info!("shutting down");
+                    notify(&[NotifyState::Stopping]);
+                    break Ok(None);
+                }
+                Some(()) = hangup.recv() => {
+                    info!(signal = "SIGHUP", config = %config.path.display(), "reloading the configuration");
+                    match reloadable(&config, &key, &writer) {
+                        Ok(new) => break Ok(Some(new)),
+                        Err(e) => error!(error = %format!("{e:#}"), "the new configuration is refused; the running one goes on"),
+                    }
+                }
+            }
+        };
+        match next {
+            // serve_with only returns on its own when it failed to start.
+            Err(ended) => break ended,
+            Ok(new) => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                let ended = serving.await;
+                match (new, ended) {
+                    (Some(new), Ok(())) => {
+                        notify(&[NotifyState::Reloading]);
+                        config = new;
+                        info!(peers = config.peers.len(), "configuration reloaded");
+                    }
+                    (_, ended) => break ended,
+                }
+            }
+        }
+    };
     // A write that a loop sent before it stopped runs to its end and holds the store (and its
     // writer lock) until then: wait for it, so that whatever opens the store next (a restarted
     // daemon, a command) finds it free.
@@ -213,14 +273,44 @@ pub async fn serve(
     result
 }
 
+/// Checks the configuration file again for a reload: it must load, keep what only a restart
+/// can change, and give a client for the source and every peer.
+fn reloadable(
+    running: &Config,
+    key: &Arc<NodeKey>,
+    writer: &StoreHandle,
+) -> anyhow::Result<Config> {
+    let new = Config::load(&running.path)?;
+    for (what, changed) in [
+        ("listen", new.node.listen != running.node.listen),
+        ("data_dir", new.node.data_dir != running.node.data_dir),
+    ] {
+        if changed {
+            anyhow::bail!("[node] {what} changed: restart tandem to apply it (or put it back)");
+        }
+    }
+    if let Some(source) = &new.source {
+        crate::source::kinto::KintoClient::new(source)?;
+    }
+    for peer in &new.peers {
+        Federation::new(
+            peer.clone(),
+            key.clone(),
+            writer.clone(),
+            Changes::default(),
+        )
+        .with_context(|| format!("[[peer]] {}", peer.name))?;
+    }
+    Ok(new)
+}
+
 async fn serve_with(
     config: Config,
-    key: NodeKey,
+    key: Arc<NodeKey>,
     writer: StoreHandle,
-    listener: tokio::net::TcpListener,
+    listener: Arc<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let key = Arc::new(key);
     let node_id = key.id();
     let addr = listener
         .local_addr()
@@ -402,8 +492,7 @@ async fn serve_with(
     info!(node = %node_id, name = %config.node.name, listen = %addr, "tandem running");
 
     shutdown.await;
-    info!("shutting down");
-    notify(&[NotifyState::Stopping]);
+    info!("stopping the loops and servers");
     token.cancel();
     let stopped = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
         tasks.wait().await;

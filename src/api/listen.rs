@@ -193,7 +193,7 @@ impl Registry {
 /// Serves `router` on `listener` with `limits` until `shutdown` resolves, then waits for the
 /// open connections to finish (idle ones close at once).
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     router: Router,
     limits: Limits,
     shutdown: impl Future<Output = ()>,

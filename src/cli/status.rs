@@ -38,7 +38,9 @@
 //! `durable_seq` (own origin only) is the highest seq held by at least `node.durability`
 //! configured holders. `recovering` is true while the node fetches its own feed back from its peers. `daemon` says whether a daemon runs on this
 //! store and, if so, the health of its loops: `{"running": true, "workers": [{"kind", "name",
-//! "ok", "consecutive_errors", "last_error"}]}`. `source.permissions_incomplete` lists the
+//! "ok", "consecutive_errors", "last_error", "needs_operator"}]}`; `needs_operator` is the
+//! failure a loop stopped on because retrying cannot heal it (null otherwise): it waits for
+//! `tandem sync` or `SIGHUP`. `source.permissions_incomplete` lists the
 //! buckets followed without record permissions (the history the account reads does not
 //! cover them; see docs/operating.md).
 
