@@ -473,11 +473,11 @@ async fn serve_with(
         snapshots: snapshots.clone(),
         workers: workers.clone(),
     };
-    let admin = tokio::spawn(async move {
-        axum::serve(admin_listener, api::admin::router(admin_state))
-            .with_graceful_shutdown(admin_token.cancelled_owned())
-            .await
-    });
+    let admin = tokio::spawn(api::admin::serve(
+        admin_listener,
+        admin_state,
+        admin_token.cancelled_owned(),
+    ));
 
     if let Some(interval) = sd_notify::watchdog_enabled() {
         tasks.spawn(watchdog(

@@ -17,11 +17,15 @@
 //!                socket (api/admin), and the listener's time limits and connection cap
 //!                (api/listen)
 //! scheduler      long-lived loops and their timing: ingest passes, pushes on change, long
-//!                polls, cron times, the recovery of the own feed before any append
+//!                polls, cron times, the recovery of the own feed before any append; a failure
+//!                that cannot heal stops its loop until the operator re-arms it
 //! replicate/     one pass of work, no spawning, no timing: ingest (the kinto-tandem journal,
-//!                history and polling paths), federate (push, pull, recover with one peer), restore (a state into Kinto),
-//!                archive (write, verify and load a portable archive)
-//! store/         the only SQLite user: feeds, checkpoints, state, cursors, fork evidence,
+//!                history and polling paths), federate (push, pull, recover with one peer),
+//!                accept (a page a peer pushes), snapshot (sign the own state, apply retention),
+//!                restore (a state into Kinto), archive (write, verify and load a portable
+//!                archive)
+//! store/         the only SQLite user, reached from async code through one StoreHandle (a
+//!                writer thread, a pool of readers): feeds, checkpoints, state, cursors, fork evidence,
 //!                what holders acknowledged, entries found damaged on disk (never served;
 //!                replaced through the accept path by a good copy a peer sends)
 //! source/kinto   the Kinto client: credentials, lists with _since/ETag, objects, batches, the
@@ -57,7 +61,10 @@
 //!   whoever relayed it ([`replicate::federate`]).
 //! - Secrets ([`identity::NodeKey`], source passwords) are never logged or printed.
 //! - `cli` and `daemon` use `anyhow`; every other module has its own `thiserror` enum whose
-//!   variants say what to do.
+//!   variants say what to do, and says whether retrying can heal it
+//!   ([`backoff::RetryHint::heals`]).
+//! - Only [`api`] knows axum; only [`store`] knows SQLite ([`store::StoreError`] carries no
+//!   SQLite type). Async code reaches the store only through [`store::StoreHandle`].
 
 pub mod api;
 pub mod atomic;

@@ -156,6 +156,7 @@ impl PeerClient {
     }
 
     /// Sends a signed request for `path` (relative to the peer's base, e.g. `v1/origins`).
+    #[tracing::instrument(name = "peer_call", skip_all, fields(peer = %self.name, %method, path))]
     async fn send(
         &self,
         method: reqwest::Method,

@@ -194,9 +194,10 @@ pub async fn run_loop<F, Fut, E>(
                 return;
             }
         }
+        let span = tracing::info_span!("pass", target_kind = status.kind, name = %status.name);
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = attempt() => result,
+            result = tracing::Instrument::instrument(attempt(), span) => result,
         };
         let retry = match result {
             Err(e) if !e.heals() => {

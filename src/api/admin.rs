@@ -72,7 +72,18 @@ pub struct AdminState {
     pub workers: Vec<Arc<WorkerStatus>>,
 }
 
-/// The admin router.
+/// Serves the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    state: AdminState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The admin routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/sync", post(sync))

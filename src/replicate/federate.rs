@@ -313,6 +313,7 @@ impl Federation {
         }
     }
 
+    #[tracing::instrument(name = "push", skip_all, fields(peer = %self.peer.name, %origin))]
     async fn push_origin(
         &self,
         origin: NodeId,
@@ -565,6 +566,7 @@ impl Federation {
     /// damaged entries the chain held here confirms (see `store::damage`). Returns how many
     /// were replaced; `Ok(0)` when the peer does not hold them, may not let this node read
     /// them, or has them damaged too.
+    #[tracing::instrument(name = "repair", skip_all, fields(peer = %self.peer.name, %origin))]
     pub async fn repair(&self, origin: NodeId) -> Result<u64, FederateError> {
         let mut repaired = 0;
         let mut covered = 0u64;
@@ -730,6 +732,7 @@ impl Federation {
 
     /// Pulls `origin` until caught up with the peer. With a `wait`, the last request is a long
     /// poll: it returns as soon as the peer has more, or after `wait`.
+    #[tracing::instrument(name = "pull", skip_all, fields(peer = %self.peer.name, %origin))]
     pub async fn pull_origin(
         &self,
         origin: NodeId,

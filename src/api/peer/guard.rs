@@ -252,12 +252,13 @@ pub(super) async fn authenticate(
             Err(response) => return response,
         }
     };
+    let span = tracing::info_span!("peer_request", peer = %peer.name, method = %parts.method, path = %parts.uri.path());
     let mut request = Request::from_parts(parts, body);
     request.extensions_mut().insert(Caller {
         peer: peer.clone(),
         polls: slots.polls.clone(),
     });
-    let response = next.run(request).await;
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
     // The body slots are held until the handler is done with the body.
     drop(permits);
     response
