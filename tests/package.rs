@@ -160,6 +160,8 @@ fn man_dir_writes_one_page_per_subcommand() {
             "{name} has no title line for {title}:\n{page}"
         );
         assert!(page.contains(".SH SYNOPSIS"), "{name}:\n{page}");
+        // Characters beyond ASCII are roff escapes: not every roff front end decodes UTF-8.
+        assert!(page.is_ascii(), "{name} is not ASCII:\n{page}");
     }
     // A subcommand's page is its own: its synopsis is the full command.
     let create = std::fs::read_to_string(dir.join("tandem-snapshot-create.1")).unwrap();

@@ -67,7 +67,7 @@ pub fn main_page() -> anyhow::Result<Vec<u8>> {
     let parts = String::from_utf8(parts)?;
     let mut page = String::from(PREAMBLE);
     page.push_str(&parts.replace(PREAMBLE, ""));
-    Ok(page.into_bytes())
+    Ok(ascii(&page))
 }
 
 /// Exit status, environment and files of `tandem.1`, in roff.
@@ -133,6 +133,20 @@ pub fn write_pages(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// `page` with every character beyond ASCII (the help text's "…") as a roff escape, `\[u2026]`:
+/// roff reads bytes, and only some front ends (man-db's preconv) decode UTF-8 first.
+fn ascii(page: &str) -> Vec<u8> {
+    let mut out = String::with_capacity(page.len());
+    for c in page.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\[u{:04X}]", u32::from(c)));
+        }
+    }
+    out.into_bytes()
+}
+
 /// Adds the page of every subcommand below `parent`, depth first.
 fn collect(parent: &clap::Command, pages: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
     for sub in parent.get_subcommands().filter(|s| !s.is_hide_set()) {
@@ -148,7 +162,7 @@ fn collect(parent: &clap::Command, pages: &mut Vec<(String, Vec<u8>)>) -> anyhow
             )
             .as_bytes(),
         );
-        pages.push((man.get_filename(), page));
+        pages.push((man.get_filename(), ascii(&String::from_utf8(page)?)));
         collect(sub, pages)?;
     }
     Ok(())
