@@ -6,10 +6,12 @@
 //! `RestartPreventExitStatus=78` stops a restart loop on those).
 
 mod check;
+mod completions;
 mod export;
 mod import;
 mod init;
 mod key;
+mod man;
 mod peers;
 mod restore;
 mod run;
@@ -131,6 +133,25 @@ pub enum Command {
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script.
+    #[command(long_about = completions::INSTALL_HELP)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, or write one page per command into a directory.
+    #[command(
+        long_about = "Print the manual page of tandem (roff) on stdout, or, with --dir, write one \
+page per command into a directory: tandem.1, tandem-run.1, tandem-snapshot-create.1, ... \
+View one with `man -l tandem.1`."
+    )]
+    Man {
+        /// Write the pages into this directory (created if missing), one per command, and
+        /// print their paths.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Milliseconds since the epoch as RFC 3339 UTC, e.g. `2026-11-26T15:04:05.123Z`.
@@ -300,6 +321,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => {
             check::run(file.as_ref().unwrap_or(&cli.config))
         }
+        Command::Completions { shell } => completions::run(*shell),
+        Command::Man { dir } => man::run(dir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
