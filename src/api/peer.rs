@@ -196,11 +196,9 @@ fn describe(
 
 /// The latest receipts held for `origin`, newest first, at most [`wire::MAX_RECEIPTS`].
 fn relayed_receipts(store: &Store, origin: NodeId) -> Result<Vec<wire::ReceiptDoc>, StoreError> {
-    let mut receipts = store.receipts(origin)?;
-    receipts.sort_by_key(|r| std::cmp::Reverse(r.ts));
-    Ok(receipts
+    Ok(store
+        .latest_receipts(origin, wire::MAX_RECEIPTS, &[])?
         .iter()
-        .take(wire::MAX_RECEIPTS)
         .map(wire::ReceiptDoc::from)
         .collect())
 }

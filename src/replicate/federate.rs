@@ -502,13 +502,7 @@ impl Federation {
         let held = self
             .store
             .write(move |s| {
-                let mut others: Vec<Receipt> = s
-                    .receipts(origin)?
-                    .into_iter()
-                    .filter(|r| r.holder != peer && r.holder != me)
-                    .collect();
-                others.sort_by_key(|r| std::cmp::Reverse(r.ts));
-                others.truncate(wire::MAX_RECEIPTS - 1);
+                let others = s.latest_receipts(origin, wire::MAX_RECEIPTS - 1, &[peer, me])?;
                 Ok((s.head(origin)?, others))
             })
             .await;

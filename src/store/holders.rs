@@ -316,6 +316,21 @@ impl Store {
         Ok(out)
     }
 
+    /// The newest `limit` receipts held for `origin`, newest first, leaving out the holders in
+    /// `except`: what this node relays of other holders.
+    pub fn latest_receipts(
+        &self,
+        origin: NodeId,
+        limit: usize,
+        except: &[NodeId],
+    ) -> Result<Vec<Receipt>, StoreError> {
+        let mut receipts = self.receipts(origin)?;
+        receipts.retain(|r| !except.contains(&r.holder));
+        receipts.sort_by_key(|r| std::cmp::Reverse(r.ts));
+        receipts.truncate(limit);
+        Ok(receipts)
+    }
+
     /// The receipts held for `origin` (the latest of each holder), as signed.
     pub fn receipts(&self, origin: NodeId) -> Result<Vec<Receipt>, StoreError> {
         let Some(row) = self.origin_row_id(origin)? else {
