@@ -3,7 +3,7 @@
 //! self-recovery and quotas. Nodes run in-process (see `common::node`); the home node follows
 //! a real Kinto server where the test needs changes to happen while nodes run.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! shown in `status`, and replaced by a good copy fetched from a peer. Real nodes on real
 //! sockets; the damage is a byte flipped in the SQLite file with the node stopped.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! panic, unbounded buffering, or a request (with credentials or a signature) to the other
 //! host, which is a second listener that records whatever reaches it.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

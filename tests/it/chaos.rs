@@ -7,7 +7,7 @@
 //! recorded) is still held; after a last run that is not killed, everything converges. The
 //! seed is printed at the start of each test; `TANDEM_CRASH_SEED=N` replays it.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! must fail saying that space ran out and where, store nothing damaged, and converge once the
 //! limit is lifted.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;

@@ -6,7 +6,7 @@
 //! what they had; without it, `restore` names what cannot come back; a target with other
 //! secrets is refused.
 
-mod common;
+use crate::common;
 
 use common::follower::Follower as Node;
 use common::kinto::{Kinto, Options, PASSWORD};

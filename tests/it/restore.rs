@@ -4,7 +4,7 @@
 //! (kinto-http) must see exactly what the original had, data, permissions, timestamps, records
 //! ETags and tombstones, now and at a past time. A tampered copy is refused and writes nothing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

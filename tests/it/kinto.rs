@@ -1,6 +1,6 @@
 //! Tests against real Kinto servers (from the virtualenv `scripts/test` installs).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -9,7 +9,7 @@
 //! tables hold what B's held (objects, timestamps, tombstones and every access control entry,
 //! read from PostgreSQL directly), and every device ends equal to C.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! requests, a signed request works once and only at the node it was signed for, a body must
 //! match its signed digest, and concurrent bodies and long polls are bounded.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

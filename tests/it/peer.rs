@@ -1,7 +1,7 @@
 //! The peer API of a running daemon (a real process on a real socket): authentication by RFC
 //! 9421 signatures, authorization by the configuration's `serve` lists.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! stored and hands it to the node it pulled from, which relays it towards the origin. Real
 //! nodes on real sockets, synchronized by hand (`sync` through each daemon's admin socket).
 
-mod common;
+use crate::common;
 
 use common::node::{TestNode, holder_status, origin_status};
 use serde_json::Value;
