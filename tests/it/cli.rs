@@ -827,3 +827,39 @@ fn a_password_file_open_to_others_is_refused_and_an_open_data_dir_is_closed() {
     );
     assert!(!err.contains("secret\n"), "{err}");
 }
+
+/// A command that must go through the daemon (another process holds the store) but finds no
+/// daemon on the admin socket says which socket it tried and why, whether the socket file is
+/// missing or left behind with nobody listening; `status` says no daemon runs.
+#[test]
+fn a_held_store_without_a_daemon_names_the_admin_socket() {
+    let env = Env::new("");
+    env.run(&["init"], 0);
+    let key = tandem::identity::NodeKey::load(&env.data().join("node.key")).unwrap();
+    // Holds the store's lock, as a daemon would, without serving the admin socket.
+    let _writer = tandem::store::Store::open_writer(&env.data(), key.id()).unwrap();
+    let socket = env.data().join("tandem.sock");
+
+    let err = stderr(&env.run(&["snapshot", "create"], 1));
+    assert!(
+        err.contains(&format!(
+            "cannot reach the running daemon at {}: No such file or directory",
+            socket.display()
+        )),
+        "{err}"
+    );
+
+    // A socket file nobody listens on, as a daemon killed with SIGKILL leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let err = stderr(&env.run(&["snapshot", "create"], 1));
+    assert!(
+        err.contains(&format!(
+            "cannot reach the running daemon at {}: Connection refused",
+            socket.display()
+        )),
+        "{err}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.run(&["status", "--json"], 0).stdout).unwrap();
+    assert_eq!(status["daemon"], serde_json::json!({"running": false}));
+}

@@ -192,7 +192,7 @@ impl TestNode {
 
     /// Asks the running daemon for one round (`POST /sync` on its admin socket).
     pub async fn sync(&mut self) -> Value {
-        match tandem::api::admin::call(&self.data(), "POST", "/sync").await {
+        match tandem::cli::admin_client::post(&self.data(), "/sync").await {
             Ok(answer) => answer,
             Err(e) => {
                 // Say why the daemon is gone, if it is.
