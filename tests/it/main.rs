@@ -2,7 +2,7 @@
 //!
 //! One binary links the crate once instead of once per file, and lets the test harness run the
 //! slow tests of every file side by side: most of them wait on a Kinto server, a daemon or a
-//! socket, not on a core.
+//! socket, not on a core. `scripts/test` sets how many run at once.
 //!
 //! Each module starts its own throwaway servers, nodes and directories (see [`common`]), so
 //! modules share nothing but the process. Run one with a name filter, e.g.

@@ -9,10 +9,8 @@ use crate::common;
 use std::time::Duration;
 
 use common::kinto::{Kinto, Options, PASSWORD};
-use common::node::{TestNode, wait_for};
+use common::node::{NEVER, TestNode, wait_for};
 use serde_json::{Value, json};
-
-const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
 
 /// The source: the history plugin (every permission is recorded).
 async fn source() -> Kinto {
@@ -221,12 +219,11 @@ async fn disaster_recovery_from_the_community_copy() {
     first_content(&a).await;
     let mut home = TestNode::new("home");
     let mut community = TestNode::new("community");
-    common::write_secret(home.dir.path().join("pw"), PASSWORD);
     home.configure(
         "",
         &format!(
-            "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1h\"\n{}",
-            a.url,
+            "{}{}",
+            home.source(&a, "1h"),
             TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}"))
         ),
     );

@@ -1,6 +1,6 @@
-//! Helpers shared by the integration tests: throwaway Kinto servers.
-
-#![allow(dead_code)] // each test binary uses a different subset
+//! Helpers shared by the integration tests: running the `tandem` binary, throwaway Kinto
+//! servers ([`kinto`]), nodes in-process ([`node`]) or as processes ([`process`]), kinto.js
+//! devices, a faulty proxy, and the seeded randomness of the chaos tests.
 
 pub mod chaos;
 pub mod devices;
@@ -21,6 +21,12 @@ pub fn tandem(config: &Path, args: &[&str], code: i32) -> Output {
         .arg(config)
         .args(args)
         .env_remove("TANDEM_CONFIG");
+    run(cmd, code)
+}
+
+/// Runs `cmd` to completion; panics with the command, its stdout and its stderr unless it
+/// exits with `code`.
+pub fn run(mut cmd: Command, code: i32) -> Output {
     let out = cmd.output().unwrap();
     assert_eq!(
         out.status.code(),

@@ -2,9 +2,13 @@
 //! process itself: its memory, its exit. Each is killed on drop.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use tandem::feed::Op;
+use tandem::identity::NodeKey;
+use tandem::store::{Change, Store};
 
 /// A running `tandem run` process.
 pub struct Daemon {
@@ -75,4 +79,36 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A node named `name` in `dir`, initialized by `tandem init`, whose own feed holds five
+/// entries (buckets `b0`…`b4`), with a `[[peer]]` per `(name, key, lines)` (none reachable,
+/// none scheduled). Returns its configuration file and its key.
+pub fn node_with_entries(
+    dir: &Path,
+    name: &str,
+    peers: &[(&str, &NodeKey, &str)],
+) -> (PathBuf, NodeKey) {
+    let mut text =
+        format!("[node]\nname = \"{name}\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n");
+    for (peer, key, lines) in peers {
+        text.push_str(&format!(
+            "[[peer]]\nname = \"{peer}\"\nurl = \"http://127.0.0.1:9/\"\nid = \"{}\"\nschedule = \"0 0 1 1 *\"\n{lines}\n",
+            key.id()
+        ));
+    }
+    let config = dir.join("tandem.toml");
+    std::fs::write(&config, text).unwrap();
+    crate::common::tandem(&config, &["init"], 0);
+    let key = NodeKey::load(&dir.join("data/node.key")).unwrap();
+    let mut store = Store::open_writer(&dir.join("data"), key.id()).unwrap();
+    let changes: Vec<Change> = (0..5)
+        .map(|i| Change {
+            op: Op::Put,
+            path: format!("/buckets/b{i}"),
+            body: b"{\"data\":{}}".to_vec(),
+        })
+        .collect();
+    store.append(&key, &changes, &[]).unwrap();
+    (config, key)
 }
