@@ -114,6 +114,23 @@ struct Tally {
 }
 
 impl Tally {
+    /// Prints the test's tally (`details` after the kills) and checks that at least a third
+    /// of the kills landed while the command ran.
+    fn finish(&self, test: &str, details: &str, started: Instant) {
+        println!(
+            "{test}: {} rounds, {} kills landed{details}, {:.1}s",
+            self.rounds,
+            self.kills,
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            self.kills * 3 >= self.rounds,
+            "only {} of {} kills landed while the command ran",
+            self.kills,
+            self.rounds
+        );
+    }
+
     /// Runs `tandem ARGS` on `config`, SIGKILLs it after `delay`; a command that ended by
     /// itself must have succeeded.
     fn round(&mut self, config: &Path, args: &[&str], delay: Duration) {
@@ -255,18 +272,7 @@ async fn sigkill_during_ingest_push_and_pull_loses_nothing_acknowledged() {
         chaos::verify(&n.config_path(), "after healing");
     }
     assert_same_objects(&export(&home), &kinto.dump("tandem"), "home and its Kinto");
-    println!(
-        "ingest_push_pull: {} rounds, {} kills landed, head {head}, {:.1}s",
-        tally.rounds,
-        tally.kills,
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        tally.kills * 3 >= tally.rounds,
-        "only {} of {} kills landed while the command ran",
-        tally.kills,
-        tally.rounds
-    );
+    tally.finish("ingest_push_pull", &format!(", head {head}"), started);
 }
 
 /// Compaction (`tandem snapshot create` with retention), restore into a real Kinto and
@@ -387,18 +393,7 @@ async fn sigkill_during_compaction_restore_and_import_leaves_it_whole() {
     );
     chaos::verify(&copy.config_path(), "after the last import");
     assert_eq!(copy.head(node.id), node.head(node.id));
-    println!(
-        "compaction_restore_import: {} rounds, {} kills landed, {:.1}s",
-        tally.rounds,
-        tally.kills,
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        tally.kills * 3 >= tally.rounds,
-        "only {} of {} kills landed while the command ran",
-        tally.kills,
-        tally.rounds
-    );
+    tally.finish("compaction_restore_import", "", started);
 }
 
 /// A seeded sequence of faults on the wire between two daemons, both ways (the origin pushes
