@@ -138,7 +138,7 @@ impl TestNode {
     /// Appends `n` puts whose text field has `size` characters that compress poorly.
     pub fn append_sized(&self, n: usize, prefix: &str, size: usize) {
         let key = self.key();
-        let mut store = Store::open_writer(&self.data(), key.id()).unwrap();
+        let mut store = crate::common::open_writer(&self.data(), key.id());
         let changes: Vec<Change> = (0..n)
             .map(|i| Change {
                 op: Op::Put,
@@ -158,6 +158,9 @@ impl TestNode {
     /// Starts the daemon.
     pub async fn start(&mut self) {
         assert!(self.running.is_none(), "{} already runs", self.name);
+        // The lock of the store closed by `stop` or `append` may linger in a process another
+        // test is starting (see `common::open_writer`): open it first, waiting that out.
+        drop(crate::common::open_writer(&self.data(), self.id));
         let config = Config::load(&self.config_path()).unwrap();
         let node = Node::open(config).unwrap();
         let listener = match self.listener.take() {

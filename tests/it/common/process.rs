@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tandem::feed::Op;
 use tandem::identity::NodeKey;
-use tandem::store::{Change, Store};
+use tandem::store::Change;
 
 /// A running `tandem run` process.
 pub struct Daemon {
@@ -42,19 +42,25 @@ impl Daemon {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // The address once it is known; everything it said if it ends before.
+            let mut said = String::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("listen="))
                 {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send(Ok(addr.to_owned()));
                 }
+                said.push_str(&line);
+                said.push('\n');
             }
+            let _ = tx.send(Err(said));
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the daemon started");
-        Daemon { child, addr }
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(addr)) => Daemon { child, addr },
+            Ok(Err(said)) => panic!("{command:?} ended before listening; it said:\n{said}"),
+            Err(e) => panic!("{command:?} did not say where it listens: {e}"),
+        }
     }
 
     /// Its process id.
@@ -101,7 +107,7 @@ pub fn node_with_entries(
     std::fs::write(&config, text).unwrap();
     crate::common::tandem(&config, &["init"], 0);
     let key = NodeKey::load(&dir.join("data/node.key")).unwrap();
-    let mut store = Store::open_writer(&dir.join("data"), key.id()).unwrap();
+    let mut store = crate::common::open_writer(&dir.join("data"), key.id());
     let changes: Vec<Change> = (0..5)
         .map(|i| Change {
             op: Op::Put,
@@ -110,5 +116,8 @@ pub fn node_with_entries(
         })
         .collect();
     store.append(&key, &changes, &[]).unwrap();
+    drop(store);
+    // Until a process started meanwhile by another test execs, it may still hold the lock.
+    drop(crate::common::open_writer(&dir.join("data"), key.id()));
     (config, key)
 }
