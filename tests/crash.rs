@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[allow(dead_code)] // the rest of the helpers are for the tests that run daemons
-#[path = "common/chaos.rs"]
+#[path = "it/common/chaos.rs"]
 mod chaos;
 
 use chaos::Rng;

@@ -14,14 +14,13 @@
 //!   {"origin", "entries", "snapshots"}` or `422 {"error"}` (nothing loaded).
 //! - `GET /workers`: the health of the daemon's loops, as in `/healthz`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::BodyExt;
 use serde_json::json;
 
 use std::sync::Arc;
@@ -33,27 +32,6 @@ use crate::scheduler::WorkerStatus;
 
 /// File name of the admin socket inside the data directory.
 pub const SOCKET_FILE: &str = "tandem.sock";
-
-/// Errors talking to a running daemon.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    /// No daemon answers on the socket.
-    #[error("cannot reach the running daemon at {path}: {reason}")]
-    Unreachable {
-        /// The socket.
-        path: PathBuf,
-        /// What failed.
-        reason: String,
-    },
-    /// The daemon answered with an error.
-    #[error("the daemon answered {status}: {message}")]
-    Failed {
-        /// HTTP status.
-        status: u16,
-        /// Its error message.
-        message: String,
-    },
-}
 
 /// What the admin handlers share.
 #[derive(Clone)]
@@ -242,52 +220,4 @@ pub fn bind(data_dir: &Path) -> std::io::Result<tokio::net::UnixListener> {
     let listener = tokio::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
-}
-
-/// Sends `method path` to the daemon whose data directory is `data_dir`; returns the JSON
-/// answer.
-pub async fn call(
-    data_dir: &Path,
-    method: &str,
-    path: &str,
-) -> Result<serde_json::Value, AdminError> {
-    let socket = data_dir.join(SOCKET_FILE);
-    let unreachable = |reason: String| AdminError::Unreachable {
-        path: socket.clone(),
-        reason,
-    };
-    let stream = tokio::net::UnixStream::connect(&socket)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-    tokio::spawn(connection);
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, "tandem")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .expect("a static request is valid");
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?
-        .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    if status == 200 {
-        Ok(value)
-    } else {
-        Err(AdminError::Failed {
-            status,
-            message: value["error"].as_str().unwrap_or("no details").to_owned(),
-        })
-    }
 }

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
+use super::admin_client;
 use super::{Cli, load_config};
-use crate::api::admin;
 use crate::daemon::Node;
 use crate::replicate::archive::{ArchiveSummary, ImportError, import_archive};
 use crate::store::StoreError;
@@ -36,9 +36,8 @@ pub fn run(cli: &Cli, file: &Path) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let answer = runtime.block_on(admin::call(
+            let answer = runtime.block_on(admin_client::post(
                 &data_dir,
-                "POST",
                 &format!("/import?path={path}"),
             ))?;
             ArchiveSummary {

@@ -5,6 +5,7 @@
 //! key or the store must be fixed by the operator before retrying (systemd's
 //! `RestartPreventExitStatus=78` stops a restart loop on those).
 
+pub mod admin_client;
 mod check;
 mod completions;
 mod export;

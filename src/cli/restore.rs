@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
+use super::admin_client;
 use super::{Cli, load_config};
-use crate::api::admin;
 use crate::config::{Secret, SourceAuth, SourceConfig};
 use crate::daemon::Node;
 use crate::feed::Seq;
@@ -95,7 +95,7 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
                     url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>()
                 );
                 let answer = runtime
-                    .block_on(admin::call(&data_dir, "POST", &path))
+                    .block_on(admin_client::post(&data_dir, &path))
                     .with_context(|| format!("fetching {origin} from peer {name}"))?;
                 eprintln!(
                     "fetched {} new entries from peer {name}",

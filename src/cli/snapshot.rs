@@ -7,8 +7,8 @@
 
 use serde::Serialize;
 
+use super::admin_client;
 use super::{Cli, load_config};
-use crate::api::admin;
 use crate::daemon::Node;
 use crate::identity::NodeId;
 use crate::protocol::wire::SnapshotDoc;
@@ -50,7 +50,7 @@ pub fn create(cli: &Cli) -> anyhow::Result<()> {
             let answer = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(admin::call(&data_dir, "POST", "/snapshot"))?;
+                .block_on(admin_client::post(&data_dir, "/snapshot"))?;
             (
                 serde_json::from_value(answer["snapshot"].clone())?,
                 answer["created"].as_bool().unwrap_or(false),

@@ -46,8 +46,8 @@
 
 use serde::Serialize;
 
+use super::admin_client;
 use super::{Cli, load_config};
-use crate::api::admin;
 use crate::feed::{EntryHash, Seq};
 use crate::identity::NodeId;
 use crate::scheduler::WorkerReport;
@@ -239,7 +239,7 @@ fn daemon_status(data_dir: &std::path::Path) -> DaemonDoc {
         .enable_all()
         .build()
         .ok()
-        .and_then(|rt| rt.block_on(admin::call(data_dir, "GET", "/workers")).ok());
+        .and_then(|rt| rt.block_on(admin_client::get(data_dir, "/workers")).ok());
     let workers =
         answer.and_then(|a| serde_json::from_value::<Vec<WorkerReport>>(a["workers"].clone()).ok());
     DaemonDoc {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
+use super::admin_client;
 use super::{Cli, load_config};
-use crate::api::admin;
 use crate::daemon::Node;
 use crate::replicate::federate::Federation;
 use crate::replicate::ingest::Ingest;
@@ -39,7 +39,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
                 Some(StoreError::Locked { .. })
             ) =>
         {
-            let answer = runtime.block_on(admin::call(&data_dir, "POST", "/sync"))?;
+            let answer = runtime.block_on(admin_client::post(&data_dir, "/sync"))?;
             serde_json::from_value(answer).context("unexpected answer from the daemon")?
         }
         Err(e) => return Err(e),

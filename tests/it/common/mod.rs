@@ -1,6 +1,6 @@
-//! Helpers shared by the integration tests: throwaway Kinto servers.
-
-#![allow(dead_code)] // each test binary uses a different subset
+//! Helpers shared by the integration tests: running the `tandem` binary, throwaway Kinto
+//! servers ([`kinto`]), nodes in-process ([`node`]) or as processes ([`process`]), kinto.js
+//! devices, a faulty proxy, and the seeded randomness of the chaos tests.
 
 pub mod chaos;
 pub mod devices;
@@ -21,6 +21,12 @@ pub fn tandem(config: &Path, args: &[&str], code: i32) -> Output {
         .arg(config)
         .args(args)
         .env_remove("TANDEM_CONFIG");
+    run(cmd, code)
+}
+
+/// Runs `cmd` to completion; panics with the command, its stdout and its stderr unless it
+/// exits with `code`.
+pub fn run(mut cmd: Command, code: i32) -> Output {
     let out = cmd.output().unwrap();
     assert_eq!(
         out.status.code(),
@@ -71,4 +77,25 @@ pub fn restore(
     args.extend_from_slice(extra);
     let out = tandem(config, &args, code);
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Opens the store in `data_dir` for writing, as `id`, waiting out a lock that only this test
+/// process's own children hold. A process started by another test of this binary holds a copy
+/// of every descriptor of the test process from its fork until its exec, the lock of a store
+/// just closed here among them, so for that moment the store reads as locked by this process's
+/// pid. A lock held by another process, or for more than ten seconds, fails as it would.
+pub fn open_writer(data_dir: &Path, id: tandem::identity::NodeId) -> tandem::store::Store {
+    use tandem::store::{Store, StoreError};
+    let started = std::time::Instant::now();
+    loop {
+        match Store::open_writer(data_dir, id) {
+            Err(StoreError::Locked { pid: Some(pid), .. })
+                if pid == std::process::id()
+                    && started.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result.unwrap(),
+        }
+    }
 }

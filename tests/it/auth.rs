@@ -3,11 +3,11 @@
 //! requests, a signed request works once and only at the node it was signed for, a body must
 //! match its signed digest, and concurrent bodies and long polls are bounded.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::process::Daemon;
+use common::process::{self, Daemon};
 use serde_json::Value;
 use tandem::feed::{Op, Seq};
 use tandem::identity::{NodeId, NodeKey};
@@ -19,34 +19,13 @@ use tokio::net::TcpStream;
 
 const MIB: u64 = 1 << 20;
 
-/// A node named `name` in `dir` whose own feed holds five entries, with a `[[peer]]` per
-/// `(name, key, lines)`. Returns its configuration file and its id.
+/// [`process::node_with_entries`], by id.
 fn node(
     dir: &std::path::Path,
     name: &str,
     peers: &[(&str, &NodeKey, &str)],
 ) -> (std::path::PathBuf, NodeId) {
-    let mut text =
-        format!("[node]\nname = \"{name}\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n");
-    for (peer, key, lines) in peers {
-        text.push_str(&format!(
-            "[[peer]]\nname = \"{peer}\"\nurl = \"http://127.0.0.1:9/\"\nid = \"{}\"\nschedule = \"0 0 1 1 *\"\n{lines}\n",
-            key.id()
-        ));
-    }
-    let config = dir.join("tandem.toml");
-    std::fs::write(&config, text).unwrap();
-    common::tandem(&config, &["init"], 0);
-    let key = NodeKey::load(&dir.join("data/node.key")).unwrap();
-    let mut store = Store::open_writer(&dir.join("data"), key.id()).unwrap();
-    let changes: Vec<Change> = (0..5)
-        .map(|i| Change {
-            op: Op::Put,
-            path: format!("/buckets/b{i}"),
-            body: b"{\"data\":{}}".to_vec(),
-        })
-        .collect();
-    store.append(&key, &changes, &[]).unwrap();
+    let (config, key) = process::node_with_entries(dir, name, peers);
     (config, key.id())
 }
 

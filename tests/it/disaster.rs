@@ -9,17 +9,16 @@
 //! tables hold what B's held (objects, timestamps, tombstones and every access control entry,
 //! read from PostgreSQL directly), and every device ends equal to C.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::devices::Devices;
-use common::kinto::{Kinto, Options, PASSWORD};
-use common::node::{TestNode, wait_for};
+use common::kinto::{Kinto, Options};
+use common::node::{NEVER, TestNode, backup_pair, wait_for};
 use serde_json::{Value, json};
 
-const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
 const NOTES: (&str, &str) = ("family", "notes");
 
 /// A server with the plugin, on PostgreSQL, with only the accounts tandem needs.
@@ -139,26 +138,7 @@ async fn two_disasters_lose_nothing() {
     ok(&devices.sync("phone", &a, "alice", NOTES));
     ok(&devices.sync("tablet", &a, "alice", NOTES));
 
-    let mut home = TestNode::new("home");
-    let mut community = TestNode::new("community");
-    common::write_secret(home.dir.path().join("pw"), PASSWORD);
-    let source = |kinto: &Kinto| {
-        format!(
-            "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1h\"\n",
-            kinto.url
-        )
-    };
-    home.configure(
-        "",
-        &format!(
-            "{}{}",
-            source(&a),
-            TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}"))
-        ),
-    );
-    community.configure("", &TestNode::peer_entry(&home, NEVER));
-    home.init();
-    community.init();
+    let (mut home, mut community) = backup_pair(Some((&a, "1h")));
     community.start().await;
     home.start().await;
     let answer = home.sync().await;
@@ -208,12 +188,11 @@ async fn two_disasters_lose_nothing() {
     let mut home = TestNode::new("home");
     std::fs::write(home.data().join("node.key"), &key).unwrap();
     home.id = home_id;
-    common::write_secret(home.dir.path().join("pw"), PASSWORD);
     home.configure(
         "",
         &format!(
             "{}{}",
-            source(&b),
+            home.source(&b, "1h"),
             TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}"))
         ),
     );

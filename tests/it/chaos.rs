@@ -7,30 +7,17 @@
 //! recorded) is still held; after a last run that is not killed, everything converges. The
 //! seed is printed at the start of each test; `TANDEM_CRASH_SEED=N` replays it.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::chaos::{self, Rng};
 use common::kinto::{Kinto, Options};
-use common::node::TestNode;
+use common::node::{NEVER, TestNode};
 use common::process::Daemon;
 use common::proxy::{Fault, Proxy};
 use serde_json::{Value, json};
-
-/// A schedule that never fires during a test: rounds run only when asked.
-const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
-
-/// A `[source]` table reading `kinto` as `tandem` (the password file is written next to the
-/// node's configuration).
-fn source(node: &TestNode, kinto: &Kinto) -> String {
-    common::write_secret(node.dir.path().join("pw"), common::kinto::PASSWORD);
-    format!(
-        "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1s\"\n",
-        kinto.url
-    )
-}
 
 /// Puts `n` records into `collection` (one batch per 150), each with `pad` bytes of text;
 /// `tag` makes the data differ between calls that write the same ids.
@@ -41,18 +28,38 @@ async fn fill(kinto: &Kinto, collection: &str, ids: std::ops::Range<usize>, tag:
             .iter()
             .map(|i| json!({"method": "PUT", "path": format!("{collection}/records/r{i:05}"), "body": {"data": {"i": i, "tag": tag, "pad": "p".repeat(300)}}}))
             .collect();
-        let answer = kinto
-            .ok(
-                "alice",
-                "POST",
-                "batch",
-                Some(json!({"requests": requests})),
-            )
-            .await;
+        let answer = kinto.batch("alice", requests).await;
         for r in answer["responses"].as_array().unwrap() {
             assert!(r["status"].as_u64().unwrap() < 300, "{r}");
         }
     }
+}
+
+/// A Kinto server with bucket `b` holding `collections` collections `c0`, `c1`…, each filled
+/// with `records` records (see [`fill`]).
+async fn filled_kinto(collections: usize, records: usize) -> Kinto {
+    let kinto = Kinto::start(Options::default()).await;
+    kinto
+        .ok("alice", "PUT", "buckets/b", Some(json!({"data": {}})))
+        .await;
+    for c in 0..collections {
+        kinto
+            .ok(
+                "alice",
+                "PUT",
+                &format!("buckets/b/collections/c{c}"),
+                Some(json!({"data": {}})),
+            )
+            .await;
+        fill(
+            &kinto,
+            &format!("/buckets/b/collections/c{c}"),
+            0..records,
+            "a",
+        )
+        .await;
+    }
+    kinto
 }
 
 /// `tandem export` of `node`'s own state, one JSON value per object.
@@ -107,6 +114,23 @@ struct Tally {
 }
 
 impl Tally {
+    /// Prints the test's tally (`details` after the kills) and checks that at least a third
+    /// of the kills landed while the command ran.
+    fn finish(&self, test: &str, details: &str, started: Instant) {
+        println!(
+            "{test}: {} rounds, {} kills landed{details}, {:.1}s",
+            self.rounds,
+            self.kills,
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            self.kills * 3 >= self.rounds,
+            "only {} of {} kills landed while the command ran",
+            self.kills,
+            self.rounds
+        );
+    }
+
     /// Runs `tandem ARGS` on `config`, SIGKILLs it after `delay`; a command that ended by
     /// itself must have succeeded.
     fn round(&mut self, config: &Path, args: &[&str], delay: Duration) {
@@ -129,21 +153,7 @@ impl Tally {
 async fn sigkill_during_ingest_push_and_pull_loses_nothing_acknowledged() {
     let mut rng = Rng::from_env("ingest_push_pull");
     let started = Instant::now();
-    let kinto = Kinto::start(Options::default()).await;
-    kinto
-        .ok("alice", "PUT", "buckets/b", Some(json!({"data": {}})))
-        .await;
-    for c in 0..3 {
-        kinto
-            .ok(
-                "alice",
-                "PUT",
-                &format!("buckets/b/collections/c{c}"),
-                Some(json!({"data": {}})),
-            )
-            .await;
-        fill(&kinto, &format!("/buckets/b/collections/c{c}"), 0..150, "a").await;
-    }
+    let kinto = filled_kinto(3, 150).await;
     let mut home = TestNode::new("home");
     let mut community = TestNode::new("community");
     let mut laptop = TestNode::new("laptop");
@@ -151,7 +161,7 @@ async fn sigkill_during_ingest_push_and_pull_loses_nothing_acknowledged() {
         "",
         &format!(
             "{}{}{}",
-            source(&home, &kinto),
+            home.source(&kinto, "1s"),
             TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
             TestNode::peer_entry(&laptop, &format!("serve = [\"self\"]\n{NEVER}")),
         ),
@@ -262,18 +272,7 @@ async fn sigkill_during_ingest_push_and_pull_loses_nothing_acknowledged() {
         chaos::verify(&n.config_path(), "after healing");
     }
     assert_same_objects(&export(&home), &kinto.dump("tandem"), "home and its Kinto");
-    println!(
-        "ingest_push_pull: {} rounds, {} kills landed, head {head}, {:.1}s",
-        tally.rounds,
-        tally.kills,
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        tally.kills * 3 >= tally.rounds,
-        "only {} of {} kills landed while the command ran",
-        tally.kills,
-        tally.rounds
-    );
+    tally.finish("ingest_push_pull", &format!(", head {head}"), started);
 }
 
 /// Compaction (`tandem snapshot create` with retention), restore into a real Kinto and
@@ -283,27 +282,13 @@ async fn sigkill_during_ingest_push_and_pull_loses_nothing_acknowledged() {
 async fn sigkill_during_compaction_restore_and_import_leaves_it_whole() {
     let mut rng = Rng::from_env("compaction_restore_import");
     let started = Instant::now();
-    let kinto = Kinto::start(Options::default()).await;
-    kinto
-        .ok("alice", "PUT", "buckets/b", Some(json!({"data": {}})))
-        .await;
-    for c in 0..2 {
-        kinto
-            .ok(
-                "alice",
-                "PUT",
-                &format!("buckets/b/collections/c{c}"),
-                Some(json!({"data": {}})),
-            )
-            .await;
-        fill(&kinto, &format!("/buckets/b/collections/c{c}"), 0..300, "a").await;
-    }
+    let kinto = filled_kinto(2, 300).await;
     let node = TestNode::new("home");
     node.configure(
         "",
         &format!(
             "{}[snapshots]\n{NEVER}\nkeep_last = 1\n",
-            source(&node, &kinto)
+            node.source(&kinto, "1s")
         ),
     );
     node.init();
@@ -408,18 +393,7 @@ async fn sigkill_during_compaction_restore_and_import_leaves_it_whole() {
     );
     chaos::verify(&copy.config_path(), "after the last import");
     assert_eq!(copy.head(node.id), node.head(node.id));
-    println!(
-        "compaction_restore_import: {} rounds, {} kills landed, {:.1}s",
-        tally.rounds,
-        tally.kills,
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        tally.kills * 3 >= tally.rounds,
-        "only {} of {} kills landed while the command ran",
-        tally.kills,
-        tally.rounds
-    );
+    tally.finish("compaction_restore_import", "", started);
 }
 
 /// A seeded sequence of faults on the wire between two daemons, both ways (the origin pushes

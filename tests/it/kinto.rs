@@ -1,6 +1,6 @@
 //! Tests against real Kinto servers (from the virtualenv `scripts/test` installs).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -386,14 +386,7 @@ async fn ingest_follows_every_kind_of_change() {
             requests.push(json!({"method": "PUT", "path": format!("{collection}/records/deep"), "body": {"data": deep.clone()}}));
         }
     }
-    let answer = kinto
-        .ok(
-            "admin",
-            "POST",
-            "batch",
-            Some(json!({"requests": requests})),
-        )
-        .await;
+    let answer = kinto.batch("admin", requests).await;
     assert!(
         answer["responses"]
             .as_array()
@@ -532,9 +525,7 @@ async fn fill(kinto: &Kinto, user: &str, collection: &str, n: usize, pad: usize,
             .iter()
             .map(|i| json!({"method": "PUT", "path": format!("{collection}/records/{prefix}{i:04}"), "body": {"data": {"i": i, "pad": "p".repeat(pad)}}}))
             .collect();
-        let answer = kinto
-            .ok(user, "POST", "batch", Some(json!({"requests": requests})))
-            .await;
+        let answer = kinto.batch(user, requests).await;
         for r in answer["responses"].as_array().unwrap() {
             assert!(r["status"].as_u64().unwrap() < 300, "{r}");
         }
@@ -1217,14 +1208,7 @@ async fn the_history_path_survives_merged_batches_and_a_cleared_history() {
         {"method": "DELETE", "path": x},
         {"method": "PUT", "path": x, "body": {"data": {"v": 2}}},
     ]);
-    kinto
-        .ok(
-            "alice",
-            "POST",
-            "batch",
-            Some(json!({ "requests": requests })),
-        )
-        .await;
+    kinto.batch("alice", requests).await;
     node.sync();
     assert_same_under(
         &node.export(),
@@ -1278,9 +1262,7 @@ async fn buckets_written_in_one_batch_are_all_followed() {
                "body": {"data": {"n": n}, "permissions": {"read": ["account:tandem"]}}})
     };
     let batch = json!([bucket("b0", 1), bucket("b1", 1), bucket("b2", 1)]);
-    kinto
-        .ok("alice", "POST", "batch", Some(json!({ "requests": batch })))
-        .await;
+    kinto.batch("alice", batch).await;
     let node = Node::new(&kinto);
     node.sync();
     let assert_buckets = |n: u32| {
@@ -1303,9 +1285,7 @@ async fn buckets_written_in_one_batch_are_all_followed() {
 
     // One batch changes all three: only b0's history has the entries.
     let batch = json!([bucket("b0", 2), bucket("b1", 2), bucket("b2", 2)]);
-    kinto
-        .ok("alice", "POST", "batch", Some(json!({ "requests": batch })))
-        .await;
+    kinto.batch("alice", batch).await;
     node.sync();
     assert_buckets(2);
     assert_eq!(node.sync(), 0);
@@ -1428,14 +1408,7 @@ async fn a_writer_running_during_the_first_history_read_loses_no_permissions() {
                                "body": {"data": {"i": i}, "permissions": {"read": ["account:bob"]}}})
                     })
                     .collect();
-                kinto
-                    .ok(
-                        "alice",
-                        "POST",
-                        "batch",
-                        Some(json!({"requests": requests})),
-                    )
-                    .await;
+                kinto.batch("alice", requests).await;
                 n += 1;
             }
             n

@@ -1,7 +1,7 @@
 //! Interoperability of tandem's request signatures (RFC 9421) with an independent
 //! implementation, the Python `http-message-signatures` package, in both directions.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

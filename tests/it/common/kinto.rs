@@ -82,7 +82,8 @@ pub fn restore_target_settings(account: &str) -> String {
 /// A running Kinto server.
 pub struct Kinto {
     child: Child,
-    dir: tempfile::TempDir,
+    /// Its configuration and log, removed when the server is dropped.
+    _dir: tempfile::TempDir,
     /// Root URL, ending with `/v1/`.
     pub url: String,
     /// The PostgreSQL database it stores into (empty on the memory backend).
@@ -258,7 +259,7 @@ format = %(levelname)s %(message)s
             if wait_ready(&mut child, &http, &url, &tag).await {
                 let kinto = Kinto {
                     child,
-                    dir,
+                    _dir: dir,
                     url,
                     storage_url: storage_url.clone(),
                     http,
@@ -328,6 +329,13 @@ format = %(levelname)s %(message)s
         value
     }
 
+    /// `POST /batch` of `requests` as `user` (panics unless the batch itself answers 2xx);
+    /// returns the answer, whose `responses` hold each request's own status.
+    pub async fn batch(&self, user: &str, requests: impl serde::Serialize) -> Value {
+        let body = serde_json::json!({ "requests": requests });
+        self.ok(user, "POST", "batch", Some(body)).await
+    }
+
     /// Everything `user` can read, as the independent client (kinto-http) sees it: one JSON
     /// value per object, sorted by path.
     pub fn dump(&self, user: &str) -> Vec<Value> {
@@ -367,11 +375,6 @@ format = %(levelname)s %(message)s
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-
-    /// The server's log so far (for failure messages).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 }
 

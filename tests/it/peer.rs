@@ -1,44 +1,26 @@
 //! The peer API of a running daemon (a real process on a real socket): authentication by RFC
 //! 9421 signatures, authorization by the configuration's `serve` lists.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
-use common::process::Daemon;
+use common::process::{self, Daemon};
 use serde_json::Value;
-use tandem::feed::{Checkpoint, EntryHash, Op, Seq};
+use tandem::feed::{Checkpoint, EntryHash, Seq};
 use tandem::identity::{NodeId, NodeKey};
 use tandem::protocol::signature::{self, Outgoing};
-use tandem::store::{Change, Store};
 
 /// A community node that serves its own feed to `home` and nothing to `neighbour`.
 fn start(dir: &std::path::Path, home: &NodeKey, neighbour: &NodeKey) -> (Daemon, NodeKey) {
-    let config = dir.join("tandem.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[node]\nname = \"community\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n\
-             [[peer]]\nname = \"home\"\nurl = \"http://127.0.0.1:9/\"\nid = \"{}\"\nserve = [\"self\"]\nschedule = \"0 0 1 1 *\"\n\
-             [[peer]]\nname = \"neighbour\"\nurl = \"http://127.0.0.1:9/\"\nid = \"{}\"\nschedule = \"0 0 1 1 *\"\n",
-            home.id(),
-            neighbour.id()
-        ),
-    )
-    .unwrap();
-    common::tandem(&config, &["init"], 0);
-    let key = NodeKey::load(&dir.join("data/node.key")).unwrap();
-    {
-        let mut store = Store::open_writer(&dir.join("data"), key.id()).unwrap();
-        let changes: Vec<Change> = (0..5)
-            .map(|i| Change {
-                op: Op::Put,
-                path: format!("/buckets/b{i}"),
-                body: b"{\"data\":{}}".to_vec(),
-            })
-            .collect();
-        store.append(&key, &changes, &[]).unwrap();
-    }
+    let (config, key) = process::node_with_entries(
+        dir,
+        "community",
+        &[
+            ("home", home, "serve = [\"self\"]"),
+            ("neighbour", neighbour, ""),
+        ],
+    );
     (Daemon::spawn(&config), key)
 }
 

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 
 /// A temporary node directory with a config file.
@@ -51,22 +53,16 @@ impl Env {
         cmd
     }
 
+    /// `tandem init`; returns the node id, the last line it prints.
+    fn init(&self) -> String {
+        let out = stdout(&self.run(&["init"], 0));
+        out.lines().last().unwrap().to_owned()
+    }
+
     /// Runs to completion; panics with the whole story if the exit code is not `code`.
     fn run(&self, args: &[&str], code: i32) -> Output {
-        run_cmd(self.cmd(args), code)
+        common::run(self.cmd(args), code)
     }
-}
-
-fn run_cmd(mut cmd: Command, code: i32) -> Output {
-    let out = cmd.output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "command {cmd:?}\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn stdout(out: &Output) -> String {
@@ -265,7 +261,7 @@ fn key_export_writes_a_private_copy_and_prints_no_secret() {
 #[test]
 fn the_example_config_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers.example.toml");
-    let out = run_cmd(
+    let out = common::run(
         {
             let mut c = Command::new(BIN);
             c.args(["config", "check"]).arg(&example);
@@ -318,7 +314,7 @@ fn config_errors_name_file_line_and_key() {
     let missing = env.dir.path().join("nope.toml");
     let mut cmd = Command::new(BIN);
     cmd.args(["status", "--config"]).arg(&missing);
-    let err = stderr(&run_cmd(cmd, 78));
+    let err = stderr(&common::run(cmd, 78));
     assert!(
         err.contains("nope.toml") && err.contains("not found"),
         "{err}"
@@ -328,29 +324,21 @@ fn config_errors_name_file_line_and_key() {
 #[test]
 fn config_comes_from_the_flag_anywhere_or_the_environment() {
     let env = Env::new("");
-    let id = stdout(&env.run(&["init"], 0))
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let id = env.init();
     let mut after = Command::new(BIN);
     after.args(["key", "show", "--config"]).arg(env.config());
-    assert_eq!(stdout(&run_cmd(after, 0)).trim(), id);
+    assert_eq!(stdout(&common::run(after, 0)).trim(), id);
     let mut from_env = Command::new(BIN);
     from_env
         .args(["key", "show"])
         .env("TANDEM_CONFIG", env.config());
-    assert_eq!(stdout(&run_cmd(from_env, 0)).trim(), id);
+    assert_eq!(stdout(&common::run(from_env, 0)).trim(), id);
 }
 
 #[test]
 fn status_reports_the_node_and_its_own_origin() {
     let env = Env::new("");
-    let id = stdout(&env.run(&["init"], 0))
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let id = env.init();
     let out = env.run(&["status", "--json"], 0);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["node"]["id"], id.as_str());
@@ -563,11 +551,7 @@ fn verify_finds_a_damaged_page_that_no_entry_check_reads() {
 #[test]
 fn a_store_without_its_key_is_not_given_a_new_identity() {
     let env = Env::new("");
-    let id = stdout(&env.run(&["init"], 0))
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let id = env.init();
     std::fs::remove_file(env.data().join("node.key")).unwrap();
     let err = stderr(&env.run(&["run"], 78));
     assert!(err.contains("no node key") && err.contains(&id), "{err}");
@@ -587,11 +571,7 @@ fn init_never_leaves_a_stray_key_beside_a_store() {
 #[test]
 fn a_key_without_its_store_is_not_restarted_at_seq_1() {
     let env = Env::new("");
-    let id = stdout(&env.run(&["init"], 0))
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let id = env.init();
     for file in ["tandem.db", "tandem.db-wal", "tandem.db-shm"] {
         let _ = std::fs::remove_file(env.data().join(file));
     }
@@ -619,11 +599,7 @@ fn a_kept_key_with_peers_recovers_its_feed_before_appending() {
     let env = Env::new(
         "[[peer]]\nname = \"far\"\nurl = \"http://127.0.0.1:1\"\nid = \"ed25519:dYF38bYGVyvmHA_iN-Cy8KY32iTTZ-h7aPa_2gmSP5E\"\n",
     );
-    let id = stdout(&env.run(&["init"], 0))
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    let id = env.init();
     for file in ["tandem.db", "tandem.db-wal", "tandem.db-shm"] {
         let _ = std::fs::remove_file(env.data().join(file));
     }
@@ -827,4 +803,40 @@ fn a_password_file_open_to_others_is_refused_and_an_open_data_dir_is_closed() {
         "{err}"
     );
     assert!(!err.contains("secret\n"), "{err}");
+}
+
+/// A command that must go through the daemon (another process holds the store) but finds no
+/// daemon on the admin socket says which socket it tried and why, whether the socket file is
+/// missing or left behind with nobody listening; `status` says no daemon runs.
+#[test]
+fn a_held_store_without_a_daemon_names_the_admin_socket() {
+    let env = Env::new("");
+    env.run(&["init"], 0);
+    let key = tandem::identity::NodeKey::load(&env.data().join("node.key")).unwrap();
+    // Holds the store's lock, as a daemon would, without serving the admin socket.
+    let _writer = tandem::store::Store::open_writer(&env.data(), key.id()).unwrap();
+    let socket = env.data().join("tandem.sock");
+
+    let err = stderr(&env.run(&["snapshot", "create"], 1));
+    assert!(
+        err.contains(&format!(
+            "cannot reach the running daemon at {}: No such file or directory",
+            socket.display()
+        )),
+        "{err}"
+    );
+
+    // A socket file nobody listens on, as a daemon killed with SIGKILL leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let err = stderr(&env.run(&["snapshot", "create"], 1));
+    assert!(
+        err.contains(&format!(
+            "cannot reach the running daemon at {}: Connection refused",
+            socket.display()
+        )),
+        "{err}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&env.run(&["status", "--json"], 0).stdout).unwrap();
+    assert_eq!(status["daemon"], serde_json::json!({"running": false}));
 }

@@ -4,18 +4,17 @@
 //! must fail saying that space ran out and where, store nothing damaged, and converge once the
 //! limit is lifted.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use common::kinto::{Kinto, Options};
-use common::node::TestNode;
+use common::node::{NEVER, TestNode};
 use common::process::Daemon;
 use serde_json::json;
 
 /// A schedule that never fires: rounds run only when asked.
-const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
 
 /// `tandem ARGS` on `config` with every file it writes limited to `limit` bytes.
 fn tandem_limited(config: &std::path::Path, args: &[&str], limit: u64) -> std::process::Output {
@@ -61,24 +60,14 @@ async fn a_full_disk_is_named_stores_nothing_damaged_and_heals() {
             .iter()
             .map(|i| json!({"method": "PUT", "path": format!("/buckets/b/collections/c/records/r{i:04}"), "body": {"data": {"i": i, "pad": format!("{i:04}").repeat(500)}}}))
             .collect();
-        kinto
-            .ok(
-                "alice",
-                "POST",
-                "batch",
-                Some(json!({"requests": requests})),
-            )
-            .await;
+        kinto.batch("alice", requests).await;
     }
     let mut node = TestNode::new("home");
     let mut laptop = TestNode::new("laptop");
-    common::write_secret(node.dir.path().join("pw"), common::kinto::PASSWORD);
     node.configure(
         "",
-        &(format!(
-            "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1s\"\n",
-            kinto.url
-        ) + &TestNode::peer_entry(&laptop, &format!("serve = [\"self\"]\n{NEVER}"))),
+        &(node.source(&kinto, "1s")
+            + &TestNode::peer_entry(&laptop, &format!("serve = [\"self\"]\n{NEVER}"))),
     );
     node.init();
     laptop.configure(

@@ -5,7 +5,7 @@
 //! Inputs are arbitrary bytes and, where a valid encoding exists, valid ones damaged at random
 //! (bytes flipped, cut short, spliced): random bytes alone rarely get past a magic number.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;

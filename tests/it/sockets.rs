@@ -2,7 +2,7 @@
 //! finishing requests: idle connections, heads sent byte by byte (slowloris), bodies that
 //! trickle, and more idle sockets than the process has descriptors.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@
 //!   lost.
 //! - In the end every device holds what the server holds.
 
-mod common;
+use crate::common;
 
 use common::devices::Devices;
 use common::follower::Follower;

@@ -2,9 +2,13 @@
 //! process itself: its memory, its exit. Each is killed on drop.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use tandem::feed::Op;
+use tandem::identity::NodeKey;
+use tandem::store::Change;
 
 /// A running `tandem run` process.
 pub struct Daemon {
@@ -38,19 +42,25 @@ impl Daemon {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // The address once it is known; everything it said if it ends before.
+            let mut said = String::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("listen="))
                 {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send(Ok(addr.to_owned()));
                 }
+                said.push_str(&line);
+                said.push('\n');
             }
+            let _ = tx.send(Err(said));
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the daemon started");
-        Daemon { child, addr }
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(addr)) => Daemon { child, addr },
+            Ok(Err(said)) => panic!("{command:?} ended before listening; it said:\n{said}"),
+            Err(e) => panic!("{command:?} did not say where it listens: {e}"),
+        }
     }
 
     /// Its process id.
@@ -75,4 +85,39 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A node named `name` in `dir`, initialized by `tandem init`, whose own feed holds five
+/// entries (buckets `b0`…`b4`), with a `[[peer]]` per `(name, key, lines)` (none reachable,
+/// none scheduled). Returns its configuration file and its key.
+pub fn node_with_entries(
+    dir: &Path,
+    name: &str,
+    peers: &[(&str, &NodeKey, &str)],
+) -> (PathBuf, NodeKey) {
+    let mut text =
+        format!("[node]\nname = \"{name}\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\n");
+    for (peer, key, lines) in peers {
+        text.push_str(&format!(
+            "[[peer]]\nname = \"{peer}\"\nurl = \"http://127.0.0.1:9/\"\nid = \"{}\"\nschedule = \"0 0 1 1 *\"\n{lines}\n",
+            key.id()
+        ));
+    }
+    let config = dir.join("tandem.toml");
+    std::fs::write(&config, text).unwrap();
+    crate::common::tandem(&config, &["init"], 0);
+    let key = NodeKey::load(&dir.join("data/node.key")).unwrap();
+    let mut store = crate::common::open_writer(&dir.join("data"), key.id());
+    let changes: Vec<Change> = (0..5)
+        .map(|i| Change {
+            op: Op::Put,
+            path: format!("/buckets/b{i}"),
+            body: b"{\"data\":{}}".to_vec(),
+        })
+        .collect();
+    store.append(&key, &changes, &[]).unwrap();
+    drop(store);
+    // Until a process started meanwhile by another test execs, it may still hold the lock.
+    drop(crate::common::open_writer(&dir.join("data"), key.id()));
+    (config, key)
 }

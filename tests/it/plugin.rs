@@ -6,7 +6,7 @@
 //! what they had; without it, `restore` names what cannot come back; a target with other
 //! secrets is refused.
 
-mod common;
+use crate::common;
 
 use common::follower::Follower as Node;
 use common::kinto::{Kinto, Options, PASSWORD};
@@ -91,14 +91,7 @@ async fn members_content(kinto: &Kinto) {
                    "body": {"data": {"n": i, "name": format!("plat {i} ✓")}, "permissions": permissions}})
         })
         .collect();
-    kinto
-        .ok(
-            "alice",
-            "POST",
-            "/batch",
-            Some(json!({"requests": requests})),
-        )
-        .await;
+    kinto.batch("alice", requests).await;
     kinto
         .ok(
             "alice",
@@ -371,18 +364,25 @@ async fn the_journal_captures_members_data_and_a_restore_brings_it_back_postgres
     journal_end_to_end(true).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_behind_a_trimmed_journal_reads_the_whole_state_again() {
+/// A Kinto server with the plugin and `settings`, holding alice's bucket `t` and its
+/// collection `c`.
+async fn plugin_kinto_with_collection(settings: &str) -> Kinto {
     let a = Kinto::start_with_settings(
         Options {
             plugin: true,
             ..Options::default()
         },
-        "kinto.tandem.journal_max_entries = 5",
+        settings,
     )
     .await;
     put(&a, "alice", "/buckets/t", json!({"data": {}})).await;
     put(&a, "alice", "/buckets/t/collections/c", json!({"data": {}})).await;
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_trimmed_journal_reads_the_whole_state_again() {
+    let a = plugin_kinto_with_collection("kinto.tandem.journal_max_entries = 5").await;
     let home = Node::new(&a, "tandem");
     home.sync();
     // Far more changes than the journal keeps, a delete among them.
@@ -423,16 +423,7 @@ async fn a_node_behind_a_trimmed_journal_reads_the_whole_state_again() {
 /// the journal from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dump_of_many_pages_cut_off_midway_is_read_again_whole() {
-    let a = Kinto::start_with_settings(
-        Options {
-            plugin: true,
-            ..Options::default()
-        },
-        "kinto.storage_max_fetch_size = 10",
-    )
-    .await;
-    put(&a, "alice", "/buckets/t", json!({"data": {}})).await;
-    put(&a, "alice", "/buckets/t/collections/c", json!({"data": {}})).await;
+    let a = plugin_kinto_with_collection("kinto.storage_max_fetch_size = 10").await;
     for i in 0..45 {
         put(
             &a,

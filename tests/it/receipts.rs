@@ -2,12 +2,10 @@
 //! stored and hands it to the node it pulled from, which relays it towards the origin. Real
 //! nodes on real sockets, synchronized by hand (`sync` through each daemon's admin socket).
 
-mod common;
+use crate::common;
 
-use common::node::{TestNode, holder_status, origin_status};
+use common::node::{NEVER, TestNode, holder_status, origin_status, relay_trio};
 use serde_json::Value;
-
-const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
 
 /// A holder that only pulls (the origin never pushes to it) still acknowledges what it holds:
 /// the origin shows its receipt, and durability counts it. Pulling again with nothing new
@@ -79,31 +77,8 @@ async fn a_holder_that_pulls_acknowledges_to_the_origin() {
 /// does not count it toward durability.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_hands_the_pullers_receipt_to_the_origin() {
-    let (mut home, mut community, mut laptop) = (
-        TestNode::new("home"),
-        TestNode::new("community"),
-        TestNode::new("laptop"),
-    );
+    let (mut home, mut community, mut laptop) = relay_trio("durability = 2", "");
     let h = home.id.to_string();
-    home.configure(
-        "durability = 2",
-        &TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
-    );
-    community.configure(
-        "",
-        &format!(
-            "{}{}",
-            TestNode::peer_entry(&home, NEVER),
-            TestNode::peer_entry(&laptop, &format!("serve = [\"{h}\"]\n{NEVER}"))
-        ),
-    );
-    laptop.configure(
-        "",
-        &TestNode::peer_entry(&community, &format!("pull = [\"{h}\"]\n{NEVER}")),
-    );
-    for n in [&home, &community, &laptop] {
-        n.init();
-    }
     home.append(200, "a");
     for n in [&mut home, &mut community, &mut laptop] {
         n.start().await;

@@ -5,7 +5,7 @@
 //! panic, unbounded buffering, or a request (with credentials or a signature) to the other
 //! host, which is a second listener that records whatever reaches it.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -155,6 +155,21 @@ fn target(head: &str) -> &str {
 
 const ROOT: &str = r#"{"project_version":"19.0.0","settings":{"batch_max_requests":25},"capabilities":{},"user":{"id":"account:tandem"}}"#;
 
+/// The error of `client`'s first read of the bucket list.
+async fn first_list_error(client: &KintoClient) -> KintoError {
+    client
+        .list(
+            ListTarget::Path {
+                path: "buckets",
+                since: None,
+                limit: None,
+            },
+            None,
+        )
+        .await
+        .unwrap_err()
+}
+
 fn kinto_client(server: &Server, dir: &std::path::Path) -> KintoClient {
     let password = dir.join("password");
     common::write_secret(&password, "s3cret");
@@ -266,17 +281,7 @@ async fn a_next_page_is_followed_only_on_the_configured_server_under_its_root() 
     })
     .await;
     let client = kinto_client(&kinto, dir.path());
-    let e = client
-        .list(
-            ListTarget::Path {
-                path: "buckets",
-                since: None,
-                limit: None,
-            },
-            None,
-        )
-        .await
-        .unwrap_err();
+    let e = first_list_error(&client).await;
     assert!(matches!(e, KintoError::NextPageElsewhere { .. }), "{e}");
     let text = e.to_string();
     assert!(
@@ -461,17 +466,7 @@ async fn malformed_kinto_answers_are_clear_errors() {
     // Wrong types in a list and in a batch answer.
     for body in [r#"{"data":{}}"#, r#"{"data":[1,}"#, r#"[]"#] {
         let kinto = Server::start(move |_| json(body)).await;
-        let e = kinto_client(&kinto, dir.path())
-            .list(
-                ListTarget::Path {
-                    path: "buckets",
-                    since: None,
-                    limit: None,
-                },
-                None,
-            )
-            .await
-            .unwrap_err();
+        let e = first_list_error(&kinto_client(&kinto, dir.path())).await;
         assert!(e.to_string().contains("not a Kinto list"), "{body}: {e}");
     }
     for body in [

@@ -13,6 +13,11 @@ use tandem::identity::{NodeId, NodeKey};
 use tandem::store::{Change, Store};
 use tokio_util::sync::CancellationToken;
 
+use crate::common::kinto::{Kinto, PASSWORD};
+
+/// A `schedule` that never fires during a test: rounds run only when asked (`sync`).
+pub const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
+
 /// One node: a data directory with its key, a reserved port, and (while started) a daemon.
 pub struct TestNode {
     /// Its name.
@@ -109,6 +114,16 @@ impl TestNode {
         )
     }
 
+    /// A `[source]` table following `kinto` as the `tandem` account every `poll` (`"1s"`,
+    /// `"1h"`), whose password file this writes into the node's directory.
+    pub fn source(&self, kinto: &Kinto, poll: &str) -> String {
+        crate::common::write_secret(self.dir.path().join("pw"), PASSWORD);
+        format!(
+            "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"{poll}\"\n",
+            kinto.url
+        )
+    }
+
     /// Creates the store (as `tandem init` does for an existing key).
     pub fn init(&self) {
         let config = Config::load(&self.config_path()).unwrap();
@@ -123,7 +138,7 @@ impl TestNode {
     /// Appends `n` puts whose text field has `size` characters that compress poorly.
     pub fn append_sized(&self, n: usize, prefix: &str, size: usize) {
         let key = self.key();
-        let mut store = Store::open_writer(&self.data(), key.id()).unwrap();
+        let mut store = crate::common::open_writer(&self.data(), key.id());
         let changes: Vec<Change> = (0..n)
             .map(|i| Change {
                 op: Op::Put,
@@ -143,6 +158,9 @@ impl TestNode {
     /// Starts the daemon.
     pub async fn start(&mut self) {
         assert!(self.running.is_none(), "{} already runs", self.name);
+        // The lock of the store closed by `stop` or `append` may linger in a process another
+        // test is starting (see `common::open_writer`): open it first, waiting that out.
+        drop(crate::common::open_writer(&self.data(), self.id));
         let config = Config::load(&self.config_path()).unwrap();
         let node = Node::open(config).unwrap();
         let listener = match self.listener.take() {
@@ -192,7 +210,7 @@ impl TestNode {
 
     /// Asks the running daemon for one round (`POST /sync` on its admin socket).
     pub async fn sync(&mut self) -> Value {
-        match tandem::api::admin::call(&self.data(), "POST", "/sync").await {
+        match tandem::cli::admin_client::post(&self.data(), "/sync").await {
             Ok(answer) => answer,
             Err(e) => {
                 // Say why the daemon is gone, if it is.
@@ -282,4 +300,59 @@ impl TestNode {
         let out = super::tandem(&self.config_path(), &["export", "--origin", origin], 0);
         String::from_utf8(out.stdout).unwrap()
     }
+}
+
+/// Three nodes, configured and initialized, not started, every round by hand ([`NEVER`]):
+/// home pushes its own feed to the community (its peer entry also has `home_lines`), the
+/// community serves home's feed to the laptop, and the laptop pulls it from there. `home_node`
+/// goes into home's `[node]` table.
+pub fn relay_trio(home_node: &str, home_lines: &str) -> (TestNode, TestNode, TestNode) {
+    let (home, community, laptop) = (
+        TestNode::new("home"),
+        TestNode::new("community"),
+        TestNode::new("laptop"),
+    );
+    let h = home.id.to_string();
+    home.configure(
+        home_node,
+        &TestNode::peer_entry(
+            &community,
+            &format!("push = [\"self\"]\n{home_lines}\n{NEVER}"),
+        ),
+    );
+    community.configure(
+        "",
+        &format!(
+            "{}{}",
+            TestNode::peer_entry(&home, NEVER),
+            TestNode::peer_entry(&laptop, &format!("serve = [\"{h}\"]\n{NEVER}"))
+        ),
+    );
+    laptop.configure(
+        "",
+        &TestNode::peer_entry(&community, &format!("pull = [\"{h}\"]\n{NEVER}")),
+    );
+    for n in [&home, &community, &laptop] {
+        n.init();
+    }
+    (home, community, laptop)
+}
+
+/// Two nodes, configured and initialized, not started: home pushes its own feed to the
+/// community, by hand ([`NEVER`]). With `source` (a server and a poll interval), home follows
+/// that Kinto server.
+pub fn backup_pair(source: Option<(&Kinto, &str)>) -> (TestNode, TestNode) {
+    let (home, community) = (TestNode::new("home"), TestNode::new("community"));
+    let source = source.map_or(String::new(), |(kinto, poll)| home.source(kinto, poll));
+    home.configure(
+        "",
+        &format!(
+            "{source}{}",
+            TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}"))
+        ),
+    );
+    community.configure("", &TestNode::peer_entry(&home, NEVER));
+    home.init();
+    community.init();
+    (home, community)
 }

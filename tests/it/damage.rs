@@ -2,15 +2,14 @@
 //! shown in `status`, and replaced by a good copy fetched from a peer. Real nodes on real
 //! sockets; the damage is a byte flipped in the SQLite file with the node stopped.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::node::{TestNode, origin_status, wait_for};
+use common::node::{NEVER, TestNode, origin_status, relay_trio, wait_for};
 use serde_json::Value;
 use tandem::identity::NodeId;
 
-const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
 const LONG: Duration = Duration::from_secs(30);
 
 /// Flips one byte in the middle of `origin`'s entry at `seq` in `node`'s store (stopped).
@@ -44,34 +43,8 @@ fn flip(node: &TestNode, origin: NodeId, seq: u64) {
 /// is reachable, and serves the right bytes; the laptop catches up and everything verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_entry_on_a_relay_is_not_served_and_is_fetched_again() {
-    let (mut home, mut community, mut laptop) = (
-        TestNode::new("home"),
-        TestNode::new("community"),
-        TestNode::new("laptop"),
-    );
+    let (mut home, mut community, mut laptop) = relay_trio("", "serve = [\"self\"]");
     let h = home.id.to_string();
-    home.configure(
-        "",
-        &TestNode::peer_entry(
-            &community,
-            &format!("push = [\"self\"]\nserve = [\"self\"]\n{NEVER}"),
-        ),
-    );
-    community.configure(
-        "",
-        &format!(
-            "{}{}",
-            TestNode::peer_entry(&home, NEVER),
-            TestNode::peer_entry(&laptop, &format!("serve = [\"{h}\"]\n{NEVER}"))
-        ),
-    );
-    laptop.configure(
-        "",
-        &TestNode::peer_entry(&community, &format!("pull = [\"{h}\"]\n{NEVER}")),
-    );
-    for n in [&home, &community, &laptop] {
-        n.init();
-    }
     home.append(3000, "a");
     for n in [&mut home, &mut community, &mut laptop] {
         n.start().await;

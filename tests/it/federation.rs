@@ -3,28 +3,35 @@
 //! self-recovery and quotas. Nodes run in-process (see `common::node`); the home node follows
 //! a real Kinto server where the test needs changes to happen while nodes run.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::kinto::{Kinto, Options, PASSWORD};
-use common::node::{TestNode, holder_status, wait_for};
+use common::kinto::{Kinto, Options};
+use common::node::{NEVER, TestNode, backup_pair, holder_status, relay_trio, wait_for};
 use common::proxy::{Fault, Proxy};
 use serde_json::{Value, json};
 use tandem::feed::Seq;
 use tandem::identity::NodeKey;
 use tandem::peer::{PeerClient, PeerError};
 
-const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
 const LONG: Duration = Duration::from_secs(30);
 
-/// The `[source]` section for a node that follows `kinto` as the `tandem` account.
-fn source(node: &TestNode, kinto: &Kinto) -> String {
-    common::write_secret(node.dir.path().join("pw"), PASSWORD);
-    format!(
-        "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1s\"\n",
-        kinto.url
-    )
+/// A Kinto server (no history) with bucket `b`, collection `c` and `n` records `r0`, `r1`…
+async fn kinto_with_records(n: usize) -> Kinto {
+    let kinto = Kinto::start(Options {
+        history: false,
+        ..Options::default()
+    })
+    .await;
+    kinto.ok("alice", "PUT", "/buckets/b", None).await;
+    kinto
+        .ok("alice", "PUT", "/buckets/b/collections/c", None)
+        .await;
+    for i in 0..n {
+        record(&kinto, &format!("r{i}")).await;
+    }
+    kinto
 }
 
 async fn record(kinto: &Kinto, id: &str) {
@@ -43,18 +50,7 @@ async fn record(kinto: &Kinto, id: &str) {
 /// receipts come back, and the laptop ends with home's exact state, verified end to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_relay_and_continuous_propagation() {
-    let kinto = Kinto::start(Options {
-        history: false,
-        ..Options::default()
-    })
-    .await;
-    kinto.ok("alice", "PUT", "/buckets/b", None).await;
-    kinto
-        .ok("alice", "PUT", "/buckets/b/collections/c", None)
-        .await;
-    for i in 0..20 {
-        record(&kinto, &format!("r{i}")).await;
-    }
+    let kinto = kinto_with_records(20).await;
     let mut home = TestNode::new("home");
     let mut community = TestNode::new("community");
     let mut laptop = TestNode::new("laptop");
@@ -62,7 +58,7 @@ async fn push_relay_and_continuous_propagation() {
         "durability = 1",
         &format!(
             "{}{}",
-            source(&home, &kinto),
+            home.source(&kinto, "1s"),
             TestNode::peer_entry(&community, "push = [\"self\"]\nserve = [\"self\"]")
         ),
     );
@@ -474,15 +470,7 @@ async fn a_forked_origin_is_evidence() {
 /// it (status, metric), then pushes the missing entries again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_holder_is_reported() {
-    let mut home = TestNode::new("home");
-    let mut community = TestNode::new("community");
-    home.configure(
-        "",
-        &TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
-    );
-    community.configure("", &TestNode::peer_entry(&home, NEVER));
-    home.init();
-    community.init();
+    let (mut home, mut community) = backup_pair(None);
     home.append(100, "a");
     home.start().await;
     community.start().await;
@@ -557,25 +545,14 @@ async fn a_rolled_back_holder_is_reported() {
 /// and continues from the recovered head: the holder sees no fork.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_recovery_after_losing_the_store() {
-    let kinto = Kinto::start(Options {
-        history: false,
-        ..Options::default()
-    })
-    .await;
-    kinto.ok("alice", "PUT", "/buckets/b", None).await;
-    kinto
-        .ok("alice", "PUT", "/buckets/b/collections/c", None)
-        .await;
-    for i in 0..10 {
-        record(&kinto, &format!("r{i}")).await;
-    }
+    let kinto = kinto_with_records(10).await;
     let mut home = TestNode::new("home");
     let mut community = TestNode::new("community");
     home.configure(
         "",
         &format!(
             "{}{}",
-            source(&home, &kinto),
+            home.source(&kinto, "1s"),
             TestNode::peer_entry(&community, "push = [\"self\"]\nserve = [\"self\"]")
         ),
     );
@@ -760,43 +737,12 @@ async fn killed_processes_resume_without_loss() {
     drop(serving);
 }
 
-/// Home pushes to the community, which serves home's feed to the laptop, which pulls it; all
-/// by hand (`sync`), initialized, not started.
-fn relay_trio() -> (TestNode, TestNode, TestNode) {
-    let (home, community, laptop) = (
-        TestNode::new("home"),
-        TestNode::new("community"),
-        TestNode::new("laptop"),
-    );
-    let h = home.id.to_string();
-    home.configure(
-        "",
-        &TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
-    );
-    community.configure(
-        "",
-        &format!(
-            "{}{}",
-            TestNode::peer_entry(&home, NEVER),
-            TestNode::peer_entry(&laptop, &format!("serve = [\"{h}\"]\n{NEVER}"))
-        ),
-    );
-    laptop.configure(
-        "",
-        &TestNode::peer_entry(&community, &format!("pull = [\"{h}\"]\n{NEVER}")),
-    );
-    for n in [&home, &community, &laptop] {
-        n.init();
-    }
-    (home, community, laptop)
-}
-
 /// Snapshots: signed on demand (through the running daemon), handed to the holder with the
 /// feed, relayed to a third node, listed with their holders, verified; a tampered one fails
 /// verification, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_travel_with_the_feed() {
-    let (mut home, mut community, mut laptop) = relay_trio();
+    let (mut home, mut community, mut laptop) = relay_trio("", "");
     home.append(3000, "a");
     for n in [&mut home, &mut community, &mut laptop] {
         n.start().await;
@@ -851,7 +797,7 @@ async fn snapshots_travel_with_the_feed() {
 /// a page is several MiB on the wire: pages are cut by bytes, and pushes and pulls of them work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_entries_travel_in_pages_cut_by_size() {
-    let (mut home, mut community, mut laptop) = relay_trio();
+    let (mut home, mut community, mut laptop) = relay_trio("", "");
     // 120 entries of ~150 KB: 18 MB, in pages of at most 8 MiB plus one entry.
     home.append_sized(120, "big", 150_000);
     for n in [&mut home, &mut community, &mut laptop] {
@@ -886,15 +832,7 @@ async fn large_entries_travel_in_pages_cut_by_size() {
 /// feed: it fetches the missing entries back before appending, and nobody records a fork.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_restored_from_an_old_backup_catches_up_before_appending() {
-    let mut home = TestNode::new("home");
-    let mut community = TestNode::new("community");
-    home.configure(
-        "",
-        &TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
-    );
-    community.configure("", &TestNode::peer_entry(&home, NEVER));
-    home.init();
-    community.init();
+    let (mut home, mut community) = backup_pair(None);
     home.append(100, "a");
     let backup = tempfile::tempdir().unwrap();
     std::fs::copy(

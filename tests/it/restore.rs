@@ -4,15 +4,13 @@
 //! (kinto-http) must see exactly what the original had, data, permissions, timestamps, records
 //! ETags and tombstones, now and at a past time. A tampered copy is refused and writes nothing.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use common::kinto::{Kinto, Options, PASSWORD};
-use common::node::{TestNode, wait_for};
+use common::node::{NEVER, TestNode, wait_for};
 use serde_json::{Value, json};
-
-const NEVER: &str = "schedule = \"0 0 0 1 1 *\"";
 
 /// The source: the history plugin (every permission is recorded).
 async fn source() -> Kinto {
@@ -221,12 +219,11 @@ async fn disaster_recovery_from_the_community_copy() {
     first_content(&a).await;
     let mut home = TestNode::new("home");
     let mut community = TestNode::new("community");
-    common::write_secret(home.dir.path().join("pw"), PASSWORD);
     home.configure(
         "",
         &format!(
-            "[source]\nkind = \"kinto\"\nurl = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\npoll = \"1h\"\n{}",
-            a.url,
+            "{}{}",
+            home.source(&a, "1h"),
             TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}"))
         ),
     );
@@ -500,7 +497,7 @@ async fn a_killed_restore_resumes_without_duplicates() {
     node.init();
     {
         let key = node.key();
-        let mut store = tandem::store::Store::open_writer(&node.data(), key.id()).unwrap();
+        let mut store = common::open_writer(&node.data(), key.id());
         let put = |path: String, body: String| tandem::store::Change {
             op: tandem::feed::Op::Put,
             path,
