@@ -29,6 +29,8 @@ mod federation;
 mod hostile;
 mod interop;
 mod kinto;
+mod operator;
+mod package;
 mod parsers;
 mod peer;
 mod plugin;

@@ -2,12 +2,10 @@
 //! operator acts (`tandem sync`, `SIGHUP`), and `SIGHUP` reloads the configuration of a
 //! running `tandem run` process, refusing a bad one. Real daemons on real sockets.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::node::{TestNode, wait_for};
+use crate::common::node::{TestNode, wait_for};
 use serde_json::Value;
 
 /// The status of the loop `kind`/`name` in `status --json`, if it runs.
