@@ -17,6 +17,7 @@
 
 mod compact;
 mod damage;
+mod drills;
 mod holders;
 mod read;
 pub mod schema;
@@ -35,6 +36,7 @@ use crate::identity::NodeId;
 
 pub use compact::{BasePage, Compacted};
 pub use damage::DamagedEntry;
+pub use drills::DrillRecord;
 pub use holders::{HolderInfo, MAX_UNLISTED_HOLDERS, ReceiptCheck, Rollback};
 pub use read::{OriginInfo, StoredEntry};
 pub use snapshots::{SnapshotMismatch, StateItem};
