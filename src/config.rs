@@ -1012,6 +1012,78 @@ mod tests {
     }
 
     #[test]
+    fn drill_and_heartbeat() {
+        let drill =
+            "[drill]\nschedule = \"0 4 * * *\"\nto = \"http://scratch:8888\"\nuser = \"drill\"\n";
+        let c = parse(&format!(
+            "[node]\nname = \"n\"\nheartbeat_url = \"https://hc.example/ping/abc\"\n{drill}password_file = \"pw\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.node.heartbeat_url.unwrap().as_str(),
+            "https://hc.example/ping/abc"
+        );
+        let d = c.drill.unwrap();
+        assert_eq!(d.to.as_str(), "http://scratch:8888/v1/");
+        assert_eq!(d.schedule.text, "0 4 * * *");
+        assert_eq!(d.password, Secret::File("/etc/tandem/pw".into()));
+        let c = parse(&format!(
+            "[node]\nname = \"n\"\n{drill}password_env = \"P\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.drill.unwrap().password, Secret::Env("P".into()));
+        assert!(parse("[node]\nname = \"n\"\n").unwrap().drill.is_none());
+        for (extra, needle) in [
+            ("", "exactly one of password_file, password_env"),
+            (
+                "password_env = \"P\"\npassword_file = \"pw\"\n",
+                "exactly one of password_file, password_env",
+            ),
+        ] {
+            let e = parse(&format!("[node]\nname = \"n\"\n{drill}{extra}")).unwrap_err();
+            assert!(e.message.contains(needle), "{e}");
+            assert_eq!(e.line, Some(3), "{e}");
+        }
+        for (text, line, key) in [
+            (
+                format!(
+                    "[node]\nname = \"n\"\n{}password_env = \"P\"\n",
+                    drill.replace("0 4 * * *", "nightly")
+                ),
+                4,
+                "drill.schedule",
+            ),
+            (
+                format!(
+                    "[node]\nname = \"n\"\n{}password_env = \"P\"\n",
+                    drill.replace("http://scratch:8888", "scratch")
+                ),
+                5,
+                "drill.to",
+            ),
+            (
+                format!("[node]\nname = \"n\"\n{drill}password_env = \"P\"\ntoken_env = \"T\"\n"),
+                8,
+                "drill.token_env",
+            ),
+            (
+                "[node]\nname = \"n\"\nheartbeat_url = \"not a url\"\n".to_owned(),
+                3,
+                "node.heartbeat_url",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(line), Some(key)), "{e}");
+        }
+        // The source itself is never a scratch server.
+        let e = parse(&format!(
+            "[node]\nname = \"n\"\n[source]\nkind = \"kinto\"\nurl = \"http://scratch:8888\"\nuser = \"u\"\npassword_env = \"P\"\n{drill}password_env = \"P\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("scratch Kinto server"), "{e}");
+    }
+
+    #[test]
     fn syntax_errors_have_a_line() {
         let e = parse("[node]\nname = \"n\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");

@@ -183,3 +183,81 @@ impl Store {
             .map(|v| v.unwrap_or(0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::NodeKey;
+
+    #[test]
+    fn a_store_from_before_drills_opens_and_gains_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NodeKey::from_seed([7; 32]);
+        // A store as the previous schema left it.
+        {
+            let store = Store::open_writer(dir.path(), key.id()).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "DROP TABLE drills; DROP TABLE drill_buckets; PRAGMA user_version = 7;",
+                )
+                .unwrap();
+        }
+        let old = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(old.drills().unwrap(), vec![]);
+        assert_eq!(
+            old.drill_buckets("http://s/v1/").unwrap(),
+            Vec::<String>::new()
+        );
+        drop(old);
+
+        let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
+        let record = DrillRecord {
+            origin: key.id(),
+            at: 1_700_000_000_000,
+            seq: 12,
+            ok: false,
+            error: Some("the scratch server: down".into()),
+            duration_ms: 340,
+            objects: 0,
+        };
+        store.record_drill(&record).unwrap();
+        let newer = DrillRecord {
+            ok: true,
+            error: None,
+            objects: 9,
+            ..record.clone()
+        };
+        store.record_drill(&newer).unwrap();
+        assert_eq!(store.drills().unwrap(), vec![newer.clone()]);
+        assert_eq!(store.drill(key.id()).unwrap(), Some(newer));
+
+        let target = "http://s/v1/";
+        store
+            .add_drill_buckets(target, &["b".into(), "a".into(), "b".into()])
+            .unwrap();
+        assert_eq!(store.drill_buckets(target).unwrap(), vec!["a", "b"]);
+        assert!(store.drill_buckets("http://other/v1/").unwrap().is_empty());
+        store.remove_drill_bucket(target, "a").unwrap();
+        assert_eq!(store.drill_buckets(target).unwrap(), vec!["b"]);
+    }
+
+    #[test]
+    fn nothing_is_durable_without_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NodeKey::from_seed([8; 32]);
+        let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
+        store
+            .append(
+                &key,
+                &[crate::store::Change {
+                    op: crate::feed::Op::Put,
+                    path: "/buckets/b".into(),
+                    body: br#"{"data":{"id":"b","last_modified":1}}"#.to_vec(),
+                }],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(store.durable_at(key.id(), 1, &[]).unwrap(), None);
+    }
+}
