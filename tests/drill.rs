@@ -398,3 +398,47 @@ async fn a_store_that_no_longer_gives_the_signed_state_fails_the_drill() {
     );
     assert!(s.state("admin").is_empty(), "nothing was restored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_drills_on_its_schedule() {
+    let a = source().await;
+    content(&a).await;
+    let s = scratch().await;
+    let mut home = TestNode::new("home");
+    home.configure(
+        "",
+        &sections(&home, &a, &s.url).replace(
+            &format!("[drill]\n{NEVER}"),
+            "[drill]\nschedule = \"*/2 * * * * *\"",
+        ),
+    );
+    home.init();
+    sync_and_snapshot(&home);
+    let (objects, seq) = latest_snapshot(&home);
+    home.start().await;
+    wait_for(Duration::from_secs(60), "a scheduled drill", || {
+        home.store().drill(home.id).unwrap().is_some()
+    })
+    .await;
+    let d = home.store().drill(home.id).unwrap().unwrap();
+    assert!(d.ok, "{d:?}");
+    assert_eq!((d.seq, d.objects), (seq, objects), "{d:?}");
+    // It runs again at the next times, each emptying what the one before wrote.
+    wait_for(Duration::from_secs(60), "another scheduled drill", || {
+        home.store().drill(home.id).unwrap().unwrap().at > d.at
+    })
+    .await;
+    let again = home.store().drill(home.id).unwrap().unwrap();
+    assert!(again.ok, "{again:?}");
+    let status = home.status();
+    let worker = status["daemon"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["kind"] == "drill")
+        .cloned()
+        .unwrap_or_else(|| panic!("no drill loop in {status:#}"));
+    assert_eq!(worker["ok"], true, "{worker}");
+    home.stop().await;
+    assert_eq!(s.dump("tandem"), a.dump("tandem"));
+}
