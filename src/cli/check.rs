@@ -56,7 +56,11 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         );
     }
     if let Some(url) = &config.node.heartbeat_url {
-        println!("  heartbeat: GET {url} after every successful round");
+        // Only the host: the path of a monitor's URL is often its secret.
+        println!(
+            "  heartbeat: GET to {} after every successful round",
+            url.host_str().unwrap_or_default()
+        );
     }
     for p in &config.peers {
         let schedule = match &p.schedule {

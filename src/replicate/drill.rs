@@ -129,7 +129,7 @@ impl Drill {
         // status and alerts on the last drill show it.
         if let Err(e) = self.foreign_buckets(&client, &target).await {
             if !matches!(e, DrillError::Store(_)) {
-                tracing::error!(error = %e, "drill refused");
+                tracing::error!(error = %e, "drill could not run");
                 let (at, error) = (now_ms(), e.to_string());
                 self.write(move |s| {
                     for origin in origins {
