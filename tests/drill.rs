@@ -442,3 +442,45 @@ async fn the_daemon_drills_on_its_schedule() {
     home.stop().await;
     assert_eq!(s.dump("tandem"), a.dump("tandem"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scratch_that_changes_what_was_restored_fails_the_drill() {
+    let a = source().await;
+    content(&a).await;
+    let s = Arc::new(scratch().await);
+    let upstream = s.url.trim_start_matches("http://").trim_end_matches("/v1/");
+    let proxy = Proxy::start(upstream.to_owned(), "/v1/").await;
+    let home = TestNode::new("home");
+    home.configure("", &sections(&home, &a, &proxy.url));
+    home.init();
+    sync_and_snapshot(&home);
+    // Between the restore and the reading back (its first list asks `_since=0`), someone
+    // edits a restored record on the scratch server.
+    let editor = s.clone();
+    proxy.when(
+        "_since=0",
+        Box::new(move || {
+            Box::pin(async move {
+                editor
+                    .ok(
+                        "admin",
+                        "PATCH",
+                        "/buckets/b/collections/c/records/r03",
+                        Some(json!({"data": {"n": 333}})),
+                    )
+                    .await;
+            })
+        }),
+    );
+    let out = drill(&home, 1);
+    assert!(
+        out.contains(
+            "FAILED: the scratch server does not hold what was restored: /buckets/b/collections/c/records/r03 reads back with other data than recorded"
+        ),
+        "{out}"
+    );
+    let status = home.status();
+    let d = &origin_status(&status, &home.id.to_string())["drill"];
+    assert_eq!(d["ok"], false, "{d:#}");
+    assert!(d["error"].as_str().unwrap().contains("r03"), "{d:#}");
+}

@@ -149,3 +149,61 @@ async fn the_heartbeat_follows_successful_rounds_only() {
     home.stop().await;
     lonely.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_source_successful_pushes_are_the_rounds() {
+    let (url, hits) = counter().await;
+    let mut laptop = TestNode::new("laptop");
+    let mut community = TestNode::new("community");
+    laptop.configure(
+        &format!("heartbeat_url = \"{url}\""),
+        &TestNode::peer_entry(&community, "push = [\"self\"]"),
+    );
+    community.configure("", &TestNode::peer_entry(&laptop, ""));
+    laptop.init();
+    community.init();
+    laptop.append(3, "r");
+    community.start().await;
+    laptop.start().await;
+    wait_for(Duration::from_secs(30), "a heartbeat after a push", || {
+        hits.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert_eq!(community.head(laptop.id), 3);
+
+    // The peer goes away: pushes fail, and no heartbeat follows them.
+    community.stop().await;
+    let push_errors = || async {
+        let answer = tandem::api::admin::call(&laptop.data(), "GET", "/workers")
+            .await
+            .unwrap();
+        answer["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["kind"] == "push")
+            .map_or(0, |w| w["consecutive_errors"].as_u64().unwrap())
+    };
+    let started = Instant::now();
+    while push_errors().await < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "pushes never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = hits.load(Ordering::SeqCst);
+    while push_errors().await < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "pushes stopped failing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        during,
+        "no heartbeat while failing"
+    );
+    laptop.stop().await;
+}
