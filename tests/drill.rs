@@ -372,29 +372,68 @@ async fn a_store_that_no_longer_gives_the_signed_state_fails_the_drill() {
     home.configure("", &sections(&home, &a, &s.url));
     home.init();
     sync_and_snapshot(&home);
-    // One byte of one record's body, as a disk or an edit would change it.
-    {
-        let conn = rusqlite::Connection::open(home.data().join("tandem.db")).unwrap();
-        let (key, mut bytes): (i64, Vec<u8>) = conn
-            .query_row(
-                "SELECT key, bytes FROM entries ORDER BY key DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+    let db = home.data().join("tandem.db");
+    // One byte of the last entry, as a disk or an edit would change it.
+    let (key, good): (i64, Vec<u8>) = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT key, bytes FROM entries ORDER BY key DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() - 5;
+    bad[at] ^= 0x20;
+    let set_entry = |bytes: &[u8]| {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute("UPDATE entries SET bytes = ?2 WHERE key = ?1", (key, bytes))
             .unwrap();
-        let at = bytes.len() - 5;
-        bytes[at] ^= 0x20;
-        conn.execute("UPDATE entries SET bytes = ?2 WHERE key = ?1", (key, bytes))
-            .unwrap();
-    }
+    };
+    set_entry(&bad);
+    let (_, seq) = latest_snapshot(&home);
     let out = drill(&home, 1);
-    assert!(out.contains("FAILED: the snapshot at seq"), "{out}");
+    assert!(
+        out.contains(&format!("snapshot seq {seq}, 0 objects"))
+            && out.contains("FAILED: the stored copy of the origin does not verify")
+            && out.contains("entry bytes do not match their recorded hash"),
+        "{out}"
+    );
     let status = home.status();
     let d = &origin_status(&status, &home.id.to_string())["drill"];
     assert_eq!(d["ok"], false, "{d:#}");
     assert!(
-        d["error"].as_str().unwrap().contains("does not hold"),
+        d["error"].as_str().unwrap().contains("does not verify"),
         "{d:#}"
+    );
+    assert!(s.state("admin").is_empty(), "nothing was restored");
+
+    // The entries are whole again, but the snapshot's statement was changed (the object count
+    // it states): its signature no longer holds.
+    set_entry(&good);
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let (seq, mut statement): (i64, Vec<u8>) = conn
+            .query_row(
+                "SELECT seq, statement FROM snapshots ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        // Stored form: origin (32), seq (8), head hash (32), ts (8), objects (8)…
+        statement[32 + 8 + 32 + 8 + 7] ^= 0x01;
+        conn.execute(
+            "UPDATE snapshots SET statement = ?2 WHERE seq = ?1",
+            (seq, statement),
+        )
+        .unwrap();
+    }
+    let out = drill(&home, 1);
+    assert!(
+        out.contains("FAILED: the stored copy of the origin does not verify")
+            && out.contains("bad snapshot signature"),
+        "{out}"
     );
     assert!(s.state("admin").is_empty(), "nothing was restored");
 }

@@ -7,8 +7,10 @@
 //!    wrote there (the store keeps their list per scratch URL, written before each restore). A
 //!    scratch holding anything else is refused before anything is touched: an operator who
 //!    points `[drill] to` at a real server must lose nothing. An empty server is fine.
-//! 2. **Check the latest snapshot against the feed**: its signature, its seq in the held
-//!    chain, and its state root, object count and bytes against
+//! 2. **Check the feed, then the latest snapshot against it**: the whole stored chain and
+//!    its checkpoints verify (as `tandem restore` checks before writing anything), then the
+//!    snapshot's signature, its seq in the held chain, and its state root, object count and
+//!    bytes against
 //!    [`crate::store::Store::state_root_at`] (through
 //!    [`crate::store::Store::check_snapshot`]).
 //! 3. **Restore that state** with the code `tandem restore` runs ([`super::restore`]), after
@@ -60,6 +62,16 @@ pub enum DrillError {
         target: String,
         /// What it holds that no drill wrote.
         buckets: Vec<String>,
+    },
+    /// The stored feed does not verify (hashes, chain, checkpoint signatures).
+    #[error(
+        "the stored copy of the origin does not verify ({count} problem(s); first: {first}): a restore from it would be refused; see `tandem verify`"
+    )]
+    Feed {
+        /// How many problems.
+        count: usize,
+        /// The first one.
+        first: String,
     },
     /// No snapshot of the origin is held.
     #[error(
@@ -189,30 +201,36 @@ impl Drill {
         };
         outcome.result = async {
             self.empty(client, target).await?;
-            let (snapshot, state) = self
+            let snapshot = self
+                .read(move |s| Ok(s.snapshots(origin)?.pop()))
+                .await?
+                .ok_or(DrillError::NoSnapshot)?;
+            outcome.seq = snapshot.seq.0;
+            // What `tandem restore` checks first: the whole chain, every checkpoint and
+            // snapshot.
+            let problems = self.read(move |s| s.verify_origin(origin)).await?.problems;
+            if let Some(first) = problems.first() {
+                return Err(DrillError::Feed {
+                    count: problems.len(),
+                    first: first.to_string(),
+                });
+            }
+            let state = self
                 .read(move |s| {
-                    let Some(snapshot) = s.snapshots(origin)?.pop() else {
-                        return Ok(None);
-                    };
                     let checked = snapshot
                         .verify()
                         .map_err(StoreError::from)
                         .and_then(|()| s.check_snapshot(&snapshot));
-                    if let Err(e) = checked {
-                        return Ok(Some((snapshot, Err(e.to_string()))));
-                    }
-                    Ok(Some((
-                        snapshot,
-                        Ok(s.state_for_restore(origin, snapshot.seq)?),
-                    )))
+                    Ok(match checked {
+                        Err(e) => Err(e.to_string()),
+                        Ok(()) => Ok(s.state_for_restore(origin, snapshot.seq)?),
+                    })
                 })
                 .await?
-                .ok_or(DrillError::NoSnapshot)?;
-            outcome.seq = snapshot.seq.0;
-            let state = state.map_err(|what| DrillError::Snapshot {
-                seq: snapshot.seq.0,
-                what,
-            })?;
+                .map_err(|what| DrillError::Snapshot {
+                    seq: snapshot.seq.0,
+                    what,
+                })?;
             check_state_root(&snapshot, &state)?;
             let state: Vec<StateItem> = state.into_iter().filter(drilled).collect();
             let buckets: Vec<String> = state
