@@ -70,6 +70,8 @@ pub struct Config {
     pub snapshots: Option<SnapshotConfig>,
     /// `[[peer]]` entries, in file order.
     pub peers: Vec<PeerConfig>,
+    /// `[drill]`, if this node proves its backups restorable on a schedule.
+    pub drill: Option<DrillConfig>,
 }
 
 /// `[node]`: this node's name, storage and listener.
@@ -88,6 +90,9 @@ pub struct NodeConfig {
     /// Most HTTP connections open at once; `None`: derived from the descriptor limit
     /// (see [`crate::api::listen`]).
     pub max_connections: Option<usize>,
+    /// URL requested (GET) after every successful round of work (see
+    /// [`crate::scheduler::Heartbeat`]), so that an outside monitor notices when they stop.
+    pub heartbeat_url: Option<Url>,
 }
 
 /// How the password for the source is obtained.
@@ -183,6 +188,36 @@ pub struct SnapshotConfig {
     pub keep_weekly: u32,
     /// Same per month.
     pub keep_monthly: u32,
+}
+
+/// `[drill]`: restore drills, which prove on a schedule that the backups this node holds
+/// restore (see [`crate::replicate::drill`]).
+#[derive(Debug, Clone)]
+pub struct DrillConfig {
+    /// Cron expression (seconds field allowed), UTC.
+    pub schedule: CronSchedule,
+    /// Root of the scratch Kinto server, normalized to end with `/v1/`. Everything a drill
+    /// wrote there is deleted before the next one.
+    pub to: Url,
+    /// Account on the scratch server.
+    pub user: String,
+    /// Where its password comes from.
+    pub password: Secret,
+}
+
+impl DrillConfig {
+    /// The scratch server as a Kinto client configuration.
+    pub fn target(&self) -> SourceConfig {
+        SourceConfig {
+            url: self.to.clone(),
+            auth: SourceAuth::Basic {
+                user: self.user.clone(),
+                password: self.password.clone(),
+            },
+            poll: DEFAULT_POLL,
+            concurrency: crate::replicate::restore::CONCURRENCY,
+        }
+    }
 }
 
 /// An origin named in a peer's `push`, `pull`, `serve` or `accept` list.
@@ -300,6 +335,7 @@ impl Config {
             public_url: raw.node.public_url.map(|u| u.0),
             durability: raw.node.durability.map_or(1, |d| d.0),
             max_connections: raw.node.max_connections.map(|m| m.0),
+            heartbeat_url: raw.node.heartbeat_url.map(|u| u.0),
         };
 
         let source = match raw.source {
@@ -386,6 +422,42 @@ impl Config {
             }
         };
 
+        let drill = match raw.drill {
+            None => None,
+            Some(spanned) => {
+                let span = spanned.span();
+                let d = spanned.into_inner();
+                // The same rules and messages as the source's password.
+                let password = match (d.password_file, d.password_env) {
+                    (Some(file), None) => Secret::File(base.join(file)),
+                    (None, Some(var)) => Secret::Env(var.0),
+                    _ => {
+                        return Err(err(
+                            Some(span),
+                            "set exactly one of password_file, password_env (with user)".into(),
+                        ));
+                    }
+                };
+                Some(DrillConfig {
+                    schedule: d.schedule,
+                    to: kinto_root(d.to.0),
+                    user: d.user.0,
+                    password,
+                })
+            }
+        };
+        if let (Some(drill), Some(source)) = (&drill, &source)
+            && drill.to == source.url
+        {
+            return Err(err(
+                None,
+                format!(
+                    "[drill] to is the [source] server {}: a drill empties its target first; point it at a scratch Kinto server",
+                    drill.to
+                ),
+            ));
+        }
+
         let mut peers: Vec<PeerConfig> = Vec::new();
         for spanned in raw.peer {
             let span = spanned.span();
@@ -421,6 +493,7 @@ impl Config {
             source,
             snapshots,
             peers,
+            drill,
         })
     }
 
@@ -485,6 +558,17 @@ struct RawConfig {
     snapshots: Option<Spanned<RawSnapshots>>,
     #[serde(default)]
     peer: Vec<Spanned<RawPeer>>,
+    drill: Option<Spanned<RawDrill>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrill {
+    schedule: CronSchedule,
+    to: HttpUrl,
+    user: NonEmpty,
+    password_file: Option<PathBuf>,
+    password_env: Option<EnvName>,
 }
 
 #[derive(Deserialize)]
@@ -496,6 +580,7 @@ struct RawNode {
     public_url: Option<HttpUrl>,
     durability: Option<Durability>,
     max_connections: Option<MaxConnections>,
+    heartbeat_url: Option<HttpUrl>,
 }
 
 #[derive(Deserialize)]
@@ -920,6 +1005,78 @@ mod tests {
             let e = parse(&text).unwrap_err();
             assert_eq!((e.line, e.key.as_deref()), (Some(line), Some(key)), "{e}");
         }
+    }
+
+    #[test]
+    fn drill_and_heartbeat() {
+        let drill =
+            "[drill]\nschedule = \"0 4 * * *\"\nto = \"http://scratch:8888\"\nuser = \"drill\"\n";
+        let c = parse(&format!(
+            "[node]\nname = \"n\"\nheartbeat_url = \"https://hc.example/ping/abc\"\n{drill}password_file = \"pw\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.node.heartbeat_url.unwrap().as_str(),
+            "https://hc.example/ping/abc"
+        );
+        let d = c.drill.unwrap();
+        assert_eq!(d.to.as_str(), "http://scratch:8888/v1/");
+        assert_eq!(d.schedule.text, "0 4 * * *");
+        assert_eq!(d.password, Secret::File("/etc/tandem/pw".into()));
+        let c = parse(&format!(
+            "[node]\nname = \"n\"\n{drill}password_env = \"P\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.drill.unwrap().password, Secret::Env("P".into()));
+        assert!(parse("[node]\nname = \"n\"\n").unwrap().drill.is_none());
+        for (extra, needle) in [
+            ("", "exactly one of password_file, password_env"),
+            (
+                "password_env = \"P\"\npassword_file = \"pw\"\n",
+                "exactly one of password_file, password_env",
+            ),
+        ] {
+            let e = parse(&format!("[node]\nname = \"n\"\n{drill}{extra}")).unwrap_err();
+            assert!(e.message.contains(needle), "{e}");
+            assert_eq!(e.line, Some(3), "{e}");
+        }
+        for (text, line, key) in [
+            (
+                format!(
+                    "[node]\nname = \"n\"\n{}password_env = \"P\"\n",
+                    drill.replace("0 4 * * *", "nightly")
+                ),
+                4,
+                "drill.schedule",
+            ),
+            (
+                format!(
+                    "[node]\nname = \"n\"\n{}password_env = \"P\"\n",
+                    drill.replace("http://scratch:8888", "scratch")
+                ),
+                5,
+                "drill.to",
+            ),
+            (
+                format!("[node]\nname = \"n\"\n{drill}password_env = \"P\"\ntoken_env = \"T\"\n"),
+                8,
+                "drill.token_env",
+            ),
+            (
+                "[node]\nname = \"n\"\nheartbeat_url = \"not a url\"\n".to_owned(),
+                3,
+                "node.heartbeat_url",
+            ),
+        ] {
+            let e = parse(&text).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(line), Some(key)), "{e}");
+        }
+        // The source itself is never a scratch server.
+        let e = parse(&format!(
+            "[node]\nname = \"n\"\n[source]\nkind = \"kinto\"\nurl = \"http://scratch:8888\"\nuser = \"u\"\npassword_env = \"P\"\n{drill}password_env = \"P\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("scratch Kinto server"), "{e}");
     }
 
     #[test]

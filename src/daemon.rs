@@ -332,6 +332,16 @@ async fn serve_with(
     let tasks = TaskTracker::new();
     let prober = Prober::new()?;
     let mut workers = Vec::new();
+    let heartbeat = config
+        .node
+        .heartbeat_url
+        .clone()
+        .map(scheduler::Heartbeat::new)
+        .transpose()
+        .context("building the heartbeat client")?;
+    // The loops that talk to peers, known once they are spawned: a round of the source loop
+    // counts for the heartbeat only while none of them fails.
+    let peer_workers: Arc<std::sync::OnceLock<Vec<Arc<WorkerStatus>>>> = Arc::default();
 
     let ingest = config
         .source
@@ -354,6 +364,7 @@ async fn serve_with(
         let (slot, token, changes) = (slot.clone(), token.child_token(), changes.clone());
         let cadence = Cadence::Every(source.poll);
         let mut recovered = recovered.clone();
+        let (heartbeat, peer_workers) = (heartbeat.clone(), peer_workers.clone());
         tasks.spawn(async move {
             // Nothing is appended before the own feed is back (see `recover_own_feed`).
             tokio::select! {
@@ -362,10 +373,16 @@ async fn serve_with(
             }
             scheduler::run_loop(&status, cadence, token, || {
                 let (slot, changes) = (slot.clone(), changes.clone());
+                let (heartbeat, peer_workers) = (heartbeat.clone(), peer_workers.clone());
                 async move {
                     let r = slot.run_pass().await?;
                     if r.appended > 0 {
                         changes.notify();
+                    }
+                    if let Some(heartbeat) = heartbeat
+                        && scheduler::none_failing(peer_workers.get().map_or(&[], Vec::as_slice))
+                    {
+                        heartbeat.beat();
                     }
                     Ok::<_, crate::replicate::ingest::IngestError>(format!(
                         "{} entries appended, {} lists changed",
@@ -378,9 +395,21 @@ async fn serve_with(
     } else {
         info!("no [source] configured: this node only keeps other origins");
     }
+    let before_peers = workers.len();
+    // Without a source, a successful push round is the node's round (see `Heartbeat`).
+    let peer_heartbeat = heartbeat.clone().filter(|_| config.source.is_none());
     for fed in &feds {
-        spawn_peer_loops(fed, &prober, &changes, &tasks, &token, &mut workers);
+        spawn_peer_loops(
+            fed,
+            &prober,
+            &changes,
+            &tasks,
+            &token,
+            &mut workers,
+            peer_heartbeat.clone(),
+        );
     }
+    let _ = peer_workers.set(workers[before_peers..].to_vec());
     // Entries damaged on disk are fetched again from peers (see `store::damage`). Its health
     // is not listed with the loops': `status` shows the damaged entries themselves.
     tasks.spawn(scheduler::repair_damaged(
@@ -421,6 +450,34 @@ async fn serve_with(
                         Err(crate::store::StoreError::Feed(e)) => Ok(format!("skipped: {e}")),
                         Err(e) => Err(e),
                     }
+                }
+            })
+            .await
+        });
+    }
+
+    let drill = config
+        .drill
+        .as_ref()
+        .map(|d| crate::replicate::drill::Drill::new(d.clone(), writer.clone()));
+    if let (Some(schedule), Some(drill)) = (&config.drill, &drill) {
+        let status = Arc::new(WorkerStatus::new("drill", "schedule"));
+        workers.push(status.clone());
+        let (drill, token) = (drill.clone(), token.child_token());
+        let cadence = Cadence::Cron(schedule.schedule.clone());
+        tasks.spawn(async move {
+            scheduler::run_loop(&status, cadence, token, || {
+                let drill = drill.clone();
+                async move {
+                    // A drill that ran is a success of the loop, even when an origin failed
+                    // it: that is recorded per origin (status, metrics), and drilling again at
+                    // once would only repeat it. Only a drill that could not run is retried.
+                    let records = drill.run().await?;
+                    let failed = records.iter().filter(|r| !r.ok).count();
+                    Ok::<_, crate::replicate::drill::DrillError>(format!(
+                        "{} origin(s) drilled, {failed} failed",
+                        records.len()
+                    ))
                 }
             })
             .await
@@ -472,6 +529,7 @@ async fn serve_with(
         changes: changes.clone(),
         snapshots: snapshots.clone(),
         workers: workers.clone(),
+        drill,
     };
     let admin = tokio::spawn(api::admin::serve(
         admin_listener,
@@ -522,6 +580,7 @@ fn spawn_peer_loops(
     tasks: &TaskTracker,
     token: &CancellationToken,
     workers: &mut Vec<Arc<WorkerStatus>>,
+    heartbeat: Option<scheduler::Heartbeat>,
 ) {
     let peer = fed.peer().clone();
     let (push, pull) = (!peer.push.is_empty(), !peer.pull.is_empty());
@@ -549,11 +608,14 @@ fn spawn_peer_loops(
         );
         tasks.spawn(async move {
             scheduler::run_loop(&status, cadence, token, || {
-                let fed = fed.clone();
+                let (fed, heartbeat) = (fed.clone(), heartbeat.clone());
                 async move {
                     let (pushed, pulled) = fed.round().await;
                     let pushed = pushed.transpose()?.unwrap_or_default();
                     let pulled = pulled.transpose()?.unwrap_or_default();
+                    if let Some(heartbeat) = heartbeat {
+                        heartbeat.beat();
+                    }
                     Ok::<_, FederateError>(format!(
                         "{} entries pushed, {} pulled",
                         pushed.sent, pulled.accepted
@@ -571,12 +633,15 @@ fn spawn_peer_loops(
         let seen = Arc::new(tokio::sync::Mutex::new(changes.subscribe()));
         tasks.spawn(async move {
             scheduler::run_loop(&status, Cadence::Every(Duration::ZERO), token, || {
-                let (fed, seen) = (fed.clone(), seen.clone());
+                let (fed, seen, heartbeat) = (fed.clone(), seen.clone(), heartbeat.clone());
                 async move {
                     let mut seen = seen.lock().await;
                     // Marked seen before pushing: a change during the push triggers another.
                     seen.borrow_and_update();
                     let pushed = fed.push().await?;
+                    if let Some(heartbeat) = heartbeat {
+                        heartbeat.beat();
+                    }
                     let _ =
                         tokio::time::timeout(scheduler::PEER_CHECK_INTERVAL, seen.changed()).await;
                     Ok::<_, FederateError>(format!("{} entries pushed", pushed.sent))

@@ -423,6 +423,63 @@ pub async fn repair_damaged(
     }
 }
 
+/// How long a heartbeat request may take.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[node] heartbeat_url`: a GET after every successful round of the daemon's work, so that an
+/// outside monitor (a dead man's switch: healthchecks.io, Uptime Kuma's push monitors…) raises
+/// an alarm when they stop, whatever the reason: the daemon is down, wedged, or its rounds fail.
+///
+/// A round is, on a node with a `[source]`, an ingest pass that succeeded while no loop that
+/// pushes to or pulls from a peer is failing (each one's last attempt succeeded, or it has not
+/// run yet); on a node without one, a push to a peer (or a scheduled round with it) that
+/// succeeded. A failed round sends nothing. The request is sent in the background with a short
+/// timeout; its failure is logged and never fails the round.
+#[derive(Clone)]
+pub struct Heartbeat {
+    url: url::Url,
+    http: reqwest::Client,
+}
+
+impl Heartbeat {
+    /// A heartbeat to `url`.
+    pub fn new(url: url::Url) -> Result<Heartbeat, reqwest::Error> {
+        Ok(Heartbeat {
+            url,
+            http: crate::net::client_builder()
+                .timeout(HEARTBEAT_TIMEOUT)
+                .build()?,
+        })
+    }
+
+    /// Sends the request in the background.
+    pub fn beat(&self) {
+        let this = self.clone();
+        tokio::spawn(async move { this.send().await });
+    }
+
+    /// Sends the request and waits for its answer; a failure is logged at WARN.
+    pub async fn send(&self) {
+        // The URL may carry a secret token in its path: only the host is logged.
+        let host = self.url.host_str().unwrap_or_default().to_owned();
+        match self.http.get(self.url.clone()).send().await {
+            Ok(r) if r.status().is_success() => {
+                tracing::debug!(%host, "heartbeat sent");
+            }
+            Ok(r) => warn!(%host, status = r.status().as_u16(), "heartbeat refused"),
+            Err(e) => warn!(%host, error = %crate::net::transport_reason(&e), "heartbeat failed"),
+        }
+    }
+}
+
+/// Whether none of `workers` is failing: each one's last attempt succeeded, or it has not
+/// run yet.
+pub fn none_failing(workers: &[std::sync::Arc<WorkerStatus>]) -> bool {
+    workers
+        .iter()
+        .all(|w| w.consecutive_errors.load(Ordering::Relaxed) == 0)
+}
+
 /// Sleeps `delay`; false if cancelled first.
 async fn sleep_or_cancel(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {

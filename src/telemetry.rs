@@ -56,6 +56,17 @@ pub const ENTRIES_DAMAGED_PENDING: &str = "tandem_entries_damaged";
 /// Gauge: buckets of the source followed without record permissions (their history does not
 /// cover them for the account).
 pub const SOURCE_PERMISSIONS_INCOMPLETE: &str = "tandem_source_buckets_permissions_incomplete";
+/// Gauge: 1 when the last restore drill of an origin read back equal to its snapshot, 0 when
+/// it failed. Labels: `origin`.
+pub const DRILL_LAST_OK: &str = "tandem_drill_last_ok";
+/// Gauge: how long the last restore drill of an origin took (the measured recovery time).
+/// Labels: `origin`.
+pub const DRILL_DURATION: &str = "tandem_drill_duration_seconds";
+/// Gauge: when the last restore drill of an origin started (Unix time). Labels: `origin`.
+pub const DRILL_LAST_TIMESTAMP: &str = "tandem_drill_last_timestamp_seconds";
+/// Gauge: the age of the newest change of this node's feed that `[node] durability` holders
+/// acknowledged (the recovery point). Labels: `origin` (this node). Absent while none is.
+pub const RPO: &str = "tandem_rpo_seconds";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -151,6 +162,25 @@ pub fn metrics() -> &'static Metrics {
         metrics::describe_gauge!(
             ENTRIES_DAMAGED_PENDING,
             "Damaged entries awaiting a good copy from a peer (not served meanwhile)."
+        );
+        metrics::describe_gauge!(
+            DRILL_LAST_OK,
+            "1 when the last restore drill of the origin read back equal to its snapshot."
+        );
+        metrics::describe_gauge!(
+            DRILL_DURATION,
+            metrics::Unit::Seconds,
+            "Duration of the last restore drill of the origin (the measured recovery time)."
+        );
+        metrics::describe_gauge!(
+            DRILL_LAST_TIMESTAMP,
+            metrics::Unit::Seconds,
+            "Start of the last restore drill of the origin, Unix time."
+        );
+        metrics::describe_gauge!(
+            RPO,
+            metrics::Unit::Seconds,
+            "Age of the newest change of the own feed acknowledged by `durability` holders."
         );
         metrics::counter!(ENTRIES_APPENDED).absolute(0);
         metrics::counter!(ENTRIES_ACCEPTED).absolute(0);

@@ -13,6 +13,10 @@
 //! - `POST /import?path=FILE`: verify the archive at `FILE` completely, then load it; `200
 //!   {"origin", "entries", "snapshots"}` or `422 {"error"}` (nothing loaded).
 //! - `GET /workers`: the health of the daemon's loops, as in `/healthz`.
+//! - `POST /drill`: run a restore drill now (after the one in progress, if any); `200
+//!   {"drills": [{"origin", "at", "seq", "ok", "error", "duration_ms", "objects"}]}`, `502
+//!   {"error"}` if it could not run (the scratch server is unreachable or holds what no drill
+//!   wrote), `409` without a `[drill]` section.
 
 use std::path::Path;
 
@@ -48,6 +52,8 @@ pub struct AdminState {
     pub snapshots: crate::replicate::snapshot::SnapshotMaker,
     /// Health of the daemon's loops.
     pub workers: Vec<Arc<WorkerStatus>>,
+    /// Restore drills, with `[drill]`.
+    pub drill: Option<crate::replicate::drill::Drill>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves.
@@ -69,6 +75,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/snapshot", post(snapshot))
         .route("/import", post(import))
         .route("/pull", post(pull))
+        .route("/drill", post(drill))
         .with_state(state)
 }
 
@@ -129,6 +136,24 @@ async fn snapshot(State(state): State<AdminState>) -> Response {
         .into_response(),
         Err(e) => (
             StatusCode::CONFLICT,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn drill(State(state): State<AdminState>) -> Response {
+    let Some(drill) = &state.drill else {
+        return (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"error": "no [drill] section in the daemon's configuration (restart it after adding one)"})),
+        )
+            .into_response();
+    };
+    match drill.run().await {
+        Ok(drills) => axum::Json(json!({ "drills": drills })).into_response(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
             axum::Json(json!({"error": e.to_string()})),
         )
             .into_response(),

@@ -3,7 +3,8 @@
 //! - `GET /healthz`: 200 with the node's id and name and each worker's health while the store
 //!   answers; 503 when it does not. A remote being down does not make the node unhealthy.
 //! - `GET /metrics`: Prometheus text format (feed heads, entries appended and accepted,
-//!   reachability of the source and peers, process metrics).
+//!   reachability of the source and peers, the last restore drill of each origin and the
+//!   recovery point of the own feed, process metrics).
 //!
 //! - `/v1/…`: the peer API ([`peer`]), every request signed by a configured peer.
 //!
@@ -81,7 +82,38 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
+/// The last drill of each origin, and when the newest durable change of the own feed was
+/// made (ms).
+async fn drills(
+    state: &Arc<ApiState>,
+) -> Result<(Vec<crate::store::DrillRecord>, Option<u64>), String> {
+    let (node, k, peers) = (state.node, state.durability, state.peers.clone());
+    state
+        .store
+        .read(move |store| Ok((store.drills()?, store.durable_at(node, k, &peers)?)))
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    match drills(&state).await {
+        Ok((drills, durable_at)) => {
+            for d in drills {
+                let origin = d.origin.to_string();
+                metrics::gauge!(telemetry::DRILL_LAST_OK, "origin" => origin.clone())
+                    .set(if d.ok { 1.0 } else { 0.0 });
+                metrics::gauge!(telemetry::DRILL_DURATION, "origin" => origin.clone())
+                    .set(d.duration_ms as f64 / 1000.0);
+                metrics::gauge!(telemetry::DRILL_LAST_TIMESTAMP, "origin" => origin)
+                    .set(d.at as f64 / 1000.0);
+            }
+            if let Some(at) = durable_at {
+                metrics::gauge!(telemetry::RPO, "origin" => state.node.to_string())
+                    .set(crate::store::now_ms().saturating_sub(at) as f64 / 1000.0);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read drills for metrics"),
+    }
     match origins(&state).await {
         Ok((origins, durable)) => {
             metrics::gauge!(telemetry::DURABLE_SEQ, "origin" => state.node.to_string())

@@ -45,6 +45,23 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             s.keep_monthly
         );
     }
+    if let Some(d) = &config.drill {
+        let from = match &d.password {
+            Secret::File(f) => format!("from file {}", f.display()),
+            Secret::Env(v) => format!("from ${v}"),
+        };
+        println!(
+            "  restore drills on {:?} into the scratch kinto at {} (as {:?}, password {from})",
+            d.schedule.text, d.to, d.user
+        );
+    }
+    if let Some(url) = &config.node.heartbeat_url {
+        // Only the host: the path of a monitor's URL is often its secret.
+        println!(
+            "  heartbeat: GET to {} after every successful round",
+            url.host_str().unwrap_or_default()
+        );
+    }
     for p in &config.peers {
         let schedule = match &p.schedule {
             Schedule::Continuous => "continuous".to_owned(),

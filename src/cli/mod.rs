@@ -8,6 +8,7 @@
 pub mod admin_client;
 mod check;
 mod completions;
+mod drill;
 mod export;
 mod import;
 mod init;
@@ -89,6 +90,18 @@ pub enum Command {
     /// Run one ingest pass, then push to and pull from every peer once (by the running
     /// daemon, if there is one), and report.
     Sync,
+    /// Prove the backups restorable: restore every origin held, from its latest snapshot, into
+    /// the `[drill]` scratch Kinto server and check it (by the running daemon, if there is
+    /// one).
+    ///
+    /// For each origin, one after another: the scratch server is emptied (only of what earlier
+    /// drills wrote there: one holding anything else is refused, untouched), the latest
+    /// snapshot is checked against the feed, its state is restored as `tandem restore` does,
+    /// and every object is read back and compared with the snapshot. Prints per origin the
+    /// snapshot's seq, the objects restored, the duration (the measured recovery time) and ok
+    /// or why it failed; exits non-zero if any failed. `tandem status` shows the last drill
+    /// of each origin. See docs/drills.md.
+    Drill,
     /// Signed snapshots of an origin's state.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -281,6 +294,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Status { json } => status::run(&cli, *json),
         Command::Peers { json } => peers::run(&cli, *json),
         Command::Sync => sync::run(&cli),
+        Command::Drill => drill::run(&cli),
         Command::Snapshot(SnapshotCommand::Create) => snapshot::create(&cli),
         Command::Restore(r) => restore::run(
             &cli,

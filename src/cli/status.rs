@@ -43,6 +43,13 @@
 //! `tandem sync` or `SIGHUP`. `source.permissions_incomplete` lists the
 //! buckets followed without record permissions (the history the account reads does not
 //! cover them; see docs/operating.md).
+//!
+//! Restore drills (see `docs/drills.md`): each origin has `"drill": {"at", "ok", "seq",
+//! "duration_ms", "objects", "error"}`, its last drill (null if never drilled): when it started,
+//! whether the scratch server read back equal to the snapshot, the snapshot's seq (0 if none
+//! was taken), how long it took in ms (the measured recovery time), the live objects restored,
+//! and why it failed (null when ok). The own origin also has `rpo_seconds`: the age of the
+//! newest change that `node.durability` configured holders acknowledged (null while none is).
 
 use serde::Serialize;
 
@@ -92,6 +99,19 @@ struct OriginDoc {
     base_seq: u64,
     holders: Vec<HolderDoc>,
     damaged: Vec<DamagedDoc>,
+    drill: Option<DrillDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rpo_seconds: Option<Option<u64>>,
+}
+
+#[derive(Serialize)]
+struct DrillDoc {
+    at: String,
+    ok: bool,
+    seq: u64,
+    duration_ms: u64,
+    objects: u64,
+    error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -147,6 +167,7 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
     let config = load_config(cli)?;
     let store = Store::open_read_only(&config.node.data_dir)?;
     let mut origins = Vec::new();
+    let drills = store.drills()?;
     for o in store.origins()? {
         let forks = store
             .forks(o.id)?
@@ -180,12 +201,26 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
                 pulled_at: h.pulled_at.map(super::rfc3339),
             })
             .collect();
+        let counted: Vec<NodeId> = config.peers.iter().map(|p| p.id).collect();
         let durable_seq = if o.is_self {
-            let counted: Vec<NodeId> = config.peers.iter().map(|p| p.id).collect();
             Some(store.durable_seq(o.id, config.node.durability, &counted)?)
         } else {
             None
         };
+        let rpo_seconds = if o.is_self {
+            let at = store.durable_at(o.id, config.node.durability, &counted)?;
+            Some(at.map(|at| crate::store::now_ms().saturating_sub(at) / 1000))
+        } else {
+            None
+        };
+        let drill = drills.iter().find(|d| d.origin == o.id).map(|d| DrillDoc {
+            at: super::rfc3339(d.at),
+            ok: d.ok,
+            seq: d.seq,
+            duration_ms: d.duration_ms,
+            objects: d.objects,
+            error: d.error.clone(),
+        });
         let damaged = store
             .damaged(o.id)?
             .into_iter()
@@ -197,6 +232,8 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
             })
             .collect();
         origins.push(OriginDoc {
+            drill,
+            rpo_seconds,
             damaged,
             durable_seq,
             base_seq: store.base(o.id)?.map_or(0, |b| b.seq.0),
@@ -322,6 +359,27 @@ fn print_text(status: &Status) {
                 "    durable up to seq {durable} (held by at least {} holder(s))",
                 status.node.durability
             );
+        }
+        if let Some(Some(rpo)) = o.rpo_seconds {
+            println!(
+                "    recovery point: the newest durable change is {} old",
+                humantime::format_duration(std::time::Duration::from_secs(rpo))
+            );
+        }
+        match &o.drill {
+            None => {}
+            Some(d) if d.ok => println!(
+                "    last drill {} ago: ok, snapshot seq {}, {} objects restored in {} ms",
+                age(&d.at),
+                d.seq,
+                d.objects,
+                d.duration_ms
+            ),
+            Some(d) => println!(
+                "    last drill {} ago: FAILED: {}",
+                age(&d.at),
+                d.error.as_deref().unwrap_or("")
+            ),
         }
         for h in &o.holders {
             let name = h.peer.clone().unwrap_or_else(|| h.id.to_string());

@@ -1,10 +1,11 @@
 //! One pass of each kind of replication work, with no spawning and no timing decisions (the
 //! scheduler decides when): [`ingest`] follows the source into this node's own feed,
 //! [`federate`] moves feeds between this node and one peer, [`accept`] takes in what a peer
-//! pushes.
+//! pushes, [`drill`] restores every origin held into a scratch server and checks it.
 
 pub mod accept;
 pub mod archive;
+pub mod drill;
 pub mod federate;
 pub mod ingest;
 pub mod restore;

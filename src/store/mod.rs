@@ -17,6 +17,7 @@
 
 mod compact;
 mod damage;
+mod drills;
 mod handle;
 mod holders;
 mod read;
@@ -36,6 +37,7 @@ use crate::identity::NodeId;
 
 pub use compact::{BasePage, Compacted};
 pub use damage::DamagedEntry;
+pub use drills::DrillRecord;
 pub use handle::{READERS, StoreHandle};
 pub use holders::{HolderInfo, MAX_UNLISTED_HOLDERS, ReceiptCheck, Rollback};
 pub use read::{OriginInfo, StoredEntry};

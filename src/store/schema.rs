@@ -155,6 +155,25 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (origin, seq)
     ) WITHOUT ROWID;
     "#,
+    // 8: restore drills: the last outcome per origin, and the buckets drills wrote into each
+    // scratch server (the only ones a drill may delete there).
+    r#"
+    CREATE TABLE drills (
+        origin       BLOB PRIMARY KEY CHECK (length(origin) = 32),
+        at           INTEGER NOT NULL,  -- ms, when it started
+        seq          INTEGER NOT NULL,  -- the snapshot restored (0: none)
+        ok           INTEGER NOT NULL,
+        error        TEXT,
+        duration_ms  INTEGER NOT NULL,
+        objects      INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE drill_buckets (
+        target  TEXT NOT NULL,          -- the scratch server's root URL
+        bucket  TEXT NOT NULL,
+        PRIMARY KEY (target, bucket)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

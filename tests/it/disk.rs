@@ -14,8 +14,6 @@ use common::node::{NEVER, TestNode};
 use common::process::Daemon;
 use serde_json::json;
 
-/// A schedule that never fires: rounds run only when asked.
-
 /// `tandem ARGS` on `config` with every file it writes limited to `limit` bytes.
 fn tandem_limited(config: &std::path::Path, args: &[&str], limit: u64) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
