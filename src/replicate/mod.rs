@@ -9,6 +9,7 @@ pub mod drill;
 pub mod federate;
 pub mod ingest;
 pub mod restore;
+pub mod select;
 pub mod snapshot;
 
 use serde::{Deserialize, Serialize};
