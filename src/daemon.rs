@@ -380,7 +380,10 @@ async fn serve_with(
                         changes.notify();
                     }
                     if let Some(heartbeat) = heartbeat
-                        && scheduler::none_failing(peer_workers.get().map_or(&[], Vec::as_slice))
+                        && scheduler::none_failing(
+                            peer_workers.get().map_or(&[], Vec::as_slice),
+                            None,
+                        )
                     {
                         heartbeat.beat();
                     }
@@ -397,7 +400,10 @@ async fn serve_with(
     }
     let before_peers = workers.len();
     // Without a source, a successful push round is the node's round (see `Heartbeat`).
-    let peer_heartbeat = heartbeat.clone().filter(|_| config.source.is_none());
+    let peer_heartbeat = heartbeat
+        .clone()
+        .filter(|_| config.source.is_none())
+        .map(|h| scheduler::PeerBeat::new(h, peer_workers.clone()));
     for fed in &feds {
         spawn_peer_loops(
             fed,
@@ -580,7 +586,7 @@ fn spawn_peer_loops(
     tasks: &TaskTracker,
     token: &CancellationToken,
     workers: &mut Vec<Arc<WorkerStatus>>,
-    heartbeat: Option<scheduler::Heartbeat>,
+    heartbeat: Option<scheduler::PeerBeat>,
 ) {
     let peer = fed.peer().clone();
     let (push, pull) = (!peer.push.is_empty(), !peer.pull.is_empty());
@@ -606,15 +612,16 @@ fn spawn_peer_loops(
             token.child_token(),
             Cadence::Cron(cron.clone()),
         );
+        let me = status.clone();
         tasks.spawn(async move {
             scheduler::run_loop(&status, cadence, token, || {
-                let (fed, heartbeat) = (fed.clone(), heartbeat.clone());
+                let (fed, heartbeat, me) = (fed.clone(), heartbeat.clone(), me.clone());
                 async move {
                     let (pushed, pulled) = fed.round().await;
                     let pushed = pushed.transpose()?.unwrap_or_default();
                     let pulled = pulled.transpose()?.unwrap_or_default();
                     if let Some(heartbeat) = heartbeat {
-                        heartbeat.beat();
+                        heartbeat.beat(&me);
                     }
                     Ok::<_, FederateError>(format!(
                         "{} entries pushed, {} pulled",
@@ -631,16 +638,18 @@ fn spawn_peer_loops(
         workers.push(status.clone());
         let (fed, token) = (fed.clone(), token.child_token());
         let seen = Arc::new(tokio::sync::Mutex::new(changes.subscribe()));
+        let (me, heartbeat) = (status.clone(), heartbeat.clone());
         tasks.spawn(async move {
             scheduler::run_loop(&status, Cadence::Every(Duration::ZERO), token, || {
                 let (fed, seen, heartbeat) = (fed.clone(), seen.clone(), heartbeat.clone());
+                let me = me.clone();
                 async move {
                     let mut seen = seen.lock().await;
                     // Marked seen before pushing: a change during the push triggers another.
                     seen.borrow_and_update();
                     let pushed = fed.push().await?;
                     if let Some(heartbeat) = heartbeat {
-                        heartbeat.beat();
+                        heartbeat.beat(&me);
                     }
                     let _ =
                         tokio::time::timeout(scheduler::PEER_CHECK_INTERVAL, seen.changed()).await;
@@ -654,12 +663,16 @@ fn spawn_peer_loops(
         let status = Arc::new(WorkerStatus::new("pull", format!("{} {origin}", peer.name)));
         workers.push(status.clone());
         let (fed, token) = (fed.clone(), token.child_token());
+        let (me, heartbeat) = (status.clone(), heartbeat.clone());
         tasks.spawn(async move {
             scheduler::run_loop(&status, Cadence::Every(Duration::ZERO), token, || {
-                let fed = fed.clone();
+                let (fed, heartbeat, me) = (fed.clone(), heartbeat.clone(), me.clone());
                 async move {
                     let started = tokio::time::Instant::now();
                     let pulled = fed.pull_origin(origin, scheduler::LONG_POLL).await?;
+                    if let Some(heartbeat) = heartbeat {
+                        heartbeat.beat(&me);
+                    }
                     // A peer that answers a long poll at once with nothing is not hammered.
                     if pulled.accepted == 0 {
                         tokio::time::sleep_until(started + Duration::from_secs(1)).await;

@@ -79,10 +79,11 @@ pub enum PeerError {
 
 impl crate::backoff::RetryHint for PeerError {
     /// A peer that refuses this node (`401`, `403`), has no room for it (`507`) or redirects
-    /// elsewhere will do the same until one of the two configurations changes.
+    /// elsewhere will do the same until one of the two configurations changes; entries it
+    /// compacted away (`410`, when part of the feed is already held here) never come back.
     fn heals(&self) -> bool {
         match self {
-            PeerError::Refused { status, .. } => !matches!(status, 401 | 403 | 507),
+            PeerError::Refused { status, .. } => !matches!(status, 401 | 403 | 410 | 507),
             PeerError::Redirected { .. } => false,
             _ => true,
         }

@@ -90,18 +90,24 @@ impl WorkerStatus {
         self.rearmed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Records that the loop stopped on `error`, which cannot heal, and returns what resolves
-    /// when it is re-armed.
-    fn stop_for_operator(&self, error: String) -> tokio::sync::watch::Receiver<u64> {
-        // Subscribed before it is shown, so that a re-arm right after is not missed.
-        let rearmed = self.rearmed.subscribe();
+    /// Records that the loop stopped on `error`, which cannot heal.
+    fn stop_for_operator(&self, error: String) {
         *self
             .needs_operator
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(error);
         metrics::gauge!(telemetry::NEEDS_OPERATOR, "target" => self.kind, "name" => self.name.clone())
             .set(1.0);
-        rearmed
+    }
+
+    /// Records that the operator re-armed the loop: it no longer waits for them.
+    fn resume(&self) {
+        *self
+            .needs_operator
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        metrics::gauge!(telemetry::NEEDS_OPERATOR, "target" => self.kind, "name" => self.name.clone())
+            .set(0.0);
     }
 
     /// A snapshot for reporting.
@@ -187,6 +193,9 @@ pub async fn run_loop<F, Fut, E>(
 {
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
     let mut first = true;
+    // Re-arms count from the start of each attempt: one asked while the attempt that fails
+    // runs is not missed.
+    let mut rearmed = status.rearmed.subscribe();
     loop {
         if matches!(cadence, Cadence::Cron(_)) && first {
             // A cron loop waits for its first time; an interval loop starts at once.
@@ -195,6 +204,7 @@ pub async fn run_loop<F, Fut, E>(
             }
         }
         let span = tracing::info_span!("pass", target_kind = status.kind, name = %status.name);
+        rearmed.borrow_and_update();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             result = tracing::Instrument::instrument(attempt(), span) => result,
@@ -208,11 +218,12 @@ pub async fn run_loop<F, Fut, E>(
                     "this cannot heal by retrying: fix what the error names, then run `tandem sync` or reload the configuration (SIGHUP, `systemctl reload tandem`); until then this loop waits"
                 );
                 status.failed(e.to_string());
-                let mut rearmed = status.stop_for_operator(e.to_string());
+                status.stop_for_operator(e.to_string());
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = rearmed.changed() => {}
                 }
+                status.resume();
                 info!(target_kind = status.kind, name = %status.name, "trying again as asked");
                 backoff.succeed();
                 first = false;
@@ -432,8 +443,8 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// A round is, on a node with a `[source]`, an ingest pass that succeeded while no loop that
 /// pushes to or pulls from a peer is failing (each one's last attempt succeeded, or it has not
-/// run yet); on a node without one, a push to a peer (or a scheduled round with it) that
-/// succeeded. A failed round sends nothing. The request is sent in the background with a short
+/// run yet); on a node without one, a push, a pull or a scheduled round with a peer that
+/// succeeded while no other peer loop is failing ([`PeerBeat`]). A failed round sends nothing. The request is sent in the background with a short
 /// timeout; its failure is logged and never fails the round.
 #[derive(Clone)]
 pub struct Heartbeat {
@@ -473,11 +484,42 @@ impl Heartbeat {
 }
 
 /// Whether none of `workers` is failing: each one's last attempt succeeded, or it has not
-/// run yet.
-pub fn none_failing(workers: &[std::sync::Arc<WorkerStatus>]) -> bool {
+/// run yet. `me`, the loop asking right after its own success, is left out: its count of
+/// failures is reset only when its attempt returns.
+pub fn none_failing(
+    workers: &[std::sync::Arc<WorkerStatus>],
+    me: Option<&std::sync::Arc<WorkerStatus>>,
+) -> bool {
     workers
         .iter()
+        .filter(|w| me.is_none_or(|me| !std::sync::Arc::ptr_eq(w, me)))
         .all(|w| w.consecutive_errors.load(Ordering::Relaxed) == 0)
+}
+
+/// The heartbeat of a node without a `[source]`: sent after a peer loop's success (a push, a
+/// pull, a scheduled round) while no other peer loop is failing, so that one healthy peer does
+/// not hide another that stopped.
+#[derive(Clone)]
+pub struct PeerBeat {
+    heartbeat: Heartbeat,
+    peers: std::sync::Arc<std::sync::OnceLock<Vec<std::sync::Arc<WorkerStatus>>>>,
+}
+
+impl PeerBeat {
+    /// A beat to `heartbeat`, gated on the loops `peers` will hold once they are all started.
+    pub fn new(
+        heartbeat: Heartbeat,
+        peers: std::sync::Arc<std::sync::OnceLock<Vec<std::sync::Arc<WorkerStatus>>>>,
+    ) -> PeerBeat {
+        PeerBeat { heartbeat, peers }
+    }
+
+    /// Called by the loop `me` after a success.
+    pub fn beat(&self, me: &std::sync::Arc<WorkerStatus>) {
+        if none_failing(self.peers.get().map_or(&[], Vec::as_slice), Some(me)) {
+            self.heartbeat.beat();
+        }
+    }
 }
 
 /// Sleeps `delay`; false if cancelled first.

@@ -415,15 +415,16 @@ impl Federation {
                 let (seq, hash) = (receipt.seq, receipt.hash);
                 let held = self.store.write(move |s| s.entry_hash(origin, seq)).await?;
                 if held != Some(hash) {
-                    return Err(FederateError::Peer(PeerError::Invalid {
+                    // Not a glitch: the holder signed a hash this chain does not have at that
+                    // seq, which is evidence of a fork; retrying cannot change it.
+                    warn!(peer = %self.peer.name, %origin, seq = seq.0, "a receipt acknowledges an entry this node does not hold");
+                    return Err(FederateError::Invalid {
                         peer: self.peer.name.clone(),
-                        source: wire::WireError::Malformed {
-                            what: "receipt",
-                            detail: format!(
-                                "it acknowledges seq {seq}, which is not the entry held here"
-                            ),
-                        },
-                    }));
+                        origin,
+                        source: FeedError::Malformed(
+                            "the peer's receipt acknowledges, at a seq this node holds, an entry other than the one held here",
+                        ),
+                    });
                 }
             }
             metrics::gauge!(telemetry::PEER_QUOTA_EXCEEDED, "peer" => self.peer.name.clone())

@@ -114,9 +114,16 @@ impl StoreHandle {
     /// Sends `f` to the writer without waiting for it, for code that cannot await (a `Drop`).
     /// False if the handle is closed and `f` will not run.
     pub fn write_later(&self, f: impl FnOnce(&mut Store) + Send + 'static) -> bool {
+        // Nobody waits to be handed a panic: it is logged, and the writer goes on (an open
+        // transaction was rolled back as the panic unwound).
+        let job: Job = Box::new(move |store| {
+            if std::panic::catch_unwind(AssertUnwindSafe(|| f(store))).is_err() {
+                tracing::error!("a background store write panicked; it was rolled back");
+            }
+        });
         lock(&self.inner.jobs)
             .as_ref()
-            .is_some_and(|jobs| jobs.send(Box::new(f)).is_ok())
+            .is_some_and(|jobs| jobs.send(job).is_ok())
     }
 
     /// Runs `f` on one of the read-only connections, beside the writer. It sees the last
@@ -138,7 +145,10 @@ impl StoreHandle {
         let inner = self.inner.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(&store)));
-            lock(&inner.readers).push(store);
+            // After close() the pool stays empty: the connection is dropped instead.
+            if !inner.free_readers.is_closed() {
+                lock(&inner.readers).push(store);
+            }
             drop(permit);
             result
         })
@@ -229,6 +239,8 @@ mod tests {
         })
         .await;
         assert!(read_panic.unwrap_err().is_panic());
+        // A background job's panic has no caller: the writer survives it too.
+        assert!(store.write_later(|_| panic!("boom in the background")));
         store
             .write(|s| s.set_cursors(&[CursorUpdate::set("after", 1)]))
             .await

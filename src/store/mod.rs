@@ -245,6 +245,7 @@ impl crate::backoff::RetryHint for StoreError {
                 | StoreError::NotWritable { .. }
                 | StoreError::Locked { .. }
                 | StoreError::Missing { .. }
+                | StoreError::InvalidChange { .. }
         )
     }
 }

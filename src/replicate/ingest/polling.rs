@@ -233,6 +233,14 @@ impl Ingest {
                 {
                     return Ok(report);
                 }
+                // Deleted while its pages were read: the pass fails, and the next one (which
+                // retrying starts) no longer lists it. Not a refusal that needs the operator.
+                Err(KintoError::Status { status: 404, .. } | KintoError::Forbidden { .. }) => {
+                    return Err(IngestError::Source {
+                        list: list.clone(),
+                        what: "it vanished while its pages were read (deleted meanwhile?); it is listed again on the next pass".into(),
+                    });
+                }
                 Err(e) => return Err(e.into()),
             };
             let last = page.next.is_none();
