@@ -67,6 +67,12 @@ impl StoreHandle {
                 while let Ok(job) = rx.recv() {
                     job(&mut store);
                 }
+                // Closed: the database file is left whole on its own. Read-only connections
+                // cannot do this when they close last, and copies of the file taken after a
+                // clean stop must hold everything.
+                if let Err(e) = store.checkpoint() {
+                    tracing::warn!(error = %e, "closing the store: the log stays beside the database file");
+                }
             })
             .map_err(|source| StoreError::NotWritable {
                 dir: data_dir.clone(),
@@ -276,6 +282,29 @@ mod tests {
         let node = crate::identity::NodeKey::from_seed([7; 32]).id();
         let again = Store::open_writer(dir.path(), node).expect("the lock is released");
         assert_eq!(again.cursor("slow").unwrap().as_deref(), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn after_close_the_database_file_alone_holds_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .write(|s| s.set_cursors(&[CursorUpdate::set("kept", 1)]))
+            .await
+            .unwrap();
+        // A reader still holds its connection while the writer closes.
+        let reader = Store::open_read_only(dir.path()).unwrap();
+        assert!(store.close(Duration::from_secs(10)).await);
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join(crate::store::DB_FILE),
+            copy.path().join(crate::store::DB_FILE),
+        )
+        .unwrap();
+        drop(reader);
+        let node = crate::identity::NodeKey::from_seed([7; 32]).id();
+        let copied = Store::open_writer(copy.path(), node).unwrap();
+        assert_eq!(copied.cursor("kept").unwrap().as_deref(), Some("1"));
     }
 
     #[tokio::test]

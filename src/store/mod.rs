@@ -487,6 +487,15 @@ impl Store {
         }
     }
 
+    /// Copies every commit from the write-ahead log into the database file and empties the
+    /// log, so that the database file alone holds the whole store (what a clean shutdown
+    /// leaves, whatever read-only connections are still open).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .ctx("checkpointing the log")
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
