@@ -1,13 +1,21 @@
-//! `tandem export --origin self|<node id> --format jsonl [--out FILE]`: the current state of an
-//! origin, one live object per line, sorted by path:
+//! `tandem export --origin self|<node id> [--format jsonl|kinto-wizard] [--bucket ID]…
+//! [--collection BUCKET/COLLECTION]… [--out FILE]`: the current state of an origin, or of the
+//! buckets and collections chosen ([`Selection`]).
+//!
+//! `jsonl` (the default) is one live object per line, sorted by path, a stable interface
+//! (docs/operating.md, "The JSON Lines export"):
 //!
 //! ```json
 //! {"path":"/buckets/b/collections/c/records/r","data":{…},"permissions":{…}}
 //! ```
 //!
-//! `data` and `permissions` are the bytes the source gave. Reads through a read-only
-//! connection, so it works beside a running daemon. With `--out`, the file appears complete or
-//! not at all (written to a temporary name, synced, renamed).
+//! `data` and `permissions` are the bytes the source gave. `kinto-wizard` is the YAML that
+//! Kinto's own `kinto-wizard load` reads ([`wizard`]), so that data can move to a Kinto server
+//! without tandem. Reads through a read-only connection, so it works beside a running daemon.
+//! With `--out`, the file appears complete or not at all (written to a temporary name, synced,
+//! renamed).
+
+mod wizard;
 
 use std::io::Write;
 use std::path::Path;
@@ -17,17 +25,27 @@ use anyhow::{Context, bail};
 use super::{Cli, load_config};
 use crate::atomic::{Existing, write_atomic};
 use crate::identity::NodeId;
+use crate::replicate::select::Selection;
 use crate::store::Store;
 
 /// Export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// One JSON object per line.
+    /// One JSON object per line: {"path":…,"data":…,"permissions":…}, sorted by path.
     Jsonl,
+    /// The YAML that `kinto-wizard load` reads: buckets, groups, collections, records and
+    /// their permissions (accounts are left out).
+    KintoWizard,
 }
 
-/// Writes the export.
-pub fn run(cli: &Cli, origin: &str, _format: Format, out: Option<&Path>) -> anyhow::Result<()> {
+/// Writes the export of what `selection` holds.
+pub fn run(
+    cli: &Cli,
+    origin: &str,
+    format: Format,
+    selection: &Selection,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
     let config = load_config(cli)?;
     let store = Store::open_read_only(&config.node.data_dir)?;
     let origin: NodeId = if origin == "self" {
@@ -38,17 +56,21 @@ pub fn run(cli: &Cli, origin: &str, _format: Format, out: Option<&Path>) -> anyh
     if !store.origins()?.iter().any(|o| o.id == origin) {
         bail!("this node holds no feed of origin {origin}; see `tandem status`");
     }
+    check_selection(&store, origin, selection)?;
+    if format == Format::KintoWizard {
+        return kinto_wizard(&store, origin, selection, out);
+    }
     match out {
         None => {
             let stdout = std::io::stdout();
             let mut w = std::io::BufWriter::new(stdout.lock());
-            write_jsonl(&store, origin, &mut w)?;
+            write_jsonl(&store, origin, selection, &mut w)?;
             w.flush().context("writing to stdout")?;
         }
         Some(path) => {
             write_atomic(path, 0o644, Existing::Replace, |file| {
                 let mut w = std::io::BufWriter::new(file);
-                write_jsonl(&store, origin, &mut w)?;
+                write_jsonl(&store, origin, selection, &mut w)?;
                 w.flush().context("writing the export")
             })
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -87,8 +109,84 @@ pub fn archive(cli: &Cli, origin: &str, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_jsonl(store: &Store, origin: NodeId, w: &mut impl Write) -> anyhow::Result<()> {
+/// Refuses a selection that names a bucket or collection the origin does not hold, rather than
+/// writing an export that silently lacks it.
+fn check_selection(store: &Store, origin: NodeId, selection: &Selection) -> anyhow::Result<()> {
+    for bucket in selection.buckets() {
+        if !store.holds_at_or_under(origin, &format!("/buckets/{bucket}"))? {
+            bail!(
+                "origin {origin} holds no bucket {bucket:?}; `tandem export` lists what it holds"
+            );
+        }
+    }
+    for (bucket, collection) in selection.collections() {
+        if !store.holds_at_or_under(
+            origin,
+            &format!("/buckets/{bucket}/collections/{collection}"),
+        )? {
+            bail!(
+                "origin {origin} holds no collection {bucket}/{collection}; `tandem export` lists what it holds"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--format kinto-wizard`: gathers the selected objects into buckets (in memory: YAML keeps
+/// each bucket's children together, and sorted paths do not), then writes the YAML.
+fn kinto_wizard(
+    store: &Store,
+    origin: NodeId,
+    selection: &Selection,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let mut tree = wizard::Tree::default();
     store.for_each_object(origin, |path, body| -> anyhow::Result<()> {
+        if selection.includes(path) {
+            tree.add(path, body)?;
+        }
+        Ok(())
+    })?;
+    match out {
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            tree.write(&mut w)?;
+            w.flush().context("writing to stdout")?;
+        }
+        Some(path) => {
+            write_atomic(path, 0o644, Existing::Replace, |file| {
+                let mut w = std::io::BufWriter::new(file);
+                tree.write(&mut w)?;
+                w.flush().context("writing the export")
+            })
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    let c = tree.counts();
+    eprintln!(
+        "exported {} buckets, {} groups, {} collections and {} records of {origin} for kinto-wizard",
+        c.buckets, c.groups, c.collections, c.records
+    );
+    if c.left_out > 0 {
+        eprintln!(
+            "left out {} objects that kinto-wizard cannot carry (accounts, the source's description)",
+            c.left_out
+        );
+    }
+    Ok(())
+}
+
+fn write_jsonl(
+    store: &Store,
+    origin: NodeId,
+    selection: &Selection,
+    w: &mut impl Write,
+) -> anyhow::Result<()> {
+    store.for_each_object(origin, |path, body| -> anyhow::Result<()> {
+        if !selection.includes(path) {
+            return Ok(());
+        }
         // body is {"data":…,"permissions":…}: splice the path in front, keeping the bytes.
         let rest = body.strip_prefix(b"{").unwrap_or(body);
         w.write_all(b"{\"path\":")?;

@@ -29,6 +29,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 use crate::identity::IdentityError;
+use crate::replicate::select::Selection;
 use crate::store::StoreError;
 use crate::telemetry::LogFormat;
 
@@ -105,7 +106,9 @@ pub enum Command {
     /// Signed snapshots of an origin's state.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
-    /// Write the current state of an origin, one live object per line, sorted by path.
+    /// Write the current state of an origin: one live object per line, sorted by path
+    /// (`jsonl`), or the YAML that `kinto-wizard load` reads, to move data to any Kinto server
+    /// (`kinto-wizard`).
     Export {
         /// `self` or a node id.
         #[arg(long, default_value = "self")]
@@ -113,6 +116,13 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = export::Format::Jsonl)]
         format: export::Format,
+        /// Export only this bucket, with everything in it (repeatable).
+        #[arg(long, value_name = "ID", conflicts_with = "archive")]
+        bucket: Vec<String>,
+        /// Export only this collection, with its records and its bucket object, but none of
+        /// the bucket's other collections or groups (repeatable).
+        #[arg(long, value_name = "BUCKET/COLLECTION", conflicts_with = "archive")]
+        collection: Vec<String>,
         /// Write to this file (atomically) instead of stdout.
         #[arg(long, value_name = "FILE", conflicts_with = "archive")]
         out: Option<PathBuf>,
@@ -327,9 +337,13 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Export {
             origin,
             format,
+            bucket,
+            collection,
             out,
             archive: None,
-        } => export::run(&cli, origin, *format, out.as_deref()),
+        } => Selection::parse(bucket, collection)
+            .map_err(anyhow::Error::from)
+            .and_then(|selection| export::run(&cli, origin, *format, &selection, out.as_deref())),
         Command::Import { file } => import::run(&cli, file),
         Command::Verify { origin, sample } => verify::run(&cli, origin.as_deref(), *sample),
         Command::Key(cmd) => key::run(&cli, cmd),
@@ -372,6 +386,10 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 /// Maps an error to an exit code: 78 for what the operator must fix, 1 otherwise.
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        // A bad --bucket or --collection is a usage error, as clap's own are.
+        if cause.is::<crate::replicate::select::SelectionError>() {
+            return 2;
+        }
         if cause.is::<ConfigError>() || cause.is::<crate::daemon::SetupError>() {
             return EXIT_CONFIG;
         }

@@ -368,6 +368,24 @@ impl Store {
             .ctx("listing paths")
     }
 
+    /// Whether `origin` holds a live object at `path` or below it (`path/…`).
+    pub fn holds_at_or_under(&self, origin: NodeId, path: &str) -> Result<bool, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(false);
+        };
+        let below = format!("{path}/");
+        self.conn
+            .prepare_cached(
+                "SELECT 1 FROM objects WHERE origin = ?1
+                 AND (path = ?2 OR (path >= ?3 AND path < ?4)) LIMIT 1",
+            )
+            .ctx("looking up paths")?
+            .query_row((row, path, &below, prefix_end(&below)), |_| Ok(()))
+            .optional()
+            .map(|found| found.is_some())
+            .ctx("looking up paths")
+    }
+
     /// Paths of the live objects of `origin` directly below `list` (e.g. the buckets below
     /// `/buckets`), sorted. A skip-scan: at most two indexed seeks per child, jumping over each
     /// child's own subtree, so it costs O(children · log n) however much lies below them.

@@ -39,3 +39,4 @@ mod plugin;
 mod receipts;
 mod restore;
 mod sockets;
+mod wizard;
