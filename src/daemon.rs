@@ -212,6 +212,7 @@ pub async fn serve(
     let Node { config, key, store } = node;
     let (key, listener) = (Arc::new(key), Arc::new(listener));
     let writer = StoreHandle::new(store, crate::store::READERS)?;
+    let once = OneAtATime::default();
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut shutdown = std::pin::pin!(shutdown);
     let mut config = config;
@@ -223,6 +224,7 @@ pub async fn serve(
             key.clone(),
             writer.clone(),
             listener.clone(),
+            once.clone(),
             async move {
                 let _ = stopped.await;
             },
@@ -304,11 +306,20 @@ fn reloadable(
     Ok(new)
 }
 
+/// Work that never runs twice at once in the process, even across a reload, when a pass or a
+/// drill that an admin request started under the old configuration may still be ending.
+#[derive(Clone, Default)]
+struct OneAtATime {
+    ingest: Arc<tokio::sync::Mutex<()>>,
+    drill: Arc<tokio::sync::Mutex<()>>,
+}
+
 async fn serve_with(
     config: Config,
     key: Arc<NodeKey>,
     writer: StoreHandle,
     listener: Arc<tokio::net::TcpListener>,
+    once: OneAtATime,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let node_id = key.id();
@@ -343,10 +354,10 @@ async fn serve_with(
     // counts for the heartbeat only while none of them fails.
     let peer_workers: Arc<std::sync::OnceLock<Vec<Arc<WorkerStatus>>>> = Arc::default();
 
-    let ingest = config
-        .source
-        .as_ref()
-        .map(|source| IngestSlot::new(source.clone(), writer.clone(), key.clone()));
+    let ingest = config.source.as_ref().map(|source| {
+        IngestSlot::new(source.clone(), writer.clone(), key.clone())
+            .sharing_passes_with(once.ingest.clone())
+    });
     if recovering {
         let status = Arc::new(WorkerStatus::new("recovery", "own feed"));
         workers.push(status.clone());
@@ -462,10 +473,10 @@ async fn serve_with(
         });
     }
 
-    let drill = config
-        .drill
-        .as_ref()
-        .map(|d| crate::replicate::drill::Drill::new(d.clone(), writer.clone()));
+    let drill = config.drill.as_ref().map(|d| {
+        crate::replicate::drill::Drill::new(d.clone(), writer.clone())
+            .sharing_drills_with(once.drill.clone())
+    });
     if let (Some(schedule), Some(drill)) = (&config.drill, &drill) {
         let status = Arc::new(WorkerStatus::new("drill", "schedule"));
         workers.push(status.clone());

@@ -143,6 +143,14 @@ impl Drill {
         }
     }
 
+    /// This drill waits for those given the same `running` (the daemon shares one across
+    /// configuration reloads): two drills at once into one scratch server would each empty
+    /// it under the other.
+    pub fn sharing_drills_with(mut self, running: Arc<tokio::sync::Mutex<()>>) -> Drill {
+        self.running = running;
+        self
+    }
+
     /// Drills every origin held, one after another, and records each outcome. Fails without
     /// drilling anything when the scratch server cannot be reached or holds what no drill
     /// wrote.

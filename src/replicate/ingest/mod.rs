@@ -141,6 +141,8 @@ const JOURNAL_RETRY: std::time::Duration = std::time::Duration::from_secs(600);
 #[derive(Clone)]
 pub struct IngestSlot {
     current: Arc<tokio::sync::Mutex<Option<Ingest>>>,
+    /// Held for each pass; shared with the slot a reloaded configuration makes.
+    passes: Arc<tokio::sync::Mutex<()>>,
     source: SourceConfig,
     store: StoreHandle,
     key: Arc<NodeKey>,
@@ -151,15 +153,26 @@ impl IngestSlot {
     pub fn new(source: SourceConfig, store: StoreHandle, key: Arc<NodeKey>) -> IngestSlot {
         IngestSlot {
             current: Arc::default(),
+            passes: Arc::default(),
             source,
             store,
             key,
         }
     }
 
+    /// This slot's passes wait for those of every other slot given the same `passes`: two
+    /// passes at once would each move the list cursors from what they read, and the feed
+    /// could record a list going back. The daemon shares one across configuration reloads,
+    /// during which a pass of the old configuration may still be ending.
+    pub fn sharing_passes_with(mut self, passes: Arc<tokio::sync::Mutex<()>>) -> IngestSlot {
+        self.passes = passes;
+        self
+    }
+
     /// Runs one pass, after the one in progress (if any). Waits first while Kinto's `Backoff`
     /// header asks clients to stay away.
     pub async fn run_pass(&self) -> Result<IngestReport, IngestError> {
+        let _one_at_a_time = self.passes.lock().await;
         let mut current = self.current.lock().await;
         if current.is_none() {
             let client = Arc::new(KintoClient::new(&self.source)?);
