@@ -139,7 +139,7 @@ pub enum Command {
         sample: Option<f64>,
     },
     /// Write an origin's state (now, or at a snapshot, seq or time) into a Kinto server,
-    /// after verifying everything held of it.
+    /// after verifying everything held of it; all of it, or some buckets and collections.
     Restore(Box<RestoreCommand>),
     /// Show or back up the node key.
     #[command(subcommand)]
@@ -243,6 +243,15 @@ pub struct RestoreCommand {
     /// `write` writes them (a target on the memory backend).
     #[arg(long, value_enum, default_value_t = crate::replicate::restore::NulStrings::Refuse)]
     pub nul: crate::replicate::restore::NulStrings,
+    /// Restore only this bucket, with its groups, collections and records (repeatable). The
+    /// origin must hold it at the chosen point; other objects on the target are not touched.
+    #[arg(long, value_name = "ID")]
+    pub bucket: Vec<String>,
+    /// Restore only this collection and its records (repeatable), with its bucket when the
+    /// target lacks it (a bucket the target has is kept as it is there). Accounts are never
+    /// part of --bucket or --collection.
+    #[arg(long, value_name = "BUCKET/COLLECTION")]
+    pub collection: Vec<String>,
 }
 
 /// `tandem snapshot ...`
@@ -311,6 +320,8 @@ pub fn main(cli: Cli) -> ExitCode {
                 concurrency: r.concurrency,
                 ignore_secrets_mismatch: r.ignore_secrets_mismatch,
                 nul: r.nul,
+                buckets: &r.bucket,
+                collections: &r.collection,
             },
         ),
         Command::Snapshot(SnapshotCommand::List { origin, json }) => {
