@@ -175,6 +175,20 @@ fn rfc3339(ms: u64) -> String {
         .unwrap_or_default()
 }
 
+/// A `--bucket` argument, refused as a usage error when Kinto would not take it as an id.
+fn parse_bucket(text: &str) -> Result<String, String> {
+    crate::replicate::select::Selection::parse(&[text.to_owned()], &[])
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// A `--collection BUCKET/COLLECTION` argument, refused as a usage error when malformed.
+fn parse_collection(text: &str) -> Result<String, String> {
+    crate::replicate::select::Selection::parse(&[], &[text.to_owned()])
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 fn parse_percent(text: &str) -> Result<f64, String> {
     match text.trim_end_matches('%').parse::<f64>() {
         Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
@@ -245,12 +259,12 @@ pub struct RestoreCommand {
     pub nul: crate::replicate::restore::NulStrings,
     /// Restore only this bucket, with its groups, collections and records (repeatable). The
     /// origin must hold it at the chosen point; other objects on the target are not touched.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = parse_bucket)]
     pub bucket: Vec<String>,
     /// Restore only this collection and its records (repeatable), with its bucket when the
     /// target lacks it (a bucket the target has is kept as it is there). Accounts are never
     /// part of --bucket or --collection.
-    #[arg(long, value_name = "BUCKET/COLLECTION")]
+    #[arg(long, value_name = "BUCKET/COLLECTION", value_parser = parse_collection)]
     pub collection: Vec<String>,
 }
 

@@ -38,4 +38,5 @@ mod peer;
 mod plugin;
 mod receipts;
 mod restore;
+mod select;
 mod sockets;
