@@ -1,7 +1,7 @@
 //! Restoring part of an origin: `restore --bucket` and `--collection`. A source holds alice's
 //! and bob's buckets (groups, collections, records with their own permissions, deletes); a node
-//! follows it; then single buckets and collections are restored, at the head and at earlier
-//! points, into fresh servers and into servers that hold other buckets, with and without the
+//! follows it; then single buckets and collections are restored, at the head, at earlier
+//! points and as a snapshot states them, into fresh servers and into servers that hold other buckets, with and without the
 //! kinto-tandem plugin. What is restored must read exactly as on the source (data, timestamps,
 //! permissions, tombstones), nothing else may appear on the target, and nothing the target
 //! held may change.
@@ -370,6 +370,25 @@ async fn a_bucket_or_a_collection_comes_back_alone_at_any_point() {
         0,
     );
     assert_same(&views(&past), &only(&first, in_bucket("alice")));
+
+    // Then, beside it, bob's bucket as a snapshot states it: alice's stays as it was.
+    let out = home.run(&["snapshot", "create"], 0);
+    let snapshot = out.split_whitespace().nth(1).unwrap().to_owned();
+    home.restore_as(
+        &past,
+        "admin",
+        &["--bucket", "bob", "--snapshot", &snapshot],
+        0,
+    );
+    let both = views(&past);
+    assert_same(
+        &only(&both, in_bucket("bob")),
+        &only(&last, in_bucket("bob")),
+    );
+    assert_same(
+        &only(&both, in_bucket("alice")),
+        &only(&first, in_bucket("alice")),
+    );
 }
 
 /// The authenticated user id of `user` (password [`common::kinto::PASSWORD`]) on `kinto`, if
