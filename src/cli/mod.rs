@@ -149,7 +149,7 @@ pub enum Command {
         sample: Option<f64>,
     },
     /// Write an origin's state (now, or at a snapshot, seq or time) into a Kinto server,
-    /// after verifying everything held of it.
+    /// after verifying everything held of it; all of it, or some buckets and collections.
     Restore(Box<RestoreCommand>),
     /// Show or back up the node key.
     #[command(subcommand)]
@@ -183,6 +183,20 @@ fn rfc3339(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
+}
+
+/// A `--bucket` argument, refused as a usage error when Kinto would not take it as an id.
+fn parse_bucket(text: &str) -> Result<String, String> {
+    crate::replicate::select::Selection::parse(&[text.to_owned()], &[])
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// A `--collection BUCKET/COLLECTION` argument, refused as a usage error when malformed.
+fn parse_collection(text: &str) -> Result<String, String> {
+    crate::replicate::select::Selection::parse(&[], &[text.to_owned()])
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {
@@ -253,6 +267,15 @@ pub struct RestoreCommand {
     /// `write` writes them (a target on the memory backend).
     #[arg(long, value_enum, default_value_t = crate::replicate::restore::NulStrings::Refuse)]
     pub nul: crate::replicate::restore::NulStrings,
+    /// Restore only this bucket, with its groups, collections and records (repeatable). The
+    /// origin must hold it at the chosen point; other objects on the target are not touched.
+    #[arg(long, value_name = "ID", value_parser = parse_bucket)]
+    pub bucket: Vec<String>,
+    /// Restore only this collection and its records (repeatable), with its bucket when the
+    /// target lacks it (a bucket the target has is kept as it is there). Accounts are never
+    /// part of --bucket or --collection.
+    #[arg(long, value_name = "BUCKET/COLLECTION", value_parser = parse_collection)]
+    pub collection: Vec<String>,
 }
 
 /// `tandem snapshot ...`
@@ -321,6 +344,8 @@ pub fn main(cli: Cli) -> ExitCode {
                 concurrency: r.concurrency,
                 ignore_secrets_mismatch: r.ignore_secrets_mismatch,
                 nul: r.nul,
+                buckets: &r.bucket,
+                collections: &r.collection,
             },
         ),
         Command::Snapshot(SnapshotCommand::List { origin, json }) => {

@@ -2,7 +2,9 @@
 //! server. Everything is verified before the first write: the whole chain of the origin, every
 //! checkpoint, and the snapshot when one is named; a damaged copy is refused and nothing is
 //! written. Works beside a running daemon (it reads the store read-only); `--from-peer` first
-//! fetches the origin from that peer (through the daemon when one runs).
+//! fetches the origin from that peer (through the daemon when one runs). `--bucket` and
+//! `--collection` restore part of the state (one member's buckets, say) into a server that may
+//! hold others; the whole origin is verified all the same.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use crate::identity::NodeId;
 use crate::replicate::Changes;
 use crate::replicate::federate::Federation;
 use crate::replicate::restore;
+use crate::replicate::select::Selection;
 use crate::source::kinto::KintoClient;
 use crate::store::{Store, StoreError};
 
@@ -47,11 +50,16 @@ pub struct RestoreArgs<'a> {
     pub ignore_secrets_mismatch: bool,
     /// Objects holding U+0000.
     pub nul: restore::NulStrings,
+    /// `--bucket` arguments: restore only these buckets.
+    pub buckets: &'a [String],
+    /// `--collection` arguments: restore only these collections.
+    pub collections: &'a [String],
 }
 
 /// Runs the restore.
 pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
     crate::telemetry::init_logging(cli.log_format);
+    let selection = Selection::parse(args.buckets, args.collections)?;
     let config = load_config(cli)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -159,6 +167,13 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
     };
     let state = store.state_for_restore(origin, seq)?;
     drop(store);
+    // A bucket or collection the origin did not hold is an error before anything is written.
+    let state = restore::select(state, &selection).with_context(|| {
+        format!(
+            "cannot restore {} of {origin} at seq {seq}",
+            selection.describe()
+        )
+    })?;
     let blind = restore::buckets_without_permissions(&state);
     if !blind.is_empty() {
         eprintln!(
@@ -202,6 +217,7 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
         Arc::new(move |n| bar.inc(n))
     };
     let options = restore::RestoreOptions {
+        selection: selection.clone(),
         concurrency: args.concurrency,
         ignore_secrets_mismatch: args.ignore_secrets_mismatch,
         nul: args.nul,
@@ -214,8 +230,13 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
     } else {
         "batch requests"
     };
+    let what = if selection.is_all() {
+        String::new()
+    } else {
+        format!("{} of ", selection.describe())
+    };
     println!(
-        "restored {origin} at seq {seq}: {} objects ({} written, {} already there) and {} tombstones, in {} {how}",
+        "restored {what}{origin} at seq {seq}: {} objects ({} written, {} already there) and {} tombstones, in {} {how}",
         report.objects, report.written, report.skipped, report.tombstones, report.batches
     );
     if !report.skipped_nul.is_empty() {
@@ -230,6 +251,18 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
             "{} accounts already existed on the target and were kept as they are there: {}",
             report.accounts_kept.len(),
             report.accounts_kept.join(", ")
+        );
+    }
+    if !report.buckets_kept.is_empty() {
+        println!(
+            "{} buckets already existed on the target and were kept as they are there (data and permissions); the chosen collections were restored into them: {}",
+            report.buckets_kept.len(),
+            report.buckets_kept.join(", ")
+        );
+    }
+    if !selection.is_all() {
+        println!(
+            "accounts are not part of --bucket or --collection: none were restored, and the target's are as they were"
         );
     }
     if !report.accounts_not_restored.is_empty() {

@@ -275,6 +275,7 @@ impl Drill {
             self.write(move |s| s.add_drill_buckets(&t, &buckets))
                 .await?;
             let options = RestoreOptions {
+                selection: crate::replicate::select::Selection::all(),
                 concurrency: restore::CONCURRENCY,
                 ignore_secrets_mismatch: true,
                 nul: NulStrings::Refuse,

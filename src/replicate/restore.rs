@@ -46,6 +46,19 @@
 //! stops the restore as a retimed object does above. Without the plugin, accounts cannot be
 //! restored (Kinto hashes whatever password it is given): the report names them.
 //!
+//! # Part of an origin
+//!
+//! A [`Selection`] restores only some buckets or collections, with everything under them,
+//! typically to move one member's data into a server that holds others. Every object the
+//! selection names must be live in the state, or nothing is written ([`RestoreError::NotHeld`]).
+//! Nothing outside the selection is written: no accounts (they belong to the whole server),
+//! and no other bucket, group or collection, not even a tombstone. The conditional writes above
+//! are what make a non-empty target safe: an object the selection brings that the target holds
+//! otherwise stops the restore, named and untouched. One exception: a bucket brought only as
+//! the parent of chosen collections, which the target already holds, is left as it is there
+//! (data and permissions: it is the target's), the collections are written into it, and the
+//! report names it.
+//!
 //! # Secrets that decide identities
 //!
 //! Default bucket ids and `basicauth:` principals are HMACs under the server's secrets. When
@@ -60,6 +73,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 
+use crate::replicate::select::Selection;
 use crate::source::kinto::{KintoClient, KintoError, SubAnswer};
 use crate::store::StateItem;
 
@@ -95,6 +109,18 @@ pub enum RestoreError {
         recorded: String,
         /// What the target's publishes (`unknown` without the plugin).
         target: String,
+    },
+    /// A chosen bucket or collection is not in the state at the chosen point.
+    #[error(
+        "the origin held no {} at this point ({}); nothing was written",
+        missing.join(", "),
+        held_buckets(held)
+    )]
+    NotHeld {
+        /// What is missing, e.g. `bucket alice` or `collection alice/c (deleted before)`.
+        missing: Vec<String>,
+        /// The ids of the buckets the state holds.
+        held: Vec<String>,
     },
     /// Talking to the target failed.
     #[error(transparent)]
@@ -133,6 +159,16 @@ pub enum RestoreError {
     },
 }
 
+/// The buckets a state holds, for [`RestoreError::NotHeld`]: a few of them.
+fn held_buckets(held: &[String]) -> String {
+    const SHOWN: usize = 10;
+    match held.len() {
+        0 => "it held no bucket".to_owned(),
+        n if n <= SHOWN => format!("its buckets: {}", held.join(", ")),
+        n => format!("{n} buckets, among them {}, …", held[..SHOWN].join(", ")),
+    }
+}
+
 /// What a restore did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RestoreReport {
@@ -144,6 +180,9 @@ pub struct RestoreReport {
     /// Accounts the target already had under another version (e.g. the account restoring):
     /// the target's are kept.
     pub accounts_kept: Vec<String>,
+    /// Buckets brought only as the parent of chosen collections that the target already had:
+    /// left as they are there (see the module docs).
+    pub buckets_kept: Vec<String>,
     /// Objects not restored because they hold U+0000 (with [`NulStrings::Skip`]).
     pub skipped_nul: Vec<String>,
     /// Live objects in the restored state.
@@ -159,8 +198,10 @@ pub struct RestoreReport {
 }
 
 /// How to restore.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RestoreOptions {
+    /// What to restore: everything, or some buckets and collections.
+    pub selection: Selection,
     /// Lists written at the same time.
     pub concurrency: usize,
     /// Go on when the target's secrets fingerprint differs from the source's.
@@ -192,6 +233,9 @@ struct Item {
     /// `{"data":…,"permissions":…}` as recorded (live objects).
     body: Vec<u8>,
     deleted: bool,
+    /// A bucket brought only as the parent of chosen collections: one already on the target is
+    /// kept as it is.
+    keep_existing: bool,
 }
 
 /// The objects of one list (a plural endpoint), and the phase it belongs to.
@@ -223,14 +267,54 @@ pub fn buckets_without_permissions(state: &[StateItem]) -> Vec<String> {
         .collect()
 }
 
+/// The part of `state` that `selection` chooses, and the source's description (its secrets
+/// fingerprint decides whether the target may be written). Fails, before anything is written,
+/// when a chosen bucket or collection is not live in `state`. Selecting twice changes nothing.
+pub fn select(
+    state: Vec<StateItem>,
+    selection: &Selection,
+) -> Result<Vec<StateItem>, RestoreError> {
+    if selection.is_all() {
+        return Ok(state);
+    }
+    let deleted: std::collections::HashMap<&str, bool> =
+        state.iter().map(|i| (i.path.as_str(), i.deleted)).collect();
+    let missing: Vec<String> = selection
+        .named()
+        .into_iter()
+        .filter_map(|(what, name, path)| match deleted.get(path.as_str()) {
+            Some(false) => None,
+            Some(true) => Some(format!("{what} {name} (deleted before)")),
+            None => Some(format!("{what} {name}")),
+        })
+        .collect();
+    if !missing.is_empty() {
+        let held = state
+            .iter()
+            .filter(|i| !i.deleted)
+            .filter_map(|i| i.path.strip_prefix("/buckets/"))
+            .filter(|id| !id.contains('/'))
+            .map(str::to_owned)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        return Err(RestoreError::NotHeld { missing, held });
+    }
+    Ok(state
+        .into_iter()
+        .filter(|i| i.path == crate::replicate::ingest::SOURCE_PATH || selection.includes(&i.path))
+        .collect())
+}
+
 /// The lists to write, and the source's secrets fingerprint if the feed recorded one.
 struct Plan {
     lists: Vec<List>,
     fingerprint: Option<String>,
 }
 
-/// Groups the state into lists, each sorted by `last_modified`.
-fn plan(state: Vec<StateItem>) -> Result<Plan, RestoreError> {
+/// Groups the state into lists, each sorted by `last_modified`; marks the buckets `selection`
+/// brings only as parents.
+fn plan(state: Vec<StateItem>, selection: &Selection) -> Result<Plan, RestoreError> {
     #[derive(Deserialize)]
     struct Body<'a> {
         #[serde(borrow)]
@@ -291,6 +375,7 @@ fn plan(state: Vec<StateItem>) -> Result<Plan, RestoreError> {
         });
         entry.items.push(Item {
             kind,
+            keep_existing: kind == "bucket" && selection.is_parent_only(&item.path),
             id: id.to_owned(),
             path: item.path,
             last_modified,
@@ -321,6 +406,7 @@ fn plan(state: Vec<StateItem>) -> Result<Plan, RestoreError> {
                 path,
                 last_modified,
                 deleted: true,
+                keep_existing: false,
             });
         }
     }
@@ -445,6 +531,11 @@ async fn restore_list_plugin(
                     report.skipped += 1;
                     report.accounts_kept.push(item.id.clone());
                 }
+                // A bucket brought only for its chosen collections is the target's to keep.
+                "conflict" if item.keep_existing && result.existing_last_modified.is_some() => {
+                    report.skipped += 1;
+                    report.buckets_kept.push(item.id.clone());
+                }
                 "conflict" => {
                     return Err(match result.existing_last_modified {
                         Some(stored) => RestoreError::Retimed {
@@ -537,9 +628,19 @@ fn requests(item: &Item) -> Requests {
     }
 }
 
-/// Checks one sub-response. `Ok(true)`: the object was written; `Ok(false)`: it was already
-/// there, as restored.
-fn check(item: &Item, method: &'static str, answer: &SubAnswer) -> Result<bool, RestoreError> {
+/// What became of one object on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Written now.
+    Written,
+    /// Already there, as restored.
+    Present,
+    /// Already there otherwise, and kept (a bucket brought only as a parent).
+    Kept,
+}
+
+/// Checks one sub-response.
+fn check(item: &Item, method: &'static str, answer: &SubAnswer) -> Result<Outcome, RestoreError> {
     let status = answer.status;
     let expected = match method {
         "PUT" if item.deleted => 1,
@@ -558,8 +659,9 @@ fn check(item: &Item, method: &'static str, answer: &SubAnswer) -> Result<bool, 
         // tombstone's placeholder: anything may be there, the delete settles it).
         let existing = answer.existing_last_modified;
         return match existing {
-            _ if item.deleted => Ok(false),
-            Some(stored) if stored == expected => Ok(false),
+            _ if item.deleted => Ok(Outcome::Present),
+            Some(stored) if stored == expected => Ok(Outcome::Present),
+            Some(_) if item.keep_existing => Ok(Outcome::Kept),
             Some(stored) => Err(RestoreError::Retimed {
                 path: item.path.clone(),
                 sent: expected,
@@ -587,7 +689,7 @@ fn check(item: &Item, method: &'static str, answer: &SubAnswer) -> Result<bool, 
             sent: expected,
             stored,
         }),
-        _ => Ok(true),
+        _ => Ok(Outcome::Written),
     }
 }
 
@@ -626,17 +728,24 @@ async fn restore_list(
         report.batches += 1;
         let mut answers = answers.into_iter();
         for (item, reqs) in &batch {
-            let mut wrote = false;
+            let mut outcome = Outcome::Present;
             for (method, _) in reqs {
                 let answer = answers.next().expect("one answer per request");
-                wrote |= check(item, method, &answer)?;
+                match check(item, method, &answer)? {
+                    Outcome::Present => {}
+                    other => outcome = other,
+                }
             }
             // Tombstones are replayed every time (the target's lists are not read, see the
             // module docs); replaying one again leaves the same tombstone.
-            match (item.deleted, wrote) {
+            match (item.deleted, outcome) {
                 (true, _) => {}
-                (false, true) => report.written += 1,
-                (false, false) => report.skipped += 1,
+                (false, Outcome::Written) => report.written += 1,
+                (false, Outcome::Present) => report.skipped += 1,
+                (false, Outcome::Kept) => {
+                    report.skipped += 1;
+                    report.buckets_kept.push(item.id.clone());
+                }
             }
         }
         progress(batch.len() as u64);
@@ -644,20 +753,22 @@ async fn restore_list(
     Ok(report)
 }
 
-/// Writes `state` into the Kinto server behind `client`. `progress` is called as objects are
-/// done (written or found already there), with how many.
+/// Writes `state` (the part of it `options.selection` chooses) into the Kinto server behind
+/// `client`. `progress` is called as objects are done (written or found already there), with
+/// how many.
 pub async fn restore(
     client: Arc<KintoClient>,
     state: Vec<StateItem>,
     options: RestoreOptions,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<RestoreReport, RestoreError> {
+    let state = select(state, &options.selection)?;
     let info = client.server_info().await?;
     let batch_max = info.batch_max_requests.unwrap_or(100).clamp(2, 500) as usize;
     let Plan {
         mut lists,
         fingerprint,
-    } = plan(state)?;
+    } = plan(state, &options.selection)?;
     let with_nul: Vec<String> = lists
         .iter()
         .flat_map(|l| l.items.iter())
@@ -746,6 +857,7 @@ pub async fn restore(
             total.skipped += r.skipped;
             total.batches += r.batches;
             total.accounts_kept.extend(r.accounts_kept);
+            total.buckets_kept.extend(r.buckets_kept);
         }
     }
     Ok(total)
@@ -773,9 +885,13 @@ mod tests {
         }
     }
 
+    fn plan_all(state: Vec<StateItem>) -> Result<Plan, RestoreError> {
+        plan(state, &Selection::all())
+    }
+
     #[test]
     fn the_plan_groups_lists_by_phase_and_sorts_by_timestamp() {
-        let lists = plan(vec![
+        let lists = plan_all(vec![
             item("/buckets/b", 5, false),
             item("/buckets/b/collections/c", 7, false),
             item("/buckets/b/collections/c/records/r1", 30, false),
@@ -809,16 +925,100 @@ mod tests {
             ]
         );
         assert_eq!(
-            plan(vec![item("/accounts/a", 1, false)]).unwrap().lists[0].phase,
+            plan_all(vec![item("/accounts/a", 1, false)]).unwrap().lists[0].phase,
             0
         );
-        assert!(plan(vec![item("/accounts/a/b", 1, false)]).is_err());
-        assert!(plan(vec![item("/history/h", 1, false)]).is_err());
+        assert!(plan_all(vec![item("/accounts/a/b", 1, false)]).is_err());
+        assert!(plan_all(vec![item("/history/h", 1, false)]).is_err());
+    }
+
+    #[test]
+    fn a_selection_keeps_its_objects_and_the_source_description_only() {
+        let state = vec![
+            item("/accounts/alice", 1, false),
+            item("/tandem/source", 1, false),
+            item("/buckets/alice", 5, false),
+            item("/buckets/alice/groups/g", 6, false),
+            item("/buckets/alice/collections/c1", 7, false),
+            item("/buckets/alice/collections/c1/records/r", 8, false),
+            item("/buckets/alice/collections/c2", 9, false),
+            item("/buckets/alice/collections/old", 10, true),
+            item("/buckets/bob", 11, false),
+            item("/buckets/gone", 12, true),
+        ];
+        let paths = |s: &[StateItem]| s.iter().map(|i| i.path.clone()).collect::<Vec<_>>();
+        let bucket = Selection::parse(&["alice".into()], &[]).unwrap();
+        let chosen = select(state.clone(), &bucket).unwrap();
+        assert_eq!(
+            paths(&chosen),
+            [
+                "/tandem/source",
+                "/buckets/alice",
+                "/buckets/alice/groups/g",
+                "/buckets/alice/collections/c1",
+                "/buckets/alice/collections/c1/records/r",
+                "/buckets/alice/collections/c2",
+                "/buckets/alice/collections/old",
+            ]
+        );
+        assert_eq!(
+            paths(&select(chosen, &bucket).unwrap()).len(),
+            7,
+            "idempotent"
+        );
+        let collection = Selection::parse(&[], &["alice/c1".into()]).unwrap();
+        let chosen = select(state.clone(), &collection).unwrap();
+        assert_eq!(
+            paths(&chosen),
+            [
+                "/tandem/source",
+                "/buckets/alice",
+                "/buckets/alice/collections/c1",
+                "/buckets/alice/collections/c1/records/r",
+            ]
+        );
+        // The bucket is brought as a parent: one on the target is kept.
+        let lists = plan(chosen, &collection).unwrap().lists;
+        let buckets = lists.iter().find(|l| l.path == "/buckets").unwrap();
+        assert!(buckets.items[0].keep_existing);
+        let lists = plan(select(state.clone(), &bucket).unwrap(), &bucket)
+            .unwrap()
+            .lists;
+        assert!(
+            lists
+                .iter()
+                .flat_map(|l| &l.items)
+                .all(|i| !i.keep_existing)
+        );
+        assert_eq!(select(state.clone(), &Selection::all()).unwrap().len(), 10);
+
+        // What the state does not hold, deleted or never there, is named with the buckets it
+        // does hold.
+        let absent =
+            Selection::parse(&["gone".into(), "carol".into()], &["alice/old".into()]).unwrap();
+        let e = select(state, &absent).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "bucket carol, bucket gone (deleted before), collection alice/old (deleted before)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("(its buckets: alice, bob)"), "{text}");
+    }
+
+    #[test]
+    fn many_held_buckets_are_listed_in_part() {
+        let held: Vec<String> = (0..25).map(|i| format!("b{i:02}")).collect();
+        let text = held_buckets(&held);
+        assert!(text.starts_with("25 buckets, among them b00, "), "{text}");
+        assert!(text.ends_with("b09, …"), "{text}");
+        assert_eq!(held_buckets(&[]), "it held no bucket");
     }
 
     #[test]
     fn requests_keep_the_recorded_bytes_and_replay_tombstones() {
-        let lists = plan(vec![
+        let lists = plan_all(vec![
             item("/buckets/b/collections/c/records/r1", 30, false),
             item("/buckets/b/collections/c/records/r2", 20, true),
         ])
@@ -855,7 +1055,7 @@ mod tests {
 
     #[test]
     fn ids_are_encoded_in_batch_paths() {
-        let lists = plan(vec![item(
+        let lists = plan_all(vec![item(
             "/buckets/b/collections/c/records/a?b%2F c",
             3,
             true,

@@ -124,6 +124,34 @@ impl Selection {
         }
     }
 
+    /// The objects the selection names, as (`bucket` or `collection`, the argument as given,
+    /// the object's path): the state must hold each of them for the selection to make sense.
+    pub fn named(&self) -> Vec<(&'static str, String, String)> {
+        let buckets = self
+            .buckets()
+            .map(|b| ("bucket", b.to_owned(), format!("/buckets/{b}")));
+        let collections = self.collections().map(|(b, c)| {
+            (
+                "collection",
+                format!("{b}/{c}"),
+                format!("/buckets/{b}/collections/{c}"),
+            )
+        });
+        buckets.chain(collections).collect()
+    }
+
+    /// Whether `path` is a bucket object that is part of the selection only as the parent of
+    /// chosen collections, not as a bucket chosen whole. A target that already holds such a
+    /// bucket keeps its own (see `replicate::restore`).
+    pub fn is_parent_only(&self, path: &str) -> bool {
+        let Some(bucket) = path.strip_prefix("/buckets/") else {
+            return false;
+        };
+        !bucket.contains('/')
+            && !self.buckets.contains(bucket)
+            && self.collections.iter().any(|(b, _)| b == bucket)
+    }
+
     /// A short description for messages: `buckets a, b; collections a/c`.
     pub fn describe(&self) -> String {
         if self.is_all() {
@@ -207,6 +235,32 @@ mod tests {
         ] {
             assert!(!s.includes(p), "{p}");
         }
+    }
+
+    #[test]
+    fn a_bucket_is_parent_only_when_chosen_for_its_collections_alone() {
+        let s = sel(&["a"], &["a/x", "b/y"]);
+        assert!(s.is_parent_only("/buckets/b"));
+        assert!(!s.is_parent_only("/buckets/a"), "chosen whole");
+        assert!(!s.is_parent_only("/buckets/c"));
+        assert!(!s.is_parent_only("/buckets/b/collections/y"));
+        assert!(!Selection::all().is_parent_only("/buckets/b"));
+        assert_eq!(
+            s.named(),
+            vec![
+                ("bucket", "a".to_owned(), "/buckets/a".to_owned()),
+                (
+                    "collection",
+                    "a/x".to_owned(),
+                    "/buckets/a/collections/x".to_owned()
+                ),
+                (
+                    "collection",
+                    "b/y".to_owned(),
+                    "/buckets/b/collections/y".to_owned()
+                ),
+            ]
+        );
     }
 
     #[test]

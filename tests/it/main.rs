@@ -38,5 +38,6 @@ mod peer;
 mod plugin;
 mod receipts;
 mod restore;
+mod select;
 mod sockets;
 mod wizard;

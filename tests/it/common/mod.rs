@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: running the `tandem` binary, throwaway Kinto
 //! servers ([`kinto`]), nodes in-process ([`node`]) or as processes ([`process`]), kinto.js
-//! devices, a faulty proxy, and the seeded randomness of the chaos tests.
+//! devices, a faulty proxy, restore targets and comparisons ([`restored`]), and the seeded
+//! randomness of the chaos tests.
 
 pub mod chaos;
 pub mod devices;
@@ -9,6 +10,7 @@ pub mod kinto;
 pub mod node;
 pub mod process;
 pub mod proxy;
+pub mod restored;
 
 use std::path::Path;
 use std::process::{Command, Output};
