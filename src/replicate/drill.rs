@@ -4,9 +4,11 @@
 //! worst day to find out. A drill does, for each origin held, one after another:
 //!
 //! 1. **Empty the scratch server**, after checking that it holds only buckets earlier drills
-//!    wrote there (the store keeps their list per scratch URL, written before each restore). A
-//!    scratch holding anything else is refused before anything is touched: an operator who
-//!    points `[drill] to` at a real server must lose nothing. An empty server is fine.
+//!    wrote there (the store keeps their list per scratch URL, written before each restore),
+//!    each as the drill that read it back left it (a fingerprint of every object's path and
+//!    timestamp, recorded then). A scratch holding anything else is refused before anything is
+//!    touched: an operator who points `[drill] to` at a real server, or puts the scratch to
+//!    use, must lose nothing. An empty server is fine.
 //! 2. **Check the feed, then the latest snapshot against it**: the whole stored chain and
 //!    its checkpoints verify (as `tandem restore` checks before writing anything), then the
 //!    snapshot's signature, its seq in the held chain, and its state root, object count and
@@ -88,6 +90,16 @@ pub enum DrillError {
     /// The restore into the scratch server stopped.
     #[error("the restore into the scratch server failed: {0}")]
     Restore(#[from] restore::RestoreError),
+    /// A bucket a drill wrote into the scratch server was changed there since.
+    #[error(
+        "bucket {bucket} on the scratch server {target} changed since a drill wrote and checked it: someone else writes there. A drill deletes only what it left untouched, so nothing was changed; keep that server out of [drill] to, or delete the bucket there yourself"
+    )]
+    ScratchChanged {
+        /// The scratch server.
+        target: String,
+        /// The bucket that changed.
+        bucket: String,
+    },
     /// The scratch server answered other than the restore wrote.
     #[error("the scratch server does not hold what was restored: {0}")]
     Mismatch(String),
@@ -116,6 +128,7 @@ impl crate::backoff::RetryHint for DrillError {
             // A scratch holding what no drill wrote, or a held copy that does not verify, is
             // for the operator to look at: drilling again changes nothing.
             DrillError::ScratchNotEmpty { .. }
+            | DrillError::ScratchChanged { .. }
             | DrillError::Feed { .. }
             | DrillError::NoSnapshot
             | DrillError::Snapshot { .. }
@@ -272,7 +285,8 @@ impl Drill {
             // Known before written: a drill stopped halfway leaves only buckets the next one
             // may delete.
             let t = target.to_owned();
-            self.write(move |s| s.add_drill_buckets(&t, &buckets))
+            let written = buckets.clone();
+            self.write(move |s| s.add_drill_buckets(&t, &written))
                 .await?;
             let options = RestoreOptions {
                 selection: crate::replicate::select::Selection::all(),
@@ -283,25 +297,30 @@ impl Drill {
             let report =
                 restore::restore(client.clone(), state.clone(), options, Arc::new(|_| {})).await?;
             read_back(client, &state).await?;
+            // What the next drill must find before it may delete these buckets.
+            for bucket in buckets {
+                let fingerprint = fingerprint(client, &bucket).await?;
+                let t = target.to_owned();
+                self.write(move |s| s.seal_drill_bucket(&t, &bucket, &fingerprint))
+                    .await?;
+            }
             Ok(report.objects)
         }
         .await;
         outcome
     }
 
-    /// Fails with [`DrillError::ScratchNotEmpty`] if the scratch holds buckets no drill wrote;
-    /// returns those it holds that drills wrote.
+    /// Fails with [`DrillError::ScratchNotEmpty`] if the scratch holds buckets no drill wrote,
+    /// and with [`DrillError::ScratchChanged`] if one a drill wrote and read back changed
+    /// since; returns those it holds that drills wrote.
     async fn foreign_buckets(
         &self,
         client: &KintoClient,
         target: &str,
     ) -> Result<Vec<String>, DrillError> {
         let t = target.to_owned();
-        let ours: BTreeSet<String> = self
-            .read(move |s| s.drill_buckets(&t))
-            .await?
-            .into_iter()
-            .collect();
+        let recorded = self.read(move |s| s.drill_bucket_fingerprints(&t)).await?;
+        let ours: BTreeSet<String> = recorded.iter().map(|(b, _)| b.clone()).collect();
         let held = list_ids(client, "buckets", None).await?;
         let foreign: Vec<String> = held
             .iter()
@@ -313,6 +332,17 @@ impl Drill {
                 target: target.to_owned(),
                 buckets: foreign,
             });
+        }
+        for (bucket, sealed) in &recorded {
+            if let Some(sealed) = sealed
+                && held.contains_key(bucket)
+                && fingerprint(client, bucket).await? != *sealed
+            {
+                return Err(DrillError::ScratchChanged {
+                    target: target.to_owned(),
+                    bucket: bucket.clone(),
+                });
+            }
         }
         Ok(held.into_keys().collect())
     }
@@ -448,6 +478,42 @@ async fn list_ids(
         }
     }
     Ok(out)
+}
+
+/// What a bucket on the scratch server holds, in short: the path and timestamp of the bucket
+/// and of every live group, collection and record in it. Any write under it, by anyone, adds
+/// an object, removes one or gives one a new timestamp. (Kinto's list ETags would be
+/// cheaper, but they were seen to move on a scratch server nobody wrote to.)
+async fn fingerprint(client: &KintoClient, bucket: &str) -> Result<String, DrillError> {
+    let path = format!("buckets/{}", segment(bucket));
+    let object = client.object(&format!("/{path}")).await?;
+    let stamp = object
+        .and_then(|o| serde_json::from_str::<Value>(o.get()).ok())
+        .map(|o| o["data"]["last_modified"].to_string())
+        .unwrap_or_else(|| "gone".to_owned());
+    let mut hasher = blake3::Hasher::new();
+    let mut add = |list: &str, id: &str, object: &Value| {
+        let line = format!("{list}/{id}={}\n", object["last_modified"]);
+        hasher.update(line.as_bytes());
+    };
+    add(
+        "buckets",
+        bucket,
+        &serde_json::json!({ "last_modified": stamp }),
+    );
+    let groups = format!("{path}/groups");
+    for (id, object) in list_ids(client, &groups, None).await? {
+        add(&groups, &id, &object);
+    }
+    let collections = format!("{path}/collections");
+    for (id, object) in list_ids(client, &collections, None).await? {
+        add(&collections, &id, &object);
+        let records = format!("{collections}/{}/records", segment(&id));
+        for (id, object) in list_ids(client, &records, None).await? {
+            add(&records, &id, &object);
+        }
+    }
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 /// What a restored object must read back as.

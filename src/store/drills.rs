@@ -142,6 +142,45 @@ impl Store {
         tx.commit().ctx("recording drill buckets")
     }
 
+    /// The buckets of [`Store::drill_buckets`], each with the fingerprint recorded when the
+    /// drill that wrote it read it back (`None` if that drill stopped before).
+    pub fn drill_bucket_fingerprints(
+        &self,
+        target: &str,
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        if self.user_version()? < SINCE_VERSION {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT bucket, fingerprint FROM drill_buckets WHERE target = ?1 ORDER BY bucket",
+            )
+            .ctx("reading drill buckets")?;
+        let rows = stmt
+            .query_map([target], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ctx("reading drill buckets")?;
+        rows.collect::<rusqlite::Result<_>>()
+            .ctx("reading drill buckets")
+    }
+
+    /// Records what `bucket` of `target` looked like when a drill read it back: a later drill
+    /// deletes it only if it still does.
+    pub fn seal_drill_bucket(
+        &mut self,
+        target: &str,
+        bucket: &str,
+        fingerprint: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE drill_buckets SET fingerprint = ?3 WHERE target = ?1 AND bucket = ?2",
+                (target, bucket, fingerprint),
+            )
+            .ctx("recording a drill bucket's fingerprint")?;
+        Ok(())
+    }
+
     /// Forgets `bucket` of `target` (once deleted there).
     pub fn remove_drill_bucket(&mut self, target: &str, bucket: &str) -> Result<(), StoreError> {
         self.conn

@@ -169,8 +169,9 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
 
     CREATE TABLE drill_buckets (
-        target  TEXT NOT NULL,          -- the scratch server's root URL
-        bucket  TEXT NOT NULL,
+        target       TEXT NOT NULL,     -- the scratch server's root URL
+        bucket       TEXT NOT NULL,
+        fingerprint  TEXT,              -- its lists' ETags once read back; NULL while written
         PRIMARY KEY (target, bucket)
     ) WITHOUT ROWID;
     "#,

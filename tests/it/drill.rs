@@ -521,3 +521,43 @@ async fn a_scratch_that_changes_what_was_restored_fails_the_drill() {
     assert_eq!(d["ok"], false, "{d:#}");
     assert!(d["error"].as_str().unwrap().contains("r03"), "{d:#}");
 }
+
+/// A scratch server that someone started to use after a drill (a restore aimed at it by
+/// mistake, users pointed at it) holds only buckets drills wrote, but not as they left them:
+/// the next drill deletes nothing, and says which bucket changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drilled_bucket_written_since_is_not_deleted() {
+    let a = source().await;
+    content(&a).await;
+    let s = scratch().await;
+    let home = TestNode::new("home");
+    home.configure("", &sections(&home, &a, &s.url));
+    home.init();
+    sync_and_snapshot(&home);
+    let out = drill(&home, 0);
+    assert!(out.contains(", ok"), "{out}");
+    // The drill's own buckets are deleted and written again, drill after drill.
+    let out = drill(&home, 0);
+    assert!(out.contains(", ok"), "{out}");
+
+    put(
+        &s,
+        "admin",
+        "/buckets/b/collections/c/records/new",
+        json!({"data": {"written": "after the drill"}}),
+    )
+    .await;
+    let before = s.state("admin");
+    let out = drill(&home, 1);
+    assert!(
+        out.contains("bucket b on the scratch server")
+            && out.contains("changed since a drill wrote and checked it"),
+        "{out}"
+    );
+    assert_eq!(s.state("admin"), before, "the scratch is untouched");
+
+    // Once the operator deleted that bucket, drills run again.
+    s.ok("admin", "DELETE", "/buckets/b", None).await;
+    let out = drill(&home, 0);
+    assert!(out.contains(", ok"), "{out}");
+}
