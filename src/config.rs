@@ -215,7 +215,8 @@ impl DrillConfig {
                 password: self.password.clone(),
             },
             poll: DEFAULT_POLL,
-            concurrency: crate::replicate::restore::CONCURRENCY,
+            // Used by listing only: the drill restores with its own concurrency.
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }
