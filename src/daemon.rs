@@ -650,20 +650,28 @@ fn spawn_peer_loops(
         let (fed, token) = (fed.clone(), token.child_token());
         let seen = Arc::new(tokio::sync::Mutex::new(changes.subscribe()));
         let (me, heartbeat) = (status.clone(), heartbeat.clone());
+        // Set after a push that succeeded: the next attempt first waits for a change (or the
+        // check interval). After a failure, or when re-armed, it pushes at once. The wait is
+        // at the start of an attempt so that a success is reported as soon as it happens.
+        let caught_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tasks.spawn(async move {
             scheduler::run_loop(&status, Cadence::Every(Duration::ZERO), token, || {
                 let (fed, seen, heartbeat) = (fed.clone(), seen.clone(), heartbeat.clone());
-                let me = me.clone();
+                let (me, caught_up) = (me.clone(), caught_up.clone());
                 async move {
                     let mut seen = seen.lock().await;
+                    if caught_up.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        let _ =
+                            tokio::time::timeout(scheduler::PEER_CHECK_INTERVAL, seen.changed())
+                                .await;
+                    }
                     // Marked seen before pushing: a change during the push triggers another.
                     seen.borrow_and_update();
                     let pushed = fed.push().await?;
+                    caught_up.store(true, std::sync::atomic::Ordering::Relaxed);
                     if let Some(heartbeat) = heartbeat {
                         heartbeat.beat(&me);
                     }
-                    let _ =
-                        tokio::time::timeout(scheduler::PEER_CHECK_INTERVAL, seen.changed()).await;
                     Ok::<_, FederateError>(format!("{} entries pushed", pushed.sent))
                 }
             })
