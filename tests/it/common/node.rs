@@ -159,10 +159,23 @@ impl TestNode {
     pub async fn start(&mut self) {
         assert!(self.running.is_none(), "{} already runs", self.name);
         // The lock of the store closed by `stop` or `append` may linger in a process another
-        // test is starting (see `common::open_writer`): open it first, waiting that out.
-        drop(crate::common::open_writer(&self.data(), self.id));
+        // test is starting (see `common::open_writer`): that is waited out.
         let config = Config::load(&self.config_path()).unwrap();
-        let node = Node::open(config).unwrap();
+        let started = std::time::Instant::now();
+        let node = loop {
+            match Node::open(config.clone()) {
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<tandem::store::StoreError>(),
+                        Some(tandem::store::StoreError::Locked { pid: Some(pid), .. })
+                            if *pid == std::process::id()
+                    ) && started.elapsed() < Duration::from_secs(10) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                node => break node.unwrap(),
+            }
+        };
         let listener = match self.listener.take() {
             Some(l) => {
                 l.set_nonblocking(true).unwrap();
