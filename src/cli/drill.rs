@@ -29,6 +29,11 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let data_dir = config.node.data_dir.clone();
+    // A drill of a node that does not exist yet would create it: refused instead.
+    let db = data_dir.join(crate::store::DB_FILE);
+    if !db.exists() {
+        return Err(StoreError::Missing { path: db }.into());
+    }
     let records: Vec<DrillRecord> = match Node::open(config) {
         Ok(node) => {
             let store = StoreHandle::new(node.store, 1)?;

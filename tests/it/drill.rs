@@ -561,3 +561,14 @@ async fn a_drilled_bucket_written_since_is_not_deleted() {
     let out = drill(&home, 0);
     assert!(out.contains(", ok"), "{out}");
 }
+
+/// `tandem drill` on a node never initialized (a key, no store) says so and creates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_of_a_node_not_initialized_creates_nothing() {
+    let a = source().await;
+    let home = TestNode::new("home");
+    home.configure("", &sections(&home, &a, "http://127.0.0.1:9/v1/"));
+    let out = drill(&home, 78);
+    assert!(out.contains("run `tandem init` first"), "{out}");
+    assert!(!home.data().join("tandem.db").exists());
+}
