@@ -1,0 +1,338 @@
+//! Moving a bucket to another server: `tandem migrate start` restores alice's bucket from a
+//! node that follows the source into a new Kinto, then the running daemon mirrors every later
+//! change of it (creates, updates, deletes, permissions, a collection deleted whole) there.
+//! The target must read exactly as alice's bucket on the source, with nothing of bob's; a
+//! restart must write nothing again; a write made on the target itself must stop the mirror,
+//! untouched and named in `status`, `migrate status` and `/metrics`.
+
+use crate::common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::chaos;
+use common::follower::Follower;
+use common::kinto::{Kinto, PASSWORD};
+use common::node::{TestNode, wait_for};
+use common::restored::{assert_same, put, source, target, views};
+use serde_json::{Value, json};
+
+use crate::select::{alice_and_bob, delete, in_bucket, more, only};
+
+/// More of alice's changes: an update, permissions of her bucket, a collection deleted whole,
+/// a new collection with records; and bob's.
+async fn later(kinto: &Kinto) {
+    more(kinto).await;
+    put(
+        kinto,
+        "alice",
+        "/buckets/alice/collections/c1/records/r12",
+        json!({"data": {"n": 12, "updated": true}}),
+    )
+    .await;
+    kinto
+        .ok(
+            "alice",
+            "PATCH",
+            "/buckets/alice",
+            Some(json!({"permissions": {"read": ["account:tandem", "system.Authenticated"]}})),
+        )
+        .await;
+    delete(kinto, "alice", "/buckets/alice/collections/c2").await;
+    put(
+        kinto,
+        "alice",
+        "/buckets/alice/collections/c4",
+        json!({"data": {"fresh": 1}, "permissions": {"read": ["account:bob"]}}),
+    )
+    .await;
+    for i in 0..3 {
+        put(
+            kinto,
+            "alice",
+            &format!("/buckets/alice/collections/c4/records/y{i}"),
+            json!({"data": {"y": i}}),
+        )
+        .await;
+    }
+    delete(kinto, "alice", "/buckets/alice/collections/c4/records/y1").await;
+    put(
+        kinto,
+        "bob",
+        "/buckets/bob/collections/notes/records/n10",
+        json!({"data": {"text": 10}}),
+    )
+    .await;
+}
+
+/// `tandem migrate status --json` of `node`.
+fn migrations(node: &TestNode) -> Vec<Value> {
+    migrations_of(&node.config_path())
+}
+
+/// `tandem migrate status --json` with the configuration `config`.
+fn migrations_of(config: &Path) -> Vec<Value> {
+    let out = common::tandem(config, &["migrate", "status", "--json"], 0);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until the mirror applied everything the node holds.
+async fn caught_up(node: &TestNode) {
+    caught_up_with(&node.config_path()).await;
+}
+
+/// Waits until the mirror of the node with the configuration `config` applied everything it
+/// holds.
+async fn caught_up_with(config: &Path) {
+    wait_for(Duration::from_secs(60), "the mirror to catch up", || {
+        let m = &migrations_of(config)[0];
+        m["state"] == "stopped" || m["applied_seq"] == m["origin_head"]
+    })
+    .await;
+}
+
+/// Everything on `kinto` readable by `admin`, paths outside alice's bucket only.
+fn outside_alice(kinto: &Kinto) -> Vec<String> {
+    kinto
+        .state("admin")
+        .iter()
+        .map(|row| row["path"].as_str().unwrap().to_owned())
+        .filter(|p| !in_bucket("alice")(p))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_bucket_follows_its_source_until_someone_writes_on_the_target() {
+    let a = source().await;
+    alice_and_bob(&a).await;
+    let mut home = TestNode::new("home");
+    home.configure("", &home.source(&a, "1h"));
+    home.init();
+    home.start().await;
+    home.sync().await;
+
+    let b = target().await;
+    let pw = home.dir.path().join("admin-pw");
+    common::write_secret(&pw, PASSWORD);
+    let start = |extra: &[&str], code: i32| {
+        let mut args = vec![
+            "migrate",
+            "start",
+            "--to",
+            &b.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = common::tandem(&home.config_path(), &args, code);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    // Nothing chosen is a usage error.
+    start(&[], 2);
+    let out = start(&["--bucket", "alice"], 0);
+    assert!(
+        out.contains("restored bucket(s) alice of")
+            && out.contains("migration 1 started")
+            && out.contains("the running daemon mirrors"),
+        "{out}"
+    );
+    assert_same(&views(&b), &only(&views(&a), in_bucket("alice")));
+    let m = &migrations(&home)[0];
+    assert_eq!(m["state"], "mirroring", "{m}");
+    assert_eq!(m["selection"]["buckets"], json!(["alice"]), "{m}");
+    assert_eq!(m["applied_seq"], m["origin_head"], "{m}");
+    assert!(m["error"].is_null(), "{m}");
+
+    // Alice and bob go on writing on the source; the node follows it and the mirror follows
+    // the node.
+    later(&a).await;
+    home.sync().await;
+    caught_up(&home).await;
+    let m = &migrations(&home)[0];
+    assert_eq!(m["state"], "mirroring", "{m}");
+    assert_same(&views(&b), &only(&views(&a), in_bucket("alice")));
+    assert!(outside_alice(&b).is_empty(), "{:?}", outside_alice(&b));
+
+    // A restart writes nothing again: timestamps, tombstones and list ETags stay.
+    let before = b.state("admin");
+    home.stop().await;
+    home.start().await;
+    put(
+        &a,
+        "bob",
+        "/buckets/bob/collections/notes/records/n11",
+        json!({"data": {"text": 11}}),
+    )
+    .await;
+    home.sync().await;
+    caught_up(&home).await;
+    assert_eq!(b.state("admin"), before);
+    let status = home.status();
+    assert_eq!(status["migrations"][0]["state"], "mirroring", "{status}");
+
+    // Someone writes on the target: the next change there stops the mirror, which leaves the
+    // object as it is there and names it.
+    let path = "/buckets/alice/collections/c1/records/r13";
+    put(&b, "admin", path, json!({"data": {"n": "theirs"}})).await;
+    put(&a, "alice", path, json!({"data": {"n": 13, "again": 3}})).await;
+    put(
+        &a,
+        "alice",
+        "/buckets/alice/collections/c1/records/after",
+        json!({"data": {}}),
+    )
+    .await;
+    home.sync().await;
+    wait_for(Duration::from_secs(60), "the mirror to stop", || {
+        migrations(&home)[0]["state"] == "stopped"
+    })
+    .await;
+    let m = &migrations(&home)[0];
+    let error = m["error"].as_str().unwrap();
+    assert!(
+        error.contains(path) && error.contains("changed on the target"),
+        "{m}"
+    );
+    assert!(m["applied_seq"].as_u64() < m["origin_head"].as_u64(), "{m}");
+    let (_, theirs) = b.request("admin", "GET", path, None).await;
+    assert_eq!(theirs["data"]["n"], "theirs", "{theirs}");
+    let status = home.status();
+    assert_eq!(status["migrations"][0]["state"], "stopped", "{status}");
+    let text = common::tandem(&home.config_path(), &["status"], 0);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("migration 1: bucket(s) alice of") && text.contains("STOPPED"),
+        "{text}"
+    );
+    let metrics = home.metrics().await;
+    assert!(
+        metrics.contains("tandem_migration_stopped{id=\"1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tandem_migration_lag_entries{id=\"1\"}"),
+        "{metrics}"
+    );
+    home.stop().await;
+}
+
+/// `n` records `r{i}` of alice's collection `c` put (with `tag` in their data) or, with
+/// `tag` None, deleted, in one batch.
+async fn records(kinto: &Kinto, ids: impl Iterator<Item = usize>, tag: Option<&str>) {
+    let requests: Vec<Value> = ids
+        .map(|i| {
+            let path = format!("/buckets/alice/collections/c/records/r{i:03}");
+            match tag {
+                Some(tag) => {
+                    json!({"method": "PUT", "path": path, "body": {"data": {"i": i, "tag": tag}}})
+                }
+                None => json!({"method": "DELETE", "path": path}),
+            }
+        })
+        .collect();
+    let answer = kinto.batch("alice", requests).await;
+    for r in answer["responses"].as_array().unwrap() {
+        assert!(r["status"].as_u64().unwrap() < 300, "{r}");
+    }
+}
+
+/// The daemon (a real `tandem run`) is killed at random points while it mirrors, round after
+/// round, with new changes between; a last run that is not killed brings the target exactly to
+/// alice's bucket on the source: nothing lost, nothing written twice over (a write repeated at
+/// a wrong point would re-time an object or stop the mirror).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_mirroring_loses_nothing_and_repeats_nothing() {
+    let a = source().await;
+    put(
+        &a,
+        "alice",
+        "/buckets/alice",
+        json!({"data": {}, "permissions": {"read": ["account:bob"]}}),
+    )
+    .await;
+    put(
+        &a,
+        "alice",
+        "/buckets/alice/collections/c",
+        json!({"data": {}}),
+    )
+    .await;
+    put(
+        &a,
+        "bob",
+        "/buckets/bob",
+        json!({"data": {}, "permissions": {"read": ["account:tandem"]}}),
+    )
+    .await;
+    records(&a, 0..40, Some("a")).await;
+    let home = Follower::new(&a, "tandem");
+    home.sync();
+    let b = target().await;
+    let pw = home.dir.path().join("admin-pw");
+    common::write_secret(&pw, PASSWORD);
+    // No daemon runs: the command records the migration itself.
+    let out = home.run(
+        &[
+            "migrate",
+            "start",
+            "--bucket",
+            "alice",
+            "--to",
+            &b.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert!(out.contains("`tandem run` mirrors"), "{out}");
+
+    let mut rng = chaos::Rng::from_env("sigkill_while_mirroring");
+    let (mut kills, mut behind) = (0, 0);
+    for round in 0..6usize {
+        records(&a, 0..40 + 30 * round, Some(&format!("t{round}"))).await;
+        records(&a, (round * 5..round * 5 + 4).filter(|i| i % 2 == 0), None).await;
+        put(
+            &a,
+            "bob",
+            &format!("/buckets/bob/collections/n{round}"),
+            json!({"data": {}}),
+        )
+        .await;
+        home.sync();
+        let delay = rng.between(Duration::from_millis(150), Duration::from_millis(1500));
+        if chaos::kill_after(chaos::spawn(&home.config(), &["run"]), delay).is_none() {
+            kills += 1;
+        }
+        chaos::verify(&home.config(), &format!("round {round}"));
+        let m = &migrations_of(&home.config())[0];
+        assert_eq!(m["state"], "mirroring", "round {round}: {m}");
+        if m["applied_seq"] != m["origin_head"] {
+            behind += 1;
+        }
+    }
+    println!("sigkill_while_mirroring: {kills} kills, {behind} left the mirror behind");
+    assert!(kills >= 3, "only {kills} kills landed");
+    let daemon = common::process::Daemon::spawn(&home.config());
+    caught_up_with(&home.config()).await;
+    drop(daemon);
+    let m = &migrations_of(&home.config())[0];
+    assert_eq!(m["state"], "mirroring", "{m}");
+    // Data, timestamps and tombstones, as alice reads them on the source and the restoring
+    // account on the target (the node follows this bucket without its permissions: its
+    // account is not in them).
+    let data = |rows: Vec<Value>| -> Vec<Value> {
+        only(&rows, in_bucket("alice"))
+            .into_iter()
+            .map(|mut row| {
+                row.as_object_mut().unwrap().remove("permissions");
+                row
+            })
+            .collect()
+    };
+    assert_same(&data(b.state("admin")), &data(a.state("alice")));
+    assert!(outside_alice(&b).is_empty(), "{:?}", outside_alice(&b));
+}
