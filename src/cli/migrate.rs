@@ -154,6 +154,15 @@ pub fn start(cli: &Cli, args: &MigrateStart) -> anyhow::Result<()> {
         nul: restore::NulStrings::Refuse,
     };
     write_state(&runtime, &args.target, state, options, origin, head.seq)?;
+    // The restore may go through the kinto-tandem plugin; the mirror writes through Kinto's
+    // API, which adds the writer to every object's write permissions unless told not to.
+    let info = runtime.block_on(args.target.client(1)?.server_info())?;
+    if info.explicit_permissions {
+        eprintln!(
+            "warning: the target has kinto.explicit_permissions = true: every object the mirror writes will also list {} in its write permissions; set it to false on the target (see docs/operating.md)",
+            args.target.user
+        );
+    }
 
     let new = NewMigration {
         origin,

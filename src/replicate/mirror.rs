@@ -294,6 +294,13 @@ impl Mirror {
                 if target.is_none() {
                     let client = Arc::new(client(migration).map_err(kinto)?);
                     let info = client.server_info().await.map_err(kinto)?;
+                    if info.explicit_permissions {
+                        tracing::warn!(
+                            migration = id,
+                            target = %migration.target,
+                            "the target adds the mirror's account to the write permissions of every object it writes (kinto.explicit_permissions is true): permissions will not be exactly the recorded ones"
+                        );
+                    }
                     target = Some((client, restore::batch_max(&info)));
                 }
                 let (client, batch_max) = target.as_ref().expect("connected");
