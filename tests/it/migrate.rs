@@ -336,3 +336,101 @@ async fn sigkill_while_mirroring_loses_nothing_and_repeats_nothing() {
     assert_same(&data(b.state("admin")), &data(a.state("alice")));
     assert!(outside_alice(&b).is_empty(), "{:?}", outside_alice(&b));
 }
+
+/// A collection moves into a server that already holds its bucket: the bucket stays the
+/// target's (not even mirrored when it changes on the source), the collection follows its
+/// records, and nothing else of the bucket comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_collection_follows_its_records_only() {
+    let a = source().await;
+    alice_and_bob(&a).await;
+    let mut home = TestNode::new("home");
+    home.configure("", &home.source(&a, "1h"));
+    home.init();
+    home.start().await;
+    home.sync().await;
+    let b = target().await;
+    put(&b, "admin", "/buckets/bob", json!({"data": {"here": true}})).await;
+    let pw = home.dir.path().join("admin-pw");
+    common::write_secret(&pw, PASSWORD);
+    let out = common::tandem(
+        &home.config_path(),
+        &[
+            "migrate",
+            "start",
+            "--collection",
+            "bob/notes",
+            "--to",
+            &b.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+        0,
+    );
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("1 buckets already existed on the target and were kept"),
+        "{out}"
+    );
+
+    let notes = "/buckets/bob/collections/notes";
+    put(
+        &a,
+        "bob",
+        &format!("{notes}/records/n20"),
+        json!({"data": {"text": 20}}),
+    )
+    .await;
+    put(
+        &a,
+        "bob",
+        &format!("{notes}/records/n0"),
+        json!({"data": {"text": "zero"}}),
+    )
+    .await;
+    delete(&a, "bob", &format!("{notes}/records/n2")).await;
+    put(
+        &a,
+        "bob",
+        "/buckets/bob",
+        json!({"data": {"title": "changed"}, "permissions": {"read": ["account:tandem"]}}),
+    )
+    .await;
+    put(
+        &a,
+        "bob",
+        "/buckets/bob/collections/other",
+        json!({"data": {}}),
+    )
+    .await;
+    later(&a).await;
+    home.sync().await;
+    caught_up(&home).await;
+    assert_eq!(migrations(&home)[0]["state"], "mirroring");
+
+    // Data, timestamps and tombstones of the collection, as bob reads them on the source and
+    // the restoring account on the target.
+    let in_notes = in_bucket("bob/collections/notes");
+    let data = |rows: Vec<Value>| -> Vec<Value> {
+        only(&rows, &in_notes)
+            .into_iter()
+            .map(|mut row| {
+                row.as_object_mut().unwrap().remove("permissions");
+                row
+            })
+            .collect()
+    };
+    assert_same(&data(b.state("admin")), &data(a.state("bob")));
+    let paths: Vec<String> = b
+        .state("admin")
+        .iter()
+        .map(|row| row["path"].as_str().unwrap().to_owned())
+        .filter(|p| !in_notes(p))
+        .collect();
+    assert_eq!(paths, ["/buckets/bob"]);
+    let (_, bucket) = b.request("admin", "GET", "/buckets/bob", None).await;
+    assert_eq!(bucket["data"]["here"], true, "{bucket}");
+    home.stop().await;
+}
