@@ -321,4 +321,25 @@ mod tests {
         );
         assert_eq!(got.applied_seq, 12);
     }
+
+    #[test]
+    fn a_store_from_before_migrations_opens_and_gains_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NodeKey::from_seed([4; 32]);
+        {
+            let store = Store::open_writer(dir.path(), key.id()).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "DROP TABLE migrations; DROP TABLE migration_objects; PRAGMA user_version = 8;",
+                )
+                .unwrap();
+        }
+        let old = Store::open_read_only(dir.path()).unwrap();
+        assert!(old.migrations().unwrap().is_empty());
+        drop(old);
+        let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
+        let id = store.add_migration(&migration(key.id()), &[]).unwrap();
+        assert_eq!(store.migrations().unwrap()[0].id, id);
+    }
 }
