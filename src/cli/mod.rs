@@ -154,7 +154,7 @@ pub enum Command {
     /// after verifying everything held of it; all of it, or some buckets and collections.
     Restore(Box<RestoreCommand>),
     /// Move buckets of an origin to another Kinto server: restore them there, then mirror
-    /// every later change into it (by `tandem run`) until the move is done.
+    /// every later change of them into it (by `tandem run`).
     #[command(subcommand)]
     Migrate(MigrateCommand),
     /// Show or back up the node key.
@@ -273,7 +273,9 @@ pub enum MigrateCommand {
     /// change of them that reaches this node into the target, in order, with its recorded
     /// data, timestamp and permissions. If the target is written there by anyone else, the
     /// mirror stops (see `tandem migrate status`) rather than overwrite it. With a running
-    /// daemon, the daemon records the migration and starts mirroring at once.
+    /// daemon, the daemon records the migration and starts mirroring at once. The daemon reads
+    /// the password where this command did, whenever it connects: a --password-env variable
+    /// must be in the daemon's environment too.
     Start(Box<MigrateStart>),
     /// List the migrations: what each mirrors where, up to which seq, and whether it stopped
     /// and why.
@@ -297,9 +299,7 @@ pub struct MigrateStart {
     /// target lacks it (a bucket the target has is kept as it is there, and not mirrored).
     #[arg(long, value_name = "BUCKET/COLLECTION", value_parser = parse_collection)]
     pub collection: Vec<String>,
-    /// The Kinto server the buckets move to, and the account that writes there. The password
-    /// is read again each time the daemon connects: a --password-env variable must be in the
-    /// daemon's environment too.
+    /// The Kinto server the buckets move to, and the account that writes there.
     #[command(flatten)]
     pub target: target::TargetArgs,
 }
