@@ -303,7 +303,7 @@ async fn sigkill_while_mirroring_loses_nothing_and_repeats_nothing() {
         )
         .await;
         home.sync();
-        let delay = rng.between(Duration::from_millis(150), Duration::from_millis(1500));
+        let delay = rng.between(Duration::from_millis(100), Duration::from_millis(900));
         if chaos::kill_after(chaos::spawn(&home.config(), &["run"]), delay).is_none() {
             kills += 1;
         }
