@@ -434,3 +434,110 @@ async fn a_moved_collection_follows_its_records_only() {
     assert_eq!(bucket["data"]["here"], true, "{bucket}");
     home.stop().await;
 }
+
+/// The state a SIGKILL between the target's answer and the commit leaves, made on purpose: the
+/// mirror writes a chunk and commits it, then the store is put back as it was before the commit
+/// (the target keeps the writes). The next pass must take every object on the target for its
+/// own write, change nothing there, and move on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_the_store_forgot_are_recognized_and_not_repeated() {
+    let a = source().await;
+    alice_and_bob(&a).await;
+    let mut home = TestNode::new("home");
+    home.configure("", &home.source(&a, "1h"));
+    home.init();
+    home.start().await;
+    home.sync().await;
+    let b = target().await;
+    let pw = home.dir.path().join("admin-pw");
+    common::write_secret(&pw, PASSWORD);
+    common::tandem(
+        &home.config_path(),
+        &[
+            "migrate",
+            "start",
+            "--bucket",
+            "alice",
+            "--to",
+            &b.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+        0,
+    );
+    home.stop().await;
+    later(&a).await;
+    common::tandem(&home.config_path(), &["sync"], 0);
+
+    let pass = |data: std::path::PathBuf, id| async move {
+        let store = common::open_writer(&data, id);
+        let handle = tandem::store::StoreHandle::new(store, 1).unwrap();
+        let report = tandem::replicate::mirror::Mirror::new(handle.clone())
+            .pass()
+            .await
+            .unwrap();
+        assert!(handle.close(Duration::from_secs(10)).await);
+        report
+    };
+    let db = home.data().join(tandem::store::DB_FILE);
+    let saved = home.dir.path().join("before-the-commit.db");
+    std::fs::copy(&db, &saved).unwrap();
+    let first = pass(home.data(), home.id).await;
+    assert!(first.entries > 0 && first.written > 0, "{first:?}");
+    let written = b.state("admin");
+
+    // The store forgets the commit; the target keeps what was written.
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(
+            home.data()
+                .join(format!("{}{suffix}", tandem::store::DB_FILE)),
+        );
+    }
+    std::fs::copy(&saved, &db).unwrap();
+    assert!(
+        migrations(&home)[0]["applied_seq"].as_u64() < migrations(&home)[0]["origin_head"].as_u64()
+    );
+    let again = pass(home.data(), home.id).await;
+    assert_eq!(
+        (again.entries, again.stopped, again.mirroring),
+        (first.entries, 0, 1),
+        "{again:?}"
+    );
+    assert_eq!(b.state("admin"), written);
+    let m = &migrations(&home)[0];
+    assert_eq!(m["state"], "mirroring", "{m}");
+    assert_eq!(m["applied_seq"], m["origin_head"], "{m}");
+
+    // Again, and this time later versions arrive before the next pass: the forgotten chunk
+    // grows, and the objects the target holds at one of its earlier versions are written again
+    // over the mirror's own writes.
+    let r12 = "/buckets/alice/collections/c1/records/r12";
+    put(&a, "alice", r12, json!({"data": {"n": 12, "version": 2}})).await;
+    delete(&a, "alice", "/buckets/alice/collections/c1/records/r14").await;
+    common::tandem(&home.config_path(), &["sync"], 0);
+    std::fs::copy(&db, &saved).unwrap();
+    pass(home.data(), home.id).await;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(
+            home.data()
+                .join(format!("{}{suffix}", tandem::store::DB_FILE)),
+        );
+    }
+    std::fs::copy(&saved, &db).unwrap();
+    put(&a, "alice", r12, json!({"data": {"n": 12, "version": 3}})).await;
+    put(
+        &a,
+        "alice",
+        "/buckets/alice/collections/c1/records/r14",
+        json!({"data": {"back": true}}),
+    )
+    .await;
+    common::tandem(&home.config_path(), &["sync"], 0);
+    let last = pass(home.data(), home.id).await;
+    assert_eq!((last.stopped, last.mirroring), (0, 1), "{last:?}");
+    let m = &migrations(&home)[0];
+    assert_eq!(m["applied_seq"], m["origin_head"], "{m}");
+    assert_same(&views(&b), &only(&views(&a), in_bucket("alice")));
+}
