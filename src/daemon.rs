@@ -436,6 +436,45 @@ async fn serve_with(
         changes.clone(),
         token.child_token(),
     ));
+    // Migrations: the mirror writes later entries into their targets, on every change of the
+    // store (and every check interval). Its health is listed with the loops' once the store
+    // holds a migration; `status` shows each migration's own state.
+    {
+        let status = Arc::new(WorkerStatus::new("mirror", "migrations"));
+        if writer
+            .read(|s| Ok(!s.migrations()?.is_empty()))
+            .await
+            .unwrap_or(false)
+        {
+            workers.push(status.clone());
+        }
+        let mirror = crate::replicate::mirror::Mirror::new(writer.clone());
+        let token = token.child_token();
+        let seen = Arc::new(tokio::sync::Mutex::new(changes.subscribe()));
+        // As the push loop: after a pass that caught up, the next one first waits.
+        let caught_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tasks.spawn(async move {
+            scheduler::run_loop(&status, Cadence::Every(Duration::ZERO), token, || {
+                let (mirror, seen, caught_up) = (mirror.clone(), seen.clone(), caught_up.clone());
+                async move {
+                    let mut seen = seen.lock().await;
+                    if caught_up.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        let _ =
+                            tokio::time::timeout(scheduler::PEER_CHECK_INTERVAL, seen.changed())
+                                .await;
+                    }
+                    seen.borrow_and_update();
+                    let report = mirror.pass().await?;
+                    caught_up.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Ok::<_, crate::replicate::mirror::MirrorError>(format!(
+                        "{} migration(s) mirroring, {} entries applied, {} objects written",
+                        report.mirroring, report.entries, report.written
+                    ))
+                }
+            })
+            .await
+        });
+    }
     let snapshots = crate::replicate::snapshot::SnapshotMaker {
         key: key.clone(),
         store: writer.clone(),

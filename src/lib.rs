@@ -22,12 +22,13 @@
 //! replicate/     one pass of work, no spawning, no timing: ingest (the kinto-tandem journal,
 //!                history and polling paths), federate (push, pull, recover with one peer),
 //!                accept (a page a peer pushes), snapshot (sign the own state, apply retention),
-//!                restore (a state into Kinto), archive (write, verify and load a portable
-//!                archive)
+//!                restore (a state into Kinto), mirror (a migration's later entries into its
+//!                target), archive (write, verify and load a portable archive)
 //! store/         the only SQLite user, reached from async code through one StoreHandle (a
 //!                writer thread, a pool of readers): feeds, checkpoints, state, cursors, fork evidence,
 //!                what holders acknowledged, entries found damaged on disk (never served;
-//!                replaced through the accept path by a good copy a peer sends)
+//!                replaced through the accept path by a good copy a peer sends), migrations
+//!                and what their mirrors wrote
 //! source/kinto   the Kinto client: credentials, lists with _since/ETag, objects, batches, the
 //!                kinto-tandem plugin's capability (reqwest)
 //! peer           the peer protocol client: signed requests, pages, receipts (reqwest)

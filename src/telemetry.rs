@@ -67,6 +67,12 @@ pub const DRILL_LAST_TIMESTAMP: &str = "tandem_drill_last_timestamp_seconds";
 /// Gauge: the age of the newest change of this node's feed that `[node] durability` holders
 /// acknowledged (the recovery point). Labels: `origin` (this node). Absent while none is.
 pub const RPO: &str = "tandem_rpo_seconds";
+/// Gauge: entries of a migration's origin held here and not yet applied to its target.
+/// Labels: `id` (the migration).
+pub const MIGRATION_LAG: &str = "tandem_migration_lag_entries";
+/// Gauge: 1 when a migration's mirror stopped (its target was written outside it), 0 while it
+/// mirrors. Labels: `id`.
+pub const MIGRATION_STOPPED: &str = "tandem_migration_stopped";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -181,6 +187,14 @@ pub fn metrics() -> &'static Metrics {
             RPO,
             metrics::Unit::Seconds,
             "Age of the newest change of the own feed acknowledged by `durability` holders."
+        );
+        metrics::describe_gauge!(
+            MIGRATION_LAG,
+            "Entries of a migration's origin held here and not yet applied to its target."
+        );
+        metrics::describe_gauge!(
+            MIGRATION_STOPPED,
+            "1 when a migration's mirror stopped because its target was written outside it."
         );
         metrics::counter!(ENTRIES_APPENDED).absolute(0);
         metrics::counter!(ENTRIES_ACCEPTED).absolute(0);

@@ -17,6 +17,9 @@
 //!   {"drills": [{"origin", "at", "seq", "ok", "error", "duration_ms", "objects"}]}`, `502
 //!   {"error"}` if it could not run (the scratch server is unreachable or holds what no drill
 //!   wrote), `409` without a `[drill]` section.
+//! - `POST /migrations` with a `NewMigration` JSON body (`tandem migrate start`, once it
+//!   restored the selection): record the migration and start mirroring it; `200 {"id"}`, `422
+//!   {"error"}` if it cannot be recorded.
 
 use std::path::Path;
 
@@ -76,6 +79,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/import", post(import))
         .route("/pull", post(pull))
         .route("/drill", post(drill))
+        .route("/migrations", post(migrations))
         .with_state(state)
 }
 
@@ -154,6 +158,24 @@ async fn drill(State(state): State<AdminState>) -> Response {
         Ok(drills) => axum::Json(json!({ "drills": drills })).into_response(),
         Err(e) => (
             StatusCode::BAD_GATEWAY,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn migrations(
+    State(state): State<AdminState>,
+    axum::Json(new): axum::Json<crate::replicate::mirror::NewMigration>,
+) -> Response {
+    match crate::replicate::mirror::record(&state.snapshots.store, new).await {
+        Ok(id) => {
+            // The mirror wakes on changes: it starts on the new migration at once.
+            state.changes.notify();
+            axum::Json(json!({ "id": id })).into_response()
+        }
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
             axum::Json(json!({"error": e.to_string()})),
         )
             .into_response(),

@@ -114,6 +114,33 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         }
         Err(e) => tracing::warn!(error = %e, "cannot read drills for metrics"),
     }
+    let migrations = state
+        .store
+        .read(|store| {
+            store
+                .migrations()?
+                .into_iter()
+                .map(|m| {
+                    let head = store.head(m.origin)?.map_or(0, |h| h.seq.0);
+                    Ok((
+                        m.id,
+                        head.saturating_sub(m.applied_seq),
+                        m.stopped.is_some(),
+                    ))
+                })
+                .collect::<Result<Vec<_>, crate::store::StoreError>>()
+        })
+        .await;
+    match migrations {
+        Ok(migrations) => {
+            for (id, lag, stopped) in migrations {
+                metrics::gauge!(telemetry::MIGRATION_LAG, "id" => id.to_string()).set(lag as f64);
+                metrics::gauge!(telemetry::MIGRATION_STOPPED, "id" => id.to_string())
+                    .set(if stopped { 1.0 } else { 0.0 });
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read migrations for metrics"),
+    }
     match origins(&state).await {
         Ok((origins, durable)) => {
             metrics::gauge!(telemetry::DURABLE_SEQ, "origin" => state.node.to_string())

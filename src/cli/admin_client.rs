@@ -1,6 +1,6 @@
 //! The client side of the daemon's admin socket (served by [`crate::api::admin`]): how a
 //! command that must act on a store held by a running daemon (`sync`, `snapshot create`,
-//! `import`, `restore --from-peer`) asks the daemon to do it, and how `status` asks for the
+//! `import`, `restore --from-peer`, `migrate start`) asks the daemon to do it, and how `status` asks for the
 //! health of its loops.
 //!
 //! It lives with the commands, not in `api`, because only they call it: `api` holds servers.
@@ -47,10 +47,29 @@ pub async fn post(data_dir: &Path, path: &str) -> Result<serde_json::Value, Admi
     call(data_dir, reqwest::Method::POST, path).await
 }
 
+/// `POST path` with a JSON `body` to the daemon whose data directory is `data_dir`; returns
+/// the JSON answer.
+pub async fn post_json(
+    data_dir: &Path,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, AdminError> {
+    call_with(data_dir, reqwest::Method::POST, path, Some(body)).await
+}
+
 async fn call(
     data_dir: &Path,
     method: reqwest::Method,
     path: &str,
+) -> Result<serde_json::Value, AdminError> {
+    call_with(data_dir, method, path, None).await
+}
+
+async fn call_with(
+    data_dir: &Path,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, AdminError> {
     let socket = data_dir.join(SOCKET_FILE);
     let unreachable = |reason: String| AdminError::Unreachable {
@@ -62,8 +81,11 @@ async fn call(
         .build()
         .map_err(|e| unreachable(crate::net::transport_reason(&e)))?;
     // The host names nothing (the socket is the address); the daemon ignores it.
-    let response = client
-        .request(method, format!("http://tandem{path}"))
+    let mut request = client.request(method, format!("http://tandem{path}"));
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| unreachable(crate::net::transport_reason(&e)))?;

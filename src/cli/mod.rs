@@ -14,12 +14,14 @@ mod import;
 mod init;
 mod key;
 mod man;
+mod migrate;
 mod peers;
 mod restore;
 mod run;
 mod snapshot;
 mod status;
 mod sync;
+pub mod target;
 mod verify;
 
 use std::path::PathBuf;
@@ -151,6 +153,10 @@ pub enum Command {
     /// Write an origin's state (now, or at a snapshot, seq or time) into a Kinto server,
     /// after verifying everything held of it; all of it, or some buckets and collections.
     Restore(Box<RestoreCommand>),
+    /// Move buckets of an origin to another Kinto server: restore them there, then mirror
+    /// every later change of them into it (by `tandem run`).
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
     /// Show or back up the node key.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -234,34 +240,15 @@ pub struct RestoreCommand {
     /// Restore the state as it was at this time (RFC 3339, e.g. 2026-11-26T12:00:00Z).
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
-    /// The Kinto server to write to.
-    #[arg(long, value_name = "URL")]
-    pub to: url::Url,
-    /// The account to write as.
-    #[arg(long)]
-    pub user: String,
-    /// File holding the account's password (first line).
-    #[arg(
-        long,
-        value_name = "FILE",
-        required_unless_present = "password_env",
-        conflicts_with = "password_env"
-    )]
-    pub password_file: Option<PathBuf>,
-    /// Environment variable holding the account's password.
-    #[arg(long, value_name = "VAR")]
-    pub password_env: Option<String>,
+    /// The Kinto server to write to, and the account that writes there.
+    #[command(flatten)]
+    pub target: target::TargetArgs,
     /// First fetch the origin from this peer (by its name in the configuration).
     #[arg(long, value_name = "NAME")]
     pub from_peer: Option<String>,
     /// How many lists (collections…) to write at the same time.
     #[arg(long, value_name = "N", default_value_t = crate::replicate::restore::CONCURRENCY, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     pub concurrency: usize,
-    /// Restore even if the target's identity secrets (`userid_hmac_secret`, the default
-    /// bucket's secret) differ from the source's: its users then get other default bucket ids
-    /// and `basicauth:` principals.
-    #[arg(long)]
-    pub ignore_secrets_mismatch: bool,
     /// Objects holding the character U+0000 in a string, which Kinto on PostgreSQL cannot
     /// store: `refuse` names them before writing anything, `skip` restores everything else,
     /// `write` writes them (a target on the memory backend).
@@ -276,6 +263,45 @@ pub struct RestoreCommand {
     /// part of --bucket or --collection.
     #[arg(long, value_name = "BUCKET/COLLECTION", value_parser = parse_collection)]
     pub collection: Vec<String>,
+}
+
+/// `tandem migrate ...`
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Restore the chosen buckets or collections of an origin, at its head, into the target,
+    /// and record a migration: from then on the daemon (`tandem run`) writes every later
+    /// change of them that reaches this node into the target, in order, with its recorded
+    /// data, timestamp and permissions. If the target is written there by anyone else, the
+    /// mirror stops (see `tandem migrate status`) rather than overwrite it. With a running
+    /// daemon, the daemon records the migration and starts mirroring at once. The daemon reads
+    /// the password where this command did, whenever it connects: a --password-env variable
+    /// must be in the daemon's environment too.
+    Start(Box<MigrateStart>),
+    /// List the migrations: what each mirrors where, up to which seq, and whether it stopped
+    /// and why.
+    Status {
+        /// Print JSON (the `migrations` array of `tandem status --json`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `tandem migrate start ...`
+#[derive(Debug, clap::Args)]
+pub struct MigrateStart {
+    /// `self` or a node id.
+    #[arg(long, default_value = "self")]
+    pub origin: String,
+    /// Move this bucket, with its groups, collections and records (repeatable).
+    #[arg(long, value_name = "ID", value_parser = parse_bucket, required_unless_present = "collection")]
+    pub bucket: Vec<String>,
+    /// Move this collection and its records (repeatable), with its bucket object when the
+    /// target lacks it (a bucket the target has is kept as it is there, and not mirrored).
+    #[arg(long, value_name = "BUCKET/COLLECTION", value_parser = parse_collection)]
+    pub collection: Vec<String>,
+    /// The Kinto server the buckets move to, and the account that writes there.
+    #[command(flatten)]
+    pub target: target::TargetArgs,
 }
 
 /// `tandem snapshot ...`
@@ -336,13 +362,9 @@ pub fn main(cli: Cli) -> ExitCode {
                 snapshot: r.snapshot.as_deref(),
                 seq: r.seq,
                 at: r.at.as_deref(),
-                to: &r.to,
-                user: &r.user,
-                password_file: r.password_file.as_ref(),
-                password_env: r.password_env.as_deref(),
+                target: &r.target,
                 from_peer: r.from_peer.as_deref(),
                 concurrency: r.concurrency,
-                ignore_secrets_mismatch: r.ignore_secrets_mismatch,
                 nul: r.nul,
                 buckets: &r.bucket,
                 collections: &r.collection,
@@ -371,6 +393,8 @@ pub fn main(cli: Cli) -> ExitCode {
             .and_then(|selection| export::run(&cli, origin, *format, &selection, out.as_deref())),
         Command::Import { file } => import::run(&cli, file),
         Command::Verify { origin, sample } => verify::run(&cli, origin.as_deref(), *sample),
+        Command::Migrate(MigrateCommand::Start(m)) => migrate::start(&cli, m),
+        Command::Migrate(MigrateCommand::Status { json }) => migrate::status(&cli, *json),
         Command::Key(cmd) => key::run(&cli, cmd),
         Command::Config(ConfigCommand::Check { file }) => {
             check::run(file.as_ref().unwrap_or(&cli.config))

@@ -6,14 +6,13 @@
 //! `--collection` restore part of the state (one member's buckets, say) into a server that may
 //! hold others; the whole origin is verified all the same.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
 use super::admin_client;
+use super::target::TargetArgs;
 use super::{Cli, load_config};
-use crate::config::{Secret, SourceAuth, SourceConfig};
 use crate::daemon::Node;
 use crate::feed::Seq;
 use crate::identity::NodeId;
@@ -21,7 +20,6 @@ use crate::replicate::Changes;
 use crate::replicate::federate::Federation;
 use crate::replicate::restore;
 use crate::replicate::select::Selection;
-use crate::source::kinto::KintoClient;
 use crate::store::{Store, StoreError};
 
 /// Where to restore to, and from which point.
@@ -34,20 +32,12 @@ pub struct RestoreArgs<'a> {
     pub seq: Option<u64>,
     /// An RFC 3339 time.
     pub at: Option<&'a str>,
-    /// The target Kinto (root, with or without `/v1`).
-    pub to: &'a url::Url,
-    /// The account to write as.
-    pub user: &'a str,
-    /// Its password, from a file.
-    pub password_file: Option<&'a PathBuf>,
-    /// Or from an environment variable.
-    pub password_env: Option<&'a str>,
+    /// The target Kinto server and the account that writes there.
+    pub target: &'a TargetArgs,
     /// A peer to fetch the origin from first.
     pub from_peer: Option<&'a str>,
     /// Lists written at the same time.
     pub concurrency: usize,
-    /// Go on when the target's secrets differ from the source's.
-    pub ignore_secrets_mismatch: bool,
     /// Objects holding U+0000.
     pub nul: restore::NulStrings,
     /// `--bucket` arguments: restore only these buckets.
@@ -115,17 +105,7 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
     }
 
     let store = Store::open_read_only(&config.node.data_dir)?;
-    let Some(head) = store.head(origin)? else {
-        bail!("this node holds no entries of origin {origin}; see `tandem status`");
-    };
-    // Verify everything first: a damaged or forged copy writes nothing.
-    let report = store.verify_origin(origin)?;
-    if let Some(problem) = report.problems.first() {
-        bail!(
-            "refusing to restore: the stored copy of {origin} does not verify ({} problem(s); first: {problem}); nothing was written",
-            report.problems.len()
-        );
-    }
+    let head = verified_head(&store, origin)?;
     let seq = match (args.snapshot, args.seq, args.at) {
         (Some(id), None, None) => {
             let snapshot = store
@@ -167,6 +147,43 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
     };
     let state = store.state_for_restore(origin, seq)?;
     drop(store);
+    let options = restore::RestoreOptions {
+        selection,
+        concurrency: args.concurrency,
+        ignore_secrets_mismatch: args.target.ignore_secrets_mismatch,
+        nul: args.nul,
+    };
+    write_state(&runtime, args.target, state, options, origin, seq)?;
+    Ok(())
+}
+
+/// The head of `origin` in `store`, once every entry, link and checkpoint held of it verified:
+/// a damaged or forged copy writes nothing.
+pub(super) fn verified_head(store: &Store, origin: NodeId) -> anyhow::Result<crate::feed::Head> {
+    let Some(head) = store.head(origin)? else {
+        bail!("this node holds no entries of origin {origin}; see `tandem status`");
+    };
+    let report = store.verify_origin(origin)?;
+    if let Some(problem) = report.problems.first() {
+        bail!(
+            "refusing to restore: the stored copy of {origin} does not verify ({} problem(s); first: {problem}); nothing was written",
+            report.problems.len()
+        );
+    }
+    Ok(head)
+}
+
+/// Writes the part of `state` (of `origin` at `seq`) that `options.selection` chooses into
+/// `target`, with a progress bar on a terminal, and prints what was done.
+pub(super) fn write_state(
+    runtime: &tokio::runtime::Runtime,
+    target: &TargetArgs,
+    state: Vec<crate::store::StateItem>,
+    options: restore::RestoreOptions,
+    origin: NodeId,
+    seq: Seq,
+) -> anyhow::Result<restore::RestoreReport> {
+    let selection = options.selection.clone();
     // A bucket or collection the origin did not hold is an error before anything is written.
     let state = restore::select(state, &selection).with_context(|| {
         format!(
@@ -182,21 +199,7 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
             blind.join(", ")
         );
     }
-
-    let password = match (args.password_file, args.password_env) {
-        (Some(file), None) => Secret::File(file.clone()),
-        (None, Some(var)) => Secret::Env(var.to_owned()),
-        _ => bail!("give exactly one of --password-file and --password-env"),
-    };
-    let client = Arc::new(KintoClient::new(&SourceConfig {
-        url: crate::config::kinto_root(args.to.clone()),
-        auth: SourceAuth::Basic {
-            user: args.user.to_owned(),
-            password,
-        },
-        poll: crate::config::DEFAULT_POLL,
-        concurrency: args.concurrency,
-    })?);
+    let client = Arc::new(target.client(options.concurrency)?);
 
     let total = state.len() as u64;
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -215,12 +218,6 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
     let progress: Arc<dyn Fn(u64) + Send + Sync> = {
         let bar = bar.clone();
         Arc::new(move |n| bar.inc(n))
-    };
-    let options = restore::RestoreOptions {
-        selection: selection.clone(),
-        concurrency: args.concurrency,
-        ignore_secrets_mismatch: args.ignore_secrets_mismatch,
-        nul: args.nul,
     };
     let report = runtime.block_on(restore::restore(client, state, options, progress));
     bar.finish_and_clear();
@@ -272,5 +269,5 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
             report.accounts_not_restored.join(", ")
         );
     }
-    Ok(())
+    Ok(report)
 }

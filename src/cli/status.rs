@@ -50,6 +50,12 @@
 //! was taken), how long it took in ms (the measured recovery time), the live objects restored,
 //! and why it failed (null when ok). The own origin also has `rpo_seconds`: the age of the
 //! newest change that `node.durability` configured holders acknowledged (null while none is).
+//!
+//! Migrations (`tandem migrate start`, see docs/operating.md): `"migrations": [{"id", "origin",
+//! "target", "selection": {"buckets", "collections"}, "applied_seq", "origin_head", "state",
+//! "error", "created_at"}]`: what each mirrors where, the seq up to which every chosen entry is
+//! on the target, the origin's head here, `state` `mirroring` or `stopped`, and `error`, why it
+//! stopped (it names the object found changed on the target; null while it mirrors).
 
 use serde::Serialize;
 
@@ -67,6 +73,7 @@ struct Status {
     origins: Vec<OriginDoc>,
     daemon: DaemonDoc,
     source: SourceDoc,
+    migrations: Vec<super::migrate::MigrationDoc>,
 }
 
 /// What the source path could not record.
@@ -261,6 +268,7 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
         source: SourceDoc {
             permissions_incomplete: crate::replicate::ingest::permissions_incomplete(&store)?,
         },
+        migrations: super::migrate::migrations(&store)?,
     };
     if as_json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -333,6 +341,7 @@ fn print_text(status: &Status) {
             "WARNING: {bucket} is followed without record permissions (its history does not cover it for this account)"
         );
     }
+    super::migrate::print_text(&status.migrations);
     println!("{} origin(s) held", status.origins.len());
     for o in &status.origins {
         println!(

@@ -1,13 +1,15 @@
 //! One pass of each kind of replication work, with no spawning and no timing decisions (the
 //! scheduler decides when): [`ingest`] follows the source into this node's own feed,
 //! [`federate`] moves feeds between this node and one peer, [`accept`] takes in what a peer
-//! pushes, [`drill`] restores every origin held into a scratch server and checks it.
+//! pushes, [`drill`] restores every origin held into a scratch server and checks it,
+//! [`mirror`] keeps the target of a migration up to date with its origin's later entries.
 
 pub mod accept;
 pub mod archive;
 pub mod drill;
 pub mod federate;
 pub mod ingest;
+pub mod mirror;
 pub mod restore;
 pub mod select;
 pub mod snapshot;

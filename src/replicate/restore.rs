@@ -315,15 +315,6 @@ struct Plan {
 /// Groups the state into lists, each sorted by `last_modified`; marks the buckets `selection`
 /// brings only as parents.
 fn plan(state: Vec<StateItem>, selection: &Selection) -> Result<Plan, RestoreError> {
-    #[derive(Deserialize)]
-    struct Body<'a> {
-        #[serde(borrow)]
-        data: &'a RawValue,
-    }
-    #[derive(Deserialize)]
-    struct Stamp {
-        last_modified: i64,
-    }
     let mut lists: BTreeMap<String, List> = BTreeMap::new();
     let mut fingerprint = None;
     for item in state {
@@ -362,11 +353,7 @@ fn plan(state: Vec<StateItem>, selection: &Selection) -> Result<Plan, RestoreErr
         let last_modified = if item.body.is_empty() {
             return Err(unrestorable("a tombstone without its timestamp"));
         } else {
-            let body: Body<'_> = serde_json::from_slice(&item.body)
-                .map_err(|e| unrestorable(&format!("body is not {{\"data\":…}}: {e}")))?;
-            serde_json::from_str::<Stamp>(body.data.get())
-                .map_err(|e| unrestorable(&format!("data has no last_modified: {e}")))?
-                .last_modified
+            data_stamp(&item.body).map_err(|what| unrestorable(&what))?
         };
         let entry = lists.entry(list.to_owned()).or_insert_with(|| List {
             path: list.to_owned(),
@@ -583,49 +570,113 @@ type Requests = Vec<(&'static str, Box<RawValue>)>;
 /// is the one being restored. A tombstone is a placeholder put at `last_modified = 1` and a
 /// delete at the tombstone's timestamp.
 fn requests(item: &Item) -> Requests {
-    let raw = |s: String| RawValue::from_string(s).expect("built as JSON");
-    // Kinto decodes `%xx` in batch paths and splits them at `?`: every segment is encoded, so
-    // no id (from any origin) can point elsewhere or smuggle in a parameter.
-    let encoded: String = item
-        .path
-        .split('/')
-        .map(|segment| percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string())
-        .collect::<Vec<_>>()
-        .join("/");
-    let path = serde_json::to_string(&encoded).expect("a string");
-    let create_only = r#""headers":{"If-None-Match":"*"}"#;
     if item.deleted {
-        let id = serde_json::to_string(&item.id).expect("a string");
-        let delete =
-            serde_json::to_string(&format!("{encoded}?last_modified={}", item.last_modified))
-                .expect("a string");
         vec![
-            (
-                "PUT",
-                raw(format!(
-                    r#"{{"method":"PUT","path":{path},{create_only},"body":{{"data":{{"id":{id},"last_modified":1}}}}}}"#
-                )),
-            ),
+            ("PUT", placeholder_request(&item.path, &item.id)),
             // Only the placeholder (at last_modified 1) may be deleted: a live object the
             // target already holds there makes this fail (412) instead of deleting it.
             (
                 "DELETE",
-                raw(format!(
-                    r#"{{"method":"DELETE","path":{delete},"headers":{{"If-Match":"\"1\""}}}}"#
-                )),
+                delete_request(&item.path, Some(item.last_modified), 1),
             ),
         ]
     } else {
-        let body = String::from_utf8_lossy(&item.body);
-        // Numbers as Kinto's parser reads them exactly (see `exact_for_kinto`).
-        let body = crate::source::kinto::exact_for_kinto(&body);
         vec![(
             "PUT",
-            raw(format!(
-                r#"{{"method":"PUT","path":{path},{create_only},"body":{body}}}"#
-            )),
+            put_request(&item.path, &item.body, Precondition::Absent),
         )]
     }
+}
+
+/// `path` with every segment percent-encoded: Kinto decodes `%xx` in batch paths and splits
+/// them at `?`, so no id (from any origin) can point elsewhere or smuggle in a parameter.
+fn encoded_path(path: &str) -> String {
+    path.split('/')
+        .map(|segment| percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// What a conditional write expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Precondition {
+    /// No live object (`If-None-Match: *`; a tombstone counts as none).
+    Absent,
+    /// The live object at this timestamp (`If-Match: "T"`).
+    At(i64),
+}
+
+impl Precondition {
+    fn header(self) -> String {
+        match self {
+            Precondition::Absent => r#""headers":{"If-None-Match":"*"}"#.to_owned(),
+            Precondition::At(t) => format!(r#""headers":{{"If-Match":"\"{t}\""}}"#),
+        }
+    }
+}
+
+/// A batch sub-request that puts `body` (`{"data":…,"permissions":…}` as recorded, its
+/// `last_modified` included) at `path`, on condition.
+pub(crate) fn put_request(path: &str, body: &[u8], pre: Precondition) -> Box<RawValue> {
+    let path = serde_json::to_string(&encoded_path(path)).expect("a string");
+    let body = String::from_utf8_lossy(body);
+    // Numbers as Kinto's parser reads them exactly (see `exact_for_kinto`).
+    let body = crate::source::kinto::exact_for_kinto(&body);
+    RawValue::from_string(format!(
+        r#"{{"method":"PUT","path":{path},{},"body":{body}}}"#,
+        pre.header()
+    ))
+    .expect("built as JSON")
+}
+
+/// A batch sub-request that deletes the object at `path` if it is live at `at`, leaving a
+/// tombstone at `last_modified` (Kinto keeps it when it is newer than the object's).
+pub(crate) fn delete_request(path: &str, last_modified: Option<i64>, at: i64) -> Box<RawValue> {
+    let mut target = encoded_path(path);
+    if let Some(t) = last_modified {
+        target.push_str(&format!("?last_modified={t}"));
+    }
+    let target = serde_json::to_string(&target).expect("a string");
+    RawValue::from_string(format!(
+        r#"{{"method":"DELETE","path":{target},{}}}"#,
+        Precondition::At(at).header()
+    ))
+    .expect("built as JSON")
+}
+
+/// A batch sub-request that creates the placeholder a tombstone is replayed from: an empty
+/// object at `last_modified = 1`, where no live object is.
+pub(crate) fn placeholder_request(path: &str, id: &str) -> Box<RawValue> {
+    let path = serde_json::to_string(&encoded_path(path)).expect("a string");
+    let id = serde_json::to_string(id).expect("a string");
+    RawValue::from_string(format!(
+        r#"{{"method":"PUT","path":{path},{},"body":{{"data":{{"id":{id},"last_modified":1}}}}}}"#,
+        Precondition::Absent.header()
+    ))
+    .expect("built as JSON")
+}
+
+/// The `last_modified` in the `data` of a recorded body.
+pub(crate) fn data_stamp(body: &[u8]) -> Result<i64, String> {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    #[derive(Deserialize)]
+    struct Stamp {
+        last_modified: i64,
+    }
+    let body: Body<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("body is not {{\"data\":…}}: {e}"))?;
+    serde_json::from_str::<Stamp>(body.data.get())
+        .map(|s| s.last_modified)
+        .map_err(|e| format!("data has no last_modified: {e}"))
+}
+
+/// How many sub-requests to send per batch to a server that says `info`.
+pub(crate) fn batch_max(info: &crate::source::kinto::ServerInfo) -> usize {
+    info.batch_max_requests.unwrap_or(100).clamp(2, 500) as usize
 }
 
 /// What became of one object on the target.
@@ -764,7 +815,7 @@ pub async fn restore(
 ) -> Result<RestoreReport, RestoreError> {
     let state = select(state, &options.selection)?;
     let info = client.server_info().await?;
-    let batch_max = info.batch_max_requests.unwrap_or(100).clamp(2, 500) as usize;
+    let batch_max = batch_max(&info);
     let Plan {
         mut lists,
         fingerprint,

@@ -214,7 +214,7 @@ impl Store {
         Ok(Some(feed::decode_entry(&entry.bytes)?.ts))
     }
 
-    fn user_version(&self) -> Result<i64, StoreError> {
+    pub(super) fn user_version(&self) -> Result<i64, StoreError> {
         self.conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .optional()
@@ -238,7 +238,8 @@ mod tests {
             store
                 .conn
                 .execute_batch(
-                    "DROP TABLE drills; DROP TABLE drill_buckets; PRAGMA user_version = 7;",
+                    "DROP TABLE migrations; DROP TABLE migration_objects; \
+                     DROP TABLE drills; DROP TABLE drill_buckets; PRAGMA user_version = 7;",
                 )
                 .unwrap();
         }

@@ -13,13 +13,15 @@
 //!   store only creates a database where no file exists.
 //!
 //! Layout: [`schema`] holds the tables and migrations, `write` the transactions that change
-//! feeds, `read` the queries, `verify` the full re-check of everything stored.
+//! feeds, `read` the queries, `verify` the full re-check of everything stored, `mirror` the
+//! migrations (buckets mirrored into another server).
 
 mod compact;
 mod damage;
 mod drills;
 mod handle;
 mod holders;
+mod mirror;
 mod read;
 pub mod schema;
 mod snapshots;
@@ -40,6 +42,7 @@ pub use damage::DamagedEntry;
 pub use drills::DrillRecord;
 pub use handle::{READERS, StoreHandle};
 pub use holders::{HolderInfo, MAX_UNLISTED_HOLDERS, ReceiptCheck, Rollback};
+pub use mirror::Migration;
 pub use read::{OriginInfo, StoredEntry};
 pub use snapshots::{SnapshotMismatch, StateItem};
 pub use verify::{VerifyProblem, VerifyReport};

@@ -175,6 +175,30 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (target, bucket)
     ) WITHOUT ROWID;
     "#,
+    // 9: migrations: buckets of an origin mirrored into another Kinto server, and per object
+    // the timestamp the mirror last wrote there (what it expects to find when it writes next).
+    r#"
+    CREATE TABLE migrations (
+        id           INTEGER PRIMARY KEY,
+        origin       BLOB NOT NULL CHECK (length(origin) = 32),
+        buckets      TEXT NOT NULL,     -- JSON array of bucket ids
+        collections  TEXT NOT NULL,     -- JSON array of "bucket/collection"
+        target       TEXT NOT NULL,     -- the target's root URL
+        user         TEXT NOT NULL,
+        credentials  TEXT NOT NULL,     -- "file:PATH" or "env:VAR": where the password is, never it
+        applied_seq  INTEGER NOT NULL,  -- every entry up to here is on the target
+        state        TEXT NOT NULL CHECK (state IN ('mirroring', 'stopped')),
+        reason       TEXT,              -- why it stopped
+        created_at   INTEGER NOT NULL   -- ms
+    );
+
+    CREATE TABLE migration_objects (
+        migration      INTEGER NOT NULL,
+        path           TEXT NOT NULL,
+        last_modified  INTEGER NOT NULL,
+        PRIMARY KEY (migration, path)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

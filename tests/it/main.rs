@@ -31,6 +31,7 @@ mod heartbeat;
 mod hostile;
 mod interop;
 mod kinto;
+mod migrate;
 mod operator;
 mod package;
 mod parsers;

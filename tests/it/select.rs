@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 /// Alice's bucket (a group, a collection of records with and without their own permissions and
 /// a delete, another collection, a collection deleted whole) and bob's (a group, a collection
 /// with a delete).
-async fn alice_and_bob(kinto: &Kinto) {
+pub(crate) async fn alice_and_bob(kinto: &Kinto) {
     put(kinto, "alice", "/buckets/alice", json!({"data": {"title": "Alice ✓"}, "permissions": {"read": ["account:tandem", "account:bob"]}})).await;
     put(
         kinto,
@@ -109,7 +109,7 @@ async fn alice_and_bob(kinto: &Kinto) {
 
 /// Later changes: alice adds a collection and a record, deletes one, changes permissions; bob
 /// adds a note.
-async fn more(kinto: &Kinto) {
+pub(crate) async fn more(kinto: &Kinto) {
     put(
         kinto,
         "alice",
@@ -141,12 +141,12 @@ async fn more(kinto: &Kinto) {
     .await;
 }
 
-async fn delete(kinto: &Kinto, user: &str, path: &str) {
+pub(crate) async fn delete(kinto: &Kinto, user: &str, path: &str) {
     kinto.ok(user, "DELETE", path, None).await;
 }
 
 /// Whether `path` is `/buckets/{bucket}` or below it.
-fn in_bucket(bucket: &str) -> impl Fn(&str) -> bool + use<> {
+pub(crate) fn in_bucket(bucket: &str) -> impl Fn(&str) -> bool + use<> {
     let root = format!("/buckets/{bucket}");
     move |path| path == root || path.starts_with(&format!("{root}/"))
 }
@@ -160,7 +160,7 @@ fn in_collection(bucket: &str, collection: &str) -> impl Fn(&str) -> bool + use<
 }
 
 /// The rows of `rows` whose path `keep` accepts.
-fn only(rows: &[Value], keep: impl Fn(&str) -> bool) -> Vec<Value> {
+pub(crate) fn only(rows: &[Value], keep: impl Fn(&str) -> bool) -> Vec<Value> {
     rows.iter()
         .filter(|row| keep(row["path"].as_str().unwrap()))
         .cloned()
