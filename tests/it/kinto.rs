@@ -708,8 +708,13 @@ async fn sync_asks_the_running_daemon() {
     let first_pass = lines
         .by_ref()
         .map_while(Result::ok)
-        .find(|l| l.contains("reachable"));
-    assert!(first_pass.is_some_and(|l| l.contains("1 entries appended")));
+        .find(|l| l.contains("reachable") && l.contains("source"));
+    assert!(
+        first_pass
+            .as_deref()
+            .is_some_and(|l| l.contains("1 entries appended")),
+        "{first_pass:?}"
+    );
     let socket = node.dir.path().join("data/tandem.sock");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(

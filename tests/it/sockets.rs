@@ -171,7 +171,8 @@ async fn healthz_answers_fast_while_1000_idle_connections_are_held() {
     let baseline = daemon.descriptors();
     let sockets = idle_sockets(&addr, 1000).await;
     // Held by the daemon, not only queued in the kernel: its descriptors grew by 1,000.
-    common::node::wait_for(Duration::from_secs(5), "1000 accepted sockets", || {
+    // How fast they are accepted is not what is measured: slack for a busy machine.
+    common::node::wait_for(Duration::from_secs(30), "1000 accepted sockets", || {
         daemon.descriptors() >= baseline + 1000
     })
     .await;
