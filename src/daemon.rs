@@ -450,22 +450,12 @@ async fn serve_with(
         }
         let mirror = crate::replicate::mirror::Mirror::new(writer.clone());
         let token = token.child_token();
-        let seen = Arc::new(tokio::sync::Mutex::new(changes.subscribe()));
-        // As the push loop: after a pass that caught up, the next one first waits.
-        let caught_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let on_change = OnChange::new(&changes);
         tasks.spawn(async move {
             scheduler::run_loop(&status, Cadence::Every(Duration::ZERO), token, || {
-                let (mirror, seen, caught_up) = (mirror.clone(), seen.clone(), caught_up.clone());
+                let (mirror, on_change) = (mirror.clone(), on_change.clone());
                 async move {
-                    let mut seen = seen.lock().await;
-                    if caught_up.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                        let _ =
-                            tokio::time::timeout(scheduler::PEER_CHECK_INTERVAL, seen.changed())
-                                .await;
-                    }
-                    seen.borrow_and_update();
-                    let report = mirror.pass().await?;
-                    caught_up.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let report = on_change.attempt(mirror.pass()).await?;
                     Ok::<_, crate::replicate::mirror::MirrorError>(format!(
                         "{} migration(s) mirroring, {} entries applied, {} objects written",
                         report.mirroring, report.entries, report.written
@@ -687,27 +677,15 @@ fn spawn_peer_loops(
         let status = Arc::new(WorkerStatus::new("push", peer.name.clone()));
         workers.push(status.clone());
         let (fed, token) = (fed.clone(), token.child_token());
-        let seen = Arc::new(tokio::sync::Mutex::new(changes.subscribe()));
+        let on_change = OnChange::new(changes);
         let (me, heartbeat) = (status.clone(), heartbeat.clone());
-        // Set after a push that succeeded: the next attempt first waits for a change (or the
-        // check interval). After a failure, or when re-armed, it pushes at once. The wait is
-        // at the start of an attempt so that a success is reported as soon as it happens.
-        let caught_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tasks.spawn(async move {
             scheduler::run_loop(&status, Cadence::Every(Duration::ZERO), token, || {
-                let (fed, seen, heartbeat) = (fed.clone(), seen.clone(), heartbeat.clone());
-                let (me, caught_up) = (me.clone(), caught_up.clone());
+                let (fed, on_change, heartbeat) =
+                    (fed.clone(), on_change.clone(), heartbeat.clone());
+                let me = me.clone();
                 async move {
-                    let mut seen = seen.lock().await;
-                    if caught_up.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                        let _ =
-                            tokio::time::timeout(scheduler::PEER_CHECK_INTERVAL, seen.changed())
-                                .await;
-                    }
-                    // Marked seen before pushing: a change during the push triggers another.
-                    seen.borrow_and_update();
-                    let pushed = fed.push().await?;
-                    caught_up.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let pushed = on_change.attempt(fed.push()).await?;
                     if let Some(heartbeat) = heartbeat {
                         heartbeat.beat(&me);
                     }
@@ -740,6 +718,42 @@ fn spawn_peer_loops(
             })
             .await
         });
+    }
+}
+
+/// The rhythm of a loop driven by the store's changes (a push, the migrations' mirror): after
+/// an attempt that succeeded, the next one first waits for a change (or
+/// [`scheduler::PEER_CHECK_INTERVAL`]); after a failure, or when re-armed, it starts at once.
+/// The wait is at the start of an attempt, so that a success is reported as soon as it
+/// happens.
+#[derive(Clone)]
+struct OnChange {
+    seen: Arc<tokio::sync::Mutex<tokio::sync::watch::Receiver<u64>>>,
+    caught_up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OnChange {
+    fn new(changes: &Changes) -> OnChange {
+        OnChange {
+            seen: Arc::new(tokio::sync::Mutex::new(changes.subscribe())),
+            caught_up: Arc::default(),
+        }
+    }
+
+    /// Runs `work` when it is time.
+    async fn attempt<T, E>(&self, work: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut seen = self.seen.lock().await;
+        if self.caught_up.swap(false, Relaxed) {
+            let _ = tokio::time::timeout(scheduler::PEER_CHECK_INTERVAL, seen.changed()).await;
+        }
+        // Marked seen before the work: a change during it triggers another attempt.
+        seen.borrow_and_update();
+        let result = work.await;
+        if result.is_ok() {
+            self.caught_up.store(true, Relaxed);
+        }
+        result
     }
 }
 
