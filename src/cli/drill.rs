@@ -44,12 +44,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
             })?
         }
         // The daemon holds the store: ask it to drill and wait for the result.
-        Err(e)
-            if matches!(
-                e.downcast_ref::<StoreError>(),
-                Some(StoreError::Locked { .. })
-            ) =>
-        {
+        Err(e) if super::daemon_holds_store(&e) => {
             let answer = runtime.block_on(admin_client::post(&data_dir, "/drill"))?;
             serde_json::from_value(answer["drills"].clone())
                 .context("unexpected answer from the daemon")?

@@ -9,7 +9,6 @@ use super::admin_client;
 use super::{Cli, load_config};
 use crate::daemon::Node;
 use crate::replicate::archive::{ArchiveSummary, ImportError, import_archive};
-use crate::store::StoreError;
 
 /// Verifies and loads.
 pub fn run(cli: &Cli, file: &Path) -> anyhow::Result<()> {
@@ -25,12 +24,7 @@ pub fn run(cli: &Cli, file: &Path) -> anyhow::Result<()> {
                     .context(format!("refusing {}; nothing was imported", file.display())));
             }
         },
-        Err(e)
-            if matches!(
-                e.downcast_ref::<StoreError>(),
-                Some(StoreError::Locked { .. })
-            ) =>
-        {
+        Err(e) if super::daemon_holds_store(&e) => {
             let path = url::form_urlencoded::byte_serialize(file.to_string_lossy().as_bytes())
                 .collect::<String>();
             let runtime = tokio::runtime::Builder::new_current_thread()

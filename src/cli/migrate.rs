@@ -20,7 +20,7 @@ use crate::identity::NodeId;
 use crate::replicate::mirror::{self, NewMigration};
 use crate::replicate::restore;
 use crate::replicate::select::Selection;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// One migration in `status --json` and `migrate status --json`.
 #[derive(Debug, Serialize)]
@@ -181,12 +181,7 @@ pub fn start(cli: &Cli, args: &MigrateStart) -> anyhow::Result<()> {
             store.close(std::time::Duration::from_secs(60)).await;
             anyhow::Ok((id?, false))
         })?,
-        Err(e)
-            if matches!(
-                e.downcast_ref::<StoreError>(),
-                Some(StoreError::Locked { .. })
-            ) =>
-        {
+        Err(e) if super::daemon_holds_store(&e) => {
             // The daemon holds the store: it records the migration and mirrors at once.
             let answer = runtime
                 .block_on(admin_client::post_json(

@@ -427,6 +427,15 @@ fn one_line(e: &anyhow::Error) -> String {
     text
 }
 
+/// Whether opening the node failed because a running daemon holds its store: commands then
+/// ask the daemon over its admin socket instead.
+fn daemon_holds_store(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<StoreError>(),
+        Some(StoreError::Locked { .. })
+    )
+}
+
 /// Loads the configuration named on the command line.
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(Config::load(&cli.config)?)

@@ -81,12 +81,7 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
                 eprintln!("fetched {} new entries from peer {name}", pulled?.accepted);
                 anyhow::Ok(())
             })?,
-            Err(e)
-                if matches!(
-                    e.downcast_ref::<StoreError>(),
-                    Some(StoreError::Locked { .. })
-                ) =>
-            {
+            Err(e) if super::daemon_holds_store(&e) => {
                 // The daemon holds the store: ask it to pull the origin from that peer.
                 let path = format!(
                     "/pull?peer={}&origin={origin}",

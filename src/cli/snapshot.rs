@@ -41,12 +41,7 @@ pub fn create(cli: &Cli) -> anyhow::Result<()> {
             }
             (SnapshotDoc::from(&s), created)
         }
-        Err(e)
-            if matches!(
-                e.downcast_ref::<StoreError>(),
-                Some(StoreError::Locked { .. })
-            ) =>
-        {
+        Err(e) if super::daemon_holds_store(&e) => {
             let answer = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?

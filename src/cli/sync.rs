@@ -13,7 +13,7 @@ use crate::replicate::federate::Federation;
 use crate::replicate::ingest::Ingest;
 use crate::replicate::{Changes, SyncReport, sync_peers};
 use crate::source::kinto::KintoClient;
-use crate::store::{StoreError, StoreHandle};
+use crate::store::StoreHandle;
 
 /// Runs one round; exits non-zero if the ingest or any peer failed.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -33,12 +33,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     let report: SyncReport = match Node::open(config) {
         Ok(node) => runtime.block_on(standalone(node))?,
         // The daemon holds the store: ask it to run the round and wait for the result.
-        Err(e)
-            if matches!(
-                e.downcast_ref::<StoreError>(),
-                Some(StoreError::Locked { .. })
-            ) =>
-        {
+        Err(e) if super::daemon_holds_store(&e) => {
             let answer = runtime.block_on(admin_client::post(&data_dir, "/sync"))?;
             serde_json::from_value(answer).context("unexpected answer from the daemon")?
         }
