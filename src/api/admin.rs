@@ -20,6 +20,12 @@
 //! - `POST /migrations` with a `NewMigration` JSON body (`tandem migrate start`, once it
 //!   restored the selection): record the migration and start mirroring it; `200 {"id"}`, `422
 //!   {"error"}` if it cannot be recorded.
+//! - `POST /migrations/{id}/finish` with `{"user", "credentials"}` (the account that changes
+//!   the old server's permissions): switch the migration over (`tandem migrate finish`, see
+//!   [`crate::replicate::moves`]); `200` with what it did, `409 {"error"}` if it cannot.
+//! - `POST /migrations/{id}/abort` with such an account or `null` (the one that locked): give
+//!   the old server's permissions back and end the migration; `200` with what it did, `409
+//!   {"error"}` if it cannot.
 
 use std::path::Path;
 
@@ -80,6 +86,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/pull", post(pull))
         .route("/drill", post(drill))
         .route("/migrations", post(migrations))
+        .route("/migrations/{id}/finish", post(finish))
+        .route("/migrations/{id}/abort", post(abort))
         .with_state(state)
 }
 
@@ -179,6 +187,54 @@ async fn migrations(
             axum::Json(json!({"error": e.to_string()})),
         )
             .into_response(),
+    }
+}
+
+impl AdminState {
+    fn switcher(&self) -> crate::replicate::moves::Switcher {
+        crate::replicate::moves::Switcher::new(
+            self.snapshots.store.clone(),
+            self.snapshots.key.clone(),
+            self.ingest.clone(),
+            self.changes.clone(),
+        )
+    }
+}
+
+/// `409 {"error"}` for a switch that could not go on.
+fn conflict(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::CONFLICT,
+        axum::Json(json!({"error": e.to_string()})),
+    )
+        .into_response()
+}
+
+async fn finish(
+    State(state): State<AdminState>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    axum::Json(account): axum::Json<crate::replicate::moves::Account>,
+) -> Response {
+    if !*state.recovered.borrow() {
+        return conflict("the node is still recovering its own feed from its peers");
+    }
+    match state.switcher().finish(id, account).await {
+        Ok(done) => axum::Json(done).into_response(),
+        Err(e) => conflict(e),
+    }
+}
+
+async fn abort(
+    State(state): State<AdminState>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    axum::Json(account): axum::Json<Option<crate::replicate::moves::Account>>,
+) -> Response {
+    if !*state.recovered.borrow() {
+        return conflict("the node is still recovering its own feed from its peers");
+    }
+    match state.switcher().abort(id, account).await {
+        Ok(done) => axum::Json(done).into_response(),
+        Err(e) => conflict(e),
     }
 }
 

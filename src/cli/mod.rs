@@ -263,6 +263,11 @@ pub struct RestoreCommand {
     /// part of --bucket or --collection.
     #[arg(long, value_name = "BUCKET/COLLECTION", value_parser = parse_collection)]
     pub collection: Vec<String>,
+    /// Restore buckets and collections the origin's feed says moved to another server
+    /// (`tandem migrate finish`) too, from the copy kept from before the move. Without it they
+    /// are left out and named, and naming one with --bucket or --collection is refused.
+    #[arg(long)]
+    pub include_moved: bool,
 }
 
 /// `tandem migrate ...`
@@ -277,6 +282,20 @@ pub enum MigrateCommand {
     /// the password where this command did, whenever it connects: a --password-env variable
     /// must be in the daemon's environment too.
     Start(Box<MigrateStart>),
+    /// Switch a migration over: wait until the target holds everything, make the old
+    /// server's copy read-only for its members (the write and create permissions of every
+    /// object moved are emptied through Kinto's API; what they were is recorded), let the
+    /// mirror write the last changes, and record a signed moved statement per bucket or
+    /// collection in this node's feed: holders show it, and a restore of this origin names
+    /// where the buckets went instead of restoring a stale copy. Runs on the node whose own
+    /// origin is mirrored, through the running daemon if there is one; run it again to resume
+    /// after an interruption. The old server's account needs write permission on every object
+    /// moved (by default the [source] account).
+    Finish(MigrateSwitch),
+    /// Give up a migration: the old server's objects get back the permissions finish took (if
+    /// it ran), the moved statements are retracted, and the mirror ends. What the target holds
+    /// stays there.
+    Abort(MigrateSwitch),
     /// List the migrations: what each mirrors where, up to which seq, and whether it stopped
     /// and why.
     Status {
@@ -302,6 +321,32 @@ pub struct MigrateStart {
     /// The Kinto server the buckets move to, and the account that writes there.
     #[command(flatten)]
     pub target: target::TargetArgs,
+}
+
+/// `tandem migrate finish|abort ...`
+#[derive(Debug, clap::Args)]
+pub struct MigrateSwitch {
+    /// The migration's number (see `tandem migrate status`).
+    pub id: u64,
+    /// The account that changes permissions on the old server (default: the [source]
+    /// account; for abort, the one finish used).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// File holding that account's password (first line).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "user",
+        conflicts_with = "password_env"
+    )]
+    pub password_file: Option<std::path::PathBuf>,
+    /// Environment variable holding that account's password (the daemon's environment, when
+    /// one runs).
+    #[arg(long, value_name = "VAR", requires = "user")]
+    pub password_env: Option<String>,
+    /// Print what was done as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `tandem snapshot ...`
@@ -368,6 +413,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 nul: r.nul,
                 buckets: &r.bucket,
                 collections: &r.collection,
+                include_moved: r.include_moved,
             },
         ),
         Command::Snapshot(SnapshotCommand::List { origin, json }) => {
@@ -395,6 +441,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Verify { origin, sample } => verify::run(&cli, origin.as_deref(), *sample),
         Command::Migrate(MigrateCommand::Start(m)) => migrate::start(&cli, m),
         Command::Migrate(MigrateCommand::Status { json }) => migrate::status(&cli, *json),
+        Command::Migrate(MigrateCommand::Finish(m)) => migrate::switch(&cli, m, true),
+        Command::Migrate(MigrateCommand::Abort(m)) => migrate::switch(&cli, m, false),
         Command::Key(cmd) => key::run(&cli, cmd),
         Command::Config(ConfigCommand::Check { file }) => {
             check::run(file.as_ref().unwrap_or(&cli.config))

@@ -44,6 +44,8 @@ pub struct RestoreArgs<'a> {
     pub buckets: &'a [String],
     /// `--collection` arguments: restore only these collections.
     pub collections: &'a [String],
+    /// Restore what moved to another server too.
+    pub include_moved: bool,
 }
 
 /// Runs the restore.
@@ -147,6 +149,7 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         ignore_secrets_mismatch: args.target.ignore_secrets_mismatch,
         nul: args.nul,
+        include_moved: args.include_moved,
     };
     write_state(&runtime, args.target, state, options, origin, seq)?;
     Ok(())
@@ -179,6 +182,14 @@ pub(super) fn write_state(
     seq: Seq,
 ) -> anyhow::Result<restore::RestoreReport> {
     let selection = options.selection.clone();
+    let include_moved = options.include_moved;
+    let (state, _) = restore::leave_out_moved(state, &selection, options.include_moved)
+        .with_context(|| {
+            format!(
+                "cannot restore {} of {origin} at seq {seq}",
+                selection.describe()
+            )
+        })?;
     // A bucket or collection the origin did not hold is an error before anything is written.
     let state = restore::select(state, &selection).with_context(|| {
         format!(
@@ -231,6 +242,25 @@ pub(super) fn write_state(
         "restored {what}{origin} at seq {seq}: {} objects ({} written, {} already there) and {} tombstones, in {} {how}",
         report.objects, report.written, report.skipped, report.tombstones, report.batches
     );
+    for m in &report.moved {
+        let when = super::rfc3339(m.at);
+        if include_moved {
+            println!(
+                "{} moved to {} on {when} (migration {}): restored anyway, from the copy this origin kept from before the move (--include-moved)",
+                m.describe(),
+                m.to,
+                m.migration
+            );
+        } else {
+            println!(
+                "{} moved to {} on {when} (migration {}; every change up to seq {} is there): not restored, it lives there now; restore it from there, or pass --include-moved to restore the copy kept from before the move",
+                m.describe(),
+                m.to,
+                m.migration,
+                m.applied_seq
+            );
+        }
+    }
     if !report.skipped_nul.is_empty() {
         println!(
             "{} objects holding U+0000 were not restored: {}",

@@ -56,6 +56,13 @@
 //! "error", "created_at"}]`: what each mirrors where, the seq up to which every chosen entry is
 //! on the target, the origin's head here, `state` `mirroring` or `stopped`, and `error`, why it
 //! stopped (it names the object found changed on the target; null while it mirrors).
+//! `state` is `finishing` while `tandem migrate finish` runs (or was interrupted), then
+//! `finished` (with `moved_seq`, the seq of its moved statements) or `aborted`.
+//!
+//! Moves: each origin has `"moved": [{"path", "to", "applied_seq", "migration", "at"}]`, the
+//! moved statements in its feed (see [`crate::replicate::moves`]): the bucket or collection
+//! that lives on another server now, that server's root URL, the seq up to which it holds
+//! every change, the migration's number on the origin's node, and when (RFC 3339).
 
 use serde::Serialize;
 
@@ -109,6 +116,16 @@ struct OriginDoc {
     drill: Option<DrillDoc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rpo_seconds: Option<Option<u64>>,
+    moved: Vec<MovedDoc>,
+}
+
+#[derive(Serialize)]
+struct MovedDoc {
+    path: String,
+    to: String,
+    applied_seq: u64,
+    migration: u64,
+    at: String,
 }
 
 #[derive(Serialize)]
@@ -238,7 +255,18 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
                 needs_operator: d.unrepaired_at.is_some(),
             })
             .collect();
+        let moved = crate::replicate::moves::moves(&store, o.id)?
+            .into_iter()
+            .map(|m| MovedDoc {
+                path: m.path,
+                to: m.to,
+                applied_seq: m.applied_seq,
+                migration: m.migration,
+                at: super::rfc3339(m.at),
+            })
+            .collect();
         origins.push(OriginDoc {
+            moved,
             drill,
             rpo_seconds,
             damaged,
@@ -357,6 +385,12 @@ fn print_text(status: &Status) {
                 ""
             },
         );
+        for m in &o.moved {
+            println!(
+                "    moved: {} lives at {} since {} (every change up to seq {} is there)",
+                m.path, m.to, m.at, m.applied_seq
+            );
+        }
         if o.base_seq > 0 {
             println!(
                 "    compacted: entries up to seq {} hold only the state at that seq's snapshot",

@@ -293,6 +293,8 @@ impl Drill {
                 concurrency: restore::CONCURRENCY,
                 ignore_secrets_mismatch: true,
                 nul: NulStrings::Refuse,
+                // A drill checks that the whole backup comes back.
+                include_moved: true,
             };
             let report =
                 restore::restore(client.clone(), state.clone(), options, Arc::new(|_| {})).await?;
@@ -411,7 +413,7 @@ struct Outcome {
 
 /// Whether a drill restores this item (see the module docs).
 fn drilled(item: &StateItem) -> bool {
-    item.path != super::ingest::SOURCE_PATH && !item.path.starts_with("/accounts/")
+    !super::moves::is_tandem_path(&item.path) && !item.path.starts_with("/accounts/")
 }
 
 /// `b` of `/buckets/b…`.

@@ -57,7 +57,7 @@ use crate::identity::NodeId;
 use crate::replicate::restore::{self, Precondition, RestoreError};
 use crate::replicate::select::{Selection, SelectionError};
 use crate::source::kinto::{KintoClient, KintoError, SubAnswer};
-use crate::store::{Migration, StoreError, StoreHandle};
+use crate::store::{Lock, Migration, StoreError, StoreHandle};
 
 /// Entries applied, and committed, at a time.
 pub const CHUNK: usize = 500;
@@ -203,6 +203,7 @@ pub async fn record(store: &StoreHandle, new: NewMigration) -> Result<u64, Mirro
         applied_seq: new.seq,
         stopped: None,
         created_at: crate::store::now_ms(),
+        switch: None,
     };
     Ok(store
         .write(move |s| s.add_migration(&migration, &objects))
@@ -241,7 +242,7 @@ impl Mirror {
         let migrations = self.store.read(|s| s.migrations()).await?;
         let mut report = MirrorReport::default();
         let mut failed = None;
-        for migration in migrations.into_iter().filter(|m| m.stopped.is_none()) {
+        for migration in migrations.into_iter().filter(Migration::mirrors) {
             match self.catch_up(&migration, &mut report).await {
                 Ok(()) => {}
                 Err(e) if failed.is_none() => failed = Some(e),
@@ -269,6 +270,13 @@ impl Mirror {
         let origin = migration.origin;
         let mut applied = migration.applied_seq;
         let mut target: Option<(Arc<KintoClient>, usize)> = None;
+        let locks: HashMap<String, Lock> = self
+            .store
+            .read(move |s| s.migration_locks(id))
+            .await?
+            .into_iter()
+            .map(|l| (l.path.clone(), l))
+            .collect();
         loop {
             let entries = self
                 .store
@@ -281,9 +289,18 @@ impl Mirror {
             for entry in &entries {
                 let entry =
                     crate::feed::decode_stored_entry(&entry.bytes).map_err(StoreError::from)?;
-                if selection.includes(entry.path) && !selection.is_parent_only(entry.path) {
-                    changes.push((entry.op, entry.path.to_owned(), entry.body.to_vec()));
+                if !selection.includes(entry.path) || selection.is_parent_only(entry.path) {
+                    continue;
                 }
+                let body = match (entry.op, locks.get(entry.path)) {
+                    (Op::Put, Some(lock)) => match unlocked(entry.body, lock) {
+                        Some(body) => body,
+                        // The switch's own change of the old copy: not the target's.
+                        None => continue,
+                    },
+                    _ => entry.body.to_vec(),
+                };
+                changes.push((entry.op, entry.path.to_owned(), body));
             }
             let plan = Plan::new(changes).map_err(|(path, what)| {
                 MirrorError::Restore(RestoreError::Unrestorable { path, what })
@@ -348,6 +365,38 @@ impl Mirror {
         report.mirroring += 1;
         Ok(())
     }
+}
+
+/// What the target gets of a put the ingest recorded for an object the switch locked on the
+/// old server (see [`crate::replicate::moves`]): nothing for the lock itself (the version at
+/// the timestamp the old server gave it); a version from before the lock as it is; a later one
+/// with the permissions from before the lock, which the object keeps on the target.
+fn unlocked(body: &[u8], lock: &Lock) -> Option<Vec<u8>> {
+    let stamp = restore::data_stamp(body).ok();
+    match (lock.locked_stamp, stamp) {
+        (Some(locked), Some(stamp)) if stamp == locked => None,
+        (Some(locked), Some(stamp)) if stamp < locked => Some(body.to_vec()),
+        _ => Some(with_permissions(body, &lock.permissions).unwrap_or_else(|| body.to_vec())),
+    }
+}
+
+/// `body` (`{"data": …, "permissions": …}`) with `permissions` instead of its own; the data's
+/// bytes are kept as they are. None if `body` is not such an object.
+fn with_permissions(body: &[u8], permissions: &str) -> Option<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    let parsed: Body<'_> = serde_json::from_slice(body).ok()?;
+    let permissions: &RawValue = serde_json::from_str(permissions).ok()?;
+    let mut out = Vec::with_capacity(body.len() + permissions.get().len());
+    out.extend_from_slice(b"{\"data\":");
+    out.extend_from_slice(parsed.data.get().as_bytes());
+    out.extend_from_slice(b",\"permissions\":");
+    out.extend_from_slice(permissions.get().as_bytes());
+    out.push(b'}');
+    Some(out)
 }
 
 /// The last version of one object in a chunk.

@@ -10,6 +10,7 @@ pub mod drill;
 pub mod federate;
 pub mod ingest;
 pub mod mirror;
+pub mod moves;
 pub mod restore;
 pub mod select;
 pub mod snapshot;

@@ -73,6 +73,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::task::JoinSet;
 
+use crate::replicate::moves::{self, Moved};
 use crate::replicate::select::Selection;
 use crate::source::kinto::{KintoClient, KintoError, SubAnswer};
 use crate::store::StateItem;
@@ -145,6 +146,15 @@ pub enum RestoreError {
         /// Kinto's message.
         message: String,
     },
+    /// A chosen bucket or collection moved to another server.
+    #[error(
+        "{}: restore from there (or from the backups of the node that follows it), or pass --include-moved to restore the copy this origin kept from before the move; nothing was written",
+        moved.iter().map(|m| format!("{} moved to {} (migration {}, every change up to seq {} is there)", m.describe(), m.to, m.migration, m.applied_seq)).collect::<Vec<_>>().join("; ")
+    )]
+    Moved {
+        /// The statements.
+        moved: Vec<Moved>,
+    },
     /// The target kept another timestamp than the one sent.
     #[error(
         "the target stored {path} with last_modified {stored} instead of {sent}: it holds newer data there; restore into an empty server or bucket"
@@ -195,6 +205,9 @@ pub struct RestoreReport {
     pub skipped: u64,
     /// Batch calls made.
     pub batches: u64,
+    /// Buckets and collections the state says moved to another server: left out, or, with
+    /// [`RestoreOptions::include_moved`], restored from the copy kept before the move.
+    pub moved: Vec<Moved>,
 }
 
 /// How to restore.
@@ -208,6 +221,9 @@ pub struct RestoreOptions {
     pub ignore_secrets_mismatch: bool,
     /// What to do with objects holding U+0000 in a string.
     pub nul: NulStrings,
+    /// Restore buckets and collections that moved to another server too (from the copy this
+    /// origin kept before the move) instead of leaving them out.
+    pub include_moved: bool,
 }
 
 /// What to do with objects holding the character U+0000 in a string (key or value), which
@@ -267,6 +283,37 @@ pub fn buckets_without_permissions(state: &[StateItem]) -> Vec<String> {
         .collect()
 }
 
+/// `state` without the buckets and collections its moved statements say live elsewhere now
+/// (see [`crate::replicate::moves`]), and those statements. The statements themselves stay
+/// in the state (nothing writes them). A selection that names a moved object, or something
+/// within one, is refused unless `include_moved`, which keeps everything.
+pub fn leave_out_moved(
+    state: Vec<StateItem>,
+    selection: &Selection,
+    include_moved: bool,
+) -> Result<(Vec<StateItem>, Vec<Moved>), RestoreError> {
+    let moved: Vec<Moved> = moves::in_state(&state)
+        .into_iter()
+        .filter(|m| selection.includes(&m.path))
+        .collect();
+    if moved.is_empty() || include_moved {
+        return Ok((state, moved));
+    }
+    let asked: Vec<Moved> = moved
+        .iter()
+        .filter(|m| selection.named().iter().any(|(_, _, path)| m.covers(path)))
+        .cloned()
+        .collect();
+    if !asked.is_empty() {
+        return Err(RestoreError::Moved { moved: asked });
+    }
+    let state = state
+        .into_iter()
+        .filter(|i| !moved.iter().any(|m| m.covers(&i.path)))
+        .collect();
+    Ok((state, moved))
+}
+
 /// The part of `state` that `selection` chooses, and the source's description (its secrets
 /// fingerprint decides whether the target may be written). Fails, before anything is written,
 /// when a chosen bucket or collection is not live in `state`. Selecting twice changes nothing.
@@ -302,7 +349,7 @@ pub fn select(
     }
     Ok(state
         .into_iter()
-        .filter(|i| i.path == crate::replicate::ingest::SOURCE_PATH || selection.includes(&i.path))
+        .filter(|i| moves::is_tandem_path(&i.path) || selection.includes(&i.path))
         .collect())
 }
 
@@ -330,6 +377,10 @@ fn plan(state: Vec<StateItem>, selection: &Selection) -> Result<Plan, RestoreErr
             fingerprint = serde_json::from_slice::<Source>(&item.body)
                 .ok()
                 .map(|s| s.data.secrets_fingerprint);
+            continue;
+        }
+        if moves::is_tandem_path(&item.path) {
+            // Moved statements: about the feed, not objects of the server.
             continue;
         }
         let unrestorable = |what: &str| RestoreError::Unrestorable {
@@ -590,7 +641,7 @@ fn requests(item: &Item) -> Requests {
 
 /// `path` with every segment percent-encoded: Kinto decodes `%xx` in batch paths and splits
 /// them at `?`, so no id (from any origin) can point elsewhere or smuggle in a parameter.
-fn encoded_path(path: &str) -> String {
+pub(crate) fn encoded_path(path: &str) -> String {
     path.split('/')
         .map(|segment| percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string())
         .collect::<Vec<_>>()
@@ -813,6 +864,7 @@ pub async fn restore(
     options: RestoreOptions,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<RestoreReport, RestoreError> {
+    let (state, moved) = leave_out_moved(state, &options.selection, options.include_moved)?;
     let state = select(state, &options.selection)?;
     let info = client.server_info().await?;
     let batch_max = batch_max(&info);
@@ -862,6 +914,7 @@ pub async fn restore(
     let mut total = RestoreReport {
         via_plugin: plugin,
         skipped_nul,
+        moved,
         ..RestoreReport::default()
     };
     if !plugin {

@@ -238,8 +238,8 @@ mod tests {
             store
                 .conn
                 .execute_batch(
-                    "DROP TABLE migrations; DROP TABLE migration_objects; \
-                     DROP TABLE drills; DROP TABLE drill_buckets; PRAGMA user_version = 7;",
+                    "DROP TABLE migrations; DROP TABLE migration_objects; DROP TABLE migration_switch; \
+                     DROP TABLE migration_locks; DROP TABLE drills; DROP TABLE drill_buckets; PRAGMA user_version = 7;",
                 )
                 .unwrap();
         }

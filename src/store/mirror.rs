@@ -21,6 +21,67 @@ use crate::identity::NodeId;
 /// The schema version that added the migration tables: older stores have none.
 const SINCE_VERSION: i64 = 9;
 
+/// The schema version that added the switch at the end of a migration.
+const SWITCH_SINCE_VERSION: i64 = 10;
+
+/// Where a migration's switch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// `migrate finish` runs: the old server's copy is being made read-only; the mirror goes on.
+    Finishing,
+    /// Done: the old copy is read-only, the moved statements are in the feed, the mirror
+    /// stopped.
+    Finished,
+    /// Given up: the old copy's permissions are back, the mirror stopped.
+    Aborted,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Finishing => "finishing",
+            Phase::Finished => "finished",
+            Phase::Aborted => "aborted",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Phase> {
+        match text {
+            "finishing" => Some(Phase::Finishing),
+            "finished" => Some(Phase::Finished),
+            "aborted" => Some(Phase::Aborted),
+            _ => None,
+        }
+    }
+}
+
+/// The switch of a migration, once `migrate finish` (or `abort`) began it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Switch {
+    /// Where it is.
+    pub phase: Phase,
+    /// The account that changes the old server's permissions.
+    pub user: String,
+    /// Where its password is: `file:PATH` or `env:VAR`.
+    pub credentials: String,
+    /// The seq of the moved statements, once finished.
+    pub moved_seq: Option<u64>,
+    /// When the phase was entered (ms since the epoch).
+    pub at: u64,
+}
+
+/// An object of the old server whose write permissions the switch took away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    /// Its path.
+    pub path: String,
+    /// Its permissions before, as recorded (`{"write": [...], ...}`).
+    pub permissions: String,
+    /// The `last_modified` the old server gave it when locked (None until it answered).
+    pub locked_stamp: Option<i64>,
+}
+
 /// One migration, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Migration {
@@ -44,6 +105,19 @@ pub struct Migration {
     pub stopped: Option<String>,
     /// When it was recorded (ms since the epoch).
     pub created_at: u64,
+    /// Its switch, once begun.
+    pub switch: Option<Switch>,
+}
+
+impl Migration {
+    /// Whether the mirror still writes its target: neither stopped nor done.
+    pub fn mirrors(&self) -> bool {
+        self.stopped.is_none()
+            && !matches!(
+                self.switch.as_ref().map(|s| s.phase),
+                Some(Phase::Finished | Phase::Aborted)
+            )
+    }
 }
 
 impl Store {
@@ -151,7 +225,9 @@ impl Store {
                     detail: format!("migration {id}: a selection that is not a JSON list"),
                 })
             };
+            let switch = self.switch(id as u64)?;
             out.push(Migration {
+                switch,
                 id: id as u64,
                 origin: super::read::node_id_from(origin)?,
                 buckets: list(&buckets)?,
@@ -209,7 +285,9 @@ impl Store {
         let moved = tx
             .execute(
                 "UPDATE migrations SET applied_seq = ?3 \
-                 WHERE id = ?1 AND applied_seq = ?2 AND state = 'mirroring'",
+                 WHERE id = ?1 AND applied_seq = ?2 AND state = 'mirroring' AND NOT EXISTS \
+                 (SELECT 1 FROM migration_switch WHERE migration = ?1 \
+                  AND phase IN ('finished', 'aborted'))",
                 (id as i64, from as i64, to as i64),
             )
             .ctx("advancing a migration")?;
@@ -250,6 +328,142 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The switch of migration `id`, if begun.
+    fn switch(&self, id: u64) -> Result<Option<Switch>, StoreError> {
+        if self.user_version()? < SWITCH_SINCE_VERSION {
+            return Ok(None);
+        }
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT phase, user, credentials, moved_seq, at FROM migration_switch \
+                 WHERE migration = ?1",
+            )
+            .ctx("reading a migration")?
+            .query_row([id as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()
+            .ctx("reading a migration")?;
+        let Some((phase, user, credentials, moved_seq, at)) = row else {
+            return Ok(None);
+        };
+        let phase = Phase::parse(&phase).ok_or_else(|| StoreError::Corrupt {
+            path: self.path().to_owned(),
+            detail: format!("migration {id}: unknown switch phase {phase:?}"),
+        })?;
+        Ok(Some(Switch {
+            phase,
+            user,
+            credentials,
+            moved_seq: moved_seq.map(|s| s as u64),
+            at: at as u64,
+        }))
+    }
+
+    /// Enters `phase` for migration `id`: the account and credentials are recorded the first
+    /// time (a later phase keeps them), `moved_seq` when given.
+    pub fn set_switch(
+        &mut self,
+        id: u64,
+        phase: Phase,
+        user: &str,
+        credentials: &str,
+        moved_seq: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO migration_switch (migration, phase, user, credentials, moved_seq, at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (migration) DO UPDATE SET \
+                 phase = excluded.phase, moved_seq = coalesce(excluded.moved_seq, moved_seq), \
+                 at = excluded.at",
+                (
+                    id as i64,
+                    phase.as_str(),
+                    user,
+                    credentials,
+                    moved_seq.map(|s| s as i64),
+                    super::now_ms() as i64,
+                ),
+            )
+            .ctx("recording a migration's switch")?;
+        Ok(())
+    }
+
+    /// The objects migration `id` locked, by path.
+    pub fn migration_locks(&self, id: u64) -> Result<Vec<Lock>, StoreError> {
+        if self.user_version()? < SWITCH_SINCE_VERSION {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT path, permissions, locked_stamp FROM migration_locks \
+                 WHERE migration = ?1 ORDER BY path",
+            )
+            .ctx("reading a migration")?;
+        let rows = stmt
+            .query_map([id as i64], |r| {
+                Ok(Lock {
+                    path: r.get(0)?,
+                    permissions: r.get(1)?,
+                    locked_stamp: r.get(2)?,
+                })
+            })
+            .ctx("reading a migration")?;
+        rows.collect::<Result<_, _>>().ctx("reading a migration")
+    }
+
+    /// Records that migration `id` is about to lock `locks` (path, permissions before). A path
+    /// already recorded keeps its first permissions: those are what abort gives back.
+    pub fn add_migration_locks(
+        &mut self,
+        id: u64,
+        locks: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().ctx("starting a transaction")?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO migration_locks (migration, path, permissions) \
+                     VALUES (?1, ?2, ?3)",
+                )
+                .ctx("recording locks")?;
+            for (path, permissions) in locks {
+                insert
+                    .execute((id as i64, path, permissions))
+                    .ctx("recording locks")?;
+            }
+        }
+        tx.commit().ctx("recording locks")
+    }
+
+    /// Records the timestamps the old server gave the objects it locked.
+    pub fn set_lock_stamps(&mut self, id: u64, stamps: &[(String, i64)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().ctx("starting a transaction")?;
+        {
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE migration_locks SET locked_stamp = ?3 WHERE migration = ?1 AND path = ?2",
+                )
+                .ctx("recording locks")?;
+            for (path, stamp) in stamps {
+                update
+                    .execute((id as i64, path, stamp))
+                    .ctx("recording locks")?;
+            }
+        }
+        tx.commit().ctx("recording locks")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +481,7 @@ mod tests {
             applied_seq: 10,
             stopped: None,
             created_at: 1_700_000_000_000,
+            switch: None,
         }
     }
 
@@ -323,6 +538,60 @@ mod tests {
     }
 
     #[test]
+    fn a_switch_keeps_its_account_and_first_permissions_and_ends_the_mirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = NodeKey::from_seed([5; 32]);
+        let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
+        let id = store.add_migration(&migration(key.id()), &[]).unwrap();
+        assert!(store.migrations().unwrap()[0].mirrors());
+        store
+            .set_switch(id, Phase::Finishing, "admin", "file:/pw", None)
+            .unwrap();
+        let locks = vec![("/buckets/alice".to_owned(), r#"{"write":["a"]}"#.to_owned())];
+        store.add_migration_locks(id, &locks).unwrap();
+        // Locked again later: the permissions from before the first lock stay.
+        let again = vec![("/buckets/alice".to_owned(), r#"{"write":[]}"#.to_owned())];
+        store.add_migration_locks(id, &again).unwrap();
+        store
+            .set_lock_stamps(id, &[("/buckets/alice".to_owned(), 77)])
+            .unwrap();
+        assert_eq!(
+            store.migration_locks(id).unwrap(),
+            vec![Lock {
+                path: "/buckets/alice".into(),
+                permissions: r#"{"write":["a"]}"#.into(),
+                locked_stamp: Some(77),
+            }]
+        );
+        let m = &store.migrations().unwrap()[0];
+        assert!(m.mirrors(), "the mirror goes on while finishing");
+        assert!(store.advance_migration(id, 10, 11, &[]).unwrap());
+
+        // A later phase keeps the account; a finished migration no longer advances.
+        store
+            .set_switch(id, Phase::Finished, "other", "env:X", Some(12))
+            .unwrap();
+        let m = &store.migrations().unwrap()[0];
+        let switch = m.switch.as_ref().unwrap();
+        assert_eq!(
+            (
+                switch.phase,
+                switch.user.as_str(),
+                switch.credentials.as_str()
+            ),
+            (Phase::Finished, "admin", "file:/pw")
+        );
+        assert_eq!(switch.moved_seq, Some(12));
+        assert!(!m.mirrors());
+        assert!(!store.advance_migration(id, 11, 12, &[]).unwrap());
+        store
+            .set_switch(id, Phase::Aborted, "admin", "file:/pw", None)
+            .unwrap();
+        let switch = store.migrations().unwrap()[0].switch.clone().unwrap();
+        assert_eq!((switch.phase, switch.moved_seq), (Phase::Aborted, Some(12)));
+    }
+
+    #[test]
     fn a_store_from_before_migrations_opens_and_gains_them() {
         let dir = tempfile::tempdir().unwrap();
         let key = NodeKey::from_seed([4; 32]);
@@ -331,7 +600,8 @@ mod tests {
             store
                 .conn
                 .execute_batch(
-                    "DROP TABLE migrations; DROP TABLE migration_objects; PRAGMA user_version = 8;",
+                    "DROP TABLE migrations; DROP TABLE migration_objects; DROP TABLE migration_switch; \
+                     DROP TABLE migration_locks; PRAGMA user_version = 8;",
                 )
                 .unwrap();
         }

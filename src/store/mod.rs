@@ -42,7 +42,7 @@ pub use damage::DamagedEntry;
 pub use drills::DrillRecord;
 pub use handle::{READERS, StoreHandle};
 pub use holders::{HolderInfo, MAX_UNLISTED_HOLDERS, ReceiptCheck, Rollback};
-pub use mirror::Migration;
+pub use mirror::{Lock, Migration, Phase, Switch};
 pub use read::{OriginInfo, StoredEntry};
 pub use snapshots::{SnapshotMismatch, StateItem};
 pub use verify::{VerifyProblem, VerifyReport};

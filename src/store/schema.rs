@@ -199,6 +199,26 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (migration, path)
     ) WITHOUT ROWID;
     "#,
+    // 10: the switch at the end of a migration: its phase, and the permissions it took from
+    // the old server's objects (to give them back on abort, and to keep them on the target).
+    r#"
+    CREATE TABLE migration_switch (
+        migration    INTEGER PRIMARY KEY,
+        phase        TEXT NOT NULL CHECK (phase IN ('finishing', 'finished', 'aborted')),
+        user         TEXT NOT NULL,     -- the account that changes the old server's permissions
+        credentials  TEXT NOT NULL,     -- "file:PATH" or "env:VAR"
+        moved_seq    INTEGER,           -- the seq of the moved statements, once finished
+        at           INTEGER NOT NULL   -- ms, when the phase was entered
+    );
+
+    CREATE TABLE migration_locks (
+        migration     INTEGER NOT NULL,
+        path          TEXT NOT NULL,
+        permissions   TEXT NOT NULL,    -- the object's permissions before, as recorded (JSON)
+        locked_stamp  INTEGER,          -- last_modified the old server gave the locked object
+        PRIMARY KEY (migration, path)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -41,4 +41,5 @@ mod receipts;
 mod restore;
 mod select;
 mod sockets;
+mod switch;
 mod wizard;

@@ -310,7 +310,7 @@ impl Ingest {
                 .with_store(move |s| s.paths_under(origin, "/"))
                 .await?
                 .into_iter()
-                .filter(|p| p != SOURCE_PATH && !seen.contains(p))
+                .filter(|p| !crate::replicate::moves::is_tandem_path(p) && !seen.contains(p))
                 .collect();
             gone.reverse();
             deletes = gone

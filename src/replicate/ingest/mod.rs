@@ -169,6 +169,11 @@ impl IngestSlot {
         self
     }
 
+    /// The source this slot follows.
+    pub fn source(&self) -> &SourceConfig {
+        &self.source
+    }
+
     /// Runs one pass, after the one in progress (if any). Waits first while Kinto's `Backoff`
     /// header asks clients to stay away.
     pub async fn run_pass(&self) -> Result<IngestReport, IngestError> {
