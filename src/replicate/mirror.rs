@@ -277,6 +277,16 @@ impl Mirror {
             .into_iter()
             .map(|l| (l.path.clone(), l))
             .collect();
+        if locks.values().any(|l| l.locked_stamp.is_none()) {
+            // An interrupted `migrate finish` sent locks whose answers it did not record:
+            // until it runs again and confirms them, their versions cannot be told apart.
+            tracing::info!(
+                migration = id,
+                "waiting for `tandem migrate finish` to confirm the old server's locks"
+            );
+            report.mirroring += 1;
+            return Ok(());
+        }
         loop {
             let entries = self
                 .store

@@ -12,8 +12,13 @@
 //!    and those who could write an object (which let them read it) get `read` on it (`PATCH`
 //!    of those ACEs only; the others are kept). The permissions each object had are
 //!    recorded first, in the store, so that [`Switcher::abort`] can give them back whatever
-//!    happens after. A member's write that lands while the locks go on is recorded by the next
-//!    ingest pass, and the object it made is locked too, until a pass finds nothing open.
+//!    happens after. Only objects someone other than the switch's account may change are
+//!    touched (the others are writable only through their bucket or collection, which are). A
+//!    member's write that lands while the locks go on is recorded by the next ingest pass, and
+//!    the object it made is locked too, until a pass finds nothing open. A lock whose answer
+//!    an interruption lost is confirmed by the next run from what the ingest recorded (the
+//!    object's version without writers), and the mirror waits until every lock is confirmed,
+//!    so that it never takes a lock's version for a member's change.
 //! 3. The mirror writes what the ingest recorded meanwhile into the target, except the locks
 //!    themselves: a version of a locked object at the timestamp the old server gave the lock
 //!    is the switch's own change, and a later one gets the permissions from before (see
@@ -62,7 +67,7 @@ use crate::replicate::mirror::{Mirror, MirrorError};
 use crate::replicate::restore;
 use crate::replicate::select::{Selection, SelectionError};
 use crate::source::kinto::{KintoClient, KintoError};
-use crate::store::{Change, Lock, Migration, Phase, Store, StoreError, StoreHandle};
+use crate::store::{Change, Migration, Phase, Store, StoreError, StoreHandle};
 
 /// Where moved statements live in a feed: this, then the moved object's path.
 pub const MOVED_PREFIX: &str = "/tandem/moved";
@@ -505,9 +510,48 @@ impl Switcher {
         })?)
     }
 
+    /// Confirms the locks an interrupted finish sent without recording the old server's answer:
+    /// a locked object the feed now holds with nobody but `locker` able to change it was
+    /// locked, at that version's timestamp; one the feed no longer holds is forgotten. Returns
+    /// whether every lock of migration `id` is confirmed (the mirror waits until they are).
+    async fn adopt(&self, id: u64, origin: NodeId, locker: &str) -> Result<bool, MoveError> {
+        let locker = locker.to_owned();
+        Ok(self
+            .store
+            .write(move |s| {
+                let (mut stamps, mut gone, mut open) = (Vec::new(), Vec::new(), 0);
+                for lock in s.migration_locks(id)? {
+                    if lock.locked_stamp.is_some() {
+                        continue;
+                    }
+                    let body = s.object(origin, &lock.path)?;
+                    let stamp = body.as_deref().and_then(|b| restore::data_stamp(b).ok());
+                    match (body, stamp) {
+                        (None, _) => gone.push(lock.path),
+                        (Some(body), Some(stamp))
+                            if writers(
+                                &lock.path,
+                                &permissions_of(&body).unwrap_or_default(),
+                                &locker,
+                            )
+                            .is_empty() =>
+                        {
+                            stamps.push((lock.path, stamp))
+                        }
+                        _ => open += 1,
+                    }
+                }
+                s.set_lock_stamps(id, &stamps)?;
+                s.remove_migration_locks(id, &gone)?;
+                Ok::<_, StoreError>(open == 0)
+            })
+            .await?)
+    }
+
     /// Runs the mirror until migration `id` holds everything this node holds of its origin.
     async fn catch_up(&self, id: u64) -> Result<u64, MoveError> {
         let mirror = Mirror::new(self.store.clone());
+        let mut before = u64::MAX;
         loop {
             mirror.pass().await?;
             let m = self.migration(id).await?;
@@ -523,6 +567,21 @@ impl Switcher {
             if m.applied_seq >= head {
                 return Ok(m.applied_seq);
             }
+            if m.applied_seq == before {
+                // The mirror waits for locks to be confirmed, which only a finish does.
+                return Err(MoveError::StillOpen {
+                    id,
+                    paths: self
+                        .store
+                        .read(move |s| s.migration_locks(id))
+                        .await?
+                        .into_iter()
+                        .filter(|l| l.locked_stamp.is_none())
+                        .map(|l| l.path)
+                        .collect(),
+                });
+            }
+            before = m.applied_seq;
         }
     }
 
@@ -563,12 +622,15 @@ impl Switcher {
         let locker = info.user_id.clone();
         let batch_max = restore::batch_max(&info);
 
-        // 1. The target close to the present before anything is locked.
+        // 1. The target close to the present before anything is locked (unless an
+        //    interrupted finish left locks unconfirmed: the mirror waits for them).
+        let origin = m.origin;
         ingest.run_pass().await?;
-        self.catch_up(id).await?;
+        if self.adopt(id, origin, &locker).await? {
+            self.catch_up(id).await?;
+        }
 
         // 2. What cannot be locked is refused before anything is.
-        let origin = m.origin;
         let (objects, parents) = {
             let selection = selection.clone();
             self.store
@@ -615,21 +677,14 @@ impl Switcher {
             .write(move |s| s.set_switch(id, Phase::Finishing, &user, &credentials, None))
             .await?;
 
-        // 3. Lock until a pass finds nothing open. Containers are locked whatever they hold:
-        //    they gate what can be created in them.
-        let mut first = true;
+        // 3. Lock until a pass finds nothing open: nobody but the switch's account may change
+        //    any object moved.
         let mut settled = false;
-        for _ in 0..LOCK_ROUNDS {
-            if !first {
+        for round in 0..LOCK_ROUNDS {
+            if round > 0 {
                 ingest.run_pass().await?;
             }
-            let locks: HashMap<String, Lock> = self
-                .store
-                .read(move |s| s.migration_locks(id))
-                .await?
-                .into_iter()
-                .map(|l| (l.path.clone(), l))
-                .collect();
+            self.adopt(id, origin, &locker).await?;
             let objects = {
                 let selection = selection.clone();
                 self.store
@@ -639,19 +694,11 @@ impl Switcher {
             let mut open = Vec::new();
             for (path, body) in objects {
                 let permissions = permissions_of(&body).unwrap_or_default();
-                let container = !path.contains("/records/") && !path.contains("/groups/");
-                let done = locks.get(&path).is_some_and(|l| {
-                    l.locked_stamp.is_some() && restore::data_stamp(&body).ok() >= l.locked_stamp
-                });
-                if done && writers(&path, &permissions, &locker).is_empty() {
-                    continue;
-                }
-                if (first && container) || !writers(&path, &permissions, &locker).is_empty() {
+                if !writers(&path, &permissions, &locker).is_empty() {
                     let raw = serde_json::to_string(&permissions).expect("plain data");
                     open.push((path, raw));
                 }
             }
-            first = false;
             if open.is_empty() {
                 settled = true;
                 break;
@@ -660,7 +707,7 @@ impl Switcher {
             self.store
                 .write(move |s| s.add_migration_locks(id, &intents))
                 .await?;
-            let mut stamps = Vec::new();
+            let (mut stamps, mut gone) = (Vec::new(), Vec::new());
             for chunk in open.chunks(batch_max) {
                 let requests: Vec<Box<RawValue>> = chunk
                     .iter()
@@ -672,17 +719,18 @@ impl Switcher {
                 let answers = client.batch(&requests).await?;
                 for ((path, _), answer) in chunk.iter().zip(answers) {
                     match answer.status {
-                        200..=299 => {
-                            if let Some(stamp) = answer.last_modified {
-                                stamps.push((path.clone(), stamp));
-                            }
-                        }
+                        // Kinto always answers the object; without its timestamp every later
+                        // version counts as after the lock.
+                        200..=299 => stamps.push((path.clone(), answer.last_modified.unwrap_or(0))),
                         // Deleted meanwhile: the ingest records it, the mirror follows.
-                        404 => {}
+                        404 => gone.push(path.clone()),
                         status => {
-                            let done = stamps.clone();
+                            let (done, gone) = (stamps.clone(), gone.clone());
                             self.store
-                                .write(move |s| s.set_lock_stamps(id, &done))
+                                .write(move |s| {
+                                    s.set_lock_stamps(id, &done)?;
+                                    s.remove_migration_locks(id, &gone)
+                                })
                                 .await?;
                             return Err(MoveError::Refused {
                                 id,
@@ -701,7 +749,10 @@ impl Switcher {
                 "made read-only on the old server"
             );
             self.store
-                .write(move |s| s.set_lock_stamps(id, &stamps))
+                .write(move |s| {
+                    s.set_lock_stamps(id, &stamps)?;
+                    s.remove_migration_locks(id, &gone)
+                })
                 .await?;
         }
         if !settled {

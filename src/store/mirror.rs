@@ -445,6 +445,20 @@ impl Store {
         tx.commit().ctx("recording locks")
     }
 
+    /// Forgets the locks of migration `id` at `paths` (objects gone from the old server).
+    pub fn remove_migration_locks(&mut self, id: u64, paths: &[String]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().ctx("starting a transaction")?;
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM migration_locks WHERE migration = ?1 AND path = ?2")
+                .ctx("forgetting locks")?;
+            for path in paths {
+                delete.execute((id as i64, path)).ctx("forgetting locks")?;
+            }
+        }
+        tx.commit().ctx("forgetting locks")
+    }
+
     /// Records the timestamps the old server gave the objects it locked.
     pub fn set_lock_stamps(&mut self, id: u64, stamps: &[(String, i64)]) -> Result<(), StoreError> {
         let tx = self.conn.transaction().ctx("starting a transaction")?;
