@@ -33,10 +33,11 @@
 //!                kinto-tandem plugin's capability (reqwest)
 //! peer           the peer protocol client: signed requests, pages, receipts (reqwest)
 //! probe          is a peer answering? (reqwest)
-//! feed, protocol, identity, config, telemetry, backoff, net, retention, atomic
+//! feed, protocol, identity, keybackup, config, telemetry, backoff, net, retention, atomic
 //!                leaves: the feed's byte format and signed statements (checkpoints, receipts,
 //!                snapshots and their state root), request signatures (RFC 9421) and the
-//!                nonces already seen, the page, receipt and archive formats, keys, TOML,
+//!                nonces already seen, the page, receipt and archive formats, keys, the node
+//!                key sealed under a passphrase and the proof that fetches it back, TOML,
 //!                logging and metrics, retry timing, HTTP client set-up (no redirects, bounded
 //!                body reads), which snapshots a retention policy keeps, files written whole
 //!                (temporary file, fsync, rename, fsync of the directory)
@@ -75,6 +76,7 @@ pub mod config;
 pub mod daemon;
 pub mod feed;
 pub mod identity;
+pub mod keybackup;
 pub mod net;
 pub mod peer;
 pub mod probe;
