@@ -331,7 +331,8 @@ mod tests {
             store
                 .conn
                 .execute_batch(
-                    "DROP TABLE migrations; DROP TABLE migration_objects; PRAGMA user_version = 8;",
+                    "DROP TABLE migrations; DROP TABLE migration_objects; DROP TABLE key_backups; \
+                     PRAGMA user_version = 8;",
                 )
                 .unwrap();
         }
