@@ -117,6 +117,10 @@ pub const PROOF_WINDOW_SECS: i64 = 120;
 /// Length of a proof's nonce, in bytes.
 pub const PROOF_NONCE_LEN: usize = 16;
 
+/// The error text of a holder's uniform refusal of a fetch (no backup for the id, or a proof
+/// that does not open it: a stranger is not told which).
+pub const NO_BACKUP: &str = "no key backup here that this proof opens: the node id or the passphrase is wrong, or no backup was stored here";
+
 const TAG: &[u8] = b"tandem key backup\0";
 const ENC_CONTEXT: &str = "tandem 2026 key backup encryption key";
 const FETCH_CONTEXT: &str = "tandem 2026 key backup fetch key";

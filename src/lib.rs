@@ -58,7 +58,9 @@
 //!   [`probe`] know nothing of SQL.
 //! - [`replicate`] decides nothing about time: the [`scheduler`] (or a command) runs a pass.
 //! - Every peer request is authenticated from its headers before any of its body is read, for
-//!   this node and once ([`api::peer::guard`]), and
+//!   this node and once ([`api::peer::guard`]) — except the fetch of a key backup, which is
+//!   proven by a key the passphrase gives, reads at most a few hundred bytes, and answers a
+//!   stranger the same whatever it asks ([`api::peer::keybackup`]) — and
 //!   every page from a peer is verified against its origin's key before the store sees it,
 //!   whoever relayed it ([`replicate::federate`]).
 //! - Secrets ([`identity::NodeKey`], source passwords) are never logged or printed.
