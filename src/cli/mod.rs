@@ -169,7 +169,7 @@ pub enum Command {
     /// second and 256 MiB), fetches the sealed key from the peer with a proof that the
     /// passphrase is known, decrypts it and checks that it is the key of --id. Then it writes
     /// the configuration (only when the file --config names does not exist: this node and
-    /// that peer; add the [source] section after), the key file and a store marked to
+    /// that peer; add the `[source]` section after), the key file and a store marked to
     /// recover, as `tandem init --existing-key` does: `tandem run` or `tandem sync` then
     /// fetches the node's whole feed back from its peers before appending anything. A wrong
     /// passphrase (or an id the peer has no backup of: it does not say which), a backup
@@ -177,7 +177,7 @@ pub enum Command {
     /// is written. Prints the node id last.
     Recover {
         /// A peer that holds this node's feed (and so its key backup), e.g.
-        /// https://community.example.org/tandem/
+        /// `https://community.example.org/tandem/`
         #[arg(long, value_name = "URL")]
         peer: url::Url,
         /// The node to bring back (`ed25519:...`, as `tandem key show` printed it).
