@@ -68,9 +68,9 @@ pub struct Kdf {
     pub lanes: u32,
 }
 
-/// Version 1: Argon2id with 256 MiB, 4 passes, 1 lane. About 1.3 s on one core of a 2024
-/// server (see docs/recovery.md for the measurement), and 256 MiB of memory per guess, for
-/// whoever tries passphrases against a blob.
+/// Version 1: Argon2id with 256 MiB, 4 passes, 1 lane: about 1.3 s on one core of the
+/// project's build machine (see docs/recovery.md for the measurement), and 256 MiB of memory,
+/// per guess, for whoever tries passphrases against a blob.
 pub const V1: Kdf = Kdf {
     version: 1,
     memory_kib: 256 * 1024,
