@@ -191,6 +191,12 @@ impl NodeKey {
         NodeId(self.signing.verifying_key().to_bytes())
     }
 
+    /// The 32-byte secret seed, for the one module that stores the key encrypted elsewhere
+    /// ([`crate::keybackup`]). Zeroized when dropped.
+    pub(crate) fn seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.signing.to_bytes())
+    }
+
     /// Signs `message`. Callers pass a domain-separated signing input (see `feed`).
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.signing.sign(message).to_bytes()

@@ -33,10 +33,11 @@
 //!                kinto-tandem plugin's capability (reqwest)
 //! peer           the peer protocol client: signed requests, pages, receipts (reqwest)
 //! probe          is a peer answering? (reqwest)
-//! feed, protocol, identity, config, telemetry, backoff, net, retention, atomic
+//! feed, protocol, identity, keybackup, config, telemetry, backoff, net, retention, atomic
 //!                leaves: the feed's byte format and signed statements (checkpoints, receipts,
 //!                snapshots and their state root), request signatures (RFC 9421) and the
-//!                nonces already seen, the page, receipt and archive formats, keys, TOML,
+//!                nonces already seen, the page, receipt and archive formats, keys, the node
+//!                key sealed under a passphrase and the proof that fetches it back, TOML,
 //!                logging and metrics, retry timing, HTTP client set-up (no redirects, bounded
 //!                body reads), which snapshots a retention policy keeps, files written whole
 //!                (temporary file, fsync, rename, fsync of the directory)
@@ -57,7 +58,9 @@
 //!   [`probe`] know nothing of SQL.
 //! - [`replicate`] decides nothing about time: the [`scheduler`] (or a command) runs a pass.
 //! - Every peer request is authenticated from its headers before any of its body is read, for
-//!   this node and once ([`api::peer::guard`]), and
+//!   this node and once ([`api::peer::guard`]) — except the fetch of a key backup, which is
+//!   proven by a key the passphrase gives, reads at most a few hundred bytes, and answers a
+//!   stranger the same whatever it asks ([`api::peer::keybackup`]) — and
 //!   every page from a peer is verified against its origin's key before the store sees it,
 //!   whoever relayed it ([`replicate::federate`]).
 //! - Secrets ([`identity::NodeKey`], source passwords) are never logged or printed.
@@ -75,6 +78,7 @@ pub mod config;
 pub mod daemon;
 pub mod feed;
 pub mod identity;
+pub mod keybackup;
 pub mod net;
 pub mod peer;
 pub mod probe;

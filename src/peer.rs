@@ -11,6 +11,7 @@ use reqwest::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
 
 use crate::feed::{Checkpoint, Receipt, Seq, Snapshot};
 use crate::identity::{NodeId, NodeKey};
+use crate::keybackup;
 use crate::net;
 use crate::protocol::signature;
 use crate::protocol::wire::{self, ErrorDoc, OriginDoc, PAGE_TYPE, WireError};
@@ -533,4 +534,137 @@ impl PeerClient {
             Err(e) => Err(e),
         }
     }
+}
+
+/// `GET /v1/node`: who a node says it is.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NodeDoc {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its name.
+    pub name: String,
+}
+
+impl PeerClient {
+    /// `GET /v1/node`: the peer's id and name. Answered only when the request, signed for the
+    /// id this client was made with, reaches that node and it knows this node's key: a wrong
+    /// id is refused (`401`).
+    pub async fn node(&self) -> Result<NodeDoc, PeerError> {
+        let response = self
+            .send(
+                reqwest::Method::GET,
+                "v1/node",
+                None,
+                Vec::new(),
+                &[],
+                REQUEST_TIMEOUT,
+            )
+            .await?;
+        self.json(response).await
+    }
+
+    /// `PUT /v1/origins/{id}/key-backup`: stores this node's sealed key at the peer (see
+    /// [`crate::keybackup`]); the peer keeps one per origin, the last one sent.
+    pub async fn put_key_backup(&self, doc: &keybackup::UploadDoc) -> Result<(), PeerError> {
+        let path = format!("v1/origins/{}/key-backup", self.key.id());
+        let body = serde_json::to_vec(doc).expect("serializable");
+        self.send(
+            reqwest::Method::PUT,
+            &path,
+            None,
+            body,
+            &[(CONTENT_TYPE, "application/json")],
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// What a holder answered to a key backup fetch.
+#[derive(Debug)]
+pub enum KeyBackupFetch {
+    /// The proof held: the backup, as the holder sent it (nothing checked yet).
+    Found(keybackup::BackupDoc),
+    /// The holder's uniform refusal: no backup for this id there, or not for this passphrase
+    /// (by design it does not say which).
+    Nothing,
+}
+
+/// `POST /v1/key-backup/{id}` at the node at `base`: the one peer request not signed by a node
+/// key (the node asking has lost it), proven by `request` instead. Redirects are not followed
+/// and the answer is read up to a small bound.
+pub async fn fetch_key_backup(
+    base: &url::Url,
+    origin: NodeId,
+    request: &keybackup::FetchDoc,
+) -> Result<KeyBackupFetch, PeerError> {
+    let peer = base.to_string();
+    let transport = |reason: String| PeerError::Transport {
+        peer: peer.clone(),
+        reason,
+    };
+    let mut base = base.clone();
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
+    let url = base
+        .join(&format!("v1/key-backup/{origin}"))
+        .map_err(|e| transport(format!("bad url: {e}")))?;
+    let http = net::client_builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| transport(net::transport_reason(&e)))?;
+    let response = http
+        .post(url)
+        .timeout(REQUEST_TIMEOUT)
+        .header(CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(request).expect("serializable"))
+        .send()
+        .await
+        .map_err(|e| transport(net::transport_reason(&e)))?;
+    let status = response.status();
+    if status.is_success() {
+        let body = net::read_capped(response, MAX_ERROR)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        return serde_json::from_slice(&body)
+            .map(KeyBackupFetch::Found)
+            .map_err(|e| PeerError::Invalid {
+                peer,
+                source: WireError::Malformed {
+                    what: "key backup",
+                    detail: e.to_string(),
+                },
+            });
+    }
+    if status.is_redirection() {
+        return Err(PeerError::Redirected {
+            peer,
+            status: status.as_u16(),
+            location: response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .map(|v| {
+                    String::from_utf8_lossy(v.as_bytes())
+                        .chars()
+                        .take(200)
+                        .collect()
+                })
+                .unwrap_or_else(|| "nowhere".to_owned()),
+        });
+    }
+    let text = String::from_utf8_lossy(&net::read_prefix(response, MAX_ERROR).await).into_owned();
+    let message = serde_json::from_str::<ErrorDoc>(&text)
+        .map_or_else(|_| text.chars().take(200).collect(), |d| d.error);
+    if status == StatusCode::NOT_FOUND && message == keybackup::NO_BACKUP {
+        return Ok(KeyBackupFetch::Nothing);
+    }
+    Err(PeerError::Refused {
+        peer,
+        status: status.as_u16(),
+        message,
+        head: None,
+    })
 }

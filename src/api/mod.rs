@@ -6,7 +6,8 @@
 //!   reachability of the source and peers, the last restore drill of each origin and the
 //!   recovery point of the own feed, process metrics).
 //!
-//! - `/v1/…`: the peer API ([`peer`]), every request signed by a configured peer.
+//! - `/v1/…`: the peer API ([`peer`]), every request signed by a configured peer, except the
+//!   fetch of a key backup, proven by its passphrase instead ([`peer::keybackup`]).
 //!
 //! [`listen`] runs the listener itself, with time limits and a connection cap; [`admin`]
 //! serves local commands on a Unix socket.

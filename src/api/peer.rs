@@ -49,6 +49,11 @@
 //!   `200 {"recorded": n, "refused": [{"holder", "seq", "error"}]}`. Sending the same again
 //!   changes nothing. `404` when the origin is not held here.
 //!
+//! - `PUT /v1/origins/{id}/key-backup`: the caller's own node key sealed under its
+//!   passphrase, kept for it here; it is fetched back through
+//!   `POST /v1/key-backup/{id}`, the one route not signed by a node key (whoever fetches has
+//!   lost it) but by a key the passphrase gives. See [`keybackup`].
+//!
 //! A page is hashed again and chained back from its checkpoint as it is read: an entry damaged
 //! on this node's disk is never served; the request gets `503` with `{"error", "origin",
 //! "seq"}` naming it while this node fetches a good copy from a peer.
@@ -63,10 +68,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde_json::json;
 
 pub mod guard;
+pub mod keybackup;
 
 use guard::Caller;
 
@@ -104,8 +110,21 @@ pub struct PeerState {
     pub stopping: tokio_util::sync::CancellationToken,
 }
 
-/// The `/v1/` router, behind signature authentication.
+/// The `/v1/` router, behind signature authentication, and the key backup fetch, which
+/// proves the passphrase instead (see [`keybackup`]).
 pub fn router(state: Arc<PeerState>) -> Router {
+    let guard = Arc::new(guard::Guard::new(&state.peers));
+    // Uploads of key backups: the same authentication and nonces, a body bound of their own.
+    let key_backups = Router::new()
+        .route("/v1/origins/{id}/key-backup", put(keybackup::upload))
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), guard.clone(), keybackup::MAX_UPLOAD_BODY),
+            guard::authenticate,
+        ))
+        .with_state(state.clone());
+    let fetch = Router::new()
+        .route("/v1/key-backup/{id}", post(keybackup::fetch))
+        .with_state(Arc::new(keybackup::Fetcher::new(state.clone())));
     Router::new()
         .route("/v1/node", get(node))
         .route("/v1/origins", get(origins))
@@ -118,13 +137,15 @@ pub fn router(state: Arc<PeerState>) -> Router {
             get(snapshots).post(push_snapshot),
         )
         .route_layer(middleware::from_fn_with_state(
-            (state.clone(), Arc::new(guard::Guard::new(&state.peers))),
+            (state.clone(), guard, MAX_BODY),
             guard::authenticate,
         ))
         // The middleware reads bodies (after authentication) up to MAX_BODY; axum's own 2 MiB
         // default for body extractors would otherwise refuse pages the protocol allows.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+        .merge(key_backups)
+        .merge(fetch)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -103,7 +103,8 @@ The configuration (default of \fB\-\-config\fR). Check it with \fBtandem config 
 .TP
 /var/lib/tandem/node.key
 The node key (mode 0600), in the configuration's \fBdata_dir\fR. Losing it loses the
-node's identity: keep a copy made by \fBtandem key export\fR.
+node's identity: keep a copy made by \fBtandem key export\fR, or store it at the peers under
+a passphrase with \fBtandem key backup\fR (and bring it back with \fBtandem recover\fR).
 .TP
 /var/lib/tandem/tandem.db
 The store (SQLite), in the configuration's \fBdata_dir\fR.

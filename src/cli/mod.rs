@@ -15,7 +15,9 @@ mod init;
 mod key;
 mod man;
 mod migrate;
+mod passphrase;
 mod peers;
+mod recover;
 mod restore;
 mod run;
 mod snapshot;
@@ -160,6 +162,36 @@ pub enum Command {
     /// Show or back up the node key.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Bring a node back on a blank machine from its key backup (`tandem key backup`), with
+    /// only the passphrase, the node id and the URL of a peer that holds its feed.
+    ///
+    /// Asks the passphrase (or reads --passphrase-file), derives the keys from it (about a
+    /// second and 256 MiB), fetches the sealed key from the peer with a proof that the
+    /// passphrase is known, decrypts it and checks that it is the key of --id. Then it writes
+    /// the configuration (only when the file --config names does not exist: this node and
+    /// that peer; add the `[source]` section after), the key file and a store marked to
+    /// recover, as `tandem init --existing-key` does: `tandem run` or `tandem sync` then
+    /// fetches the node's whole feed back from its peers before appending anything. A wrong
+    /// passphrase (or an id the peer has no backup of: it does not say which), a backup
+    /// altered at the peer, or a key of another node is each its own error, and then nothing
+    /// is written. Prints the node id last.
+    Recover {
+        /// A peer that holds this node's feed (and so its key backup), e.g.
+        /// `https://community.example.org/tandem/`
+        #[arg(long, value_name = "URL")]
+        peer: url::Url,
+        /// The node to bring back (`ed25519:...`, as `tandem key show` printed it).
+        #[arg(long, value_name = "ID")]
+        id: crate::identity::NodeId,
+        /// The data directory, when the configuration is written by this command (default
+        /// /var/lib/tandem); with an existing configuration, its data_dir is used.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Read the passphrase from the first line of this file (mode 0600) instead of the
+        /// terminal.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -222,6 +254,23 @@ pub enum KeyCommand {
         /// Where to write the copy; must not exist.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+    /// Store the node key, encrypted under a passphrase, at every peer that holds this
+    /// node's feed (push or serve "self"), so that `tandem recover` brings the node back from
+    /// the passphrase, the node id and one peer's URL.
+    ///
+    /// Asks the passphrase twice on the terminal, without echo (or reads --passphrase-file),
+    /// and refuses a weak one (zxcvbn strength below 3 of 4): a peer holding the encrypted key
+    /// can try passphrases offline, each guess costing about a second and 256 MiB of memory
+    /// (Argon2id). Each upload is signed by this node; each peer keeps one backup per node,
+    /// the last one sent. Every backup is then fetched back with the passphrase and opened, as
+    /// `tandem recover` would. Run it again after changing the passphrase or adding a peer.
+    /// Works beside a running daemon.
+    Backup {
+        /// Read the passphrase from the first line of this file (mode 0600) instead of the
+        /// terminal.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
     },
 }
 
@@ -444,6 +493,20 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Migrate(MigrateCommand::Finish(m)) => migrate::switch(&cli, m, true),
         Command::Migrate(MigrateCommand::Abort(m)) => migrate::switch(&cli, m, false),
         Command::Key(cmd) => key::run(&cli, cmd),
+        Command::Recover {
+            peer,
+            id,
+            data_dir,
+            passphrase_file,
+        } => recover::run(
+            &cli,
+            recover::RecoverArgs {
+                peer,
+                id: *id,
+                data_dir: data_dir.as_deref(),
+                passphrase_file: passphrase_file.as_deref(),
+            },
+        ),
         Command::Config(ConfigCommand::Check { file }) => {
             check::run(file.as_ref().unwrap_or(&cli.config))
         }

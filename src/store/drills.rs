@@ -239,7 +239,8 @@ mod tests {
                 .conn
                 .execute_batch(
                     "DROP TABLE migrations; DROP TABLE migration_objects; DROP TABLE migration_switch; \
-                     DROP TABLE migration_locks; DROP TABLE drills; DROP TABLE drill_buckets; PRAGMA user_version = 7;",
+                     DROP TABLE migration_locks; DROP TABLE drills; DROP TABLE drill_buckets; \
+                     DROP TABLE key_backups; PRAGMA user_version = 7;",
                 )
                 .unwrap();
         }

@@ -615,7 +615,7 @@ mod tests {
                 .conn
                 .execute_batch(
                     "DROP TABLE migrations; DROP TABLE migration_objects; DROP TABLE migration_switch; \
-                     DROP TABLE migration_locks; PRAGMA user_version = 8;",
+                     DROP TABLE migration_locks; DROP TABLE key_backups; PRAGMA user_version = 8;",
                 )
                 .unwrap();
         }

@@ -14,13 +14,15 @@
 //!
 //! Layout: [`schema`] holds the tables and migrations, `write` the transactions that change
 //! feeds, `read` the queries, `verify` the full re-check of everything stored, `mirror` the
-//! migrations (buckets mirrored into another server).
+//! migrations (buckets mirrored into another server), `keybackup` the node keys other origins
+//! keep here under their passphrase.
 
 mod compact;
 mod damage;
 mod drills;
 mod handle;
 mod holders;
+mod keybackup;
 mod mirror;
 mod read;
 pub mod schema;
@@ -42,6 +44,7 @@ pub use damage::DamagedEntry;
 pub use drills::DrillRecord;
 pub use handle::{READERS, StoreHandle};
 pub use holders::{HolderInfo, MAX_UNLISTED_HOLDERS, ReceiptCheck, Rollback};
+pub use keybackup::StoredKeyBackup;
 pub use mirror::{Lock, Migration, Phase, Switch};
 pub use read::{OriginInfo, StoredEntry};
 pub use snapshots::{SnapshotMismatch, StateItem};

@@ -219,6 +219,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (migration, path)
     ) WITHOUT ROWID;
     "#,
+    // 11: key backups: per origin this node holds, at most one node key sealed under the
+    // origin's passphrase (see `crate::keybackup`), and the public key that proves it.
+    r#"
+    CREATE TABLE key_backups (
+        origin     BLOB PRIMARY KEY CHECK (length(origin) = 32),
+        version    INTEGER NOT NULL,
+        fetch_key  BLOB NOT NULL CHECK (length(fetch_key) = 32),
+        blob       BLOB NOT NULL CHECK (length(blob) <= 256),
+        stored_at  INTEGER NOT NULL   -- ms
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -30,6 +30,7 @@ mod federation;
 mod heartbeat;
 mod hostile;
 mod interop;
+mod keybackup;
 mod kinto;
 mod migrate;
 mod operator;

@@ -13,7 +13,9 @@
 //!   total; full means refused with `429`/`503` and `Retry-After`, never forgotten).
 //! - **Bodies** are read by at most [`MAX_BODIES_PER_PEER`] requests of one peer and
 //!   [`MAX_BODIES`] in all at a time; beyond that, `429` (that peer) or `503` (this node), with
-//!   `Retry-After`. A body is read in chunks up to [`MAX_BODY`] (`413`), at the
+//!   `Retry-After`. A body is read in chunks up to [`MAX_BODY`](super::MAX_BODY) (`413`; a route that takes a
+//!   small document has a lower bound, checked the same way: against `Content-Length` before
+//!   a byte is read, then chunk by chunk), at the
 //!   listener's rate floor ([`crate::api::listen::BODY_MIN_RATE`]), each chunk fed to the covered `Content-Digest`; a body that does
 //!   not match is `400` and no handler sees it.
 //! - **Long polls** (`GET …/entries?wait=S`) hold at most [`long_polls_for`] per peer: one per
@@ -36,7 +38,7 @@ use axum::response::Response;
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{MAX_BODY, PeerState, error};
+use super::{PeerState, error};
 use crate::config::PeerConfig;
 use crate::identity::NodeId;
 use crate::protocol::replay::{NonceCache, ReplayError};
@@ -45,7 +47,7 @@ use crate::telemetry;
 
 /// Request bodies one peer may have in flight at once. A tandem peer pushes one page at a time.
 pub const MAX_BODIES_PER_PEER: usize = 2;
-/// Request bodies this node reads at once, all peers together: with [`MAX_BODY`] each, the
+/// Request bodies this node reads at once, all peers together: with [`MAX_BODY`](super::MAX_BODY) each, the
 /// bound on what authenticated uploads can hold in memory.
 pub const MAX_BODIES: usize = 8;
 /// Long polls a peer may hold beyond one per origin it may read.
@@ -124,17 +126,19 @@ fn retry_later(status: StatusCode, retry_after: u64, message: String) -> Respons
     response
 }
 
-fn too_large() -> Response {
+fn too_large(limit: usize) -> Response {
     error(
         StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request body larger than {MAX_BODY} bytes"),
+        format!("request body larger than {limit} bytes"),
     )
 }
 
 /// Authenticates a request from its headers alone, applies the limits, reads and checks its
-/// body, and only then runs the handler with the [`Caller`] in the request's extensions.
+/// body (at most `limit` bytes: [`MAX_BODY`](super::MAX_BODY) for the routes that take pages, less for those
+/// that take small documents), and only then runs the handler with the [`Caller`] in the
+/// request's extensions.
 pub(super) async fn authenticate(
-    State((state, guard)): State<(Arc<PeerState>, Arc<Guard>)>,
+    State((state, guard, limit)): State<(Arc<PeerState>, Arc<Guard>, usize)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -212,8 +216,8 @@ pub(super) async fn authenticate(
         Body::empty()
     } else {
         let declared = header("content-length").and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY) {
-            return too_large();
+        if declared.is_some_and(|n| n > limit) {
+            return too_large(limit);
         }
         let Ok(own) = slots.bodies.clone().try_acquire_owned() else {
             refused("peer_bodies");
@@ -235,7 +239,7 @@ pub(super) async fn authenticate(
             );
         };
         permits = Some((own, node));
-        let read = read_body(body, declared.unwrap_or(0), &mut digest);
+        let read = read_body(body, declared.unwrap_or(0), limit, &mut digest);
         // How long it may take is the listener's business: a body slower than its rate floor
         // fails the read (`api::listen`), however large the page.
         match read.await {
@@ -264,21 +268,22 @@ pub(super) async fn authenticate(
     response
 }
 
-/// Reads `body` to the end, at most [`MAX_BODY`] bytes, feeding each chunk to `digest`.
+/// Reads `body` to the end, at most `limit` bytes, feeding each chunk to `digest`.
 async fn read_body(
     mut body: Body,
     declared: usize,
+    limit: usize,
     digest: &mut signature::DigestCheck,
 ) -> Result<bytes::Bytes, Response> {
-    let mut out = bytes::BytesMut::with_capacity(declared.min(MAX_BODY));
+    let mut out = bytes::BytesMut::with_capacity(declared.min(limit));
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?;
         let Ok(chunk) = frame.into_data() else {
             continue; // trailers: not covered, not used
         };
-        if out.len() + chunk.len() > MAX_BODY {
-            return Err(too_large());
+        if out.len() + chunk.len() > limit {
+            return Err(too_large(limit));
         }
         digest.update(&chunk);
         out.extend_from_slice(&chunk);
