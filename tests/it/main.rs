@@ -32,6 +32,7 @@ mod hostile;
 mod interop;
 mod kinto;
 mod migrate;
+mod moving_devices;
 mod operator;
 mod package;
 mod parsers;
