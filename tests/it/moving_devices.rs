@@ -1,7 +1,7 @@
 //! Devices follow a moved bucket: alice's kinto.js devices (in Node, over fake-indexeddb) sync
 //! her bucket with the old server while `tandem migrate start` moves it to a new one and the
-//! daemon mirrors every later change there; then the devices are pointed at the new server's
-//! URL, with the same local databases, and sync on.
+//! daemon mirrors every later change there; `tandem migrate finish` switches over; then the
+//! devices are pointed at the new server's URL, with the same local databases, and sync on.
 //!
 //! - The new server holds alice's bucket exactly as the old one did: the same objects, the
 //!   same `last_modified`, the same tombstones, and nothing of bob's.
@@ -13,15 +13,18 @@
 //!   timestamps.
 //! - A device that last synced before the migration started, and syncs only after the others
 //!   wrote on the new server, receives exactly what changed meanwhile.
+//! - A device that syncs with the old server after the switch gets the switch's versions of
+//!   the records, at timestamps the new server does not hold: there, its edit of such a record
+//!   is a conflict (the limit docs/operating.md states).
 
 use crate::common;
 
 use std::time::Duration;
 
 use common::devices::Devices;
-use common::kinto::{Kinto, PASSWORD};
+use common::kinto::{Kinto, Options, PASSWORD};
 use common::node::{TestNode, wait_for};
-use common::restored::{assert_same, put, source, target};
+use common::restored::{assert_same, put, target};
 use serde_json::{Value, json};
 
 use crate::select::{in_bucket, only};
@@ -70,6 +73,18 @@ async fn server_records(kinto: &Kinto, bc: (&str, &str)) -> Vec<Value> {
     records
 }
 
+/// Records without their timestamps.
+fn contents(records: &[Value]) -> Vec<Value> {
+    records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("last_modified");
+            r
+        })
+        .collect()
+}
+
 /// The record `id` among `records`.
 fn record<'a>(records: &'a [Value], id: &str) -> &'a Value {
     records
@@ -97,9 +112,27 @@ async fn mirrored(node: &mut TestNode) {
     assert_eq!(m["state"], "mirroring", "{m}");
 }
 
+/// The old server: tandem reads every bucket, and `admin` may change every object (what
+/// `migrate finish` needs to make the old copy read-only).
+async fn old_server() -> Kinto {
+    let mut settings =
+        "kinto.bucket_read_principals = account:tandem account:poller account:admin\n".to_owned();
+    for kind in ["bucket", "group", "collection", "record"] {
+        settings.push_str(&format!("kinto.{kind}_write_principals = account:admin\n"));
+    }
+    Kinto::start_with_settings(
+        Options {
+            history: true,
+            ..Options::default()
+        },
+        &settings,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_follow_their_bucket_to_its_new_server() {
-    let a = source().await;
+    let a = old_server().await;
     // Each bucket lets tandem read it (its history, so every permission is recorded).
     for (user, bucket) in [("alice", "family"), ("bob", "bob")] {
         put(
@@ -125,7 +158,7 @@ async fn devices_follow_their_bucket_to_its_new_server() {
     )
     .await;
 
-    // The phone writes three notes; the tablet and the laptop sync them.
+    // The phone writes three notes; the tablet, the laptop and the desktop sync them.
     let mut devices = Devices::start();
     let n: Vec<String> = ["one", "two", "three"]
         .iter()
@@ -134,6 +167,7 @@ async fn devices_follow_their_bucket_to_its_new_server() {
     synced(&devices.sync("phone", &a, "alice", NOTES), 3, (0, 0, 0));
     synced(&devices.sync("tablet", &a, "alice", NOTES), 0, (3, 0, 0));
     synced(&devices.sync("laptop", &a, "alice", NOTES), 0, (3, 0, 0));
+    synced(&devices.sync("desktop", &a, "alice", NOTES), 0, (3, 0, 0));
 
     // The home node follows the old server; it reads it when asked (hourly otherwise).
     let mut home = TestNode::new("home");
@@ -248,8 +282,40 @@ async fn devices_follow_their_bucket_to_its_new_server() {
     devices.local("phone", NOTES, json!({"cmd": "delete", "id": n[2]}));
     let butter = create(&mut devices, "tablet", TODO, "butter");
 
-    // The switch: every device is pointed at the new server. The tablet, up to date, gets
-    // nothing and sends nothing; the phone sends its three offline changes and nothing else;
+    // The switch: the old copy becomes read-only, the last changes reach the new server.
+    let out = common::tandem(
+        &home.config_path(),
+        &[
+            "migrate",
+            "finish",
+            "1",
+            "--user",
+            "admin",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+        0,
+    );
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("migration 1 finished"), "{out}");
+    assert_eq!(server_records(&b, NOTES).await, old_notes);
+    assert_eq!(server_records(&b, TODO).await, old_todo);
+    // The desktop syncs with the old server once more after the switch: it gets the versions
+    // the switch wrote there (the same data, read-only, at new timestamps), which the new server
+    // does not hold: it kept the versions before them.
+    synced(&devices.sync("desktop", &a, "alice", NOTES), 0, (2, 1, 0));
+    let desktop = devices.records("desktop", NOTES);
+    assert_eq!(contents(&desktop), contents(&old_notes));
+    for r in &desktop {
+        let id = r["id"].as_str().unwrap();
+        assert!(
+            r["last_modified"].as_i64() > record(&old_notes, id)["last_modified"].as_i64(),
+            "{desktop:?} {old_notes:?}"
+        );
+    }
+
+    // Every device is pointed at the new server. The tablet, up to date, gets nothing and
+    // sends nothing; the phone sends its three offline changes and nothing else;
     // the tablet then sends its to-do and gets the phone's notes.
     synced(&devices.sync("tablet", &b, "alice", NOTES), 0, (0, 0, 0));
     synced(&devices.sync("phone", &b, "alice", NOTES), 3, (0, 0, 0));
@@ -311,5 +377,22 @@ async fn devices_follow_their_bucket_to_its_new_server() {
             synced(&devices.sync(device, &b, "alice", bc), 0, (0, 0, 0));
         }
     }
+
+    // The desktop, pointed at the new server, gets the phone's offline changes. But the notes
+    // it got from the old server after the switch carry the switch's timestamps: its edit of
+    // one of them conflicts there, and the devices' SERVER_WINS keeps the server's version.
+    synced(&devices.sync("desktop", &b, "alice", NOTES), 0, (1, 1, 1));
+    devices.local(
+        "desktop",
+        NOTES,
+        json!({"cmd": "update", "data": {"id": four, "text": "four, on the desktop"}}),
+    );
+    let answer = devices.sync("desktop", &b, "alice", NOTES);
+    assert_eq!(
+        (&answer["ok"], &answer["published"], &answer["resolved"]),
+        (&json!(true), &json!(0), &json!(1)),
+        "{answer}"
+    );
+    assert_eq!(server_records(&b, NOTES).await, notes);
     home.stop().await;
 }
