@@ -37,6 +37,20 @@
 //! the target never held live (created and deleted within the chunk), replayed as a restore
 //! replays them. Within a list, objects go in ascending timestamp, as a restore writes them.
 //!
+//! # Records lists and syncing clients
+//!
+//! Kinto sets a list's timestamp (its ETag) to the current time when a request first touches
+//! the list, and a write at an older `last_modified` leaves it there. So a records list the
+//! mirror writes into after the source did (one the restore touched before the source's later
+//! writes, or one the mirror creates) can hold the source's records under an ETag newer than
+//! all of them, where kinto.js takes a device whose cursor is the newest of them for one that
+//! saw data the server lost (`ServerWasFlushedError`: `_since` empty under a newer ETag). After
+//! each chunk, every records list it wrote that is in that state gets what the restore gives
+//! each list it writes: the marker tombstone ([`restore::RESTORE_MARKER`]) one millisecond
+//! after the newest timestamp the chunk wrote there, so that a device whose cursor is at or
+//! before it gets a non-empty answer (a tombstone of an unknown id, which it skips) and syncs
+//! on. A list whose ETag is the newest timestamp written needs nothing, and gets nothing.
+//!
 //! # Limits
 //!
 //! Writes go through Kinto's batch endpoint, not the kinto-tandem plugin's restore endpoint
@@ -44,7 +58,9 @@
 //! (`kinto.explicit_permissions = false`), as a restore without the plugin needs. A bucket
 //! brought only as the parent of chosen collections is the target's, and is not mirrored. A
 //! delete the source recorded without a tombstone (an object found gone) gets a fresh
-//! timestamp on the target.
+//! timestamp on the target. A later change on the source at the marker's timestamp (one
+//! millisecond after the newest of a chunk, which the target's list timestamp was above) meets
+//! the marker there, as one meets the restore's.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -56,7 +72,7 @@ use crate::feed::{Op, Seq};
 use crate::identity::NodeId;
 use crate::replicate::restore::{self, Precondition, RestoreError};
 use crate::replicate::select::{Selection, SelectionError};
-use crate::source::kinto::{KintoClient, KintoError, SubAnswer};
+use crate::source::kinto::{KintoClient, KintoError, ListResult, ListTarget, SubAnswer};
 use crate::store::{Lock, Migration, StoreError, StoreHandle};
 
 /// Entries applied, and committed, at a time.
@@ -567,7 +583,76 @@ impl Plan {
                 attempts = again;
             }
         }
+        for (list, newest) in self.records_lists(&containers) {
+            if let Err(reason) = mark(client, list, newest).await? {
+                return Ok(Err(reason));
+            }
+        }
         Ok(Ok(written))
+    }
+
+    /// The records lists the plan writes the source's timestamps into, each with the newest
+    /// of them (see "Records lists and syncing clients"), sorted; those below a bucket or
+    /// collection the plan deletes (`containers`, each ending with `/`) are gone with it.
+    fn records_lists(&self, containers: &[String]) -> Vec<(&str, i64)> {
+        let mut newest: HashMap<&str, i64> = HashMap::new();
+        for object in &self.objects {
+            let stamp = match object.last {
+                Version::Put { stamp, .. } | Version::Delete { stamp: Some(stamp) } => stamp,
+                // A fresh timestamp on the target: newer than the list's.
+                Version::Delete { stamp: None } => continue,
+            };
+            if object.depth == 3 && !containers.iter().any(|c| object.path.starts_with(c)) {
+                let at = newest.entry(object.list()).or_insert(stamp);
+                *at = (*at).max(stamp);
+            }
+        }
+        let mut lists: Vec<(&str, i64)> = newest.into_iter().collect();
+        lists.sort_unstable();
+        lists
+    }
+}
+
+/// Ends the records list `list`, whose newest timestamp written is `newest`, with the marker
+/// tombstone one millisecond after it, when the list's ETag is newer and nothing is listed
+/// after `newest` (see "Records lists and syncing clients"). `Ok(Err(reason))` when the target
+/// refuses it (a live object at the marker's reserved id was written there).
+async fn mark(
+    client: &KintoClient,
+    list: &str,
+    newest: i64,
+) -> Result<Result<(), String>, KintoError> {
+    let path = restore::encoded_path(list);
+    let listed = ListTarget::Path {
+        path: &path,
+        since: Some(newest),
+        limit: Some(1),
+    };
+    let ListResult::Page(page) = client.list(listed, None).await? else {
+        return Ok(Ok(()));
+    };
+    if !page.items.is_empty() || page.etag.is_none_or(|etag| etag <= newest) {
+        return Ok(Ok(()));
+    }
+    let marker = Object {
+        path: format!("{list}/{}", restore::RESTORE_MARKER),
+        depth: 3,
+        last: Version::Delete {
+            stamp: Some(newest + 1),
+        },
+        stamps: HashSet::new(),
+        deleted: true,
+    };
+    // A placeholder where no live object is, deleted at the marker's timestamp (2 requests).
+    let answers = send(client, &[(&marker, Precondition::Absent)], 2).await?;
+    match judge(&marker, Precondition::Absent, &answers[0], None) {
+        Judged::Done(_) => Ok(Ok(())),
+        Judged::Stop(reason) => Ok(Err(reason)),
+        // Only a stamp the chunk wrote is retried; the marker has none.
+        Judged::Retry(_) => Ok(Err(format!(
+            "{}: the target did not take the marker tombstone",
+            marker.path
+        ))),
     }
 }
 
@@ -827,6 +912,29 @@ mod tests {
             judge(r, at, &[answer(412, None, Some(8))], Some(5)),
             Judged::Stop(_)
         ));
+    }
+
+    #[test]
+    fn the_lists_to_mark_are_the_records_lists_written_with_their_newest_stamp() {
+        let plan = Plan::new(vec![
+            put("/buckets/a/collections/c/records/r", 10),
+            put("/buckets/a/collections/c/records/s", 14),
+            put("/buckets/a/collections/c/records/r", 12),
+            delete("/buckets/a/collections/d/records/t", Some(20)),
+            delete("/buckets/a/collections/d/records/u", None),
+            delete("/buckets/a/collections/e/records/v", None),
+            put("/buckets/a/collections/gone/records/w", 30),
+            put("/buckets/a/collections/f", 40),
+        ])
+        .unwrap();
+        let containers = vec!["/buckets/a/collections/gone/".to_owned()];
+        assert_eq!(
+            plan.records_lists(&containers),
+            [
+                ("/buckets/a/collections/c/records", 14),
+                ("/buckets/a/collections/d/records", 20),
+            ]
+        );
     }
 
     #[test]

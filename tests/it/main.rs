@@ -33,6 +33,7 @@ mod interop;
 mod keybackup;
 mod kinto;
 mod migrate;
+mod moving_devices;
 mod operator;
 mod package;
 mod parsers;

@@ -11,8 +11,9 @@
 //   {"cmd": "cursor", "device", "bucket", "collection"}                 -> {"cursor"}
 //   {"cmd": "reset",  "device", "bucket", "collection"}                 (resetSyncStatus)
 // Every answer has "ok"; a failed command answers {"ok": false, "error": <name>, "message"}.
-// A sync answers {"ok": true, "conflicts", "errors", "published", "created", "updated",
-// "deleted"} (counts) when kinto.js reports success.
+// A sync answers {"ok": true, "conflicts", "resolved", "errors", "published", "created",
+// "updated", "deleted"} (counts) when kinto.js reports success. The devices resolve
+// conflicts with SERVER_WINS, which moves them from "conflicts" to "resolved".
 import "fake-indexeddb/auto";
 import kinto from "kinto";
 
@@ -45,6 +46,7 @@ async function run(cmd) {
       return {
         ok: result.ok,
         conflicts: result.conflicts.length,
+        resolved: result.resolved.length,
         errors: result.errors.map((e) => String(e.error && e.error.message ? e.error.message : JSON.stringify(e))),
         published: result.published.length,
         created: result.created.length,
