@@ -276,6 +276,21 @@ pub enum MoveError {
         /// The objects.
         paths: Vec<String>,
     },
+    /// The mirror stopped moving before the target had everything.
+    #[error(
+        "migration {id}: the mirror applied up to seq {applied} of {head} and moves no further{}; see the daemon's log, then run finish again",
+        if unconfirmed.is_empty() { String::new() } else { format!(" (locks not confirmed: {})", unconfirmed.join(", ")) }
+    )]
+    Stalled {
+        /// The migration.
+        id: u64,
+        /// Where the mirror is.
+        applied: u64,
+        /// The origin's head.
+        head: u64,
+        /// Locks without the old server's timestamp.
+        unconfirmed: Vec<String>,
+    },
     /// The recorded selection does not parse.
     #[error("migration {id}: {source}")]
     Selection {
@@ -568,17 +583,21 @@ impl Switcher {
                 return Ok(m.applied_seq);
             }
             if m.applied_seq == before {
-                // The mirror waits for locks to be confirmed, which only a finish does.
-                return Err(MoveError::StillOpen {
+                // A pass that moved nothing: the mirror waits for locks to be confirmed
+                // (which a finish does before it waits here), or something keeps it back.
+                let unconfirmed: Vec<String> = self
+                    .store
+                    .read(move |s| s.migration_locks(id))
+                    .await?
+                    .into_iter()
+                    .filter(|l| l.locked_stamp.is_none())
+                    .map(|l| l.path)
+                    .collect();
+                return Err(MoveError::Stalled {
                     id,
-                    paths: self
-                        .store
-                        .read(move |s| s.migration_locks(id))
-                        .await?
-                        .into_iter()
-                        .filter(|l| l.locked_stamp.is_none())
-                        .map(|l| l.path)
-                        .collect(),
+                    applied: m.applied_seq,
+                    head,
+                    unconfirmed,
                 });
             }
             before = m.applied_seq;
