@@ -400,8 +400,8 @@ async fn a_finish_killed_at_random_points_completes_when_run_again() {
     let before = alices(&personal);
     let mut rng = chaos::Rng::from_env("finish_killed");
     let mut kills = 0;
-    for round in 0..12 {
-        let delay = rng.between(Duration::from_millis(20), Duration::from_millis(600));
+    for round in 0..16 {
+        let delay = rng.between(Duration::from_millis(10), Duration::from_millis(300));
         let child = chaos::spawn(&home.config_path(), &switch_args("finish", &pw));
         match chaos::kill_after(child, delay) {
             None => kills += 1,
@@ -413,7 +413,10 @@ async fn a_finish_killed_at_random_points_completes_when_run_again() {
         chaos::verify(&home.config_path(), &format!("round {round}"));
     }
     println!("finish_killed: {kills} kills");
-    assert!(kills >= 2, "only {kills} kills landed");
+    assert!(
+        kills >= 1,
+        "no kill landed: the finish ended before every delay"
+    );
     let out = common::tandem(&home.config_path(), &switch_args("finish", &pw), 0);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("migration 1"), "{text}");
