@@ -22,9 +22,9 @@ use crate::common;
 use std::time::Duration;
 
 use common::devices::Devices;
-use common::kinto::{Kinto, Options, PASSWORD};
+use common::kinto::{Kinto, PASSWORD};
 use common::node::{TestNode, wait_for};
-use common::restored::{assert_same, put, target};
+use common::restored::{assert_same, put, switchable_source, target};
 use serde_json::{Value, json};
 
 use crate::select::{in_bucket, only};
@@ -112,27 +112,9 @@ async fn mirrored(node: &mut TestNode) {
     assert_eq!(m["state"], "mirroring", "{m}");
 }
 
-/// The old server: tandem reads every bucket, and `admin` may change every object (what
-/// `migrate finish` needs to make the old copy read-only).
-async fn old_server() -> Kinto {
-    let mut settings =
-        "kinto.bucket_read_principals = account:tandem account:poller account:admin\n".to_owned();
-    for kind in ["bucket", "group", "collection", "record"] {
-        settings.push_str(&format!("kinto.{kind}_write_principals = account:admin\n"));
-    }
-    Kinto::start_with_settings(
-        Options {
-            history: true,
-            ..Options::default()
-        },
-        &settings,
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_follow_their_bucket_to_its_new_server() {
-    let a = old_server().await;
+    let a = switchable_source().await;
     // Each bucket lets tandem read it (its history, so every permission is recorded).
     for (user, bucket) in [("alice", "family"), ("bob", "bob")] {
         put(

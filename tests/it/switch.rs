@@ -15,30 +15,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::chaos;
-use common::kinto::{Kinto, Options, PASSWORD};
+use common::kinto::{Kinto, PASSWORD};
 use common::node::{TestNode, backup_pair, origin_status};
-use common::restored::{put, target};
+use common::restored::{put, switchable_source, target};
 use serde_json::{Value, json};
 
 use crate::select::{alice_and_bob, in_bucket, more};
-
-/// A source whose `admin` account may change every object (what the switch needs), with
-/// Kinto's default `explicit_permissions`: every writer is in its objects' write permission.
-async fn old_server() -> Kinto {
-    let mut settings =
-        "kinto.bucket_read_principals = account:tandem account:poller account:admin\n".to_owned();
-    for kind in ["bucket", "group", "collection", "record"] {
-        settings.push_str(&format!("kinto.{kind}_write_principals = account:admin\n"));
-    }
-    Kinto::start_with_settings(
-        Options {
-            history: true,
-            ..Options::default()
-        },
-        &settings,
-    )
-    .await
-}
 
 /// The objects of alice's bucket on `kinto` as alice reads them, by path: data (with its
 /// timestamp) and permissions. Lists' ETags and tombstones are left aside.
@@ -178,7 +160,7 @@ async fn refuses_alice(old: &Kinto) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finish_moves_a_bucket_while_its_member_writes_and_abort_gives_it_back() {
-    let a = old_server().await;
+    let a = switchable_source().await;
     alice_and_bob(&a).await;
     let (mut home, mut community) = backup_pair(Some((&a, "1h")));
     home.start().await;
@@ -382,7 +364,7 @@ async fn finish_moves_a_bucket_while_its_member_writes_and_abort_gives_it_back()
 /// completes it, with nothing lost and nothing bumped on the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finish_killed_at_random_points_completes_when_run_again() {
-    let personal = old_server().await;
+    let personal = switchable_source().await;
     alice_and_bob(&personal).await;
     let mut home = TestNode::new("alice-home");
     home.configure("", &home.source(&personal, "1h"));

@@ -18,6 +18,25 @@ pub async fn source() -> Kinto {
     .await
 }
 
+/// A source whose `admin` account may change every object (what `migrate finish` needs to
+/// make the old copy read-only), with Kinto's default `explicit_permissions`: every writer is
+/// in its objects' write permission.
+pub async fn switchable_source() -> Kinto {
+    let mut settings =
+        "kinto.bucket_read_principals = account:tandem account:poller account:admin\n".to_owned();
+    for kind in ["bucket", "group", "collection", "record"] {
+        settings.push_str(&format!("kinto.{kind}_write_principals = account:admin\n"));
+    }
+    Kinto::start_with_settings(
+        Options {
+            history: true,
+            ..Options::default()
+        },
+        &settings,
+    )
+    .await
+}
+
 /// What a restore target needs (as docs/operating.md says): permissions stored exactly as
 /// sent, and the restoring account (`admin` here) allowed to create, read and write everything.
 pub const TARGET_SETTINGS: &str = "kinto.explicit_permissions = false
