@@ -9,7 +9,8 @@ BENCH_POSTGRES: see benchkit.py) and a real `tandem run`, in one run:
    defaults, plus what a migration target needs: permissions stored as sent, an account that
    writes everything). The run starts once the mirror has caught up.
 2. For SECONDS seconds a writer puts RATE records a second into the bucket on the source, on
-   a fixed schedule, one request each: new records and updates of existing ones (a share of
+   a fixed schedule (sent by 4 threads, so that a slow answer does not delay the next
+   writes), one request each: new records and updates of existing ones (a share of
    BENCH_UPDATES), each carrying its write number. Meanwhile a reader asks the target for the
    records list every BENCH_READ_EVERY ms, with `_since` and `If-None-Match` on the last
    ETag, and notes when each write first shows there.
@@ -38,6 +39,7 @@ import bisect
 import json
 import math
 import os
+import queue
 import random
 import shutil
 import subprocess
@@ -57,6 +59,7 @@ POLL = os.environ.get("BENCH_POLL", "1s")
 RECORDS = int(os.environ.get("BENCH_RECORDS", "1000"))
 UPDATES = float(os.environ.get("BENCH_UPDATES", "0.5"))
 READ_EVERY = float(os.environ.get("BENCH_READ_EVERY", "25")) / 1000
+WRITERS = 4
 KEEP = os.environ.get("BENCH_KEEP", "") not in ("", "0")
 assert PATH in ("journal", "history", "polling"), PATH
 
@@ -124,22 +127,19 @@ def wait_caught_up(config, timeout=120):
 
 
 class Writes:
-    """Every write: its record, whether it created it, when the source answered, and when the
-    target first showed it (None until then)."""
+    """Every write, by number: its record, whether it created it, when the source answered it,
+    and when the target first showed it (None until then)."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.record, self.created, self.acked, self.seen = [], [], [], []
-        self.by_record = {}      # record id -> its write numbers, ascending
+        self.all = {}            # write number -> Write
+        self.by_record = {}      # record id -> its write numbers, in the order the source took them
         self.through_later = 0   # writes first seen with a later write of the same record
 
-    def add(self, record, created, acked):
+    def add(self, n, record, created, acked):
         with self.lock:
-            self.record.append(record)
-            self.created.append(created)
-            self.acked.append(acked)
-            self.seen.append(None)
-            self.by_record.setdefault(record, []).append(len(self.record) - 1)
+            self.all[n] = Write(record, created, acked)
+            self.by_record.setdefault(record, []).append(n)
 
     def show(self, record, w, at):
         """The target shows `record` at write `w`: that write and the earlier ones of the record
@@ -148,35 +148,56 @@ class Writes:
             for n in self.by_record.get(record, ()):
                 if n > w:
                     break
-                if self.seen[n] is None:
-                    self.seen[n] = at
+                if self.all[n].seen is None:
+                    self.all[n].seen = at
                     self.through_later += n < w
 
     def unseen(self):
         with self.lock:
-            return sum(1 for s in self.seen if s is None)
+            return sum(1 for write in self.all.values() if write.seen is None)
+
+
+class Write:
+    def __init__(self, record, created, acked):
+        self.record, self.created, self.acked, self.seen = record, created, acked, None
 
 
 def writer(url, writes, ids, stop_at, slips):
-    """RATE writes a second until `stop_at`, each at its time on the schedule (or at once when
-    behind it); `slips` gets how late each started."""
+    """RATE writes a second until `stop_at`, each handed at its time on the schedule to the
+    first free one of WRITERS threads, so that a slow answer does not hold back the writes
+    after it (`slips` gets how late each was sent). An update picks a record no write is
+    under way for, so that the source takes each record's writes in their order."""
     rng = random.Random(1)
-    start = time.time()
-    n = 0
-    while True:
-        due = start + n / RATE
-        if due >= stop_at:
-            return
+    jobs, lock, busy = queue.Queue(), threading.Lock(), set()
+
+    def send():
+        while (job := jobs.get()) is not None:
+            n, record, created, due = job
+            slips.append(time.time() - due)
+            call(url + f"{LIST}/{record}", "PUT", {"data": {"w": n, "pad": "x" * 100}})
+            writes.add(n, record, created, time.time())
+            with lock:
+                busy.discard(record)
+                if created:
+                    ids.append(record)
+
+    senders = [Worker(send) for _ in range(WRITERS)]
+    start, n = time.time(), 0
+    while (due := start + n / RATE) < stop_at and all(s.is_alive() for s in senders):
         time.sleep(max(0.0, due - time.time()))
-        slips.append(time.time() - due)
-        if rng.random() < UPDATES:
-            record, created = rng.choice(ids), False
-        else:
+        with lock:
             record, created = f"w{n:06d}", True
-            ids.append(record)
-        call(url + f"{LIST}/{record}", "PUT", {"data": {"w": n, "pad": "x" * 100}})
-        writes.add(record, created, time.time())
+            if rng.random() < UPDATES:
+                record, created = rng.choice(ids), False
+                while record in busy:
+                    record = rng.choice(ids)
+            busy.add(record)
+        jobs.put((n, record, created, due))
         n += 1
+    for _ in senders:
+        jobs.put(None)
+    for sender in senders:
+        sender.result()
 
 
 def reader(url, writes, stop):
@@ -281,13 +302,12 @@ def main():
         reads = read.result()
         load_after = os.getloadavg()[0]
 
-        n = len(writes.acked)
+        done = [writes.all[n] for n in sorted(writes.all)]
         with open(f"{work}/writes.json", "w") as f:
-            json.dump([{"record": r, "created": c, "acked": a, "seen": s} for r, c, a, s in
-                       zip(writes.record, writes.created, writes.acked, writes.seen)], f)
-        lags = [s - a for a, s in zip(writes.acked, writes.seen) if s is not None]
-        creates = [s - a for a, s, c in zip(writes.acked, writes.seen, writes.created) if s is not None and c]
-        updates = [s - a for a, s, c in zip(writes.acked, writes.seen, writes.created) if s is not None and not c]
+            json.dump([vars(w) for w in done], f)
+        lags = [w.seen - w.acked for w in done if w.seen is not None]
+        creates = [w.seen - w.acked for w in done if w.seen is not None and w.created]
+        updates = [w.seen - w.acked for w in done if w.seen is not None and not w.created]
         # The node's source passes, from the source's access log: every GET there during the
         # run is the node's (the writer only puts). A write is taken to travel with the first
         # pass whose last answer left Kinto after the source answered the write.
@@ -295,17 +315,18 @@ def main():
         passes = pass_groups(source_requests)
         ends = [end for _, end in passes]
         waits, after = [], []
-        for a, s in zip(writes.acked, writes.seen):
-            end = next_after(ends, a)
-            if s is not None and end is not None and end <= s:
-                waits.append(end - a)
-                after.append(s - end)
+        for w in done:
+            end = next_after(ends, w.acked)
+            if w.seen is not None and end is not None and end <= w.seen:
+                waits.append(end - w.acked)
+                after.append(w.seen - end)
         gaps = sorted(b[0] - a[0] for a, b in zip(passes, passes[1:]))
         batches = sorted((r[4] - r[3]) / 1000 for r in benchkit.access_log(f"{work}/target/access.log", target_log_from)
                          if r[1] == "POST" and r[2].endswith("/batch"))
 
-        print(f"{n} writes in {wrote:.1f} s ({n / wrote:.1f}/s; {sum(writes.created)} creates, "
-              f"{n - sum(writes.created)} updates; started late by up to {max(slips) * 1000:.0f} ms), "
+        n, created = len(done), sum(w.created for w in done)
+        print(f"{n} writes in {wrote:.1f} s ({n / wrote:.1f}/s; {created} creates, {n - created} updates; "
+              f"sent late by up to {max(slips) * 1000:.0f} ms), "
               f"target read every {READ_EVERY * 1000:.0f} ms ({reads} requests); load average "
               f"{load_before:.1f} before, {load_after:.1f} after", flush=True)
         print("mirror lag, seconds from the source's answer to the first target read showing the write:")
