@@ -203,8 +203,8 @@ def writer(url, writes, ids, stop_at, slips):
 def reader(url, writes, stop):
     """Asks the target for the records changed since its last ETag, every READ_EVERY s, until
     `stop` is set; each record shown marks its write seen at the answer's time. Returns the
-    number of requests made."""
-    etag, requests = None, 0
+    number of requests made and every new ETag read, with when."""
+    etag, requests, etags = None, 0, []
     while not stop.is_set():
         asked = time.time()
         query = "?_since=" + etag.strip('"') + "&_sort=last_modified" if etag else ""
@@ -216,6 +216,7 @@ def reader(url, writes, stop):
             with urllib.request.urlopen(req) as r:
                 body, etag = json.load(r), r.headers["ETag"]
             answered = time.time()
+            etags.append((answered, int(etag.strip('"'))))
             for record in body["data"]:
                 if record.get("w", -1) >= 0:
                     writes.show(record["id"], record["w"], answered)
@@ -224,7 +225,7 @@ def reader(url, writes, stop):
                 raise
         requests += 1
         time.sleep(max(0.0, asked + READ_EVERY - time.time()))
-    return requests
+    return requests, etags
 
 
 class Worker(threading.Thread):
@@ -299,7 +300,7 @@ def main():
         while writes.unseen() and time.time() < deadline and read.is_alive():
             time.sleep(0.1)
         stop.set()
-        reads = read.result()
+        reads, etags = read.result()
         load_after = os.getloadavg()[0]
 
         done = [writes.all[n] for n in sorted(writes.all)]
@@ -320,7 +321,8 @@ def main():
             if w.seen is not None and end is not None and end <= w.seen:
                 waits.append(end - w.acked)
                 after.append(w.seen - end)
-        gaps = sorted(b[0] - a[0] for a, b in zip(passes, passes[1:]))
+        during = [p for p in passes if started <= p[0] <= started + wrote]
+        gaps = sorted(b[0] - a[0] for a, b in zip(during, during[1:]))
         batches = sorted((r[4] - r[3]) / 1000 for r in benchkit.access_log(f"{work}/target/access.log", target_log_from)
                          if r[1] == "POST" and r[2].endswith("/batch"))
 
@@ -336,14 +338,24 @@ def main():
         print(row("updates", updates))
         print(row("until the node's source pass read it", waits))
         print(row("from there to the target", after))
-        print(f"  {len(passes)} source passes, one every {quantile(gaps, 0.5):.3f} s (median; max {gaps[-1]:.3f} s); "
+        print(f"  {len(during)} source passes while writing, one every {quantile(gaps, 0.5):.3f} s (median; max {gaps[-1]:.3f} s); "
               f"{len(batches)} mirror batches on the target ({n / len(batches):.1f} writes each; Kinto took "
               f"{quantile(batches, 0.5) * 1000:.0f} ms for one, median, {batches[-1] * 1000:.0f} ms max)")
         if writes.through_later:
             print(f"  {writes.through_later} write(s) first seen through a later update of their record")
-        unseen = n - len(lags)
+        unseen = [(n, w) for n, w in sorted(writes.all.items()) if w.seen is None]
         if unseen:
-            print(f"  {unseen} write(s) NOT seen on the target within 60 s of the last write")
+            print(f"  {len(unseen)} write(s) NOT seen by the reader within 60 s of the last write:")
+        for n, w in unseen:
+            record = call(t_url + f"{LIST}/{w.record}")[0]["data"]
+            lm = record["last_modified"]
+            # `_since` answers every record newer than the cursor: one the reader never got was
+            # not on the target yet when its cursor first reached the record's timestamp.
+            passed = next((t for t, e in etags if e >= lm), None)
+            print(f"    write {n} (record {w.record}): on the target at write {record['w']}, last_modified {lm}; "
+                  + (f"the reader's ETag reached that {passed - w.acked:.3f} s after the source's answer, before the "
+                     "record was written there: a reader following the list with _since never gets it"
+                     if passed is not None else "after every ETag the reader read"))
 
         m = wait_caught_up(config)
         source_records = {r["id"]: r for r in call(s_url + LIST)[0]["data"]}
