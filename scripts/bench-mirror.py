@@ -135,6 +135,7 @@ class Writes:
         self.all = {}            # write number -> Write
         self.by_record = {}      # record id -> its write numbers, in the order the source took them
         self.through_later = 0   # writes first seen with a later write of the same record
+        self.retried = 0         # writes the source asked to retry (409)
 
     def add(self, n, record, created, acked):
         with self.lock:
@@ -174,7 +175,16 @@ def writer(url, writes, ids, stop_at, slips):
         while (job := jobs.get()) is not None:
             n, record, created, due = job
             slips.append(time.time() - due)
-            call(url + f"{LIST}/{record}", "PUT", {"data": {"w": n, "pad": "x" * 100}})
+            for attempt in range(5):
+                try:
+                    call(url + f"{LIST}/{record}", "PUT", {"data": {"w": n, "pad": "x" * 100}})
+                    break
+                except urllib.error.HTTPError as e:
+                    # On PostgreSQL, Kinto refuses a write that took the same millisecond as
+                    # another one of the collection, and asks for a retry.
+                    if e.code != 409 or attempt == 4:
+                        raise
+                    writes.retried += 1
             writes.add(n, record, created, time.time())
             with lock:
                 busy.discard(record)
@@ -341,6 +351,8 @@ def main():
         print(f"  {len(during)} source passes while writing, one every {quantile(gaps, 0.5):.3f} s (median; max {gaps[-1]:.3f} s); "
               f"{len(batches)} mirror batches on the target ({n / len(batches):.1f} writes each; Kinto took "
               f"{quantile(batches, 0.5) * 1000:.0f} ms for one, median, {batches[-1] * 1000:.0f} ms max)")
+        if writes.retried:
+            print(f"  {writes.retried} write(s) retried: the source answered 409 (same millisecond as another)")
         if writes.through_later:
             print(f"  {writes.through_later} write(s) first seen through a later update of their record")
         unseen = [(n, w) for n, w in sorted(writes.all.items()) if w.seen is None]
