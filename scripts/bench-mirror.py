@@ -18,10 +18,11 @@ BENCH_POSTGRES: see benchkit.py) and a real `tandem run`, in one run:
 A write's lag runs from the source's answer to the write until the answer of the first target
 read that shows the record at that write or a later one (a later update of the same record
 makes an earlier one visible with it). Prints median, p90, p99 and max, for all writes and for
-creates and updates apart; how much of the lag was waiting for the node's next source request
-and what came after it (from the source's access log); how many batches the mirror wrote; and
-checks at the end that the target's records (data and timestamps) equal the source's and
-that the migration still mirrors.
+creates and updates apart, and the lag split at the node's source pass that read the write
+(from the source's access log): the wait for that pass's answer, and from there to the target;
+the source passes and the mirror's batches on the target (from its access log); each write the
+reader never got, and why; and checks at the end that the target's records (data and
+timestamps) equal the source's and that the migration still mirrors.
 
 Usage: scripts/bench-mirror.py [SECONDS RATE]   (default 60 50)
 Environment: BENCH_PATH, how the node follows the source: `journal` (default: the kinto-tandem
@@ -349,7 +350,7 @@ def main():
         print(row("until the node's source pass read it", waits))
         print(row("from there to the target", after))
         print(f"  {len(during)} source passes while writing, one every {quantile(gaps, 0.5):.3f} s (median; max {gaps[-1]:.3f} s); "
-              f"{len(batches)} mirror batches on the target ({n / len(batches):.1f} writes each; Kinto took "
+              f"{len(batches)} mirror batches on the target for the {n} writes (Kinto took "
               f"{quantile(batches, 0.5) * 1000:.0f} ms for one, median, {batches[-1] * 1000:.0f} ms max)")
         if writes.retried:
             print(f"  {writes.retried} write(s) retried: the source answered 409 (same millisecond as another)")
