@@ -339,7 +339,7 @@ pub enum MigrateCommand {
     /// where the buckets went instead of restoring a stale copy. Runs on the node whose own
     /// origin is mirrored, through the running daemon if there is one; run it again to resume
     /// after an interruption. The old server's account needs write permission on every object
-    /// moved (by default the [source] account).
+    /// moved (by default the `[source]` account).
     Finish(MigrateSwitch),
     /// Give up a migration: the old server's objects get back the permissions finish took (if
     /// it ran), the moved statements are retracted, and the mirror ends. What the target holds
@@ -377,7 +377,7 @@ pub struct MigrateStart {
 pub struct MigrateSwitch {
     /// The migration's number (see `tandem migrate status`).
     pub id: u64,
-    /// The account that changes permissions on the old server (default: the [source]
+    /// The account that changes permissions on the old server (default: the `[source]`
     /// account; for abort, the one finish used).
     #[arg(long)]
     pub user: Option<String>,
