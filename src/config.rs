@@ -93,6 +93,9 @@ pub struct NodeConfig {
     /// URL requested (GET) after every successful round of work (see
     /// [`crate::scheduler::Heartbeat`]), so that an outside monitor notices when they stop.
     pub heartbeat_url: Option<Url>,
+    /// `seal`: whether this node's own feed is sealed (see [`crate::seal`]); `None` when
+    /// unset, which keeps a sealed feed sealed and a plain one plain.
+    pub seal: Option<bool>,
 }
 
 /// How the password for the source is obtained.
@@ -337,6 +340,7 @@ impl Config {
             durability: raw.node.durability.map_or(1, |d| d.0),
             max_connections: raw.node.max_connections.map(|m| m.0),
             heartbeat_url: raw.node.heartbeat_url.map(|u| u.0),
+            seal: raw.node.seal,
         };
 
         let source = match raw.source {
@@ -582,6 +586,7 @@ struct RawNode {
     durability: Option<Durability>,
     max_connections: Option<MaxConnections>,
     heartbeat_url: Option<HttpUrl>,
+    seal: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -981,6 +986,9 @@ mod tests {
         assert_eq!(c.node.max_connections, None);
         let c = parse("[node]\nname = \"n\"\nmax_connections = 100\n").unwrap();
         assert_eq!(c.node.max_connections, Some(100));
+        assert_eq!(c.node.seal, None);
+        let c = parse("[node]\nname = \"n\"\nseal = true\n").unwrap();
+        assert_eq!(c.node.seal, Some(true));
         for (text, line, key) in [
             (
                 format!("[node]\nname = \"n\"\n{peer}quota = \"lots\"\n"),

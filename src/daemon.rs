@@ -369,6 +369,10 @@ async fn serve_with(
             token.child_token(),
         ));
     }
+    if !recovering {
+        // Refused before anything starts: `seal = false` for a sealed feed.
+        seal_own(&writer, &key, config.node.seal).await?;
+    }
     if let (Some(source), Some(slot)) = (&config.source, &ingest) {
         let status = Arc::new(WorkerStatus::new("source", "kinto"));
         workers.push(status.clone());
@@ -376,11 +380,20 @@ async fn serve_with(
         let cadence = Cadence::Every(source.poll);
         let mut recovered = recovered.clone();
         let (heartbeat, peer_workers) = (heartbeat.clone(), peer_workers.clone());
+        let (writer_for_seal, key_for_seal, want_seal) =
+            (writer.clone(), key.clone(), config.node.seal);
         tasks.spawn(async move {
             // Nothing is appended before the own feed is back (see `recover_own_feed`).
             tokio::select! {
                 _ = token.cancelled() => return,
                 _ = recovered.wait_for(|done| *done) => {}
+            }
+            // A feed recovered sealed is opened (and stays sealed) before the first append.
+            if recovering && let Err(e) = seal_own(&writer_for_seal, &key_for_seal, want_seal).await
+            {
+                error!(error = %format!("{e:#}"), "the source loop stops");
+                status.stopped(format!("{e:#}"));
+                return;
             }
             scheduler::run_loop(&status, cadence, token, || {
                 let (slot, changes) = (slot.clone(), changes.clone());
@@ -803,4 +816,26 @@ pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
             _ = int.recv() => info!(signal = "SIGINT", "signal received"),
         }
     })
+}
+
+/// Brings the own feed's sealing in line with `[node] seal` (see [`Store::seal_own`]).
+pub(crate) async fn seal_own(
+    writer: &StoreHandle,
+    key: &Arc<NodeKey>,
+    want: Option<bool>,
+) -> anyhow::Result<()> {
+    let key = key.clone();
+    match writer.write(move |s| s.seal_own(&key, want)).await? {
+        crate::store::Sealing::On { from, now: true } => {
+            info!(
+                from = from.0,
+                "sealing switched on: holders see this node's feed sealed from this seq"
+            );
+        }
+        crate::store::Sealing::On { from, now: false } => {
+            info!(from = from.0, "this node's feed is sealed");
+        }
+        crate::store::Sealing::Off => {}
+    }
+    Ok(())
 }

@@ -86,6 +86,7 @@ pub mod protocol;
 pub mod replicate;
 pub mod retention;
 pub mod scheduler;
+pub mod seal;
 pub mod source;
 pub mod store;
 pub mod telemetry;

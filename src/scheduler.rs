@@ -147,6 +147,11 @@ impl WorkerStatus {
             .set(1.0);
     }
 
+    /// Records a failure that ends the loop before it ran (the operator must act).
+    pub(crate) fn stopped(&self, error: String) {
+        self.failed(error);
+    }
+
     fn failed(&self, error: String) {
         self.ok.store(false, Ordering::Relaxed);
         self.consecutive_errors.fetch_add(1, Ordering::Relaxed);

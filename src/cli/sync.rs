@@ -116,6 +116,7 @@ async fn round(
         }
         store.write(|s| s.set_recovering(false)).await?;
     }
+    crate::daemon::seal_own(store, &key, config.node.seal).await?;
     let ingest = match &config.source {
         Some(source) => {
             let client = Arc::new(KintoClient::new(source)?);

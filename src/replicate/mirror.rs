@@ -306,7 +306,7 @@ impl Mirror {
         loop {
             let entries = self
                 .store
-                .read(move |s| s.entries_after(origin, Seq(applied), CHUNK))
+                .read(move |s| s.plain_entries_after(origin, Seq(applied), CHUNK))
                 .await?;
             let Some(last) = entries.last().map(|e| e.seq.0) else {
                 break;

@@ -26,6 +26,7 @@ mod keybackup;
 mod mirror;
 mod read;
 pub mod schema;
+mod sealed;
 mod snapshots;
 mod verify;
 mod write;
@@ -47,6 +48,7 @@ pub use holders::{HolderInfo, MAX_UNLISTED_HOLDERS, ReceiptCheck, Rollback};
 pub use keybackup::StoredKeyBackup;
 pub use mirror::{Lock, Migration, Phase, Switch};
 pub use read::{OriginInfo, StoredEntry};
+pub use sealed::Sealing;
 pub use snapshots::{SnapshotMismatch, StateItem};
 pub use verify::{VerifyProblem, VerifyReport};
 pub use write::{
@@ -229,6 +231,40 @@ pub enum StoreError {
         /// What SQLite said.
         source: SqlError,
     },
+    /// The plaintext of a sealed origin was asked for on a node that cannot open it.
+    #[error(
+        "origin {origin} is sealed: this node holds and verifies its entries but cannot read them; restore or export it on the origin itself, or on a node recovered with its key (`tandem recover`)"
+    )]
+    Sealed {
+        /// The sealed origin.
+        origin: NodeId,
+    },
+    /// A sealed entry that does not open with the keys this node has.
+    #[error("origin {origin}, seq {seq}: {source}")]
+    Unsealable {
+        /// The origin.
+        origin: NodeId,
+        /// The entry.
+        seq: Seq,
+        /// Why it does not open.
+        source: crate::seal::SealError,
+    },
+    /// `[node] seal = false` for a feed that is sealed.
+    #[error(
+        "this node's feed is sealed from seq {from}: it cannot be unsealed, since holders would then read every later change; remove `seal = false` from [node] (or set `seal = true`)"
+    )]
+    SealOff {
+        /// The first sealed seq.
+        from: Seq,
+    },
+    /// Sealing asked for while a migration mirrors the own feed.
+    #[error(
+        "sealing cannot be switched on while migration {migration} mirrors this node's feed (switching re-records every object); finish or stop it first (`tandem migrate finish|abort {migration}`)"
+    )]
+    SealBusy {
+        /// The migration.
+        migration: i64,
+    },
     /// The store handle was closed (the daemon is stopping): nothing more runs on it.
     #[error("the store is closed: tandem is stopping")]
     Closed,
@@ -252,6 +288,10 @@ impl crate::backoff::RetryHint for StoreError {
                 | StoreError::Locked { .. }
                 | StoreError::Missing { .. }
                 | StoreError::InvalidChange { .. }
+                | StoreError::Sealed { .. }
+                | StoreError::Unsealable { .. }
+                | StoreError::SealOff { .. }
+                | StoreError::SealBusy { .. }
         )
     }
 }
@@ -746,3 +786,5 @@ pub(super) fn apply_to_objects(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sealed;

@@ -107,6 +107,34 @@ impl Store {
         after: Seq,
         limit: usize,
     ) -> Result<Vec<StoredEntry>, StoreError> {
+        self.entries_after_as(origin, after, limit, false)
+    }
+
+    /// [`Store::entries_after`] in source paths: a sealed entry's bytes are its plaintext (see
+    /// `store::sealed`), or [`StoreError::Sealed`] where this node cannot read it. Hashes
+    /// stay those of the entries as stored.
+    pub fn plain_entries_after(
+        &self,
+        origin: NodeId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let entries = self.entries_after_as(origin, after, limit, true)?;
+        for e in &entries {
+            if crate::seal::is_sealed(crate::feed::decode_stored_entry(&e.bytes)?.path) {
+                return Err(StoreError::Sealed { origin });
+            }
+        }
+        Ok(entries)
+    }
+
+    fn entries_after_as(
+        &self,
+        origin: NodeId,
+        after: Seq,
+        limit: usize,
+        plain: bool,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(Vec::new());
         };
@@ -115,9 +143,13 @@ impl Store {
         }
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT key, hash, bytes FROM entries WHERE key > ?1 AND key <= ?2 ORDER BY key LIMIT ?3",
-            )
+            .prepare_cached(if plain {
+                "SELECT e.key, e.hash, COALESCE(p.bytes, e.bytes) FROM entries e
+                 LEFT JOIN opened p ON p.key = e.key
+                 WHERE e.key > ?1 AND e.key <= ?2 ORDER BY e.key LIMIT ?3"
+            } else {
+                "SELECT key, hash, bytes FROM entries WHERE key > ?1 AND key <= ?2 ORDER BY key LIMIT ?3"
+            })
             .ctx("reading entries")?;
         let rows = stmt
             .query_map(
@@ -312,17 +344,26 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(None);
         };
-        let bytes: Option<Vec<u8>> = self
+        // In a sealed feed the state keeps the sealed path, and the plaintext is beside it.
+        let bytes: Option<(Vec<u8>, bool)> = self
             .conn
             .prepare_cached(
-                "SELECT e.bytes FROM objects o JOIN entries e ON e.key = (o.origin << 40) | o.seq
-                 WHERE o.origin = ?1 AND o.path = ?2",
+                "SELECT COALESCE(p.bytes, e.bytes), p.key IS NULL AND o.path >= '/sealed/'
+                 AND o.path < '/sealed0' FROM objects o
+                 JOIN entries e ON e.key = (o.origin << 40) | o.seq
+                 LEFT JOIN opened p ON p.key = e.key
+                 WHERE o.origin = ?1 AND o.path = COALESCE(
+                     (SELECT sealed FROM opened_paths WHERE origin = ?1 AND path = ?2), ?2)",
             )
-            .and_then(|mut s| s.query_row((row, path), |r| r.get(0)).optional())
+            .and_then(|mut s| {
+                s.query_row((row, path), |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .ctx("reading an object")?;
         match bytes {
             None => Ok(None),
-            Some(bytes) => Ok(Some(crate::feed::decode_entry(&bytes)?.body.to_vec())),
+            Some((_, true)) => Err(StoreError::Sealed { origin }),
+            Some((bytes, false)) => Ok(Some(crate::feed::decode_entry(&bytes)?.body.to_vec())),
         }
     }
 
@@ -339,15 +380,32 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT e.bytes FROM objects o JOIN entries e ON e.key = (o.origin << 40) | o.seq
+                "SELECT COALESCE(p.bytes, e.bytes), p.key IS NOT NULL FROM objects o
+                 JOIN entries e ON e.key = (o.origin << 40) | o.seq
+                 LEFT JOIN opened p ON p.key = e.key
                  WHERE o.origin = ?1 ORDER BY o.path",
             )
             .ctx("reading objects")?;
         let mut rows = stmt.query([row]).ctx("reading objects")?;
+        // A sealed feed's objects, sorted by source path once all are read.
+        let sealed = self.has_opened(row)?;
+        let mut opened: Vec<(Box<str>, Vec<u8>)> = Vec::new();
         while let Some(r) = rows.next().ctx("reading objects")? {
             let bytes = r.get_ref(0).ctx("reading objects")?.as_blob().ctx_blob()?;
             let entry = crate::feed::decode_stored_entry(bytes).map_err(StoreError::from)?;
-            f(entry.path, entry.body)?;
+            if r.get::<_, bool>(1).ctx("reading objects")? {
+                opened.push((entry.path.into(), entry.body.to_vec()));
+            } else if crate::seal::is_sealed(entry.path) {
+                return Err(StoreError::Sealed { origin }.into());
+            } else if !sealed {
+                f(entry.path, entry.body)?;
+            } else {
+                opened.push((entry.path.into(), entry.body.to_vec()));
+            }
+        }
+        opened.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (path, body) in &opened {
+            f(path, body)?;
         }
         Ok(())
     }
@@ -364,8 +422,40 @@ impl Store {
         let rows = stmt
             .query_map((row, prefix, prefix_end(prefix)), |r| r.get::<_, String>(0))
             .ctx("listing paths")?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .ctx("listing paths")
+        let mut paths = rows
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("listing paths")?;
+        if self.has_opened(row)? {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT p.path FROM opened_paths p
+                     JOIN objects o ON o.origin = p.origin AND o.path = p.sealed
+                     WHERE p.origin = ?1 AND p.path >= ?2 AND p.path < ?3",
+                )
+                .ctx("listing paths")?;
+            let rows = stmt
+                .query_map((row, prefix, prefix_end(prefix)), |r| r.get::<_, String>(0))
+                .ctx("listing paths")?;
+            for path in rows {
+                paths.push(path.ctx("listing paths")?);
+            }
+            paths.retain(|p| !crate::seal::is_sealed(p));
+            paths.sort_unstable();
+            paths.dedup();
+        }
+        Ok(paths)
+    }
+
+    /// Whether this node keeps plaintext of `origin`'s sealed entries (see `store::sealed`).
+    fn has_opened(&self, row: i64) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM opened_paths WHERE origin = ?1 LIMIT 1")
+            .ctx("looking up sealed paths")?
+            .query_row([row], |_| Ok(()))
+            .optional()
+            .map(|found| found.is_some())
+            .ctx("looking up sealed paths")
     }
 
     /// Whether `origin` holds a live object at `path` or below it (`path/…`).
@@ -374,10 +464,24 @@ impl Store {
             return Ok(false);
         };
         let below = format!("{path}/");
-        self.conn
+        let plain = self
+            .conn
             .prepare_cached(
                 "SELECT 1 FROM objects WHERE origin = ?1
                  AND (path = ?2 OR (path >= ?3 AND path < ?4)) LIMIT 1",
+            )
+            .ctx("looking up paths")?
+            .query_row((row, path, &below, prefix_end(&below)), |_| Ok(()))
+            .optional()
+            .ctx("looking up paths")?;
+        if plain.is_some() {
+            return Ok(true);
+        }
+        self.conn
+            .prepare_cached(
+                "SELECT 1 FROM opened_paths p
+                 JOIN objects o ON o.origin = p.origin AND o.path = p.sealed
+                 WHERE p.origin = ?1 AND (p.path = ?2 OR (p.path >= ?3 AND p.path < ?4)) LIMIT 1",
             )
             .ctx("looking up paths")?
             .query_row((row, path, &below, prefix_end(&below)), |_| Ok(()))
@@ -393,14 +497,22 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(Vec::new());
         };
+        let mut out = self.children_in(row, list, CHILD_PLAIN)?;
+        if self.has_opened(row)? {
+            out.extend(self.children_in(row, list, CHILD_SEALED)?);
+            out.retain(|p| !crate::seal::is_sealed(p));
+            out.sort_unstable();
+            out.dedup();
+        }
+        Ok(out)
+    }
+
+    /// [`Store::children`] over one kind of path: `query` finds the first live path after ?2
+    /// and before ?3.
+    fn children_in(&self, row: i64, list: &str, query: &str) -> Result<Vec<String>, StoreError> {
         let prefix = format!("{list}/");
         let end = prefix_end(&prefix);
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT path FROM objects WHERE origin = ?1 AND path > ?2 AND path < ?3 ORDER BY path LIMIT 1",
-            )
-            .ctx("listing children")?;
+        let mut stmt = self.conn.prepare_cached(query).ctx("listing children")?;
         let mut out = Vec::new();
         let mut after = prefix.clone();
         loop {
@@ -542,3 +654,11 @@ pub(super) fn node_id_from(bytes: Vec<u8>) -> Result<NodeId, StoreError> {
     NodeId::from_bytes(bytes)
         .map_err(|_| StoreError::Feed(FeedError::Malformed("stored node id is not a valid key")))
 }
+
+/// The first plain live path in a range (see [`Store::children_in`]).
+const CHILD_PLAIN: &str =
+    "SELECT path FROM objects WHERE origin = ?1 AND path > ?2 AND path < ?3 ORDER BY path LIMIT 1";
+/// The first source path in a range whose sealed path is live.
+const CHILD_SEALED: &str = "SELECT p.path FROM opened_paths p WHERE p.origin = ?1 AND p.path > ?2
+ AND p.path < ?3 AND EXISTS (SELECT 1 FROM objects o WHERE o.origin = ?1 AND o.path = p.sealed)
+ ORDER BY p.path LIMIT 1";

@@ -230,6 +230,29 @@ const MIGRATIONS: &[&str] = &[
         stored_at  INTEGER NOT NULL   -- ms
     ) WITHOUT ROWID;
     "#,
+    // 12: sealed feeds (see `store::sealed`): on a node that may read one, each sealed entry's
+    // plaintext, and the sealed path of each source path. A store from before holds no sealed
+    // feed, so empty tables are right for it.
+    r#"
+    CREATE TABLE opened (
+        key    INTEGER PRIMARY KEY,  -- the sealed entry's key in `entries`
+        bytes  BLOB NOT NULL         -- its plaintext, in the entry encoding
+    );
+
+    CREATE TABLE opened_paths (
+        origin  INTEGER NOT NULL,
+        path    TEXT NOT NULL,       -- a source path
+        sealed  TEXT NOT NULL,       -- its sealed path
+        PRIMARY KEY (origin, path)
+    ) WITHOUT ROWID;
+    CREATE INDEX opened_paths_sealed ON opened_paths (origin, sealed);
+
+    -- An entry's plaintext goes with it (compaction, a removed origin).
+    CREATE TRIGGER opened_follows_entries AFTER DELETE ON entries
+    BEGIN
+        DELETE FROM opened WHERE key = old.key;
+    END;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -217,21 +217,45 @@ impl Store {
         }
         let replay = self.replay(origin, seq)?;
         let row = self.origin_row_id(origin)?.expect("the origin is held");
+        // A sealed entry's plaintext, where this node keeps it (see `store::sealed`).
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT bytes FROM entries WHERE key = ?1")
+            .prepare_cached(
+                "SELECT COALESCE(p.bytes, e.bytes) FROM entries e
+                 LEFT JOIN opened p ON p.key = e.key WHERE e.key = ?1",
+            )
             .ctx("reading a body")?;
         let mut items: Vec<StateItem> = Vec::new();
-        for (path, item) in replay.state.items() {
+        let mut resort = false;
+        for (_, item) in replay.state.items() {
             let bytes: Vec<u8> = stmt
                 .query_row([entry_key(row, item.seq)], |r| r.get(0))
                 .ctx("reading a body")?;
+            let entry = feed::decode_entry(&bytes)?;
+            if crate::seal::is_sealed(entry.path) {
+                return Err(StoreError::Sealed { origin });
+            }
+            resort |= items
+                .last()
+                .is_some_and(|l| l.path.as_bytes() >= entry.path.as_bytes());
             items.push(StateItem {
-                path: path.to_owned(),
-                body: feed::decode_entry(&bytes)?.body.to_vec(),
+                path: entry.path.to_owned(),
+                body: entry.body.to_vec(),
                 deleted: item.deleted,
                 seq: Seq(item.seq),
             });
+        }
+        if resort {
+            // Source paths sort otherwise than their sealed paths. Within the one append
+            // that switched sealing on, a path may be both sealed and not yet deleted plain:
+            // the later entry is the state.
+            items.sort_by(|a, b| {
+                a.path
+                    .as_bytes()
+                    .cmp(b.path.as_bytes())
+                    .then(b.seq.cmp(&a.seq))
+            });
+            items.dedup_by(|later, kept| later.path == kept.path);
         }
         Ok(items)
     }

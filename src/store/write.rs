@@ -10,6 +10,7 @@ use crate::feed::{
     self, Checkpoint, EntryHash, FeedError, ForkEvidence, Head, Op, Seq, VerifiedBatch,
 };
 use crate::identity::{NodeId, NodeKey};
+use crate::seal::SealKey;
 
 /// Our own feed gets a signed checkpoint at every multiple of this seq, besides the one at the
 /// end of each append, so that a peer can fetch a large append in pages that each end at a
@@ -77,6 +78,85 @@ pub enum CheckpointCheck {
     Ahead,
 }
 
+/// What an append does with its changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Records every change.
+    All,
+    /// Drops the changes that would not change the state.
+    SkipNoOps,
+    /// Switches sealing on: the changes are the plain state, re-recorded sealed.
+    SealSwitch,
+}
+
+fn seal_failed(path: &str, e: crate::seal::SealError) -> StoreError {
+    StoreError::InvalidChange {
+        path: path.to_owned(),
+        source: FeedError::Malformed(match e {
+            crate::seal::SealError::TooLarge { .. } => "its sealed form is larger than 64 MiB",
+            _ => "it could not be sealed",
+        }),
+    }
+}
+
+/// Writes entries of our own feed inside an append's transaction: each entry, its place in
+/// the state, its plaintext when it is sealed, and the intermediate checkpoints.
+struct Appender<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    origin: i64,
+    key: &'a NodeKey,
+    head: Head,
+    ts: u64,
+    bytes_added: u64,
+    since_checkpoint: u64,
+}
+
+impl Appender<'_> {
+    /// Appends one entry. `plain` is the source path and body of a sealed entry.
+    fn push(
+        &mut self,
+        op: Op,
+        path: &str,
+        body: &[u8],
+        plain: Option<(&str, &[u8])>,
+    ) -> Result<(), StoreError> {
+        let seq = self.head.seq.next();
+        let invalid = |source| StoreError::InvalidChange {
+            path: plain.map_or(path, |p| p.0).to_owned(),
+            source,
+        };
+        let bytes =
+            feed::encode_entry(seq, self.head.hash, self.ts, op, path, body).map_err(invalid)?;
+        let hash = EntryHash::of(&bytes);
+        let key = entry_key(self.origin, seq.0);
+        self.tx
+            .prepare_cached("INSERT INTO entries (key, hash, bytes) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute((key, &hash.0[..], &bytes)))
+            .ctx("inserting an entry")?;
+        if let Some((plain_path, plain_body)) = plain {
+            let opened =
+                feed::encode_entry(seq, self.head.hash, self.ts, op, plain_path, plain_body)
+                    .map_err(invalid)?;
+            super::sealed::record_opened(self.tx, self.origin, key, &opened, plain_path, path)?;
+        }
+        apply_to_objects(self.tx, self.origin, seq, op, path, !body.is_empty())
+            .ctx("updating the object state")?;
+        self.bytes_added += bytes.len() as u64;
+        self.head = Head { seq, hash };
+        // Intermediate checkpoints bound the pages peers fetch (see `entries_page`).
+        self.since_checkpoint += bytes.len() as u64;
+        if seq.0.is_multiple_of(CHECKPOINT_EVERY) || self.since_checkpoint >= CHECKPOINT_BYTES {
+            insert_checkpoint(
+                self.tx,
+                self.origin,
+                &Checkpoint::sign(self.key, self.head, self.ts),
+            )?;
+            self.since_checkpoint = 0;
+        }
+        Ok(())
+    }
+}
+
 /// The state of an origin row read at the start of a write.
 struct OriginRow {
     id: i64,
@@ -96,7 +176,7 @@ impl Store {
         changes: &[Change],
         cursors: &[CursorUpdate],
     ) -> Result<Option<Checkpoint>, StoreError> {
-        let done = self.append_in_one(key, changes, cursors, false);
+        let done = self.append_in_one(key, changes, cursors, Mode::All);
         Ok(done.map_err(|e| self.name_full(e))?.0)
     }
 
@@ -110,8 +190,23 @@ impl Store {
         changes: Vec<Change>,
         cursors: &[CursorUpdate],
     ) -> Result<(Option<Checkpoint>, usize), StoreError> {
-        let done = self.append_in_one(key, &changes, cursors, true);
+        let done = self.append_in_one(key, &changes, cursors, Mode::SkipNoOps);
         done.map_err(|e| self.name_full(e))
+    }
+
+    /// Switches sealing on (see [`Store::seal_own`]): seals the own feed from the next seq and,
+    /// in the same append, re-records `state` (the plain live objects and tombstones, deepest
+    /// first): each plain path deleted, then sealed.
+    pub(super) fn append_sealing_switch(
+        &mut self,
+        key: &NodeKey,
+        state: Vec<Change>,
+    ) -> Result<Seq, StoreError> {
+        let done = self.append_in_one(key, &state, &[], Mode::SealSwitch);
+        done.map_err(|e| self.name_full(e))?;
+        super::sealed::sealed_from(&self.conn)?.ok_or(StoreError::Feed(FeedError::Malformed(
+            "sealing did not switch on",
+        )))
     }
 
     /// Both appends, in one transaction. The no-op check reads the state inside the
@@ -121,8 +216,9 @@ impl Store {
         key: &NodeKey,
         changes: &[Change],
         cursors: &[CursorUpdate],
-        skip_no_ops: bool,
+        mode: Mode,
     ) -> Result<(Option<Checkpoint>, usize), StoreError> {
+        let skip_no_ops = mode == Mode::SkipNoOps;
         let origin = key.id();
         let tx = self
             .conn
@@ -157,32 +253,54 @@ impl Store {
         if recovering.is_some() {
             return Err(StoreError::Recovering);
         }
-        let mut head = row.head.unwrap_or(Head {
+        let head = row.head.unwrap_or(Head {
             seq: Seq(0),
             hash: EntryHash::genesis(&origin),
         });
-        let mut bytes_added = 0u64;
-        let mut since_checkpoint = 0u64;
+        // A sealed feed: its entries carry sealed paths and bodies (see `crate::seal`), and
+        // this node keeps their plaintext beside them (`store::sealed`).
+        if mode == Mode::SealSwitch {
+            super::sealed::switch_on(&tx, head.seq)?;
+        }
+        let seal = super::sealed::sealed_from(&tx)?.map(|_| SealKey::of_node(key));
+        if let Some(seal) = &seal {
+            super::sealed::open_own(&tx, row.id, seal, head.seq)?;
+        }
+        let mut out = Appender {
+            tx: &tx,
+            origin: row.id,
+            key,
+            head,
+            ts,
+            bytes_added: 0,
+            since_checkpoint: 0,
+        };
         {
-            let mut insert = tx
-                .prepare_cached("INSERT INTO entries (key, hash, bytes) VALUES (?1, ?2, ?3)")
-                .ctx("preparing an entry insert")?;
             let mut live = tx
                 .prepare_cached(
-                    "SELECT e.bytes FROM objects o JOIN entries e ON e.key = (o.origin << 40) | o.seq
+                    "SELECT COALESCE(p.bytes, e.bytes) FROM objects o
+                     JOIN entries e ON e.key = (o.origin << 40) | o.seq
+                     LEFT JOIN opened p ON p.key = e.key
                      WHERE o.origin = ?1 AND o.path = ?2",
                 )
-                                .ctx("preparing a state lookup")?;
+                .ctx("preparing a state lookup")?;
             let mut tombstone = tx
                 .prepare_cached(
-                    "SELECT e.bytes FROM tombstones t JOIN entries e ON e.key = (t.origin << 40) | t.seq
+                    "SELECT COALESCE(p.bytes, e.bytes) FROM tombstones t
+                     JOIN entries e ON e.key = (t.origin << 40) | t.seq
+                     LEFT JOIN opened p ON p.key = e.key
                      WHERE t.origin = ?1 AND t.path = ?2",
                 )
                 .ctx("preparing a tombstone lookup")?;
             for change in changes {
+                // Where the state keeps this path: its sealed path in a sealed feed.
+                let state_path = match &seal {
+                    Some(seal) => std::borrow::Cow::Owned(seal.sealed_path(&change.path)),
+                    None => std::borrow::Cow::Borrowed(change.path.as_str()),
+                };
                 if skip_no_ops {
                     let current: Option<Vec<u8>> = live
-                        .query_row((row.id, &change.path), |r| r.get(0))
+                        .query_row((row.id, &*state_path), |r| r.get(0))
                         .optional()
                         .ctx("reading the state")?;
                     let current = current
@@ -199,7 +317,7 @@ impl Store {
                         Op::Delete if change.body.is_empty() => true,
                         Op::Delete => {
                             let recorded: Option<Vec<u8>> = tombstone
-                                .query_row((row.id, &change.path), |r| r.get(0))
+                                .query_row((row.id, &*state_path), |r| r.get(0))
                                 .optional()
                                 .ctx("reading a tombstone")?;
                             // The same tombstone, however it was written (history or list).
@@ -215,35 +333,50 @@ impl Store {
                         continue;
                     }
                 }
-                let seq = head.seq.next();
-                let bytes =
-                    feed::encode_entry(seq, head.hash, ts, change.op, &change.path, &change.body)
-                        .map_err(|source| StoreError::InvalidChange {
-                        path: change.path.clone(),
-                        source,
-                    })?;
-                let hash = EntryHash::of(&bytes);
-                insert
-                    .execute((entry_key(row.id, seq.0), &hash.0[..], &bytes))
-                    .ctx("inserting an entry")?;
-                apply_to_objects(
-                    &tx,
-                    row.id,
-                    seq,
-                    change.op,
-                    &change.path,
-                    !change.body.is_empty(),
-                )
-                .ctx("updating the object state")?;
-                bytes_added += bytes.len() as u64;
-                head = Head { seq, hash };
-                // Intermediate checkpoints bound the pages peers fetch (see `entries_page`).
-                since_checkpoint += bytes.len() as u64;
-                if seq.0 % CHECKPOINT_EVERY == 0 || since_checkpoint >= CHECKPOINT_BYTES {
-                    insert_checkpoint(&tx, row.id, &Checkpoint::sign(key, head, ts))?;
-                    since_checkpoint = 0;
+                match &seal {
+                    None => out.push(change.op, &change.path, &change.body, None)?,
+                    Some(seal) if mode == Mode::SealSwitch => {
+                        let (sealed, body) = seal
+                            .seal(change.op, &change.path, &change.body)
+                            .map_err(|e| seal_failed(&change.path, e))?;
+                        // Deleted plain first: read in order, the plaintext then says
+                        // "deleted, then the same again" and never loses the object.
+                        out.push(Op::Delete, &change.path, &[], None)?;
+                        out.push(
+                            change.op,
+                            &sealed,
+                            &body,
+                            Some((&change.path, &change.body)),
+                        )?;
+                    }
+                    Some(seal) => {
+                        if change.op == Op::Delete {
+                            // The tombstones below a deleted container, which the plain state
+                            // drops by their paths, are deleted one by one in a sealed feed.
+                            for (path, sealed) in
+                                super::sealed::tombstones_below(&tx, row.id, &change.path)?
+                            {
+                                out.push(Op::Delete, &sealed, &[], Some((&path, &[])))?;
+                            }
+                        }
+                        let (sealed, body) = seal
+                            .seal(change.op, &change.path, &change.body)
+                            .map_err(|e| seal_failed(&change.path, e))?;
+                        out.push(
+                            change.op,
+                            &sealed,
+                            &body,
+                            Some((&change.path, &change.body)),
+                        )?;
+                    }
                 }
             }
+        }
+        let Appender {
+            head, bytes_added, ..
+        } = out;
+        if seal.is_some() {
+            super::sealed::set_opened_seq(&tx, head.seq)?;
         }
         let appended = (head.seq.0 - row.head.map_or(0, |h| h.seq.0)) as usize;
         let checkpoint = if appended == 0 {

@@ -1,0 +1,315 @@
+//! Sealed feeds (see [`crate::seal`]): the plaintext a node that may read one keeps beside its
+//! sealed entries, and the switch that seals the own feed.
+//!
+//! Every node stores a sealed origin the same way: its entries verbatim, its state (`objects`,
+//! `tombstones`) under the sealed paths, so that verification, compaction, snapshots and
+//! serving never need a key. A node that holds the keys (the origin itself, or a node recovered
+//! with its key) also keeps, per sealed entry, its plaintext in the entry encoding (the sealed
+//! entry's seq, prev, ts and op with the source path and body) in `opened`, and which sealed
+//! path each source path has in `opened_paths`. The queries that answer in source paths
+//! (`Store::object`, `Store::paths_under`, `Store::state_for_restore`...) read through them;
+//! a node without them gets [`StoreError::Sealed`]. Compaction drops an entry's plaintext with
+//! the entry (a trigger), so nothing outlives what it opens.
+//!
+//! Two facts live in `meta`: `sealed_from`, the first sealed seq of the own feed, and
+//! `opened_seq`, how far the own feed's entries have been opened. Entries recovered from peers
+//! arrive sealed; [`Store::seal_own`] (run before the first append) and every append open
+//! whatever lies beyond `opened_seq` first.
+
+use rusqlite::OptionalExtension;
+
+use super::{Context, SEQ_BITS, Store, StoreError, entry_key};
+use crate::feed::{self, Op, Seq};
+use crate::identity::NodeKey;
+use crate::seal::{self, SealKey};
+
+/// What [`Store::seal_own`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sealing {
+    /// The own feed is plain.
+    Off,
+    /// The own feed is sealed from this seq on.
+    On {
+        /// The first sealed seq.
+        from: Seq,
+        /// Whether this call switched it on.
+        now: bool,
+    },
+}
+
+/// The first sealed seq of the own feed, if it is sealed.
+pub(super) fn sealed_from(tx: &rusqlite::Connection) -> Result<Option<Seq>, StoreError> {
+    meta_seq(tx, "sealed_from")
+}
+
+fn meta_seq(conn: &rusqlite::Connection, key: &str) -> Result<Option<Seq>, StoreError> {
+    let value: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+        .ctx("reading the sealing state")?;
+    value
+        .map(|v| {
+            v.parse().map(Seq).map_err(|_| {
+                StoreError::Feed(crate::feed::FeedError::Malformed(
+                    "a meta seq is not a number",
+                ))
+            })
+        })
+        .transpose()
+}
+
+fn set_meta_seq(conn: &rusqlite::Connection, key: &str, seq: Seq) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute((key, seq.0.to_string())))
+        .ctx("writing the sealing state")
+        .map(drop)
+}
+
+/// Seals the own feed from the seq after `head`: nothing before it needs opening.
+pub(super) fn switch_on(conn: &rusqlite::Connection, head: Seq) -> Result<(), StoreError> {
+    set_meta_seq(conn, "sealed_from", head.next())?;
+    set_opened_seq(conn, head)
+}
+
+/// Records that the own feed's entries are opened up to `seq`.
+pub(super) fn set_opened_seq(conn: &rusqlite::Connection, seq: Seq) -> Result<(), StoreError> {
+    set_meta_seq(conn, "opened_seq", seq)
+}
+
+/// Keeps the plaintext (`opened`, an entry encoding) of the entry at `key`, and the sealed path
+/// of `plain_path`.
+pub(super) fn record_opened(
+    conn: &rusqlite::Connection,
+    origin: i64,
+    key: i64,
+    opened: &[u8],
+    plain_path: &str,
+    sealed_path: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT OR REPLACE INTO opened (key, bytes) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute((key, opened)))
+        .ctx("keeping a sealed entry's plaintext")?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO opened_paths (origin, path, sealed) VALUES (?1, ?2, ?3)",
+    )
+    .and_then(|mut s| s.execute((origin, plain_path, sealed_path)))
+    .ctx("keeping a sealed path")
+    .map(drop)
+}
+
+/// The tombstones of a sealed feed below `path` (source paths starting with `path/`), as
+/// (source path, sealed path).
+pub(super) fn tombstones_below(
+    conn: &rusqlite::Connection,
+    origin: i64,
+    path: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT p.path, p.sealed FROM opened_paths p
+             JOIN tombstones t ON t.origin = p.origin AND t.path = p.sealed
+             WHERE p.origin = ?1 AND p.path >= ?2 AND p.path < ?3 ORDER BY p.path",
+        )
+        .ctx("reading the tombstones below a container")?;
+    let rows = stmt
+        .query_map((origin, format!("{path}/"), format!("{path}0")), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .ctx("reading the tombstones below a container")?;
+    rows.collect::<rusqlite::Result<_>>()
+        .ctx("reading the tombstones below a container")
+}
+
+/// Opens the own feed's sealed entries after `opened_seq` up to `head` (entries recovered from
+/// peers, or written before a crash of an older build), and learns `sealed_from` from them.
+pub(super) fn open_own(
+    conn: &rusqlite::Connection,
+    origin: i64,
+    seal: &SealKey,
+    head: Seq,
+) -> Result<u64, StoreError> {
+    let done = meta_seq(conn, "opened_seq")?.unwrap_or(Seq(0));
+    if done >= head {
+        return Ok(0);
+    }
+    let mut opened = 0u64;
+    let mut first_sealed = None;
+    {
+        let mut stmt = conn
+            .prepare(
+                "SELECT e.key, e.bytes FROM entries e LEFT JOIN opened p ON p.key = e.key
+                 WHERE e.key > ?1 AND e.key <= ?2 AND p.key IS NULL ORDER BY e.key",
+            )
+            .ctx("reading sealed entries")?;
+        let mut rows = stmt
+            .query((entry_key(origin, done.0), entry_key(origin, head.0)))
+            .ctx("reading sealed entries")?;
+        let mut reverse = conn
+            .prepare_cached("SELECT path FROM opened_paths WHERE origin = ?1 AND sealed = ?2")
+            .ctx("reading sealed paths")?;
+        while let Some(r) = rows.next().ctx("reading sealed entries")? {
+            let key: i64 = r.get(0).ctx("reading sealed entries")?;
+            let bytes: Vec<u8> = r.get(1).ctx("reading sealed entries")?;
+            let entry = feed::decode_stored_entry(&bytes)?;
+            if !seal::is_sealed(entry.path) {
+                continue;
+            }
+            let seq = Seq((key & ((1 << SEQ_BITS) - 1)) as u64);
+            first_sealed.get_or_insert(seq);
+            let plain = match seal.open(entry.op, entry.path, entry.body) {
+                Ok(Some(plain)) => plain,
+                Ok(None) => {
+                    // A delete without a body: its path is that of the put before it.
+                    let path: Option<String> = reverse
+                        .query_row((origin, entry.path), |r| r.get(0))
+                        .optional()
+                        .ctx("reading sealed paths")?;
+                    let Some(path) = path else { continue };
+                    seal::Plain {
+                        path,
+                        body: Vec::new(),
+                    }
+                }
+                Err(source) => {
+                    return Err(StoreError::Unsealable {
+                        origin: seal.origin(),
+                        seq,
+                        source,
+                    });
+                }
+            };
+            let plain_entry = feed::encode_entry(
+                seq,
+                entry.prev,
+                entry.ts,
+                entry.op,
+                &plain.path,
+                &plain.body,
+            )?;
+            record_opened(conn, origin, key, &plain_entry, &plain.path, entry.path)?;
+            opened += 1;
+        }
+    }
+    if let Some(first) = first_sealed
+        && sealed_from(conn)?.is_none_or(|s| s > first)
+    {
+        set_meta_seq(conn, "sealed_from", first)?;
+    }
+    set_opened_seq(conn, head)?;
+    Ok(opened)
+}
+
+impl Store {
+    /// Whether the own feed is sealed, and from which seq.
+    pub fn sealed_from(&self) -> Result<Option<Seq>, StoreError> {
+        sealed_from(&self.conn)
+    }
+
+    /// Brings the own feed's sealing in line with `[node] seal` (`want`; `None` when unset):
+    /// opens what was recovered sealed, refuses to turn sealing off, and switches it on when
+    /// asked. Switching on re-records the whole live state sealed in one append (each object
+    /// and tombstone sealed, its plain path deleted), so that once the snapshots from before
+    /// expire, holders keep nothing plain. An unset `seal` keeps a sealed feed sealed.
+    pub fn seal_own(&mut self, key: &NodeKey, want: Option<bool>) -> Result<Sealing, StoreError> {
+        let origin = key.id();
+        let seal = SealKey::of_node(key);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .ctx("starting to seal")?;
+        let Some(row) = tx
+            .query_row(
+                "SELECT id, head_seq FROM origins WHERE node_id = ?1",
+                [&origin.as_bytes()[..]],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()
+            .ctx("reading the own origin")?
+        else {
+            // Nothing recorded yet: a first append seals from seq 1.
+            return match want {
+                Some(true) => {
+                    set_meta_seq(&tx, "sealed_from", Seq(1))?;
+                    tx.commit().ctx("committing the sealing")?;
+                    Ok(Sealing::On {
+                        from: Seq(1),
+                        now: true,
+                    })
+                }
+                _ => Ok(Sealing::Off),
+            };
+        };
+        let (id, head) = row;
+        open_own(&tx, id, &seal, Seq(head))?;
+        let found = sealed_from(&tx)?;
+        tx.commit().ctx("committing opened entries")?;
+        match (found, want) {
+            (Some(from), Some(false)) => Err(StoreError::SealOff { from }),
+            (Some(from), _) => Ok(Sealing::On { from, now: false }),
+            (None, Some(true)) => {
+                let mirroring: Option<i64> = self
+                    .conn
+                    .query_row(
+                        "SELECT id FROM migrations WHERE state = 'mirroring' AND origin = ?1 LIMIT 1",
+                        [&origin.as_bytes()[..]],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .ctx("reading migrations")?;
+                if let Some(migration) = mirroring {
+                    return Err(StoreError::SealBusy { migration });
+                }
+                let from = self.switch_sealing_on(key, id)?;
+                Ok(Sealing::On { from, now: true })
+            }
+            (None, _) => Ok(Sealing::Off),
+        }
+    }
+
+    /// Seals the own feed from the next seq, re-recording the live state sealed.
+    fn switch_sealing_on(&mut self, key: &NodeKey, origin: i64) -> Result<Seq, StoreError> {
+        // The plain state: tombstones first, deepest first (a plain delete drops the plain
+        // tombstones below it, which must be sealed before), then the objects.
+        let mut changes = Vec::new();
+        for (table, op) in [("tombstones", Op::Delete), ("objects", Op::Put)] {
+            let mut stmt = self
+                .conn
+                .prepare(&format!(
+                    "SELECT e.bytes FROM {table} s JOIN entries e ON e.key = (s.origin << 40) | s.seq
+                     WHERE s.origin = ?1 ORDER BY s.path DESC"
+                ))
+                .ctx("reading the state to seal")?;
+            let mut rows = stmt.query([origin]).ctx("reading the state to seal")?;
+            while let Some(r) = rows.next().ctx("reading the state to seal")? {
+                let bytes = r.get_ref(0).ctx("reading the state to seal")?;
+                let bytes = bytes.as_blob().map_err(|_| {
+                    StoreError::Feed(crate::feed::FeedError::Malformed("entry bytes not a blob"))
+                })?;
+                let entry = feed::decode_stored_entry(bytes)?;
+                if seal::is_sealed(entry.path) {
+                    continue;
+                }
+                changes.push(super::Change {
+                    op,
+                    path: entry.path.to_owned(),
+                    body: entry.body.to_vec(),
+                });
+            }
+        }
+        self.append_sealing_switch(key, changes)
+    }
+}
+
+/// Counts the plaintext kept for `origin` (tests, status).
+#[cfg(test)]
+pub(super) fn opened_count(conn: &rusqlite::Connection, origin: i64) -> i64 {
+    conn.query_row(
+        "SELECT count(*) FROM opened WHERE key > ?1 AND key <= ?2",
+        (
+            entry_key(origin, 0),
+            entry_key(origin, crate::feed::MAX_SEQ),
+        ),
+        |r| r.get(0),
+    )
+    .unwrap()
+}

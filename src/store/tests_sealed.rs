@@ -1,0 +1,333 @@
+//! Sealed feeds on real database files: the origin reads in source paths what holders keep
+//! sealed, holders verify, snapshot and compact what they cannot read, and the key brings it
+//! all back.
+
+use super::*;
+use crate::feed::{self, verify_batch};
+use crate::identity::NodeKey;
+
+/// Words that occur only inside paths and bodies: none may reach a holder.
+const SECRETS: &[&str] = &[
+    "zebradiary",
+    "okapirecipes",
+    "quokka-secret",
+    "account:wombat",
+];
+
+fn put(path: &str, body: &str) -> Change {
+    Change {
+        op: Op::Put,
+        path: path.into(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn delete(path: &str, tombstone: Option<u64>) -> Change {
+    Change {
+        op: Op::Delete,
+        path: path.into(),
+        body: tombstone
+            .map(|t| format!(r#"{{"data":{{"deleted":true,"id":"x","last_modified":{t}}}}}"#))
+            .unwrap_or_default()
+            .into_bytes(),
+    }
+}
+
+/// Rounds of changes with every kind of entry: puts, deletes with and without a tombstone, a
+/// collection deleted with tombstones below it, a bucket re-created.
+fn rounds() -> Vec<Vec<Change>> {
+    let b = "/buckets/zebradiary";
+    let c = format!("{b}/collections/okapirecipes");
+    let perms = r#""permissions":{"read":["account:wombat"]}"#;
+    vec![
+        vec![
+            put(b, &format!(r#"{{"data":{{"id":"zebradiary"}},{perms}}}"#)),
+            put(&c, r#"{"data":{"id":"okapirecipes"}}"#),
+            put(
+                &format!("{c}/records/r1"),
+                r#"{"data":{"text":"quokka-secret 1"}}"#,
+            ),
+            put(
+                &format!("{c}/records/r2"),
+                r#"{"data":{"text":"quokka-secret 2"}}"#,
+            ),
+            put("/buckets/other", r#"{"data":{"id":"other"}}"#),
+        ],
+        vec![
+            delete(&format!("{c}/records/r1"), Some(10)),
+            put(
+                &format!("{c}/records/r2"),
+                r#"{"data":{"text":"quokka-secret 2b"}}"#,
+            ),
+            put(
+                &format!("{c}/records/r3"),
+                r#"{"data":{"text":"quokka-secret 3"}}"#,
+            ),
+        ],
+        // The collection goes: its records without tombstones, itself with one. The tombstone
+        // of r1 below it goes too.
+        vec![
+            delete(&format!("{c}/records/r2"), None),
+            delete(&format!("{c}/records/r3"), None),
+            delete(&c, Some(20)),
+        ],
+        vec![
+            put(&c, r#"{"data":{"id":"okapirecipes","again":true}}"#),
+            put(
+                &format!("{c}/records/r4"),
+                r#"{"data":{"text":"quokka-secret 4"}}"#,
+            ),
+            delete("/buckets/other", Some(30)),
+        ],
+    ]
+}
+
+fn store_for(dir: &Path, key: &NodeKey) -> Store {
+    Store::open_writer(dir, key.id()).unwrap()
+}
+
+/// (path, body, tombstone) of a state, for comparing two feeds' states.
+fn plain_state(store: &Store, origin: NodeId) -> Vec<(String, String, bool)> {
+    let head = store.head(origin).unwrap().unwrap().seq;
+    store
+        .state_for_restore(origin, head)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.path, String::from_utf8(i.body).unwrap(), i.deleted))
+        .collect()
+}
+
+/// Every file of a data directory (the database, its WAL), as bytes.
+fn dir_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in std::fs::read_dir(dir).unwrap() {
+        out.extend(std::fs::read(f.unwrap().path()).unwrap_or_default());
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Copies `from`'s feed of `origin` to `to` page by page, as a pull does.
+fn copy_feed(from: &Store, to: &mut Store, origin: NodeId) {
+    let mut after = to.head(origin).unwrap().map_or(Seq(0), |h| h.seq);
+    while let Some((entries, cp)) = from.entries_page(origin, after, 7, 1 << 20).unwrap() {
+        let bytes: Vec<Vec<u8>> = entries.into_iter().map(|e| e.bytes).collect();
+        let batch = verify_batch(origin, bytes, cp).unwrap();
+        to.accept(&batch, &[]).unwrap();
+        after = cp.seq;
+    }
+}
+
+#[test]
+fn a_sealed_feed_reads_like_a_plain_one_at_its_origin() {
+    let (plain_dir, sealed_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (plain_key, key) = (NodeKey::from_seed([60; 32]), NodeKey::from_seed([61; 32]));
+    let mut plain = store_for(plain_dir.path(), &plain_key);
+    let mut sealed = store_for(sealed_dir.path(), &key);
+    assert_eq!(
+        sealed.seal_own(&key, Some(true)).unwrap(),
+        Sealing::On {
+            from: Seq(1),
+            now: true
+        }
+    );
+    for round in rounds() {
+        plain
+            .append_changes(&plain_key, round.clone(), &[])
+            .unwrap();
+        sealed.append_changes(&key, round.clone(), &[]).unwrap();
+        // The same round again records nothing: the no-op check reads the plaintext.
+        let (_, again) = sealed.append_changes(&key, round, &[]).unwrap();
+        assert_eq!(again, 0);
+        assert_eq!(
+            plain_state(&sealed, key.id()),
+            plain_state(&plain, plain_key.id())
+        );
+    }
+    let (o, p) = (key.id(), plain_key.id());
+    let c = "/buckets/zebradiary/collections/okapirecipes";
+    for path in [
+        c,
+        &format!("{c}/records/r4"),
+        "/buckets/other",
+        "/buckets/nope",
+    ] {
+        assert_eq!(
+            sealed.object(o, path).unwrap(),
+            plain.object(p, path).unwrap()
+        );
+    }
+    assert_eq!(
+        sealed.paths_under(o, "/buckets/zebradiary/").unwrap(),
+        plain.paths_under(p, "/buckets/zebradiary/").unwrap()
+    );
+    assert_eq!(
+        sealed.children(o, "/buckets").unwrap(),
+        vec!["/buckets/zebradiary".to_owned()]
+    );
+    assert!(sealed.holds_at_or_under(o, c).unwrap());
+    assert!(!sealed.holds_at_or_under(o, "/buckets/other").unwrap());
+    let mut objects = Vec::new();
+    sealed
+        .for_each_object(o, |path, _| -> Result<(), StoreError> {
+            objects.push(path.to_owned());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(objects, plain.paths_under(p, "/").unwrap());
+    // In the plaintext read in order, the mirror sees what happened.
+    let entries = sealed.plain_entries_after(o, Seq(0), 1000).unwrap();
+    let first = feed::decode_entry(&entries[0].bytes).unwrap();
+    assert_eq!(first.path, "/buckets/zebradiary");
+    // The entries themselves carry nothing readable.
+    for e in sealed.entries_after(o, Seq(0), 1000).unwrap() {
+        let entry = feed::decode_entry(&e.bytes).unwrap();
+        assert!(crate::seal::is_sealed(entry.path), "{}", entry.path);
+        for secret in SECRETS {
+            assert!(!contains(&e.bytes, secret), "{secret} in seq {}", e.seq);
+        }
+    }
+    assert!(matches!(
+        sealed.seal_own(&key, Some(false)),
+        Err(StoreError::SealOff { from: Seq(1) })
+    ));
+    assert!(matches!(
+        sealed.seal_own(&key, None).unwrap(),
+        Sealing::On { now: false, .. }
+    ));
+}
+
+#[test]
+fn a_holder_verifies_snapshots_and_compacts_what_it_cannot_read() {
+    let (home_dir, holder_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = NodeKey::from_seed([62; 32]);
+    let holder_key = NodeKey::from_seed([63; 32]);
+    let origin = key.id();
+    let mut home = store_for(home_dir.path(), &key);
+    home.seal_own(&key, Some(true)).unwrap();
+    let mut holder = store_for(holder_dir.path(), &holder_key);
+    let all = rounds();
+    for round in &all[..2] {
+        home.append_changes(&key, round.clone(), &[]).unwrap();
+    }
+    let (first, _) = home.create_snapshot(&key).unwrap();
+    for round in &all[2..] {
+        home.append_changes(&key, round.clone(), &[]).unwrap();
+    }
+    let (second, _) = home.create_snapshot(&key).unwrap();
+    copy_feed(&home, &mut holder, origin);
+    holder.accept_snapshot(&first).unwrap();
+    holder.accept_snapshot(&second).unwrap();
+    assert_eq!(
+        holder.state_root_at(origin, second.seq).unwrap(),
+        home.state_root_at(origin, second.seq).unwrap()
+    );
+    assert!(holder.verify_origin(origin).unwrap().problems.is_empty());
+    assert!(matches!(
+        holder.state_for_restore(origin, second.seq),
+        Err(StoreError::Sealed { .. })
+    ));
+    assert!(matches!(
+        holder.plain_entries_after(origin, Seq(0), 10),
+        Err(StoreError::Sealed { .. })
+    ));
+    // The tombstone of r1 went with its collection, on the holder too, by hash alone.
+    let tombstones = |s: &Store| {
+        s.state_for_restore(origin, second.seq)
+            .map(|items| items.iter().filter(|i| i.deleted).count())
+    };
+    assert_eq!(
+        tombstones(&home).unwrap(),
+        1,
+        "other's: the collection came back"
+    );
+    // The node key alone brings the plaintext back: a store recovered from the holder.
+    let again = tempfile::tempdir().unwrap();
+    let mut recovered = Store::open_writer_with(again.path(), origin, true).unwrap();
+    copy_feed(&holder, &mut recovered, origin);
+    recovered.set_recovering(false).unwrap();
+    assert!(matches!(
+        recovered.seal_own(&key, None).unwrap(),
+        Sealing::On { now: false, .. }
+    ));
+    assert_eq!(plain_state(&recovered, origin), plain_state(&home, origin));
+    // ... and appends go on sealed, with the same no-op checks.
+    let last = all.last().unwrap().clone();
+    assert_eq!(recovered.append_changes(&key, last, &[]).unwrap().1, 0);
+
+    let done = holder.compact(origin, first.seq).unwrap();
+    assert!(done.entries > 0);
+    assert!(holder.verify_origin(origin).unwrap().problems.is_empty());
+    holder.check_snapshot(&second).unwrap();
+    let bytes = dir_bytes(holder_dir.path());
+    assert!(bytes.len() > 10_000);
+    for secret in SECRETS {
+        assert!(!contains(&bytes, secret), "{secret} in the holder's files");
+    }
+    // The origin compacts too, and its plaintext goes with its entries.
+    let before = sealed::opened_count(&home.conn, 1);
+    home.compact(origin, first.seq).unwrap();
+    assert!(sealed::opened_count(&home.conn, 1) < before);
+    let state = plain_state(&home, origin);
+    assert_eq!(plain_state(&recovered, origin), state);
+    assert!(
+        state
+            .iter()
+            .any(|(p, b, _)| p.ends_with("/records/r4") && b.contains("quokka"))
+    );
+}
+
+#[test]
+fn switching_sealing_on_re_records_the_state_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([64; 32]);
+    let origin = key.id();
+    let mut store = store_for(dir.path(), &key);
+    let all = rounds();
+    for round in &all[..2] {
+        store.append_changes(&key, round.clone(), &[]).unwrap();
+    }
+    assert_eq!(store.seal_own(&key, None).unwrap(), Sealing::Off);
+    let before = plain_state(&store, origin);
+    let head = store.head(origin).unwrap().unwrap().seq;
+    assert_eq!(
+        store.seal_own(&key, Some(true)).unwrap(),
+        Sealing::On {
+            from: head.next(),
+            now: true
+        }
+    );
+    assert_eq!(plain_state(&store, origin), before);
+    // Every live object and tombstone is now under a sealed path.
+    let mut live = 0;
+    store
+        .for_each_object(origin, |_, _| -> Result<(), StoreError> {
+            live += 1;
+            Ok(())
+        })
+        .unwrap();
+    let sealed_rows: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM objects WHERE path >= '/sealed/' AND path < '/sealed0'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let rows: i64 = store
+        .conn
+        .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!((sealed_rows, rows), (live, live));
+    for round in &all[2..] {
+        store.append_changes(&key, round.clone(), &[]).unwrap();
+    }
+    let (snapshot, _) = store.create_snapshot(&key).unwrap();
+    store.check_snapshot(&snapshot).unwrap();
+    assert!(store.verify_origin(origin).unwrap().problems.is_empty());
+}
