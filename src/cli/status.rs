@@ -35,6 +35,8 @@
 //! when every peer was asked and none had one (restore the entry from a backup or an archive).
 //! `base_seq` is the compacted base (0 when the whole feed is held): below it, only the
 //! entries holding the state at that seq's snapshot are kept.
+//! `sealed_from` (own origin only, absent when the feed is plain) is the first sealed seq
+//! (see [`crate::seal`]).
 //! `durable_seq` (own origin only) is the highest seq held by at least `node.durability`
 //! configured holders. `recovering` is true while the node fetches its own feed back from its peers. `daemon` says whether a daemon runs on this
 //! store and, if so, the health of its loops: `{"running": true, "workers": [{"kind", "name",
@@ -110,6 +112,8 @@ struct OriginDoc {
     forks: Vec<ForkDoc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     durable_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sealed_from: Option<u64>,
     base_seq: u64,
     holders: Vec<HolderDoc>,
     damaged: Vec<DamagedDoc>,
@@ -265,7 +269,13 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
                 at: super::rfc3339(m.at),
             })
             .collect();
+        let sealed_from = if o.is_self {
+            store.sealed_from()?.map(|s| s.0)
+        } else {
+            None
+        };
         origins.push(OriginDoc {
+            sealed_from,
             moved,
             drill,
             rpo_seconds,
@@ -396,6 +406,9 @@ fn print_text(status: &Status) {
                 "    compacted: entries up to seq {} hold only the state at that seq's snapshot",
                 o.base_seq
             );
+        }
+        if let Some(from) = o.sealed_from {
+            println!("    sealed from seq {from}: holders keep it without reading it");
         }
         if let Some(durable) = o.durable_seq {
             println!(

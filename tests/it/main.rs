@@ -41,6 +41,7 @@ mod peer;
 mod plugin;
 mod receipts;
 mod restore;
+mod sealed;
 mod select;
 mod sockets;
 mod switch;

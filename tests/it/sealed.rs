@@ -1,0 +1,276 @@
+//! Sealed origins end to end: a home node with `seal = true` follows a real Kinto server (with
+//! the kinto-tandem plugin, on PostgreSQL) and pushes to a community node, which verifies,
+//! snapshot-checks and serves the feed without being able to read a path or a value of it.
+//! Then home is lost whole; with the passphrase, the node id and the community's URL,
+//! `tandem recover` brings the key back, the feed comes back from the community, and a restore
+//! gives a server whose tables equal the source's, permissions and accounts included.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tandem::keybackup::TEST_KDF_ENV;
+
+use crate::common;
+use crate::common::kinto::{Kinto, Options};
+use crate::common::node::{NEVER, TestNode, wait_for};
+
+/// Strings that occur only in the source's paths and values: none may reach the community.
+const SECRETS: &[&str] = &[
+    "zebradiary",
+    "quokkanotes",
+    "marmoset whispers",
+    "wallaby journal",
+    "okapi-title",
+    "account:bob",
+];
+
+const PASSPHRASE: &str = "lantern thistle copper meadow walrus";
+
+async fn server() -> Kinto {
+    Kinto::start(Options {
+        plugin: true,
+        postgres: true,
+        accounts: Some(&["tandem"]),
+        ..Options::default()
+    })
+    .await
+}
+
+/// `tandem --config CONFIG ARGS` with the key backup's test cost.
+fn tandem(config: &Path, args: &[&str], code: i32) -> (String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("TANDEM_CONFIG")
+        .env(TEST_KDF_ENV, "1");
+    let out = common::run(cmd, code);
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every file under `dir`, recursively, with its bytes.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap_or_default()));
+        }
+    }
+    out
+}
+
+fn found_in(bytes: &[u8], secret: &str) -> bool {
+    bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
+}
+
+/// A database dump without the account each restore ran as (the server's own, not users').
+fn users_data(rows: Vec<Value>) -> Vec<Value> {
+    rows.into_iter()
+        .filter(|r| {
+            !(r["object"][1] == "account" && r["object"][2] == "tandem")
+                && r["ace"][0] != "/accounts/tandem"
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_home_is_held_unread_and_comes_back_whole() {
+    let a = server().await;
+    for user in ["alice", "bob"] {
+        a.create_account(user).await;
+    }
+    a.ok(
+        "alice",
+        "PUT",
+        "buckets/zebradiary",
+        Some(json!({"data": {"title": "okapi-title"}, "permissions": {"read": ["account:bob"]}})),
+    )
+    .await;
+    a.ok(
+        "alice",
+        "PUT",
+        "buckets/zebradiary/collections/quokkanotes",
+        Some(json!({"data": {}})),
+    )
+    .await;
+    for (id, text) in [
+        ("n1", "marmoset whispers"),
+        ("n2", "gone soon"),
+        ("n3", "stays"),
+    ] {
+        a.ok(
+            "alice",
+            "PUT",
+            &format!("buckets/zebradiary/collections/quokkanotes/records/{id}"),
+            Some(json!({"data": {"text": text}})),
+        )
+        .await;
+    }
+    a.ok(
+        "alice",
+        "DELETE",
+        "buckets/zebradiary/collections/quokkanotes/records/n2",
+        None,
+    )
+    .await;
+    a.ok(
+        "bob",
+        "PUT",
+        "buckets/default/collections/diary/records/d1",
+        Some(json!({"data": {"text": "wallaby journal"}})),
+    )
+    .await;
+
+    let (mut home, mut community) = (TestNode::new("home"), TestNode::new("community"));
+    home.configure(
+        "seal = true\n",
+        &format!(
+            "{}{}",
+            home.source(&a, "1h"),
+            TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}"))
+        ),
+    );
+    community.configure("", &TestNode::peer_entry(&home, NEVER));
+    home.init();
+    community.init();
+    community.start().await;
+    home.start().await;
+    let answer = home.sync().await;
+    assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    let home_id = home.id;
+    assert!(home.head(home_id) > 0);
+    tandem(&home.config_path(), &["snapshot", "create"], 0);
+    let answer = home.sync().await;
+    assert_eq!(answer["peers"][0]["error"], Value::Null, "{answer}");
+    wait_for(Duration::from_secs(30), "the community copy", || {
+        community.head(home_id) == home.head(home_id)
+            && !community.store().snapshots(home_id).unwrap().is_empty()
+    })
+    .await;
+
+    // Home reads its own feed in source paths.
+    let (exported, _) = tandem(&home.config_path(), &["export", "--origin", "self"], 0);
+    assert!(exported.contains("marmoset whispers"), "{exported}");
+    let status = home.status();
+    let own = common::node::origin_status(&status, &home_id.to_string());
+    assert_eq!(own["sealed_from"], 1, "{own}");
+
+    // The community verifies and snapshot-checks what it cannot read, and nothing of it is
+    // readable in any of its files (database and WAL), or in what it serves.
+    community.stop().await;
+    let (out, _) = tandem(&community.config_path(), &["verify"], 0);
+    assert!(out.contains(&format!("{home_id}: ok")), "{out}");
+    let (out, _) = tandem(&community.config_path(), &["snapshot", "verify"], 0);
+    assert!(out.contains("1 snapshot(s) checked, 0 failed"), "{out}");
+    let held = files(community.dir.path());
+    assert!(held.iter().map(|(_, b)| b.len()).sum::<usize>() > 10_000);
+    for (path, bytes) in &held {
+        for secret in SECRETS {
+            assert!(!found_in(bytes, secret), "{secret} in {}", path.display());
+        }
+    }
+    let archive = community.dir.path().join("home.tandem");
+    tandem(
+        &community.config_path(),
+        &[
+            "export",
+            "--origin",
+            &home_id.to_string(),
+            "--archive",
+            archive.to_str().unwrap(),
+        ],
+        0,
+    );
+    let archive = std::fs::read(&archive).unwrap();
+    for secret in SECRETS {
+        assert!(
+            !found_in(&archive, secret),
+            "{secret} in the archive it serves"
+        );
+    }
+    // A restore from there is refused, and says why.
+    let target = server().await;
+    let out = common::restore(
+        &community.config_path(),
+        community.dir.path(),
+        &target,
+        "tandem",
+        &["--origin", &home_id.to_string()],
+        1,
+    );
+    assert!(out.contains("is sealed"), "{out}");
+    community.start().await;
+
+    // Home's key goes to the community under a passphrase; then home is lost whole.
+    let pass = home.dir.path().join("passphrase");
+    common::write_secret(&pass, format!("{PASSPHRASE}\n"));
+    tandem(
+        &home.config_path(),
+        &["key", "backup", "--passphrase-file", pass.to_str().unwrap()],
+        0,
+    );
+    home.stop().await;
+    let a_tables = users_data(a.database());
+    let kept = tempfile::tempdir().unwrap();
+    let kept_pass = kept.path().join("passphrase");
+    common::write_secret(&kept_pass, format!("{PASSPHRASE}\n"));
+    drop(home);
+
+    // A blank machine: the passphrase, the id and the community's URL bring it all back.
+    let blank = tempfile::tempdir().unwrap();
+    let (config, data) = (blank.path().join("tandem.toml"), blank.path().join("data"));
+    let (out, _) = tandem(
+        &config,
+        &[
+            "recover",
+            "--peer",
+            &community.url(),
+            "--id",
+            &home_id.to_string(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--passphrase-file",
+            kept_pass.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert!(out.contains("recovered the key of node"), "{out}");
+    tandem(&config, &["sync"], 0);
+    let (again, _) = tandem(&config, &["export", "--origin", "self"], 0);
+    assert_eq!(again, exported);
+    let b = server().await;
+    common::restore(
+        &config,
+        blank.path(),
+        &b,
+        "tandem",
+        &["--origin", "self"],
+        0,
+    );
+    let b_tables = users_data(b.database());
+    let differences: Vec<String> = a_tables
+        .iter()
+        .filter(|r| !b_tables.contains(r))
+        .map(|r| format!("A only: {r}"))
+        .chain(
+            b_tables
+                .iter()
+                .filter(|r| !a_tables.contains(r))
+                .map(|r| format!("B only: {r}")),
+        )
+        .collect();
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    assert_eq!(
+        b.request("bob", "GET", "", None).await.1["user"]["id"],
+        "account:bob",
+        "bob logs in with the old password"
+    );
+    community.stop().await;
+}
