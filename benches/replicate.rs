@@ -8,6 +8,9 @@
 //!    and the holder pulls once more;
 //! 3. **push**: a third node is pushed the whole feed by the origin.
 //!
+//! Each pass runs twice in the same run, side by side: with a plain origin, then with a
+//! sealed one (`[node] seal = true`, see `tandem::seal`).
+//!
 //! Printed: entries, seconds, entries/s, bytes on the wire (compressed page bodies, as the
 //! receiving or sending side counted them) and the peak RSS (`VmHWM`) of each daemon.
 
@@ -120,9 +123,12 @@ fn change(i: usize) -> Change {
     }
 }
 
-fn append(data: &Path, from: usize, to: usize) {
+fn append(data: &Path, from: usize, to: usize, sealed: bool) {
     let key = NodeKey::load(&data.join("node.key")).unwrap();
     let mut store = Store::open_writer(data, key.id()).unwrap();
+    if sealed {
+        store.seal_own(&key, Some(true)).unwrap();
+    }
     let mut i = from;
     while i < to {
         let end = (i + 10_000).min(to);
@@ -149,6 +155,17 @@ fn figures(out: &str) -> (u64, u64) {
 }
 
 fn main() {
+    println!(
+        "| origin | pass | entries | seconds | entries/s | bytes on the wire | origin peak RSS | receiver peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for sealed in [false, true] {
+        run(sealed);
+    }
+}
+
+fn run(sealed: bool) {
+    let kind = if sealed { "sealed" } else { "plain" };
     let n: usize = std::env::var("TANDEM_BENCH_ENTRIES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -183,8 +200,10 @@ fn main() {
         std::fs::write(
             &path,
             format!(
-                "[node]\nname = \"{name}\"\ndata_dir = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n{}",
-                ports[i], configs[i]
+                "[node]\nname = \"{name}\"\ndata_dir = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n{}{}",
+                ports[i],
+                if sealed && i == 0 { "seal = true\n" } else { "" },
+                configs[i]
             ),
         )
         .unwrap();
@@ -194,7 +213,7 @@ fn main() {
     let config = |i: usize| root.path().join(format!("{}.toml", names[i]));
 
     let t = Instant::now();
-    append(&data(0), 0, n);
+    append(&data(0), 0, n, sealed);
     eprintln!(
         "filled the origin with {n} entries in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -206,11 +225,7 @@ fn main() {
     let (entries, bytes) = figures(&out);
     assert_eq!(entries as usize, n, "{out}");
     println!(
-        "| pass | entries | seconds | entries/s | bytes on the wire | origin peak RSS | receiver peak RSS |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    println!(
-        "| cold pull | {entries} | {secs:.2} | {:.0} | {bytes} ({:.0} B/entry) | {} MiB | {} MiB |",
+        "| {kind} | cold pull | {entries} | {secs:.2} | {:.0} | {bytes} ({:.0} B/entry) | {} MiB | {} MiB |",
         entries as f64 / secs,
         bytes as f64 / entries as f64,
         origin.peak_rss(),
@@ -218,13 +233,13 @@ fn main() {
     );
 
     origin.stop();
-    append(&data(0), n, n + n / 100);
+    append(&data(0), n, n + n / 100, sealed);
     let origin = Daemon::start(&config(0), &data(0));
     let (secs, out) = holder.sync();
     let (entries, bytes) = figures(&out);
     assert_eq!(entries as usize, n / 100, "{out}");
     println!(
-        "| incremental pull (+1%) | {entries} | {secs:.2} | {:.0} | {bytes} | {} MiB | {} MiB |",
+        "| {kind} | incremental pull (+1%) | {entries} | {secs:.2} | {:.0} | {bytes} | {} MiB | {} MiB |",
         entries as f64 / secs,
         origin.peak_rss(),
         holder.peak_rss()
@@ -237,7 +252,7 @@ fn main() {
     let (secs, out) = origin.sync();
     let (entries, bytes) = figures(&out);
     println!(
-        "| cold push | {entries} | {secs:.2} | {:.0} | {bytes} | {} MiB | {} MiB |",
+        "| {kind} | cold push | {entries} | {secs:.2} | {:.0} | {bytes} | {} MiB | {} MiB |",
         entries as f64 / secs,
         origin.peak_rss(),
         pushed.peak_rss()

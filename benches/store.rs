@@ -3,6 +3,9 @@
 //! - `accept_foreign`: verify a foreign origin's batch (decode, chain, checkpoint signature)
 //!   and store it (entries, checkpoint, materialized state) in one transaction;
 //! - `append_own`: encode, hash, sign and store the same changes as the origin;
+//! - `append_own_sealed`: the same in a sealed feed (`[node] seal = true`): each change also
+//!   sealed (keyed path hash, XChaCha20-Poly1305) and its plaintext kept beside it;
+//! - `accept_foreign_sealed`: `accept_foreign` of that sealed feed, as a holder stores it;
 //! - `verify_only`: the verification part of `accept_foreign` alone;
 //! - `bare_insert`: the same entry rows inserted into a plain SQLite table with the same
 //!   pragmas, in one transaction: the floor the store is compared against;
@@ -116,6 +119,64 @@ fn append_own(bencher: Bencher) {
         })
         .bench_local_values(|(dir, mut store)| {
             store.append(&own_key(), &changes, &[]).unwrap();
+            (dir, store)
+        });
+}
+
+#[divan::bench(sample_count = 3, sample_size = 1)]
+fn append_own_sealed(bencher: Bencher) {
+    let changes: Vec<Change> = (0..N).map(change).collect();
+    bencher
+        .counter(ItemsCount::new(N))
+        .with_inputs(|| {
+            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            let mut store = Store::open_writer(dir.path(), own_key().id()).unwrap();
+            store.seal_own(&own_key(), Some(true)).unwrap();
+            (dir, store)
+        })
+        .bench_local_values(|(dir, mut store)| {
+            store.append(&own_key(), &changes, &[]).unwrap();
+            (dir, store)
+        });
+}
+
+/// The sealed feed of [`append_own_sealed`] as a holder receives it: its entries and the
+/// checkpoint at its head.
+fn sealed_batch(key: &NodeKey) -> (Vec<Vec<u8>>, Checkpoint) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
+    store.seal_own(key, Some(true)).unwrap();
+    let changes: Vec<Change> = (0..N).map(change).collect();
+    let cp = store.append(key, &changes, &[]).unwrap().unwrap();
+    let entries = store
+        .entries_after(key.id(), Seq(0), N)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.bytes)
+        .collect();
+    (entries, cp)
+}
+
+#[divan::bench(sample_count = 3, sample_size = 1)]
+fn accept_foreign_sealed(bencher: Bencher) {
+    let origin = NodeKey::from_seed([2; 32]);
+    let (entries, cp) = sealed_batch(&origin);
+    let bytes: usize = entries.iter().map(Vec::len).sum();
+    eprintln!(
+        "accept_foreign_sealed: {N} entries, {:.0} bytes each on average",
+        bytes as f64 / N as f64
+    );
+    bencher
+        .counter(ItemsCount::new(N))
+        .with_inputs(|| {
+            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            let store = Store::open_writer(dir.path(), own_key().id()).unwrap();
+            (dir, store, entries.clone())
+        })
+        .bench_local_values(|(dir, mut store, entries)| {
+            let batch = verify_batch(origin.id(), entries, cp).unwrap();
+            let accepted = store.accept(&batch, &[]).unwrap();
+            assert_eq!(accepted.added, N as u64);
             (dir, store)
         });
 }

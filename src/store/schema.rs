@@ -245,7 +245,6 @@ const MIGRATIONS: &[&str] = &[
         sealed  TEXT NOT NULL,       -- its sealed path
         PRIMARY KEY (origin, path)
     ) WITHOUT ROWID;
-    CREATE INDEX opened_paths_sealed ON opened_paths (origin, sealed);
 
     -- An entry's plaintext goes with it (compaction, a removed origin).
     CREATE TRIGGER opened_follows_entries AFTER DELETE ON entries

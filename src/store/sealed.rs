@@ -144,9 +144,9 @@ pub(super) fn open_own(
         let mut rows = stmt
             .query((entry_key(origin, done.0), entry_key(origin, head.0)))
             .ctx("reading sealed entries")?;
-        let mut reverse = conn
-            .prepare_cached("SELECT path FROM opened_paths WHERE origin = ?1 AND sealed = ?2")
-            .ctx("reading sealed paths")?;
+        // Sealed path -> source path, for deletes without a body. Read once per pass (passes
+        // are rare: after a recovery), rather than kept as an index every append would pay.
+        let mut reverse: Option<std::collections::HashMap<String, String>> = None;
         while let Some(r) = rows.next().ctx("reading sealed entries")? {
             let key: i64 = r.get(0).ctx("reading sealed entries")?;
             let bytes: Vec<u8> = r.get(1).ctx("reading sealed entries")?;
@@ -160,11 +160,13 @@ pub(super) fn open_own(
                 Ok(Some(plain)) => plain,
                 Ok(None) => {
                     // A delete without a body: its path is that of the put before it.
-                    let path: Option<String> = reverse
-                        .query_row((origin, entry.path), |r| r.get(0))
-                        .optional()
-                        .ctx("reading sealed paths")?;
-                    let Some(path) = path else { continue };
+                    let reverse = match &mut reverse {
+                        Some(map) => map,
+                        None => reverse.insert(sealed_paths(conn, origin)?),
+                    };
+                    let Some(path) = reverse.get(entry.path).cloned() else {
+                        continue;
+                    };
                     seal::Plain {
                         path,
                         body: Vec::new(),
@@ -187,6 +189,9 @@ pub(super) fn open_own(
                 &plain.body,
             )?;
             record_opened(conn, origin, key, &plain_entry, &plain.path, entry.path)?;
+            if let Some(map) = &mut reverse {
+                map.insert(entry.path.to_owned(), plain.path);
+            }
             opened += 1;
         }
     }
@@ -197,6 +202,21 @@ pub(super) fn open_own(
     }
     set_opened_seq(conn, head)?;
     Ok(opened)
+}
+
+/// Every (sealed path, source path) of `origin` this node knows.
+fn sealed_paths(
+    conn: &rusqlite::Connection,
+    origin: i64,
+) -> Result<std::collections::HashMap<String, String>, StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT sealed, path FROM opened_paths WHERE origin = ?1")
+        .ctx("reading sealed paths")?;
+    let rows = stmt
+        .query_map([origin], |r| Ok((r.get(0)?, r.get(1)?)))
+        .ctx("reading sealed paths")?;
+    rows.collect::<rusqlite::Result<_>>()
+        .ctx("reading sealed paths")
 }
 
 impl Store {
