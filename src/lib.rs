@@ -28,14 +28,16 @@
 //!                writer thread, a pool of readers): feeds, checkpoints, state, cursors, fork evidence,
 //!                what holders acknowledged, entries found damaged on disk (never served;
 //!                replaced through the accept path by a good copy a peer sends), migrations
-//!                and what their mirrors wrote
+//!                and what their mirrors wrote, the plaintext of sealed feeds this node may
+//!                read (kept beside them, never served)
 //! source/kinto   the Kinto client: credentials, lists with _since/ETag, objects, batches, the
 //!                kinto-tandem plugin's capability (reqwest)
 //! peer           the peer protocol client: signed requests, pages, receipts (reqwest)
 //! probe          is a peer answering? (reqwest)
-//! feed, protocol, identity, keybackup, config, telemetry, backoff, net, retention, atomic
-//!                leaves: the feed's byte format and signed statements (checkpoints, receipts,
-//!                snapshots and their state root), request signatures (RFC 9421) and the
+//! feed, protocol, identity, keybackup, seal, config, telemetry, backoff, net, retention,
+//! atomic         leaves: the feed's byte format and signed statements (checkpoints, receipts,
+//!                snapshots and their state root), sealed entries (keyed path hashes and
+//!                ciphertext that holders keep unread), request signatures (RFC 9421) and the
 //!                nonces already seen, the page, receipt and archive formats, keys, the node
 //!                key sealed under a passphrase and the proof that fetches it back, TOML,
 //!                logging and metrics, retry timing, HTTP client set-up (no redirects, bounded
