@@ -202,7 +202,11 @@ fn run(sealed: bool) {
             format!(
                 "[node]\nname = \"{name}\"\ndata_dir = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n{}{}",
                 ports[i],
-                if sealed && i == 0 { "seal = true\n" } else { "" },
+                if sealed && i == 0 {
+                    "seal = true\n"
+                } else {
+                    ""
+                },
                 configs[i]
             ),
         )
