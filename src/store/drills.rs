@@ -240,7 +240,8 @@ mod tests {
                 .execute_batch(
                     "DROP TABLE migrations; DROP TABLE migration_objects; DROP TABLE migration_switch; \
                      DROP TABLE migration_locks; DROP TABLE drills; DROP TABLE drill_buckets; \
-                     DROP TABLE key_backups; PRAGMA user_version = 7;",
+                     DROP TABLE key_backups; DROP TRIGGER opened_follows_entries; DROP TABLE opened; \
+                     DROP TABLE opened_paths; PRAGMA user_version = 7;",
                 )
                 .unwrap();
         }

@@ -131,7 +131,7 @@ mod tests {
             let store = Store::open_writer(dir.path(), me).unwrap();
             store
                 .conn
-                .execute_batch("DROP TABLE key_backups; PRAGMA user_version = 10;")
+                .execute_batch("DROP TABLE key_backups; DROP TRIGGER opened_follows_entries; DROP TABLE opened; DROP TABLE opened_paths; PRAGMA user_version = 10;")
                 .unwrap();
         }
         let old = Store::open_read_only(dir.path()).unwrap();

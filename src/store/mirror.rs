@@ -615,7 +615,8 @@ mod tests {
                 .conn
                 .execute_batch(
                     "DROP TABLE migrations; DROP TABLE migration_objects; DROP TABLE migration_switch; \
-                     DROP TABLE migration_locks; DROP TABLE key_backups; PRAGMA user_version = 8;",
+                     DROP TABLE migration_locks; DROP TABLE key_backups; DROP TRIGGER opened_follows_entries; \
+                     DROP TABLE opened; DROP TABLE opened_paths; PRAGMA user_version = 8;",
                 )
                 .unwrap();
         }
