@@ -278,6 +278,9 @@ pub struct PeerConfig {
     pub schedule: Schedule,
     /// Most bytes of entries this node stores for the origins it accepts from this peer.
     pub quota: Option<u64>,
+    /// `read = true`: the peer is another node of the same person, granted the content keys
+    /// of this node's sealed feed (see [`crate::seal`]). Removing it starts a new key epoch.
+    pub read: bool,
 }
 
 impl Config {
@@ -479,6 +482,15 @@ impl Config {
                     format!("peer {:?} has the same id as peer {:?}", p.name.0, q.name),
                 ));
             }
+            if p.read && raw.node.seal == Some(false) {
+                return Err(err(
+                    Some(span),
+                    format!(
+                        "peer {:?} has read = true, but [node] seal = false: every holder reads an unsealed feed, there are no keys to grant; set seal = true or remove read",
+                        p.name.0
+                    ),
+                ));
+            }
             peers.push(PeerConfig {
                 name: p.name.0,
                 url: p.url.0,
@@ -489,6 +501,7 @@ impl Config {
                 accept: p.accept.unwrap_or_else(|| vec![OriginRef::Node(p.id)]),
                 schedule: p.schedule.unwrap_or(Schedule::Continuous),
                 quota: p.quota.map(|q| q.0),
+                read: p.read,
             });
         }
 
@@ -636,6 +649,8 @@ struct RawPeer {
     accept: Option<Vec<OriginRef>>,
     schedule: Option<Schedule>,
     quota: Option<Quota>,
+    #[serde(default)]
+    read: bool,
 }
 
 /// Deserializes a string through a validating parser, so a bad value fails with its span.

@@ -371,7 +371,7 @@ async fn serve_with(
     }
     if !recovering {
         // Refused before anything starts: `seal = false` for a sealed feed.
-        seal_own(&writer, &key, config.node.seal).await?;
+        seal_own(&writer, &key, SealWanted::of(&config)).await?;
     }
     if let (Some(source), Some(slot)) = (&config.source, &ingest) {
         let status = Arc::new(WorkerStatus::new("source", "kinto"));
@@ -381,7 +381,7 @@ async fn serve_with(
         let mut recovered = recovered.clone();
         let (heartbeat, peer_workers) = (heartbeat.clone(), peer_workers.clone());
         let (writer_for_seal, key_for_seal, want_seal) =
-            (writer.clone(), key.clone(), config.node.seal);
+            (writer.clone(), key.clone(), SealWanted::of(&config));
         tasks.spawn(async move {
             // Nothing is appended before the own feed is back (see `recover_own_feed`).
             tokio::select! {
@@ -446,6 +446,12 @@ async fn serve_with(
         Arc::new(WorkerStatus::new("repair", "damaged entries")),
         feds.clone(),
         writer.clone(),
+        changes.clone(),
+        token.child_token(),
+    ));
+    tasks.spawn(open_granted(
+        writer.clone(),
+        key.clone(),
         changes.clone(),
         token.child_token(),
     ));
@@ -818,14 +824,43 @@ pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
     })
 }
 
-/// Brings the own feed's sealing in line with `[node] seal` (see [`Store::seal_own`]).
+/// What `[node] seal` and the peers with `read = true` ask of the own feed's sealing.
+#[derive(Debug, Clone)]
+pub(crate) struct SealWanted {
+    seal: Option<bool>,
+    readers: Vec<crate::identity::NodeId>,
+}
+
+impl SealWanted {
+    pub(crate) fn of(config: &Config) -> SealWanted {
+        SealWanted {
+            seal: config.node.seal,
+            readers: config
+                .peers
+                .iter()
+                .filter(|p| p.read)
+                .map(|p| p.id)
+                .collect(),
+        }
+    }
+}
+
+/// Brings the own feed's sealing in line with `[node] seal` (see [`Store::seal_own`]), and its
+/// readers with the peers that have `read = true` (see [`Store::set_readers`]).
 pub(crate) async fn seal_own(
     writer: &StoreHandle,
     key: &Arc<NodeKey>,
-    want: Option<bool>,
+    wanted: SealWanted,
 ) -> anyhow::Result<()> {
     let key = key.clone();
-    match writer.write(move |s| s.seal_own(&key, want)).await? {
+    let (sealing, readers) = writer
+        .write(move |s| {
+            let sealing = s.seal_own(&key, wanted.seal)?;
+            let readers = s.set_readers(&key, &wanted.readers)?;
+            Ok((sealing, readers))
+        })
+        .await?;
+    match sealing {
         crate::store::Sealing::On { from, now: true } => {
             info!(
                 from = from.0,
@@ -837,5 +872,46 @@ pub(crate) async fn seal_own(
         }
         crate::store::Sealing::Off => {}
     }
+    if let Some(readers) = readers {
+        info!(
+            epoch = readers.epoch,
+            readers = readers.readers.len(),
+            "the readers of this node's sealed feed changed: each may read every epoch up to this one"
+        );
+    }
     Ok(())
+}
+
+/// Opens, after every change of the store, what this node may read of the sealed origins it
+/// holds (see [`Store::open_granted`]), so that `export` and `restore` find it readable.
+async fn open_granted(
+    writer: StoreHandle,
+    key: Arc<NodeKey>,
+    changes: Changes,
+    token: CancellationToken,
+) {
+    let status = WorkerStatus::new("readers", "sealed origins");
+    let on_change = OnChange::new(&changes);
+    let refused = Arc::new(std::sync::Mutex::new(Vec::new()));
+    scheduler::run_loop(&status, Cadence::Every(Duration::ZERO), token, || {
+        let (writer, key, on_change, refused) =
+            (writer.clone(), key.clone(), on_change.clone(), refused.clone());
+        async move {
+            let granted = on_change
+                .attempt(writer.write(move |s| s.open_granted(&key)))
+                .await?;
+            for (origin, entries) in &granted.opened {
+                info!(%origin, entries, "opened sealed entries this node may read");
+            }
+            let mut seen = refused.lock().expect("not poisoned");
+            for origin in &granted.refused {
+                if !seen.contains(origin) {
+                    info!(%origin, "origin is sealed and does not grant this node reading: it is held, not read");
+                }
+            }
+            *seen = granted.refused;
+            Ok::<_, crate::store::StoreError>(format!("{} origin(s) opened further", granted.opened.len()))
+        }
+    })
+    .await
 }

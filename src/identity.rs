@@ -108,6 +108,15 @@ impl NodeId {
         &self.0
     }
 
+    /// This key as an X25519 public key (the birational map of the ed25519 point), so that a
+    /// secret can be wrapped to a node knowing only its id (see `crate::seal`'s grants). `None`
+    /// for an id that is not a valid point.
+    pub(crate) fn x25519_public(&self) -> Option<[u8; 32]> {
+        VerifyingKey::from_bytes(&self.0)
+            .ok()
+            .map(|k| k.to_montgomery().to_bytes())
+    }
+
     /// Verifies `signature` over `message` with this key, in strict mode (no malleable or
     /// small-order signatures).
     pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
@@ -195,6 +204,18 @@ impl NodeKey {
     /// ([`crate::keybackup`]). Zeroized when dropped.
     pub(crate) fn seed(&self) -> zeroize::Zeroizing<[u8; 32]> {
         zeroize::Zeroizing::new(self.signing.to_bytes())
+    }
+
+    /// X25519 key agreement between this key (its ed25519 scalar, as age's and libsodium's
+    /// conversions take it) and the X25519 public key `their`. `None` when the result is the
+    /// all-zero point (`their` is of small order). Using one key for both signing and this
+    /// agreement is shown safe in "On using the same key pair for Ed25519 and an X25519 based
+    /// KEM" (Thormarker, 2021).
+    pub(crate) fn agree(&self, their: [u8; 32]) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+        let scalar = zeroize::Zeroizing::new(self.signing.to_scalar_bytes());
+        let shared = curve25519_dalek::MontgomeryPoint(their).mul_clamped(*scalar);
+        let shared = zeroize::Zeroizing::new(shared.to_bytes());
+        (*shared != [0u8; 32]).then_some(shared)
     }
 
     /// Signs `message`. Callers pass a domain-separated signing input (see `feed`).

@@ -37,10 +37,37 @@
 //!
 //! ## Keys
 //!
-//! Both keys of epoch 0 derive from the node key (BLAKE3 `derive_key`, one context string
-//! each), so the node key alone — and so a key backup with its passphrase — opens the whole
-//! feed. The path key never changes: a path keeps its sealed path for the life of the feed.
-//! Content keys are numbered by epoch so that later keys can be told apart.
+//! Every key derives from the node key (BLAKE3 `derive_key`, one context string each), so the
+//! node key alone — and so a key backup with its passphrase — opens the whole feed. The path
+//! key never changes: a path keeps its sealed path for the life of the feed. Content keys are
+//! numbered by epoch: epoch 0's from the node key, each later one from the node key and its
+//! number, so that knowing the keys of some epochs tells nothing of the next.
+//!
+//! ## Readers
+//!
+//! Other nodes of the same person (`[[peer]] read = true`) read a sealed feed through one plain
+//! statement in it, at [`READERS_PATH`]:
+//!
+//! ```json
+//! {"epoch": E, "readers": {"<node id>": "<grant>", …}}
+//! ```
+//!
+//! `E` is the epoch new entries are sealed under. A grant is base64url (no padding) of
+//! `ephemeral X25519 public key (32) · nonce (24) · XChaCha20-Poly1305(wrap key, nonce, ad,
+//! content keys of epochs 0..=E, 32 bytes each)`: the content keys wrapped to the reader's
+//! node key taken as an X25519 key (as age does for ssh-ed25519 recipients), with
+//!
+//! ```text
+//! wrap key = BLAKE3-derive_key("…reader grant…", shared secret · ephemeral key · reader's X25519 key)
+//! ad       = "tandem-grant-v1" 0x00 · origin key (32) · reader key (32) · E (u32, big-endian)
+//! ```
+//!
+//! The path key is not granted: a reader learns source paths from the plaintext it opens.
+//! Removing a reader starts a new epoch whose key it is not given, so it cannot open what is
+//! sealed after; what it opened before, it keeps. Holders see who may read (the node ids),
+//! not the keys.
+
+use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -55,8 +82,23 @@ use crate::identity::{NodeId, NodeKey};
 /// tandem's own statements with `/tandem/`).
 pub const SEALED_PREFIX: &str = "/sealed/";
 
+/// The path of the readers statement (see the module docs); it stays plain in a sealed feed.
+pub const READERS_PATH: &str = "/tandem/readers";
+
+/// Whether a change at `path` stays plain in a sealed feed: the readers statement, which a
+/// reader must find before it holds a key.
+pub fn stays_plain(path: &str) -> bool {
+    path == READERS_PATH
+}
+
 const AD_TAG: &[u8] = b"tandem-sealed-v1\0";
+const GRANT_AD_TAG: &[u8] = b"tandem-grant-v1\0";
 const CONTENT_CONTEXT: &str = "tandem 2026-12 sealed origin content key, epoch 0";
+const LATER_CONTENT_CONTEXT: &str = "tandem 2026-12 sealed origin content key, later epochs";
+const GRANT_CONTEXT: &str = "tandem 2026-12 sealed origin reader grant wrapping key";
+/// Most epochs a feed may have (each removal of a reader starts one): bounds what a grant
+/// carries and what a reader allocates.
+pub const MAX_EPOCHS: u32 = 4096;
 const PATH_CONTEXT: &str = "tandem 2026-12 sealed origin path key";
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
@@ -91,22 +133,48 @@ pub enum SealError {
         /// The source path.
         path: String,
     },
+    /// The readers statement does not parse.
+    #[error("the readers statement of a sealed feed is malformed ({0})")]
+    Statement(&'static str),
+    /// A grant that does not open with this node's key.
+    #[error(
+        "the grant to this node in the readers statement does not open with this node's key: it was made for another key, or altered"
+    )]
+    Grant,
+    /// A reader id that cannot receive a grant.
+    #[error("node id {0} cannot be granted reading: it is not a usable X25519 key")]
+    Reader(NodeId),
 }
 
-/// The keys that seal and open one origin's entries. Not `Clone`; zeroized when dropped;
-/// `Debug` shows nothing secret.
-pub struct SealKey {
+/// The content keys of one origin, by epoch: what opens its sealed entries. Held by the origin
+/// (all epochs, from its node key) and by its readers (the epochs granted). Not `Clone`;
+/// zeroized when dropped; `Debug` shows nothing secret.
+pub struct Ring {
     origin: NodeId,
+    contents: Vec<Zeroizing<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("origin", &self.origin)
+            .field("epochs", &self.contents.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The keys that seal and open one origin's entries: its [`Ring`] up to the current epoch and
+/// its path key. Not `Clone`; zeroized when dropped; `Debug` shows nothing secret.
+pub struct SealKey {
+    ring: Ring,
     path_key: Zeroizing<[u8; 32]>,
-    content: Zeroizing<[u8; 32]>,
-    epoch: u32,
 }
 
 impl std::fmt::Debug for SealKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SealKey")
-            .field("origin", &self.origin)
-            .field("epoch", &self.epoch)
+            .field("origin", &self.ring.origin)
+            .field("epoch", &self.epoch())
             .finish_non_exhaustive()
     }
 }
@@ -120,21 +188,187 @@ pub struct Plain {
     pub body: Vec<u8>,
 }
 
-impl SealKey {
-    /// The keys of `key`'s own origin, epoch 0.
-    pub fn of_node(key: &NodeKey) -> SealKey {
-        let seed = key.seed();
-        SealKey {
-            origin: key.id(),
-            path_key: Zeroizing::new(blake3::derive_key(PATH_CONTEXT, seed.as_ref())),
-            content: Zeroizing::new(blake3::derive_key(CONTENT_CONTEXT, seed.as_ref())),
-            epoch: 0,
+/// The content key of `epoch`, from a node key's seed.
+fn content_key(seed: &[u8; 32], epoch: u32) -> Zeroizing<[u8; 32]> {
+    if epoch == 0 {
+        return Zeroizing::new(blake3::derive_key(CONTENT_CONTEXT, seed));
+    }
+    let mut material = Zeroizing::new([0u8; 36]);
+    material[..32].copy_from_slice(seed);
+    material[32..].copy_from_slice(&epoch.to_be_bytes());
+    Zeroizing::new(blake3::derive_key(LATER_CONTENT_CONTEXT, &*material))
+}
+
+impl Ring {
+    /// A ring from raw content keys, epoch 0 first (an archive's keys section).
+    pub fn from_keys(origin: NodeId, keys: &[u8]) -> Result<Ring, SealError> {
+        if keys.is_empty() || !keys.len().is_multiple_of(32) || keys.len() / 32 > MAX_EPOCHS as usize {
+            return Err(SealError::Statement(
+                "content keys are not a whole number of 32-byte keys",
+            ));
         }
+        Ok(Ring {
+            origin,
+            contents: keys
+                .chunks_exact(32)
+                .map(|k| Zeroizing::new(k.try_into().expect("chunks of 32")))
+                .collect(),
+        })
     }
 
     /// The origin these keys belong to.
     pub fn origin(&self) -> NodeId {
         self.origin
+    }
+
+    /// How many epochs this ring opens (0 to this, exclusive).
+    pub fn epochs(&self) -> u32 {
+        self.contents.len() as u32
+    }
+
+    /// The raw content keys, epoch 0 first (what a grant or an archive's keys section carries).
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(32 * self.contents.len()));
+        for k in &self.contents {
+            out.extend_from_slice(&**k);
+        }
+        out
+    }
+
+    /// Opens a sealed entry's body. `None` for an empty body (a delete without one: its path is
+    /// known from the entries before it).
+    pub fn open(&self, op: Op, sealed_path: &str, body: &[u8]) -> Result<Option<Plain>, SealError> {
+        if body.is_empty() {
+            return Ok(None);
+        }
+        #[derive(serde::Deserialize)]
+        struct Envelope<'a> {
+            key: u32,
+            #[serde(borrow)]
+            sealed: &'a str,
+        }
+        let envelope: Envelope<'_> = serde_json::from_slice(body)
+            .map_err(|_| SealError::Envelope("not {\"key\", \"sealed\"}"))?;
+        let Some(content) = self.contents.get(envelope.key as usize) else {
+            return Err(SealError::UnknownEpoch {
+                epoch: envelope.key,
+            });
+        };
+        let raw = URL_SAFE_NO_PAD
+            .decode(envelope.sealed)
+            .map_err(|_| SealError::Envelope("not base64url"))?;
+        if raw.len() < NONCE_LEN + TAG_LEN + 2 {
+            return Err(SealError::Envelope("too short"));
+        }
+        let ad = associated_data(&self.origin, op, envelope.key, sealed_path);
+        let plaintext = Zeroizing::new(
+            XChaCha20Poly1305::new((&**content).into())
+                .decrypt(
+                    &XNonce::from(
+                        <[u8; NONCE_LEN]>::try_from(&raw[..NONCE_LEN]).expect("checked length"),
+                    ),
+                    Payload {
+                        msg: &raw[NONCE_LEN..],
+                        aad: &ad,
+                    },
+                )
+                .map_err(|_| SealError::Open)?,
+        );
+        let n = u16::from_be_bytes([plaintext[0], plaintext[1]]) as usize;
+        if plaintext.len() < 2 + n {
+            return Err(SealError::Envelope("plaintext truncated"));
+        }
+        let path = std::str::from_utf8(&plaintext[2..2 + n])
+            .map_err(|_| SealError::Envelope("path is not UTF-8"))?;
+        Ok(Some(Plain {
+            path: path.to_owned(),
+            body: plaintext[2 + n..].to_vec(),
+        }))
+    }
+
+    /// The keys the readers statement `readers` grants to `me` for its origin `origin`.
+    /// `Ok(None)` when it names no grant to `me`.
+    pub fn from_grant(
+        origin: NodeId,
+        readers: &Readers,
+        me: &NodeKey,
+    ) -> Result<Option<Ring>, SealError> {
+        let Some(grant) = readers.readers.get(&me.id().to_string()) else {
+            return Ok(None);
+        };
+        let raw = URL_SAFE_NO_PAD
+            .decode(grant)
+            .map_err(|_| SealError::Statement("a grant is not base64url"))?;
+        if raw.len() < 32 + NONCE_LEN + TAG_LEN {
+            return Err(SealError::Statement("a grant is too short"));
+        }
+        let ephemeral: [u8; 32] = raw[..32].try_into().expect("checked length");
+        let mine = me.id().x25519_public().ok_or(SealError::Grant)?;
+        let shared = me.agree(ephemeral).ok_or(SealError::Grant)?;
+        let wrap = wrap_key(&shared, &ephemeral, &mine);
+        let ad = grant_ad(&origin, &me.id(), readers.epoch);
+        let keys = Zeroizing::new(
+            XChaCha20Poly1305::new((&*wrap).into())
+                .decrypt(
+                    &XNonce::from(
+                        <[u8; NONCE_LEN]>::try_from(&raw[32..32 + NONCE_LEN])
+                            .expect("checked length"),
+                    ),
+                    Payload {
+                        msg: &raw[32 + NONCE_LEN..],
+                        aad: &ad,
+                    },
+                )
+                .map_err(|_| SealError::Grant)?,
+        );
+        let ring = Ring::from_keys(origin, &keys)?;
+        if ring.epochs() != readers.epoch + 1 {
+            return Err(SealError::Statement(
+                "a grant does not carry the keys of every epoch",
+            ));
+        }
+        Ok(Some(ring))
+    }
+}
+
+impl SealKey {
+    /// The keys of `key`'s own origin, epoch 0.
+    pub fn of_node(key: &NodeKey) -> SealKey {
+        SealKey::of_node_at(key, 0)
+    }
+
+    /// The keys of `key`'s own origin, sealing under `epoch` and opening every epoch up to it.
+    pub fn of_node_at(key: &NodeKey, epoch: u32) -> SealKey {
+        let seed = key.seed();
+        SealKey {
+            ring: Ring {
+                origin: key.id(),
+                contents: (0..=epoch.min(MAX_EPOCHS - 1))
+                    .map(|e| content_key(&seed, e))
+                    .collect(),
+            },
+            path_key: Zeroizing::new(blake3::derive_key(PATH_CONTEXT, seed.as_ref())),
+        }
+    }
+
+    /// The origin these keys belong to.
+    pub fn origin(&self) -> NodeId {
+        self.ring.origin
+    }
+
+    /// The epoch new entries are sealed under.
+    pub fn epoch(&self) -> u32 {
+        self.ring.epochs() - 1
+    }
+
+    /// The content keys of every epoch up to the current one.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// The content keys alone.
+    pub fn into_ring(self) -> Ring {
+        self.ring
     }
 
     /// The sealed path of a source path.
@@ -162,10 +396,11 @@ impl SealKey {
         plaintext.extend_from_slice(&(path.len() as u16).to_be_bytes());
         plaintext.extend_from_slice(path.as_bytes());
         plaintext.extend_from_slice(body);
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).expect("the operating system random source failed");
-        let ad = associated_data(&self.origin, op, self.epoch, &sealed);
-        let ciphertext = XChaCha20Poly1305::new((&*self.content).into())
+        let nonce = random::<NONCE_LEN>();
+        let epoch = self.epoch();
+        let ad = associated_data(&self.ring.origin, op, epoch, &sealed);
+        let content = &self.ring.contents[epoch as usize];
+        let ciphertext = XChaCha20Poly1305::new((&**content).into())
             .encrypt(
                 &XNonce::from(nonce),
                 Payload {
@@ -177,7 +412,7 @@ impl SealKey {
         let mut raw = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         raw.extend_from_slice(&nonce);
         raw.extend_from_slice(&ciphertext);
-        let mut out = format!("{{\"key\":{},\"sealed\":\"", self.epoch).into_bytes();
+        let mut out = format!("{{\"key\":{epoch},\"sealed\":\"").into_bytes();
         out.reserve(raw.len().div_ceil(3) * 4 + 2);
         let mut text = String::new();
         URL_SAFE_NO_PAD.encode_string(&raw, &mut text);
@@ -189,56 +424,99 @@ impl SealKey {
         Ok((sealed, out))
     }
 
-    /// Opens a sealed entry's body. `None` for an empty body (a delete without one: its path is
-    /// known from the entries before it).
+    /// Opens a sealed entry's body (see [`Ring::open`]).
     pub fn open(&self, op: Op, sealed_path: &str, body: &[u8]) -> Result<Option<Plain>, SealError> {
-        if body.is_empty() {
-            return Ok(None);
-        }
-        #[derive(serde::Deserialize)]
-        struct Envelope<'a> {
-            key: u32,
-            #[serde(borrow)]
-            sealed: &'a str,
-        }
-        let envelope: Envelope<'_> = serde_json::from_slice(body)
-            .map_err(|_| SealError::Envelope("not {\"key\", \"sealed\"}"))?;
-        if envelope.key != self.epoch {
-            return Err(SealError::UnknownEpoch {
-                epoch: envelope.key,
-            });
-        }
-        let raw = URL_SAFE_NO_PAD
-            .decode(envelope.sealed)
-            .map_err(|_| SealError::Envelope("not base64url"))?;
-        if raw.len() < NONCE_LEN + TAG_LEN + 2 {
-            return Err(SealError::Envelope("too short"));
-        }
-        let ad = associated_data(&self.origin, op, envelope.key, sealed_path);
-        let plaintext = Zeroizing::new(
-            XChaCha20Poly1305::new((&*self.content).into())
-                .decrypt(
-                    &XNonce::from(
-                        <[u8; NONCE_LEN]>::try_from(&raw[..NONCE_LEN]).expect("checked length"),
-                    ),
-                    Payload {
-                        msg: &raw[NONCE_LEN..],
-                        aad: &ad,
-                    },
-                )
-                .map_err(|_| SealError::Open)?,
-        );
-        let n = u16::from_be_bytes([plaintext[0], plaintext[1]]) as usize;
-        if plaintext.len() < 2 + n {
-            return Err(SealError::Envelope("plaintext truncated"));
-        }
-        let path = std::str::from_utf8(&plaintext[2..2 + n])
-            .map_err(|_| SealError::Envelope("path is not UTF-8"))?;
-        Ok(Some(Plain {
-            path: path.to_owned(),
-            body: plaintext[2 + n..].to_vec(),
-        }))
+        self.ring.open(op, sealed_path, body)
     }
+
+    /// A grant of every content key up to the current epoch to `reader` (see the module
+    /// docs).
+    pub fn grant(&self, reader: &NodeId) -> Result<String, SealError> {
+        let theirs = reader.x25519_public().ok_or(SealError::Reader(*reader))?;
+        let secret = Zeroizing::new(random::<32>());
+        let ephemeral = curve25519_dalek::MontgomeryPoint::mul_base_clamped(*secret).to_bytes();
+        let shared = Zeroizing::new(
+            curve25519_dalek::MontgomeryPoint(theirs)
+                .mul_clamped(*secret)
+                .to_bytes(),
+        );
+        if *shared == [0u8; 32] {
+            return Err(SealError::Reader(*reader));
+        }
+        let wrap = wrap_key(&shared, &ephemeral, &theirs);
+        let nonce = random::<NONCE_LEN>();
+        let ad = grant_ad(&self.ring.origin, reader, self.epoch());
+        let keys = self.ring.to_bytes();
+        let ciphertext = XChaCha20Poly1305::new((&*wrap).into())
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &keys,
+                    aad: &ad,
+                },
+            )
+            .map_err(|_| SealError::Reader(*reader))?;
+        let mut raw = Vec::with_capacity(32 + NONCE_LEN + ciphertext.len());
+        raw.extend_from_slice(&ephemeral);
+        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(&ciphertext);
+        Ok(URL_SAFE_NO_PAD.encode(raw))
+    }
+}
+
+/// The readers statement of a sealed feed (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Readers {
+    /// The epoch new entries are sealed under.
+    pub epoch: u32,
+    /// Node id → grant, for each node that may read.
+    pub readers: BTreeMap<String, String>,
+}
+
+impl Readers {
+    /// Parses a statement's body.
+    pub fn parse(body: &[u8]) -> Result<Readers, SealError> {
+        let readers: Readers = serde_json::from_slice(body)
+            .map_err(|_| SealError::Statement("not {\"epoch\", \"readers\"}"))?;
+        if readers.epoch >= MAX_EPOCHS {
+            return Err(SealError::Statement("too many epochs"));
+        }
+        Ok(readers)
+    }
+
+    /// The statement's body.
+    pub fn to_body(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a map of strings serializes")
+    }
+
+    /// The node ids named, parsed (an id that does not parse is left out).
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.readers.keys().filter_map(|k| k.parse().ok()).collect()
+    }
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    getrandom::fill(&mut out).expect("the operating system random source failed");
+    out
+}
+
+fn wrap_key(shared: &[u8; 32], ephemeral: &[u8; 32], reader: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    let mut material = Zeroizing::new([0u8; 96]);
+    material[..32].copy_from_slice(shared);
+    material[32..64].copy_from_slice(ephemeral);
+    material[64..].copy_from_slice(reader);
+    Zeroizing::new(blake3::derive_key(GRANT_CONTEXT, &*material))
+}
+
+fn grant_ad(origin: &NodeId, reader: &NodeId, epoch: u32) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(GRANT_AD_TAG.len() + 68);
+    ad.extend_from_slice(GRANT_AD_TAG);
+    ad.extend_from_slice(origin.as_bytes());
+    ad.extend_from_slice(reader.as_bytes());
+    ad.extend_from_slice(&epoch.to_be_bytes());
+    ad
 }
 
 fn associated_data(origin: &NodeId, op: Op, epoch: u32, sealed_path: &str) -> Vec<u8> {
@@ -323,5 +601,102 @@ mod tests {
             k.seal(Op::Delete, "/buckets/b", b"").unwrap(),
             (sealed, Vec::new())
         );
+    }
+
+    #[test]
+    fn a_grant_opens_for_its_reader_only_and_a_later_epoch_stays_shut_to_a_removed_one() {
+        let home = NodeKey::from_seed([1; 32]);
+        let (laptop, other) = (NodeKey::from_seed([2; 32]), NodeKey::from_seed([3; 32]));
+        let path = "/buckets/diary/collections/days/records/r1";
+        let body = br#"{"data":{"id":"r1"}}"#;
+        let at0 = SealKey::of_node(&home);
+        let (sealed0, body0) = at0.seal(Op::Put, path, body).unwrap();
+        let mut readers = Readers {
+            epoch: 0,
+            readers: [(laptop.id().to_string(), at0.grant(&laptop.id()).unwrap())].into(),
+        };
+        let statement = Readers::parse(&readers.to_body()).unwrap();
+        assert_eq!(statement, readers);
+        let ring = Ring::from_grant(home.id(), &statement, &laptop)
+            .unwrap()
+            .expect("granted");
+        assert_eq!(ring.epochs(), 1);
+        assert_eq!(
+            ring.open(Op::Put, &sealed0, &body0).unwrap().unwrap().body,
+            body
+        );
+        assert!(
+            Ring::from_grant(home.id(), &statement, &other)
+                .unwrap()
+                .is_none(),
+            "not named"
+        );
+        // A grant moved to another name, or another origin, does not open.
+        let stolen = Readers {
+            epoch: 0,
+            readers: [(
+                other.id().to_string(),
+                readers.readers[&laptop.id().to_string()].clone(),
+            )]
+            .into(),
+        };
+        assert!(matches!(
+            Ring::from_grant(home.id(), &stolen, &other),
+            Err(SealError::Grant)
+        ));
+        assert!(matches!(
+            Ring::from_grant(other.id(), &statement, &laptop),
+            Err(SealError::Grant)
+        ));
+        // The laptop is removed: epoch 1, granted to the other node only.
+        let at1 = SealKey::of_node_at(&home, 1);
+        assert_eq!(
+            at1.sealed_path(path),
+            sealed0,
+            "paths keep their sealed path"
+        );
+        let (sealed1, body1) = at1.seal(Op::Put, path, b"{\"data\":{\"v\":2}}").unwrap();
+        assert!(String::from_utf8_lossy(&body1).starts_with("{\"key\":1,"));
+        readers = Readers {
+            epoch: 1,
+            readers: [(other.id().to_string(), at1.grant(&other.id()).unwrap())].into(),
+        };
+        assert!(
+            Ring::from_grant(home.id(), &readers, &laptop)
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            ring.open(Op::Put, &sealed1, &body1),
+            Err(SealError::UnknownEpoch { epoch: 1 })
+        ));
+        // Epoch 1's key is not epoch 0's relabelled: a forged label does not open either.
+        let relabelled =
+            String::from_utf8(body1.clone())
+                .unwrap()
+                .replacen("\"key\":1", "\"key\":0", 1);
+        assert!(matches!(
+            ring.open(Op::Put, &sealed1, relabelled.as_bytes()),
+            Err(SealError::Open)
+        ));
+        let ring1 = Ring::from_grant(home.id(), &readers, &other)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ring1.epochs(),
+            2,
+            "a reader reads every epoch up to its grant"
+        );
+        assert_eq!(
+            ring1.open(Op::Put, &sealed0, &body0).unwrap().unwrap().body,
+            body
+        );
+        assert!(ring1.open(Op::Put, &sealed1, &body1).unwrap().is_some());
+        assert_eq!(
+            at1.open(Op::Put, &sealed0, &body0).unwrap().unwrap().body,
+            body
+        );
+        assert!(Readers::parse(b"{\"epoch\":1}").is_err());
+        assert!(Readers::parse(b"[]").is_err());
     }
 }

@@ -127,6 +127,9 @@ async fn sync(State(state): State<AdminState>) -> Response {
         },
     };
     let peers = sync_peers(&state.feds).await;
+    if let Err(e) = open_granted(&state).await {
+        return e;
+    }
     (StatusCode::OK, axum::Json(SyncReport { ingest, peers })).into_response()
 }
 
@@ -261,6 +264,9 @@ async fn pull(
     {
         Ok(report) => {
             state.changes.notify();
+            if let Err(e) = open_granted(&state).await {
+                return e;
+            }
             axum::Json(json!(report)).into_response()
         }
         Err(e) => (
@@ -268,6 +274,25 @@ async fn pull(
             axum::Json(json!({"error": e.to_string()})),
         )
             .into_response(),
+    }
+}
+
+/// Opens what this node may read of what it just pulled (see `Store::open_granted`), so that
+/// a `restore` or `export` that follows finds it readable.
+async fn open_granted(state: &AdminState) -> Result<(), Response> {
+    let key = state.snapshots.key.clone();
+    match state
+        .snapshots
+        .store
+        .write(move |s| s.open_granted(&key))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response()),
     }
 }
 

@@ -72,12 +72,21 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
         match Node::open(config.clone()) {
             Ok(node) => runtime.block_on(async {
                 let store = crate::store::StoreHandle::new(node.store, 1)?;
-                let fed =
-                    Federation::new(peer, Arc::new(node.key), store.clone(), Changes::default())?;
+                let key = Arc::new(node.key);
+                let fed = Federation::new(peer, key.clone(), store.clone(), Changes::default())?;
                 let pulled = fed
                     .pull_origin(origin, std::time::Duration::ZERO)
                     .await
                     .with_context(|| format!("fetching {origin} from peer {name}"));
+                // A sealed origin that grants this node reading is opened for the restore.
+                let pulled = match pulled {
+                    Ok(p) => store
+                        .write(move |s| s.open_granted(&key))
+                        .await
+                        .map(|_| p)
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                };
                 // The restore below opens the store again: the writer must be gone first.
                 store.close(std::time::Duration::from_secs(60)).await;
                 eprintln!("fetched {} new entries from peer {name}", pulled?.accepted);

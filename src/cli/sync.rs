@@ -116,7 +116,7 @@ async fn round(
         }
         store.write(|s| s.set_recovering(false)).await?;
     }
-    crate::daemon::seal_own(store, &key, config.node.seal).await?;
+    crate::daemon::seal_own(store, &key, crate::daemon::SealWanted::of(&config)).await?;
     let ingest = match &config.source {
         Some(source) => {
             let client = Arc::new(KintoClient::new(source)?);
@@ -129,8 +129,12 @@ async fn round(
         }
         None => None,
     };
-    Ok(SyncReport {
-        ingest,
-        peers: sync_peers(&feds).await,
-    })
+    let peers = sync_peers(&feds).await;
+    // What this node may read of the sealed origins it now holds is opened for `export` and
+    // `restore`, as the daemon does after every change.
+    let granted = store.write(move |s| s.open_granted(&key)).await?;
+    for (origin, entries) in granted.opened {
+        eprintln!("opened {entries} sealed entries of {origin}, which grants this node reading");
+    }
+    Ok(SyncReport { ingest, peers })
 }

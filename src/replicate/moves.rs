@@ -171,10 +171,15 @@ pub fn is_tandem_path(path: &str) -> bool {
     path.starts_with("/tandem/")
 }
 
-/// The moved statements live in `origin`'s state in `store`.
+/// The moved statements live in `origin`'s state in `store`. None for a sealed origin this
+/// node cannot read: its statements are sealed with the rest.
 pub fn moves(store: &Store, origin: NodeId) -> Result<Vec<Moved>, StoreError> {
     let mut out = Vec::new();
-    for path in store.paths_under(origin, &format!("{MOVED_PREFIX}/"))? {
+    let paths = match store.paths_under(origin, &format!("{MOVED_PREFIX}/")) {
+        Err(StoreError::Sealed { .. }) => return Ok(out),
+        paths => paths?,
+    };
+    for path in paths {
         if let Some(body) = store.object(origin, &path)?
             && let Some(moved) = Moved::parse(&path, &body)
         {

@@ -48,7 +48,7 @@ pub use holders::{HolderInfo, MAX_UNLISTED_HOLDERS, ReceiptCheck, Rollback};
 pub use keybackup::StoredKeyBackup;
 pub use mirror::{Lock, Migration, Phase, Switch};
 pub use read::{OriginInfo, StoredEntry};
-pub use sealed::Sealing;
+pub use sealed::{Granted, Sealing};
 pub use snapshots::{SnapshotMismatch, StateItem};
 pub use verify::{VerifyProblem, VerifyReport};
 pub use write::{
@@ -233,7 +233,7 @@ pub enum StoreError {
     },
     /// The plaintext of a sealed origin was asked for on a node that cannot open it.
     #[error(
-        "origin {origin} is sealed: this node holds and verifies its entries but cannot read them; restore or export it on the origin itself, or on a node recovered with its key (`tandem recover`)"
+        "origin {origin} is sealed: this node holds and verifies its entries but cannot read them; restore or export it on the origin itself, on a node it grants reading (`read = true` in the origin's [[peer]] for it), or on a node recovered with its key (`tandem recover`)"
     )]
     Sealed {
         /// The sealed origin.
@@ -247,6 +247,14 @@ pub enum StoreError {
         /// The entry.
         seq: Seq,
         /// Why it does not open.
+        source: crate::seal::SealError,
+    },
+    /// The readers statement of a sealed origin is unusable, or a reader cannot be granted.
+    #[error("origin {origin}: {source}")]
+    Readers {
+        /// The origin.
+        origin: NodeId,
+        /// What is wrong.
         source: crate::seal::SealError,
     },
     /// `[node] seal = false` for a feed that is sealed.
@@ -290,6 +298,7 @@ impl crate::backoff::RetryHint for StoreError {
                 | StoreError::InvalidChange { .. }
                 | StoreError::Sealed { .. }
                 | StoreError::Unsealable { .. }
+                | StoreError::Readers { .. }
                 | StoreError::SealOff { .. }
                 | StoreError::SealBusy { .. }
         )

@@ -361,6 +361,9 @@ impl Store {
             })
             .ctx("reading an object")?;
         match bytes {
+            None if super::sealed::unread(&self.conn, row, origin)? => {
+                Err(StoreError::Sealed { origin })
+            }
             None => Ok(None),
             Some((_, true)) => Err(StoreError::Sealed { origin }),
             Some((bytes, false)) => Ok(Some(crate::feed::decode_entry(&bytes)?.body.to_vec())),
@@ -415,6 +418,9 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(Vec::new());
         };
+        if super::sealed::unread(&self.conn, row, origin)? {
+            return Err(StoreError::Sealed { origin });
+        }
         let mut stmt = self
             .conn
             .prepare_cached("SELECT path FROM objects WHERE origin = ?1 AND path >= ?2 AND path < ?3 ORDER BY path")
@@ -463,6 +469,9 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(false);
         };
+        if super::sealed::unread(&self.conn, row, origin)? {
+            return Err(StoreError::Sealed { origin });
+        }
         let below = format!("{path}/");
         let plain = self
             .conn
@@ -497,6 +506,9 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(Vec::new());
         };
+        if super::sealed::unread(&self.conn, row, origin)? {
+            return Err(StoreError::Sealed { origin });
+        }
         let mut out = self.children_in(row, list, CHILD_PLAIN)?;
         if self.has_opened(row)? {
             out.extend(self.children_in(row, list, CHILD_SEALED)?);

@@ -20,8 +20,8 @@ use rusqlite::OptionalExtension;
 
 use super::{Context, SEQ_BITS, Store, StoreError, entry_key};
 use crate::feed::{self, Op, Seq};
-use crate::identity::NodeKey;
-use crate::seal::{self, SealKey};
+use crate::identity::{NodeId, NodeKey};
+use crate::seal::{self, READERS_PATH, Readers, Ring, SealKey};
 
 /// What [`Store::seal_own`] found or did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,15 +125,41 @@ pub(super) fn tombstones_below(
 pub(super) fn open_own(
     conn: &rusqlite::Connection,
     origin: i64,
-    seal: &SealKey,
+    ring: &Ring,
     head: Seq,
 ) -> Result<u64, StoreError> {
-    let done = meta_seq(conn, "opened_seq")?.unwrap_or(Seq(0));
-    if done >= head {
-        return Ok(0);
+    let pass = open_feed(conn, origin, ring, head, "opened_seq")?;
+    if let Some(first) = pass.first_sealed
+        && sealed_from(conn)?.is_none_or(|s| s > first)
+    {
+        set_meta_seq(conn, "sealed_from", first)?;
     }
-    let mut opened = 0u64;
-    let mut first_sealed = None;
+    Ok(pass.opened)
+}
+
+/// What one pass of [`open_feed`] did.
+struct OpenPass {
+    opened: u64,
+    first_sealed: Option<Seq>,
+}
+
+/// Opens `origin`'s sealed entries after the seq kept in `meta` under `progress` up to `head`
+/// with `ring`, keeping their plaintext, and moves `progress` to `head`.
+fn open_feed(
+    conn: &rusqlite::Connection,
+    origin: i64,
+    ring: &Ring,
+    head: Seq,
+    progress: &str,
+) -> Result<OpenPass, StoreError> {
+    let done = meta_seq(conn, progress)?.unwrap_or(Seq(0));
+    let mut pass = OpenPass {
+        opened: 0,
+        first_sealed: None,
+    };
+    if done >= head {
+        return Ok(pass);
+    }
     {
         let mut stmt = conn
             .prepare(
@@ -155,8 +181,8 @@ pub(super) fn open_own(
                 continue;
             }
             let seq = Seq((key & ((1 << SEQ_BITS) - 1)) as u64);
-            first_sealed.get_or_insert(seq);
-            let plain = match seal.open(entry.op, entry.path, entry.body) {
+            pass.first_sealed.get_or_insert(seq);
+            let plain = match ring.open(entry.op, entry.path, entry.body) {
                 Ok(Some(plain)) => plain,
                 Ok(None) => {
                     // A delete without a body: its path is that of the put before it.
@@ -174,7 +200,7 @@ pub(super) fn open_own(
                 }
                 Err(source) => {
                     return Err(StoreError::Unsealable {
-                        origin: seal.origin(),
+                        origin: ring.origin(),
                         seq,
                         source,
                     });
@@ -192,16 +218,79 @@ pub(super) fn open_own(
             if let Some(map) = &mut reverse {
                 map.insert(entry.path.to_owned(), plain.path);
             }
-            opened += 1;
+            pass.opened += 1;
         }
     }
-    if let Some(first) = first_sealed
-        && sealed_from(conn)?.is_none_or(|s| s > first)
-    {
-        set_meta_seq(conn, "sealed_from", first)?;
-    }
-    set_opened_seq(conn, head)?;
-    Ok(opened)
+    set_meta_seq(conn, progress, head)?;
+    Ok(pass)
+}
+
+/// The readers statement in `origin`'s state, if it holds one (see [`crate::seal`]).
+pub(super) fn readers_of(
+    conn: &rusqlite::Connection,
+    origin: i64,
+    id: NodeId,
+) -> Result<Option<Readers>, StoreError> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT e.bytes FROM objects o JOIN entries e ON e.key = (o.origin << 40) | o.seq
+             WHERE o.origin = ?1 AND o.path = ?2",
+        )
+        .and_then(|mut s| s.query_row((origin, READERS_PATH), |r| r.get(0)).optional())
+        .ctx("reading the readers statement")?;
+    bytes
+        .map(|bytes| {
+            let entry = feed::decode_stored_entry(&bytes)?;
+            Readers::parse(entry.body).map_err(|source| StoreError::Readers { origin: id, source })
+        })
+        .transpose()
+}
+
+/// The keys the own feed is sealed with now: every epoch up to its readers statement's.
+pub(super) fn own_seal_key(
+    conn: &rusqlite::Connection,
+    origin: i64,
+    key: &NodeKey,
+) -> Result<SealKey, StoreError> {
+    let epoch = readers_of(conn, origin, key.id())?.map_or(0, |r| r.epoch);
+    Ok(SealKey::of_node_at(key, epoch))
+}
+
+/// Whether `origin` (row `row`) holds sealed objects and this node has not opened its feed up
+/// to its head (a holder, or a reader removed since): an answer in source paths would then
+/// leave out what it cannot read, and must be [`StoreError::Sealed`] instead.
+pub(super) fn unread(
+    conn: &rusqlite::Connection,
+    row: i64,
+    origin: NodeId,
+) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM objects WHERE origin = ?1 AND path >= '/sealed/'
+                AND path < '/sealed0')
+            AND (SELECT head_seq FROM origins WHERE id = ?1) > COALESCE((SELECT CAST(value AS
+                INTEGER) FROM meta WHERE key = CASE WHEN (SELECT value FROM meta WHERE key =
+                'node_id') = ?2 THEN 'opened_seq' ELSE ?3 END), 0)",
+    )
+    .and_then(|mut s| {
+        s.query_row((row, origin.to_string(), progress_key(origin)), |r| {
+            r.get(0)
+        })
+    })
+    .ctx("checking what this node reads of a sealed feed")
+}
+
+/// Where `meta` keeps how far another origin's feed is opened here.
+fn progress_key(origin: NodeId) -> String {
+    format!("opened_seq {origin}")
+}
+
+/// What [`Store::open_granted`] did.
+#[derive(Debug, Default)]
+pub struct Granted {
+    /// The origins opened further, with how many entries each.
+    pub opened: Vec<(NodeId, u64)>,
+    /// Sealed origins held whose readers statement does not name this node.
+    pub refused: Vec<NodeId>,
 }
 
 /// Every (sealed path, source path) of `origin` this node knows.
@@ -232,7 +321,6 @@ impl Store {
     /// expire, holders keep nothing plain. An unset `seal` keeps a sealed feed sealed.
     pub fn seal_own(&mut self, key: &NodeKey, want: Option<bool>) -> Result<Sealing, StoreError> {
         let origin = key.id();
-        let seal = SealKey::of_node(key);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -260,7 +348,8 @@ impl Store {
             };
         };
         let (id, head) = row;
-        open_own(&tx, id, &seal, Seq(head))?;
+        let seal = own_seal_key(&tx, id, key)?;
+        open_own(&tx, id, seal.ring(), Seq(head))?;
         let found = sealed_from(&tx)?;
         tx.commit().ctx("committing opened entries")?;
         match (found, want) {
@@ -286,6 +375,185 @@ impl Store {
         }
     }
 
+    /// Brings the readers statement of the own sealed feed in line with `wanted` (the peers
+    /// with `read = true`): grants the keys to each new reader and, when one is gone, starts a
+    /// new epoch granted to those who remain (see [`crate::seal`]). Writes nothing when the
+    /// statement already says so; returns the statement written. A plain feed has no keys to
+    /// grant: [`StoreError::Readers`] when `wanted` is not empty.
+    pub fn set_readers(
+        &mut self,
+        key: &NodeKey,
+        wanted: &[NodeId],
+    ) -> Result<Option<Readers>, StoreError> {
+        let me = key.id();
+        if sealed_from(&self.conn)?.is_none() {
+            if wanted.is_empty() {
+                return Ok(None);
+            }
+            return Err(StoreError::Readers {
+                origin: me,
+                source: seal::SealError::Statement(
+                    "read = true needs a sealed feed ([node] seal = true): every holder already reads a plain one",
+                ),
+            });
+        }
+        let current = match self.origin_row_id(me)? {
+            Some(row) => readers_of(&self.conn, row, me)?,
+            None => None,
+        }
+        .unwrap_or_default();
+        let wanted: std::collections::BTreeSet<String> = wanted
+            .iter()
+            .filter(|id| **id != me)
+            .map(ToString::to_string)
+            .collect();
+        if current.readers.keys().eq(wanted.iter()) {
+            return Ok(None);
+        }
+        let removed = current.readers.keys().any(|id| !wanted.contains(id));
+        let epoch = current.epoch + u32::from(removed);
+        if epoch >= seal::MAX_EPOCHS {
+            return Err(StoreError::Readers {
+                origin: me,
+                source: seal::SealError::Statement("too many epochs"),
+            });
+        }
+        let keys = SealKey::of_node_at(key, epoch);
+        let mut next = Readers {
+            epoch,
+            readers: Default::default(),
+        };
+        for id in wanted {
+            let grant = match current.readers.get(&id) {
+                Some(grant) if !removed => grant.clone(),
+                _ => {
+                    let reader: NodeId = id.parse().map_err(|_| StoreError::Readers {
+                        origin: me,
+                        source: seal::SealError::Statement("a reader id does not parse"),
+                    })?;
+                    keys.grant(&reader)
+                        .map_err(|source| StoreError::Readers { origin: me, source })?
+                }
+            };
+            next.readers.insert(id, grant);
+        }
+        let change = super::Change {
+            op: Op::Put,
+            path: READERS_PATH.to_owned(),
+            body: next.to_body(),
+        };
+        self.append(key, &[change], &[])?;
+        Ok(Some(next))
+    }
+
+    /// Opens what this node may read of the other origins it holds: each sealed origin whose
+    /// readers statement grants this node keys, up to its head. Returns, per origin opened,
+    /// how many entries were opened, and the sealed origins held that do not grant this node
+    /// (or no longer do).
+    pub fn open_granted(&mut self, key: &NodeKey) -> Result<Granted, StoreError> {
+        let me = key.id();
+        let mut out = Granted::default();
+        let origins: Vec<(i64, Vec<u8>, i64)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id, node_id, head_seq FROM origins WHERE node_id != ?1")
+                .ctx("listing origins")?;
+            let rows = stmt
+                .query_map([&me.as_bytes()[..]], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .ctx("listing origins")?;
+            rows.collect::<rusqlite::Result<_>>()
+                .ctx("listing origins")?
+        };
+        for (row, node, head) in origins {
+            let Some(id) = <[u8; 32]>::try_from(node.as_slice())
+                .ok()
+                .and_then(|b| NodeId::from_bytes(b).ok())
+            else {
+                continue;
+            };
+            let Some(readers) = readers_of(&self.conn, row, id)? else {
+                continue;
+            };
+            let ring = Ring::from_grant(id, &readers, key)
+                .map_err(|source| StoreError::Readers { origin: id, source })?;
+            let Some(ring) = ring else {
+                out.refused.push(id);
+                continue;
+            };
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .ctx("starting to open a feed")?;
+            let pass = open_feed(&tx, row, &ring, Seq(head as u64), &progress_key(id))?;
+            tx.commit().ctx("committing opened entries")?;
+            if pass.opened > 0 {
+                out.opened.push((id, pass.opened));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The content keys this node holds for `origin`, to carry in an archive
+    /// (`export --archive --decrypt`): every epoch of its own feed, or what `origin` grants
+    /// it. [`StoreError::Sealed`] when it may not read `origin`; [`StoreError::Readers`] when
+    /// `origin` is not sealed (an archive of it is readable as it is).
+    pub fn content_keys(&self, key: &NodeKey, origin: NodeId) -> Result<Ring, StoreError> {
+        let not_sealed = || StoreError::Readers {
+            origin,
+            source: seal::SealError::Statement(
+                "the origin is not sealed: its archive is readable without keys",
+            ),
+        };
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Err(not_sealed());
+        };
+        if origin == key.id() {
+            if sealed_from(&self.conn)?.is_none() {
+                return Err(not_sealed());
+            }
+            return Ok(own_seal_key(&self.conn, row, key)?.into_ring());
+        }
+        let Some(readers) = readers_of(&self.conn, row, origin)? else {
+            let sealed: bool = self
+                .conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM objects WHERE origin = ?1 AND path >= '/sealed/'
+                     AND path < '/sealed0') OR EXISTS (SELECT 1 FROM tombstones WHERE origin = ?1
+                     AND path >= '/sealed/' AND path < '/sealed0')",
+                    [row],
+                    |r| r.get(0),
+                )
+                .ctx("checking whether a feed is sealed")?;
+            return Err(if sealed {
+                StoreError::Sealed { origin }
+            } else {
+                not_sealed()
+            });
+        };
+        Ring::from_grant(origin, &readers, key)
+            .map_err(|source| StoreError::Readers { origin, source })?
+            .ok_or(StoreError::Sealed { origin })
+    }
+
+    /// Opens every sealed entry of `ring`'s origin held here with `ring` (the keys an archive
+    /// carries): all must open, or nothing is kept. Returns how many were opened.
+    pub fn open_with(&mut self, ring: &Ring) -> Result<u64, StoreError> {
+        let origin = ring.origin();
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(0);
+        };
+        let head = self.head(origin)?.map_or(Seq(0), |h| h.seq);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .ctx("starting to open a feed")?;
+        let pass = open_feed(&tx, row, ring, head, &progress_key(origin))?;
+        tx.commit().ctx("committing opened entries")?;
+        Ok(pass.opened)
+    }
+
     /// Seals the own feed from the next seq, re-recording the live state sealed.
     fn switch_sealing_on(&mut self, key: &NodeKey, origin: i64) -> Result<Seq, StoreError> {
         // The plain state: tombstones first, deepest first (a plain delete drops the plain
@@ -306,7 +574,7 @@ impl Store {
                     StoreError::Feed(crate::feed::FeedError::Malformed("entry bytes not a blob"))
                 })?;
                 let entry = feed::decode_stored_entry(bytes)?;
-                if seal::is_sealed(entry.path) {
+                if seal::is_sealed(entry.path) || seal::stays_plain(entry.path) {
                     continue;
                 }
                 changes.push(super::Change {

@@ -331,3 +331,121 @@ fn switching_sealing_on_re_records_the_state_sealed() {
     store.check_snapshot(&snapshot).unwrap();
     assert!(store.verify_origin(origin).unwrap().problems.is_empty());
 }
+
+#[test]
+fn a_granted_reader_reads_what_a_holder_cannot_until_it_is_removed() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let home_key = NodeKey::from_seed([70; 32]);
+    let laptop_key = NodeKey::from_seed([71; 32]);
+    let spare_key = NodeKey::from_seed([72; 32]);
+    let mut home = store_for(dirs[0].path(), &home_key);
+    let mut laptop = store_for(dirs[1].path(), &laptop_key);
+    let mut spare = store_for(dirs[2].path(), &spare_key);
+    let h = home_key.id();
+    home.seal_own(&home_key, Some(true)).unwrap();
+    let granted = home
+        .set_readers(&home_key, &[laptop_key.id(), h])
+        .unwrap()
+        .expect("a statement");
+    assert_eq!(granted.epoch, 0);
+    assert_eq!(granted.ids(), vec![laptop_key.id()], "never itself");
+    assert_eq!(
+        home.set_readers(&home_key, &[laptop_key.id()]).unwrap(),
+        None,
+        "nothing new: nothing written"
+    );
+    let rounds = rounds();
+    for round in &rounds[..2] {
+        home.append_changes(&home_key, round.clone(), &[]).unwrap();
+    }
+    for to in [&mut laptop, &mut spare] {
+        copy_feed(&home, to, h);
+    }
+    let opened = laptop.open_granted(&laptop_key).unwrap();
+    assert_eq!(opened.opened.len(), 1);
+    assert_eq!(opened.opened[0].0, h);
+    assert!(opened.refused.is_empty());
+    assert_eq!(plain_state(&laptop, h), plain_state(&home, h));
+    let r2 = "/buckets/zebradiary/collections/okapirecipes/records/r2";
+    assert_eq!(laptop.object(h, r2).unwrap(), home.object(h, r2).unwrap());
+    // The spare holds the feed but is not named: it reads nothing.
+    assert_eq!(spare.open_granted(&spare_key).unwrap().refused, vec![h]);
+    assert!(matches!(
+        spare.object(h, r2),
+        Err(StoreError::Sealed { .. })
+    ));
+    // A second pass has nothing to open.
+    assert!(laptop.open_granted(&laptop_key).unwrap().opened.is_empty());
+
+    // The laptop is removed, the spare added: a new epoch, given to the spare only.
+    let old_grant = granted;
+    let rotated = home
+        .set_readers(&home_key, &[spare_key.id()])
+        .unwrap()
+        .unwrap();
+    assert_eq!(rotated.epoch, 1);
+    assert_eq!(rotated.ids(), vec![spare_key.id()]);
+    for round in &rounds[2..] {
+        home.append_changes(&home_key, round.clone(), &[]).unwrap();
+    }
+    for to in [&mut laptop, &mut spare] {
+        copy_feed(&home, to, h);
+    }
+    assert_eq!(laptop.open_granted(&laptop_key).unwrap().refused, vec![h]);
+    spare.open_granted(&spare_key).unwrap();
+    assert_eq!(plain_state(&spare, h), plain_state(&home, h));
+    // What the laptop was given opens nothing written after the rotation.
+    let ring = crate::seal::Ring::from_grant(h, &old_grant, &laptop_key)
+        .unwrap()
+        .unwrap();
+    let after = home.head(h).unwrap().unwrap().seq;
+    let mut refused = 0;
+    for e in laptop.entries_after(h, Seq(0), 10_000).unwrap() {
+        let entry = feed::decode_entry(&e.bytes).unwrap();
+        if !crate::seal::is_sealed(entry.path) || entry.body.is_empty() {
+            continue;
+        }
+        match ring.open(entry.op, entry.path, entry.body) {
+            Ok(_) => assert!(e.seq < after, "opened"),
+            Err(crate::seal::SealError::UnknownEpoch { epoch: 1 }) => refused += 1,
+            Err(other) => panic!("seq {}: {other}", e.seq),
+        }
+    }
+    assert!(refused >= 3, "{refused} entries after the rotation");
+    let r4 = "/buckets/zebradiary/collections/okapirecipes/records/r4";
+    assert!(matches!(
+        laptop.object(h, r4),
+        Err(StoreError::Sealed { .. })
+    ));
+    // The origin itself still reads every epoch, also from a store rebuilt from its peers.
+    assert_eq!(home.object(h, r4).unwrap(), spare.object(h, r4).unwrap());
+    let rebuilt_dir = tempfile::tempdir().unwrap();
+    let mut rebuilt = store_for(rebuilt_dir.path(), &home_key);
+    copy_feed(&spare, &mut rebuilt, h);
+    rebuilt.seal_own(&home_key, None).unwrap();
+    assert_eq!(plain_state(&rebuilt, h), plain_state(&home, h));
+    rebuilt
+        .append_changes(&home_key, vec![put(r4, r#"{"data":{"v":5}}"#)], &[])
+        .unwrap();
+    let last = rebuilt.entries_after(h, after, 10).unwrap();
+    let body = feed::decode_entry(&last.last().unwrap().bytes)
+        .unwrap()
+        .body
+        .to_vec();
+    assert!(
+        String::from_utf8(body).unwrap().starts_with("{\"key\":1,"),
+        "a recovered origin seals under its latest epoch"
+    );
+}
+
+#[test]
+fn a_plain_feed_has_no_readers_to_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([73; 32]);
+    let mut store = store_for(dir.path(), &key);
+    assert_eq!(store.set_readers(&key, &[]).unwrap(), None);
+    assert!(matches!(
+        store.set_readers(&key, &[NodeKey::from_seed([74; 32]).id()]),
+        Err(StoreError::Readers { .. })
+    ));
+}

@@ -10,7 +10,6 @@ use crate::feed::{
     self, Checkpoint, EntryHash, FeedError, ForkEvidence, Head, Op, Seq, VerifiedBatch,
 };
 use crate::identity::{NodeId, NodeKey};
-use crate::seal::SealKey;
 
 /// Our own feed gets a signed checkpoint at every multiple of this seq, besides the one at the
 /// end of each append, so that a peer can fetch a large append in pages that each end at a
@@ -262,9 +261,12 @@ impl Store {
         if mode == Mode::SealSwitch {
             super::sealed::switch_on(&tx, head.seq)?;
         }
-        let seal = super::sealed::sealed_from(&tx)?.map(|_| SealKey::of_node(key));
+        let seal = match super::sealed::sealed_from(&tx)? {
+            Some(_) => Some(super::sealed::own_seal_key(&tx, row.id, key)?),
+            None => None,
+        };
         if let Some(seal) = &seal {
-            super::sealed::open_own(&tx, row.id, seal, head.seq)?;
+            super::sealed::open_own(&tx, row.id, seal.ring(), head.seq)?;
         }
         let mut out = Appender {
             tx: &tx,
@@ -294,7 +296,12 @@ impl Store {
                 .ctx("preparing a tombstone lookup")?;
             for change in changes {
                 // Where the state keeps this path: its sealed path in a sealed feed.
-                let state_path = match &seal {
+                // (The readers statement stays plain: readers look for it before they can open
+                // anything.)
+                let seal = seal
+                    .as_ref()
+                    .filter(|_| !crate::seal::stays_plain(&change.path));
+                let state_path = match seal {
                     Some(seal) => std::borrow::Cow::Owned(seal.sealed_path(&change.path)),
                     None => std::borrow::Cow::Borrowed(change.path.as_str()),
                 };
@@ -333,7 +340,7 @@ impl Store {
                         continue;
                     }
                 }
-                match &seal {
+                match seal {
                     None => out.push(change.op, &change.path, &change.body, None)?,
                     Some(seal) if mode == Mode::SealSwitch => {
                         let (sealed, body) = seal
