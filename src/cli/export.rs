@@ -1,6 +1,7 @@
 //! `tandem export --origin self|<node id> [--format jsonl|kinto-wizard] [--bucket ID]…
 //! [--collection BUCKET/COLLECTION]… [--out FILE]`: the current state of an origin, or of the
-//! buckets and collections chosen ([`Selection`]).
+//! buckets and collections chosen ([`Selection`]). `--archive FILE [--decrypt]`: its whole
+//! feed, verifiable anywhere, with the content keys of a sealed origin when decrypting.
 //!
 //! `jsonl` (the default) is one live object per line, sorted by path, a stable interface
 //! (docs/operating.md, "The JSON Lines export"):
@@ -79,8 +80,9 @@ pub fn run(
     Ok(())
 }
 
-/// `tandem export --archive FILE`: the origin's whole feed as a portable archive.
-pub fn archive(cli: &Cli, origin: &str, file: &Path) -> anyhow::Result<()> {
+/// `tandem export --archive FILE [--decrypt]`: the origin's whole feed as a portable archive,
+/// with its content keys when decrypting.
+pub fn archive(cli: &Cli, origin: &str, file: &Path, decrypt: bool) -> anyhow::Result<()> {
     let config = load_config(cli)?;
     let store = Store::open_read_only(&config.node.data_dir)?;
     let origin: NodeId = if origin == "self" {
@@ -91,20 +93,37 @@ pub fn archive(cli: &Cli, origin: &str, file: &Path) -> anyhow::Result<()> {
     if store.head(origin)?.is_none() {
         bail!("this node holds no entries of origin {origin}; see `tandem status`");
     }
+    let keys = match decrypt {
+        true => {
+            let key = crate::identity::NodeKey::load(&config.key_path())?;
+            Some(
+                store
+                    .content_keys(&key, origin)
+                    .context("--decrypt needs the keys of a sealed origin this node may read")?,
+            )
+        }
+        false => None,
+    };
     // Entries are only ever appended: pages read one after the other give a prefix of the
     // feed that ends at a checkpoint, even beside a running daemon.
     let summary = write_atomic(file, 0o644, Existing::Replace, |out| {
         let mut w = std::io::BufWriter::new(out);
-        let summary = crate::replicate::archive::write_archive(&store, origin, &mut w)?;
+        let summary =
+            crate::replicate::archive::write_archive(&store, origin, &mut w, keys.as_ref())?;
         w.flush().context("writing the archive")?;
         anyhow::Ok(summary)
     })
     .with_context(|| format!("cannot write {}", file.display()))?;
     println!(
-        "archived {origin}: {} entries and {} snapshots in {}",
+        "archived {origin}: {} entries and {} snapshots in {}{}",
         summary.entries,
         summary.snapshots,
-        file.display()
+        file.display(),
+        if summary.readable {
+            ", with the content keys: whoever holds the file reads it"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -38,13 +38,21 @@ pub fn run(cli: &Cli, file: &Path) -> anyhow::Result<()> {
                 origin: serde_json::from_value(answer["origin"].clone())?,
                 entries: answer["entries"].as_u64().unwrap_or(0),
                 snapshots: answer["snapshots"].as_u64().unwrap_or(0),
+                readable: answer["readable"].as_bool().unwrap_or(false),
             }
         }
         Err(e) => return Err(e),
     };
     println!(
-        "imported {}: {} entries and {} snapshots",
-        summary.origin, summary.entries, summary.snapshots
+        "imported {}: {} entries and {} snapshots{}",
+        summary.origin,
+        summary.entries,
+        summary.snapshots,
+        if summary.readable {
+            ", opened with the content keys the archive carries"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

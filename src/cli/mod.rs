@@ -134,6 +134,12 @@ pub enum Command {
         /// every entry and snapshot, verifiable anywhere; see `tandem import`.
         #[arg(long, value_name = "FILE")]
         archive: Option<PathBuf>,
+        /// With `--archive`, for a sealed origin this node may read (its own, or one that
+        /// grants it reading): carry the origin's content keys in the archive, so that
+        /// `tandem import` on any node opens it. Whoever holds the file then reads everything
+        /// in it: keep it as you would a plain copy.
+        #[arg(long, requires = "archive")]
+        decrypt: bool,
     },
     /// Verify a portable archive completely, then load its origin's feed into this node's
     /// store (through the running daemon, if any).
@@ -474,8 +480,9 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Export {
             origin,
             archive: Some(file),
+            decrypt,
             ..
-        } => export::archive(&cli, origin, file),
+        } => export::archive(&cli, origin, file, *decrypt),
         Command::Export {
             origin,
             format,
@@ -483,6 +490,7 @@ pub fn main(cli: Cli) -> ExitCode {
             collection,
             out,
             archive: None,
+            decrypt: _,
         } => Selection::parse(bucket, collection)
             .map_err(anyhow::Error::from)
             .and_then(|selection| export::run(&cli, origin, *format, &selection, out.as_deref())),

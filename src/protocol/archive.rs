@@ -2,18 +2,23 @@
 //! node, verifiable with nothing but the origin's key (`tandem export --archive`,
 //! `tandem import`).
 //!
-//! # Format, version 2
+//! # Format, versions 2 and 3
 //!
 //! The file is one zstd frame. Decompressed, it is a header and a run of sections:
 //!
 //! ```text
-//! archive = "TNDA" version:u8=2 origin:32 section* end
+//! archive = "TNDA" version:u8 origin:32 section* end
 //! section = kind:u8 len:u32 payload{len}
 //!   kind 1: a snapshot of the origin (the 192-byte stored form, see crate::feed::Snapshot)
 //!   kind 2: a page of entries (crate::protocol::wire's page format: checkpoint, entries)
 //!   kind 3: entries of the base (count:u32, then len:u32 and the entry, count times)
+//!   kind 4: version 3 only, first: the content keys of a sealed origin, 32 bytes per epoch
+//!           from epoch 0 (see crate::seal), so that whoever holds the file reads it
 //! end     = kind:u8=0 digest:32      BLAKE3 of every byte before it
 //! ```
+//!
+//! Version 2 is written unless keys are included (`tandem export --archive --decrypt`), so
+//! that every archive without them reads with builds that know only version 2.
 //!
 //! Snapshots come first, in seq order. When base sections follow (tandem writes them for an
 //! origin it compacted), the first snapshot is the
@@ -39,6 +44,8 @@ use crate::protocol::wire::{self, MAX_PAGE, WireError};
 pub const MAGIC: &[u8; 4] = b"TNDA";
 /// The format version written.
 pub const VERSION: u8 = 2;
+/// The format version of an archive that carries its origin's content keys.
+pub const KEYS_VERSION: u8 = 3;
 
 /// One section of an archive.
 #[derive(Debug)]
@@ -49,6 +56,8 @@ pub enum Section {
     Page(Checkpoint, Vec<Vec<u8>>),
     /// Entries of the base.
     Base(Vec<Vec<u8>>),
+    /// The content keys of a sealed origin, 32 bytes per epoch (version 3).
+    Keys(zeroize::Zeroizing<Vec<u8>>),
 }
 
 /// Errors reading or writing an archive.
@@ -74,12 +83,24 @@ pub struct ArchiveWriter<W: Write> {
 impl<W: Write> ArchiveWriter<W> {
     /// Starts an archive of `origin`'s feed.
     pub fn new(out: W, origin: &NodeId) -> Result<Self, ArchiveError> {
+        Self::start(out, origin, VERSION)
+    }
+
+    /// Starts an archive of `origin`'s feed that carries its content keys (`keys`, 32 bytes
+    /// per epoch): whoever holds the file reads it.
+    pub fn with_keys(out: W, origin: &NodeId, keys: &[u8]) -> Result<Self, ArchiveError> {
+        let mut w = Self::start(out, origin, KEYS_VERSION)?;
+        w.section(4, keys)?;
+        Ok(w)
+    }
+
+    fn start(out: W, origin: &NodeId, version: u8) -> Result<Self, ArchiveError> {
         let mut w = ArchiveWriter {
             out: zstd::stream::write::Encoder::new(out, 3)?,
             digest: blake3::Hasher::new(),
         };
         w.put(MAGIC)?;
-        w.put(&[VERSION])?;
+        w.put(&[version])?;
         w.put(origin.as_bytes())?;
         Ok(w)
     }
@@ -151,9 +172,9 @@ impl<R: Read> ArchiveReader<R> {
         if &header[..4] != MAGIC {
             return Err(ArchiveError::Malformed("does not start with TNDA".into()));
         }
-        if header[4] != VERSION && header[4] != 1 {
+        if !(1..=KEYS_VERSION).contains(&header[4]) {
             return Err(ArchiveError::Malformed(format!(
-                "format version {} (this tandem reads {VERSION})",
+                "format version {} (this tandem reads 1 to {KEYS_VERSION})",
                 header[4]
             )));
         }
@@ -234,6 +255,9 @@ impl<R: Read> ArchiveReader<R> {
                 "base section",
                 &payload,
             )?))),
+            4 if self.version >= KEYS_VERSION => {
+                Ok(Some(Section::Keys(zeroize::Zeroizing::new(payload))))
+            }
             k => Err(ArchiveError::Malformed(format!("unknown section kind {k}"))),
         }
     }

@@ -7,6 +7,7 @@ use crate::feed::{EntryHash, FeedError, Seq, Snapshot, StateFold, verify_batch};
 use crate::identity::NodeId;
 use crate::protocol::archive::{ArchiveError, ArchiveReader, ArchiveWriter, Section};
 use crate::protocol::wire::PAGE_BYTES;
+use crate::seal::Ring;
 use crate::store::{Store, StoreError};
 
 /// Why an archive could not be written or imported. Nothing is imported from an archive that
@@ -52,17 +53,26 @@ pub struct ArchiveSummary {
     pub entries: u64,
     /// Snapshots (each checked against the state the entries give).
     pub snapshots: u64,
+    /// Whether it carries the origin's content keys (each sealed entry checked to open).
+    pub readable: bool,
 }
 
 /// Writes `origin` to `out`: for an origin compacted here, its base snapshot, the entries that
 /// give the state there, the feed after it (in pages ending at its checkpoints) and the later
 /// snapshots; otherwise every snapshot and the whole feed from seq 1 (nothing held is left out).
+///
+/// With `keys` (the origin's content keys, `export --archive --decrypt`), the archive carries
+/// them, so that whoever holds it reads the sealed entries (format version 3).
 pub fn write_archive(
     store: &Store,
     origin: NodeId,
     out: impl std::io::Write,
+    keys: Option<&Ring>,
 ) -> Result<ArchiveSummary, ImportError> {
-    let mut w = ArchiveWriter::new(out, &origin)?;
+    let mut w = match keys {
+        Some(ring) => ArchiveWriter::with_keys(out, &origin, &ring.to_bytes())?,
+        None => ArchiveWriter::new(out, &origin)?,
+    };
     let snapshots = store.snapshots(origin)?;
     for s in &snapshots {
         w.snapshot(s)?;
@@ -105,6 +115,7 @@ pub fn write_archive(
         origin,
         entries: after.0,
         snapshots: snapshots.len() as u64,
+        readable: keys.is_some(),
     })
 }
 
@@ -139,6 +150,24 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
     // Base entries read so far (count, last seq and hash), until the base is settled.
     let mut base: Option<(usize, u64, EntryHash)> = None;
     let mut settled = false;
+    // The content keys it carries (version 3): every sealed entry must open with them.
+    let mut ring: Option<Ring> = None;
+    let mut first = true;
+    let opens =
+        |ring: &Option<Ring>, entry: &crate::feed::EntryRef<'_>| -> Result<(), ImportError> {
+            match ring {
+                Some(ring) if crate::seal::is_sealed(entry.path) => ring
+                    .open(entry.op, entry.path, entry.body)
+                    .map(drop)
+                    .map_err(|e| {
+                        invalid(format!(
+                            "seq {}: the archive's keys do not open it: {e}",
+                            entry.seq
+                        ))
+                    }),
+                _ => Ok(()),
+            }
+        };
     // Once the base sections end: their state must be the first snapshot's, and the feed
     // goes on from its head.
     let settle = |base: Option<(usize, u64, EntryHash)>,
@@ -154,7 +183,13 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
         Ok(Some((s.seq.0, s.head_hash)))
     };
     while let Some(section) = r.next_section()? {
-        if !settled && !matches!(section, Section::Snapshot(_) | Section::Base(_)) {
+        let is_first = std::mem::replace(&mut first, false);
+        if !settled
+            && !matches!(
+                section,
+                Section::Snapshot(_) | Section::Base(_) | Section::Keys(_)
+            )
+        {
             settled = true;
             if let Some(h) = settle(base, &state, &snapshots)? {
                 head = h;
@@ -162,6 +197,12 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
             }
         }
         match section {
+            Section::Keys(keys) => {
+                if !is_first {
+                    return Err(invalid("content keys after the first section".into()));
+                }
+                ring = Some(Ring::from_keys(origin, &keys).map_err(|e| invalid(e.to_string()))?);
+            }
             Section::Base(entries) => {
                 let Some(s) = snapshots.first() else {
                     return Err(invalid("base entries without a snapshot".into()));
@@ -180,6 +221,7 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
                             s.id()
                         )));
                     }
+                    opens(&ring, &entry)?;
                     state.apply(entry.seq.0, &entry);
                     last = entry.seq.0;
                     hash = EntryHash::of(bytes);
@@ -219,6 +261,7 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
                 for (bytes, hash) in batch.entries().iter().zip(batch.hashes()) {
                     let entry = crate::feed::decode_entry(bytes)
                         .map_err(|e| invalid(format!("seq {}: {e}", head.0 + 1)))?;
+                    opens(&ring, &entry)?;
                     state.apply(entry.seq.0, &entry);
                     head = (entry.seq.0, *hash);
                     while let Some(s) = snapshots.get(next_snapshot).filter(|s| s.seq.0 == head.0) {
@@ -245,6 +288,7 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
         origin,
         entries: head.0,
         snapshots: snapshots.len() as u64,
+        readable: ring.is_some(),
     })
 }
 
@@ -295,11 +339,23 @@ fn load_archive_from(
             .map_err(|source| ImportError::Stopped { entries: 0, source })?;
         Ok(snapshots[0].seq.0)
     };
+    let mut ring = None;
     while let Some(section) = r.next_section()? {
-        if !matches!(section, Section::Snapshot(_) | Section::Base(_)) && base.is_some() {
+        if !matches!(
+            section,
+            Section::Snapshot(_) | Section::Base(_) | Section::Keys(_)
+        ) && base.is_some()
+        {
             entries = install(&mut base, &snapshots, store)?;
         }
         match section {
+            Section::Keys(keys) => {
+                ring = Some(
+                    Ring::from_keys(origin, &keys).map_err(|e| ImportError::Invalid {
+                        what: e.to_string(),
+                    })?,
+                );
+            }
             Section::Snapshot(s) => snapshots.push(s),
             Section::Base(page) => base.get_or_insert_with(Vec::new).extend(page),
             Section::Page(checkpoint, page) => {
@@ -324,10 +380,18 @@ fn load_archive_from(
             Err(source) => return Err(ImportError::Stopped { entries, source }),
         }
     }
+    // The keys it carries open what was loaded: this node then reads the origin as its
+    // readers do.
+    if let Some(ring) = &ring {
+        store
+            .open_with(ring)
+            .map_err(|source| ImportError::Stopped { entries, source })?;
+    }
     Ok(ArchiveSummary {
         origin,
         entries,
         snapshots: snapshots.len() as u64,
+        readable: ring.is_some(),
     })
 }
 
@@ -368,13 +432,98 @@ mod tests {
     }
 
     #[test]
+    fn a_decrypted_archive_of_a_sealed_feed_opens_on_any_node_and_a_plain_one_does_not() {
+        let (a, b, c) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let key = NodeKey::from_seed([52; 32]);
+        let mut store = Store::open_writer(a.path(), key.id()).unwrap();
+        store.seal_own(&key, Some(true)).unwrap();
+        // Two epochs: a reader added, then removed.
+        let reader = NodeKey::from_seed([53; 32]).id();
+        store.set_readers(&key, &[reader]).unwrap();
+        let path = "/buckets/b/collections/c/records/r1";
+        let body = |n: u32| format!(r#"{{"data":{{"secret":"tapir{n}"}}}}"#).into_bytes();
+        let change = |n| Change {
+            op: Op::Put,
+            path: path.into(),
+            body: body(n),
+        };
+        store.append(&key, &[change(1)], &[]).unwrap();
+        store.set_readers(&key, &[]).unwrap();
+        store.append(&key, &[change(2)], &[]).unwrap();
+        store.create_snapshot(&key).unwrap();
+        let (sealed, readable) = (a.path().join("sealed.tandem"), a.path().join("open.tandem"));
+        write_archive(
+            &store,
+            key.id(),
+            std::fs::File::create(&sealed).unwrap(),
+            None,
+        )
+        .unwrap();
+        let keys = store.content_keys(&key, key.id()).unwrap();
+        assert_eq!(keys.epochs(), 2);
+        let written = write_archive(
+            &store,
+            key.id(),
+            std::fs::File::create(&readable).unwrap(),
+            Some(&keys),
+        )
+        .unwrap();
+        assert!(written.readable);
+        assert_eq!(verify_archive(&readable).unwrap(), written);
+        let mut plain = Store::open_writer(b.path(), NodeKey::from_seed([54; 32]).id()).unwrap();
+        assert!(!import_archive(&sealed, &mut plain).unwrap().readable);
+        assert!(matches!(
+            plain.object(key.id(), path),
+            Err(StoreError::Sealed { .. })
+        ));
+        let other = NodeKey::from_seed([55; 32]);
+        let mut opened = Store::open_writer(c.path(), other.id()).unwrap();
+        assert!(import_archive(&readable, &mut opened).unwrap().readable);
+        assert_eq!(opened.object(key.id(), path).unwrap(), Some(body(2)));
+        assert!(matches!(
+            opened.content_keys(&other, key.id()),
+            Err(StoreError::Sealed { .. })
+        ));
+        // Keys that do not open the entries are refused before anything is stored.
+        let wrong = crate::seal::Ring::from_keys(key.id(), &[7u8; 64]).unwrap();
+        let forged = a.path().join("forged.tandem");
+        write_archive(
+            &store,
+            key.id(),
+            std::fs::File::create(&forged).unwrap(),
+            Some(&wrong),
+        )
+        .unwrap();
+        let err = verify_archive(&forged).unwrap_err().to_string();
+        assert!(err.contains("keys do not open"), "{err}");
+        // An unsealed origin has no keys to carry.
+        let d = tempfile::tempdir().unwrap();
+        let plain_key = NodeKey::from_seed([56; 32]);
+        let mut plain_origin = Store::open_writer(d.path(), plain_key.id()).unwrap();
+        plain_origin.append(&plain_key, &[change(3)], &[]).unwrap();
+        assert!(matches!(
+            plain_origin.content_keys(&plain_key, plain_key.id()),
+            Err(StoreError::Readers { .. })
+        ));
+    }
+
+    #[test]
     fn an_archive_verifies_and_loads_elsewhere() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let key = NodeKey::from_seed([50; 32]);
         let store = store_with_feed(a.path(), &key);
         let file = a.path().join("feed.tandem");
-        let written =
-            write_archive(&store, key.id(), std::fs::File::create(&file).unwrap()).unwrap();
+        let written = write_archive(
+            &store,
+            key.id(),
+            std::fs::File::create(&file).unwrap(),
+            None,
+        )
+        .unwrap();
         assert_eq!((written.entries, written.snapshots), (3000, 3));
         assert_eq!(verify_archive(&file).unwrap(), written);
         let mut other = Store::open_writer(b.path(), NodeKey::from_seed([51; 32]).id()).unwrap();
@@ -452,8 +601,13 @@ mod tests {
         let done = store.compact(key.id(), first.seq).unwrap();
         assert!(done.entries > 0);
         let file = a.path().join("feed.tandem");
-        let written =
-            write_archive(&store, key.id(), std::fs::File::create(&file).unwrap()).unwrap();
+        let written = write_archive(
+            &store,
+            key.id(),
+            std::fs::File::create(&file).unwrap(),
+            None,
+        )
+        .unwrap();
         assert_eq!((written.entries, written.snapshots), (3000, 3));
         let mut other = Store::open_writer(b.path(), NodeKey::from_seed([54; 32]).id()).unwrap();
         assert_eq!(import_archive(&file, &mut other).unwrap(), written);
