@@ -202,7 +202,10 @@ fn content_key(seed: &[u8; 32], epoch: u32) -> Zeroizing<[u8; 32]> {
 impl Ring {
     /// A ring from raw content keys, epoch 0 first (an archive's keys section).
     pub fn from_keys(origin: NodeId, keys: &[u8]) -> Result<Ring, SealError> {
-        if keys.is_empty() || !keys.len().is_multiple_of(32) || keys.len() / 32 > MAX_EPOCHS as usize {
+        if keys.is_empty()
+            || !keys.len().is_multiple_of(32)
+            || keys.len() / 32 > MAX_EPOCHS as usize
+        {
             return Err(SealError::Statement(
                 "content keys are not a whole number of 32-byte keys",
             ));

@@ -17,6 +17,7 @@ use std::time::Duration;
 use common::devices::Devices;
 use common::kinto::{Kinto, Options};
 use common::node::{NEVER, TestNode, backup_pair, wait_for};
+use common::restored::{assert_same_rows, users_data};
 use serde_json::{Value, json};
 
 const NOTES: (&str, &str) = ("family", "notes");
@@ -64,17 +65,6 @@ fn ok(answer: &Value) {
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(answer["errors"], json!([]), "{answer}");
     assert_eq!(answer["conflicts"], 0, "{answer}");
-}
-
-/// A database dump without what belongs to the server itself rather than to its users: the
-/// account the restore ran as, which each server had before its restore.
-fn users_data(rows: Vec<Value>) -> Vec<Value> {
-    rows.into_iter()
-        .filter(|r| {
-            !(r["object"][1] == "account" && r["object"][2] == "tandem")
-                && r["ace"][0] != "/accounts/tandem"
-        })
-        .collect()
 }
 
 /// (path, line) of every object of `origin` that `node` exports.
@@ -291,23 +281,7 @@ async fn two_disasters_lose_nothing() {
     let c = server().await;
     restore(&community, &home_id.to_string(), &c);
     let c_tables = users_data(c.database());
-    let differences: Vec<String> = b_tables
-        .iter()
-        .filter(|r| !c_tables.contains(r))
-        .map(|r| format!("B only: {r}"))
-        .chain(
-            c_tables
-                .iter()
-                .filter(|r| !b_tables.contains(r))
-                .map(|r| format!("C only: {r}")),
-        )
-        .take(10)
-        .collect();
-    assert!(
-        differences.is_empty(),
-        "C's tables differ from B's:\n{}",
-        differences.join("\n")
-    );
+    assert_same_rows(&b_tables, &c_tables, ("B", "C"));
     // What the comparison covers: B's changes are there, tombstone and permissions included.
     let has = |pred: &dyn Fn(&Value) -> bool| b_tables.iter().any(pred);
     assert!(has(

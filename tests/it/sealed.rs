@@ -4,6 +4,10 @@
 //! Then home is lost whole; with the passphrase, the node id and the community's URL,
 //! `tandem recover` brings the key back, the feed comes back from the community, and a restore
 //! gives a server whose tables equal the source's, permissions and accounts included.
+//!
+//! A laptop of the same person (`read = true` in home's `[[peer]]` for it) pulls home's feed
+//! from the community and reads it: export, restore, a restore at an earlier seq, an archive
+//! with the keys that opens on any node. Removed as a reader, it reads nothing written after.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +18,7 @@ use tandem::keybackup::TEST_KDF_ENV;
 use crate::common;
 use crate::common::kinto::{Kinto, Options};
 use crate::common::node::{NEVER, TestNode, wait_for};
+use crate::common::restored::{assert_same_rows, users_data};
 
 /// Strings that occur only in the source's paths and values: none may reach the community.
 const SECRETS: &[&str] = &[
@@ -70,18 +75,9 @@ fn found_in(bytes: &[u8], secret: &str) -> bool {
     bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
 }
 
-/// A database dump without the account each restore ran as (the server's own, not users').
-fn users_data(rows: Vec<Value>) -> Vec<Value> {
-    rows.into_iter()
-        .filter(|r| {
-            !(r["object"][1] == "account" && r["object"][2] == "tandem")
-                && r["ace"][0] != "/accounts/tandem"
-        })
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sealed_home_is_held_unread_and_comes_back_whole() {
+/// A source where alice and bob keep what [`SECRETS`] names, in their own bucket, shared
+/// with each other, and in bob's default bucket.
+async fn seeded() -> Kinto {
     let a = server().await;
     for user in ["alice", "bob"] {
         a.create_account(user).await;
@@ -127,6 +123,12 @@ async fn a_sealed_home_is_held_unread_and_comes_back_whole() {
         Some(json!({"data": {"text": "wallaby journal"}})),
     )
     .await;
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_home_is_held_unread_and_comes_back_whole() {
+    let a = seeded().await;
 
     let (mut home, mut community) = (TestNode::new("home"), TestNode::new("community"));
     home.configure(
@@ -255,22 +257,216 @@ async fn a_sealed_home_is_held_unread_and_comes_back_whole() {
         0,
     );
     let b_tables = users_data(b.database());
-    let differences: Vec<String> = a_tables
-        .iter()
-        .filter(|r| !b_tables.contains(r))
-        .map(|r| format!("A only: {r}"))
-        .chain(
-            b_tables
-                .iter()
-                .filter(|r| !a_tables.contains(r))
-                .map(|r| format!("B only: {r}")),
-        )
-        .collect();
-    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    assert_same_rows(&a_tables, &b_tables, ("A", "B"));
     assert_eq!(
         b.request("bob", "GET", "", None).await.1["user"]["id"],
         "account:bob",
         "bob logs in with the old password"
     );
+    community.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_removed() {
+    let a = seeded().await;
+    let (mut home, mut community, mut laptop) = (
+        TestNode::new("home"),
+        TestNode::new("community"),
+        TestNode::new("laptop"),
+    );
+    let home_id = home.id.to_string();
+    // The same configuration with the laptop's `read` on or off.
+    let home_config = format!(
+        "{}{}{}",
+        home.source(&a, "1h"),
+        TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
+        TestNode::peer_entry(&laptop, &format!("read = true\n{NEVER}")),
+    );
+    let home_config =
+        |laptop_reads: bool| home_config.replace("read = true", &format!("read = {laptop_reads}"));
+    home.configure("seal = true\n", &home_config(true));
+    community.configure(
+        "",
+        &format!(
+            "{}{}",
+            TestNode::peer_entry(&home, NEVER),
+            TestNode::peer_entry(&laptop, &format!("serve = [\"{home_id}\"]\n{NEVER}"))
+        ),
+    );
+    laptop.configure(
+        "",
+        &TestNode::peer_entry(&community, &format!("pull = [\"{home_id}\"]\n{NEVER}")),
+    );
+    for node in [&home, &community, &laptop] {
+        node.init();
+    }
+    community.start().await;
+    home.start().await;
+    laptop.start().await;
+    let sync = async |node: &mut TestNode| {
+        let answer = node.sync().await;
+        for peer in answer["peers"].as_array().unwrap() {
+            assert_eq!(peer["error"], Value::Null, "{answer}");
+        }
+    };
+    sync(&mut home).await;
+    sync(&mut laptop).await;
+    let first = home.head(home.id);
+    assert_eq!(laptop.head(home.id), first);
+    let a_first = users_data(a.database());
+
+    // The laptop reads what the community only holds.
+    let (home_export, _) = tandem(&home.config_path(), &["export", "--origin", "self"], 0);
+    let (laptop_export, _) = tandem(&laptop.config_path(), &["export", "--origin", &home_id], 0);
+    assert_eq!(laptop_export, home_export);
+    assert!(laptop_export.contains("marmoset whispers"));
+    let out = common::restore(
+        &community.config_path(),
+        community.dir.path(),
+        &server().await,
+        "tandem",
+        &["--origin", &home_id],
+        1,
+    );
+    assert!(out.contains("is sealed"), "{out}");
+    for (path, bytes) in files(community.dir.path()) {
+        for secret in SECRETS {
+            assert!(!found_in(&bytes, secret), "{secret} in {}", path.display());
+        }
+    }
+    // An archive with the keys: any node that imports it reads it.
+    let archive = laptop.dir.path().join("home.tandem");
+    let (out, _) = tandem(
+        &laptop.config_path(),
+        &[
+            "export",
+            "--origin",
+            &home_id,
+            "--archive",
+            archive.to_str().unwrap(),
+            "--decrypt",
+        ],
+        0,
+    );
+    assert!(out.contains("with the content keys"), "{out}");
+    let (_, err) = tandem(
+        &community.config_path(),
+        &[
+            "export",
+            "--origin",
+            &home_id,
+            "--archive",
+            archive.with_extension("no").to_str().unwrap(),
+            "--decrypt",
+        ],
+        1,
+    );
+    assert!(err.contains("is sealed"), "{err}");
+    let elsewhere = TestNode::new("elsewhere");
+    elsewhere.configure("", "");
+    elsewhere.init();
+    let (out, _) = tandem(
+        &elsewhere.config_path(),
+        &["import", archive.to_str().unwrap()],
+        0,
+    );
+    assert!(out.contains("opened with the content keys"), "{out}");
+    let (elsewhere_export, _) = tandem(
+        &elsewhere.config_path(),
+        &["export", "--origin", &home_id],
+        0,
+    );
+    assert_eq!(elsewhere_export, home_export);
+
+    // Later changes; then the laptop restores the latest state, and the state at `first`.
+    a.ok(
+        "alice",
+        "PUT",
+        "buckets/zebradiary/collections/quokkanotes/records/n4",
+        Some(json!({"data": {"text": "gibbon later"}})),
+    )
+    .await;
+    sync(&mut home).await;
+    sync(&mut laptop).await;
+    let latest = server().await;
+    common::restore(
+        &laptop.config_path(),
+        laptop.dir.path(),
+        &latest,
+        "tandem",
+        &["--origin", &home_id],
+        0,
+    );
+    assert_same_rows(
+        &users_data(a.database()),
+        &users_data(latest.database()),
+        ("the source", "the restore"),
+    );
+    let earlier = server().await;
+    common::restore(
+        &laptop.config_path(),
+        laptop.dir.path(),
+        &earlier,
+        "tandem",
+        &["--origin", &home_id, "--seq", &first.to_string()],
+        0,
+    );
+    assert_same_rows(
+        &a_first,
+        &users_data(earlier.database()),
+        ("the source then", "the restore at that seq"),
+    );
+
+    // The laptop is removed: home starts a new epoch, and what follows is shut to it.
+    home.stop().await;
+    home.configure("seal = true\n", &home_config(false));
+    home.start().await;
+    a.ok(
+        "alice",
+        "PUT",
+        "buckets/zebradiary/collections/quokkanotes/records/n5",
+        Some(json!({"data": {"text": "capybara after"}})),
+    )
+    .await;
+    sync(&mut home).await;
+    sync(&mut laptop).await;
+    assert_eq!(laptop.head(home.id), home.head(home.id));
+    let (_, err) = tandem(&laptop.config_path(), &["export", "--origin", &home_id], 1);
+    assert!(err.contains("is sealed"), "{err}");
+    laptop.stop().await;
+    // What the laptop was granted before opens nothing written after: it finds the old grant
+    // in the feed it holds, and every later sealed entry names an epoch it has no key for.
+    let held = laptop.store();
+    let (mut grants, mut after_rotation, mut refused) = (Vec::new(), None, 0);
+    let laptop_key = tandem::identity::NodeKey::load(&laptop.data().join("node.key")).unwrap();
+    for e in held
+        .entries_after(home.id, tandem::feed::Seq(0), usize::MAX)
+        .unwrap()
+    {
+        let entry = tandem::feed::decode_entry(&e.bytes).unwrap();
+        if entry.path == tandem::seal::READERS_PATH {
+            let readers = tandem::seal::Readers::parse(entry.body).unwrap();
+            match tandem::seal::Ring::from_grant(home.id, &readers, &laptop_key).unwrap() {
+                Some(ring) => grants.push(ring),
+                None => after_rotation = Some(e.seq),
+            }
+        } else if after_rotation.is_some()
+            && tandem::seal::is_sealed(entry.path)
+            && !entry.body.is_empty()
+        {
+            let ring = grants.last().expect("granted before");
+            match ring.open(entry.op, entry.path, entry.body) {
+                Err(tandem::seal::SealError::UnknownEpoch { epoch: 1 }) => refused += 1,
+                other => panic!("seq {}: {other:?}", e.seq),
+            }
+        }
+    }
+    assert!(refused > 0, "sealed entries after the rotation: none found");
+    for (path, bytes) in files(laptop.dir.path()) {
+        assert!(!found_in(&bytes, "capybara after"), "in {}", path.display());
+    }
+    let (home_export, _) = tandem(&home.config_path(), &["export", "--origin", "self"], 0);
+    assert!(home_export.contains("capybara after"));
+    home.stop().await;
     community.stop().await;
 }

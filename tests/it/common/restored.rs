@@ -132,3 +132,35 @@ pub fn assert_same(ours: &[Value], theirs: &[Value]) {
         "row count: {ours:#?} vs {theirs:#?}"
     );
 }
+
+/// A database dump without what belongs to the server itself rather than to its users: the
+/// account the restore ran as, which each server had before its restore.
+pub fn users_data(rows: Vec<Value>) -> Vec<Value> {
+    rows.into_iter()
+        .filter(|r| {
+            !(r["object"][1] == "account" && r["object"][2] == "tandem")
+                && r["ace"][0] != "/accounts/tandem"
+        })
+        .collect()
+}
+
+/// Asserts that two database dumps (`Kinto::database`) hold the same rows, naming the first
+/// ones only one of them has.
+pub fn assert_same_rows(a: &[Value], b: &[Value], (a_name, b_name): (&str, &str)) {
+    let differences: Vec<String> = a
+        .iter()
+        .filter(|r| !b.contains(r))
+        .map(|r| format!("{a_name} only: {r}"))
+        .chain(
+            b.iter()
+                .filter(|r| !a.contains(r))
+                .map(|r| format!("{b_name} only: {r}")),
+        )
+        .take(10)
+        .collect();
+    assert!(
+        differences.is_empty(),
+        "{b_name}'s tables differ from {a_name}'s:\n{}",
+        differences.join("\n")
+    );
+}
