@@ -473,6 +473,10 @@ impl Store {
             else {
                 continue;
             };
+            // Opened up to its head already: nothing to unwrap or read.
+            if meta_seq(&self.conn, &progress_key(id))?.is_some_and(|done| done.0 >= head as u64) {
+                continue;
+            }
             let Some(readers) = readers_of(&self.conn, row, id)? else {
                 continue;
             };
