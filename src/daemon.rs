@@ -240,7 +240,7 @@ pub async fn serve(
                 }
                 Some(()) = hangup.recv() => {
                     info!(signal = "SIGHUP", config = %config.path.display(), "reloading the configuration");
-                    match reloadable(&config, &key, &writer) {
+                    match reloadable(&config, &key, &writer).await {
                         Ok(new) => break Ok(Some(new)),
                         Err(e) => error!(error = %format!("{e:#}"), "the new configuration is refused; the running one goes on"),
                     }
@@ -277,12 +277,24 @@ pub async fn serve(
 
 /// Checks the configuration file again for a reload: it must load, keep what only a restart
 /// can change, and give a client for the source and every peer.
-fn reloadable(
+async fn reloadable(
     running: &Config,
     key: &Arc<NodeKey>,
     writer: &StoreHandle,
 ) -> anyhow::Result<Config> {
     let new = Config::load(&running.path)?;
+    // What `seal_own` would refuse when the loops start again under the new configuration.
+    match (writer.read(|s| s.sealed_from()).await?, new.node.seal) {
+        (Some(from), Some(false)) => {
+            return Err(crate::store::StoreError::SealOff { from }.into());
+        }
+        (None, seal) if seal != Some(true) && new.peers.iter().any(|p| p.read) => {
+            anyhow::bail!(
+                "a [[peer]] has read = true, but this node's feed is not sealed: there are no keys to grant; set seal = true under [node] or remove read"
+            );
+        }
+        _ => {}
+    }
     for (what, changed) in [
         ("listen", new.node.listen != running.node.listen),
         ("data_dir", new.node.data_dir != running.node.data_dir),
@@ -910,6 +922,9 @@ async fn open_granted(
                 }
             }
             *seen = granted.refused;
+            for (origin, e) in &granted.failed {
+                warn!(%origin, error = %e, "a sealed origin that grants this node reading could not be opened; the others were");
+            }
             Ok::<_, crate::store::StoreError>(format!("{} origin(s) opened further", granted.opened.len()))
         }
     })

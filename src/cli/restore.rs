@@ -80,11 +80,17 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
                     .with_context(|| format!("fetching {origin} from peer {name}"));
                 // A sealed origin that grants this node reading is opened for the restore.
                 let pulled = match pulled {
-                    Ok(p) => store
-                        .write(move |s| s.open_granted(&key))
-                        .await
-                        .map(|_| p)
-                        .map_err(anyhow::Error::from),
+                    Ok(p) => match store.write(move |s| s.open_granted(&key)).await {
+                        Ok(mut granted) => {
+                            match granted.failed.iter().position(|f| f.0 == origin) {
+                                Some(i) => {
+                                    Err(anyhow::Error::from(granted.failed.swap_remove(i).1))
+                                }
+                                None => Ok(p),
+                            }
+                        }
+                        Err(e) => Err(e.into()),
+                    },
                     Err(e) => Err(e),
                 };
                 // The restore below opens the store again: the writer must be gone first.

@@ -36,7 +36,10 @@
 //! `base_seq` is the compacted base (0 when the whole feed is held): below it, only the
 //! entries holding the state at that seq's snapshot are kept.
 //! `sealed_from` (own origin only, absent when the feed is plain) is the first sealed seq
-//! (see [`crate::seal`]).
+//! (see [`crate::seal`]). `readers` (absent without a readers statement) is
+//! `{"epoch", "ids"}`: the key epoch new entries are sealed under and the node ids that may
+//! read the origin. `unread` is true (absent otherwise) for a sealed origin this node holds
+//! without reading it, or has not opened up to its head.
 //! `durable_seq` (own origin only) is the highest seq held by at least `node.durability`
 //! configured holders. `recovering` is true while the node fetches its own feed back from its peers. `daemon` says whether a daemon runs on this
 //! store and, if so, the health of its loops: `{"running": true, "workers": [{"kind", "name",
@@ -102,6 +105,12 @@ struct NodeDoc {
 }
 
 #[derive(Serialize)]
+struct ReadersDoc {
+    epoch: u32,
+    ids: Vec<NodeId>,
+}
+
+#[derive(Serialize)]
 struct OriginDoc {
     id: NodeId,
     #[serde(rename = "self")]
@@ -114,6 +123,10 @@ struct OriginDoc {
     durable_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sealed_from: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readers: Option<ReadersDoc>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unread: bool,
     base_seq: u64,
     holders: Vec<HolderDoc>,
     damaged: Vec<DamagedDoc>,
@@ -274,8 +287,14 @@ pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
         } else {
             None
         };
+        let readers = store.readers(o.id)?.map(|r| ReadersDoc {
+            epoch: r.epoch,
+            ids: r.ids(),
+        });
         origins.push(OriginDoc {
             sealed_from,
+            readers,
+            unread: store.holds_unread(o.id)?,
             moved,
             drill,
             rpo_seconds,
@@ -409,6 +428,24 @@ fn print_text(status: &Status) {
         }
         if let Some(from) = o.sealed_from {
             println!("    sealed from seq {from}: holders keep it without reading it");
+        }
+        if let Some(readers) = &o.readers {
+            println!(
+                "    readers (key epoch {}): {}",
+                readers.epoch,
+                match readers.ids.is_empty() {
+                    true => "none".to_owned(),
+                    false => readers
+                        .ids
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+            );
+        }
+        if o.unread {
+            println!("    sealed: held and verified here, not readable by this node");
         }
         if let Some(durable) = o.durable_seq {
             println!(

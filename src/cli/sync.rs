@@ -136,5 +136,8 @@ async fn round(
     for (origin, entries) in granted.opened {
         eprintln!("opened {entries} sealed entries of {origin}, which grants this node reading");
     }
+    for (origin, e) in granted.failed {
+        eprintln!("warning: {origin} grants this node reading but could not be opened: {e}");
+    }
     Ok(SyncReport { ingest, peers })
 }

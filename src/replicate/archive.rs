@@ -384,7 +384,7 @@ fn load_archive_from(
     // readers do.
     if let Some(ring) = &ring {
         store
-            .open_with(ring)
+            .open_with(ring, Seq(entries))
             .map_err(|source| ImportError::Stopped { entries, source })?;
     }
     Ok(ArchiveSummary {

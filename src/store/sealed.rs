@@ -291,6 +291,9 @@ pub struct Granted {
     pub opened: Vec<(NodeId, u64)>,
     /// Sealed origins held whose readers statement does not name this node.
     pub refused: Vec<NodeId>,
+    /// Origins that could not be opened, and why (a statement or grant that does not parse or
+    /// open, an entry that does not open): the others were opened all the same.
+    pub failed: Vec<(NodeId, StoreError)>,
 }
 
 /// Every (sealed path, source path) of `origin` this node knows.
@@ -375,6 +378,23 @@ impl Store {
         }
     }
 
+    /// The readers statement in `origin`'s state, if it holds one.
+    pub fn readers(&self, origin: NodeId) -> Result<Option<Readers>, StoreError> {
+        match self.origin_row_id(origin)? {
+            Some(row) => readers_of(&self.conn, row, origin),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `origin` is sealed and this node has not opened it up to its head: it holds
+    /// it without reading it (see [`StoreError::Sealed`]).
+    pub fn holds_unread(&self, origin: NodeId) -> Result<bool, StoreError> {
+        match self.origin_row_id(origin)? {
+            Some(row) => unread(&self.conn, row, origin),
+            None => Ok(false),
+        }
+    }
+
     /// Brings the readers statement of the own sealed feed in line with `wanted` (the peers
     /// with `read = true`): grants the keys to each new reader and, when one is gone, starts a
     /// new epoch granted to those who remain (see [`crate::seal`]). Writes nothing when the
@@ -448,8 +468,9 @@ impl Store {
 
     /// Opens what this node may read of the other origins it holds: each sealed origin whose
     /// readers statement grants this node keys, up to its head. Returns, per origin opened,
-    /// how many entries were opened, and the sealed origins held that do not grant this node
-    /// (or no longer do).
+    /// how many entries were opened, the sealed origins held that do not grant this node (or
+    /// no longer do), and those that failed: one origin's bad statement stops only that
+    /// origin. Errors of the store itself end the pass.
     pub fn open_granted(&mut self, key: &NodeKey) -> Result<Granted, StoreError> {
         let me = key.id();
         let mut out = Granted::default();
@@ -477,23 +498,18 @@ impl Store {
             if meta_seq(&self.conn, &progress_key(id))?.is_some_and(|done| done.0 >= head as u64) {
                 continue;
             }
-            let Some(readers) = readers_of(&self.conn, row, id)? else {
-                continue;
-            };
-            let ring = Ring::from_grant(id, &readers, key)
-                .map_err(|source| StoreError::Readers { origin: id, source })?;
-            let Some(ring) = ring else {
-                out.refused.push(id);
-                continue;
-            };
-            let tx = self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .ctx("starting to open a feed")?;
-            let pass = open_feed(&tx, row, &ring, Seq(head as u64), &progress_key(id))?;
-            tx.commit().ctx("committing opened entries")?;
-            if pass.opened > 0 {
-                out.opened.push((id, pass.opened));
+            // What one origin signed (a statement that does not parse, a grant that does not
+            // open, an entry that does not) stops that origin only, never the others.
+            match self.open_one(key, id, row, Seq(head as u64)) {
+                Ok(Some(0)) => {}
+                Ok(Some(n)) => out.opened.push((id, n)),
+                Ok(None) => out.refused.push(id),
+                Err(
+                    e @ (StoreError::Readers { .. }
+                    | StoreError::Unsealable { .. }
+                    | StoreError::Feed(_)),
+                ) => out.failed.push((id, e)),
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
@@ -541,14 +557,42 @@ impl Store {
             .ok_or(StoreError::Sealed { origin })
     }
 
-    /// Opens every sealed entry of `ring`'s origin held here with `ring` (the keys an archive
-    /// carries): all must open, or nothing is kept. Returns how many were opened.
-    pub fn open_with(&mut self, ring: &Ring) -> Result<u64, StoreError> {
+    /// Opens `origin` (row `row`) up to `head` with what its readers statement grants this
+    /// node: how many entries were opened, `None` when it grants nothing (or holds no
+    /// statement and is not opened here).
+    fn open_one(
+        &mut self,
+        key: &NodeKey,
+        origin: NodeId,
+        row: i64,
+        head: Seq,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(readers) = readers_of(&self.conn, row, origin)? else {
+            return Ok(Some(0));
+        };
+        let Some(ring) = Ring::from_grant(origin, &readers, key)
+            .map_err(|source| StoreError::Readers { origin, source })?
+        else {
+            return Ok(None);
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .ctx("starting to open a feed")?;
+        let pass = open_feed(&tx, row, &ring, head, &progress_key(origin))?;
+        tx.commit().ctx("committing opened entries")?;
+        Ok(Some(pass.opened))
+    }
+
+    /// Opens every sealed entry of `ring`'s origin held here up to `up_to` with `ring` (the
+    /// keys an archive carries, up to its last entry): all must open, or nothing is kept.
+    /// Returns how many were opened.
+    pub fn open_with(&mut self, ring: &Ring, up_to: Seq) -> Result<u64, StoreError> {
         let origin = ring.origin();
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(0);
         };
-        let head = self.head(origin)?.map_or(Seq(0), |h| h.seq);
+        let head = self.head(origin)?.map_or(Seq(0), |h| h.seq).min(up_to);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)

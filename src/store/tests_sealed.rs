@@ -361,10 +361,26 @@ fn a_granted_reader_reads_what_a_holder_cannot_until_it_is_removed() {
     for to in [&mut laptop, &mut spare] {
         copy_feed(&home, to, h);
     }
+    // Another origin the laptop holds signs a grant to it that opens nothing: that origin
+    // fails, home opens all the same.
+    let rogue_dir = tempfile::tempdir().unwrap();
+    let rogue_key = NodeKey::from_seed([75; 32]);
+    let mut rogue = store_for(rogue_dir.path(), &rogue_key);
+    let bogus = format!(
+        r#"{{"epoch":0,"readers":{{"{}":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}}}"#,
+        laptop_key.id()
+    );
+    rogue
+        .append(&rogue_key, &[put(crate::seal::READERS_PATH, &bogus)], &[])
+        .unwrap();
+    copy_feed(&rogue, &mut laptop, rogue_key.id());
     let opened = laptop.open_granted(&laptop_key).unwrap();
     assert_eq!(opened.opened.len(), 1);
     assert_eq!(opened.opened[0].0, h);
     assert!(opened.refused.is_empty());
+    assert_eq!(opened.failed.len(), 1);
+    assert_eq!(opened.failed[0].0, rogue_key.id());
+    assert!(matches!(opened.failed[0].1, StoreError::Readers { .. }));
     assert_eq!(plain_state(&laptop, h), plain_state(&home, h));
     let r2 = "/buckets/zebradiary/collections/okapirecipes/records/r2";
     assert_eq!(laptop.object(h, r2).unwrap(), home.object(h, r2).unwrap());

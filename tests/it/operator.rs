@@ -155,8 +155,9 @@ impl Drop for Daemon {
 }
 
 /// `SIGHUP` reloads the configuration without a restart: a peer added starts its loop; a
-/// file that does not parse, or that changes `listen`, is refused with an error and the
-/// running configuration goes on; the process never exits.
+/// file that does not parse, that changes `listen`, or that grants reading of a feed that is
+/// not sealed, is refused with an error and the running configuration goes on; the process
+/// never exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_configuration_and_refuses_a_bad_one() {
     let mut home = TestNode::new("home");
@@ -216,8 +217,34 @@ async fn sighup_reloads_the_configuration_and_refuses_a_bad_one() {
     )
     .await;
     assert!(worker(&home.status(), "push", "community").is_some());
+    // A reader granted on a feed that is not sealed: no keys to grant, refused.
+    std::fs::write(
+        home.config_path(),
+        with_peer.replace("push = [\"self\"]", "push = [\"self\"]\nread = true"),
+    )
+    .unwrap();
+    daemon.hangup();
+    wait_for(
+        Duration::from_secs(10),
+        "the read refusal in the log",
+        || {
+            daemon
+                .log()
+                .contains("read = true, but this node's feed is not sealed")
+        },
+    )
+    .await;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "{}",
+        daemon.log()
+    );
     // Still serving on the old address.
-    let health = reqwest::get(format!("{}healthz", home.url()))
+    let health = tandem::net::client_builder()
+        .build()
+        .unwrap()
+        .get(format!("{}healthz", home.url()))
+        .send()
         .await
         .unwrap();
     assert!(health.status().as_u16() > 0);

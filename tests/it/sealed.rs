@@ -315,6 +315,15 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     assert_eq!(laptop.head(home.id), first);
     let a_first = users_data(a.database());
 
+    // Status says who may read, and who holds without reading.
+    let of = |node: &TestNode| common::node::origin_status(&node.status(), &home_id).clone();
+    let (at_home, at_community, at_laptop) = (of(&home), of(&community), of(&laptop));
+    assert_eq!(at_home["readers"], json!({"epoch": 0, "ids": [laptop.id]}));
+    assert_eq!(at_community["readers"], at_home["readers"]);
+    assert_eq!(at_community["unread"], true, "{at_community}");
+    assert_eq!(at_laptop["unread"], Value::Null, "{at_laptop}");
+    assert_eq!(at_home["unread"], Value::Null, "{at_home}");
+
     // The laptop reads what the community only holds.
     let (home_export, _) = tandem(&home.config_path(), &["export", "--origin", "self"], 0);
     let (laptop_export, _) = tandem(&laptop.config_path(), &["export", "--origin", &home_id], 0);
@@ -433,6 +442,9 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     assert_eq!(laptop.head(home.id), home.head(home.id));
     let (_, err) = tandem(&laptop.config_path(), &["export", "--origin", &home_id], 1);
     assert!(err.contains("is sealed"), "{err}");
+    let at_laptop = of(&laptop);
+    assert_eq!(at_laptop["readers"], json!({"epoch": 1, "ids": []}));
+    assert_eq!(at_laptop["unread"], true, "{at_laptop}");
     laptop.stop().await;
     // What the laptop was granted before opens nothing written after: it finds the old grant
     // in the feed it holds, and every later sealed entry names an epoch it has no key for.
