@@ -411,6 +411,16 @@ mod tests {
     use crate::identity::NodeKey;
     use crate::store::Change;
 
+    /// Writes `origin`'s archive from `store` to `file`.
+    fn archive_to(
+        store: &Store,
+        origin: NodeId,
+        file: &Path,
+        keys: Option<&Ring>,
+    ) -> ArchiveSummary {
+        write_archive(store, origin, std::fs::File::create(file).unwrap(), keys).unwrap()
+    }
+
     fn store_with_feed(dir: &Path, key: &NodeKey) -> Store {
         let mut store = Store::open_writer(dir, key.id()).unwrap();
         let changes: Vec<Change> = (0..3000)
@@ -456,22 +466,10 @@ mod tests {
         store.append(&key, &[change(2)], &[]).unwrap();
         store.create_snapshot(&key).unwrap();
         let (sealed, readable) = (a.path().join("sealed.tandem"), a.path().join("open.tandem"));
-        write_archive(
-            &store,
-            key.id(),
-            std::fs::File::create(&sealed).unwrap(),
-            None,
-        )
-        .unwrap();
+        archive_to(&store, key.id(), &sealed, None);
         let keys = store.content_keys(&key, key.id()).unwrap();
         assert_eq!(keys.epochs(), 2);
-        let written = write_archive(
-            &store,
-            key.id(),
-            std::fs::File::create(&readable).unwrap(),
-            Some(&keys),
-        )
-        .unwrap();
+        let written = archive_to(&store, key.id(), &readable, Some(&keys));
         assert!(written.readable);
         assert_eq!(verify_archive(&readable).unwrap(), written);
         let mut plain = Store::open_writer(b.path(), NodeKey::from_seed([54; 32]).id()).unwrap();
@@ -491,13 +489,7 @@ mod tests {
         // Keys that do not open the entries are refused before anything is stored.
         let wrong = crate::seal::Ring::from_keys(key.id(), &[7u8; 64]).unwrap();
         let forged = a.path().join("forged.tandem");
-        write_archive(
-            &store,
-            key.id(),
-            std::fs::File::create(&forged).unwrap(),
-            Some(&wrong),
-        )
-        .unwrap();
+        archive_to(&store, key.id(), &forged, Some(&wrong));
         let err = verify_archive(&forged).unwrap_err().to_string();
         assert!(err.contains("keys do not open"), "{err}");
         // An unsealed origin has no keys to carry.
@@ -517,13 +509,7 @@ mod tests {
         let key = NodeKey::from_seed([50; 32]);
         let store = store_with_feed(a.path(), &key);
         let file = a.path().join("feed.tandem");
-        let written = write_archive(
-            &store,
-            key.id(),
-            std::fs::File::create(&file).unwrap(),
-            None,
-        )
-        .unwrap();
+        let written = archive_to(&store, key.id(), &file, None);
         assert_eq!((written.entries, written.snapshots), (3000, 3));
         assert_eq!(verify_archive(&file).unwrap(), written);
         let mut other = Store::open_writer(b.path(), NodeKey::from_seed([51; 32]).id()).unwrap();
@@ -601,13 +587,7 @@ mod tests {
         let done = store.compact(key.id(), first.seq).unwrap();
         assert!(done.entries > 0);
         let file = a.path().join("feed.tandem");
-        let written = write_archive(
-            &store,
-            key.id(),
-            std::fs::File::create(&file).unwrap(),
-            None,
-        )
-        .unwrap();
+        let written = archive_to(&store, key.id(), &file, None);
         assert_eq!((written.entries, written.snapshots), (3000, 3));
         let mut other = Store::open_writer(b.path(), NodeKey::from_seed([54; 32]).id()).unwrap();
         assert_eq!(import_archive(&file, &mut other).unwrap(), written);

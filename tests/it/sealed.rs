@@ -57,6 +57,27 @@ fn tandem(config: &Path, args: &[&str], code: i32) -> (String, String) {
     )
 }
 
+/// `tandem restore` on `node` of `origin` into `target` as its `tandem` account, with `extra`
+/// arguments; its output.
+fn restore_from(
+    node: &TestNode,
+    origin: &str,
+    target: &Kinto,
+    extra: &[&str],
+    code: i32,
+) -> String {
+    let mut args = vec!["--origin", origin];
+    args.extend_from_slice(extra);
+    common::restore(
+        &node.config_path(),
+        node.dir.path(),
+        target,
+        "tandem",
+        &args,
+        code,
+    )
+}
+
 /// Every file under `dir`, recursively, with its bytes.
 fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -199,14 +220,7 @@ async fn a_sealed_home_is_held_unread_and_comes_back_whole() {
     }
     // A restore from there is refused, and says why.
     let target = server().await;
-    let out = common::restore(
-        &community.config_path(),
-        community.dir.path(),
-        &target,
-        "tandem",
-        &["--origin", &home_id.to_string()],
-        1,
-    );
+    let out = restore_from(&community, &home_id.to_string(), &target, &[], 1);
     assert!(out.contains("is sealed"), "{out}");
     community.start().await;
 
@@ -269,13 +283,10 @@ async fn a_sealed_home_is_held_unread_and_comes_back_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_removed() {
     let a = seeded().await;
-    let (mut home, mut community, mut laptop) = (
-        TestNode::new("home"),
-        TestNode::new("community"),
-        TestNode::new("laptop"),
-    );
+    // Home pushes to the community, which serves home's feed to the laptop, which pulls it.
+    let (mut home, mut community, mut laptop) = common::node::relay_trio("seal = true\n", "");
     let home_id = home.id.to_string();
-    // The same configuration with the laptop's `read` on or off.
+    // Home also follows the source, and names the laptop: its `read` on or off.
     let home_config = format!(
         "{}{}{}",
         home.source(&a, "1h"),
@@ -285,21 +296,6 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     let home_config =
         |laptop_reads: bool| home_config.replace("read = true", &format!("read = {laptop_reads}"));
     home.configure("seal = true\n", &home_config(true));
-    community.configure(
-        "",
-        &format!(
-            "{}{}",
-            TestNode::peer_entry(&home, NEVER),
-            TestNode::peer_entry(&laptop, &format!("serve = [\"{home_id}\"]\n{NEVER}"))
-        ),
-    );
-    laptop.configure(
-        "",
-        &TestNode::peer_entry(&community, &format!("pull = [\"{home_id}\"]\n{NEVER}")),
-    );
-    for node in [&home, &community, &laptop] {
-        node.init();
-    }
     community.start().await;
     home.start().await;
     laptop.start().await;
@@ -325,18 +321,11 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     assert_eq!(at_home["unread"], Value::Null, "{at_home}");
 
     // The laptop reads what the community only holds.
-    let (home_export, _) = tandem(&home.config_path(), &["export", "--origin", "self"], 0);
-    let (laptop_export, _) = tandem(&laptop.config_path(), &["export", "--origin", &home_id], 0);
+    let home_export = home.export_origin("self");
+    let laptop_export = laptop.export_origin(&home_id);
     assert_eq!(laptop_export, home_export);
     assert!(laptop_export.contains("marmoset whispers"));
-    let out = common::restore(
-        &community.config_path(),
-        community.dir.path(),
-        &server().await,
-        "tandem",
-        &["--origin", &home_id],
-        1,
-    );
+    let out = restore_from(&community, &home_id, &server().await, &[], 1);
     assert!(out.contains("is sealed"), "{out}");
     for (path, bytes) in files(community.dir.path()) {
         for secret in SECRETS {
@@ -398,26 +387,18 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     sync(&mut home).await;
     sync(&mut laptop).await;
     let latest = server().await;
-    common::restore(
-        &laptop.config_path(),
-        laptop.dir.path(),
-        &latest,
-        "tandem",
-        &["--origin", &home_id],
-        0,
-    );
+    restore_from(&laptop, &home_id, &latest, &[], 0);
     assert_same_rows(
         &users_data(a.database()),
         &users_data(latest.database()),
         ("the source", "the restore"),
     );
     let earlier = server().await;
-    common::restore(
-        &laptop.config_path(),
-        laptop.dir.path(),
+    restore_from(
+        &laptop,
+        &home_id,
         &earlier,
-        "tandem",
-        &["--origin", &home_id, "--seq", &first.to_string()],
+        &["--seq", &first.to_string()],
         0,
     );
     assert_same_rows(
@@ -477,8 +458,7 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     for (path, bytes) in files(laptop.dir.path()) {
         assert!(!found_in(&bytes, "capybara after"), "in {}", path.display());
     }
-    let (home_export, _) = tandem(&home.config_path(), &["export", "--origin", "self"], 0);
-    assert!(home_export.contains("capybara after"));
+    assert!(home.export_origin("self").contains("capybara after"));
     home.stop().await;
     community.stop().await;
 }
