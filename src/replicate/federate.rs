@@ -736,6 +736,9 @@ impl Federation {
         let mut report = PullReport::default();
         let doc = self.client.origin(origin).await?;
         let claimed = self.observe(doc.as_ref(), origin).await?;
+        // The page after the one being stored, asked for while it was verified and stored
+        // (with the seq it follows): the peer reads and sends it meanwhile.
+        let mut ahead: Option<(u64, Result<Option<crate::peer::Page>, PeerError>)> = None;
         loop {
             let head = self
                 .store
@@ -744,7 +747,11 @@ impl Federation {
                 .map_or(0, |h| h.seq.0);
             // Only long-poll once caught up with what the peer said it holds.
             let wait = if head < claimed { Duration::ZERO } else { wait };
-            let page = match self.client.page(origin, Seq(head), wait).await {
+            let page = match ahead.take() {
+                Some((after, page)) if after == head => page,
+                _ => self.client.page(origin, Seq(head), wait).await,
+            };
+            let page = match page {
                 // What we lack is compacted away there. Holding none of it, start from its
                 // base instead; holding some, keep it and say so (the 410 names the base).
                 Err(PeerError::Refused { status: 410, .. }) if report.base == 0 && head == 0 => {
@@ -778,8 +785,21 @@ impl Federation {
                     },
                 }));
             }
-            let batch = self.verify_page(origin, page).await?;
-            let accepted = self.store.write(move |s| s.accept(&batch, &[])).await?;
+            let after = page.checkpoint.seq.0;
+            let store = async {
+                let batch = self.verify_page(origin, page).await?;
+                let accepted = self.store.write(move |s| s.accept(&batch, &[])).await?;
+                Ok::<_, FederateError>(accepted)
+            };
+            let next = async {
+                match after < claimed {
+                    true => Some(self.client.page(origin, Seq(after), Duration::ZERO).await),
+                    false => None,
+                }
+            };
+            let (accepted, next) = tokio::join!(store, next);
+            let accepted = accepted?;
+            ahead = next.map(|page| (after, page));
             report.pages += 1;
             report.accepted += accepted.added;
             if accepted.added > 0 {
