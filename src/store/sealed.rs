@@ -474,13 +474,18 @@ impl Store {
     pub fn open_granted(&mut self, key: &NodeKey) -> Result<Granted, StoreError> {
         let me = key.id();
         let mut out = Granted::default();
+        // Only origins with a readers statement: one indexed probe each, inside SQLite, so
+        // that a node holding thousands of plain origins pays next to nothing per change.
         let origins: Vec<(i64, Vec<u8>, i64)> = {
             let mut stmt = self
                 .conn
-                .prepare("SELECT id, node_id, head_seq FROM origins WHERE node_id != ?1")
+                .prepare_cached(
+                    "SELECT o.id, o.node_id, o.head_seq FROM origins o WHERE o.node_id != ?1
+                     AND EXISTS (SELECT 1 FROM objects s WHERE s.origin = o.id AND s.path = ?2)",
+                )
                 .ctx("listing origins")?;
             let rows = stmt
-                .query_map([&me.as_bytes()[..]], |r| {
+                .query_map((&me.as_bytes()[..], READERS_PATH), |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .ctx("listing origins")?;
