@@ -264,19 +264,7 @@ impl Ring {
             return Err(SealError::Envelope("too short"));
         }
         let ad = associated_data(&self.origin, op, envelope.key, sealed_path);
-        let plaintext = Zeroizing::new(
-            XChaCha20Poly1305::new((&**content).into())
-                .decrypt(
-                    &XNonce::from(
-                        <[u8; NONCE_LEN]>::try_from(&raw[..NONCE_LEN]).expect("checked length"),
-                    ),
-                    Payload {
-                        msg: &raw[NONCE_LEN..],
-                        aad: &ad,
-                    },
-                )
-                .map_err(|_| SealError::Open)?,
-        );
+        let plaintext = aead_open(content, &raw, &ad).ok_or(SealError::Open)?;
         let n = u16::from_be_bytes([plaintext[0], plaintext[1]]) as usize;
         if plaintext.len() < 2 + n {
             return Err(SealError::Envelope("plaintext truncated"));
@@ -310,20 +298,7 @@ impl Ring {
         let shared = me.agree(ephemeral).ok_or(SealError::Grant)?;
         let wrap = wrap_key(&shared, &ephemeral, &mine);
         let ad = grant_ad(&origin, &me.id(), readers.epoch);
-        let keys = Zeroizing::new(
-            XChaCha20Poly1305::new((&*wrap).into())
-                .decrypt(
-                    &XNonce::from(
-                        <[u8; NONCE_LEN]>::try_from(&raw[32..32 + NONCE_LEN])
-                            .expect("checked length"),
-                    ),
-                    Payload {
-                        msg: &raw[32 + NONCE_LEN..],
-                        aad: &ad,
-                    },
-                )
-                .map_err(|_| SealError::Grant)?,
-        );
+        let keys = aead_open(&wrap, &raw[32..], &ad).ok_or(SealError::Grant)?;
         let ring = Ring::from_keys(origin, &keys)?;
         if ring.epochs() != readers.epoch + 1 {
             return Err(SealError::Statement(
@@ -399,22 +374,10 @@ impl SealKey {
         plaintext.extend_from_slice(&(path.len() as u16).to_be_bytes());
         plaintext.extend_from_slice(path.as_bytes());
         plaintext.extend_from_slice(body);
-        let nonce = random::<NONCE_LEN>();
         let epoch = self.epoch();
         let ad = associated_data(&self.ring.origin, op, epoch, &sealed);
-        let content = &self.ring.contents[epoch as usize];
-        let ciphertext = XChaCha20Poly1305::new((&**content).into())
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: &plaintext,
-                    aad: &ad,
-                },
-            )
-            .map_err(|_| too_large())?;
-        let mut raw = Vec::with_capacity(NONCE_LEN + ciphertext.len());
-        raw.extend_from_slice(&nonce);
-        raw.extend_from_slice(&ciphertext);
+        let raw = aead_seal(&self.ring.contents[epoch as usize], &plaintext, &ad)
+            .ok_or_else(too_large)?;
         let mut out = format!("{{\"key\":{epoch},\"sealed\":\"").into_bytes();
         out.reserve(raw.len().div_ceil(3) * 4 + 2);
         let mut text = String::new();
@@ -447,22 +410,12 @@ impl SealKey {
             return Err(SealError::Reader(*reader));
         }
         let wrap = wrap_key(&shared, &ephemeral, &theirs);
-        let nonce = random::<NONCE_LEN>();
         let ad = grant_ad(&self.ring.origin, reader, self.epoch());
-        let keys = self.ring.to_bytes();
-        let ciphertext = XChaCha20Poly1305::new((&*wrap).into())
-            .encrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: &keys,
-                    aad: &ad,
-                },
-            )
-            .map_err(|_| SealError::Reader(*reader))?;
-        let mut raw = Vec::with_capacity(32 + NONCE_LEN + ciphertext.len());
+        let sealed =
+            aead_seal(&wrap, &self.ring.to_bytes(), &ad).ok_or(SealError::Reader(*reader))?;
+        let mut raw = Vec::with_capacity(32 + sealed.len());
         raw.extend_from_slice(&ephemeral);
-        raw.extend_from_slice(&nonce);
-        raw.extend_from_slice(&ciphertext);
+        raw.extend_from_slice(&sealed);
         Ok(URL_SAFE_NO_PAD.encode(raw))
     }
 }
@@ -497,6 +450,32 @@ impl Readers {
     pub fn ids(&self) -> Vec<NodeId> {
         self.readers.keys().filter_map(|k| k.parse().ok()).collect()
     }
+}
+
+/// `nonce (24 random bytes) · XChaCha20-Poly1305(key, nonce, ad, msg)`; `None` only past the
+/// cipher's length limit.
+fn aead_seal(key: &[u8; 32], msg: &[u8], ad: &[u8]) -> Option<Vec<u8>> {
+    let nonce = random::<NONCE_LEN>();
+    let ciphertext = XChaCha20Poly1305::new(key.into())
+        .encrypt(&XNonce::from(nonce), Payload { msg, aad: ad })
+        .ok()?;
+    let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ciphertext);
+    Some(out)
+}
+
+/// Opens what [`aead_seal`] made; `None` when it is too short, or does not authenticate.
+fn aead_open(key: &[u8; 32], sealed: &[u8], ad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if sealed.len() < NONCE_LEN + TAG_LEN {
+        return None;
+    }
+    let (nonce, msg) = sealed.split_at(NONCE_LEN);
+    let nonce = <[u8; NONCE_LEN]>::try_from(nonce).expect("split at the nonce length");
+    XChaCha20Poly1305::new(key.into())
+        .decrypt(&XNonce::from(nonce), Payload { msg, aad: ad })
+        .ok()
+        .map(Zeroizing::new)
 }
 
 fn random<const N: usize>() -> [u8; N] {
