@@ -361,10 +361,7 @@ impl Store {
             })
             .ctx("reading an object")?;
         match bytes {
-            None if super::sealed::unread(&self.conn, row, origin)? => {
-                Err(StoreError::Sealed { origin })
-            }
-            None => Ok(None),
+            None => self.refuse_unread(row, origin).map(|()| None),
             Some((_, true)) => Err(StoreError::Sealed { origin }),
             Some((bytes, false)) => Ok(Some(crate::feed::decode_entry(&bytes)?.body.to_vec())),
         }
@@ -418,9 +415,7 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(Vec::new());
         };
-        if super::sealed::unread(&self.conn, row, origin)? {
-            return Err(StoreError::Sealed { origin });
-        }
+        self.refuse_unread(row, origin)?;
         let mut stmt = self
             .conn
             .prepare_cached("SELECT path FROM objects WHERE origin = ?1 AND path >= ?2 AND path < ?3 ORDER BY path")
@@ -453,6 +448,15 @@ impl Store {
         Ok(paths)
     }
 
+    /// [`StoreError::Sealed`] when `origin` (row `row`) is sealed and this node has not opened
+    /// it up to its head: an answer in source paths would leave out what it cannot read.
+    fn refuse_unread(&self, row: i64, origin: NodeId) -> Result<(), StoreError> {
+        match super::sealed::unread(&self.conn, row, origin)? {
+            true => Err(StoreError::Sealed { origin }),
+            false => Ok(()),
+        }
+    }
+
     /// Whether this node keeps plaintext of `origin`'s sealed entries (see `store::sealed`).
     fn has_opened(&self, row: i64) -> Result<bool, StoreError> {
         self.conn
@@ -469,9 +473,7 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(false);
         };
-        if super::sealed::unread(&self.conn, row, origin)? {
-            return Err(StoreError::Sealed { origin });
-        }
+        self.refuse_unread(row, origin)?;
         let below = format!("{path}/");
         let plain = self
             .conn
@@ -506,9 +508,7 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(Vec::new());
         };
-        if super::sealed::unread(&self.conn, row, origin)? {
-            return Err(StoreError::Sealed { origin });
-        }
+        self.refuse_unread(row, origin)?;
         let mut out = self.children_in(row, list, CHILD_PLAIN)?;
         if self.has_opened(row)? {
             out.extend(self.children_in(row, list, CHILD_SEALED)?);

@@ -256,7 +256,7 @@ pub(super) fn own_seal_key(
     Ok(SealKey::of_node_at(key, epoch))
 }
 
-/// Whether `origin` (row `row`) holds sealed objects and this node has not opened its feed up
+/// Whether `origin` (row `row`) holds sealed paths (objects or tombstones) and this node has not opened its feed up
 /// to its head (a holder, or a reader removed since): an answer in source paths would then
 /// leave out what it cannot read, and must be [`StoreError::Sealed`] instead.
 pub(super) fn unread(
@@ -264,12 +264,13 @@ pub(super) fn unread(
     row: i64,
     origin: NodeId,
 ) -> Result<bool, StoreError> {
+    if !holds_sealed(conn, row)? {
+        return Ok(false);
+    }
     conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM objects WHERE origin = ?1 AND path >= '/sealed/'
-                AND path < '/sealed0')
-            AND (SELECT head_seq FROM origins WHERE id = ?1) > COALESCE((SELECT CAST(value AS
-                INTEGER) FROM meta WHERE key = CASE WHEN (SELECT value FROM meta WHERE key =
-                'node_id') = ?2 THEN 'opened_seq' ELSE ?3 END), 0)",
+        "SELECT (SELECT head_seq FROM origins WHERE id = ?1) > COALESCE((SELECT CAST(value AS
+            INTEGER) FROM meta WHERE key = CASE WHEN (SELECT value FROM meta WHERE key =
+            'node_id') = ?2 THEN 'opened_seq' ELSE ?3 END), 0)",
     )
     .and_then(|mut s| {
         s.query_row((row, origin.to_string(), progress_key(origin)), |r| {
@@ -277,6 +278,17 @@ pub(super) fn unread(
         })
     })
     .ctx("checking what this node reads of a sealed feed")
+}
+
+/// Whether the state of `origin` (row `row`) holds sealed paths: a live object or a tombstone.
+fn holds_sealed(conn: &rusqlite::Connection, row: i64) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM objects WHERE origin = ?1 AND path >= '/sealed/'
+            AND path < '/sealed0') OR EXISTS (SELECT 1 FROM tombstones WHERE origin = ?1
+            AND path >= '/sealed/' AND path < '/sealed0')",
+    )
+    .and_then(|mut s| s.query_row([row], |r| r.get(0)))
+    .ctx("checking whether a feed is sealed")
 }
 
 /// Where `meta` keeps how far another origin's feed is opened here.
@@ -541,17 +553,7 @@ impl Store {
             return Ok(own_seal_key(&self.conn, row, key)?.into_ring());
         }
         let Some(readers) = readers_of(&self.conn, row, origin)? else {
-            let sealed: bool = self
-                .conn
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM objects WHERE origin = ?1 AND path >= '/sealed/'
-                     AND path < '/sealed0') OR EXISTS (SELECT 1 FROM tombstones WHERE origin = ?1
-                     AND path >= '/sealed/' AND path < '/sealed0')",
-                    [row],
-                    |r| r.get(0),
-                )
-                .ctx("checking whether a feed is sealed")?;
-            return Err(if sealed {
+            return Err(if holds_sealed(&self.conn, row)? {
                 StoreError::Sealed { origin }
             } else {
                 not_sealed()
@@ -580,13 +582,18 @@ impl Store {
         else {
             return Ok(None);
         };
+        self.open_in_one(row, &ring, head).map(Some)
+    }
+
+    /// [`open_feed`] of another origin (row `row`) up to `head`, in one transaction.
+    fn open_in_one(&mut self, row: i64, ring: &Ring, head: Seq) -> Result<u64, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .ctx("starting to open a feed")?;
-        let pass = open_feed(&tx, row, &ring, head, &progress_key(origin))?;
+        let pass = open_feed(&tx, row, ring, head, &progress_key(ring.origin()))?;
         tx.commit().ctx("committing opened entries")?;
-        Ok(Some(pass.opened))
+        Ok(pass.opened)
     }
 
     /// Opens every sealed entry of `ring`'s origin held here up to `up_to` with `ring` (the
@@ -598,13 +605,7 @@ impl Store {
             return Ok(0);
         };
         let head = self.head(origin)?.map_or(Seq(0), |h| h.seq).min(up_to);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .ctx("starting to open a feed")?;
-        let pass = open_feed(&tx, row, ring, head, &progress_key(origin))?;
-        tx.commit().ctx("committing opened entries")?;
-        Ok(pass.opened)
+        self.open_in_one(row, ring, head)
     }
 
     /// Seals the own feed from the next seq, re-recording the live state sealed.
