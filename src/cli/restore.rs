@@ -74,25 +74,19 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
                 let store = crate::store::StoreHandle::new(node.store, 1)?;
                 let key = Arc::new(node.key);
                 let fed = Federation::new(peer, key.clone(), store.clone(), Changes::default())?;
-                let pulled = fed
-                    .pull_origin(origin, std::time::Duration::ZERO)
-                    .await
-                    .with_context(|| format!("fetching {origin} from peer {name}"));
-                // A sealed origin that grants this node reading is opened for the restore.
-                let pulled = match pulled {
-                    Ok(p) => match store.write(move |s| s.open_granted(&key)).await {
-                        Ok(mut granted) => {
-                            match granted.failed.iter().position(|f| f.0 == origin) {
-                                Some(i) => {
-                                    Err(anyhow::Error::from(granted.failed.swap_remove(i).1))
-                                }
-                                None => Ok(p),
-                            }
-                        }
-                        Err(e) => Err(e.into()),
-                    },
-                    Err(e) => Err(e),
-                };
+                let pulled = async {
+                    let pulled = fed
+                        .pull_origin(origin, std::time::Duration::ZERO)
+                        .await
+                        .with_context(|| format!("fetching {origin} from peer {name}"))?;
+                    // A sealed origin that grants this node reading is opened for the restore.
+                    let granted = store.write(move |s| s.open_granted(&key)).await?;
+                    if let Some((_, e)) = granted.failed.into_iter().find(|f| f.0 == origin) {
+                        return Err(e.into());
+                    }
+                    anyhow::Ok(pulled)
+                }
+                .await;
                 // The restore below opens the store again: the writer must be gone first.
                 store.close(std::time::Duration::from_secs(60)).await;
                 eprintln!("fetched {} new entries from peer {name}", pulled?.accepted);

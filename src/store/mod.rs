@@ -484,9 +484,9 @@ impl Store {
         // The WAL is copied back into the database at 64 MiB rather than SQLite's 4 MiB: pages
         // a run of commits dirties again and again (the state's B-tree under paths that
         // arrive in no order, as a sealed feed's hashed paths do) are then written back once,
-        // not once per commit. A sealed cold pull of 1,000,000 entries took 46.5 s with 4 MiB
-        // and 40.7 s with this (docs/performance.md). The WAL is truncated when the store
-        // closes.
+        // not once per commit. In one run of each, a sealed cold pull of 1,000,000 entries took
+        // 46.5 s with 4 MiB and 40.7 s with this (docs/performance.md). The WAL is truncated
+        // when the store closes.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000; PRAGMA cache_size = -65536;

@@ -256,9 +256,9 @@ pub(super) fn own_seal_key(
     Ok(SealKey::of_node_at(key, epoch))
 }
 
-/// Whether `origin` (row `row`) holds sealed paths (objects or tombstones) and this node has not opened its feed up
-/// to its head (a holder, or a reader removed since): an answer in source paths would then
-/// leave out what it cannot read, and must be [`StoreError::Sealed`] instead.
+/// Whether `origin` (row `row`) holds sealed paths (objects or tombstones) and this node has
+/// not opened its feed up to its head (a holder, or a reader removed since): an answer in
+/// source paths would then leave out what it cannot read, and must be [`StoreError::Sealed`].
 pub(super) fn unread(
     conn: &rusqlite::Connection,
     row: i64,

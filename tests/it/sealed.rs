@@ -96,6 +96,17 @@ fn found_in(bytes: &[u8], secret: &str) -> bool {
     bytes.windows(secret.len()).any(|w| w == secret.as_bytes())
 }
 
+/// Alice writes note `id` with `text` in her diary collection.
+async fn note(a: &Kinto, id: &str, text: &str) {
+    a.ok(
+        "alice",
+        "PUT",
+        &format!("buckets/zebradiary/collections/quokkanotes/records/{id}"),
+        Some(json!({"data": {"text": text}})),
+    )
+    .await;
+}
+
 /// A source where alice and bob keep what [`SECRETS`] names, in their own bucket, shared
 /// with each other, and in bob's default bucket.
 async fn seeded() -> Kinto {
@@ -122,13 +133,7 @@ async fn seeded() -> Kinto {
         ("n2", "gone soon"),
         ("n3", "stays"),
     ] {
-        a.ok(
-            "alice",
-            "PUT",
-            &format!("buckets/zebradiary/collections/quokkanotes/records/{id}"),
-            Some(json!({"data": {"text": text}})),
-        )
-        .await;
+        note(&a, id, text).await;
     }
     a.ok(
         "alice",
@@ -377,13 +382,7 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     assert_eq!(elsewhere_export, home_export);
 
     // Later changes; then the laptop restores the latest state, and the state at `first`.
-    a.ok(
-        "alice",
-        "PUT",
-        "buckets/zebradiary/collections/quokkanotes/records/n4",
-        Some(json!({"data": {"text": "gibbon later"}})),
-    )
-    .await;
+    note(&a, "n4", "gibbon later").await;
     sync(&mut home).await;
     sync(&mut laptop).await;
     let latest = server().await;
@@ -411,13 +410,7 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     home.stop().await;
     home.configure("seal = true\n", &home_config(false));
     home.start().await;
-    a.ok(
-        "alice",
-        "PUT",
-        "buckets/zebradiary/collections/quokkanotes/records/n5",
-        Some(json!({"data": {"text": "capybara after"}})),
-    )
-    .await;
+    note(&a, "n5", "capybara after").await;
     sync(&mut home).await;
     sync(&mut laptop).await;
     assert_eq!(laptop.head(home.id), home.head(home.id));
