@@ -417,6 +417,42 @@ impl Store {
         key: &NodeKey,
         wanted: &[NodeId],
     ) -> Result<Option<Readers>, StoreError> {
+        self.write_readers(key, wanted, false)
+    }
+
+    /// Starts a new epoch of the own sealed feed, granted to the same readers: what is sealed
+    /// from now on opens only with a key nobody held before (not an archive written with
+    /// `export --archive --decrypt`, not a reader removed earlier, not a copy of a reader's
+    /// grants). Returns the statement written and the seq it was written at.
+    /// [`StoreError::Readers`] on a plain feed.
+    pub fn rotate_key(&mut self, key: &NodeKey) -> Result<(Readers, Seq), StoreError> {
+        let me = key.id();
+        if sealed_from(&self.conn)?.is_none() {
+            return Err(StoreError::Readers {
+                origin: me,
+                source: seal::SealError::Statement(
+                    "the feed is not sealed ([node] seal = true): it has no content key to rotate",
+                ),
+            });
+        }
+        let readers: Vec<NodeId> = self
+            .readers(me)?
+            .map(|r| r.readers.keys().filter_map(|id| id.parse().ok()).collect())
+            .unwrap_or_default();
+        let statement = self
+            .write_readers(key, &readers, true)?
+            .expect("a rotation always writes a statement");
+        let seq = self.head(me)?.map_or(Seq(0), |h| h.seq);
+        Ok((statement, seq))
+    }
+
+    /// [`Store::set_readers`]; with `rotate`, a new epoch even when no reader is removed.
+    fn write_readers(
+        &mut self,
+        key: &NodeKey,
+        wanted: &[NodeId],
+        rotate: bool,
+    ) -> Result<Option<Readers>, StoreError> {
         let me = key.id();
         if sealed_from(&self.conn)?.is_none() {
             if wanted.is_empty() {
@@ -439,11 +475,11 @@ impl Store {
             .filter(|id| **id != me)
             .map(ToString::to_string)
             .collect();
-        if current.readers.keys().eq(wanted.iter()) {
+        if !rotate && current.readers.keys().eq(wanted.iter()) {
             return Ok(None);
         }
-        let removed = current.readers.keys().any(|id| !wanted.contains(id));
-        let epoch = current.epoch + u32::from(removed);
+        let bump = rotate || current.readers.keys().any(|id| !wanted.contains(id));
+        let epoch = current.epoch + u32::from(bump);
         if epoch >= seal::MAX_EPOCHS {
             return Err(StoreError::Readers {
                 origin: me,
@@ -457,7 +493,7 @@ impl Store {
         };
         for id in wanted {
             let grant = match current.readers.get(&id) {
-                Some(grant) if !removed => grant.clone(),
+                Some(grant) if !bump => grant.clone(),
                 _ => {
                     let reader: NodeId = id.parse().map_err(|_| StoreError::Readers {
                         origin: me,

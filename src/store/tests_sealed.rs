@@ -465,3 +465,59 @@ fn a_plain_feed_has_no_readers_to_name() {
         Err(StoreError::Readers { .. })
     ));
 }
+
+#[test]
+fn a_rotation_keeps_the_readers_and_seals_what_follows_under_a_key_nobody_had() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let home_key = NodeKey::from_seed([76; 32]);
+    let laptop_key = NodeKey::from_seed([77; 32]);
+    let mut home = store_for(dirs[0].path(), &home_key);
+    let mut laptop = store_for(dirs[1].path(), &laptop_key);
+    let h = home_key.id();
+    assert!(matches!(
+        home.rotate_key(&home_key),
+        Err(StoreError::Readers { .. })
+    ));
+    home.seal_own(&home_key, Some(true)).unwrap();
+    home.set_readers(&home_key, &[laptop_key.id()]).unwrap();
+    let rounds = rounds();
+    home.append_changes(&home_key, rounds[0].clone(), &[])
+        .unwrap();
+    // What an archive written now carries: the keys of epoch 0.
+    let before = home.content_keys(&home_key, h).unwrap();
+    assert_eq!(before.epochs(), 1);
+    let (statement, at) = home.rotate_key(&home_key).unwrap();
+    assert_eq!(statement.epoch, 1);
+    assert_eq!(statement.ids(), vec![laptop_key.id()], "the reader stays");
+    assert_eq!(at, home.head(h).unwrap().unwrap().seq);
+    for round in &rounds[1..] {
+        home.append_changes(&home_key, round.clone(), &[]).unwrap();
+    }
+    // The reader opens every epoch, and reads what its origin reads.
+    copy_feed(&home, &mut laptop, h);
+    laptop.open_granted(&laptop_key).unwrap();
+    assert_eq!(plain_state(&laptop, h), plain_state(&home, h));
+    // The keys from before open what was sealed up to the rotation, nothing after it.
+    let (mut opened, mut refused) = (0, 0);
+    for e in home.entries_after(h, Seq(0), 10_000).unwrap() {
+        let entry = feed::decode_entry(&e.bytes).unwrap();
+        if !crate::seal::is_sealed(entry.path) || entry.body.is_empty() {
+            continue;
+        }
+        match before.open(entry.op, entry.path, entry.body) {
+            Ok(_) if e.seq < at => opened += 1,
+            Ok(_) => panic!(
+                "seq {} after the rotation opened with the keys from before",
+                e.seq
+            ),
+            Err(crate::seal::SealError::UnknownEpoch { epoch: 1 }) if e.seq > at => refused += 1,
+            Err(other) => panic!("seq {}: {other}", e.seq),
+        }
+    }
+    assert!(
+        opened >= 1 && refused >= 3,
+        "{opened} opened, {refused} refused"
+    );
+    // The origin itself still reads it all.
+    assert_eq!(home.content_keys(&home_key, h).unwrap().epochs(), 2);
+}
