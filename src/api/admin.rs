@@ -82,6 +82,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/sync", post(sync))
         .route("/workers", get(workers))
         .route("/snapshot", post(snapshot))
+        .route("/rotate", post(rotate))
         .route("/import", post(import))
         .route("/pull", post(pull))
         .route("/drill", post(drill))
@@ -149,6 +150,37 @@ async fn snapshot(State(state): State<AdminState>) -> Response {
             "created": created,
         }))
         .into_response(),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// `tandem key rotate` (and `export --archive --decrypt` of the own feed) beside the daemon:
+/// a new epoch of the own sealed feed (see `Store::rotate_key`).
+async fn rotate(State(state): State<AdminState>) -> Response {
+    if !*state.recovered.borrow() {
+        return (
+            StatusCode::CONFLICT,
+            axum::Json(
+                json!({"error": "the node is still recovering its own feed from its peers"}),
+            ),
+        )
+            .into_response();
+    }
+    let key = state.snapshots.key.clone();
+    match state
+        .snapshots
+        .store
+        .write(move |s| s.rotate_key(&key))
+        .await
+    {
+        Ok((statement, seq)) => {
+            state.changes.notify();
+            axum::Json(json!({"epoch": statement.epoch, "seq": seq.0})).into_response()
+        }
         Err(e) => (
             StatusCode::CONFLICT,
             axum::Json(json!({"error": e.to_string()})),

@@ -14,9 +14,13 @@
 //! Kinto's own `kinto-wizard load` reads ([`wizard`]), so that data can move to a Kinto server
 //! without tandem. Reads through a read-only connection, so it works beside a running daemon.
 //! With `--out`, the file appears complete or not at all (written to a temporary name, synced,
-//! renamed).
+//! renamed), readable by its owner only: it holds the origin's data in the clear. So does an
+//! archive written with `--decrypt`, which carries the keys.
 
 mod wizard;
+
+/// The mode of a file whoever holds reads: an export, or an archive with content keys.
+const PRIVATE: u32 = 0o600;
 
 use std::io::Write;
 use std::path::Path;
@@ -69,7 +73,7 @@ pub fn run(
             w.flush().context("writing to stdout")?;
         }
         Some(path) => {
-            write_atomic(path, 0o644, Existing::Replace, |file| {
+            write_atomic(path, PRIVATE, Existing::Replace, |file| {
                 let mut w = std::io::BufWriter::new(file);
                 write_jsonl(&store, origin, selection, &mut w)?;
                 w.flush().context("writing the export")
@@ -93,23 +97,41 @@ pub fn archive(cli: &Cli, origin: &str, file: &Path, decrypt: bool) -> anyhow::R
     if store.head(origin)?.is_none() {
         bail!("this node holds no entries of origin {origin}; see `tandem status`");
     }
-    let keys = match decrypt {
+    let (keys, up_to) = match decrypt {
         true => {
             let key = crate::identity::NodeKey::load(&config.key_path())?;
-            Some(
-                store
-                    .content_keys(&key, origin)
-                    .context("--decrypt needs the keys of a sealed origin this node may read")?,
-            )
+            let keys = store
+                .content_keys(&key, origin)
+                .context("--decrypt needs the keys of a sealed origin this node may read")?;
+            if origin == key.id() {
+                // The keys go into a file that may travel: what is sealed after it is sealed
+                // under a new key it does not carry, and the archive ends where the old one does.
+                let (epoch, seq) = super::key::rotate(&config)?;
+                let keys = crate::seal::SealKey::of_node_at(&key, epoch - 1).into_ring();
+                eprintln!(
+                    "started key epoch {epoch}: what {origin} seals from now on does not open with the keys in {}",
+                    file.display()
+                );
+                (Some(keys), Some(seq))
+            } else {
+                eprintln!(
+                    "warning: the keys in {} also open what {origin} seals later, until it starts a new key epoch (`tandem key rotate` on that node, or removing a reader)",
+                    file.display()
+                );
+                (Some(keys), None)
+            }
         }
-        false => None,
+        false => (None, None),
     };
+    // Whoever holds the file reads it with the keys: for its owner only. Without them it
+    // holds what any holder holds.
+    let mode = if keys.is_some() { PRIVATE } else { 0o644 };
     // Entries are only ever appended: pages read one after the other give a prefix of the
     // feed that ends at a checkpoint, even beside a running daemon.
-    let summary = write_atomic(file, 0o644, Existing::Replace, |out| {
+    let summary = write_atomic(file, mode, Existing::Replace, |out| {
         let mut w = std::io::BufWriter::new(out);
         let summary =
-            crate::replicate::archive::write_archive(&store, origin, &mut w, keys.as_ref())?;
+            crate::replicate::archive::write_archive(&store, origin, &mut w, keys.as_ref(), up_to)?;
         w.flush().context("writing the archive")?;
         anyhow::Ok(summary)
     })
@@ -174,7 +196,7 @@ fn kinto_wizard(
             w.flush().context("writing to stdout")?;
         }
         Some(path) => {
-            write_atomic(path, 0o644, Existing::Replace, |file| {
+            write_atomic(path, PRIVATE, Existing::Replace, |file| {
                 let mut w = std::io::BufWriter::new(file);
                 tree.write(&mut w)?;
                 w.flush().context("writing the export")

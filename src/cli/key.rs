@@ -1,12 +1,14 @@
-//! `tandem key show|export|backup`.
+//! `tandem key show|export|backup|rotate`.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use super::{Cli, KeyCommand, load_config, passphrase};
+use super::{Cli, KeyCommand, admin_client, load_config, passphrase};
 use crate::config::{Config, OriginRef, PeerConfig};
+use crate::daemon::Node;
+use crate::feed::Seq;
 use crate::identity::NodeKey;
 use crate::keybackup::{self, BackupKeys, UploadDoc};
 use crate::peer::{KeyBackupFetch, PeerClient};
@@ -27,8 +29,45 @@ pub fn run(cli: &Cli, cmd: &KeyCommand) -> anyhow::Result<()> {
             );
         }
         KeyCommand::Backup { passphrase_file } => backup(&config, key, passphrase_file.as_deref())?,
+        KeyCommand::Rotate => {
+            let (epoch, seq) = rotate(&config)?;
+            println!(
+                "{}: sealing under key epoch {epoch} from seq {}; its readers are granted it",
+                key.id(),
+                seq.0 + 1
+            );
+        }
     }
     Ok(())
+}
+
+/// Starts a new epoch of the own sealed feed (see `Store::rotate_key`), through the running
+/// daemon when it holds the store. Returns the new epoch and the seq of the statement.
+pub(super) fn rotate(config: &Config) -> anyhow::Result<(u32, Seq)> {
+    match Node::open(config.clone()) {
+        Ok(mut node) => {
+            let (statement, seq) = node
+                .store
+                .rotate_key(&node.key)
+                .context("cannot rotate the content key")?;
+            Ok((statement.epoch, seq))
+        }
+        Err(e) if super::daemon_holds_store(&e) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let answer = runtime
+                .block_on(admin_client::post(&config.node.data_dir, "/rotate"))
+                .context("cannot rotate the content key")?;
+            let field = |name: &str| {
+                answer[name]
+                    .as_u64()
+                    .with_context(|| format!("the daemon's answer has no {name}: {answer}"))
+            };
+            Ok((u32::try_from(field("epoch")?)?, Seq(field("seq")?)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The peers that hold this node's feed: those it pushes it to or serves it to.

@@ -137,7 +137,10 @@ pub enum Command {
         /// With `--archive`, for a sealed origin this node may read (its own, or one that
         /// grants it reading): carry the origin's content keys in the archive, so that
         /// `tandem import` on any node opens it. Whoever holds the file then reads everything
-        /// in it: keep it as you would a plain copy.
+        /// in it (it is written with mode 0600): keep it as you would a plain copy. On the
+        /// origin, a new key epoch starts first (`tandem key rotate`), so that the file opens
+        /// nothing sealed after it; on a reader, its keys open later entries too until the
+        /// origin rotates.
         #[arg(long, requires = "archive")]
         decrypt: bool,
     },
@@ -165,7 +168,7 @@ pub enum Command {
     /// every later change of them into it (by `tandem run`).
     #[command(subcommand)]
     Migrate(MigrateCommand),
-    /// Show or back up the node key.
+    /// Show or back up the node key, or rotate the content key of a sealed feed.
     #[command(subcommand)]
     Key(KeyCommand),
     /// Bring a node back on a blank machine from its key backup (`tandem key backup`), with
@@ -278,6 +281,15 @@ pub enum KeyCommand {
         #[arg(long, value_name = "FILE")]
         passphrase_file: Option<PathBuf>,
     },
+    /// Start a new key epoch of this node's sealed feed (`[node] seal = true`): what it
+    /// seals from now on opens only with a key nobody held before, while its readers
+    /// (`read = true`) are granted the new key and keep reading.
+    ///
+    /// Run it when a content key may have leaked: an archive written with `export --archive
+    /// --decrypt` by a reader, or a reader's node key. What was sealed before stays readable
+    /// with the keys given out then. Removing a reader does the same by itself. Works beside a
+    /// running daemon.
+    Rotate,
 }
 
 /// `tandem restore ...`

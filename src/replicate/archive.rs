@@ -62,18 +62,21 @@ pub struct ArchiveSummary {
 /// snapshots; otherwise every snapshot and the whole feed from seq 1 (nothing held is left out).
 ///
 /// With `keys` (the origin's content keys, `export --archive --decrypt`), the archive carries
-/// them, so that whoever holds it reads the sealed entries (format version 3).
+/// them, so that whoever holds it reads the sealed entries (format version 3). With `up_to` (a
+/// seq the feed has a checkpoint at), it ends there, with the snapshots up to it.
 pub fn write_archive(
     store: &Store,
     origin: NodeId,
     out: impl std::io::Write,
     keys: Option<&Ring>,
+    up_to: Option<Seq>,
 ) -> Result<ArchiveSummary, ImportError> {
     let mut w = match keys {
         Some(ring) => ArchiveWriter::with_keys(out, &origin, &ring.to_bytes())?,
         None => ArchiveWriter::new(out, &origin)?,
     };
-    let snapshots = store.snapshots(origin)?;
+    let mut snapshots = store.snapshots(origin)?;
+    snapshots.retain(|s| up_to.is_none_or(|u| s.seq <= u));
     for s in &snapshots {
         w.snapshot(s)?;
     }
@@ -103,8 +106,12 @@ pub fn write_archive(
         }
         after = base.seq;
     }
-    while let Some((entries, checkpoint)) =
-        store.entries_page(origin, after, usize::MAX, PAGE_BYTES)?
+    // Up to `up_to`, a checkpoint: pages of at most the entries before it end at or before it.
+    let limit = |after: Seq| up_to.map_or(usize::MAX, |u| u.0.saturating_sub(after.0) as usize);
+    while let Some((entries, checkpoint)) = (limit(after) > 0)
+        .then(|| store.entries_page(origin, after, limit(after), PAGE_BYTES))
+        .transpose()?
+        .flatten()
     {
         w.page(&checkpoint, entries.iter().map(|e| e.bytes.as_slice()))?;
         after = checkpoint.seq;
@@ -418,7 +425,14 @@ mod tests {
         file: &Path,
         keys: Option<&Ring>,
     ) -> ArchiveSummary {
-        write_archive(store, origin, std::fs::File::create(file).unwrap(), keys).unwrap()
+        write_archive(
+            store,
+            origin,
+            std::fs::File::create(file).unwrap(),
+            keys,
+            None,
+        )
+        .unwrap()
     }
 
     fn store_with_feed(dir: &Path, key: &NodeKey) -> Store {

@@ -55,7 +55,8 @@ fn samples() -> &'static Samples {
             .unwrap();
         let page = wire::encode_page(&cp, entries.iter().map(|e| e.bytes.as_slice()));
         let mut archive = Vec::new();
-        tandem::replicate::archive::write_archive(&store, key.id(), &mut archive, None).unwrap();
+        tandem::replicate::archive::write_archive(&store, key.id(), &mut archive, None, None)
+            .unwrap();
         let receipt = tandem::feed::Receipt::sign(
             &NodeKey::from_seed([6; 32]),
             key.id(),

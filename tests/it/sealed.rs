@@ -339,7 +339,7 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     }
     // An archive with the keys: any node that imports it reads it.
     let archive = laptop.dir.path().join("home.tandem");
-    let (out, _) = tandem(
+    let (out, err) = tandem(
         &laptop.config_path(),
         &[
             "export",
@@ -352,6 +352,11 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
         0,
     );
     assert!(out.contains("with the content keys"), "{out}");
+    assert!(
+        err.contains("also open what") && err.contains("tandem key rotate"),
+        "{err}"
+    );
+    assert_eq!(mode_of(&archive), 0o600, "whoever holds it reads it");
     let (_, err) = tandem(
         &community.config_path(),
         &[
@@ -380,6 +385,28 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
         0,
     );
     assert_eq!(elsewhere_export, home_export);
+    // The origin's own archive with the keys: a new epoch starts first (through the running
+    // daemon), so that the file opens what it carries and nothing sealed after; the laptop is
+    // granted the new key and reads on.
+    let own = home.dir.path().join("own.tandem");
+    let (out, err) = tandem(
+        &home.config_path(),
+        &["export", "--archive", own.to_str().unwrap(), "--decrypt"],
+        0,
+    );
+    assert!(out.contains("with the content keys"), "{out}");
+    assert!(err.contains("started key epoch 1"), "{err}");
+    assert_eq!(mode_of(&own), 0o600);
+    assert_eq!(
+        of(&home)["readers"],
+        json!({"epoch": 1, "ids": [laptop.id]})
+    );
+    let again = TestNode::new("again");
+    again.configure("", "");
+    again.init();
+    tandem(&again.config_path(), &["import", own.to_str().unwrap()], 0);
+    let (again_export, _) = tandem(&again.config_path(), &["export", "--origin", &home_id], 0);
+    assert_eq!(again_export, home.export_origin("self"));
 
     // Later changes; then the laptop restores the latest state, and the state at `first`.
     note(&a, "n4", "gibbon later").await;
@@ -417,7 +444,7 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     let (_, err) = tandem(&laptop.config_path(), &["export", "--origin", &home_id], 1);
     assert!(err.contains("is sealed"), "{err}");
     let at_laptop = of(&laptop);
-    assert_eq!(at_laptop["readers"], json!({"epoch": 1, "ids": []}));
+    assert_eq!(at_laptop["readers"], json!({"epoch": 2, "ids": []}));
     assert_eq!(at_laptop["unread"], true, "{at_laptop}");
     laptop.stop().await;
     // What the laptop was granted before opens nothing written after: it finds the old grant
@@ -442,7 +469,7 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
         {
             let ring = grants.last().expect("granted before");
             match ring.open(entry.op, entry.path, entry.body) {
-                Err(tandem::seal::SealError::UnknownEpoch { epoch: 1 }) => refused += 1,
+                Err(tandem::seal::SealError::UnknownEpoch { epoch: 2 }) => refused += 1,
                 other => panic!("seq {}: {other:?}", e.seq),
             }
         }
@@ -453,5 +480,15 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     }
     assert!(home.export_origin("self").contains("capybara after"));
     home.stop().await;
+    // With the daemon stopped, `key rotate` writes the new epoch itself.
+    let (out, _) = tandem(&home.config_path(), &["key", "rotate"], 0);
+    assert!(out.contains("sealing under key epoch 3"), "{out}");
+    assert_eq!(of(&home)["readers"], json!({"epoch": 3, "ids": []}));
     community.stop().await;
+}
+
+/// The permission bits of the file at `path`.
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
