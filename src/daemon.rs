@@ -865,11 +865,12 @@ pub(crate) async fn seal_own(
     wanted: SealWanted,
 ) -> anyhow::Result<()> {
     let key = key.clone();
-    let (sealing, readers) = writer
+    let (sealing, readers, before) = writer
         .write(move |s| {
             let sealing = s.seal_own(&key, wanted.seal)?;
+            let before = s.readers(key.id())?;
             let readers = s.set_readers(&key, &wanted.readers)?;
-            Ok((sealing, readers))
+            Ok((sealing, readers, before))
         })
         .await?;
     match sealing {
@@ -885,6 +886,20 @@ pub(crate) async fn seal_own(
         crate::store::Sealing::Off => {}
     }
     if let Some(readers) = readers {
+        let removed: Vec<&String> = before
+            .iter()
+            .flat_map(|b| b.readers.keys())
+            .filter(|id| !readers.readers.contains_key(*id))
+            .collect();
+        if !removed.is_empty() {
+            // After `tandem recover`, a configuration written anew names no reader: say how
+            // to give them back what they had (a grant carries every epoch up to its own).
+            warn!(
+                ?removed,
+                epoch = readers.epoch,
+                "readers no longer named with read = true in the configuration: they open nothing sealed from now on; to keep one, add its [[peer]] with read = true again"
+            );
+        }
         info!(
             epoch = readers.epoch,
             readers = readers.readers.len(),

@@ -321,7 +321,7 @@ fn write(config: Config, new_config: Option<String>, key: NodeKey) -> anyhow::Re
     };
     if new_config.is_some() {
         println!(
-            "wrote the configuration {}: add the [source] section and check `listen` before `tandem run`",
+            "wrote the configuration {}: add the [source] section and the other [[peer]] entries, and check `listen`, before `tandem run` (a reader of a sealed feed not named again with read = true is removed at the first start)",
             config.path.display()
         );
     }

@@ -427,6 +427,10 @@ pub struct Store {
     /// Tokens discarded before their staging began (the caller gave up while waiting for the
     /// store): their staging never begins.
     staging_dropped: std::collections::BTreeSet<u64>,
+    /// Per other origin (row), the readers statement (its seq) and head at which
+    /// [`Store::open_granted`] last found nothing it could open, and whether the statement
+    /// did not grant this node: it is not read again until one of them moves.
+    unopenable: std::collections::HashMap<i64, (i64, i64, bool)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -511,6 +515,7 @@ impl Store {
             _lock: Some(lock),
             staging: Default::default(),
             staging_dropped: Default::default(),
+            unopenable: Default::default(),
         };
         store.claim(node, data_dir, recover_if_new)?;
         Ok(store)
@@ -541,6 +546,7 @@ impl Store {
                 _lock: None,
                 staging: Default::default(),
                 staging_dropped: Default::default(),
+                unopenable: Default::default(),
             }),
             _ => Err(StoreError::Corrupt {
                 path,

@@ -98,7 +98,8 @@ pub(super) fn record_opened(
 }
 
 /// The tombstones of a sealed feed below `path` (source paths starting with `path/`), as
-/// (source path, sealed path).
+/// (source path, sealed path), in the order of their sealed paths: the order of their deletes
+/// tells holders nothing of how the source paths sort.
 pub(super) fn tombstones_below(
     conn: &rusqlite::Connection,
     origin: i64,
@@ -108,7 +109,7 @@ pub(super) fn tombstones_below(
         .prepare_cached(
             "SELECT p.path, p.sealed FROM opened_paths p
              JOIN tombstones t ON t.origin = p.origin AND t.path = p.sealed
-             WHERE p.origin = ?1 AND p.path >= ?2 AND p.path < ?3 ORDER BY p.path",
+             WHERE p.origin = ?1 AND p.path >= ?2 AND p.path < ?3 ORDER BY p.sealed",
         )
         .ctx("reading the tombstones below a container")?;
     let rows = stmt
@@ -524,23 +525,23 @@ impl Store {
         let mut out = Granted::default();
         // Only origins with a readers statement: one indexed probe each, inside SQLite, so
         // that a node holding thousands of plain origins pays next to nothing per change.
-        let origins: Vec<(i64, Vec<u8>, i64)> = {
+        let origins: Vec<(i64, Vec<u8>, i64, i64)> = {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT o.id, o.node_id, o.head_seq FROM origins o WHERE o.node_id != ?1
-                     AND EXISTS (SELECT 1 FROM objects s WHERE s.origin = o.id AND s.path = ?2)",
+                    "SELECT o.id, o.node_id, o.head_seq, s.seq FROM origins o
+                     JOIN objects s ON s.origin = o.id AND s.path = ?2 WHERE o.node_id != ?1",
                 )
                 .ctx("listing origins")?;
             let rows = stmt
                 .query_map((&me.as_bytes()[..], READERS_PATH), |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })
                 .ctx("listing origins")?;
             rows.collect::<rusqlite::Result<_>>()
                 .ctx("listing origins")?
         };
-        for (row, node, head) in origins {
+        for (row, node, head, statement) in origins {
             let Some(id) = <[u8; 32]>::try_from(node.as_slice())
                 .ok()
                 .and_then(|b| NodeId::from_bytes(b).ok())
@@ -551,17 +552,35 @@ impl Store {
             if meta_seq(&self.conn, &progress_key(id))?.is_some_and(|done| done.0 >= head as u64) {
                 continue;
             }
+            // Found closed at this statement and head: not parsed again (a statement of any
+            // size is read once, not on every change of the store), only reported again when
+            // it did not grant this node.
+            match self.unopenable.get(&row) {
+                Some(&(s, h, refused)) if s == statement && h == head => {
+                    if refused {
+                        out.refused.push(id);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
             // What one origin signed (a statement that does not parse, a grant that does not
             // open, an entry that does not) stops that origin only, never the others.
             match self.open_one(key, id, row, Seq(head as u64)) {
                 Ok(Some(0)) => {}
                 Ok(Some(n)) => out.opened.push((id, n)),
-                Ok(None) => out.refused.push(id),
+                Ok(None) => {
+                    self.unopenable.insert(row, (statement, head, true));
+                    out.refused.push(id);
+                }
                 Err(
                     e @ (StoreError::Readers { .. }
                     | StoreError::Unsealable { .. }
                     | StoreError::Feed(_)),
-                ) => out.failed.push((id, e)),
+                ) => {
+                    self.unopenable.insert(row, (statement, head, false));
+                    out.failed.push((id, e));
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -390,8 +390,12 @@ fn a_granted_reader_reads_what_a_holder_cannot_until_it_is_removed() {
         spare.object(h, r2),
         Err(StoreError::Sealed { .. })
     ));
-    // A second pass has nothing to open.
-    assert!(laptop.open_granted(&laptop_key).unwrap().opened.is_empty());
+    // A second pass has nothing to open, and does not read the rogue statement again until
+    // it changes; a refusal is still reported.
+    let again = laptop.open_granted(&laptop_key).unwrap();
+    assert!(again.opened.is_empty());
+    assert!(again.failed.is_empty(), "{:?}", again.failed);
+    assert_eq!(spare.open_granted(&spare_key).unwrap().refused, vec![h]);
 
     // The laptop is removed, the spare added: a new epoch, given to the spare only.
     let old_grant = granted;
