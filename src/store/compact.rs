@@ -168,6 +168,11 @@ impl Store {
                 (row, at.0 as i64, &snapshot.head_hash.0[..], bytes as i64),
             )
             .ctx("moving the base")?;
+        // The source paths of a sealed feed that the state no longer holds go too, once
+        // every entry is opened (one still to open may need the path of its sealed path).
+        if !super::sealed::unread(&self.conn, row, origin)? {
+            super::sealed::forget_dropped_paths(&self.conn, row)?;
+        }
         tx.commit().ctx("committing a compaction")?;
         Ok(Compacted {
             base: at.0,

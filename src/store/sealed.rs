@@ -9,7 +9,8 @@
 //! path each source path has in `opened_paths`. The queries that answer in source paths
 //! (`Store::object`, `Store::paths_under`, `Store::state_for_restore`...) read through them;
 //! a node without them gets [`StoreError::Sealed`]. Compaction drops an entry's plaintext with
-//! the entry (a trigger), so nothing outlives what it opens.
+//! the entry (a trigger), and the source paths the state no longer holds, so nothing outlives
+//! what it opens.
 //!
 //! Two facts live in `meta`: `sealed_from`, the first sealed seq of the own feed, and
 //! `opened_seq`, how far the own feed's entries have been opened. Entries recovered from peers
@@ -307,6 +308,24 @@ pub struct Granted {
     /// Origins that could not be opened, and why (a statement or grant that does not parse or
     /// open, an entry that does not open): the others were opened all the same.
     pub failed: Vec<(NodeId, StoreError)>,
+}
+
+/// Forgets the source paths of `origin` (row) whose sealed paths are neither live nor a
+/// tombstone: a compaction drops them as a plain state drops such paths. Every later entry of
+/// a path not held names it again (a put carries it; a delete without a body only follows a
+/// live object or a tombstone).
+pub(super) fn forget_dropped_paths(
+    conn: &rusqlite::Connection,
+    origin: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "DELETE FROM opened_paths WHERE origin = ?1
+         AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.origin = ?1 AND o.path = opened_paths.sealed)
+         AND NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.origin = ?1 AND t.path = opened_paths.sealed)",
+    )
+    .and_then(|mut s| s.execute([origin]))
+    .ctx("forgetting dropped source paths")
+    .map(drop)
 }
 
 /// Every (sealed path, source path) of `origin` this node knows.

@@ -271,8 +271,23 @@ fn a_holder_verifies_snapshots_and_compacts_what_it_cannot_read() {
     }
     // The origin compacts too, and its plaintext goes with its entries.
     let before = sealed::opened_count(&home.conn, 1);
+    let source_paths = |s: &Store, record: &str| -> i64 {
+        s.conn
+            .query_row(
+                "SELECT count(*) FROM opened_paths WHERE path LIKE '%/records/' || ?1",
+                [record],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(source_paths(&home, "r2"), 1);
     home.compact(origin, first.seq).unwrap();
     assert!(sealed::opened_count(&home.conn, 1) < before);
+    // Records gone with their collection leave no source path behind; r4 stays.
+    for gone in ["r1", "r2", "r3"] {
+        assert_eq!(source_paths(&home, gone), 0, "{gone}");
+    }
+    assert_eq!(source_paths(&home, "r4"), 1);
     let state = plain_state(&home, origin);
     assert_eq!(plain_state(&recovered, origin), state);
     assert!(
