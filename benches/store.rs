@@ -14,6 +14,9 @@
 //! - `compact`: compaction of a feed of 1,000,000 puts over 500,000 paths at a snapshot of its
 //!   head (state checked, 500,000 entries dropped, pages given back); prints the file sizes.
 //!
+//! `BENCH_RECORD_IDS=random` gives the records ids in no order, as Kinto's UUID4 ids are,
+//! instead of ids that grow within each collection.
+//!
 //! Each sample uses a fresh database in a temporary directory on the same disk. `max alloc`
 //! in divan's allocation columns counts Rust heap allocations of one iteration, inputs
 //! excluded; SQLite's own memory (its page cache) is not in it. The peak RSS printed at the end
@@ -36,19 +39,35 @@ fn main() {
     eprintln!("peak RSS of this run: {} MiB", usage.ru_maxrss / 1024);
 }
 
-/// A Kinto-like record change: unique path, ~190-byte JSON body; ~300 bytes encoded.
+/// A Kinto-like record change: unique path, ~190-byte JSON body; ~300 bytes encoded. Record
+/// ids grow within each of the 100 collections, unless `BENCH_RECORD_IDS=random` asks for ids
+/// in no order, as Kinto's UUID4 ids come (and as a sealed feed's hashed paths always are).
 fn change(i: usize) -> Change {
+    let (hi, lo) = if random_ids() {
+        let h = blake3::hash(&(i as u64).to_le_bytes());
+        let b = h.as_bytes();
+        (
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+            u16::from_le_bytes([b[4], b[5]]) as usize,
+        )
+    } else {
+        (i * 7919, i % 65536)
+    };
     Change {
         op: Op::Put,
-        path: format!("/buckets/b{}/collections/c{}/records/{:08x}-{:04x}-4a1b", i % 10, i % 100, i * 7919, i % 65536),
+        path: format!("/buckets/b{}/collections/c{}/records/{hi:08x}-{lo:04x}-4a1b", i % 10, i % 100),
         body: format!(
-            r#"{{"data":{{"id":"{:08x}-{:04x}-4a1b","last_modified":{},"title":"entry number {i}","done":false,"tags":["alpha","beta"],"by":"alice"}},"permissions":{{"read":["system.Everyone"]}}}}"#,
-            i * 7919,
-            i % 65536,
+            r#"{{"data":{{"id":"{hi:08x}-{lo:04x}-4a1b","last_modified":{},"title":"entry number {i}","done":false,"tags":["alpha","beta"],"by":"alice"}},"permissions":{{"read":["system.Everyone"]}}}}"#,
             1_795_000_000_000u64 + i as u64
         )
         .into_bytes(),
     }
+}
+
+/// Whether `BENCH_RECORD_IDS=random` is set (see [`change`]).
+fn random_ids() -> bool {
+    static RANDOM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RANDOM.get_or_init(|| std::env::var("BENCH_RECORD_IDS").is_ok_and(|v| v == "random"))
 }
 
 fn foreign_batch(key: &NodeKey) -> (Vec<Vec<u8>>, Checkpoint) {
