@@ -199,6 +199,16 @@ fn content_key(seed: &[u8; 32], epoch: u32) -> Zeroizing<[u8; 32]> {
     Zeroizing::new(blake3::derive_key(LATER_CONTENT_CONTEXT, &*material))
 }
 
+/// The epoch a sealed body names (`{"key": E, …}`), without opening it; `None` for a body
+/// that is not a sealed envelope (a plain entry, a delete without a body).
+pub fn epoch_of(body: &[u8]) -> Option<u32> {
+    #[derive(serde::Deserialize)]
+    struct Key {
+        key: u32,
+    }
+    serde_json::from_slice::<Key>(body).ok().map(|k| k.key)
+}
+
 impl Ring {
     /// A ring from raw content keys, epoch 0 first (an archive's keys section).
     pub fn from_keys(origin: NodeId, keys: &[u8]) -> Result<Ring, SealError> {
@@ -227,6 +237,19 @@ impl Ring {
     /// How many epochs this ring opens (0 to this, exclusive).
     pub fn epochs(&self) -> u32 {
         self.contents.len() as u32
+    }
+
+    /// The keys of epochs 0 to `epoch` only (all of them when it has fewer).
+    pub fn up_to(&self, epoch: u32) -> Ring {
+        Ring {
+            origin: self.origin,
+            contents: self
+                .contents
+                .iter()
+                .take(epoch as usize + 1)
+                .cloned()
+                .collect(),
+        }
     }
 
     /// The raw content keys, epoch 0 first (what a grant or an archive's keys section carries).

@@ -14,12 +14,13 @@
 //! Kinto's own `kinto-wizard load` reads ([`wizard`]), so that data can move to a Kinto server
 //! without tandem. Reads through a read-only connection, so it works beside a running daemon.
 //! With `--out`, the file appears complete or not at all (written to a temporary name, synced,
-//! renamed), readable by its owner only: it holds the origin's data in the clear. So does an
-//! archive written with `--decrypt`, which carries the keys.
+//! renamed), readable by its owner only: it holds the origin's data in the clear. So is every
+//! archive.
 
 mod wizard;
 
-/// The mode of a file whoever holds reads: an export, or an archive with content keys.
+/// The mode of every file written: an export or an archive holds the origin's data (in the
+/// clear, or sealed with or without the keys).
 const PRIVATE: u32 = 0o600;
 
 use std::io::Write;
@@ -29,6 +30,7 @@ use anyhow::{Context, bail};
 
 use super::{Cli, load_config};
 use crate::atomic::{Existing, write_atomic};
+use crate::feed::Seq;
 use crate::identity::NodeId;
 use crate::replicate::select::Selection;
 use crate::store::Store;
@@ -94,44 +96,23 @@ pub fn archive(cli: &Cli, origin: &str, file: &Path, decrypt: bool) -> anyhow::R
     } else {
         origin.parse()?
     };
-    if store.head(origin)?.is_none() {
+    let Some(head) = store.head(origin)? else {
         bail!("this node holds no entries of origin {origin}; see `tandem status`");
-    }
-    let (keys, up_to) = match decrypt {
-        true => {
-            let key = crate::identity::NodeKey::load(&config.key_path())?;
-            let keys = store
-                .content_keys(&key, origin)
-                .context("--decrypt needs the keys of a sealed origin this node may read")?;
-            if origin == key.id() {
-                // The keys go into a file that may travel: what is sealed after it is sealed
-                // under a new key it does not carry, and the archive ends where the old one does.
-                let (epoch, seq) = super::key::rotate(&config)?;
-                let keys = crate::seal::SealKey::of_node_at(&key, epoch - 1).into_ring();
-                eprintln!(
-                    "started key epoch {epoch}: what {origin} seals from now on does not open with the keys in {}",
-                    file.display()
-                );
-                (Some(keys), Some(seq))
-            } else {
-                eprintln!(
-                    "warning: the keys in {} also open what {origin} seals later, until it starts a new key epoch (`tandem key rotate` on that node, or removing a reader)",
-                    file.display()
-                );
-                (Some(keys), None)
-            }
-        }
-        false => (None, None),
     };
-    // Whoever holds the file reads it with the keys: for its owner only. Without them it
-    // holds what any holder holds.
-    let mode = if keys.is_some() { PRIVATE } else { 0o644 };
+    let sealed = match decrypt {
+        true => Some(archive_keys(&config, &store, origin, head.seq, file)?),
+        false => None,
+    };
+    let (keys, up_to) = match &sealed {
+        Some(s) => (Some(&s.keys), Some(s.up_to)),
+        None => (None, None),
+    };
     // Entries are only ever appended: pages read one after the other give a prefix of the
     // feed that ends at a checkpoint, even beside a running daemon.
-    let summary = write_atomic(file, mode, Existing::Replace, |out| {
+    let summary = write_atomic(file, PRIVATE, Existing::Replace, |out| {
         let mut w = std::io::BufWriter::new(out);
         let summary =
-            crate::replicate::archive::write_archive(&store, origin, &mut w, keys.as_ref(), up_to)?;
+            crate::replicate::archive::write_archive(&store, origin, &mut w, keys, up_to)?;
         w.flush().context("writing the archive")?;
         anyhow::Ok(summary)
     })
@@ -147,7 +128,81 @@ pub fn archive(cli: &Cli, origin: &str, file: &Path, decrypt: bool) -> anyhow::R
             ""
         }
     );
+    match sealed.map(|s| s.after) {
+        Some(After::Rotated(epoch)) => eprintln!(
+            "started key epoch {epoch} before writing it: what {origin} seals from now on does not open with the keys in {}",
+            file.display()
+        ),
+        Some(After::Opens(epoch)) => eprintln!(
+            "warning: the keys in {} also open what {origin} seals later under key epoch {epoch}, until it starts a new one (`tandem key rotate` on that node, or removing a reader)",
+            file.display()
+        ),
+        Some(After::Closed) | None => {}
+    }
     Ok(())
+}
+
+/// The content keys an archive of a sealed origin carries, and where it ends.
+struct ArchiveKeys {
+    /// The keys of the epochs its sealed entries were sealed under, no later one.
+    keys: crate::seal::Ring,
+    /// Its last entry: the head when the keys were chosen (entries that arrive meanwhile may
+    /// be sealed under a key it does not carry), or the statement of a new epoch.
+    up_to: Seq,
+    /// What the keys open of what the origin seals after it.
+    after: After,
+}
+
+/// See [`ArchiveKeys::after`].
+enum After {
+    /// Nothing: the origin sealed nothing under the last epoch carried, and seals no more
+    /// under it.
+    Closed,
+    /// Nothing: this (the origin) started a new epoch first, the one given.
+    Rotated(u32),
+    /// Whatever the origin seals later under this epoch, until it starts another one: a
+    /// reader cannot start one for it.
+    Opens(u32),
+}
+
+/// Chooses the keys of an archive of `origin` (held up to `head`) with `--decrypt`: the
+/// epochs its sealed entries need. A key the origin still seals under travels only from a
+/// reader (with a warning); the origin starts a new epoch first (see `Store::rotate_key`), so
+/// that the file opens nothing sealed after it.
+fn archive_keys(
+    config: &crate::config::Config,
+    store: &Store,
+    origin: NodeId,
+    head: Seq,
+    file: &Path,
+) -> anyhow::Result<ArchiveKeys> {
+    let key = crate::identity::NodeKey::load(&config.key_path())?;
+    let all = store
+        .content_keys(&key, origin)
+        .context("--decrypt needs the keys of a sealed origin this node may read")?;
+    let latest = all.epochs() - 1;
+    let needed = store.newest_sealed_epoch(origin, head)?.unwrap_or(0);
+    if needed < latest {
+        return Ok(ArchiveKeys {
+            keys: all.up_to(needed),
+            up_to: head,
+            after: After::Closed,
+        });
+    }
+    if origin != key.id() {
+        return Ok(ArchiveKeys {
+            keys: all,
+            up_to: head,
+            after: After::Opens(latest),
+        });
+    }
+    let (epoch, seq) = super::key::rotate(config)
+        .with_context(|| format!("nothing was written to {}", file.display()))?;
+    Ok(ArchiveKeys {
+        keys: crate::seal::SealKey::of_node_at(&key, epoch - 1).into_ring(),
+        up_to: seq,
+        after: After::Rotated(epoch),
+    })
 }
 
 /// Refuses a selection that names a bucket or collection the origin does not hold, rather than

@@ -456,6 +456,71 @@ mod tests {
     }
 
     #[test]
+    fn an_archive_up_to_a_rotation_carries_only_the_keys_before_it_and_ends_there() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let key = NodeKey::from_seed([57; 32]);
+        let mut store = Store::open_writer(a.path(), key.id()).unwrap();
+        store.seal_own(&key, Some(true)).unwrap();
+        let change = |i: u32| Change {
+            op: Op::Put,
+            path: format!("/buckets/b/collections/c/records/r{}", i % 300),
+            body: format!(r#"{{"data":{{"n":{i}}}}}"#).into_bytes(),
+        };
+        // Several appends (each ends at a checkpoint), a snapshot, the rotation, then more
+        // entries, and a snapshot after it.
+        for round in 0..4u32 {
+            let changes: Vec<Change> = (round * 250..(round + 1) * 250).map(change).collect();
+            store.append(&key, &changes, &[]).unwrap();
+        }
+        store.create_snapshot(&key).unwrap();
+        assert_eq!(
+            store
+                .newest_sealed_epoch(key.id(), store.head(key.id()).unwrap().unwrap().seq)
+                .unwrap(),
+            Some(0)
+        );
+        let (statement, at) = store.rotate_key(&key).unwrap();
+        assert_eq!(statement.epoch, 1);
+        let later: Vec<Change> = (1000..1100).map(change).collect();
+        store.append(&key, &later, &[]).unwrap();
+        store.create_snapshot(&key).unwrap();
+        let head = store.head(key.id()).unwrap().unwrap().seq;
+        assert_eq!(store.newest_sealed_epoch(key.id(), head).unwrap(), Some(1));
+        assert_eq!(store.newest_sealed_epoch(key.id(), at).unwrap(), Some(0));
+
+        let before = crate::seal::SealKey::of_node_at(&key, 0).into_ring();
+        let bounded = a.path().join("bounded.tandem");
+        let written = write_archive(
+            &store,
+            key.id(),
+            std::fs::File::create(&bounded).unwrap(),
+            Some(&before),
+            Some(at),
+        )
+        .unwrap();
+        assert_eq!(written.entries, at.0, "it ends at the rotation");
+        assert_eq!(written.snapshots, 1, "the later snapshot is left out");
+        assert_eq!(verify_archive(&bounded).unwrap(), written);
+        let other = NodeKey::from_seed([58; 32]);
+        let mut elsewhere = Store::open_writer(b.path(), other.id()).unwrap();
+        import_archive(&bounded, &mut elsewhere).unwrap();
+        assert_eq!(elsewhere.head(key.id()).unwrap().unwrap().seq, at);
+        assert_eq!(
+            elsewhere
+                .object(key.id(), "/buckets/b/collections/c/records/r7")
+                .unwrap(),
+            store
+                .object(key.id(), "/buckets/b/collections/c/records/r7")
+                .unwrap(),
+        );
+        // Without the bound, the same keys do not open what came after: refused.
+        let unbounded = a.path().join("unbounded.tandem");
+        archive_to(&store, key.id(), &unbounded, Some(&before));
+        let err = verify_archive(&unbounded).unwrap_err().to_string();
+        assert!(err.contains("keys do not open"), "{err}");
+    }
+
+    #[test]
     fn a_decrypted_archive_of_a_sealed_feed_opens_on_any_node_and_a_plain_one_does_not() {
         let (a, b, c) = (
             tempfile::tempdir().unwrap(),

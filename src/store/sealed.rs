@@ -571,9 +571,10 @@ impl Store {
             if meta_seq(&self.conn, &progress_key(id))?.is_some_and(|done| done.0 >= head as u64) {
                 continue;
             }
-            // Found closed at this statement and head: not parsed again (a statement of any
-            // size is read once, not on every change of the store), only reported again when
-            // it did not grant this node.
+            // Found closed at this statement and head, and nothing of it changed since: not
+            // read again (a statement of any size is parsed once per change of its origin, not
+            // on every change of the store), only reported again when it did not grant this
+            // node.
             match self.unopenable.get(&row) {
                 Some(&(s, h, refused)) if s == statement && h == head => {
                     if refused {
@@ -604,6 +605,45 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The epoch of the newest sealed entry of `origin` at or below `at` (read back from
+    /// `at`, past plain entries and deletes without a body): the last content key an archive
+    /// of it up to `at` needs. `None` when it has no sealed entry there.
+    pub fn newest_sealed_epoch(&self, origin: NodeId, at: Seq) -> Result<Option<u32>, StoreError> {
+        let Some(row) = self.origin_row_id(origin)? else {
+            return Ok(None);
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT bytes FROM entries WHERE key > ?1 AND key <= ?2 ORDER BY key DESC",
+            )
+            .ctx("reading sealed entries")?;
+        let mut rows = stmt
+            .query((entry_key(row, 0), entry_key(row, at.0)))
+            .ctx("reading sealed entries")?;
+        while let Some(r) = rows.next().ctx("reading sealed entries")? {
+            let bytes = r.get_ref(0).ctx("reading sealed entries")?;
+            let bytes = bytes.as_blob().map_err(|_| {
+                StoreError::Feed(crate::feed::FeedError::Malformed("entry bytes not a blob"))
+            })?;
+            let entry = feed::decode_stored_entry(bytes)?;
+            if seal::is_sealed(entry.path)
+                && let Some(epoch) = seal::epoch_of(entry.body)
+            {
+                return Ok(Some(epoch));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Forgets that [`Store::open_granted`] found `origin` closed: something it holds of it
+    /// changed (an accept, a repair, a base), so the next pass reads it again.
+    pub(super) fn reconsider(&mut self, origin: NodeId) {
+        if let Ok(Some(row)) = self.origin_row_id(origin) {
+            self.unopenable.remove(&row);
+        }
     }
 
     /// The content keys this node holds for `origin`, to carry in an archive
@@ -675,6 +715,7 @@ impl Store {
     /// Returns how many were opened.
     pub fn open_with(&mut self, ring: &Ring, up_to: Seq) -> Result<u64, StoreError> {
         let origin = ring.origin();
+        self.reconsider(origin);
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(0);
         };
