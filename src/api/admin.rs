@@ -76,6 +76,9 @@ pub async fn serve(
         .await
 }
 
+/// Why a request that appends or changes the own feed waits (`409`).
+const RECOVERING: &str = "the node is still recovering its own feed from its peers";
+
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
@@ -136,13 +139,7 @@ async fn sync(State(state): State<AdminState>) -> Response {
 
 async fn snapshot(State(state): State<AdminState>) -> Response {
     if !*state.recovered.borrow() {
-        return (
-            StatusCode::CONFLICT,
-            axum::Json(
-                json!({"error": "the node is still recovering its own feed from its peers"}),
-            ),
-        )
-            .into_response();
+        return conflict(RECOVERING);
     }
     match state.snapshots.make().await {
         Ok((s, created)) => axum::Json(json!({
@@ -150,11 +147,7 @@ async fn snapshot(State(state): State<AdminState>) -> Response {
             "created": created,
         }))
         .into_response(),
-        Err(e) => (
-            StatusCode::CONFLICT,
-            axum::Json(json!({"error": e.to_string()})),
-        )
-            .into_response(),
+        Err(e) => conflict(e),
     }
 }
 
@@ -162,13 +155,7 @@ async fn snapshot(State(state): State<AdminState>) -> Response {
 /// a new epoch of the own sealed feed (see `Store::rotate_key`).
 async fn rotate(State(state): State<AdminState>) -> Response {
     if !*state.recovered.borrow() {
-        return (
-            StatusCode::CONFLICT,
-            axum::Json(
-                json!({"error": "the node is still recovering its own feed from its peers"}),
-            ),
-        )
-            .into_response();
+        return conflict(RECOVERING);
     }
     let key = state.snapshots.key.clone();
     match state
@@ -181,11 +168,7 @@ async fn rotate(State(state): State<AdminState>) -> Response {
             state.changes.notify();
             axum::Json(json!({"epoch": statement.epoch, "seq": seq.0})).into_response()
         }
-        Err(e) => (
-            StatusCode::CONFLICT,
-            axum::Json(json!({"error": e.to_string()})),
-        )
-            .into_response(),
+        Err(e) => conflict(e),
     }
 }
 
@@ -251,7 +234,7 @@ async fn finish(
     axum::Json(account): axum::Json<crate::replicate::moves::Account>,
 ) -> Response {
     if !*state.recovered.borrow() {
-        return conflict("the node is still recovering its own feed from its peers");
+        return conflict(RECOVERING);
     }
     match state.switcher().finish(id, account).await {
         Ok(done) => axum::Json(done).into_response(),
@@ -265,7 +248,7 @@ async fn abort(
     axum::Json(account): axum::Json<Option<crate::replicate::moves::Account>>,
 ) -> Response {
     if !*state.recovered.borrow() {
-        return conflict("the node is still recovering its own feed from its peers");
+        return conflict(RECOVERING);
     }
     match state.switcher().abort(id, account).await {
         Ok(done) => axum::Json(done).into_response(),

@@ -285,10 +285,11 @@ pub enum KeyCommand {
     /// seals from now on opens only with a key nobody held before, while its readers
     /// (`read = true`) are granted the new key and keep reading.
     ///
-    /// Run it when a content key may have leaked: an archive written with `export --archive
-    /// --decrypt` by a reader, or a reader's node key. What was sealed before stays readable
-    /// with the keys given out then. Removing a reader does the same by itself. Works beside a
-    /// running daemon.
+    /// Run it when content keys may have leaked without a node key: an archive written with
+    /// `export --archive --decrypt` by a reader, or a copy of a reader's opened store. What
+    /// was sealed before stays readable with the keys given out then. A reader whose node key
+    /// leaked must be removed instead (drop its `read = true`): a rotation grants the new key
+    /// to that same node key. Works beside a running daemon.
     Rotate,
 }
 

@@ -482,6 +482,7 @@ impl Store {
         snapshot: &Snapshot,
         entries: &BaseEntries<'_>,
     ) -> Result<bool, StoreError> {
+        self.reconsider(snapshot.origin);
         snapshot.verify()?;
         let origin = snapshot.origin;
         let mut fold = StateFold::new();

@@ -429,7 +429,8 @@ pub struct Store {
     staging_dropped: std::collections::BTreeSet<u64>,
     /// Per other origin (row), the readers statement (its seq) and head at which
     /// [`Store::open_granted`] last found nothing it could open, and whether the statement
-    /// did not grant this node: it is not read again until one of them moves.
+    /// did not grant this node: it is not read again until one of them moves or something
+    /// else of the origin changes (see `Store::reconsider`).
     unopenable: std::collections::HashMap<i64, (i64, i64, bool)>,
 }
 

@@ -411,6 +411,8 @@ impl Store {
         cursors: &[CursorUpdate],
     ) -> Result<Accepted, StoreError> {
         let done = self.accept_in_one(batch, cursors);
+        // Entries repaired without moving the head may open now.
+        self.reconsider(batch.origin());
         done.map_err(|e| self.name_full(e))
     }
 
