@@ -328,6 +328,13 @@ pub(super) fn forget_dropped_paths(
     .map(drop)
 }
 
+/// An entry's bytes as a column gives them: a blob, or the store is damaged.
+fn entry_bytes(value: rusqlite::types::ValueRef<'_>) -> Result<&[u8], StoreError> {
+    value
+        .as_blob()
+        .map_err(|_| StoreError::Feed(crate::feed::FeedError::Malformed("entry bytes not a blob")))
+}
+
 /// Every (sealed path, source path) of `origin` this node knows.
 fn sealed_paths(
     conn: &rusqlite::Connection,
@@ -624,11 +631,9 @@ impl Store {
             .query((entry_key(row, 0), entry_key(row, at.0)))
             .ctx("reading sealed entries")?;
         while let Some(r) = rows.next().ctx("reading sealed entries")? {
-            let bytes = r.get_ref(0).ctx("reading sealed entries")?;
-            let bytes = bytes.as_blob().map_err(|_| {
-                StoreError::Feed(crate::feed::FeedError::Malformed("entry bytes not a blob"))
-            })?;
-            let entry = feed::decode_stored_entry(bytes)?;
+            let entry = feed::decode_stored_entry(entry_bytes(
+                r.get_ref(0).ctx("reading sealed entries")?,
+            )?)?;
             if seal::is_sealed(entry.path)
                 && let Some(epoch) = seal::epoch_of(entry.body)
             {
@@ -738,11 +743,9 @@ impl Store {
                 .ctx("reading the state to seal")?;
             let mut rows = stmt.query([origin]).ctx("reading the state to seal")?;
             while let Some(r) = rows.next().ctx("reading the state to seal")? {
-                let bytes = r.get_ref(0).ctx("reading the state to seal")?;
-                let bytes = bytes.as_blob().map_err(|_| {
-                    StoreError::Feed(crate::feed::FeedError::Malformed("entry bytes not a blob"))
-                })?;
-                let entry = feed::decode_stored_entry(bytes)?;
+                let entry = feed::decode_stored_entry(entry_bytes(
+                    r.get_ref(0).ctx("reading the state to seal")?,
+                )?)?;
                 if seal::is_sealed(entry.path) || seal::stays_plain(entry.path) {
                     continue;
                 }
