@@ -540,3 +540,65 @@ fn a_rotation_keeps_the_readers_and_seals_what_follows_under_a_key_nobody_had() 
     // The origin itself still reads it all.
     assert_eq!(home.content_keys(&home_key, h).unwrap().epochs(), 2);
 }
+
+#[test]
+fn an_origin_that_failed_to_open_is_read_again_once_a_peer_repairs_it() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let home_key = NodeKey::from_seed([78; 32]);
+    let laptop_key = NodeKey::from_seed([79; 32]);
+    let mut home = store_for(dirs[0].path(), &home_key);
+    let mut laptop = store_for(dirs[1].path(), &laptop_key);
+    let h = home_key.id();
+    home.seal_own(&home_key, Some(true)).unwrap();
+    home.set_readers(&home_key, &[laptop_key.id()]).unwrap();
+    home.append_changes(&home_key, rounds()[0].clone(), &[])
+        .unwrap();
+    copy_feed(&home, &mut laptop, h);
+    // One sealed entry rots on the laptop's disk (its ciphertext changes, its hash does not),
+    // and is found damaged.
+    let (seq, bytes) = laptop
+        .entries_after(h, Seq(0), 100)
+        .unwrap()
+        .into_iter()
+        .find_map(|e| {
+            let entry = feed::decode_entry(&e.bytes).unwrap();
+            let sealed = crate::seal::is_sealed(entry.path) && !entry.body.is_empty();
+            sealed.then(|| {
+                // A base64url character of the ciphertext, near its end.
+                let at = e.bytes.len() - 10;
+                let mut bytes = e.bytes.clone();
+                bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+                (e.seq, bytes)
+            })
+        })
+        .unwrap();
+    laptop
+        .conn
+        .execute(
+            "UPDATE entries SET bytes = ?2 WHERE key = (SELECT id FROM origins WHERE node_id = ?1) << 40 | ?3",
+            (&h.as_bytes()[..], &bytes, seq.0 as i64),
+        )
+        .unwrap();
+    let first = laptop.open_granted(&laptop_key).unwrap();
+    assert_eq!(first.failed.len(), 1, "{:?}", first.failed);
+    assert!(matches!(first.failed[0].1, StoreError::Unsealable { .. }));
+    // Nothing of it changed: not read again.
+    assert!(laptop.open_granted(&laptop_key).unwrap().failed.is_empty());
+    // A peer sends the same entries again: the damaged one is replaced, the head stays, and
+    // the next pass opens it all.
+    laptop.mark_damaged(h, seq, "test").unwrap();
+    let head = laptop.head(h).unwrap().unwrap();
+    let mut after = Seq(0);
+    while let Some((entries, cp)) = home.entries_page(h, after, 7, 1 << 20).unwrap() {
+        let bytes: Vec<Vec<u8>> = entries.into_iter().map(|e| e.bytes).collect();
+        laptop
+            .accept(&verify_batch(h, bytes, cp).unwrap(), &[])
+            .unwrap();
+        after = cp.seq;
+    }
+    assert_eq!(laptop.head(h).unwrap().unwrap(), head);
+    let again = laptop.open_granted(&laptop_key).unwrap();
+    assert!(again.failed.is_empty(), "{:?}", again.failed);
+    assert_eq!(again.opened.len(), 1);
+    assert_eq!(plain_state(&laptop, h), plain_state(&home, h));
+}
