@@ -106,13 +106,18 @@ pub fn write_archive(
         }
         after = base.seq;
     }
-    // Up to `up_to`, a checkpoint: pages of at most the entries before it end at or before it.
-    let limit = |after: Seq| up_to.map_or(usize::MAX, |u| u.0.saturating_sub(after.0) as usize);
-    while let Some((entries, checkpoint)) = (limit(after) > 0)
-        .then(|| store.entries_page(origin, after, limit(after), PAGE_BYTES))
-        .transpose()?
-        .flatten()
-    {
+    loop {
+        // Up to `up_to`, a checkpoint: a page of at most the entries before it ends at or
+        // before it.
+        let limit = match up_to {
+            Some(end) if end <= after => break,
+            Some(end) => (end.0 - after.0) as usize,
+            None => usize::MAX,
+        };
+        let Some((entries, checkpoint)) = store.entries_page(origin, after, limit, PAGE_BYTES)?
+        else {
+            break;
+        };
         w.page(&checkpoint, entries.iter().map(|e| e.bytes.as_slice()))?;
         after = checkpoint.seq;
     }

@@ -427,11 +427,11 @@ pub struct Store {
     /// Tokens discarded before their staging began (the caller gave up while waiting for the
     /// store): their staging never begins.
     staging_dropped: std::collections::BTreeSet<u64>,
-    /// Per other origin (row), the readers statement (its seq) and head at which
-    /// [`Store::open_granted`] last found nothing it could open, and whether the statement
-    /// did not grant this node: it is not read again until one of them moves or something
-    /// else of the origin changes (see `Store::reconsider`).
-    unopenable: std::collections::HashMap<i64, (i64, i64, bool)>,
+    /// The other origins (rows) in which [`Store::open_granted`] found nothing it could open,
+    /// and whether their statement did not grant this node: not read again until something
+    /// of them is stored (see `Store::reconsider`, called wherever their head, statement or
+    /// entries change).
+    unopenable: std::collections::HashMap<i64, bool>,
 }
 
 impl std::fmt::Debug for Store {

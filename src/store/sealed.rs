@@ -551,23 +551,23 @@ impl Store {
         let mut out = Granted::default();
         // Only origins with a readers statement: one indexed probe each, inside SQLite, so
         // that a node holding thousands of plain origins pays next to nothing per change.
-        let origins: Vec<(i64, Vec<u8>, i64, i64)> = {
+        let origins: Vec<(i64, Vec<u8>, i64)> = {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT o.id, o.node_id, o.head_seq, s.seq FROM origins o
-                     JOIN objects s ON s.origin = o.id AND s.path = ?2 WHERE o.node_id != ?1",
+                    "SELECT o.id, o.node_id, o.head_seq FROM origins o WHERE o.node_id != ?1
+                     AND EXISTS (SELECT 1 FROM objects s WHERE s.origin = o.id AND s.path = ?2)",
                 )
                 .ctx("listing origins")?;
             let rows = stmt
                 .query_map((&me.as_bytes()[..], READERS_PATH), |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .ctx("listing origins")?;
             rows.collect::<rusqlite::Result<_>>()
                 .ctx("listing origins")?
         };
-        for (row, node, head, statement) in origins {
+        for (row, node, head) in origins {
             let Some(id) = <[u8; 32]>::try_from(node.as_slice())
                 .ok()
                 .and_then(|b| NodeId::from_bytes(b).ok())
@@ -578,18 +578,14 @@ impl Store {
             if meta_seq(&self.conn, &progress_key(id))?.is_some_and(|done| done.0 >= head as u64) {
                 continue;
             }
-            // Found closed at this statement and head, and nothing of it changed since: not
-            // read again (a statement of any size is parsed once per change of its origin, not
-            // on every change of the store), only reported again when it did not grant this
-            // node.
-            match self.unopenable.get(&row) {
-                Some(&(s, h, refused)) if s == statement && h == head => {
-                    if refused {
-                        out.refused.push(id);
-                    }
-                    continue;
+            // Found closed, and nothing of it stored since: not read again (a statement of any
+            // size is parsed once per change of its origin, not on every change of the store),
+            // only reported again when it did not grant this node.
+            if let Some(&refused) = self.unopenable.get(&row) {
+                if refused {
+                    out.refused.push(id);
                 }
-                _ => {}
+                continue;
             }
             // What one origin signed (a statement that does not parse, a grant that does not
             // open, an entry that does not) stops that origin only, never the others.
@@ -597,7 +593,7 @@ impl Store {
                 Ok(Some(0)) => {}
                 Ok(Some(n)) => out.opened.push((id, n)),
                 Ok(None) => {
-                    self.unopenable.insert(row, (statement, head, true));
+                    self.unopenable.insert(row, true);
                     out.refused.push(id);
                 }
                 Err(
@@ -605,7 +601,7 @@ impl Store {
                     | StoreError::Unsealable { .. }
                     | StoreError::Feed(_)),
                 ) => {
-                    self.unopenable.insert(row, (statement, head, false));
+                    self.unopenable.insert(row, false);
                     out.failed.push((id, e));
                 }
                 Err(e) => return Err(e),
