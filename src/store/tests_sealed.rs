@@ -123,6 +123,49 @@ fn copy_feed(from: &Store, to: &mut Store, origin: NodeId) {
     }
 }
 
+/// What `ring` does with each sealed entry (with a body) of `origin` that `store` holds: the
+/// seqs it opens, and (seq, epoch) of those sealed under an epoch it has no key for. Any other
+/// failure panics.
+fn try_open(
+    store: &Store,
+    origin: NodeId,
+    ring: &crate::seal::Ring,
+) -> (Vec<Seq>, Vec<(Seq, u32)>) {
+    let (mut opened, mut refused) = (Vec::new(), Vec::new());
+    for e in store.entries_after(origin, Seq(0), 10_000).unwrap() {
+        let entry = feed::decode_entry(&e.bytes).unwrap();
+        if !crate::seal::is_sealed(entry.path) || entry.body.is_empty() {
+            continue;
+        }
+        match ring.open(entry.op, entry.path, entry.body) {
+            Ok(_) => opened.push(e.seq),
+            Err(crate::seal::SealError::UnknownEpoch { epoch }) => refused.push((e.seq, epoch)),
+            Err(other) => panic!("seq {}: {other}", e.seq),
+        }
+    }
+    (opened, refused)
+}
+
+/// A sealed origin (seed `home`) that grants reading to a second node (seed `reader`), and has
+/// appended the first round: (their directories, keys and stores).
+fn home_and_reader(
+    home: u8,
+    reader: u8,
+) -> (Vec<tempfile::TempDir>, NodeKey, NodeKey, Store, Store) {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (home_key, reader_key) = (
+        NodeKey::from_seed([home; 32]),
+        NodeKey::from_seed([reader; 32]),
+    );
+    let mut home = store_for(dirs[0].path(), &home_key);
+    let reader = store_for(dirs[1].path(), &reader_key);
+    home.seal_own(&home_key, Some(true)).unwrap();
+    home.set_readers(&home_key, &[reader_key.id()]).unwrap();
+    home.append_changes(&home_key, rounds()[0].clone(), &[])
+        .unwrap();
+    (dirs, home_key, reader_key, home, reader)
+}
+
 #[test]
 fn a_sealed_feed_reads_like_a_plain_one_at_its_origin() {
     let (plain_dir, sealed_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -434,19 +477,10 @@ fn a_granted_reader_reads_what_a_holder_cannot_until_it_is_removed() {
         .unwrap()
         .unwrap();
     let after = home.head(h).unwrap().unwrap().seq;
-    let mut refused = 0;
-    for e in laptop.entries_after(h, Seq(0), 10_000).unwrap() {
-        let entry = feed::decode_entry(&e.bytes).unwrap();
-        if !crate::seal::is_sealed(entry.path) || entry.body.is_empty() {
-            continue;
-        }
-        match ring.open(entry.op, entry.path, entry.body) {
-            Ok(_) => assert!(e.seq < after, "opened"),
-            Err(crate::seal::SealError::UnknownEpoch { epoch: 1 }) => refused += 1,
-            Err(other) => panic!("seq {}: {other}", e.seq),
-        }
-    }
-    assert!(refused >= 3, "{refused} entries after the rotation");
+    let (opened, refused) = try_open(&laptop, h, &ring);
+    assert!(opened.iter().all(|seq| *seq < after), "{opened:?}");
+    assert!(refused.len() >= 3, "{refused:?} after the rotation");
+    assert!(refused.iter().all(|(_, epoch)| *epoch == 1), "{refused:?}");
     let r4 = "/buckets/zebradiary/collections/okapirecipes/records/r4";
     assert!(matches!(
         laptop.object(h, r4),
@@ -483,25 +517,17 @@ fn a_plain_feed_has_no_readers_to_name() {
         store.set_readers(&key, &[NodeKey::from_seed([74; 32]).id()]),
         Err(StoreError::Readers { .. })
     ));
+    assert!(matches!(
+        store.rotate_key(&key),
+        Err(StoreError::Readers { .. })
+    ));
 }
 
 #[test]
 fn a_rotation_keeps_the_readers_and_seals_what_follows_under_a_key_nobody_had() {
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let home_key = NodeKey::from_seed([76; 32]);
-    let laptop_key = NodeKey::from_seed([77; 32]);
-    let mut home = store_for(dirs[0].path(), &home_key);
-    let mut laptop = store_for(dirs[1].path(), &laptop_key);
+    let (_dirs, home_key, laptop_key, mut home, mut laptop) = home_and_reader(76, 77);
     let h = home_key.id();
-    assert!(matches!(
-        home.rotate_key(&home_key),
-        Err(StoreError::Readers { .. })
-    ));
-    home.seal_own(&home_key, Some(true)).unwrap();
-    home.set_readers(&home_key, &[laptop_key.id()]).unwrap();
     let rounds = rounds();
-    home.append_changes(&home_key, rounds[0].clone(), &[])
-        .unwrap();
     // What an archive written now carries: the keys of epoch 0.
     let before = home.content_keys(&home_key, h).unwrap();
     assert_eq!(before.epochs(), 1);
@@ -517,25 +543,15 @@ fn a_rotation_keeps_the_readers_and_seals_what_follows_under_a_key_nobody_had() 
     laptop.open_granted(&laptop_key).unwrap();
     assert_eq!(plain_state(&laptop, h), plain_state(&home, h));
     // The keys from before open what was sealed up to the rotation, nothing after it.
-    let (mut opened, mut refused) = (0, 0);
-    for e in home.entries_after(h, Seq(0), 10_000).unwrap() {
-        let entry = feed::decode_entry(&e.bytes).unwrap();
-        if !crate::seal::is_sealed(entry.path) || entry.body.is_empty() {
-            continue;
-        }
-        match before.open(entry.op, entry.path, entry.body) {
-            Ok(_) if e.seq < at => opened += 1,
-            Ok(_) => panic!(
-                "seq {} after the rotation opened with the keys from before",
-                e.seq
-            ),
-            Err(crate::seal::SealError::UnknownEpoch { epoch: 1 }) if e.seq > at => refused += 1,
-            Err(other) => panic!("seq {}: {other}", e.seq),
-        }
-    }
+    let (opened, refused) = try_open(&home, h, &before);
     assert!(
-        opened >= 1 && refused >= 3,
-        "{opened} opened, {refused} refused"
+        !opened.is_empty() && opened.iter().all(|seq| *seq < at),
+        "{opened:?}"
+    );
+    assert!(refused.len() >= 3, "{refused:?}");
+    assert!(
+        refused.iter().all(|(seq, epoch)| *seq > at && *epoch == 1),
+        "{refused:?}"
     );
     // The origin itself still reads it all.
     assert_eq!(home.content_keys(&home_key, h).unwrap().epochs(), 2);
@@ -543,16 +559,8 @@ fn a_rotation_keeps_the_readers_and_seals_what_follows_under_a_key_nobody_had() 
 
 #[test]
 fn an_origin_that_failed_to_open_is_read_again_once_a_peer_repairs_it() {
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let home_key = NodeKey::from_seed([78; 32]);
-    let laptop_key = NodeKey::from_seed([79; 32]);
-    let mut home = store_for(dirs[0].path(), &home_key);
-    let mut laptop = store_for(dirs[1].path(), &laptop_key);
+    let (_dirs, home_key, laptop_key, home, mut laptop) = home_and_reader(78, 79);
     let h = home_key.id();
-    home.seal_own(&home_key, Some(true)).unwrap();
-    home.set_readers(&home_key, &[laptop_key.id()]).unwrap();
-    home.append_changes(&home_key, rounds()[0].clone(), &[])
-        .unwrap();
     copy_feed(&home, &mut laptop, h);
     // One sealed entry rots on the laptop's disk (its ciphertext changes, its hash does not),
     // and is found damaged.
