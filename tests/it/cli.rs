@@ -190,10 +190,6 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
 #[test]
 fn init_creates_a_private_key_and_prints_the_id_last() {
     let env = Env::new("");
@@ -202,8 +198,8 @@ fn init_creates_a_private_key_and_prints_the_id_last() {
     let id = text.lines().last().unwrap();
     assert!(id.starts_with("ed25519:") && id.len() == 51, "{text}");
     let key = env.data().join("node.key");
-    assert_eq!(mode(&key), 0o600);
-    assert_eq!(mode(&env.data()), 0o700);
+    assert_eq!(common::mode(&key), 0o600);
+    assert_eq!(common::mode(&env.data()), 0o700);
     let before = std::fs::read(&key).unwrap();
     assert!(
         !text.contains(
@@ -252,7 +248,7 @@ fn key_export_writes_a_private_copy_and_prints_no_secret() {
     let out = env.run(&["key", "export", "--out", copy.to_str().unwrap()], 0);
     let secret = std::fs::read_to_string(env.data().join("node.key")).unwrap();
     assert_eq!(std::fs::read_to_string(&copy).unwrap(), secret);
-    assert_eq!(mode(&copy), 0o600);
+    assert_eq!(common::mode(&copy), 0o600);
     let b64 = secret.lines().nth(1).unwrap();
     assert!(!stdout(&out).contains(b64) && !stderr(&out).contains(b64));
     env.run(&["key", "export", "--out", copy.to_str().unwrap()], 78);
@@ -795,7 +791,7 @@ fn a_password_file_open_to_others_is_refused_and_an_open_data_dir_is_closed() {
     std::fs::set_permissions(env.data(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let err = stderr(&env.run(&["init"], 0));
     assert!(err.contains("now private to this user"), "{err}");
-    let mode = std::fs::metadata(env.data()).unwrap().permissions().mode() & 0o777;
+    let mode = common::mode(&env.data());
     assert_eq!(mode, 0o700);
     let err = stderr(&env.run(&["run"], 78));
     assert!(

@@ -356,7 +356,7 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
         err.contains("also open what") && err.contains("tandem key rotate"),
         "{err}"
     );
-    assert_eq!(mode_of(&archive), 0o600, "whoever holds it reads it");
+    assert_eq!(common::mode(&archive), 0o600, "whoever holds it reads it");
     let (_, err) = tandem(
         &community.config_path(),
         &[
@@ -396,7 +396,7 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     );
     assert!(out.contains("with the content keys"), "{out}");
     assert!(err.contains("started key epoch 1"), "{err}");
-    assert_eq!(mode_of(&own), 0o600);
+    assert_eq!(common::mode(&own), 0o600);
     assert_eq!(
         of(&home)["readers"],
         json!({"epoch": 1, "ids": [laptop.id]})
@@ -485,10 +485,4 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
     assert!(out.contains("sealing under key epoch 3"), "{out}");
     assert_eq!(of(&home)["readers"], json!({"epoch": 3, "ids": []}));
     community.stop().await;
-}
-
-/// The permission bits of the file at `path`.
-fn mode_of(path: &std::path::Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }

@@ -40,6 +40,12 @@ pub fn run(mut cmd: Command, code: i32) -> Output {
     out
 }
 
+/// The permission bits of the file at `path`.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
 /// Writes a password or token file readable by its owner only (tandem refuses others).
 pub fn write_secret(path: impl AsRef<Path>, text: impl AsRef<[u8]>) {
     use std::os::unix::fs::OpenOptionsExt;
