@@ -29,6 +29,19 @@ pub fn venv() -> PathBuf {
     dir
 }
 
+/// The `kinto` command of the virtualenv, able to load the test servers' own include
+/// (`tests/kinto/tandem_test_bcrypt.py`), writing no bytecode into the checkout.
+fn kinto_command(venv: &std::path::Path) -> Command {
+    let mut command = Command::new(venv.join("bin/kinto"));
+    command
+        .env(
+            "PYTHONPATH",
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kinto"),
+        )
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    command
+}
+
 /// The storage backend and URL for a new server: memory, or a new database on the
 /// PostgreSQL server `TANDEM_TEST_POSTGRES` names when the test asks for it (`postgres`) or
 /// `TANDEM_TEST_BACKEND=postgresql` asks it for every test.
@@ -134,8 +147,8 @@ impl Kinto {
     pub async fn start_with_settings(options: Options, settings: &str) -> Kinto {
         let venv = venv();
         let dir = tempfile::tempdir().unwrap();
-        let mut includes =
-            "kinto.plugins.accounts\n                 kinto.plugins.flush".to_owned();
+        // `tandem_test_bcrypt` (tests/kinto): passwords hashed at bcrypt's lowest cost.
+        let mut includes = "kinto.plugins.accounts\n                 kinto.plugins.flush\n                 tandem_test_bcrypt".to_owned();
         if options.history {
             includes.push_str("\n                 kinto.plugins.history");
         }
@@ -228,7 +241,7 @@ format = %(levelname)s %(message)s
             .collect();
         std::fs::write(dir.path().join("kinto.ini"), ini).unwrap();
         if backend == "postgresql" {
-            let migrated = Command::new(venv.join("bin/kinto"))
+            let migrated = kinto_command(&venv)
                 .args(["migrate", "--ini", "kinto.ini"])
                 .current_dir(dir.path())
                 .output()
@@ -249,7 +262,7 @@ format = %(levelname)s %(message)s
                 .port();
             let url = format!("http://127.0.0.1:{port}/v1/");
             let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-            let mut child = Command::new(venv.join("bin/kinto"))
+            let mut child = kinto_command(&venv)
                 .args(["start", "--ini", "kinto.ini", "--port", &port.to_string()])
                 .current_dir(dir.path())
                 .stdout(Stdio::null())
