@@ -223,6 +223,12 @@ pub enum ListResult {
     Page(Page),
 }
 
+/// How many times a GET that Kinto answered with a server error (and no `Retry-After`) is
+/// asked again before the error is returned (see [`KintoClient::get_head`]).
+pub const GET_RETRIES: u32 = 2;
+/// The first pause before asking again; the second is up to twice as long (jittered).
+const GET_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// A Kinto client for one server and account.
 pub struct KintoClient {
     http: reqwest::Client,
@@ -646,19 +652,43 @@ impl KintoClient {
 
     /// Sends a GET and returns the answer's headers, and the answer itself to read the body
     /// from (`None` for `304`). Honours `Backoff`.
+    ///
+    /// A server error without `Retry-After` is asked again, [`GET_RETRIES`] times at most,
+    /// after a short jittered pause: such errors are often one request's bad luck (Kinto on
+    /// PostgreSQL answers `500` to the list of an empty collection whose first object is being
+    /// written at that moment), and a GET can be repeated. A `429` or `503` with `Retry-After`
+    /// is Kinto asking to wait: that goes to the caller's loop, which waits as asked.
     async fn get_head(
         &self,
         url: &Url,
         if_none_match: Option<i64>,
     ) -> Result<(HeaderMap, Option<reqwest::Response>), KintoError> {
-        let mut request = self
-            .http
-            .get(url.clone())
-            .header(header::AUTHORIZATION, self.auth.clone());
-        if let Some(etag) = if_none_match {
-            request = request.header(header::IF_NONE_MATCH, format!("\"{etag}\""));
-        }
-        let response = request.send().await.map_err(|e| unreachable(url, &e))?;
+        let mut pause = crate::backoff::Backoff::new(GET_RETRY_PAUSE, GET_RETRY_PAUSE * 4);
+        let response = loop {
+            let mut request = self
+                .http
+                .get(url.clone())
+                .header(header::AUTHORIZATION, self.auth.clone());
+            if let Some(etag) = if_none_match {
+                request = request.header(header::IF_NONE_MATCH, format!("\"{etag}\""));
+            }
+            let response = request.send().await.map_err(|e| unreachable(url, &e))?;
+            let status = response.status();
+            if !status.is_server_error()
+                || response.headers().contains_key(header::RETRY_AFTER)
+                || pause.failures() >= GET_RETRIES
+            {
+                break response;
+            }
+            let wait = pause.fail();
+            tracing::info!(
+                %url,
+                status = status.as_u16(),
+                wait_ms = wait.as_millis() as u64,
+                "Kinto answered a server error; asking again"
+            );
+            tokio::time::sleep(wait).await;
+        };
         let status = response.status();
         let headers = response.headers().clone();
         if let Some(seconds) = header_seconds(&headers, "backoff") {

@@ -568,8 +568,28 @@ async fn faults_never_commit_part_of_a_page_and_heal() {
     );
 
     proxy.set(common::proxy::Fault::Status(503), 0);
+    let before = proxy.requests();
     let err = node.fail(&["sync"]);
     assert!(err.contains("HTTP 503"), "{err}");
+    assert_eq!(
+        proxy.requests() - before,
+        1,
+        "a 503 with Retry-After is not asked again"
+    );
+
+    // A server error without Retry-After is asked again twice, then reported.
+    proxy.set(common::proxy::Fault::Failure(500), 0);
+    let before = proxy.requests();
+    let err = node.fail(&["sync"]);
+    assert!(err.contains("HTTP 500"), "{err}");
+    assert_eq!(proxy.requests() - before, 3, "{err}");
+    assert_eq!(err.matches("asking again").count(), 2, "{err}");
+    // Two in a row, in the middle of a sync: it goes through.
+    proxy.set_times(common::proxy::Fault::Failure(502), 3, 2);
+    let before = proxy.requests();
+    node.sync();
+    assert!(proxy.requests() - before > 5, "the faults fell on the sync");
+    assert_export_matches(&node, &kinto);
 
     proxy.set(common::proxy::Fault::None, 0);
     node.sync();

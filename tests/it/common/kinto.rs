@@ -96,7 +96,7 @@ pub fn restore_target_settings(account: &str) -> String {
 pub struct Kinto {
     child: Child,
     /// Its configuration and log, removed when the server is dropped.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// Root URL, ending with `/v1/`.
     pub url: String,
     /// The PostgreSQL database it stores into (empty on the memory backend).
@@ -272,7 +272,7 @@ format = %(levelname)s %(message)s
             if wait_ready(&mut child, &http, &url, &tag).await {
                 let kinto = Kinto {
                     child,
-                    _dir: dir,
+                    dir,
                     url,
                     storage_url: storage_url.clone(),
                     http,
@@ -441,8 +441,17 @@ async fn wait_ready(child: &mut Child, http: &reqwest::Client, url: &str, tag: &
 }
 
 impl Drop for Kinto {
+    /// Stops the server. Dropped while its thread unwinds from a failed assertion, it prints
+    /// the end of its log (a `500`'s traceback, say), which goes with its directory.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            eprintln!("the log of Kinto at {} (last 80 lines):\n{tail}", self.url);
+        }
     }
 }

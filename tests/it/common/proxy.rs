@@ -16,6 +16,9 @@ pub enum Fault {
     None,
     /// Answer this status (with `Retry-After: 1`) without forwarding.
     Status(u16),
+    /// Answer this status without `Retry-After` and without forwarding: a server failing on
+    /// its own, not one asking to wait.
+    Failure(u16),
     /// Forward, but cut the answer after this many bytes and close.
     CutAfter(usize),
     /// Forward, but flip every bit of the answer's byte at this offset.
@@ -46,6 +49,9 @@ struct State {
     fault: Fault,
     /// Requests to let through before the fault applies.
     skip: usize,
+    /// How many requests the fault applies to before requests are forwarded again (`None`:
+    /// all of them).
+    times: Option<usize>,
     /// Requests seen.
     requests: usize,
     /// Head of the last request (request line and headers).
@@ -62,6 +68,7 @@ impl Proxy {
         let state = Arc::new(Mutex::new(State {
             fault: Fault::None,
             skip: 0,
+            times: None,
             requests: 0,
             last_head: String::new(),
             hook: None,
@@ -86,6 +93,15 @@ impl Proxy {
         let mut s = self.state.lock().unwrap();
         s.fault = fault;
         s.skip = skip;
+        s.times = None;
+    }
+
+    /// Applies `fault` to `times` requests after the next `skip` ones, then forwards again.
+    pub fn set_times(&self, fault: Fault, skip: usize, times: usize) {
+        let mut s = self.state.lock().unwrap();
+        s.fault = fault;
+        s.skip = skip;
+        s.times = Some(times);
     }
 
     /// Requests seen so far.
@@ -143,7 +159,10 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
         if s.skip > 0 {
             s.skip -= 1;
             Fault::None
+        } else if s.times == Some(0) {
+            Fault::None
         } else {
+            s.times = s.times.map(|n| n - 1);
             s.fault
         }
     };
@@ -163,10 +182,15 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
             .await?;
         return client.shutdown().await;
     }
-    if let Fault::Status(code) = fault {
+    if let Fault::Status(code) | Fault::Failure(code) = fault {
         let body = format!(r#"{{"code":{code},"errno":201,"error":"Service Unavailable"}}"#);
+        let retry_after = if matches!(fault, Fault::Status(_)) {
+            "Retry-After: 1\r\n"
+        } else {
+            ""
+        };
         let answer = format!(
-            "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\n{retry_after}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         client.write_all(answer.as_bytes()).await?;
