@@ -7,7 +7,10 @@ benchkit.py), in one run:
    seconds, records/s and tandem's peak RSS. With BENCH_INGEST=journal, Kinto runs the
    kinto-tandem plugin and tandem's first sync reads its dump and journal: curl then reads
    exactly those pages (the root, every /tandem/objects page following Next-Page, the journal
-   with If-None-Match), besides the lists path's pages.
+   with If-None-Match), besides the lists path's pages. Kinto's own time for each reader's
+   requests (the union of their spans in its access log) is printed too: what a reader takes
+   beyond it is the reader's own cost, which Kinto's variance from one round to the next (its
+   garbage collector pausing some pages and not others) does not blur.
 2. Steady state with STEADY unchanged collections (spread over BENCH_BUCKETS buckets), on each
    path of BENCH_PATHS: polled, with the history plugin, with the kinto-tandem plugin's journal.
    `tandem sync` passes (seconds, process included; the requests each made and the pass as
@@ -207,6 +210,14 @@ def initial_ingest():
                         ("kinto-http.py, records lists", [os.path.join(VENV, "bin/python"), py]),
                         ("kinto-http.py, same pages", [os.path.join(VENV, "bin/python"), py_same])]
         times = {name: [] for name, _ in readers}
+        # Kinto's busy time for each reader's requests, and the reader's time beyond it.
+        busy, beyond = {}, {}
+
+        def kinto_time(name, before, elapsed):
+            if journal:
+                spent = busy_seconds(benchkit.access_log(log, before))
+                busy.setdefault(name, []).append(spent)
+                beyond.setdefault(name, []).append(elapsed - spent)
         rss = {}
         log = os.path.join(work, "access.log")
         path = "the kinto-tandem journal" if journal else "the lists"
@@ -215,6 +226,7 @@ def initial_ingest():
             for name, cmd in readers:
                 before = sum(1 for _ in open(log)) if journal else 0
                 times[name].append(timed(cmd)[0])
+                kinto_time(name, before, times[name][-1])
                 if journal and r == 0:
                     seen = benchkit.access_log(log, before)
                     print(f"  {name}: {len(seen)} requests, by status: {status_counts(seen)}", flush=True)
@@ -224,6 +236,7 @@ def initial_ingest():
                 before = sum(1 for _ in open(log)) if journal else 0
                 elapsed, peak = timed([TANDEM, "--config", config, "sync"])
                 times.setdefault(name, []).append(elapsed)
+                kinto_time(name, before, elapsed)
                 rss[name] = max(rss.get(name, 0), peak)
                 if journal and r == 0:
                     seen = benchkit.access_log(log, before)
@@ -241,10 +254,38 @@ def initial_ingest():
                     extra += f" and {m / python_same:.2f}x kinto-http.py"
                 extra += f" (same requests), peak RSS {rss[name] / 1024:.0f} MiB"
             print(f"  {name:32} median {m:6.2f} s  {RECORDS / m:8.0f} records/s{extra}")
+        if busy:
+            print("  Kinto's own time for each reader's requests, and the reader's time beyond it"
+                  " (medians; rounds):")
+            for name in busy:
+                print(f"  {name:32} Kinto {statistics.median(busy[name]):6.2f} s"
+                      f" ({', '.join(f'{b:.2f}' for b in busy[name])}),"
+                      f" beyond {statistics.median(beyond[name]):5.3f} s"
+                      f" ({', '.join(f'{b:.3f}' for b in beyond[name])})")
+            served = statistics.median(busy["curl, same requests"])
+            base = served + statistics.median(beyond["curl, same requests"])
+            for name in busy:
+                if name.startswith("tandem"):
+                    own = served + statistics.median(beyond[name])
+                    print(f"  {name}: {own / base:.2f}x curl with Kinto's time held at curl's median")
     finally:
         kinto.terminate()
         kinto.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def busy_seconds(requests):
+    """Seconds in which Kinto was serving at least one of `requests` (from `access_log`):
+    overlapping spans (a page asked for while the previous one is sent) count once."""
+    total, end = 0.0, None
+    for _, _, _, start, stop in sorted(requests, key=lambda r: r[3]):
+        if end is None or start > end:
+            total += stop - start
+            end = stop
+        elif stop > end:
+            total += stop - end
+            end = stop
+    return total / 1000
 
 
 def status_counts(requests):
