@@ -224,8 +224,8 @@ pub enum ListResult {
 }
 
 /// How many times a GET that Kinto answered with a server error (and no `Retry-After`) is
-/// asked again before the error is returned (see [`KintoClient::get_head`]).
-pub const GET_RETRIES: u32 = 2;
+/// asked again before the error is returned.
+const GET_RETRIES: u32 = 2;
 /// The first pause before asking again; the second is up to twice as long (jittered).
 const GET_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
