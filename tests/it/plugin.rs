@@ -421,6 +421,58 @@ async fn a_node_behind_a_trimmed_journal_reads_the_whole_state_again() {
 /// cut off in the middle: the pass fails with Kinto's error and moves no cursor; the next one
 /// reads the dump again, keeps what is still there, deletes what went in between, and follows
 /// the journal from there.
+/// A dump page is stored as soon as it has arrived, while Kinto serves the next one: only the
+/// last page's work is left once Kinto has answered. Here the second page is held back for
+/// seconds, and the first page's records must be in the store meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_page_is_stored_while_the_next_one_is_served() {
+    let a = plugin_kinto_with_collection("kinto.storage_max_fetch_size = 10").await;
+    for i in 0..25 {
+        put(
+            &a,
+            "alice",
+            &format!("/buckets/t/collections/c/records/r{i:02}"),
+            json!({"data": {"i": i}}),
+        )
+        .await;
+    }
+    let upstream = a
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1/")
+        .to_owned();
+    let proxy = common::proxy::Proxy::start(upstream, "/v1/").await;
+    let home = Node::new(&a, "tandem");
+    home.set_source_url(&proxy.url);
+    // The root and the dump's first page pass; the second page waits 4 s.
+    let held = std::time::Duration::from_secs(4);
+    proxy.set_times(common::proxy::Fault::Delay(held.as_millis() as u64), 2, 1);
+    let started = std::time::Instant::now();
+    let mut sync = common::chaos::spawn(&home.config(), &["sync"]);
+    let data = home.dir.path().join("data");
+    let stored = || {
+        let Ok(store) = tandem::store::Store::open_read_only(&data) else {
+            return 0;
+        };
+        let Ok(node) = store.node_id() else { return 0 };
+        store.head(node).ok().flatten().map_or(0, |h| h.seq.0)
+    };
+    common::node::wait_for(held * 2, "the first page in the store", || stored() >= 10).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < held,
+        "the first page was stored {waited:?} after the sync started: not before the second \
+         page ({held:?} late) arrived"
+    );
+    assert!(sync.wait().unwrap().success());
+    let records = home
+        .export()
+        .iter()
+        .filter(|o| o["path"].as_str().unwrap().contains("/records/"))
+        .count();
+    assert_eq!(records, 25);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dump_of_many_pages_cut_off_midway_is_read_again_whole() {
     let a = plugin_kinto_with_collection("kinto.storage_max_fetch_size = 10").await;

@@ -234,10 +234,12 @@ impl Ingest {
             .filter(|n| n != CURSOR)
             .map(CursorUpdate::clear)
             .collect();
-        // Pages are read by one future and stored by the other, and each page is asked for as
-        // soon as the previous one's headers name it, so that Kinto is never idle while a page
-        // is parsed or committed. The channel holds one page: at most three are in memory
-        // (one stored, one waiting, one parsed) besides the one arriving.
+        // Pages are read by one future and stored by the other. Each page is asked for as soon
+        // as the previous one's headers name it, so that Kinto is never idle while a page is
+        // parsed or committed, and each page goes to the store as soon as its body is read,
+        // while the next one is still being served, so that only the last page's work is left
+        // when Kinto has answered. The channel holds one page: at most three are in memory
+        // (one stored, one waiting, one read) besides the one arriving.
         let (pages, mut received) = tokio::sync::mpsc::channel::<Page>(1);
         let read = async move {
             loop {
@@ -248,15 +250,19 @@ impl Ingest {
                         None => None,
                     }
                 };
-                let (page, next) = tokio::join!(head.read(), ask_next);
-                let ListResult::Page(page) = page? else {
-                    return Err(IngestError::Source {
-                        list: list.to_owned(),
-                        what: "answered 304 to an unconditional request".into(),
-                    });
+                let hand_over = async {
+                    let ListResult::Page(page) = head.read().await? else {
+                        return Err(IngestError::Source {
+                            list: list.to_owned(),
+                            what: "answered 304 to an unconditional request".into(),
+                        });
+                    };
+                    // A closed channel: the store stopped on an error, which it returns.
+                    Ok(pages.send(page).await.is_ok())
                 };
-                if pages.send(page).await.is_err() {
-                    return Ok(());
+                let (handed, next) = tokio::join!(hand_over, ask_next);
+                if !handed? {
+                    return Ok::<(), IngestError>(());
                 }
                 match next {
                     Some(next) => head = next?,
