@@ -15,6 +15,9 @@
 //!   ones already sent finish, and returns once the writer connection and its lock file are
 //!   released, so that whatever opens the store next (a restarted daemon, a command) finds it
 //!   free.
+//! - **Idle moments copy the log back.** When the writer has had nothing to do for a moment,
+//!   it copies the write-ahead log into the database file, so that closing has little left to
+//!   copy.
 //!
 //! This is also the seam for other storage: callers depend on the handle and on
 //! [`StoreError`], not on SQLite.
@@ -27,6 +30,13 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::{Store, StoreError};
+
+/// How long the writer waits with nothing to do before it copies the write-ahead log back into
+/// the database file. Waiting on the network (the next page of a source or a peer) is what
+/// leaves it idle, so the copy is done then rather than all at once when the store closes
+/// (100 ms for 100,000 Kinto records at the end of a `tandem sync`); a job sent meanwhile
+/// waits for at most the copy of what the jobs since the last idle moment wrote.
+const IDLE_CHECKPOINT: Duration = Duration::from_millis(25);
 
 /// Read-only connections opened beside the writer: enough for the HTTP handlers that serve
 /// pages and documents at once, few enough that idle ones cost little.
@@ -64,8 +74,27 @@ impl StoreHandle {
             .name("tandem-store".into())
             .spawn(move || {
                 let mut store = writer;
-                while let Ok(job) = rx.recv() {
-                    job(&mut store);
+                // Whether jobs ran since the log was last copied back.
+                let mut written = false;
+                loop {
+                    let next = if written {
+                        rx.recv_timeout(IDLE_CHECKPOINT)
+                    } else {
+                        rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                    };
+                    match next {
+                        Ok(job) => {
+                            job(&mut store);
+                            written = true;
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = store.checkpoint_passive() {
+                                tracing::debug!(error = %e, "copying the log back while idle");
+                            }
+                            written = false;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
                 // Closed: the database file is left whole on its own. Read-only connections
                 // cannot do this when they close last, and copies of the file taken after a
@@ -218,6 +247,38 @@ mod tests {
             read.as_deref(),
             Some(expected.as_str()),
             "a reader sees what the writer committed"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_copies_the_log_back_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let file = dir.path().join(crate::store::DB_FILE);
+        let before = std::fs::metadata(&file).unwrap().len();
+        // A megabyte: far below the 64 MiB at which SQLite copies the log back on its own.
+        let big = "x".repeat(1 << 20);
+        store
+            .write(move |s| s.set_cursors(&[CursorUpdate::set("big", big)]))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&file).unwrap().len() < before + (1 << 20) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the database file still has {} bytes, {before} before the write",
+                std::fs::metadata(&file).unwrap().len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Still open: the write is in the file before any close.
+        assert_eq!(
+            store
+                .read(|s| s.cursor("big"))
+                .await
+                .unwrap()
+                .map(|v| v.len()),
+            Some(1 << 20)
         );
     }
 

@@ -565,6 +565,15 @@ impl Store {
             .ctx("checkpointing the log")
     }
 
+    /// Copies back into the database file what the write-ahead log holds that no reader still
+    /// needs, without waiting for readers; the log is reused from its start once all of it is
+    /// copied. What a close would otherwise copy at once (see [`Store::checkpoint`]).
+    pub fn checkpoint_passive(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(PASSIVE);")
+            .ctx("copying the log back")
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
