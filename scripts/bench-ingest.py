@@ -26,7 +26,7 @@ it); BENCH_INGEST, `lists` (default: Kinto without the kinto-tandem plugin) or `
 BENCH_PATHS, the steady-state paths (default "polling,history,journal"); BENCH_BUCKETS, how
 many buckets hold the STEADY collections (default 1); BENCH_GATE, a file to wait for after loading (so that the
 timed part runs on an otherwise idle machine); BENCH_ROUNDS, how many times to run every reader
-and tandem, interleaved, and how many steady `tandem sync` passes to time (default 1; medians
+and tandem, interleaved (the order turned by one each round), and how many steady `tandem sync` passes to time (default 1; medians
 are printed); BENCH_POSTGRES, a PostgreSQL server for Kinto's
 storage and permissions (benchkit.py).
 Needs: a release build (cargo build --release), curl, and the test virtualenv (scripts/test),
@@ -222,15 +222,22 @@ def initial_ingest():
         log = os.path.join(work, "access.log")
         path = "the kinto-tandem journal" if journal else "the lists"
         print(f"initial ingest of {RECORDS} records ({BACKEND} backend, {path}), {rounds} round(s):", flush=True)
+        # Every reader and every tandem once per round, the order turned by one each round:
+        # Kinto's garbage collector pauses some dump pages and not others depending on where its
+        # counters stand, which depends on what ran before, so no reader always follows the same
+        # one.
+        runs = [("reader", name, cmd) for name, cmd in readers] + [("tandem", c, None) for c in levels]
         for r in range(rounds):
-            for name, cmd in readers:
-                before = sum(1 for _ in open(log)) if journal else 0
-                times[name].append(timed(cmd)[0])
-                kinto_time(name, before, times[name][-1])
-                if journal and r == 0:
-                    seen = benchkit.access_log(log, before)
-                    print(f"  {name}: {len(seen)} requests, by status: {status_counts(seen)}", flush=True)
-            for concurrency in levels:
+            for kind, name, cmd in runs[r % len(runs):] + runs[:r % len(runs)]:
+                if kind == "reader":
+                    before = sum(1 for _ in open(log)) if journal else 0
+                    times[name].append(timed(cmd)[0])
+                    kinto_time(name, before, times[name][-1])
+                    if journal and r == 0:
+                        seen = benchkit.access_log(log, before)
+                        print(f"  {name}: {len(seen)} requests, by status: {status_counts(seen)}", flush=True)
+                    continue
+                concurrency = name
                 config = node(os.path.join(work, f"node{r}-{concurrency}"), url, concurrency=concurrency)
                 name = f"tandem sync, concurrency {concurrency}"
                 before = sum(1 for _ in open(log)) if journal else 0
