@@ -417,17 +417,11 @@ async fn a_node_behind_a_trimmed_journal_reads_the_whole_state_again() {
     assert_eq!(home.sync(), 1);
 }
 
-/// A dump read in many pages (the plugin's page size is Kinto's `storage_max_fetch_size`),
-/// cut off in the middle: the pass fails with Kinto's error and moves no cursor; the next one
-/// reads the dump again, keeps what is still there, deletes what went in between, and follows
-/// the journal from there.
-/// A dump page is stored as soon as it has arrived, while Kinto serves the next one: only the
-/// last page's work is left once Kinto has answered. Here the second page is held back for
-/// seconds, and the first page's records must be in the store meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dump_page_is_stored_while_the_next_one_is_served() {
+/// A plugin Kinto whose dump comes in pages of 10 (its `storage_max_fetch_size`), holding
+/// `records` records in `/buckets/t/collections/c`, and a node that reads it through a proxy.
+async fn paged_dump_behind_a_proxy(records: usize) -> (Kinto, common::proxy::Proxy, Node) {
     let a = plugin_kinto_with_collection("kinto.storage_max_fetch_size = 10").await;
-    for i in 0..25 {
+    for i in 0..records {
         put(
             &a,
             "alice",
@@ -444,6 +438,15 @@ async fn a_dump_page_is_stored_while_the_next_one_is_served() {
     let proxy = common::proxy::Proxy::start(upstream, "/v1/").await;
     let home = Node::new(&a, "tandem");
     home.set_source_url(&proxy.url);
+    (a, proxy, home)
+}
+
+/// A dump page is stored as soon as it has arrived, while Kinto serves the next one: only the
+/// last page's work is left once Kinto has answered. Here the second page is held back for
+/// seconds, and the first page's records must be in the store meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_page_is_stored_while_the_next_one_is_served() {
+    let (_a, proxy, home) = paged_dump_behind_a_proxy(25).await;
     // The root and the dump's first page pass; the second page waits 4 s.
     let held = std::time::Duration::from_secs(4);
     proxy.set_times(common::proxy::Fault::Delay(held.as_millis() as u64), 2, 1);
@@ -473,26 +476,13 @@ async fn a_dump_page_is_stored_while_the_next_one_is_served() {
     assert_eq!(records, 25);
 }
 
+/// A dump read in many pages (the plugin's page size is Kinto's `storage_max_fetch_size`),
+/// cut off in the middle: the pass fails with Kinto's error and moves no cursor; the next one
+/// reads the dump again, keeps what is still there, deletes what went in between, and follows
+/// the journal from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dump_of_many_pages_cut_off_midway_is_read_again_whole() {
-    let a = plugin_kinto_with_collection("kinto.storage_max_fetch_size = 10").await;
-    for i in 0..45 {
-        put(
-            &a,
-            "alice",
-            &format!("/buckets/t/collections/c/records/r{i:02}"),
-            json!({"data": {"i": i}}),
-        )
-        .await;
-    }
-    let upstream = a
-        .url
-        .trim_start_matches("http://")
-        .trim_end_matches("/v1/")
-        .to_owned();
-    let proxy = common::proxy::Proxy::start(upstream, "/v1/").await;
-    let home = Node::new(&a, "tandem");
-    home.set_source_url(&proxy.url);
+    let (a, proxy, home) = paged_dump_behind_a_proxy(45).await;
     // The root, two pages of the dump, then an error.
     proxy.set(common::proxy::Fault::Status(500), 3);
     let out = home.run(&["sync"], 1);
