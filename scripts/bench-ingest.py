@@ -226,29 +226,24 @@ def initial_ingest():
         # Kinto's garbage collector pauses some dump pages and not others depending on where its
         # counters stand, which depends on what ran before, so no reader always follows the same
         # one.
-        runs = [("reader", name, cmd) for name, cmd in readers] + [("tandem", c, None) for c in levels]
+        runs = [(name, cmd, None) for name, cmd in readers]
+        runs += [(f"tandem sync, concurrency {c}", None, c) for c in levels]
         for r in range(rounds):
-            for kind, name, cmd in runs[r % len(runs):] + runs[:r % len(runs)]:
-                if kind == "reader":
-                    before = sum(1 for _ in open(log)) if journal else 0
-                    times[name].append(timed(cmd)[0])
-                    kinto_time(name, before, times[name][-1])
-                    if journal and r == 0:
-                        seen = benchkit.access_log(log, before)
-                        print(f"  {name}: {len(seen)} requests, by status: {status_counts(seen)}", flush=True)
-                    continue
-                concurrency = name
-                config = node(os.path.join(work, f"node{r}-{concurrency}"), url, concurrency=concurrency)
-                name = f"tandem sync, concurrency {concurrency}"
+            for name, cmd, concurrency in runs[r % len(runs):] + runs[:r % len(runs)]:
+                if concurrency is not None:
+                    config = node(os.path.join(work, f"node{r}-{concurrency}"), url, concurrency=concurrency)
+                    cmd = [TANDEM, "--config", config, "sync"]
                 before = sum(1 for _ in open(log)) if journal else 0
-                elapsed, peak = timed([TANDEM, "--config", config, "sync"])
+                elapsed, peak = timed(cmd)
                 times.setdefault(name, []).append(elapsed)
                 kinto_time(name, before, elapsed)
-                rss[name] = max(rss.get(name, 0), peak)
+                if concurrency is not None:
+                    rss[name] = max(rss.get(name, 0), peak)
                 if journal and r == 0:
                     seen = benchkit.access_log(log, before)
-                    print(f"  {name}: {len(seen)} requests, by status: {status_counts(seen)}, "
-                          f"{sum(1 for s in seen if s[2].endswith('/tandem/objects'))} of the dump", flush=True)
+                    dump = sum(1 for s in seen if s[2].endswith('/tandem/objects'))
+                    print(f"  {name}: {len(seen)} requests, by status: {status_counts(seen)}"
+                          + (f", {dump} of the dump" if concurrency is not None else ""), flush=True)
             print("  round " + str(r + 1) + ": " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), flush=True)
         same = statistics.median(times["curl, same requests"])
         python_same = statistics.median(times["kinto-http.py, same pages"]) if not journal else None
