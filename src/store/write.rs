@@ -98,8 +98,19 @@ fn seal_failed(path: &str, e: crate::seal::SealError) -> StoreError {
     }
 }
 
+/// At most this many puts wait in an append before the state is written (see [`Appender`]).
+const STATE_BUFFER: usize = 65_536;
+
 /// Writes entries of our own feed inside an append's transaction: each entry, its place in
 /// the state, its plaintext when it is sealed, and the intermediate checkpoints.
+///
+/// Puts reach the state in path order: they wait in `puts` (path → the seq of the latest put)
+/// and are written sorted when [`STATE_BUFFER`] of them wait, before any delete, and at the end.
+/// The state B-tree is keyed by path, and paths come in no order (Kinto's record ids are
+/// random, a sealed feed's paths are hashes): written as they come, every put would land on a
+/// different page, and a large append would rewrite the same pages over and over once the
+/// tree outgrows the page cache. Whoever reads the state during the append asks
+/// [`Appender::pending`] first.
 struct Appender<'a> {
     tx: &'a rusqlite::Transaction<'a>,
     origin: i64,
@@ -108,6 +119,7 @@ struct Appender<'a> {
     ts: u64,
     bytes_added: u64,
     since_checkpoint: u64,
+    puts: std::collections::HashMap<String, Seq>,
 }
 
 impl Appender<'_> {
@@ -138,8 +150,19 @@ impl Appender<'_> {
                     .map_err(invalid)?;
             super::sealed::record_opened(self.tx, self.origin, key, &opened, plain_path, path)?;
         }
-        apply_to_objects(self.tx, self.origin, seq, op, path, !body.is_empty())
-            .ctx("updating the object state")?;
+        match op {
+            Op::Put => {
+                self.puts.insert(path.to_owned(), seq);
+                if self.puts.len() >= STATE_BUFFER {
+                    self.write_puts()?;
+                }
+            }
+            Op::Delete => {
+                self.write_puts()?;
+                apply_to_objects(self.tx, self.origin, seq, op, path, !body.is_empty())
+                    .ctx("updating the object state")?;
+            }
+        }
         self.bytes_added += bytes.len() as u64;
         self.head = Head { seq, hash };
         // Intermediate checkpoints bound the pages peers fetch (see `entries_page`).
@@ -151,6 +174,22 @@ impl Appender<'_> {
                 &Checkpoint::sign(self.key, self.head, self.ts),
             )?;
             self.since_checkpoint = 0;
+        }
+        Ok(())
+    }
+
+    /// The seq of a put to `path` that waits for the state, if any.
+    fn pending(&self, path: &str) -> Option<Seq> {
+        self.puts.get(path).copied()
+    }
+
+    /// Writes the waiting puts into the state, in path order.
+    fn write_puts(&mut self) -> Result<(), StoreError> {
+        let mut puts: Vec<(String, Seq)> = self.puts.drain().collect();
+        puts.sort_unstable();
+        for (path, seq) in puts {
+            apply_to_objects(self.tx, self.origin, seq, Op::Put, &path, true)
+                .ctx("updating the object state")?;
         }
         Ok(())
     }
@@ -276,6 +315,7 @@ impl Store {
             ts,
             bytes_added: 0,
             since_checkpoint: 0,
+            puts: std::collections::HashMap::new(),
         };
         {
             let mut live = tx
@@ -294,7 +334,18 @@ impl Store {
                      WHERE t.origin = ?1 AND t.path = ?2",
                 )
                 .ctx("preparing a tombstone lookup")?;
+            let mut entry_at = tx
+                .prepare_cached(
+                    "SELECT COALESCE(p.bytes, e.bytes) FROM entries e
+                     LEFT JOIN opened p ON p.key = e.key WHERE e.key = ?1",
+                )
+                .ctx("preparing an entry lookup")?;
             for change in changes {
+                // What follows a delete (container deletes, tombstone lookups) reads the state
+                // as it is after every earlier change.
+                if change.op == Op::Delete {
+                    out.write_puts()?;
+                }
                 // Where the state keeps this path: its sealed path in a sealed feed.
                 // (The readers statement stays plain: readers look for it before they can open
                 // anything.)
@@ -306,10 +357,17 @@ impl Store {
                     None => std::borrow::Cow::Borrowed(change.path.as_str()),
                 };
                 if skip_no_ops {
-                    let current: Option<Vec<u8>> = live
-                        .query_row((row.id, &*state_path), |r| r.get(0))
-                        .optional()
-                        .ctx("reading the state")?;
+                    let current: Option<Vec<u8>> = match out.pending(&state_path) {
+                        Some(seq) => Some(
+                            entry_at
+                                .query_row([entry_key(row.id, seq.0)], |r| r.get(0))
+                                .ctx("reading the state")?,
+                        ),
+                        None => live
+                            .query_row((row.id, &*state_path), |r| r.get(0))
+                            .optional()
+                            .ctx("reading the state")?,
+                    };
                     let current = current
                         .as_deref()
                         .map(feed::decode_entry)
@@ -379,6 +437,7 @@ impl Store {
                 }
             }
         }
+        out.write_puts()?;
         let Appender {
             head, bytes_added, ..
         } = out;
