@@ -109,8 +109,9 @@ const STATE_BUFFER: usize = 65_536;
 /// The state B-tree is keyed by path, and paths come in no order (Kinto's record ids are
 /// random, a sealed feed's paths are hashes): written as they come, every put would land on a
 /// different page, and a large append would rewrite the same pages over and over once the
-/// tree outgrows the page cache. Whoever reads the state during the append asks
-/// [`Appender::pending`] first.
+/// tree outgrows the page cache. The no-op check asks [`Appender::pending`] before the
+/// state; every other read of the state (tombstones, container deletes) follows a delete, and
+/// so a flush.
 struct Appender<'a> {
     tx: &'a rusqlite::Transaction<'a>,
     origin: i64,
