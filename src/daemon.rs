@@ -183,6 +183,8 @@ impl Node {
         // transaction that creates it: a crash at any point resumes the recovery, never an
         // append at seq 1.
         let store = Store::open_writer_with(&dir, key.id(), !created)?;
+        // The keys of the sealed feeds this node reads, before anything reads them.
+        store.unlock(&key)?;
         if store.recovering()? {
             if config.peers.is_empty() {
                 return Err(SetupError::StoreLost { key: key_path, dir }.into());

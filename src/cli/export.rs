@@ -54,7 +54,7 @@ pub fn run(
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     let config = load_config(cli)?;
-    let store = Store::open_read_only(&config.node.data_dir)?;
+    let store = super::open_to_read(&config)?;
     let origin: NodeId = if origin == "self" {
         store.node_id()?
     } else {
@@ -90,7 +90,7 @@ pub fn run(
 /// with its content keys when decrypting.
 pub fn archive(cli: &Cli, origin: &str, file: &Path, decrypt: bool) -> anyhow::Result<()> {
     let config = load_config(cli)?;
-    let store = Store::open_read_only(&config.node.data_dir)?;
+    let store = super::open_to_read(&config)?;
     let origin: NodeId = if origin == "self" {
         store.node_id()?
     } else {

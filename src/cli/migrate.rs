@@ -159,7 +159,7 @@ pub fn start(cli: &Cli, args: &MigrateStart) -> anyhow::Result<()> {
         env => env,
     };
 
-    let store = Store::open_read_only(&config.node.data_dir)?;
+    let store = super::open_to_read(&config)?;
     let origin: NodeId = match args.origin.as_str() {
         "self" => store.node_id()?,
         id => id.parse()?,

@@ -573,6 +573,20 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(Config::load(&cli.config)?)
 }
 
+/// Opens the store read-only (beside a running daemon), with the keys of the sealed feeds
+/// this node reads (see `Store::unlock`): what exports and restores read in source paths.
+/// Without the key file (a data directory copied without it) sealed feeds stay sealed, and
+/// reading one says so.
+fn open_to_read(config: &Config) -> anyhow::Result<crate::store::Store> {
+    let store = crate::store::Store::open_read_only(&config.node.data_dir)?;
+    match crate::identity::NodeKey::load(&config.key_path()) {
+        Ok(key) => store.unlock(&key)?,
+        Err(crate::identity::IdentityError::KeyMissing { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(store)
+}
+
 /// Maps an error to an exit code: 78 for what the operator must fix, 1 otherwise.
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {

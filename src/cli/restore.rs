@@ -110,7 +110,7 @@ pub fn run(cli: &Cli, args: RestoreArgs<'_>) -> anyhow::Result<()> {
         }
     }
 
-    let store = Store::open_read_only(&config.node.data_dir)?;
+    let store = super::open_to_read(&config)?;
     let head = verified_head(&store, origin)?;
     let seq = match (args.snapshot, args.seq, args.at) {
         (Some(id), None, None) => {

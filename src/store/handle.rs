@@ -67,7 +67,13 @@ impl StoreHandle {
     pub fn new(writer: Store, readers: usize) -> Result<StoreHandle, StoreError> {
         let data_dir = writer.path().parent().unwrap_or(writer.path()).to_owned();
         let pool = (0..readers.max(1))
-            .map(|_| Store::open_read_only(&data_dir))
+            .map(|_| {
+                // What the writer opens, the readers read: they share its keys.
+                Store::open_read_only(&data_dir).map(|mut reader| {
+                    reader.keys = writer.keys.clone();
+                    reader
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()

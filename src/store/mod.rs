@@ -432,6 +432,8 @@ pub struct Store {
     /// of them is stored (see `Store::reconsider`, called wherever their head, statement or
     /// entries change).
     unopenable: std::collections::HashMap<i64, bool>,
+    /// The content keys of the sealed feeds this node reads (see `store::sealed`).
+    keys: sealed::Keyring,
 }
 
 impl std::fmt::Debug for Store {
@@ -517,6 +519,7 @@ impl Store {
             staging: Default::default(),
             staging_dropped: Default::default(),
             unopenable: Default::default(),
+            keys: Default::default(),
         };
         store.claim(node, data_dir, recover_if_new)?;
         Ok(store)
@@ -548,6 +551,7 @@ impl Store {
                 staging: Default::default(),
                 staging_dropped: Default::default(),
                 unopenable: Default::default(),
+                keys: Default::default(),
             }),
             _ => Err(StoreError::Corrupt {
                 path,

@@ -119,11 +119,10 @@ impl Store {
         after: Seq,
         limit: usize,
     ) -> Result<Vec<StoredEntry>, StoreError> {
-        let entries = self.entries_after_as(origin, after, limit, true)?;
-        for e in &entries {
-            if crate::seal::is_sealed(crate::feed::decode_stored_entry(&e.bytes)?.path) {
-                return Err(StoreError::Sealed { origin });
-            }
+        let mut entries = self.entries_after_as(origin, after, limit, true)?;
+        let ring = self.keys.get(origin);
+        for e in &mut entries {
+            e.bytes = super::sealed::reveal(ring.as_deref(), origin, std::mem::take(&mut e.bytes))?;
         }
         Ok(entries)
     }
@@ -344,26 +343,24 @@ impl Store {
         let Some(row) = self.origin_row_id(origin)? else {
             return Ok(None);
         };
-        // In a sealed feed the state keeps the sealed path, and the plaintext is beside it.
-        let bytes: Option<(Vec<u8>, bool)> = self
+        // In a sealed feed the state keeps the sealed path, and the entry opens when read.
+        let bytes: Option<Vec<u8>> = self
             .conn
             .prepare_cached(
-                "SELECT COALESCE(p.bytes, e.bytes), p.key IS NULL AND o.path >= '/sealed/'
-                 AND o.path < '/sealed0' FROM objects o
+                "SELECT COALESCE(p.bytes, e.bytes) FROM objects o
                  JOIN entries e ON e.key = (o.origin << 40) | o.seq
                  LEFT JOIN opened p ON p.key = e.key
                  WHERE o.origin = ?1 AND o.path = COALESCE(
                      (SELECT sealed FROM opened_paths WHERE origin = ?1 AND path = ?2), ?2)",
             )
-            .and_then(|mut s| {
-                s.query_row((row, path), |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })
+            .and_then(|mut s| s.query_row((row, path), |r| r.get(0)).optional())
             .ctx("reading an object")?;
         match bytes {
             None => self.refuse_unread(row, origin).map(|()| None),
-            Some((_, true)) => Err(StoreError::Sealed { origin }),
-            Some((bytes, false)) => Ok(Some(crate::feed::decode_entry(&bytes)?.body.to_vec())),
+            Some(bytes) => {
+                let bytes = super::sealed::reveal(self.keys.get(origin).as_deref(), origin, bytes)?;
+                Ok(Some(crate::feed::decode_entry(&bytes)?.body.to_vec()))
+            }
         }
     }
 
@@ -380,23 +377,24 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT COALESCE(p.bytes, e.bytes), p.key IS NOT NULL FROM objects o
+                "SELECT COALESCE(p.bytes, e.bytes) FROM objects o
                  JOIN entries e ON e.key = (o.origin << 40) | o.seq
                  LEFT JOIN opened p ON p.key = e.key
                  WHERE o.origin = ?1 ORDER BY o.path",
             )
             .ctx("reading objects")?;
         let mut rows = stmt.query([row]).ctx("reading objects")?;
-        // A sealed feed's objects, sorted by source path once all are read.
+        // A sealed feed's objects, opened and sorted by source path once all are read.
         let sealed = self.has_opened(row)?;
+        let ring = self.keys.get(origin);
         let mut opened: Vec<(Box<str>, Vec<u8>)> = Vec::new();
         while let Some(r) = rows.next().ctx("reading objects")? {
             let bytes = r.get_ref(0).ctx("reading objects")?.as_blob().ctx_blob()?;
             let entry = crate::feed::decode_stored_entry(bytes).map_err(StoreError::from)?;
-            if r.get::<_, bool>(1).ctx("reading objects")? {
+            if crate::seal::is_sealed(entry.path) {
+                let bytes = super::sealed::reveal(ring.as_deref(), origin, bytes.to_vec())?;
+                let entry = crate::feed::decode_stored_entry(&bytes).map_err(StoreError::from)?;
                 opened.push((entry.path.into(), entry.body.to_vec()));
-            } else if crate::seal::is_sealed(entry.path) {
-                return Err(StoreError::Sealed { origin }.into());
             } else if !sealed {
                 f(entry.path, entry.body)?;
             } else {

@@ -1,21 +1,30 @@
-//! Sealed feeds (see [`crate::seal`]): the plaintext a node that may read one keeps beside its
-//! sealed entries, and the switch that seals the own feed.
+//! Sealed feeds (see [`crate::seal`]): how a node that may read one reads it, and the switch
+//! that seals the own feed.
 //!
 //! Every node stores a sealed origin the same way: its entries verbatim, its state (`objects`,
 //! `tombstones`) under the sealed paths, so that verification, compaction, snapshots and
-//! serving never need a key. A node that holds the keys (the origin itself, or a node recovered
-//! with its key) also keeps, per sealed entry, its plaintext in the entry encoding (the sealed
-//! entry's seq, prev, ts and op with the source path and body) in `opened`, and which sealed
-//! path each source path has in `opened_paths`. The queries that answer in source paths
-//! (`Store::object`, `Store::paths_under`, `Store::state_for_restore`...) read through them;
-//! a node without them gets [`StoreError::Sealed`]. Compaction drops an entry's plaintext with
-//! the entry (a trigger), and the source paths the state no longer holds, so nothing outlives
-//! what it opens.
+//! serving never need a key. A node that may read one (the origin itself, a reader it grants,
+//! a node recovered with its key) opens its entries when it reads them, with the content keys
+//! in the store's [`Keyring`]: the own keys derive from the node key, a reader's from its grant
+//! in the feed's readers statement, so nothing secret is stored beside the entries, and no
+//! second copy of every record sits in the file. What no key re-derives is kept in `opened`,
+//! in the entry encoding (the sealed entry's seq, prev, ts and op with the source path and
+//! body): the plaintext of a delete without a body (its source path is that of the put before
+//! it, which compaction may drop), and every entry opened with keys an archive carried.
+//! `opened_paths` keeps which sealed path each source path has: the queries that answer in
+//! source paths by prefix or in order (`Store::paths_under`, `Store::children`, a container's
+//! tombstones...) read through it. A node without the keys gets [`StoreError::Sealed`].
+//! Compaction drops an entry's plaintext with the entry (a trigger), and the source paths the
+//! state no longer holds, so nothing outlives what it opens.
 //!
 //! Two facts live in `meta`: `sealed_from`, the first sealed seq of the own feed, and
 //! `opened_seq`, how far the own feed's entries have been opened. Entries recovered from peers
 //! arrive sealed; [`Store::seal_own`] (run before the first append) and every append open
-//! whatever lies beyond `opened_seq` first.
+//! whatever lies beyond `opened_seq` first. A store opened without a writer (a command beside
+//! the daemon) finds its keys with [`Store::unlock`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use rusqlite::OptionalExtension;
 
@@ -36,6 +45,73 @@ pub enum Sealing {
         /// Whether this call switched it on.
         now: bool,
     },
+}
+
+/// The content keys of the sealed feeds this node reads, by origin: what opens their entries
+/// when they are read. Filled as feeds are opened (the own feed when it is sealed or appended
+/// to, a granted feed when [`Store::open_granted`] opens it, an archive's feed with its keys)
+/// or by [`Store::unlock`]; shared by a writer and the readers opened beside it
+/// ([`super::StoreHandle`]), so that what the writer opened, every reader reads. Never written
+/// to disk.
+#[derive(Clone, Default)]
+pub(super) struct Keyring(Arc<RwLock<HashMap<NodeId, Arc<Ring>>>>);
+
+impl Keyring {
+    /// Keeps `ring` for its origin (replacing fewer epochs: a rotation adds one).
+    pub(super) fn insert(&self, ring: &Ring) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if map
+            .get(&ring.origin())
+            .is_none_or(|held| held.epochs() <= ring.epochs())
+        {
+            map.insert(ring.origin(), Arc::new(ring.up_to(ring.epochs())));
+        }
+    }
+
+    /// The keys held for `origin`.
+    pub(super) fn get(&self, origin: NodeId) -> Option<Arc<Ring>> {
+        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&origin).cloned()
+    }
+}
+
+/// `bytes` (an entry as stored, or its plaintext from `opened`) with a sealed entry opened:
+/// the entry encoding of its seq, prev, ts and op with the source path and body, as `opened`
+/// keeps it. Plain entries come back as they are. [`StoreError::Sealed`] when `ring` is `None`
+/// (no keys for its origin); a body that does not open is [`StoreError::Unsealable`].
+pub(super) fn reveal(
+    ring: Option<&Ring>,
+    origin: NodeId,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    let entry = feed::decode_stored_entry(&bytes)?;
+    if !seal::is_sealed(entry.path) {
+        return Ok(bytes);
+    }
+    let Some(ring) = ring else {
+        return Err(StoreError::Sealed { origin });
+    };
+    let unsealable = |source| StoreError::Unsealable {
+        origin,
+        seq: entry.seq,
+        source,
+    };
+    let plain = match ring.open(entry.op, entry.path, entry.body) {
+        // An epoch this node was never granted (a reader removed before it began).
+        Err(seal::SealError::UnknownEpoch { .. }) => return Err(StoreError::Sealed { origin }),
+        opened => opened.map_err(unsealable)?,
+    }
+    // A delete without a body keeps its plaintext in `opened`; not found there, this
+    // node never opened it.
+    .ok_or(StoreError::Sealed { origin })?;
+    Ok(feed::encode_entry(
+        entry.seq,
+        entry.prev,
+        entry.ts,
+        entry.op,
+        &plain.path,
+        &plain.body,
+    )?)
 }
 
 /// The first sealed seq of the own feed, if it is sealed.
@@ -77,19 +153,41 @@ pub(super) fn set_opened_seq(conn: &rusqlite::Connection, seq: Seq) -> Result<()
     set_meta_seq(conn, "opened_seq", seq)
 }
 
-/// Keeps the plaintext (`opened`, an entry encoding) of the entry at `key`, and the sealed path
-/// of `plain_path`.
+/// Records the sealed path of `plain_path` and, when given, the plaintext (`opened`, an entry
+/// encoding) of the entry at `key`: only what no key re-derives (see the module docs).
 pub(super) fn record_opened(
     conn: &rusqlite::Connection,
     origin: i64,
     key: i64,
-    opened: &[u8],
+    opened: Option<&[u8]>,
     plain_path: &str,
     sealed_path: &str,
 ) -> Result<(), StoreError> {
+    if let Some(opened) = opened {
+        record_plaintext(conn, key, opened)?;
+    }
+    record_path(conn, origin, plain_path, sealed_path)
+}
+
+/// Keeps the plaintext (an entry encoding) of the sealed entry at `key`.
+pub(super) fn record_plaintext(
+    conn: &rusqlite::Connection,
+    key: i64,
+    opened: &[u8],
+) -> Result<(), StoreError> {
     conn.prepare_cached("INSERT OR REPLACE INTO opened (key, bytes) VALUES (?1, ?2)")
         .and_then(|mut s| s.execute((key, opened)))
-        .ctx("keeping a sealed entry's plaintext")?;
+        .ctx("keeping a sealed entry's plaintext")
+        .map(drop)
+}
+
+/// Records that the source path `plain_path` of `origin` has the sealed path `sealed_path`.
+pub(super) fn record_path(
+    conn: &rusqlite::Connection,
+    origin: i64,
+    plain_path: &str,
+    sealed_path: &str,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO opened_paths (origin, path, sealed) VALUES (?1, ?2, ?3)",
     )
@@ -130,7 +228,7 @@ pub(super) fn open_own(
     ring: &Ring,
     head: Seq,
 ) -> Result<u64, StoreError> {
-    let pass = open_feed(conn, origin, ring, head, "opened_seq")?;
+    let pass = open_feed(conn, origin, ring, head, "opened_seq", Keep::Underivable)?;
     if let Some(first) = pass.first_sealed
         && sealed_from(conn)?.is_none_or(|s| s > first)
     {
@@ -145,14 +243,25 @@ struct OpenPass {
     first_sealed: Option<Seq>,
 }
 
+/// Where the plaintext of the entries a pass opens is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Only what no key re-derives (deletes without a body): the keys come from the node key.
+    Underivable,
+    /// Every entry: the keys came from outside (an archive) and are not kept.
+    All,
+}
+
 /// Opens `origin`'s sealed entries after the seq kept in `meta` under `progress` up to `head`
-/// with `ring`, keeping their plaintext, and moves `progress` to `head`.
+/// with `ring` (each must open: a wrong key or an altered entry stops the pass), records their
+/// source paths and what `keep` says of their plaintext, and moves `progress` to `head`.
 fn open_feed(
     conn: &rusqlite::Connection,
     origin: i64,
     ring: &Ring,
     head: Seq,
     progress: &str,
+    keep: Keep,
 ) -> Result<OpenPass, StoreError> {
     let done = meta_seq(conn, progress)?.unwrap_or(Seq(0));
     let mut pass = OpenPass {
@@ -208,15 +317,26 @@ fn open_feed(
                     });
                 }
             };
-            let plain_entry = feed::encode_entry(
-                seq,
-                entry.prev,
-                entry.ts,
-                entry.op,
+            let plain_entry = if keep == Keep::All || entry.body.is_empty() {
+                Some(feed::encode_entry(
+                    seq,
+                    entry.prev,
+                    entry.ts,
+                    entry.op,
+                    &plain.path,
+                    &plain.body,
+                )?)
+            } else {
+                None
+            };
+            record_opened(
+                conn,
+                origin,
+                key,
+                plain_entry.as_deref(),
                 &plain.path,
-                &plain.body,
+                entry.path,
             )?;
-            record_opened(conn, origin, key, &plain_entry, &plain.path, entry.path)?;
             if let Some(map) = &mut reverse {
                 map.insert(entry.path.to_owned(), plain.path);
             }
@@ -394,6 +514,9 @@ impl Store {
         open_own(&tx, id, seal.ring(), Seq(head))?;
         let found = sealed_from(&tx)?;
         tx.commit().ctx("committing opened entries")?;
+        if found.is_some() {
+            self.keys.insert(seal.ring());
+        }
         match (found, want) {
             (Some(from), Some(false)) => Err(StoreError::SealOff { from }),
             (Some(from), _) => Ok(Sealing::On { from, now: false }),
@@ -697,18 +820,72 @@ impl Store {
         else {
             return Ok(None);
         };
-        self.open_in_one(row, &ring, head).map(Some)
+        let opened = self.open_in_one(row, &ring, head, Keep::Underivable)?;
+        self.keys.insert(&ring);
+        Ok(Some(opened))
     }
 
     /// [`open_feed`] of another origin (row `row`) up to `head`, in one transaction.
-    fn open_in_one(&mut self, row: i64, ring: &Ring, head: Seq) -> Result<u64, StoreError> {
+    fn open_in_one(
+        &mut self,
+        row: i64,
+        ring: &Ring,
+        head: Seq,
+        keep: Keep,
+    ) -> Result<u64, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .ctx("starting to open a feed")?;
-        let pass = open_feed(&tx, row, ring, head, &progress_key(ring.origin()))?;
+        let pass = open_feed(&tx, row, ring, head, &progress_key(ring.origin()), keep)?;
         tx.commit().ctx("committing opened entries")?;
         Ok(pass.opened)
+    }
+
+    /// Finds the content keys of the feeds this node reads (the own feed when it is sealed,
+    /// and each feed whose readers statement grants this node keys) and keeps them in the
+    /// store's keyring, so that a store opened beside the writer ([`Store::open_read_only`])
+    /// reads them as the writer does. Opens nothing and writes nothing: a feed not opened
+    /// yet stays [`StoreError::Sealed`] until the writer opens it. A statement that does not
+    /// parse or grant leaves its origin sealed here.
+    pub fn unlock(&self, key: &NodeKey) -> Result<(), StoreError> {
+        let me = key.id();
+        if let Some(row) = self.origin_row_id(me)?
+            && sealed_from(&self.conn)?.is_some()
+        {
+            self.keys.insert(own_seal_key(&self.conn, row, key)?.ring());
+        }
+        let origins: Vec<(i64, Vec<u8>)> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT o.id, o.node_id FROM origins o WHERE o.node_id != ?1
+                     AND EXISTS (SELECT 1 FROM objects s WHERE s.origin = o.id AND s.path = ?2)",
+                )
+                .ctx("listing origins")?;
+            let rows = stmt
+                .query_map((&me.as_bytes()[..], READERS_PATH), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .ctx("listing origins")?;
+            rows.collect::<rusqlite::Result<_>>()
+                .ctx("listing origins")?
+        };
+        for (row, node) in origins {
+            let Some(id) = <[u8; 32]>::try_from(node.as_slice())
+                .ok()
+                .and_then(|b| NodeId::from_bytes(b).ok())
+            else {
+                continue;
+            };
+            let Ok(Some(readers)) = readers_of(&self.conn, row, id) else {
+                continue;
+            };
+            if let Ok(Some(ring)) = Ring::from_grant(id, &readers, key) {
+                self.keys.insert(&ring);
+            }
+        }
+        Ok(())
     }
 
     /// Opens every sealed entry of `ring`'s origin held here up to `up_to` with `ring` (the
@@ -721,7 +898,8 @@ impl Store {
             return Ok(0);
         };
         let head = self.head(origin)?.map_or(Seq(0), |h| h.seq).min(up_to);
-        self.open_in_one(row, ring, head)
+        // The archive's keys are not kept: what they open is.
+        self.open_in_one(row, ring, head, Keep::All)
     }
 
     /// Seals the own feed from the next seq, re-recording the live state sealed.

@@ -217,7 +217,9 @@ impl Store {
         }
         let replay = self.replay(origin, seq)?;
         let row = self.origin_row_id(origin)?.expect("the origin is held");
-        // A sealed entry's plaintext, where this node keeps it (see `store::sealed`).
+        // A sealed entry opens with this node's keys; a delete without a body is kept opened
+        // (see `store::sealed`).
+        let ring = self.keys.get(origin);
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -231,10 +233,8 @@ impl Store {
             let bytes: Vec<u8> = stmt
                 .query_row([entry_key(row, item.seq)], |r| r.get(0))
                 .ctx("reading a body")?;
+            let bytes = super::sealed::reveal(ring.as_deref(), origin, bytes)?;
             let entry = feed::decode_entry(&bytes)?;
-            if crate::seal::is_sealed(entry.path) {
-                return Err(StoreError::Sealed { origin });
-            }
             resort |= items
                 .last()
                 .is_some_and(|l| l.path.as_bytes() >= entry.path.as_bytes());

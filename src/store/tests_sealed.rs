@@ -246,6 +246,59 @@ fn a_sealed_feed_reads_like_a_plain_one_at_its_origin() {
 }
 
 #[test]
+fn nodes_that_read_a_sealed_feed_open_it_when_reading_and_keep_no_copy_of_its_bodies() {
+    let (dirs, home_key, reader_key, mut home, mut reader) = home_and_reader(90, 91);
+    let h = home_key.id();
+    for round in &rounds()[1..] {
+        home.append_changes(&home_key, round.clone(), &[]).unwrap();
+    }
+    copy_feed(&home, &mut reader, h);
+    assert_eq!(reader.open_granted(&reader_key).unwrap().opened.len(), 1);
+    let state = plain_state(&home, h);
+    assert_eq!(plain_state(&reader, h), state);
+    let r4 = "/buckets/zebradiary/collections/okapirecipes/records/r4";
+    let body = home.object(h, r4).unwrap().expect("r4 is live");
+    assert!(contains(&body, "quokka-secret 4"));
+    // Neither keeps a record's body in its files: each opens entries when it reads them.
+    for store in [&home, &reader] {
+        store.checkpoint().unwrap();
+    }
+    for dir in &dirs {
+        assert!(!contains(&dir_bytes(dir.path()), "quokka-secret"));
+    }
+    // A store opened beside the writer reads once it has the keys, and only then.
+    for (dir, key) in [(&dirs[0], &home_key), (&dirs[1], &reader_key)] {
+        let beside = Store::open_read_only(dir.path()).unwrap();
+        assert!(matches!(
+            beside.state_for_restore(h, home.head(h).unwrap().unwrap().seq),
+            Err(StoreError::Sealed { .. })
+        ));
+        assert!(matches!(
+            beside.object(h, r4),
+            Err(StoreError::Sealed { .. })
+        ));
+        // Another node's key opens nothing.
+        beside.unlock(&NodeKey::from_seed([92; 32])).unwrap();
+        assert!(matches!(
+            beside.object(h, r4),
+            Err(StoreError::Sealed { .. })
+        ));
+        beside.unlock(key).unwrap();
+        assert_eq!(plain_state(&beside, h), state);
+        assert_eq!(beside.object(h, r4).unwrap(), Some(body.clone()));
+        let entries = beside.plain_entries_after(h, Seq(0), 1000).unwrap();
+        assert_eq!(
+            entries.len(),
+            home.entries_after(h, Seq(0), 1000).unwrap().len()
+        );
+        for e in entries {
+            let entry = feed::decode_entry(&e.bytes).unwrap();
+            assert!(!crate::seal::is_sealed(entry.path), "seq {}", e.seq);
+        }
+    }
+}
+
+#[test]
 fn a_holder_verifies_snapshots_and_compacts_what_it_cannot_read() {
     let (home_dir, holder_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let key = NodeKey::from_seed([62; 32]);
@@ -312,8 +365,21 @@ fn a_holder_verifies_snapshots_and_compacts_what_it_cannot_read() {
     for secret in SECRETS {
         assert!(!contains(&bytes, secret), "{secret} in the holder's files");
     }
-    // The origin compacts too, and its plaintext goes with its entries.
-    let before = sealed::opened_count(&home.conn, 1);
+    // Of its own entries the origin keeps in plaintext only the deletes without a body,
+    // which no key opens; it compacts too, and that plaintext goes with its entries.
+    let bodiless = |s: &Store| -> i64 {
+        s.entries_after(origin, Seq(0), usize::MAX)
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                let entry = feed::decode_stored_entry(&e.bytes).unwrap();
+                crate::seal::is_sealed(entry.path) && entry.body.is_empty()
+            })
+            .count() as i64
+    };
+    let before = bodiless(&home);
+    assert!(before > 0);
+    assert_eq!(sealed::opened_count(&home.conn, 1), before);
     let source_paths = |s: &Store, record: &str| -> i64 {
         s.conn
             .query_row(
@@ -324,8 +390,18 @@ fn a_holder_verifies_snapshots_and_compacts_what_it_cannot_read() {
             .unwrap()
     };
     assert_eq!(source_paths(&home, "r2"), 1);
+    let entries_before = home
+        .entries_after(origin, Seq(0), usize::MAX)
+        .unwrap()
+        .len();
     home.compact(origin, first.seq).unwrap();
-    assert!(sealed::opened_count(&home.conn, 1) < before);
+    assert!(
+        home.entries_after(origin, Seq(0), usize::MAX)
+            .unwrap()
+            .len()
+            < entries_before
+    );
+    assert_eq!(sealed::opened_count(&home.conn, 1), bodiless(&home));
     // Records gone with their collection leave no source path behind; r4 stays.
     for gone in ["r1", "r2", "r3"] {
         assert_eq!(source_paths(&home, gone), 0, "{gone}");

@@ -10,6 +10,7 @@ use crate::feed::{
     self, Checkpoint, EntryHash, FeedError, ForkEvidence, Head, Op, Seq, VerifiedBatch,
 };
 use crate::identity::{NodeId, NodeKey};
+use crate::seal::SealKey;
 
 /// Our own feed gets a signed checkpoint at every multiple of this seq, besides the one at the
 /// end of each append, so that a peer can fetch a large append in pages that each end at a
@@ -102,7 +103,7 @@ fn seal_failed(path: &str, e: crate::seal::SealError) -> StoreError {
 const STATE_BUFFER: usize = 65_536;
 
 /// Writes entries of our own feed inside an append's transaction: each entry, its place in
-/// the state, its plaintext when it is sealed, and the intermediate checkpoints.
+/// the state, the source path of a sealed one, and the intermediate checkpoints.
 ///
 /// Puts reach the state in path order: they wait in `puts` (path → the seq of the latest put)
 /// and are written sorted when [`STATE_BUFFER`] of them wait, before any delete, and at the end.
@@ -111,7 +112,9 @@ const STATE_BUFFER: usize = 65_536;
 /// different page, and a large append would rewrite the same pages over and over once the
 /// tree outgrows the page cache. The no-op check asks [`Appender::pending`] before the
 /// state; every other read of the state (tombstones, container deletes) follows a delete, and
-/// so a flush.
+/// so a flush. A sealed feed's source paths wait beside the puts in `paths` and are written
+/// with them, sorted too; only a container delete reads them (`tombstones_below`), after its
+/// flush.
 struct Appender<'a> {
     tx: &'a rusqlite::Transaction<'a>,
     origin: i64,
@@ -121,6 +124,9 @@ struct Appender<'a> {
     bytes_added: u64,
     since_checkpoint: u64,
     puts: std::collections::HashMap<String, Seq>,
+    /// The (source path, sealed path) of each sealed entry since the last flush, written
+    /// with the puts and for the same reason: source paths come in no order either.
+    paths: Vec<(String, String)>,
 }
 
 impl Appender<'_> {
@@ -146,10 +152,14 @@ impl Appender<'_> {
             .and_then(|mut s| s.execute((key, &hash.0[..], &bytes)))
             .ctx("inserting an entry")?;
         if let Some((plain_path, plain_body)) = plain {
-            let opened =
-                feed::encode_entry(seq, self.head.hash, self.ts, op, plain_path, plain_body)
-                    .map_err(invalid)?;
-            super::sealed::record_opened(self.tx, self.origin, key, &opened, plain_path, path)?;
+            // Kept only for a delete without a body, which no key opens (`store::sealed`).
+            if body.is_empty() {
+                let opened =
+                    feed::encode_entry(seq, self.head.hash, self.ts, op, plain_path, plain_body)
+                        .map_err(invalid)?;
+                super::sealed::record_plaintext(self.tx, key, &opened)?;
+            }
+            self.paths.push((plain_path.to_owned(), path.to_owned()));
         }
         match op {
             Op::Put => {
@@ -184,13 +194,19 @@ impl Appender<'_> {
         self.puts.get(path).copied()
     }
 
-    /// Writes the waiting puts into the state, in path order.
+    /// Writes the waiting puts into the state and the waiting source paths beside it, each in
+    /// path order.
     fn write_puts(&mut self) -> Result<(), StoreError> {
         let mut puts: Vec<(String, Seq)> = self.puts.drain().collect();
         puts.sort_unstable();
         for (path, seq) in puts {
             apply_to_objects(self.tx, self.origin, seq, Op::Put, &path, true)
                 .ctx("updating the object state")?;
+        }
+        self.paths.sort_unstable();
+        self.paths.dedup();
+        for (plain, sealed) in self.paths.drain(..) {
+            super::sealed::record_path(self.tx, self.origin, &plain, &sealed)?;
         }
         Ok(())
     }
@@ -297,7 +313,7 @@ impl Store {
             hash: EntryHash::genesis(&origin),
         });
         // A sealed feed: its entries carry sealed paths and bodies (see `crate::seal`), and
-        // this node keeps their plaintext beside them (`store::sealed`).
+        // this node opens them with its keys when it reads them (`store::sealed`).
         if mode == Mode::SealSwitch {
             super::sealed::switch_on(&tx, head.seq)?;
         }
@@ -307,7 +323,9 @@ impl Store {
         };
         if let Some(seal) = &seal {
             super::sealed::open_own(&tx, row.id, seal.ring(), head.seq)?;
+            self.keys.insert(seal.ring());
         }
+        let ring = seal.as_ref().map(SealKey::ring);
         let mut out = Appender {
             tx: &tx,
             origin: row.id,
@@ -317,6 +335,7 @@ impl Store {
             bytes_added: 0,
             since_checkpoint: 0,
             puts: std::collections::HashMap::new(),
+            paths: Vec::new(),
         };
         {
             let mut live = tx
@@ -370,6 +389,9 @@ impl Store {
                             .ctx("reading the state")?,
                     };
                     let current = current
+                        .map(|bytes| super::sealed::reveal(ring, origin, bytes))
+                        .transpose()?;
+                    let current = current
                         .as_deref()
                         .map(feed::decode_entry)
                         .transpose()?
@@ -387,6 +409,9 @@ impl Store {
                                 .optional()
                                 .ctx("reading a tombstone")?;
                             // The same tombstone, however it was written (history or list).
+                            let recorded = recorded
+                                .map(|bytes| super::sealed::reveal(ring, origin, bytes))
+                                .transpose()?;
                             let recorded = recorded
                                 .as_deref()
                                 .map(feed::decode_stored_entry)
