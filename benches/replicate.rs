@@ -9,7 +9,9 @@
 //! 3. **push**: a third node is pushed the whole feed by the origin.
 //!
 //! Each pass runs twice in the same run, side by side: with a plain origin, then with a
-//! sealed one (`[node] seal = true`, see `tandem::seal`).
+//! sealed one (`[node] seal = true`, see `tandem::seal`). `BENCH_RECORD_IDS=random` gives the
+//! records ids in no order, as Kinto's UUID4 ids are, instead of ids that grow within each
+//! collection.
 //!
 //! Printed: entries, seconds, entries/s, bytes on the wire (compressed page bodies, as the
 //! receiving or sending side counted them) and the peak RSS (`VmHWM`) of each daemon.
@@ -108,15 +110,25 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A record put of about 300 bytes once encoded.
+/// A record put of about 300 bytes once encoded. Record ids grow within each of the 100
+/// collections, unless `BENCH_RECORD_IDS=random` asks for ids in no order, as Kinto's UUID4
+/// ids come.
 fn change(i: usize) -> Change {
+    let (hi, lo) = if std::env::var("BENCH_RECORD_IDS").is_ok_and(|v| v == "random") {
+        let h = blake3::hash(&(i as u64).to_le_bytes());
+        let b = h.as_bytes();
+        (
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+            u16::from_le_bytes([b[4], b[5]]) as usize,
+        )
+    } else {
+        (i * 7919, i % 65536)
+    };
     Change {
         op: Op::Put,
-        path: format!("/buckets/b{}/collections/c{}/records/{:08x}-{:04x}-4a1b", i % 10, i % 100, i * 7919, i % 65536),
+        path: format!("/buckets/b{}/collections/c{}/records/{hi:08x}-{lo:04x}-4a1b", i % 10, i % 100),
         body: format!(
-            r#"{{"data":{{"id":"{:08x}-{:04x}-4a1b","last_modified":{},"title":"entry number {i}","done":false,"tags":["alpha","beta"],"by":"alice"}},"permissions":{{"read":["system.Everyone"]}}}}"#,
-            i * 7919,
-            i % 65536,
+            r#"{{"data":{{"id":"{hi:08x}-{lo:04x}-4a1b","last_modified":{},"title":"entry number {i}","done":false,"tags":["alpha","beta"],"by":"alice"}},"permissions":{{"read":["system.Everyone"]}}}}"#,
             1_700_000_000_000u64 + i as u64
         )
         .into_bytes(),
