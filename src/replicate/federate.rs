@@ -6,7 +6,12 @@
 //! - **Verify, then write.** A pulled page is verified against its origin's key
 //!   ([`crate::feed::verify_batch`]) before the store sees it; the store then checks it links to
 //!   the held head in the same transaction that writes it. A corrupt or forged page stores
-//!   nothing and fails the pass; the next pass starts again from the held head.
+//!   nothing and fails the pass (the verified pages before it are stored first); the next
+//!   pass starts again from the held head. While it catches up, a pull stores the pages it
+//!   verified together, up to [`PULL_GROUP`] bytes of entries in one transaction
+//!   ([`Store::accept_all`]): a feed whose paths come in no order (Kinto's UUID4 record ids,
+//!   a sealed feed's hashed paths) then writes each page of its state once per group rather
+//!   than once per page.
 //! - **Receipts.** Every way an entry reaches a holder ends in a receipt the origin sees. A
 //!   pushed page is answered by a receipt signed by the peer, checked and kept (the highest per
 //!   origin and holder). After each pull pass, this node signs a receipt for its head and
@@ -113,6 +118,30 @@ pub struct PushReport {
     /// Snapshots handed over.
     #[serde(default)]
     pub snapshots: u64,
+}
+
+/// Bytes of entries a pull verifies before it stores them together (see
+/// [`Store::accept_all`]): a store's page cache (64 MiB) holds the state pages such a group
+/// dirties. Verified pages only, so nothing unauthenticated waits in memory.
+const PULL_GROUP: usize = 32 << 20;
+
+/// Pages a pull verified and has not stored yet.
+#[derive(Default)]
+struct Group {
+    batches: Vec<crate::feed::VerifiedBatch>,
+    bytes: usize,
+}
+
+impl Group {
+    fn push(&mut self, batch: crate::feed::VerifiedBatch) {
+        self.bytes += batch.entries().iter().map(Vec::len).sum::<usize>();
+        self.batches.push(batch);
+    }
+
+    /// The seq the group ends at, if it holds a page.
+    fn head(&self) -> Option<u64> {
+        self.batches.last().map(|b| b.checkpoint().seq.0)
+    }
 }
 
 /// What a pull pass did.
@@ -739,12 +768,18 @@ impl Federation {
         // The page after the one being stored, asked for while it was verified and stored
         // (with the seq it follows): the peer reads and sends it meanwhile.
         let mut ahead: Option<(u64, Result<Option<crate::peer::Page>, PeerError>)> = None;
+        // Pages verified and not stored yet: stored together once they reach `PULL_GROUP`
+        // bytes, once caught up with what the peer claimed, or before any error returns.
+        let mut group = Group::default();
         loop {
-            let head = self
-                .store
-                .write(move |s| s.head(origin))
-                .await?
-                .map_or(0, |h| h.seq.0);
+            let head = match group.head() {
+                Some(head) => head,
+                None => self
+                    .store
+                    .write(move |s| s.head(origin))
+                    .await?
+                    .map_or(0, |h| h.seq.0),
+            };
             // Only long-poll once caught up with what the peer said it holds.
             let wait = if head < claimed { Duration::ZERO } else { wait };
             let page = match ahead.take() {
@@ -758,9 +793,14 @@ impl Federation {
                     report.base = self.bootstrap(origin).await?;
                     continue;
                 }
-                page => page?,
+                Err(e) => {
+                    self.store_group(origin, &mut group, &mut report).await?;
+                    return Err(e.into());
+                }
+                Ok(page) => page,
             };
             let Some(page) = page else {
+                self.store_group(origin, &mut group, &mut report).await?;
                 if head < claimed {
                     warn!(peer = %self.peer.name, %origin, claimed, served = head, "peer withholds entries it claims to hold");
                     return Err(FederateError::Withholding {
@@ -774,6 +814,7 @@ impl Federation {
             };
             report.wire_bytes += page.wire_bytes as u64;
             if page.checkpoint.seq.0 <= head {
+                self.store_group(origin, &mut group, &mut report).await?;
                 return Err(FederateError::Peer(PeerError::Invalid {
                     peer: self.peer.name.clone(),
                     source: wire::WireError::Malformed {
@@ -787,9 +828,20 @@ impl Federation {
             }
             let after = page.checkpoint.seq.0;
             let store = async {
-                let batch = self.verify_page(origin, page).await?;
-                let accepted = self.store.write(move |s| s.accept(&batch, &[])).await?;
-                Ok::<_, FederateError>(accepted)
+                let batch = self.verify_page(origin, page).await;
+                let batch = match batch {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        // What was verified before it is kept.
+                        self.store_group(origin, &mut group, &mut report).await?;
+                        return Err(e);
+                    }
+                };
+                group.push(batch);
+                if group.bytes >= PULL_GROUP || after >= claimed {
+                    self.store_group(origin, &mut group, &mut report).await?;
+                }
+                Ok::<_, FederateError>(())
             };
             let next = async {
                 match after < claimed {
@@ -797,20 +849,10 @@ impl Federation {
                     false => None,
                 }
             };
-            let (accepted, next) = tokio::join!(store, next);
-            let accepted = accepted?;
+            let (stored, next) = tokio::join!(store, next);
+            stored?;
             ahead = next.map(|page| (after, page));
             report.pages += 1;
-            report.accepted += accepted.added;
-            if accepted.added > 0 {
-                metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(accepted.added);
-                self.changes.notify();
-            }
-            let holder = self.peer.id;
-            let served = accepted.head.seq;
-            self.store
-                .write(move |s| s.record_served(origin, holder, served).map(drop))
-                .await?;
         }
         let theirs = doc.as_ref().map_or(0, |d| d.snapshot_seq);
         report.snapshots += self.pull_snapshots(origin, theirs).await?;
@@ -821,6 +863,32 @@ impl Federation {
             info!(peer = %self.peer.name, %origin, accepted = report.accepted, "pull done");
         }
         Ok(report)
+    }
+
+    /// Stores the pages of `group` (see [`Store::accept_all`]) and tells the peer's record
+    /// what it now serves; nothing when the group is empty.
+    async fn store_group(
+        &self,
+        origin: NodeId,
+        group: &mut Group,
+        report: &mut PullReport,
+    ) -> Result<(), FederateError> {
+        let batches = std::mem::take(group).batches;
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let accepted = self.store.write(move |s| s.accept_all(&batches)).await?;
+        report.accepted += accepted.added;
+        if accepted.added > 0 {
+            metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(accepted.added);
+            self.changes.notify();
+        }
+        let holder = self.peer.id;
+        let served = accepted.head.seq;
+        self.store
+            .write(move |s| s.record_served(origin, holder, served).map(drop))
+            .await?;
+        Ok(())
     }
 
     /// Fetches the peer's latest snapshot of `origin` with the entries of its state, checks

@@ -170,6 +170,88 @@ fn accepts_in_pieces_and_redelivery_is_a_no_op() {
 }
 
 #[test]
+fn accepting_pages_together_stores_what_accepting_them_one_by_one_does() {
+    let key = NodeKey::from_seed([5; 32]);
+    let chain = Chain::new(&key, 12, "a");
+    let pages = |bounds: &[(usize, usize)]| -> Vec<VerifiedBatch> {
+        bounds
+            .iter()
+            .map(|&(from, to)| chain.verified(&key, from, to))
+            .collect()
+    };
+    let (one_dir, all_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut one, mut all) = (writer(one_dir.path()), writer(all_dir.path()));
+    // Pages that overlap what is held and each other, as re-delivered pages do.
+    let bounds = [(0, 3), (3, 5), (2, 8), (8, 12)];
+    for batch in pages(&bounds) {
+        one.accept(&batch, &[]).unwrap();
+    }
+    let a = all.accept_all(&pages(&bounds)).unwrap();
+    assert_eq!((a.added, a.head.seq, a.repaired), (12, Seq(12), 0));
+    let again = [(4, 6), (6, 12)];
+    for batch in pages(&again) {
+        one.accept(&batch, &[]).unwrap();
+    }
+    let a = all.accept_all(&pages(&again)).unwrap();
+    assert_eq!((a.added, a.head.seq), (0, Seq(12)));
+    let o = key.id();
+    assert_eq!(
+        all.entries_after(o, Seq(0), 100).unwrap(),
+        one.entries_after(o, Seq(0), 100).unwrap()
+    );
+    assert_eq!(all.checkpoints(o).unwrap(), one.checkpoints(o).unwrap());
+    assert_eq!(
+        all.paths_under(o, "/").unwrap(),
+        one.paths_under(o, "/").unwrap()
+    );
+    assert_eq!(
+        all.state_for_restore(o, Seq(12)).unwrap(),
+        one.state_for_restore(o, Seq(12)).unwrap()
+    );
+    assert_sound(&all, o);
+    assert!(matches!(
+        all.accept_all(&[]),
+        Err(StoreError::Feed(FeedError::Malformed(_)))
+    ));
+}
+
+#[test]
+fn pages_accepted_together_keep_what_comes_before_a_gap_or_a_fork() {
+    let key = NodeKey::from_seed([5; 32]);
+    let honest = Chain::new(&key, 10, "a");
+    let fork = Chain::new(&key, 10, "b");
+    // A gap after two good pages: those two are stored, the gap reported.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = writer(dir.path());
+    let err = store
+        .accept_all(&[
+            honest.verified(&key, 0, 2),
+            honest.verified(&key, 2, 4),
+            honest.verified(&key, 6, 8),
+        ])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Gap { .. }), "{err}");
+    assert_eq!(store.head(key.id()).unwrap().unwrap().seq, Seq(4));
+    // A page that forks from what the group's own pages stored: the evidence is kept and
+    // the origin frozen, as when the pages come one by one.
+    let err = store
+        .accept_all(&[honest.verified(&key, 4, 6), fork.verified(&key, 0, 8)])
+        .unwrap_err();
+    let StoreError::Fork(evidence) = err else {
+        panic!("expected a fork, got {err}")
+    };
+    evidence.verify().unwrap();
+    assert_eq!(evidence.seq, Seq(1));
+    assert_eq!(store.head(key.id()).unwrap().unwrap().seq, Seq(6));
+    assert_eq!(store.forks(key.id()).unwrap(), vec![*evidence]);
+    assert!(matches!(
+        store.accept_all(&[honest.verified(&key, 6, 10)]),
+        Err(StoreError::Frozen { .. })
+    ));
+    assert_sound(&store, key.id());
+}
+
+#[test]
 fn a_gap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = writer(dir.path());

@@ -501,6 +501,61 @@ impl Store {
         done.map_err(|e| self.name_full(e))
     }
 
+    /// Accepts consecutive verified batches of one origin, in order, as [`Store::accept`]
+    /// would one after the other, but in one transaction when each simply adds to the chain:
+    /// what a pull stores while it catches up. Written page by page, a feed whose paths come
+    /// in no order (Kinto's UUID4 record ids, a sealed feed's hashed paths) dirties pages all
+    /// over the state's B-tree on every commit, and writes each of them again at the next
+    /// one; a group writes each once. When a batch of the group does not simply add (a fork,
+    /// a gap, a frozen origin, any error), nothing of the group is kept from that try, and the
+    /// batches are accepted one by one instead, so that what comes before is kept and the
+    /// fork recorded exactly as single accepts do. Returns the entries added and repaired in
+    /// all, and the head after the last batch.
+    pub fn accept_all(&mut self, batches: &[VerifiedBatch]) -> Result<Accepted, StoreError> {
+        let Some(first) = batches.first() else {
+            return Err(StoreError::Feed(FeedError::Malformed("no batch to accept")));
+        };
+        let origin = first.origin();
+        if batches.iter().any(|b| b.origin() != origin) {
+            return Err(StoreError::Feed(FeedError::Malformed(
+                "batches of different origins accepted together",
+            )));
+        }
+        let grouped = self.accept_group(batches);
+        self.reconsider(origin);
+        match grouped {
+            Ok(Some(accepted)) => Ok(accepted),
+            // Something other than plain additions: one by one, as single accepts (which
+            // meet the same error, if it was not the batches', and report it).
+            Ok(None) | Err(_) => {
+                let mut total: Option<Accepted> = None;
+                for batch in batches {
+                    let accepted = self.accept(batch, &[])?;
+                    total = Some(add_up(total, accepted));
+                }
+                Ok(total.expect("at least one batch"))
+            }
+        }
+    }
+
+    /// [`Store::accept_all`] in one transaction: `None` (nothing written) when a batch
+    /// diverges from the chain held.
+    fn accept_group(&mut self, batches: &[VerifiedBatch]) -> Result<Option<Accepted>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .ctx("starting an accept")?;
+        let mut total: Option<Accepted> = None;
+        for batch in batches {
+            match accept_within(&tx, batch)? {
+                Step::Added(accepted) => total = Some(add_up(total, accepted)),
+                Step::Diverged { .. } => return Ok(None),
+            }
+        }
+        tx.commit().ctx("committing an accept")?;
+        Ok(total)
+    }
+
     /// [`Store::accept`], in one transaction.
     fn accept_in_one(
         &mut self,
@@ -512,113 +567,27 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("starting an accept")?;
-        let row = origin_row(&tx, origin, true)?;
-        if row.frozen {
-            return Err(StoreError::Frozen { origin });
-        }
-        let head_seq = row.head.map_or(0, |h| h.seq.0);
-        let first = batch.first_seq().0;
-        let last = batch.checkpoint().seq.0;
-        if first > head_seq + 1 {
-            return Err(StoreError::Gap {
-                origin,
-                head: Seq(head_seq),
-                first: Seq(first),
-            });
-        }
-
-        // Entries found damaged here are not compared: the batch may replace them.
-        let damaged = super::damage::damaged_between(&tx, row.id, first.saturating_sub(1), last)?;
-        // Compare every entry we already hold (and the link before the batch) with ours.
-        let mut divergence = None;
-        if first >= 2
-            && !damaged.contains(&(first - 1))
-            && let Some(ours) = held_hash_or_base(&tx, &row, first - 1)?
-            && ours != batch.first_prev()
-        {
-            divergence = Some((first - 1, ours, batch.first_prev()));
-        }
-        if divergence.is_none() {
-            for (i, theirs) in batch.hashes().iter().enumerate() {
-                let seq = first + i as u64;
-                if seq > head_seq {
-                    break;
-                }
-                if damaged.contains(&seq) {
-                    continue;
-                }
-                let Some(ours) = held_hash_or_base(&tx, &row, seq)? else {
-                    continue;
-                };
-                if ours != *theirs {
-                    divergence = Some((seq, ours, *theirs));
-                    break;
-                }
+        match accept_within(&tx, batch)? {
+            Step::Added(accepted) => {
+                write_cursors(&tx, cursors)?;
+                tx.commit().ctx("committing an accept")?;
+                Ok(accepted)
             }
-        }
-        if let Some((seq, our_hash, their_hash)) = divergence {
-            // Their entries from the diverging one (or, when only the link showed it, all).
-            let from = seq.saturating_sub(first) as usize;
-            let evidence = record_fork(
-                &tx,
-                row.id,
-                origin,
-                (seq, our_hash, their_hash),
-                batch.checkpoint(),
-                &batch.entries()[from..],
-            )?;
-            tx.commit().ctx("committing fork evidence")?;
-            return Err(StoreError::Fork(Box::new(evidence)));
-        }
-
-        let repaired = if damaged.is_empty() {
-            0
-        } else {
-            super::damage::repair(&tx, row.id, row.head, batch, &damaged)?
-        };
-        let mut added = 0u64;
-        let mut bytes_added = 0u64;
-        if last > head_seq {
-            let skip = (head_seq + 1 - first) as usize;
-            let mut insert = tx
-                .prepare_cached("INSERT INTO entries (key, hash, bytes) VALUES (?1, ?2, ?3)")
-                .ctx("preparing an entry insert")?;
-            for (bytes, hash) in batch.entries().iter().zip(batch.hashes()).skip(skip) {
-                let entry = feed::decode_entry(bytes)?;
-                insert
-                    .execute((entry_key(row.id, entry.seq.0), &hash.0[..], bytes))
-                    .ctx("inserting an entry")?;
-                apply_to_objects(
+            Step::Diverged { row, at } => {
+                // Their entries from the diverging one (or, when only the link showed it, all).
+                let from = at.0.saturating_sub(batch.first_seq().0) as usize;
+                let evidence = record_fork(
                     &tx,
-                    row.id,
-                    entry.seq,
-                    entry.op,
-                    entry.path,
-                    !entry.body.is_empty(),
-                )
-                .ctx("updating the object state")?;
-                added += 1;
-                bytes_added += bytes.len() as u64;
+                    row,
+                    origin,
+                    at,
+                    batch.checkpoint(),
+                    &batch.entries()[from..],
+                )?;
+                tx.commit().ctx("committing fork evidence")?;
+                Err(StoreError::Fork(Box::new(evidence)))
             }
-            drop(insert);
-            set_head(&tx, row.id, batch.checkpoint().head(), bytes_added)?;
         }
-        if batch.checkpoint().seq.0 >= row.base.0 {
-            insert_checkpoint(&tx, row.id, batch.checkpoint())?;
-        }
-        write_cursors(&tx, cursors)?;
-        tx.commit().ctx("committing an accept")?;
-        let head = if last > head_seq {
-            batch.checkpoint().head()
-        } else {
-            row.head
-                .expect("a batch within the stored head implies a head")
-        };
-        Ok(Accepted {
-            added,
-            head,
-            repaired,
-        })
     }
 
     /// Checks a lone checkpoint (its signature first) against the stored chain. A checkpoint
@@ -655,6 +624,133 @@ impl Store {
         write_cursors(&tx, cursors)?;
         tx.commit().ctx("committing cursors")
     }
+}
+
+/// What one batch does to the chain held, inside a transaction.
+enum Step {
+    /// Its entries are stored (or were held already).
+    Added(Accepted),
+    /// It diverges from what is held at `at`: (seq, our hash, their hash). Nothing of it is
+    /// written.
+    Diverged {
+        row: i64,
+        at: (u64, EntryHash, EntryHash),
+    },
+}
+
+/// The sum of two accepts of one origin, in order: the head is the later one's.
+fn add_up(total: Option<Accepted>, next: Accepted) -> Accepted {
+    match total {
+        None => next,
+        Some(t) => Accepted {
+            added: t.added + next.added,
+            head: next.head,
+            repaired: t.repaired + next.repaired,
+        },
+    }
+}
+
+/// Accepts `batch` inside `tx` (see [`Store::accept`]): entries, repairs, the checkpoint and
+/// the state, or [`Step::Diverged`] with nothing written.
+fn accept_within(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &VerifiedBatch,
+) -> Result<Step, StoreError> {
+    let origin = batch.origin();
+    let row = origin_row(tx, origin, true)?;
+    if row.frozen {
+        return Err(StoreError::Frozen { origin });
+    }
+    let head_seq = row.head.map_or(0, |h| h.seq.0);
+    let first = batch.first_seq().0;
+    let last = batch.checkpoint().seq.0;
+    if first > head_seq + 1 {
+        return Err(StoreError::Gap {
+            origin,
+            head: Seq(head_seq),
+            first: Seq(first),
+        });
+    }
+
+    // Entries found damaged here are not compared: the batch may replace them.
+    let damaged = super::damage::damaged_between(tx, row.id, first.saturating_sub(1), last)?;
+    // Compare every entry we already hold (and the link before the batch) with ours.
+    let mut divergence = None;
+    if first >= 2
+        && !damaged.contains(&(first - 1))
+        && let Some(ours) = held_hash_or_base(tx, &row, first - 1)?
+        && ours != batch.first_prev()
+    {
+        divergence = Some((first - 1, ours, batch.first_prev()));
+    }
+    if divergence.is_none() {
+        for (i, theirs) in batch.hashes().iter().enumerate() {
+            let seq = first + i as u64;
+            if seq > head_seq {
+                break;
+            }
+            if damaged.contains(&seq) {
+                continue;
+            }
+            let Some(ours) = held_hash_or_base(tx, &row, seq)? else {
+                continue;
+            };
+            if ours != *theirs {
+                divergence = Some((seq, ours, *theirs));
+                break;
+            }
+        }
+    }
+    if let Some(at) = divergence {
+        return Ok(Step::Diverged { row: row.id, at });
+    }
+
+    let repaired = if damaged.is_empty() {
+        0
+    } else {
+        super::damage::repair(tx, row.id, row.head, batch, &damaged)?
+    };
+    let mut added = 0u64;
+    let mut bytes_added = 0u64;
+    if last > head_seq {
+        let skip = (head_seq + 1 - first) as usize;
+        let mut insert = tx
+            .prepare_cached("INSERT INTO entries (key, hash, bytes) VALUES (?1, ?2, ?3)")
+            .ctx("preparing an entry insert")?;
+        for (bytes, hash) in batch.entries().iter().zip(batch.hashes()).skip(skip) {
+            let entry = feed::decode_entry(bytes)?;
+            insert
+                .execute((entry_key(row.id, entry.seq.0), &hash.0[..], bytes))
+                .ctx("inserting an entry")?;
+            apply_to_objects(
+                tx,
+                row.id,
+                entry.seq,
+                entry.op,
+                entry.path,
+                !entry.body.is_empty(),
+            )
+            .ctx("updating the object state")?;
+            added += 1;
+            bytes_added += bytes.len() as u64;
+        }
+        drop(insert);
+        set_head(tx, row.id, batch.checkpoint().head(), bytes_added)?;
+    }
+    if batch.checkpoint().seq.0 >= row.base.0 {
+        insert_checkpoint(tx, row.id, batch.checkpoint())?;
+    }
+    let head = if last > head_seq {
+        batch.checkpoint().head()
+    } else {
+        row.head
+            .expect("a batch within the stored head implies a head")
+    };
+    Ok(Step::Added(Accepted {
+        added,
+        head,
+        repaired,
+    }))
 }
 
 /// The `last_modified` of a delete's tombstone body (`{"data":{…,"last_modified":N,…}}`).
