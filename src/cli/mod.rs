@@ -575,14 +575,14 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 /// Opens the store read-only (beside a running daemon), with the keys of the sealed feeds
 /// this node reads (see `Store::unlock`): what exports and restores read in source paths.
-/// Without the key file (a data directory copied without it) sealed feeds stay sealed, and
-/// reading one says so.
+/// Without a usable key file (a data directory copied without it, one this user may not
+/// read) plain feeds read as ever and sealed ones stay sealed, and reading one says so.
 fn open_to_read(config: &Config) -> anyhow::Result<crate::store::Store> {
     let store = crate::store::Store::open_read_only(&config.node.data_dir)?;
     match crate::identity::NodeKey::load(&config.key_path()) {
         Ok(key) => store.unlock(&key)?,
         Err(crate::identity::IdentityError::KeyMissing { .. }) => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => eprintln!("warning: sealed feeds stay sealed for this command: {e}"),
     }
     Ok(store)
 }

@@ -385,8 +385,8 @@ impl Store {
             .ctx("reading objects")?;
         let mut rows = stmt.query([row]).ctx("reading objects")?;
         // A sealed feed's objects, opened and sorted by source path once all are read.
-        let sealed = self.has_opened(row)?;
         let ring = self.keys.get(origin);
+        let sealed = ring.is_some() || self.has_opened(row)?;
         let mut opened: Vec<(Box<str>, Vec<u8>)> = Vec::new();
         while let Some(r) = rows.next().ctx("reading objects")? {
             let bytes = r.get_ref(0).ctx("reading objects")?.as_blob().ctx_blob()?;

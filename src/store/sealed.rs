@@ -49,10 +49,10 @@ pub enum Sealing {
 
 /// The content keys of the sealed feeds this node reads, by origin: what opens their entries
 /// when they are read. Filled as feeds are opened (the own feed when it is sealed or appended
-/// to, a granted feed when [`Store::open_granted`] opens it, an archive's feed with its keys)
-/// or by [`Store::unlock`]; shared by a writer and the readers opened beside it
-/// ([`super::StoreHandle`]), so that what the writer opened, every reader reads. Never written
-/// to disk.
+/// to, a granted feed when [`Store::open_granted`] opens it) or by [`Store::unlock`]; shared
+/// by a writer and the readers opened beside it ([`super::StoreHandle`]), so that what the
+/// writer opened, every reader reads. Never written to disk. An archive's keys are not kept
+/// here: what they open is kept opened instead.
 #[derive(Clone, Default)]
 pub(super) struct Keyring(Arc<RwLock<HashMap<NodeId, Arc<Ring>>>>);
 
@@ -416,6 +416,45 @@ fn holds_sealed(conn: &rusqlite::Connection, row: i64) -> Result<bool, StoreErro
 /// Where `meta` keeps how far another origin's feed is opened here.
 fn progress_key(origin: NodeId) -> String {
     format!("opened_seq {origin}")
+}
+
+/// Where `meta` keeps the last readers statement of another origin that granted this node
+/// keys: once the origin removes this node, what it opened before still opens with it. Its
+/// grant opens only with this node's key, and is in the feed anyway.
+fn grant_key(origin: NodeId) -> String {
+    format!("granted {origin}")
+}
+
+/// Keeps `readers` as the last statement of `origin` that granted this node keys.
+fn keep_grant(
+    conn: &rusqlite::Connection,
+    origin: NodeId,
+    readers: &Readers,
+) -> Result<(), StoreError> {
+    let body = String::from_utf8(readers.to_body()).map_err(|_| StoreError::Readers {
+        origin,
+        source: seal::SealError::Statement("the statement is not UTF-8"),
+    })?;
+    conn.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute((grant_key(origin), body)))
+        .ctx("keeping a readers grant")
+        .map(drop)
+}
+
+/// The keys the last statement of `origin` that granted this node gives it (see
+/// [`grant_key`]), if one was kept and still opens.
+fn kept_grant(
+    conn: &rusqlite::Connection,
+    origin: NodeId,
+    key: &NodeKey,
+) -> Result<Option<Ring>, StoreError> {
+    let body: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+        .and_then(|mut s| s.query_row([grant_key(origin)], |r| r.get(0)).optional())
+        .ctx("reading a kept readers grant")?;
+    Ok(body
+        .and_then(|body| Readers::parse(body.as_bytes()).ok())
+        .and_then(|readers| Ring::from_grant(origin, &readers, key).ok().flatten()))
 }
 
 /// What [`Store::open_granted`] did.
@@ -818,8 +857,13 @@ impl Store {
         let Some(ring) = Ring::from_grant(origin, &readers, key)
             .map_err(|source| StoreError::Readers { origin, source })?
         else {
+            // Removed: what it opened before still opens with the grant it had.
+            if let Some(ring) = kept_grant(&self.conn, origin, key)? {
+                self.keys.insert(&ring);
+            }
             return Ok(None);
         };
+        keep_grant(&self.conn, origin, &readers)?;
         let opened = self.open_in_one(row, &ring, head, Keep::Underivable)?;
         self.keys.insert(&ring);
         Ok(Some(opened))
@@ -843,11 +887,13 @@ impl Store {
     }
 
     /// Finds the content keys of the feeds this node reads (the own feed when it is sealed,
-    /// and each feed whose readers statement grants this node keys) and keeps them in the
-    /// store's keyring, so that a store opened beside the writer ([`Store::open_read_only`])
-    /// reads them as the writer does. Opens nothing and writes nothing: a feed not opened
-    /// yet stays [`StoreError::Sealed`] until the writer opens it. A statement that does not
-    /// parse or grant leaves its origin sealed here.
+    /// each feed whose readers statement grants this node keys, and, for a feed that removed
+    /// this node, the grant it had) and keeps them in the store's keyring, so that a store
+    /// opened beside the writer ([`Store::open_read_only`]) reads them as the writer does.
+    /// Opens nothing and writes nothing: the queries that answer by source path prefix
+    /// (`paths_under`, `children`) stay [`StoreError::Sealed`] for a feed until the writer
+    /// has opened it up to its head. A statement that does not parse or grant leaves its
+    /// origin sealed here.
     pub fn unlock(&self, key: &NodeKey) -> Result<(), StoreError> {
         let me = key.id();
         if let Some(row) = self.origin_row_id(me)?
@@ -878,10 +924,12 @@ impl Store {
             else {
                 continue;
             };
-            let Ok(Some(readers)) = readers_of(&self.conn, row, id) else {
-                continue;
+            let granted = match readers_of(&self.conn, row, id) {
+                Ok(Some(readers)) => Ring::from_grant(id, &readers, key).ok().flatten(),
+                _ => None,
             };
-            if let Ok(Some(ring)) = Ring::from_grant(id, &readers, key) {
+            // Removed since: what it opened before still opens with the grant it had.
+            if let Some(ring) = granted.or(kept_grant(&self.conn, id, key)?) {
                 self.keys.insert(&ring);
             }
         }

@@ -531,6 +531,8 @@ fn a_granted_reader_reads_what_a_holder_cannot_until_it_is_removed() {
     assert!(again.failed.is_empty(), "{:?}", again.failed);
     assert_eq!(spare.open_granted(&spare_key).unwrap().refused, vec![h]);
 
+    let opened_to = home.head(h).unwrap().unwrap().seq;
+    let state_then = home.state_for_restore(h, opened_to).unwrap();
     // The laptop is removed, the spare added: a new epoch, given to the spare only.
     let old_grant = granted;
     let rotated = home
@@ -560,6 +562,15 @@ fn a_granted_reader_reads_what_a_holder_cannot_until_it_is_removed() {
     let r4 = "/buckets/zebradiary/collections/okapirecipes/records/r4";
     assert!(matches!(
         laptop.object(h, r4),
+        Err(StoreError::Sealed { .. })
+    ));
+    // What it opened before its removal it still reads, also in a store opened again.
+    assert_eq!(laptop.state_for_restore(h, opened_to).unwrap(), state_then);
+    let beside = Store::open_read_only(dirs[1].path()).unwrap();
+    beside.unlock(&laptop_key).unwrap();
+    assert_eq!(beside.state_for_restore(h, opened_to).unwrap(), state_then);
+    assert!(matches!(
+        beside.object(h, r4),
         Err(StoreError::Sealed { .. })
     ));
     // The origin itself still reads every epoch, also from a store rebuilt from its peers.
