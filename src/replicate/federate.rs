@@ -125,7 +125,15 @@ pub struct PushReport {
 /// dirties. Verified pages only, so nothing unauthenticated waits in memory.
 const PULL_GROUP: usize = 32 << 20;
 
-/// Pages a pull verified and has not stored yet.
+/// Bytes of entries all the pulls of this process may hold verified and not stored at once:
+/// a node catching up with many peers and origins stores its groups sooner rather than
+/// holding a group for each.
+const PULL_GROUPS: usize = 64 << 20;
+
+/// Bytes held in groups by all pulls of this process (see [`PULL_GROUPS`]).
+static GROUPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Pages a pull verified and has not stored yet, each linking to the one before.
 #[derive(Default)]
 struct Group {
     batches: Vec<crate::feed::VerifiedBatch>,
@@ -134,13 +142,50 @@ struct Group {
 
 impl Group {
     fn push(&mut self, batch: crate::feed::VerifiedBatch) {
-        self.bytes += batch.entries().iter().map(Vec::len).sum::<usize>();
+        let bytes = batch.entries().iter().map(Vec::len).sum::<usize>();
+        GROUPED.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.bytes += bytes;
         self.batches.push(batch);
+    }
+
+    /// Whether it is time to store the group: it holds [`PULL_GROUP`] bytes, or all pulls
+    /// together hold [`PULL_GROUPS`].
+    fn full(&self) -> bool {
+        self.bytes >= PULL_GROUP
+            || GROUPED.load(std::sync::atomic::Ordering::Relaxed) >= PULL_GROUPS
+    }
+
+    /// Whether `batch` follows the group's last page: it starts right after it, from its
+    /// hash (or overlaps it, as a page that repeats entries does). One that does not goes
+    /// to the store alone, where it is a gap or a fork.
+    fn links(&self, batch: &crate::feed::VerifiedBatch) -> bool {
+        let Some(last) = self.batches.last() else {
+            return true;
+        };
+        let head = last.checkpoint().head();
+        match batch.first_seq().0.cmp(&(head.seq.0 + 1)) {
+            std::cmp::Ordering::Equal => batch.first_prev() == head.hash,
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+        }
     }
 
     /// The seq the group ends at, if it holds a page.
     fn head(&self) -> Option<u64> {
         self.batches.last().map(|b| b.checkpoint().seq.0)
+    }
+
+    /// Its pages, leaving it empty.
+    fn take(&mut self) -> Vec<crate::feed::VerifiedBatch> {
+        GROUPED.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+        self.bytes = 0;
+        std::mem::take(&mut self.batches)
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        GROUPED.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -837,8 +882,12 @@ impl Federation {
                         return Err(e);
                     }
                 };
+                let links = group.links(&batch);
+                if !links {
+                    self.store_group(origin, &mut group, &mut report).await?;
+                }
                 group.push(batch);
-                if group.bytes >= PULL_GROUP || after >= claimed {
+                if !links || group.full() || after >= claimed {
                     self.store_group(origin, &mut group, &mut report).await?;
                 }
                 Ok::<_, FederateError>(())
@@ -865,30 +914,39 @@ impl Federation {
         Ok(report)
     }
 
-    /// Stores the pages of `group` (see [`Store::accept_all`]) and tells the peer's record
-    /// what it now serves; nothing when the group is empty.
+    /// Stores the pages of `group` (see [`Store::accept_all`]), tells the peer's record
+    /// what it now serves, and announces what was stored, also when a page stopped the
+    /// rest; nothing when the group is empty.
     async fn store_group(
         &self,
         origin: NodeId,
         group: &mut Group,
         report: &mut PullReport,
     ) -> Result<(), FederateError> {
-        let batches = std::mem::take(group).batches;
+        let batches = group.take();
         if batches.is_empty() {
             return Ok(());
         }
-        let accepted = self.store.write(move |s| s.accept_all(&batches)).await?;
-        report.accepted += accepted.added;
-        if accepted.added > 0 {
-            metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(accepted.added);
-            self.changes.notify();
-        }
-        let holder = self.peer.id;
-        let served = accepted.head.seq;
-        self.store
-            .write(move |s| s.record_served(origin, holder, served).map(drop))
+        let done = self
+            .store
+            .write(move |s| Ok(s.accept_all(&batches)))
             .await?;
-        Ok(())
+        if let Some(accepted) = done.accepted {
+            report.accepted += accepted.added;
+            if accepted.added > 0 {
+                metrics::counter!(telemetry::ENTRIES_ACCEPTED).increment(accepted.added);
+                self.changes.notify();
+            }
+            let holder = self.peer.id;
+            let served = accepted.head.seq;
+            self.store
+                .write(move |s| s.record_served(origin, holder, served).map(drop))
+                .await?;
+        }
+        match done.error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// Fetches the peer's latest snapshot of `origin` with the entries of its state, checks
@@ -1017,5 +1075,67 @@ impl Drop for StagingGuard {
                 "the store closed before a base staging file was removed; the next start removes it"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::{Checkpoint, EntryHash, Head, Op, encode_entry};
+
+    /// `n` entries of one origin and a checkpoint at each seq, and pages of it verified.
+    fn chain(key: &NodeKey, n: u64, salt: &str) -> Vec<(Vec<u8>, Checkpoint)> {
+        let mut prev = EntryHash::genesis(&key.id());
+        (1..=n)
+            .map(|seq| {
+                let body = format!(r#"{{"data":{{"v":"{salt}{seq}"}}}}"#);
+                let bytes = encode_entry(Seq(seq), prev, 1, Op::Put, "/buckets/b", body.as_bytes())
+                    .unwrap();
+                prev = EntryHash::of(&bytes);
+                let cp = Checkpoint::sign(
+                    key,
+                    Head {
+                        seq: Seq(seq),
+                        hash: prev,
+                    },
+                    1,
+                );
+                (bytes, cp)
+            })
+            .collect()
+    }
+
+    fn page(
+        key: &NodeKey,
+        chain: &[(Vec<u8>, Checkpoint)],
+        from: usize,
+        to: usize,
+    ) -> crate::feed::VerifiedBatch {
+        let entries = chain[from..to].iter().map(|(b, _)| b.clone()).collect();
+        verify_batch(key.id(), entries, chain[to - 1].1).unwrap()
+    }
+
+    #[test]
+    fn a_group_takes_only_pages_that_follow_its_last() {
+        let key = NodeKey::from_seed([9; 32]);
+        let (honest, other) = (chain(&key, 9, "a"), chain(&key, 9, "b"));
+        let mut group = Group::default();
+        assert!(
+            group.links(&page(&key, &honest, 3, 6)),
+            "an empty group takes any page"
+        );
+        group.push(page(&key, &honest, 0, 3));
+        assert_eq!(group.head(), Some(3));
+        assert!(group.bytes > 0);
+        assert!(group.links(&page(&key, &honest, 3, 6)), "the next page");
+        assert!(
+            group.links(&page(&key, &honest, 1, 6)),
+            "a page that overlaps"
+        );
+        assert!(!group.links(&page(&key, &honest, 4, 6)), "a gap");
+        assert!(!group.links(&page(&key, &other, 3, 6)), "another history");
+        let pages = group.take();
+        assert_eq!(pages.len(), 1);
+        assert_eq!((group.bytes, group.head()), (0, None));
     }
 }

@@ -52,7 +52,8 @@ pub use sealed::{Granted, Sealing};
 pub use snapshots::{SnapshotMismatch, StateItem};
 pub use verify::{VerifyProblem, VerifyReport};
 pub use write::{
-    Accepted, CHECKPOINT_BYTES, CHECKPOINT_EVERY, Change, CheckpointCheck, CursorUpdate,
+    Accepted, AcceptedAll, CHECKPOINT_BYTES, CHECKPOINT_EVERY, Change, CheckpointCheck,
+    CursorUpdate,
 };
 
 /// Database file name inside the data directory.

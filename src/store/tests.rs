@@ -186,13 +186,13 @@ fn accepting_pages_together_stores_what_accepting_them_one_by_one_does() {
     for batch in pages(&bounds) {
         one.accept(&batch, &[]).unwrap();
     }
-    let a = all.accept_all(&pages(&bounds)).unwrap();
+    let a = all.accept_all(&pages(&bounds)).accepted.unwrap();
     assert_eq!((a.added, a.head.seq, a.repaired), (12, Seq(12), 0));
     let again = [(4, 6), (6, 12)];
     for batch in pages(&again) {
         one.accept(&batch, &[]).unwrap();
     }
-    let a = all.accept_all(&pages(&again)).unwrap();
+    let a = all.accept_all(&pages(&again)).accepted.unwrap();
     assert_eq!((a.added, a.head.seq), (0, Seq(12)));
     let o = key.id();
     assert_eq!(
@@ -204,14 +204,23 @@ fn accepting_pages_together_stores_what_accepting_them_one_by_one_does() {
         all.paths_under(o, "/").unwrap(),
         one.paths_under(o, "/").unwrap()
     );
-    assert_eq!(
-        all.state_for_restore(o, Seq(12)).unwrap(),
-        one.state_for_restore(o, Seq(12)).unwrap()
-    );
+    let replayed = all.state_for_restore(o, Seq(12)).unwrap();
+    assert_eq!(replayed, one.state_for_restore(o, Seq(12)).unwrap());
+    // The state written (puts wait and are written in path order) is the one a replay of
+    // the entries gives.
+    let live: Vec<String> = replayed
+        .iter()
+        .filter(|i| !i.deleted)
+        .map(|i| i.path.clone())
+        .collect();
+    assert!(!live.is_empty());
+    assert_eq!(all.paths_under(o, "/").unwrap(), live);
     assert_sound(&all, o);
+    let none = all.accept_all(&[]);
+    assert!(none.accepted.is_none());
     assert!(matches!(
-        all.accept_all(&[]),
-        Err(StoreError::Feed(FeedError::Malformed(_)))
+        none.error,
+        Some(StoreError::Feed(FeedError::Malformed(_)))
     ));
 }
 
@@ -223,31 +232,32 @@ fn pages_accepted_together_keep_what_comes_before_a_gap_or_a_fork() {
     // A gap after two good pages: those two are stored, the gap reported.
     let dir = tempfile::tempdir().unwrap();
     let mut store = writer(dir.path());
-    let err = store
-        .accept_all(&[
-            honest.verified(&key, 0, 2),
-            honest.verified(&key, 2, 4),
-            honest.verified(&key, 6, 8),
-        ])
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Gap { .. }), "{err}");
+    let done = store.accept_all(&[
+        honest.verified(&key, 0, 2),
+        honest.verified(&key, 2, 4),
+        honest.verified(&key, 6, 8),
+    ]);
+    assert!(
+        matches!(done.error, Some(StoreError::Gap { .. })),
+        "{done:?}"
+    );
+    let stored = done.accepted.expect("the two pages before the gap");
+    assert_eq!((stored.added, stored.head.seq), (4, Seq(4)));
     assert_eq!(store.head(key.id()).unwrap().unwrap().seq, Seq(4));
     // A page that forks from what the group's own pages stored: the evidence is kept and
     // the origin frozen, as when the pages come one by one.
-    let err = store
-        .accept_all(&[honest.verified(&key, 4, 6), fork.verified(&key, 0, 8)])
-        .unwrap_err();
-    let StoreError::Fork(evidence) = err else {
-        panic!("expected a fork, got {err}")
+    let done = store.accept_all(&[honest.verified(&key, 4, 6), fork.verified(&key, 0, 8)]);
+    assert_eq!(done.accepted.map(|a| a.head.seq), Some(Seq(6)));
+    let Some(StoreError::Fork(evidence)) = done.error else {
+        panic!("expected a fork, got {:?}", done.error)
     };
     evidence.verify().unwrap();
     assert_eq!(evidence.seq, Seq(1));
     assert_eq!(store.head(key.id()).unwrap().unwrap().seq, Seq(6));
     assert_eq!(store.forks(key.id()).unwrap(), vec![*evidence]);
-    assert!(matches!(
-        store.accept_all(&[honest.verified(&key, 6, 10)]),
-        Err(StoreError::Frozen { .. })
-    ));
+    let done = store.accept_all(&[honest.verified(&key, 6, 10)]);
+    assert!(done.accepted.is_none());
+    assert!(matches!(done.error, Some(StoreError::Frozen { .. })));
     assert_sound(&store, key.id());
 }
 

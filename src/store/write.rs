@@ -102,6 +102,41 @@ fn seal_failed(path: &str, e: crate::seal::SealError) -> StoreError {
 /// At most this many puts wait in an append before the state is written (see [`Appender`]).
 const STATE_BUFFER: usize = 65_536;
 
+/// Puts waiting to be written into the state, in path order (see [`Appender`]): the path and
+/// the seq of its latest put.
+#[derive(Default)]
+struct StateBuffer {
+    puts: std::collections::HashMap<String, Seq>,
+}
+
+impl StateBuffer {
+    /// Records a put of `path` at `seq`.
+    fn insert(&mut self, path: &str, seq: Seq) {
+        self.puts.insert(path.to_owned(), seq);
+    }
+
+    /// Whether [`STATE_BUFFER`] puts wait: time to write them.
+    fn full(&self) -> bool {
+        self.puts.len() >= STATE_BUFFER
+    }
+
+    /// The seq of a put to `path` that waits, if any.
+    fn get(&self, path: &str) -> Option<Seq> {
+        self.puts.get(path).copied()
+    }
+
+    /// Writes the waiting puts into the state of `origin`, in path order.
+    fn flush(&mut self, tx: &rusqlite::Transaction<'_>, origin: i64) -> Result<(), StoreError> {
+        let mut puts: Vec<(String, Seq)> = self.puts.drain().collect();
+        puts.sort_unstable();
+        for (path, seq) in puts {
+            apply_to_objects(tx, origin, seq, Op::Put, &path, true)
+                .ctx("updating the object state")?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes entries of our own feed inside an append's transaction: each entry, its place in
 /// the state, the source path of a sealed one, and the intermediate checkpoints.
 ///
@@ -123,7 +158,7 @@ struct Appender<'a> {
     ts: u64,
     bytes_added: u64,
     since_checkpoint: u64,
-    puts: std::collections::HashMap<String, Seq>,
+    puts: StateBuffer,
     /// The (source path, sealed path) of each sealed entry since the last flush, written
     /// with the puts and for the same reason: source paths come in no order either.
     paths: Vec<(String, String)>,
@@ -163,8 +198,8 @@ impl Appender<'_> {
         }
         match op {
             Op::Put => {
-                self.puts.insert(path.to_owned(), seq);
-                if self.puts.len() >= STATE_BUFFER {
+                self.puts.insert(path, seq);
+                if self.puts.full() {
                     self.write_puts()?;
                 }
             }
@@ -191,18 +226,13 @@ impl Appender<'_> {
 
     /// The seq of a put to `path` that waits for the state, if any.
     fn pending(&self, path: &str) -> Option<Seq> {
-        self.puts.get(path).copied()
+        self.puts.get(path)
     }
 
     /// Writes the waiting puts into the state and the waiting source paths beside it, each in
     /// path order.
     fn write_puts(&mut self) -> Result<(), StoreError> {
-        let mut puts: Vec<(String, Seq)> = self.puts.drain().collect();
-        puts.sort_unstable();
-        for (path, seq) in puts {
-            apply_to_objects(self.tx, self.origin, seq, Op::Put, &path, true)
-                .ctx("updating the object state")?;
-        }
+        self.puts.flush(self.tx, self.origin)?;
         self.paths.sort_unstable();
         self.paths.dedup();
         for (plain, sealed) in self.paths.drain(..) {
@@ -334,7 +364,7 @@ impl Store {
             ts,
             bytes_added: 0,
             since_checkpoint: 0,
-            puts: std::collections::HashMap::new(),
+            puts: StateBuffer::default(),
             paths: Vec::new(),
         };
         {
@@ -509,33 +539,47 @@ impl Store {
     /// one; a group writes each once. When a batch of the group does not simply add (a fork,
     /// a gap, a frozen origin, any error), nothing of the group is kept from that try, and the
     /// batches are accepted one by one instead, so that what comes before is kept and the
-    /// fork recorded exactly as single accepts do. Returns the entries added and repaired in
-    /// all, and the head after the last batch.
-    pub fn accept_all(&mut self, batches: &[VerifiedBatch]) -> Result<Accepted, StoreError> {
+    /// fork recorded exactly as single accepts do. Returns what was stored (the entries
+    /// added and repaired in all, and the head after the last batch stored) and the error
+    /// that stopped the rest, if one did: both can be there.
+    pub fn accept_all(&mut self, batches: &[VerifiedBatch]) -> AcceptedAll {
+        let stopped = |error| AcceptedAll {
+            accepted: None,
+            error: Some(error),
+        };
         let Some(first) = batches.first() else {
-            return Err(StoreError::Feed(FeedError::Malformed("no batch to accept")));
+            return stopped(StoreError::Feed(FeedError::Malformed("no batch to accept")));
         };
         let origin = first.origin();
         if batches.iter().any(|b| b.origin() != origin) {
-            return Err(StoreError::Feed(FeedError::Malformed(
+            return stopped(StoreError::Feed(FeedError::Malformed(
                 "batches of different origins accepted together",
             )));
         }
         let grouped = self.accept_group(batches);
         self.reconsider(origin);
-        match grouped {
-            Ok(Some(accepted)) => Ok(accepted),
-            // Something other than plain additions: one by one, as single accepts (which
-            // meet the same error, if it was not the batches', and report it).
-            Ok(None) | Err(_) => {
-                let mut total: Option<Accepted> = None;
-                for batch in batches {
-                    let accepted = self.accept(batch, &[])?;
-                    total = Some(add_up(total, accepted));
+        if let Ok(Some(accepted)) = grouped {
+            return AcceptedAll {
+                accepted: Some(accepted),
+                error: None,
+            };
+        }
+        // Something other than plain additions: one by one, as single accepts (which meet
+        // the same error, if it was not the batches', and report it).
+        let mut out = AcceptedAll {
+            accepted: None,
+            error: None,
+        };
+        for batch in batches {
+            match self.accept(batch, &[]) {
+                Ok(accepted) => out.accepted = Some(add_up(out.accepted, accepted)),
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
                 }
-                Ok(total.expect("at least one batch"))
             }
         }
+        out
     }
 
     /// [`Store::accept_all`] in one transaction: `None` (nothing written) when a batch
@@ -546,12 +590,16 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("starting an accept")?;
         let mut total: Option<Accepted> = None;
+        let mut state = StateBuffer::default();
         for batch in batches {
-            match accept_within(&tx, batch)? {
+            match accept_within(&tx, batch, &mut state)? {
                 Step::Added(accepted) => total = Some(add_up(total, accepted)),
                 Step::Diverged { .. } => return Ok(None),
             }
         }
+        let origin = batches[0].origin();
+        let row = origin_row(&tx, origin, true)?;
+        state.flush(&tx, row.id)?;
         tx.commit().ctx("committing an accept")?;
         Ok(total)
     }
@@ -567,8 +615,11 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("starting an accept")?;
-        match accept_within(&tx, batch)? {
+        let mut state = StateBuffer::default();
+        match accept_within(&tx, batch, &mut state)? {
             Step::Added(accepted) => {
+                let row = origin_row(&tx, origin, true)?;
+                state.flush(&tx, row.id)?;
                 write_cursors(&tx, cursors)?;
                 tx.commit().ctx("committing an accept")?;
                 Ok(accepted)
@@ -626,6 +677,15 @@ impl Store {
     }
 }
 
+/// What [`Store::accept_all`] stored, and what stopped it.
+#[derive(Debug)]
+pub struct AcceptedAll {
+    /// The batches stored, summed (see [`Accepted`]); `None` when none was.
+    pub accepted: Option<Accepted>,
+    /// The error that stopped the batches after those, if one did.
+    pub error: Option<StoreError>,
+}
+
 /// What one batch does to the chain held, inside a transaction.
 enum Step {
     /// Its entries are stored (or were held already).
@@ -655,6 +715,7 @@ fn add_up(total: Option<Accepted>, next: Accepted) -> Accepted {
 fn accept_within(
     tx: &rusqlite::Transaction<'_>,
     batch: &VerifiedBatch,
+    state: &mut StateBuffer,
 ) -> Result<Step, StoreError> {
     let origin = batch.origin();
     let row = origin_row(tx, origin, true)?;
@@ -722,15 +783,28 @@ fn accept_within(
             insert
                 .execute((entry_key(row.id, entry.seq.0), &hash.0[..], bytes))
                 .ctx("inserting an entry")?;
-            apply_to_objects(
-                tx,
-                row.id,
-                entry.seq,
-                entry.op,
-                entry.path,
-                !entry.body.is_empty(),
-            )
-            .ctx("updating the object state")?;
+            // Puts wait to be written in path order, as an append's do (see [`Appender`]);
+            // a delete writes them first.
+            match entry.op {
+                Op::Put => {
+                    state.insert(entry.path, entry.seq);
+                    if state.full() {
+                        state.flush(tx, row.id)?;
+                    }
+                }
+                Op::Delete => {
+                    state.flush(tx, row.id)?;
+                    apply_to_objects(
+                        tx,
+                        row.id,
+                        entry.seq,
+                        entry.op,
+                        entry.path,
+                        !entry.body.is_empty(),
+                    )
+                    .ctx("updating the object state")?;
+                }
+            }
             added += 1;
             bytes_added += bytes.len() as u64;
         }
