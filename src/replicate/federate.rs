@@ -8,7 +8,7 @@
 //!   the held head in the same transaction that writes it. A corrupt or forged page stores
 //!   nothing and fails the pass (the verified pages before it are stored first); the next
 //!   pass starts again from the held head. While it catches up, a pull stores the pages it
-//!   verified together, up to [`PULL_GROUP`] bytes of entries in one transaction
+//!   verified together, up to `PULL_GROUP` (32 MiB) of entries in one transaction
 //!   ([`Store::accept_all`]): a feed whose paths come in no order (Kinto's UUID4 record ids,
 //!   a sealed feed's hashed paths) then writes each page of its state once per group rather
 //!   than once per page.
