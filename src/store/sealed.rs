@@ -57,12 +57,13 @@ pub enum Sealing {
 pub(super) struct Keyring(Arc<RwLock<HashMap<NodeId, Arc<Ring>>>>);
 
 impl Keyring {
-    /// Keeps `ring` for its origin (replacing fewer epochs: a rotation adds one).
+    /// Keeps `ring` for its origin, unless it holds as many epochs already (the same keys:
+    /// every append hands the own ring again); a rotation adds one.
     pub(super) fn insert(&self, ring: &Ring) {
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
         if map
             .get(&ring.origin())
-            .is_none_or(|held| held.epochs() <= ring.epochs())
+            .is_none_or(|held| held.epochs() < ring.epochs())
         {
             map.insert(ring.origin(), Arc::new(ring.up_to(ring.epochs())));
         }
@@ -104,6 +105,12 @@ pub(super) fn reveal(
     // A delete without a body keeps its plaintext in `opened`; not found there, this
     // node never opened it.
     .ok_or(StoreError::Sealed { origin })?;
+    opened_entry(&entry, &plain)
+}
+
+/// The entry encoding of a sealed `entry` opened to `plain`: its seq, prev, ts and op with the
+/// source path and body, as `opened` keeps it.
+fn opened_entry(entry: &feed::EntryRef<'_>, plain: &seal::Plain) -> Result<Vec<u8>, StoreError> {
     Ok(feed::encode_entry(
         entry.seq,
         entry.prev,
@@ -318,14 +325,7 @@ fn open_feed(
                 }
             };
             let plain_entry = if keep == Keep::All || entry.body.is_empty() {
-                Some(feed::encode_entry(
-                    seq,
-                    entry.prev,
-                    entry.ts,
-                    entry.op,
-                    &plain.path,
-                    &plain.body,
-                )?)
+                Some(opened_entry(&entry, &plain)?)
             } else {
                 None
             };

@@ -589,17 +589,20 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .ctx("starting an accept")?;
-        let mut total: Option<Accepted> = None;
+        let (mut total, mut origin_row) = (None, None);
         let mut state = StateBuffer::default();
         for batch in batches {
             match accept_within(&tx, batch, &mut state)? {
-                Step::Added(accepted) => total = Some(add_up(total, accepted)),
+                Step::Added { accepted, row } => {
+                    total = Some(add_up(total, accepted));
+                    origin_row = Some(row);
+                }
                 Step::Diverged { .. } => return Ok(None),
             }
         }
-        let origin = batches[0].origin();
-        let row = origin_row(&tx, origin, true)?;
-        state.flush(&tx, row.id)?;
+        if let Some(row) = origin_row {
+            state.flush(&tx, row)?;
+        }
         tx.commit().ctx("committing an accept")?;
         Ok(total)
     }
@@ -617,9 +620,8 @@ impl Store {
             .ctx("starting an accept")?;
         let mut state = StateBuffer::default();
         match accept_within(&tx, batch, &mut state)? {
-            Step::Added(accepted) => {
-                let row = origin_row(&tx, origin, true)?;
-                state.flush(&tx, row.id)?;
+            Step::Added { accepted, row } => {
+                state.flush(&tx, row)?;
                 write_cursors(&tx, cursors)?;
                 tx.commit().ctx("committing an accept")?;
                 Ok(accepted)
@@ -688,8 +690,9 @@ pub struct AcceptedAll {
 
 /// What one batch does to the chain held, inside a transaction.
 enum Step {
-    /// Its entries are stored (or were held already).
-    Added(Accepted),
+    /// Its entries are stored (or were held already), its puts waiting in the state buffer
+    /// of the origin's row `row`.
+    Added { accepted: Accepted, row: i64 },
     /// It diverges from what is held at `at`: (seq, our hash, their hash). Nothing of it is
     /// written.
     Diverged {
@@ -820,11 +823,14 @@ fn accept_within(
         row.head
             .expect("a batch within the stored head implies a head")
     };
-    Ok(Step::Added(Accepted {
-        added,
-        head,
-        repaired,
-    }))
+    Ok(Step::Added {
+        row: row.id,
+        accepted: Accepted {
+            added,
+            head,
+            repaired,
+        },
+    })
 }
 
 /// The `last_modified` of a delete's tombstone body (`{"data":{…,"last_modified":N,…}}`).
