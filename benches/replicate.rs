@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 
 use tandem::config::Config;
 use tandem::daemon::Node;
-use tandem::feed::Op;
 use tandem::identity::NodeKey;
 use tandem::store::{Change, Store};
+
+mod common;
+use common::change;
 
 const TANDEM: &str = env!("CARGO_BIN_EXE_tandem");
 
@@ -108,31 +110,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A record put of about 300 bytes once encoded. Record ids grow within each of the 100
-/// collections, unless `BENCH_RECORD_IDS=random` asks for ids in no order, as Kinto's UUID4
-/// ids come.
-fn change(i: usize) -> Change {
-    let (hi, lo) = if std::env::var("BENCH_RECORD_IDS").is_ok_and(|v| v == "random") {
-        let h = blake3::hash(&(i as u64).to_le_bytes());
-        let b = h.as_bytes();
-        (
-            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
-            u16::from_le_bytes([b[4], b[5]]) as usize,
-        )
-    } else {
-        (i * 7919, i % 65536)
-    };
-    Change {
-        op: Op::Put,
-        path: format!("/buckets/b{}/collections/c{}/records/{hi:08x}-{lo:04x}-4a1b", i % 10, i % 100),
-        body: format!(
-            r#"{{"data":{{"id":"{hi:08x}-{lo:04x}-4a1b","last_modified":{},"title":"entry number {i}","done":false,"tags":["alpha","beta"],"by":"alice"}},"permissions":{{"read":["system.Everyone"]}}}}"#,
-            1_700_000_000_000u64 + i as u64
-        )
-        .into_bytes(),
-    }
 }
 
 fn append(data: &Path, from: usize, to: usize, sealed: bool) {
