@@ -4,7 +4,7 @@
 //!   and store it (entries, checkpoint, materialized state) in one transaction;
 //! - `append_own`: encode, hash, sign and store the same changes as the origin;
 //! - `append_own_sealed`: the same in a sealed feed (`[node] seal = true`): each change also
-//!   sealed (keyed path hash, XChaCha20-Poly1305) and its plaintext kept beside it;
+//!   sealed (keyed path hash, XChaCha20-Poly1305, a version 2 entry) and its source path kept;
 //! - `accept_foreign_sealed`: `accept_foreign` of that sealed feed, as a holder stores it;
 //! - `verify_only`: the verification part of `accept_foreign` alone;
 //! - `bare_insert`: the same entry rows inserted into a plain SQLite table with the same

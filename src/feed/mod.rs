@@ -4,7 +4,7 @@
 //! This module is the byte-level reference for any other implementation. Everything here is
 //! pure: no I/O, no clock, no storage.
 //!
-//! # Entry encoding, version 1
+//! # Entry encoding, version 1: plain entries
 //!
 //! An entry travels and is stored as exactly these bytes; its hash is `BLAKE3(bytes)` (plain
 //! BLAKE3, 32 bytes) over them, and nothing ever re-serializes an entry. All integers are
@@ -28,6 +28,21 @@
 //! keeps a tombstone for it (its timestamp is what clients that sync with the source compare);
 //! a delete the source implied without one (the children of a deleted container) has none. There is one encoding
 //! of any given entry, so equal entries have equal hashes.
+//!
+//! # Entry encoding, version 2: sealed entries
+//!
+//! A sealed feed (see [`crate::seal`]) hides its paths and bodies from the nodes that hold it.
+//! Its entries have exactly the layout of version 1, with these differences:
+//!
+//! - the version byte is `0x02`;
+//! - `path` is a sealed path: `/sealed/` then 43 base64url characters (no padding), 51 bytes;
+//! - `body` is opaque bytes that only the feed's readers open: not empty for a put, empty or
+//!   not for a delete. Nothing else about it is checked, so that how it is sealed can change
+//!   without the nodes that only hold the feed having to learn it.
+//!
+//! A sealed feed mixes both versions: its entries before sealing, and the few statements that
+//! must stay readable (the readers statement), are version 1. A version 1 entry may also carry
+//! a sealed path with a JSON body: an earlier form of sealed entry, still read and verified.
 //!
 //! The *genesis hash* of an origin is `BLAKE3("tandem-genesis-v1" 0x00 · origin key (32))`.
 //! Entries do not repeat their origin's key, yet every chain is bound to its origin from the
@@ -76,15 +91,24 @@ mod snapshot;
 mod statements;
 
 pub use batch::{VerifiedBatch, verify_batch};
-pub use entry::{EntryRef, decode_entry, decode_stored_entry, encode_entry};
+pub use entry::{
+    EntryRef, check_change, decode_entry, decode_stored_entry, encode_entry, encode_sealed_entry,
+};
 pub use fork::ForkEvidence;
 pub use snapshot::{
     FoldedItem, SNAPSHOT_LEN, Snapshot, StateFold, StateRoot, StateSummary, check_base,
 };
 pub use statements::{CHECKPOINT_LEN, Checkpoint, Receipt};
 
-/// Version byte of the entry encoding this module reads and writes.
+/// Version byte of a plain entry.
 pub const ENTRY_VERSION: u8 = 1;
+/// Version byte of a sealed entry (see the module docs).
+pub const SEALED_ENTRY_VERSION: u8 = 2;
+/// Every sealed path starts with this; no source path does (Kinto's start with `/buckets`,
+/// tandem's own statements with `/tandem/`).
+pub const SEALED_PREFIX: &str = "/sealed/";
+/// Length of a sealed path: the prefix and a 32-byte hash in base64url without padding.
+pub const SEALED_PATH_LEN: usize = SEALED_PREFIX.len() + 43;
 /// Largest `seq` an entry may carry (2^40 − 1); the store packs (origin, seq) into one integer.
 pub const MAX_SEQ: u64 = (1 << 40) - 1;
 /// Longest path, in bytes.
@@ -314,6 +338,60 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(decode_entry(&longer).is_err());
+        assert!(decode_entry(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_sealed_entry_is_version_2_with_a_sealed_path_and_an_opaque_body() {
+        let p = EntryHash([3; 32]);
+        let path = format!("{SEALED_PREFIX}{}", "A_-z09".repeat(7) + "x");
+        assert_eq!(path.len(), SEALED_PATH_LEN);
+        let body = [0x01, 0xff, 0x00, b'{', 0xfe];
+        let bytes = encode_sealed_entry(Seq(5), p, 42, Op::Put, &path, &body).unwrap();
+        assert_eq!(bytes[0], SEALED_ENTRY_VERSION);
+        assert_eq!(bytes.len(), ENTRY_OVERHEAD + SEALED_PATH_LEN + body.len());
+        for e in [decode_entry(&bytes), decode_stored_entry(&bytes)] {
+            let e = e.unwrap();
+            assert_eq!(
+                (e.seq, e.prev, e.ts, e.op, e.path, e.body),
+                (Seq(5), p, 42, Op::Put, path.as_str(), &body[..])
+            );
+        }
+        // A delete may have a body or none; a put must have one.
+        assert!(encode_sealed_entry(Seq(5), p, 42, Op::Delete, &path, b"").is_ok());
+        assert!(encode_sealed_entry(Seq(5), p, 42, Op::Delete, &path, &body).is_ok());
+        assert!(encode_sealed_entry(Seq(5), p, 42, Op::Put, &path, b"").is_err());
+        // Only a sealed path: prefix, 43 base64url characters, nothing else.
+        for bad in [
+            "/buckets/b".to_owned(),
+            path[..path.len() - 1].to_owned(),
+            format!("{path}A"),
+            path.replace('x', "="),
+            path.replace("/sealed/", "/sealeD/"),
+        ] {
+            assert!(
+                encode_sealed_entry(Seq(5), p, 42, Op::Put, &bad, &body).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(encode_sealed_entry(Seq(0), p, 42, Op::Put, &path, &body).is_err());
+        // Neither version passes for the other: the plain rules reject the opaque body, the
+        // sealed rules a plain path, and the version byte is hashed with the rest.
+        assert!(encode_entry(Seq(5), p, 42, Op::Put, &path, &body).is_err());
+        let mut as_plain = bytes.clone();
+        as_plain[0] = ENTRY_VERSION;
+        assert!(decode_entry(&as_plain).is_err());
+        let plain = encode_entry(Seq(5), p, 42, Op::Put, "/buckets/b", b"{}").unwrap();
+        let mut as_sealed = plain.clone();
+        as_sealed[0] = SEALED_ENTRY_VERSION;
+        assert!(decode_entry(&as_sealed).is_err());
+        assert!(decode_stored_entry(&as_sealed).is_err());
+        let mut unknown = bytes.clone();
+        unknown[0] = 3;
+        assert_eq!(
+            decode_entry(&unknown),
+            Err(FeedError::Malformed("unknown entry version"))
+        );
         assert!(decode_entry(&bytes[..bytes.len() - 1]).is_err());
     }
 

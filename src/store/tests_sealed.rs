@@ -235,6 +235,21 @@ fn a_sealed_feed_reads_like_a_plain_one_at_its_origin() {
             assert!(!contains(&e.bytes, secret), "{secret} in seq {}", e.seq);
         }
     }
+    // What would not make a plain entry is refused before it is sealed, and nothing of the
+    // batch is recorded.
+    let head = sealed.head(o).unwrap();
+    for bad in [
+        put("/buckets/zebradiary/collections/x", "not json"),
+        put("/buckets/zebradiary/collections/x", "[1]"),
+        put("no-slash", r#"{"data":{}}"#),
+    ] {
+        let batch = vec![put("/buckets/fine", r#"{"data":{}}"#), bad];
+        assert!(matches!(
+            sealed.append_changes(&key, batch, &[]),
+            Err(StoreError::InvalidChange { .. })
+        ));
+        assert_eq!(sealed.head(o).unwrap(), head);
+    }
     assert!(matches!(
         sealed.seal_own(&key, Some(false)),
         Err(StoreError::SealOff { from: Seq(1) })
@@ -588,9 +603,90 @@ fn a_granted_reader_reads_what_a_holder_cannot_until_it_is_removed() {
         .unwrap()
         .body
         .to_vec();
-    assert!(
-        String::from_utf8(body).unwrap().starts_with("{\"key\":1,"),
+    assert_eq!(
+        crate::seal::epoch_of(&body),
+        Some(1),
         "a recovered origin seals under its latest epoch"
+    );
+}
+
+#[test]
+fn a_feed_sealed_in_version_1_envelopes_reads_on_and_goes_on_in_version_2() {
+    let (key, holder_key) = (NodeKey::from_seed([95; 32]), NodeKey::from_seed([96; 32]));
+    let o = key.id();
+    let c = "/buckets/zebradiary/collections/okapirecipes";
+    let (r1, r2) = (format!("{c}/records/r1"), format!("{c}/records/r2"));
+    let before = vec![
+        put("/buckets/zebradiary", r#"{"data":{"id":"zebradiary"}}"#),
+        put(c, r#"{"data":{"id":"okapirecipes"}}"#),
+        put(&r1, r#"{"data":{"text":"quokka-secret 1"}}"#),
+        put(&r2, r#"{"data":{"text":"quokka-secret 2"}}"#),
+        delete(&r1, Some(10)),
+        delete(&r2, None),
+    ];
+    // The entries an earlier build wrote: version 1, JSON envelopes.
+    let seal = crate::seal::SealKey::of_node(&key);
+    let mut prev = feed::EntryHash::genesis(&o);
+    let mut entries = Vec::new();
+    for (i, change) in before.iter().enumerate() {
+        let (path, body) = seal.seal_v1(change.op, &change.path, &change.body);
+        let bytes =
+            feed::encode_entry(Seq(i as u64 + 1), prev, 1, change.op, &path, &body).unwrap();
+        assert_eq!(bytes[0], feed::ENTRY_VERSION);
+        prev = feed::EntryHash::of(&bytes);
+        entries.push(bytes);
+    }
+    let head = feed::Head {
+        seq: Seq(before.len() as u64),
+        hash: prev,
+    };
+    let cp = feed::Checkpoint::sign(&key, head, 1);
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let mut holder = store_for(dirs[0].path(), &holder_key);
+    holder
+        .accept(&verify_batch(o, entries, cp).unwrap(), &[])
+        .unwrap();
+    // What a plain feed of the same changes holds.
+    let plain_key = NodeKey::from_seed([97; 32]);
+    let mut plain = store_for(dirs[1].path(), &plain_key);
+    plain.append_changes(&plain_key, before, &[]).unwrap();
+    // The origin, recovered from its holder, reads those entries and seals on in version 2.
+    let mut origin = store_for(dirs[2].path(), &key);
+    copy_feed(&holder, &mut origin, o);
+    assert!(matches!(
+        origin.seal_own(&key, None).unwrap(),
+        Sealing::On {
+            from: Seq(1),
+            now: false
+        }
+    ));
+    assert_eq!(plain_state(&origin, o), plain_state(&plain, plain_key.id()));
+    let after = vec![
+        put(&r1, r#"{"data":{"text":"quokka-secret 3"}}"#),
+        delete(c, Some(20)),
+    ];
+    origin.append_changes(&key, after.clone(), &[]).unwrap();
+    plain.append_changes(&plain_key, after, &[]).unwrap();
+    assert_eq!(plain_state(&origin, o), plain_state(&plain, plain_key.id()));
+    let new = origin.entries_after(o, head.seq, 100).unwrap();
+    assert!(new.len() >= 2);
+    for e in &new {
+        assert_eq!(e.bytes[0], feed::SEALED_ENTRY_VERSION, "seq {}", e.seq);
+        for secret in SECRETS {
+            assert!(!contains(&e.bytes, secret), "{secret} in seq {}", e.seq);
+        }
+    }
+    // The holder verifies both forms and reads neither.
+    copy_feed(&origin, &mut holder, o);
+    assert!(holder.verify_origin(o).unwrap().problems.is_empty());
+    assert!(matches!(
+        holder.object(o, c),
+        Err(StoreError::Sealed { .. })
+    ));
+    assert_eq!(
+        holder.head(o).unwrap(),
+        origin.head(o).unwrap(),
+        "the holder stores the whole feed"
     );
 }
 

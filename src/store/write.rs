@@ -178,8 +178,12 @@ impl Appender<'_> {
             path: plain.map_or(path, |p| p.0).to_owned(),
             source,
         };
-        let bytes =
-            feed::encode_entry(seq, self.head.hash, self.ts, op, path, body).map_err(invalid)?;
+        let encode = if plain.is_some() {
+            feed::encode_sealed_entry
+        } else {
+            feed::encode_entry
+        };
+        let bytes = encode(seq, self.head.hash, self.ts, op, path, body).map_err(invalid)?;
         let hash = EntryHash::of(&bytes);
         let key = entry_key(self.origin, seq.0);
         self.tx
@@ -402,6 +406,16 @@ impl Store {
                 let seal = seal
                     .as_ref()
                     .filter(|_| !crate::seal::stays_plain(&change.path));
+                if seal.is_some() {
+                    // What is sealed follows the rules of a plain entry: a reader opens it
+                    // into one. (A plain change is checked as it is encoded.)
+                    feed::check_change(change.op, &change.path, &change.body).map_err(
+                        |source| StoreError::InvalidChange {
+                            path: change.path.clone(),
+                            source,
+                        },
+                    )?;
+                }
                 let state_path = match seal {
                     Some(seal) => std::borrow::Cow::Owned(seal.sealed_path(&change.path)),
                     None => std::borrow::Cow::Borrowed(change.path.as_str()),
@@ -457,15 +471,15 @@ impl Store {
                 match seal {
                     None => out.push(change.op, &change.path, &change.body, None)?,
                     Some(seal) if mode == Mode::SealSwitch => {
-                        let (sealed, body) = seal
-                            .seal(change.op, &change.path, &change.body)
+                        let body = seal
+                            .seal_body(change.op, &change.path, &state_path, &change.body)
                             .map_err(|e| seal_failed(&change.path, e))?;
                         // Deleted plain first: read in order, the plaintext then says
                         // "deleted, then the same again" and never loses the object.
                         out.push(Op::Delete, &change.path, &[], None)?;
                         out.push(
                             change.op,
-                            &sealed,
+                            &state_path,
                             &body,
                             Some((&change.path, &change.body)),
                         )?;
@@ -480,12 +494,12 @@ impl Store {
                                 out.push(Op::Delete, &sealed, &[], Some((&path, &[])))?;
                             }
                         }
-                        let (sealed, body) = seal
-                            .seal(change.op, &change.path, &change.body)
+                        let body = seal
+                            .seal_body(change.op, &change.path, &state_path, &change.body)
                             .map_err(|e| seal_failed(&change.path, e))?;
                         out.push(
                             change.op,
-                            &sealed,
+                            &state_path,
                             &body,
                             Some((&change.path, &change.body)),
                         )?;
