@@ -21,13 +21,15 @@ benchkit.py), in one run:
 Usage: scripts/bench-ingest.py [RECORDS COLLECTIONS STEADY IDLE]   (RECORDS 0: steady state only;
        STEADY 0: initial ingest only)
 Environment: BENCH_CONCURRENCY, a comma-separated list of `[source] concurrency` values to time
-tandem with (default "1,2,4,8"; "8" with BENCH_INGEST=journal, whose dump does not use
-it); BENCH_INGEST, `lists` (default: Kinto without the kinto-tandem plugin) or `journal`;
-BENCH_PATHS, the steady-state paths (default "polling,history,journal"); BENCH_BUCKETS, how
-many buckets hold the STEADY collections (default 1); BENCH_GATE, a file to wait for after loading (so that the
-timed part runs on an otherwise idle machine); BENCH_ROUNDS, how many times to run every reader
-and tandem, interleaved (the order turned by one each round), and how many steady `tandem sync` passes to time (default 1; medians
-are printed); BENCH_POSTGRES, a PostgreSQL server for Kinto's
+tandem with (default "1,2,4,8"; "8" with BENCH_INGEST=journal, whose dump does not use it);
+BENCH_SEAL=1, also time `tandem sync` of a node whose feed is sealed (`[node] seal = true`)
+at each of those levels, beside the plain one; BENCH_INGEST, `lists` (default: Kinto without
+the kinto-tandem plugin) or `journal`; BENCH_PATHS, the steady-state paths (default
+"polling,history,journal"); BENCH_BUCKETS, how many buckets hold the STEADY collections
+(default 1); BENCH_GATE, a file to wait for after loading (so that the timed part runs on an
+otherwise idle machine); BENCH_ROUNDS, how many times to run every reader and tandem,
+interleaved (the order turned by one each round), and how many steady `tandem sync` passes to
+time (default 1; medians are printed); BENCH_POSTGRES, a PostgreSQL server for Kinto's
 storage and permissions (benchkit.py).
 Needs: a release build (cargo build --release), curl, and the test virtualenv (scripts/test),
 which has the kinto-tandem plugin (or TANDEM_TEST_VENV naming one with it: benchkit.py).
@@ -85,7 +87,7 @@ def load(url, collections, per_collection, pad=120):
             request(url + "batch", "POST", {"requests": reqs})
 
 
-def node(workdir, url, poll="10s", concurrency=None):
+def node(workdir, url, poll="10s", concurrency=None, seal=False):
     os.makedirs(workdir, exist_ok=True)
     # tandem refuses a secret file open to group or others.
     with open(os.open(os.path.join(workdir, "pw"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
@@ -93,7 +95,8 @@ def node(workdir, url, poll="10s", concurrency=None):
     config = os.path.join(workdir, "tandem.toml")
     with open(config, "w") as f:
         f.write(f'[node]\nname = "bench"\ndata_dir = "data"\nlisten = "127.0.0.1:0"\n'
-                                f'[source]\nkind = "kinto"\nurl = "{url}"\nuser = "tandem"\npassword_file = "pw"\npoll = "{poll}"\n'
+                + ("seal = true\n" if seal else "")
+                + f'[source]\nkind = "kinto"\nurl = "{url}"\nuser = "tandem"\npassword_file = "pw"\npoll = "{poll}"\n'
                 + (f"concurrency = {concurrency}\n" if concurrency else ""))
     subprocess.run([TANDEM, "--config", config, "init"], check=True, stdout=subprocess.DEVNULL)
     return config
@@ -227,23 +230,27 @@ def initial_ingest():
         # counters stand, which depends on what ran before, so no reader always follows the same
         # one.
         runs = [(name, cmd, None) for name, cmd in readers]
-        runs += [(f"tandem sync, concurrency {c}", None, c) for c in levels]
+        runs += [(f"tandem sync, concurrency {c}", None, (c, False)) for c in levels]
+        if os.environ.get("BENCH_SEAL") == "1":
+            runs += [(f"tandem sync sealed, concurrency {c}", None, (c, True)) for c in levels]
         for r in range(rounds):
-            for name, cmd, concurrency in runs[r % len(runs):] + runs[:r % len(runs)]:
-                if concurrency is not None:
-                    config = node(os.path.join(work, f"node{r}-{concurrency}"), url, concurrency=concurrency)
+            for name, cmd, level in runs[r % len(runs):] + runs[:r % len(runs)]:
+                if level is not None:
+                    concurrency, seal = level
+                    where = os.path.join(work, f"node{r}-{concurrency}" + ("-sealed" if seal else ""))
+                    config = node(where, url, concurrency=concurrency, seal=seal)
                     cmd = [TANDEM, "--config", config, "sync"]
                 before = sum(1 for _ in open(log)) if journal else 0
                 elapsed, peak = timed(cmd)
                 times.setdefault(name, []).append(elapsed)
                 kinto_time(name, before, elapsed)
-                if concurrency is not None:
+                if level is not None:
                     rss[name] = max(rss.get(name, 0), peak)
                 if journal and r == 0:
                     seen = benchkit.access_log(log, before)
                     dump = sum(1 for s in seen if s[2].endswith('/tandem/objects'))
                     print(f"  {name}: {len(seen)} requests, by status: {status_counts(seen)}"
-                          + (f", {dump} of the dump" if concurrency is not None else ""), flush=True)
+                          + (f", {dump} of the dump" if level is not None else ""), flush=True)
             print("  round " + str(r + 1) + ": " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), flush=True)
         same = statistics.median(times["curl, same requests"])
         python_same = statistics.median(times["kinto-http.py, same pages"]) if not journal else None
@@ -256,6 +263,10 @@ def initial_ingest():
                     extra += f" and {m / python_same:.2f}x kinto-http.py"
                 extra += f" (same requests), peak RSS {rss[name] / 1024:.0f} MiB"
             print(f"  {name:32} median {m:6.2f} s  {RECORDS / m:8.0f} records/s{extra}")
+        for name, t in times.items():
+            plain = name.replace("tandem sync sealed,", "tandem sync,")
+            if plain != name:
+                print(f"  {name}: {statistics.median(t) / statistics.median(times[plain]):.2f}x the plain node")
         if busy:
             print("  Kinto's own time for each reader's requests, and the reader's time beyond it"
                   " (medians; rounds):")
