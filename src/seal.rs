@@ -29,8 +29,9 @@
 //! Feeds sealed by earlier builds hold version 1 entries with the same sealed paths and the
 //! body `{"key":E,"sealed":"B"}`, `B` base64url (no padding) of the nonce and the ciphertext,
 //! under the associated data `"tandem-sealed-v1" 0x00 · origin key · op · E · sealed path`.
-//! Readers open both forms ([`Ring::open`] tells them apart by the body's first byte, `{`
-//! against a scheme number); only version 2 is written.
+//! Readers open both forms, each only in an entry of its own version ([`Ring::open_entry`]:
+//! a version 2 body starts with a scheme number, a version 1 body with `{`); only version 2
+//! is written.
 //! A delete without a body (the children of a deleted container) carries no ciphertext: its
 //! sealed path names what it deletes, and a reader knows the path behind it from the put
 //! that came before.
@@ -84,9 +85,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::{Aead, AeadInOut, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
-use crate::feed::{MAX_BODY_LEN, MAX_PATH_LEN, Op};
+use crate::feed::{EntryRef, MAX_BODY_LEN, MAX_PATH_LEN, Op, SEALED_ENTRY_VERSION};
 use crate::identity::{NodeId, NodeKey};
 
 pub use crate::feed::SEALED_PREFIX;
@@ -203,9 +204,12 @@ impl Nonces {
     }
 
     fn next(&self) -> [u8; NONCE_LEN] {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // 2^64 entries under one key are out of reach; should it wrap, nonces would repeat.
-        assert_ne!(n, u64::MAX, "nonce counter exhausted");
+        // 2^64 entries under one key are out of reach; were they not, the counter stops
+        // rather than wrap and repeat a nonce.
+        let n = self
+            .next
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+            .expect("nonce counter exhausted");
         let mut nonce = [0u8; NONCE_LEN];
         nonce[..NONCE_LEN - 8].copy_from_slice(&self.prefix);
         nonce[NONCE_LEN - 8..].copy_from_slice(&n.to_be_bytes());
@@ -310,9 +314,20 @@ impl Ring {
         out
     }
 
-    /// Opens a sealed entry's body, in either form (see the module docs). `None` for an empty
-    /// body (a delete without one: its path is known from the entries before it).
-    pub fn open(&self, op: Op, sealed_path: &str, body: &[u8]) -> Result<Option<Plain>, SealError> {
+    /// Opens a sealed entry (one whose path [`is_sealed`]): its body in the form its version
+    /// writes, a version 2 entry's sealing scheme or a version 1 entry's JSON envelope (see the
+    /// module docs), so that neither is ever read as the other. `None` for an empty body (a
+    /// delete without one: its path is known from the entries before it).
+    pub fn open_entry(&self, entry: &EntryRef<'_>) -> Result<Option<Plain>, SealError> {
+        let envelope = entry.body.first() == Some(&b'{');
+        if !entry.body.is_empty() && envelope == (entry.version == SEALED_ENTRY_VERSION) {
+            return Err(SealError::Envelope("not the form of its entry version"));
+        }
+        self.open(entry.op, entry.path, entry.body)
+    }
+
+    /// Opens a sealed body, in the form its first byte names (see [`Ring::open_entry`]).
+    fn open(&self, op: Op, sealed_path: &str, body: &[u8]) -> Result<Option<Plain>, SealError> {
         let plaintext = match body.first() {
             None => return Ok(None),
             Some(&SCHEME) => self.open_binary(op, sealed_path, body)?,
@@ -511,8 +526,9 @@ impl SealKey {
         Ok(out)
     }
 
-    /// Opens a sealed entry's body (see [`Ring::open`]).
-    pub fn open(&self, op: Op, sealed_path: &str, body: &[u8]) -> Result<Option<Plain>, SealError> {
+    /// Opens a sealed body (see [`Ring::open_entry`]).
+    #[cfg(test)]
+    fn open(&self, op: Op, sealed_path: &str, body: &[u8]) -> Result<Option<Plain>, SealError> {
         self.ring.open(op, sealed_path, body)
     }
 
@@ -616,9 +632,16 @@ fn aead_seal_into(
     out.extend_from_slice(&nonce);
     let start = out.len();
     out.extend_from_slice(msg);
-    let tag = XChaCha20Poly1305::new(key.into())
-        .encrypt_inout_detached(&XNonce::from(nonce), ad, out[start..].as_mut().into())
-        .ok()?;
+    let sealed = XChaCha20Poly1305::new(key.into()).encrypt_inout_detached(
+        &XNonce::from(nonce),
+        ad,
+        out[start..].as_mut().into(),
+    );
+    let Ok(tag) = sealed else {
+        // Refused before encrypting: what was copied in is the plaintext.
+        out[start..].zeroize();
+        return None;
+    };
     out.extend_from_slice(&tag);
     Some(())
 }
@@ -820,6 +843,39 @@ mod tests {
             k.open(Op::Put, &sealed, &wrapped),
             Err(SealError::Open)
         ));
+        // An entry opens only in the form of its version: an envelope in a version 2 entry,
+        // or a binary body in a version 1 entry, is refused before any key is tried.
+        let entry = |version, body: &[u8]| {
+            let encode = if version == SEALED_ENTRY_VERSION {
+                crate::feed::encode_sealed_entry
+            } else {
+                crate::feed::encode_entry
+            };
+            encode(
+                crate::feed::Seq(1),
+                crate::feed::EntryHash([0; 32]),
+                1,
+                Op::Put,
+                &sealed,
+                body,
+            )
+        };
+        let ring = k.ring();
+        let v1 = entry(crate::feed::ENTRY_VERSION, &envelope).unwrap();
+        let v1 = crate::feed::decode_entry(&v1).unwrap();
+        assert_eq!(ring.open_entry(&v1).unwrap().unwrap().path, path);
+        let (_, binary) = k.seal(Op::Put, path, body).unwrap();
+        let v2 = entry(SEALED_ENTRY_VERSION, &binary).unwrap();
+        let v2 = crate::feed::decode_entry(&v2).unwrap();
+        assert_eq!(ring.open_entry(&v2).unwrap().unwrap().path, path);
+        let envelope_in_v2 = entry(SEALED_ENTRY_VERSION, &envelope).unwrap();
+        let envelope_in_v2 = crate::feed::decode_entry(&envelope_in_v2).unwrap();
+        assert!(matches!(
+            ring.open_entry(&envelope_in_v2),
+            Err(SealError::Envelope(_))
+        ));
+        // A version 1 entry's body must be JSON: a binary one is not even an entry there.
+        assert!(entry(crate::feed::ENTRY_VERSION, &binary).is_err());
     }
 
     #[test]

@@ -9,6 +9,8 @@ use super::{
 /// A decoded view of an entry's bytes (borrowed, no copy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryRef<'a> {
+    /// The entry version: [`ENTRY_VERSION`] (plain) or [`SEALED_ENTRY_VERSION`] (sealed).
+    pub version: u8,
     /// Position in the feed.
     pub seq: Seq,
     /// Hash of the previous entry.
@@ -199,6 +201,7 @@ fn decode(bytes: &[u8], check_json: bool) -> Result<EntryRef<'_>, FeedError> {
         check_fields(seq, ts, op, path, body)?;
     }
     Ok(EntryRef {
+        version,
         seq,
         prev,
         ts,

@@ -168,15 +168,14 @@ fn verify_archive_from(file: &mut std::fs::File) -> Result<ArchiveSummary, Impor
     let opens =
         |ring: &Option<Ring>, entry: &crate::feed::EntryRef<'_>| -> Result<(), ImportError> {
             match ring {
-                Some(ring) if crate::seal::is_sealed(entry.path) => ring
-                    .open(entry.op, entry.path, entry.body)
-                    .map(drop)
-                    .map_err(|e| {
+                Some(ring) if crate::seal::is_sealed(entry.path) => {
+                    ring.open_entry(entry).map(drop).map_err(|e| {
                         invalid(format!(
                             "seq {}: the archive's keys do not open it: {e}",
                             entry.seq
                         ))
-                    }),
+                    })
+                }
                 _ => Ok(()),
             }
         };

@@ -97,7 +97,7 @@ pub(super) fn reveal(
         seq: entry.seq,
         source,
     };
-    let plain = match ring.open(entry.op, entry.path, entry.body) {
+    let plain = match ring.open_entry(&entry) {
         // An epoch this node was never granted (a reader removed before it began).
         Err(seal::SealError::UnknownEpoch { .. }) => return Err(StoreError::Sealed { origin }),
         opened => opened.map_err(unsealable)?,
@@ -300,7 +300,7 @@ fn open_feed(
             }
             let seq = Seq((key & ((1 << SEQ_BITS) - 1)) as u64);
             pass.first_sealed.get_or_insert(seq);
-            let plain = match ring.open(entry.op, entry.path, entry.body) {
+            let plain = match ring.open_entry(&entry) {
                 Ok(Some(plain)) => plain,
                 Ok(None) => {
                     // A delete without a body: its path is that of the put before it.

@@ -137,7 +137,7 @@ fn try_open(
         if !crate::seal::is_sealed(entry.path) || entry.body.is_empty() {
             continue;
         }
-        match ring.open(entry.op, entry.path, entry.body) {
+        match ring.open_entry(&entry) {
             Ok(_) => opened.push(e.seq),
             Err(crate::seal::SealError::UnknownEpoch { epoch }) => refused.push((e.seq, epoch)),
             Err(other) => panic!("seq {}: {other}", e.seq),

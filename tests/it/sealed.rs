@@ -468,7 +468,7 @@ async fn a_laptop_that_may_read_restores_what_the_community_holds_unread_until_r
             && !entry.body.is_empty()
         {
             let ring = grants.last().expect("granted before");
-            match ring.open(entry.op, entry.path, entry.body) {
+            match ring.open_entry(&entry) {
                 Err(tandem::seal::SealError::UnknownEpoch { epoch: 2 }) => refused += 1,
                 other => panic!("seq {}: {other:?}", e.seq),
             }
