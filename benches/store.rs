@@ -7,6 +7,9 @@
 //!   sealed (keyed path hash, XChaCha20-Poly1305, a version 2 entry) and its source path kept;
 //! - `accept_foreign_sealed`: `accept_foreign` of that sealed feed, as a holder stores it;
 //! - `verify_only`: the verification part of `accept_foreign` alone;
+//! - `encode_only`, `seal_only`: the work of `append_own` and `append_own_sealed` that is not
+//!   the database's, per change: check, encode and hash the entry; for the sealed one also the
+//!   keyed path hash and the AEAD. What the second takes over the first, no store design saves;
 //! - `bare_insert`: the same entry rows inserted into a plain SQLite table with the same
 //!   pragmas, in one transaction: the floor the store is compared against;
 //! - `snapshot_state_root`: a snapshot of 1,000,000 live objects (state root and signature);
@@ -17,14 +20,18 @@
 //! `BENCH_RECORD_IDS=random` gives the records ids in no order, as Kinto's UUID4 ids are,
 //! instead of ids that grow within each collection.
 //!
-//! Each sample uses a fresh database in a temporary directory on the same disk. `max alloc`
+//! Each sample uses a fresh database in a temporary directory on the same disk, or in
+//! `BENCH_TMPDIR` when set (`BENCH_TMPDIR=/dev/shm` times the store without the disk). `max alloc`
 //! in divan's allocation columns counts Rust heap allocations of one iteration, inputs
 //! excluded; SQLite's own memory (its page cache) is not in it. The peak RSS printed at the end
 //! is the whole process, inputs included: run one benchmark at a time to read it per benchmark.
 
 use divan::{AllocProfiler, Bencher, counter::ItemsCount};
-use tandem::feed::{Checkpoint, EntryHash, Head, Seq, encode_entry, verify_batch};
+use tandem::feed::{
+    Checkpoint, EntryHash, Head, Seq, check_change, encode_entry, encode_sealed_entry, verify_batch,
+};
 use tandem::identity::NodeKey;
+use tandem::seal::SealKey;
 use tandem::store::{Change, Store};
 
 mod common;
@@ -70,6 +77,15 @@ fn foreign_batch(key: &NodeKey) -> (Vec<Vec<u8>>, Checkpoint) {
     (entries, cp)
 }
 
+/// A fresh temporary directory for one sample's database (see the module docs).
+fn bench_dir() -> tempfile::TempDir {
+    match std::env::var_os("BENCH_TMPDIR") {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")),
+    }
+    .unwrap()
+}
+
 fn own_key() -> NodeKey {
     NodeKey::from_seed([1; 32])
 }
@@ -86,7 +102,7 @@ fn accept_foreign(bencher: Bencher) {
     bencher
         .counter(ItemsCount::new(N))
         .with_inputs(|| {
-            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            let dir = bench_dir();
             let store = Store::open_writer(dir.path(), own_key().id()).unwrap();
             (dir, store, entries.clone())
         })
@@ -104,7 +120,7 @@ fn append_own(bencher: Bencher) {
     bencher
         .counter(ItemsCount::new(N))
         .with_inputs(|| {
-            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            let dir = bench_dir();
             let store = Store::open_writer(dir.path(), own_key().id()).unwrap();
             (dir, store)
         })
@@ -120,7 +136,7 @@ fn append_own_sealed(bencher: Bencher) {
     bencher
         .counter(ItemsCount::new(N))
         .with_inputs(|| {
-            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            let dir = bench_dir();
             let mut store = Store::open_writer(dir.path(), own_key().id()).unwrap();
             store.seal_own(&own_key(), Some(true)).unwrap();
             (dir, store)
@@ -134,7 +150,7 @@ fn append_own_sealed(bencher: Bencher) {
 /// The sealed feed of [`append_own_sealed`] as a holder receives it: its entries and the
 /// checkpoint at its head.
 fn sealed_batch(key: &NodeKey) -> (Vec<Vec<u8>>, Checkpoint) {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = bench_dir();
     let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
     store.seal_own(key, Some(true)).unwrap();
     let changes: Vec<Change> = (0..N).map(change).collect();
@@ -160,7 +176,7 @@ fn accept_foreign_sealed(bencher: Bencher) {
     bencher
         .counter(ItemsCount::new(N))
         .with_inputs(|| {
-            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            let dir = bench_dir();
             let store = Store::open_writer(dir.path(), own_key().id()).unwrap();
             (dir, store, entries.clone())
         })
@@ -173,6 +189,53 @@ fn accept_foreign_sealed(bencher: Bencher) {
 }
 
 #[divan::bench(sample_count = 3, sample_size = 1)]
+fn encode_only(bencher: Bencher) {
+    let changes: Vec<Change> = (0..N).map(change).collect();
+    let origin = own_key().id();
+    bencher.counter(ItemsCount::new(N)).bench_local(|| {
+        let mut prev = EntryHash::genesis(&origin);
+        for (i, c) in changes.iter().enumerate() {
+            let bytes = encode_entry(
+                Seq(i as u64 + 1),
+                prev,
+                1_795_000_000_000,
+                c.op,
+                &c.path,
+                &c.body,
+            )
+            .unwrap();
+            prev = EntryHash::of(&bytes);
+        }
+        prev
+    });
+}
+
+#[divan::bench(sample_count = 3, sample_size = 1)]
+fn seal_only(bencher: Bencher) {
+    let changes: Vec<Change> = (0..N).map(change).collect();
+    let key = own_key();
+    let seal = SealKey::of_node(&key);
+    bencher.counter(ItemsCount::new(N)).bench_local(|| {
+        let mut prev = EntryHash::genesis(&key.id());
+        for (i, c) in changes.iter().enumerate() {
+            check_change(c.op, &c.path, &c.body).unwrap();
+            let (path, body) = seal.seal(c.op, &c.path, &c.body).unwrap();
+            let bytes = encode_sealed_entry(
+                Seq(i as u64 + 1),
+                prev,
+                1_795_000_000_000,
+                c.op,
+                &path,
+                &body,
+            )
+            .unwrap();
+            prev = EntryHash::of(&bytes);
+        }
+        prev
+    });
+}
+
+#[divan::bench(sample_count = 3, sample_size = 1)]
 fn bare_insert(bencher: Bencher) {
     let origin = NodeKey::from_seed([2; 32]);
     let (entries, _) = foreign_batch(&origin);
@@ -180,7 +243,7 @@ fn bare_insert(bencher: Bencher) {
     bencher
         .counter(ItemsCount::new(N))
         .with_inputs(|| {
-            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            let dir = bench_dir();
             let conn = rusqlite::Connection::open(dir.path().join("bare.db")).unwrap();
             conn.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -65536;
@@ -216,7 +279,7 @@ fn verify_only(bencher: Bencher) {
 fn filled_store() -> &'static (tempfile::TempDir, NodeKey) {
     static STORE: std::sync::OnceLock<(tempfile::TempDir, NodeKey)> = std::sync::OnceLock::new();
     STORE.get_or_init(|| {
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let dir = bench_dir();
         let key = own_key();
         let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
         let changes: Vec<Change> = (0..N).map(change).collect();
@@ -253,7 +316,7 @@ fn compact(bencher: Bencher) {
     bencher
         .counter(ItemsCount::new(N))
         .with_inputs(|| {
-            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+            let dir = bench_dir();
             let key = own_key();
             let mut store = Store::open_writer(dir.path(), key.id()).unwrap();
             let changes: Vec<Change> = (0..N)
