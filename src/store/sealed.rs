@@ -236,18 +236,61 @@ pub(super) fn open_own(
     head: Seq,
 ) -> Result<u64, StoreError> {
     let pass = open_feed(conn, origin, ring, head, "opened_seq", Keep::Underivable)?;
-    if let Some(first) = pass.first_sealed
-        && sealed_from(conn)?.is_none_or(|s| s > first)
+    if let Some((first, source)) = &pass.first_sealed
+        && sealed_from(conn)?.is_none_or(|s| s > *first)
     {
-        set_meta_seq(conn, "sealed_from", first)?;
+        let from = sealing_start(conn, origin, *first, source.as_deref())?;
+        set_meta_seq(conn, "sealed_from", from)?;
     }
     Ok(pass.opened)
+}
+
+/// The seq the own feed was sealed from, learnt from its entries (after a recovery): `first`,
+/// the first sealed entry (whose source path is `source`, when it names one), unless the
+/// plain entries right before it were written sealing already: the plain delete of that same
+/// source path that a switch writes before re-recording the object sealed, and readers
+/// statements, which stay plain and are written only once a feed is sealed. So the node
+/// states the same `sealed_from` as before it was lost.
+fn sealing_start(
+    conn: &rusqlite::Connection,
+    origin: i64,
+    first: Seq,
+    source: Option<&str>,
+) -> Result<Seq, StoreError> {
+    let plain_at = |seq: u64| -> Result<Option<(Op, String, bool)>, StoreError> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        let bytes: Option<Vec<u8>> = conn
+            .prepare_cached("SELECT bytes FROM entries WHERE key = ?1")
+            .and_then(|mut s| {
+                s.query_row([entry_key(origin, seq)], |r| r.get(0))
+                    .optional()
+            })
+            .ctx("reading an entry")?;
+        let Some(bytes) = bytes else { return Ok(None) };
+        let entry = feed::decode_stored_entry(&bytes)?;
+        Ok((!seal::is_sealed(entry.path))
+            .then(|| (entry.op, entry.path.to_owned(), entry.body.is_empty())))
+    };
+    let mut from = first.0;
+    if let Some(source) = source
+        && plain_at(from - 1)?
+            .is_some_and(|(op, path, empty)| op == Op::Delete && empty && path == source)
+    {
+        from -= 1;
+    }
+    while plain_at(from - 1)?.is_some_and(|(_, path, _)| seal::stays_plain(&path)) {
+        from -= 1;
+    }
+    Ok(Seq(from))
 }
 
 /// What one pass of [`open_feed`] did.
 struct OpenPass {
     opened: u64,
-    first_sealed: Option<Seq>,
+    /// The first sealed entry opened, and its source path when it names one.
+    first_sealed: Option<(Seq, Option<String>)>,
 }
 
 /// Where the plaintext of the entries a pass opens is kept.
@@ -299,7 +342,10 @@ fn open_feed(
                 continue;
             }
             let seq = Seq((key & ((1 << SEQ_BITS) - 1)) as u64);
-            pass.first_sealed.get_or_insert(seq);
+            let first = pass.first_sealed.is_none();
+            if first {
+                pass.first_sealed = Some((seq, None));
+            }
             let plain = match ring.open_entry(&entry) {
                 Ok(Some(plain)) => plain,
                 Ok(None) => {
@@ -324,6 +370,9 @@ fn open_feed(
                     });
                 }
             };
+            if first {
+                pass.first_sealed = Some((seq, Some(plain.path.clone())));
+            }
             let plain_entry = if keep == Keep::All || entry.body.is_empty() {
                 Some(opened_entry(&entry, &plain)?)
             } else {

@@ -482,6 +482,92 @@ fn switching_sealing_on_re_records_the_state_sealed() {
 }
 
 #[test]
+fn a_recovered_node_states_the_seq_it_was_sealed_from_as_before() {
+    // Sealed from the start with a reader (the plain readers statement comes first), from the
+    // start without one, and switched on over plain data (a plain delete comes first).
+    let reader = NodeKey::from_seed([69; 32]).id();
+    for (seed, readers, switched) in [(66, true, false), (67, false, false), (68, false, true)] {
+        let (dir, again) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let key = NodeKey::from_seed([seed; 32]);
+        let origin = key.id();
+        let mut home = store_for(dir.path(), &key);
+        let all = rounds();
+        if switched {
+            home.append_changes(&key, all[0].clone(), &[]).unwrap();
+        }
+        home.seal_own(&key, Some(true)).unwrap();
+        if readers {
+            home.set_readers(&key, &[reader]).unwrap();
+        }
+        for round in &all[1..] {
+            home.append_changes(&key, round.clone(), &[]).unwrap();
+        }
+        let from = home.sealed_from().unwrap().unwrap();
+        assert_eq!(from.0 > 1, switched, "{from:?}");
+
+        let mut recovered = Store::open_writer_with(again.path(), origin, true).unwrap();
+        copy_feed(&home, &mut recovered, origin);
+        recovered.set_recovering(false).unwrap();
+        assert_eq!(
+            recovered.seal_own(&key, None).unwrap(),
+            Sealing::On { from, now: false },
+            "seed {seed}"
+        );
+        assert_eq!(plain_state(&recovered, origin), plain_state(&home, origin));
+    }
+}
+
+#[test]
+fn once_compaction_drops_what_came_before_sealing_no_value_of_it_stays_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = NodeKey::from_seed([65; 32]);
+    let origin = key.id();
+    let mut store = store_for(dir.path(), &key);
+    let c = "/buckets/zebradiary/collections/okapirecipes";
+    let padding = "p".repeat(150);
+    let records = |from: usize, word: &str| -> Vec<Change> {
+        (from..from + 200)
+            .map(|i| {
+                put(
+                    &format!("{c}/records/r{i}"),
+                    &format!(r#"{{"data":{{"text":"{word} {i}","pad":"{padding}"}}}}"#),
+                )
+            })
+            .collect()
+    };
+    store
+        .append_changes(&key, records(0, "quokka-secret"), &[])
+        .unwrap();
+    store.seal_own(&key, Some(true)).unwrap();
+    store
+        .append_changes(&key, records(200, "sealed-later"), &[])
+        .unwrap();
+    let (snapshot, _) = store.create_snapshot(&key).unwrap();
+    assert!(contains(&dir_bytes(dir.path()), "quokka-secret"));
+
+    // The plain entries hold no state now (each object was re-recorded sealed): compaction
+    // drops them, and no value of theirs stays behind, not even in the free space of pages
+    // that hold sealed entries now.
+    let done = store.compact(origin, snapshot.seq).unwrap();
+    assert!(done.entries >= 200, "{done:?}");
+    store.reclaim_space().unwrap();
+    assert!(store.verify_origin(origin).unwrap().problems.is_empty());
+    assert_eq!(
+        store
+            .object(origin, &format!("{c}/records/r7"))
+            .unwrap()
+            .map(String::from_utf8),
+        Some(Ok(format!(
+            r#"{{"data":{{"text":"quokka-secret 7","pad":"{padding}"}}}}"#
+        )))
+    );
+    drop(store);
+    let files = dir_bytes(dir.path());
+    assert!(!contains(&files, "quokka-secret"));
+    assert!(!contains(&files, "sealed-later"));
+}
+
+#[test]
 fn a_granted_reader_reads_what_a_holder_cannot_until_it_is_removed() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let home_key = NodeKey::from_seed([70; 32]);
