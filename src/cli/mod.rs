@@ -611,7 +611,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 | StoreError::TooNew { .. }
                 | StoreError::WrongNode { .. }
                 | StoreError::Missing { .. }
-                | StoreError::NotWritable { .. } => EXIT_CONFIG,
+                | StoreError::NotWritable { .. }
+                | StoreError::SealOff { .. }
+                | StoreError::SealBusy { .. } => EXIT_CONFIG,
                 _ => 1,
             };
         }

@@ -107,12 +107,20 @@ async fn round(
         .collect::<Result<Vec<_>, _>>()?;
     if recovering {
         for fed in &feds {
-            fed.recover_own().await.with_context(|| {
+            let got = fed.recover_own().await.with_context(|| {
                 format!(
                     "recovering this node's feed: peer {} did not answer, and nothing may be appended before every peer has",
                     fed.peer().name
                 )
             })?;
+            if let Some(r) = got.filter(|r| r.accepted > 0) {
+                println!(
+                    "recovery: {} entries of this node's feed from peer {} ({} bytes received)",
+                    r.accepted,
+                    fed.peer().name,
+                    r.wire_bytes
+                );
+            }
         }
         store.write(|s| s.set_recovering(false)).await?;
     }

@@ -238,6 +238,18 @@ async fn a_sealed_home_is_held_unread_and_comes_back_whole() {
         0,
     );
     home.stop().await;
+    // Unsealing is refused as a configuration error, which systemd does not restart on.
+    let sealed_config = std::fs::read_to_string(home.config_path()).unwrap();
+    std::fs::write(
+        home.config_path(),
+        sealed_config.replacen("seal = true", "seal = false", 1),
+    )
+    .unwrap();
+    for command in ["run", "sync"] {
+        let (_, err) = tandem(&home.config_path(), &[command], 78);
+        assert!(err.contains("cannot be unsealed"), "{err}");
+    }
+    std::fs::write(home.config_path(), sealed_config).unwrap();
     let a_tables = users_data(a.database());
     let kept = tempfile::tempdir().unwrap();
     let kept_pass = kept.path().join("passphrase");
@@ -263,9 +275,18 @@ async fn a_sealed_home_is_held_unread_and_comes_back_whole() {
         0,
     );
     assert!(out.contains("recovered the key of node"), "{out}");
-    tandem(&config, &["sync"], 0);
+    let (out, _) = tandem(&config, &["sync"], 0);
+    assert!(
+        out.contains("recovery: ")
+            && out.contains("entries of this node's feed from peer community"),
+        "{out}"
+    );
     let (again, _) = tandem(&config, &["export", "--origin", "self"], 0);
     assert_eq!(again, exported);
+    let (status, _) = tandem(&config, &["status", "--json"], 0);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let own = common::node::origin_status(&status, &home_id.to_string());
+    assert_eq!(own["sealed_from"], 1, "as before the loss: {own}");
     let b = server().await;
     common::restore(
         &config,
