@@ -139,7 +139,7 @@ pub enum SealError {
     },
     /// Authentication failed: another key, or altered bytes.
     #[error(
-        "a sealed entry does not open with this node's key: it was sealed by another key, or altered"
+        "a sealed entry does not open with the content key it names (of this node, its grant, or the archive that carries it): it was sealed under another key, or altered"
     )]
     Open,
     /// The sealed form would exceed the entry limits.
@@ -151,6 +151,9 @@ pub enum SealError {
     /// The readers statement does not parse.
     #[error("the readers statement of a sealed feed is malformed ({0})")]
     Statement(&'static str),
+    /// Content keys (an archive's keys section) that are not a ring of keys.
+    #[error("the content keys are malformed: {0}")]
+    Keys(&'static str),
     /// A grant that does not open with this node's key.
     #[error(
         "the grant to this node in the readers statement does not open with this node's key: it was made for another key, or altered"
@@ -269,8 +272,8 @@ impl Ring {
             || !keys.len().is_multiple_of(32)
             || keys.len() / 32 > MAX_EPOCHS as usize
         {
-            return Err(SealError::Statement(
-                "content keys are not a whole number of 32-byte keys",
+            return Err(SealError::Keys(
+                "they are not one or more 32-byte keys (at most one per epoch)",
             ));
         }
         Ok(Ring {
@@ -418,7 +421,8 @@ impl Ring {
         let wrap = wrap_key(&shared, &ephemeral, &mine);
         let ad = grant_ad(&origin, &me.id(), readers.epoch);
         let keys = aead_open(&wrap, &raw[32..], &ad).ok_or(SealError::Grant)?;
-        let ring = Ring::from_keys(origin, &keys)?;
+        let ring = Ring::from_keys(origin, &keys)
+            .map_err(|_| SealError::Statement("a grant carries malformed content keys"))?;
         if ring.epochs() != readers.epoch + 1 {
             return Err(SealError::Statement(
                 "a grant does not carry the keys of every epoch",
@@ -722,6 +726,17 @@ mod tests {
         let mut out = body.to_vec();
         out[1..5].copy_from_slice(&epoch.to_be_bytes());
         out
+    }
+
+    #[test]
+    fn content_keys_that_are_no_ring_are_refused_as_such() {
+        let origin = NodeKey::from_seed([9; 32]).id();
+        for keys in [&[][..], &[1u8; 33][..]] {
+            let e = Ring::from_keys(origin, keys).unwrap_err();
+            assert!(matches!(e, SealError::Keys(_)), "{e}");
+            assert!(e.to_string().starts_with("the content keys are malformed"));
+        }
+        assert_eq!(Ring::from_keys(origin, &[1u8; 64]).unwrap().epochs(), 2);
     }
 
     #[test]
