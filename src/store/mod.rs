@@ -240,6 +240,19 @@ pub enum StoreError {
         /// The sealed origin.
         origin: NodeId,
     },
+    /// A sealed entry under a key epoch this node was never given (a reader removed before
+    /// it began, or not granted yet).
+    #[error(
+        "origin {origin} is sealed, and its entry at seq {seq} is sealed under key epoch {epoch}, which this node was not granted (a reader removed since, or not granted yet, reads only what was sealed before): restore or export an earlier state (`--seq`, `--at`, a snapshot), or have the origin grant this node reading again"
+    )]
+    NotGranted {
+        /// The sealed origin.
+        origin: NodeId,
+        /// The entry.
+        seq: Seq,
+        /// The epoch it names.
+        epoch: u32,
+    },
     /// A sealed entry that does not open with the keys this node has.
     #[error("origin {origin}, seq {seq}: {source}")]
     Unsealable {
@@ -298,6 +311,7 @@ impl crate::backoff::RetryHint for StoreError {
                 | StoreError::Missing { .. }
                 | StoreError::InvalidChange { .. }
                 | StoreError::Sealed { .. }
+                | StoreError::NotGranted { .. }
                 | StoreError::Unsealable { .. }
                 | StoreError::Readers { .. }
                 | StoreError::SealOff { .. }

@@ -99,7 +99,13 @@ pub(super) fn reveal(
     };
     let plain = match ring.open_entry(&entry) {
         // An epoch this node was never granted (a reader removed before it began).
-        Err(seal::SealError::UnknownEpoch { .. }) => return Err(StoreError::Sealed { origin }),
+        Err(seal::SealError::UnknownEpoch { epoch }) => {
+            return Err(StoreError::NotGranted {
+                origin,
+                seq: entry.seq,
+                epoch,
+            });
+        }
         opened => opened.map_err(unsealable)?,
     }
     // A delete without a body keeps its plaintext in `opened`; not found there, this

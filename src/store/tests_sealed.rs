@@ -665,8 +665,16 @@ fn a_granted_reader_reads_what_a_holder_cannot_until_it_is_removed() {
         laptop.object(h, r4),
         Err(StoreError::Sealed { .. })
     ));
-    // What it opened before its removal it still reads, also in a store opened again.
+    // What it opened before its removal it still reads, also in a store opened again; a
+    // state past it names the first entry it was not granted.
     assert_eq!(laptop.state_for_restore(h, opened_to).unwrap(), state_then);
+    match laptop.state_for_restore(h, after) {
+        Err(StoreError::NotGranted { origin, seq, epoch }) => {
+            assert_eq!((origin, epoch), (h, 1));
+            assert!(seq > opened_to && seq <= after, "{seq:?}");
+        }
+        other => panic!("{other:?}"),
+    }
     let beside = Store::open_read_only(dirs[1].path()).unwrap();
     beside.unlock(&laptop_key).unwrap();
     assert_eq!(beside.state_for_restore(h, opened_to).unwrap(), state_then);
