@@ -52,7 +52,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Err(e) => return Err(e),
     };
     if records.is_empty() {
-        println!("nothing to drill: this node holds no entries yet");
+        println!(
+            "nothing to drill: this node holds no entries it reads (a sealed feed it holds without reading it is drilled by its origin and readers)"
+        );
     }
     let mut failed = 0;
     for r in &records {

@@ -280,7 +280,9 @@ fn write_jsonl(
     w: &mut impl Write,
 ) -> anyhow::Result<()> {
     store.for_each_object(origin, |path, body| -> anyhow::Result<()> {
-        if !selection.includes(path) {
+        // A sealed feed's readers statement (the content keys wrapped to each reader) is how
+        // the feed is read, not an object of the source.
+        if !selection.includes(path) || crate::seal::stays_plain(path) {
             return Ok(());
         }
         // body is {"data":…,"permissions":…}: splice the path in front, keeping the bytes.

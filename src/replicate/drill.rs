@@ -17,7 +17,9 @@
 //!    [`crate::store::Store::check_snapshot`]).
 //! 3. **Restore that state** with the code `tandem restore` runs ([`super::restore`]), after
 //!    recomputing the state root over exactly the objects about to be written
-//!    ([`crate::feed::StateRoot`]) and comparing it with the one the snapshot signs.
+//!    ([`crate::feed::StateRoot`]) and comparing it with the one the snapshot signs (for a
+//!    sealed origin, whose root is over the sealed entries, the count of live objects: each
+//!    was opened, authenticated, from an entry step 2 checked).
 //! 4. **Read back** every object from the scratch server and compare it with what was
 //!    restored: the same paths, no object more, each with the recorded data and
 //!    permissions, and every tombstone with its timestamp. Kinto shows an object's
@@ -31,8 +33,9 @@
 //! measured recovery time of that origin.
 //!
 //! Not drilled: accounts (restored into a scratch they would give the origin's users logins
-//! there, and deleting them again could delete the drill's own account), and the source's
-//! description (`/tandem/source`), which a restore never writes. The scratch's identity
+//! there, and deleting them again could delete the drill's own account), the source's
+//! description (`/tandem/source`), which a restore never writes, and sealed origins this node
+//! does not read, which cannot be restored here (their origin and readers drill them). The scratch's identity
 //! secrets are not compared with the source's: a drill proves the data, not the logins.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -171,13 +174,22 @@ impl Drill {
         let _one_at_a_time = self.running.lock().await;
         let client = Arc::new(KintoClient::new(&self.config.target())?);
         let target = self.config.to.to_string();
+        // A sealed origin this node does not read is not drilled: it cannot be restored here
+        // (its origin and readers drill it); `tandem verify` checks what this node holds.
         let origins: Vec<NodeId> = self
             .read(|s| {
-                Ok(s.origins()?
-                    .into_iter()
-                    .filter(|o| o.head.is_some())
-                    .map(|o| o.id)
-                    .collect())
+                let mut origins = Vec::new();
+                for o in s.origins()? {
+                    if o.head.is_none() {
+                        continue;
+                    }
+                    if s.holds_unread(o.id)? {
+                        tracing::info!(origin = %o.id, "not drilled: sealed, and this node does not read it");
+                        continue;
+                    }
+                    origins.push(o.id);
+                }
+                Ok(origins)
             })
             .await?;
         // Refused before anything is touched; each origin's drill is then a failure, so that
@@ -266,7 +278,10 @@ impl Drill {
                         .and_then(|()| s.check_snapshot(&snapshot));
                     Ok(match checked {
                         Err(e) => Err(e.to_string()),
-                        Ok(()) => Ok(s.state_for_restore(origin, snapshot.seq)?),
+                        Ok(()) => Ok((
+                            s.state_for_restore(origin, snapshot.seq)?,
+                            s.newest_sealed_epoch(origin, snapshot.seq)?.is_some(),
+                        )),
                     })
                 })
                 .await?
@@ -274,7 +289,8 @@ impl Drill {
                     seq: snapshot.seq.0,
                     what,
                 })?;
-            check_state_root(&snapshot, &state)?;
+            let (state, sealed) = state;
+            check_state_root(&snapshot, &state, sealed)?;
             let state: Vec<StateItem> = state.into_iter().filter(drilled).collect();
             let buckets: Vec<String> = state
                 .iter()
@@ -430,12 +446,29 @@ fn segment(id: &str) -> String {
 }
 
 /// Recomputes the state root over the very objects about to be restored and compares it, the
-/// object count and the bytes with what the snapshot signs.
-fn check_state_root(snapshot: &Snapshot, state: &[StateItem]) -> Result<(), DrillError> {
+/// object count and the bytes with what the snapshot signs. The root of a `sealed` state is
+/// over the sealed forms, which the restore does not write: there the objects read were each
+/// opened, and authenticated, from an entry of the state the snapshot check found signed, and
+/// only the count of live objects is compared.
+fn check_state_root(
+    snapshot: &Snapshot,
+    state: &[StateItem],
+    sealed: bool,
+) -> Result<(), DrillError> {
     let fail = |what: String| DrillError::Snapshot {
         seq: snapshot.seq.0,
         what,
     };
+    if sealed {
+        let live = state.iter().filter(|i| !i.deleted).count() as u64;
+        if live != snapshot.objects {
+            return Err(fail(format!(
+                "the sealed state read for the restore holds {live} objects, the snapshot {}",
+                snapshot.objects
+            )));
+        }
+        return Ok(());
+    }
     let mut root = StateRoot::new();
     for item in state {
         let pushed = if item.deleted {

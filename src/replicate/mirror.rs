@@ -196,8 +196,10 @@ pub async fn record(store: &StoreHandle, new: NewMigration) -> Result<u64, Mirro
     let state = restore::select(state, &selection)?;
     let mut objects = Vec::new();
     for item in state {
+        // tandem's own paths (the source's description, moved statements, a sealed feed's
+        // readers statement) are about the feed, never written to the target.
         if item.deleted
-            || item.path == crate::replicate::ingest::SOURCE_PATH
+            || crate::replicate::moves::is_tandem_path(&item.path)
             || selection.is_parent_only(&item.path)
         {
             continue;
@@ -315,7 +317,10 @@ impl Mirror {
             for entry in &entries {
                 let entry =
                     crate::feed::decode_stored_entry(&entry.bytes).map_err(StoreError::from)?;
-                if !selection.includes(entry.path) || selection.is_parent_only(entry.path) {
+                if crate::replicate::moves::is_tandem_path(entry.path)
+                    || !selection.includes(entry.path)
+                    || selection.is_parent_only(entry.path)
+                {
                     continue;
                 }
                 let body = match (entry.op, locks.get(entry.path)) {

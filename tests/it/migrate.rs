@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::chaos;
 use common::follower::Follower;
 use common::kinto::{Kinto, PASSWORD};
-use common::node::{TestNode, wait_for};
+use common::node::{NEVER, TestNode, wait_for};
 use common::restored::{assert_same, put, source, target, views};
 use serde_json::{Value, json};
 
@@ -540,4 +540,78 @@ async fn writes_the_store_forgot_are_recognized_and_not_repeated() {
     let m = &migrations(&home)[0];
     assert_eq!(m["applied_seq"], m["origin_head"], "{m}");
     assert_same(&views(&b), &only(&views(&a), in_bucket("alice")));
+}
+
+/// A sealed node with a reader moves a bucket as a plain one does: its readers statement (the
+/// content keys wrapped to the reader) is about the feed, neither written to the target nor
+/// exported, and the node drills its own sealed feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_node_moves_a_bucket_exports_and_drills_it() {
+    let a = source().await;
+    alice_and_bob(&a).await;
+    let (mut home, laptop) = (TestNode::new("home"), TestNode::new("laptop"));
+    laptop.configure("", "");
+    laptop.init();
+    let scratch = target().await;
+    let pw = home.dir.path().join("admin-pw");
+    common::write_secret(&pw, PASSWORD);
+    home.configure(
+        "seal = true\n",
+        &format!(
+            "{}[drill]\n{NEVER}\nto = \"{}\"\nuser = \"admin\"\npassword_file = \"admin-pw\"\n{}",
+            home.source(&a, "1h"),
+            scratch.url,
+            TestNode::peer_entry(&laptop, &format!("read = true\n{NEVER}"))
+        ),
+    );
+    home.init();
+    home.start().await;
+    home.sync().await;
+
+    // The JSON Lines export holds the source's objects only, each with its data.
+    let out = common::tandem(&home.config_path(), &["export"], 0);
+    let lines = String::from_utf8(out.stdout).unwrap();
+    assert!(lines.lines().count() > 10, "{lines}");
+    for line in lines.lines() {
+        let object: Value = serde_json::from_str(line).unwrap();
+        assert!(object["data"].is_object(), "{line}");
+        assert_ne!(object["path"], "/tandem/readers", "{line}");
+    }
+
+    let b = target().await;
+    let out = common::tandem(
+        &home.config_path(),
+        &[
+            "migrate",
+            "start",
+            "--bucket",
+            "alice",
+            "--to",
+            &b.url,
+            "--user",
+            "admin",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+        0,
+    );
+    let out =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.contains("migration 1 started"), "{out}");
+    assert_same(&views(&b), &only(&views(&a), in_bucket("alice")));
+    later(&a).await;
+    home.sync().await;
+    caught_up(&home).await;
+    let m = &migrations(&home)[0];
+    assert_eq!(m["state"], "mirroring", "{m}");
+    assert_same(&views(&b), &only(&views(&a), in_bucket("alice")));
+    assert!(outside_alice(&b).is_empty(), "{:?}", outside_alice(&b));
+
+    // Its own sealed feed restores into the scratch server and reads back.
+    common::tandem(&home.config_path(), &["snapshot", "create"], 0);
+    let out = common::tandem(&home.config_path(), &["drill"], 0);
+    let out =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.contains(" ok") && !out.contains("FAILED"), "{out}");
+    home.stop().await;
 }

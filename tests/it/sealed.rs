@@ -223,10 +223,23 @@ async fn a_sealed_home_is_held_unread_and_comes_back_whole() {
             "{secret} in the archive it serves"
         );
     }
-    // A restore from there is refused, and says why.
+    // A restore from there is refused, and says why; its drills leave the feed to the
+    // origin and its readers, rather than fail at every round.
     let target = server().await;
     let out = restore_from(&community, &home_id.to_string(), &target, &[], 1);
     assert!(out.contains("is sealed"), "{out}");
+    let community_config = std::fs::read_to_string(community.config_path()).unwrap();
+    std::fs::write(
+        community.config_path(),
+        format!(
+            "{community_config}\n[drill]\n{NEVER}\nto = \"{}\"\nuser = \"tandem\"\npassword_file = \"pw\"\n",
+            target.url
+        ),
+    )
+    .unwrap();
+    let (out, _) = tandem(&community.config_path(), &["drill"], 0);
+    assert!(out.contains("nothing to drill"), "{out}");
+    std::fs::write(community.config_path(), community_config).unwrap();
     community.start().await;
 
     // Home's key goes to the community under a passphrase; then home is lost whole.
