@@ -489,7 +489,7 @@ fn print_text(status: &Status) {
                 .map(|s| format!(", serves seq {s}"))
                 .unwrap_or_default();
             let behind = if h.behind {
-                "  BEHIND: serves less than it acknowledged (rolled back or withholding)"
+                "  BEHIND: serves less than it acknowledged or served before (rolled back or withholding)"
             } else {
                 ""
             };

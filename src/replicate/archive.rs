@@ -582,7 +582,7 @@ mod tests {
         plain_origin.append(&plain_key, &[change(3)], &[]).unwrap();
         assert!(matches!(
             plain_origin.content_keys(&plain_key, plain_key.id()),
-            Err(StoreError::Readers { .. })
+            Err(StoreError::NotSealed { .. })
         ));
     }
 

@@ -271,6 +271,15 @@ pub enum StoreError {
         /// What is wrong.
         source: crate::seal::SealError,
     },
+    /// Content keys asked for of a feed that is not sealed (a rotation, an archive with its
+    /// keys).
+    #[error("origin {origin} is not sealed: {detail}")]
+    NotSealed {
+        /// The origin.
+        origin: NodeId,
+        /// What was asked, and what to do instead.
+        detail: &'static str,
+    },
     /// `[node] seal = false` for a feed that is sealed.
     #[error(
         "this node's feed is sealed from seq {from}: it cannot be unsealed, since holders would then read every later change; remove `seal = false` from [node] (or set `seal = true`)"
@@ -314,6 +323,7 @@ impl crate::backoff::RetryHint for StoreError {
                 | StoreError::NotGranted { .. }
                 | StoreError::Unsealable { .. }
                 | StoreError::Readers { .. }
+                | StoreError::NotSealed { .. }
                 | StoreError::SealOff { .. }
                 | StoreError::SealBusy { .. }
         )

@@ -668,15 +668,13 @@ impl Store {
     /// from now on opens only with a key nobody held before (not an archive written with
     /// `export --archive --decrypt`, not a reader removed earlier, not a copy of a reader's
     /// grants). Returns the statement written and the seq it was written at.
-    /// [`StoreError::Readers`] on a plain feed.
+    /// [`StoreError::NotSealed`] on a plain feed.
     pub fn rotate_key(&mut self, key: &NodeKey) -> Result<(Readers, Seq), StoreError> {
         let me = key.id();
         if sealed_from(&self.conn)?.is_none() {
-            return Err(StoreError::Readers {
+            return Err(StoreError::NotSealed {
                 origin: me,
-                source: seal::SealError::Statement(
-                    "the feed is not sealed ([node] seal = true): it has no content key to rotate",
-                ),
+                detail: "it has no content key to rotate (set seal = true under [node] to seal it)",
             });
         }
         let readers: Vec<NodeId> = self
@@ -866,14 +864,12 @@ impl Store {
 
     /// The content keys this node holds for `origin`, to carry in an archive
     /// (`export --archive --decrypt`): every epoch of its own feed, or what `origin` grants
-    /// it. [`StoreError::Sealed`] when it may not read `origin`; [`StoreError::Readers`] when
+    /// it. [`StoreError::Sealed`] when it may not read `origin`; [`StoreError::NotSealed`] when
     /// `origin` is not sealed (an archive of it is readable as it is).
     pub fn content_keys(&self, key: &NodeKey, origin: NodeId) -> Result<Ring, StoreError> {
-        let not_sealed = || StoreError::Readers {
+        let not_sealed = || StoreError::NotSealed {
             origin,
-            source: seal::SealError::Statement(
-                "the origin is not sealed: its archive is readable without keys",
-            ),
+            detail: "its archive is readable without keys (leave out --decrypt)",
         };
         let Some(row) = self.origin_row_id(origin)? else {
             return Err(not_sealed());

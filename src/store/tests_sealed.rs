@@ -794,10 +794,12 @@ fn a_plain_feed_has_no_readers_to_name() {
         store.set_readers(&key, &[NodeKey::from_seed([74; 32]).id()]),
         Err(StoreError::Readers { .. })
     ));
-    assert!(matches!(
-        store.rotate_key(&key),
-        Err(StoreError::Readers { .. })
-    ));
+    let e = store.rotate_key(&key).unwrap_err();
+    assert!(matches!(e, StoreError::NotSealed { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("is not sealed: it has no content key to rotate")
+    );
 }
 
 #[test]
