@@ -496,7 +496,7 @@ fn print_text(status: &Status) {
             println!("    holder {name}: {acked}{pulled}{served}{behind}");
             if let Some(r) = &h.last_rollback {
                 println!(
-                    "      served seq {} at {} after acknowledging seq {}: rolled back or withholding",
+                    "      served seq {} at {} after acknowledging or serving seq {}: rolled back or withholding",
                     r.served_seq, r.at, r.expected_seq
                 );
             }

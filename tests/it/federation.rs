@@ -520,6 +520,13 @@ async fn a_rolled_back_holder_is_reported() {
         "{c}"
     );
     assert!(rollback["at"].as_str().unwrap().ends_with('Z'));
+    let text = common::tandem(&home.config_path(), &["status"], 0);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("served seq 100 at ")
+            && text.contains(" after acknowledging or serving seq 150: rolled back or withholding"),
+        "{text}"
+    );
     let metrics = home.metrics().await;
     assert!(
         metrics
