@@ -76,7 +76,6 @@ use super::{Cli, load_config};
 use crate::feed::{EntryHash, Seq};
 use crate::identity::NodeId;
 use crate::scheduler::WorkerReport;
-use crate::store::Store;
 
 /// The whole status document (the JSON shape in the module docs).
 #[derive(Serialize)]
@@ -206,7 +205,8 @@ struct DaemonDoc {
 /// Prints the status.
 pub fn run(cli: &Cli, as_json: bool) -> anyhow::Result<()> {
     let config = load_config(cli)?;
-    let store = Store::open_read_only(&config.node.data_dir)?;
+    // With the keys of the sealed feeds this node reads: their moved statements are sealed.
+    let store = super::open_to_read(&config)?;
     let mut origins = Vec::new();
     let drills = store.drills()?;
     for o in store.origins()? {

@@ -172,7 +172,8 @@ pub fn is_tandem_path(path: &str) -> bool {
 }
 
 /// The moved statements live in `origin`'s state in `store`. None for a sealed origin this
-/// node cannot read: its statements are sealed with the rest.
+/// node cannot read (or not with the keys this store was given, as a store opened without
+/// its key file): its statements are sealed with the rest.
 pub fn moves(store: &Store, origin: NodeId) -> Result<Vec<Moved>, StoreError> {
     let mut out = Vec::new();
     let paths = match store.paths_under(origin, &format!("{MOVED_PREFIX}/")) {
@@ -180,7 +181,11 @@ pub fn moves(store: &Store, origin: NodeId) -> Result<Vec<Moved>, StoreError> {
         paths => paths?,
     };
     for path in paths {
-        if let Some(body) = store.object(origin, &path)?
+        let body = match store.object(origin, &path) {
+            Err(StoreError::Sealed { .. } | StoreError::NotGranted { .. }) => continue,
+            body => body?,
+        };
+        if let Some(body) = body
             && let Some(moved) = Moved::parse(&path, &body)
         {
             out.push(moved);

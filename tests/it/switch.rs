@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::chaos;
 use common::kinto::{Kinto, PASSWORD};
-use common::node::{TestNode, backup_pair, origin_status};
+use common::node::{NEVER, TestNode, backup_pair, origin_status};
 use common::restored::{put, switchable_source, target};
 use serde_json::{Value, json};
 
@@ -425,4 +425,64 @@ async fn a_finish_killed_at_random_points_completes_when_run_again() {
         !paths.iter().any(|p| p.starts_with("/buckets/bob")),
         "{paths:?}"
     );
+}
+
+/// A sealed node (with a reader, so its feed holds a readers statement) finishes a move as a
+/// plain one does; its moved statement is sealed like the rest, so the community, which holds
+/// the feed without reading it, shows no move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_node_finishes_a_move() {
+    let a = switchable_source().await;
+    alice_and_bob(&a).await;
+    let (mut home, mut community, laptop) = (
+        TestNode::new("home"),
+        TestNode::new("community"),
+        TestNode::new("laptop"),
+    );
+    laptop.configure("", "");
+    laptop.init();
+    home.configure(
+        "seal = true\n",
+        &format!(
+            "{}{}{}",
+            home.source(&a, "1h"),
+            TestNode::peer_entry(&community, &format!("push = [\"self\"]\n{NEVER}")),
+            TestNode::peer_entry(&laptop, &format!("read = true\n{NEVER}"))
+        ),
+    );
+    community.configure("", &TestNode::peer_entry(&home, NEVER));
+    home.init();
+    community.init();
+    home.start().await;
+    community.start().await;
+    home.sync().await;
+
+    let b = target().await;
+    let pw = home.dir.path().join("admin-pw");
+    common::write_secret(&pw, PASSWORD);
+    start(&home.config_path(), &b, &pw);
+    more(&a).await;
+    home.sync().await;
+    let before = alices(&a);
+    let out = common::tandem(&home.config_path(), &switch_args("finish", &pw), 0);
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("migration 1 finished") && out.contains("bucket alice now lives at"),
+        "{out}"
+    );
+    assert_eq!(alices(&b), before);
+    refuses_alice(&a).await;
+
+    home.sync().await;
+    let home_id = home.key().id().to_string();
+    let status = home.status();
+    let moved = &origin_status(&status, &home_id)["moved"];
+    assert_eq!(moved.as_array().map(Vec::len), Some(1), "{moved}");
+    assert_eq!(moved[0]["path"], "/buckets/alice", "{moved}");
+    assert_eq!(community.head(home.key().id()), home.head(home.key().id()));
+    let status = community.status();
+    let held = &origin_status(&status, &home_id)["moved"];
+    assert!(held.as_array().is_none_or(Vec::is_empty), "{status}");
+    home.stop().await;
+    community.stop().await;
 }
