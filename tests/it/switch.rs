@@ -427,9 +427,9 @@ async fn a_finish_killed_at_random_points_completes_when_run_again() {
     );
 }
 
-/// A sealed node (with a reader, so its feed holds a readers statement) finishes a move as a
-/// plain one does; its moved statement is sealed like the rest, so the community, which holds
-/// the feed without reading it, shows no move.
+/// A sealed node (with a reader, so its feed holds a readers statement) finishes a move and
+/// aborts it as a plain one does; its moved statement is sealed like the rest, so the
+/// community, which holds the feed without reading it, shows no move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_node_finishes_a_move() {
     let a = switchable_source().await;
@@ -483,6 +483,29 @@ async fn a_sealed_node_finishes_a_move() {
     let status = community.status();
     let held = &origin_status(&status, &home_id)["moved"];
     assert!(held.as_array().is_none_or(Vec::is_empty), "{status}");
+
+    // Abort: alice writes the old copy again, and the sealed statement is retracted.
+    let out = common::tandem(&home.config_path(), &switch_args("abort", &pw), 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("migration 1 aborted") && text.contains("1 moved statement(s) retracted"),
+        "{text}"
+    );
+    put(
+        &a,
+        "alice",
+        "/buckets/alice/collections/c1/records/after-abort",
+        json!({"data": {}}),
+    )
+    .await;
+    home.sync().await;
+    let status = home.status();
+    assert_eq!(
+        origin_status(&status, &home_id)["moved"],
+        json!([]),
+        "{status}"
+    );
+    assert_eq!(community.head(home.key().id()), home.head(home.key().id()));
     home.stop().await;
     community.stop().await;
 }
