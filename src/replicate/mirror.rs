@@ -317,10 +317,7 @@ impl Mirror {
             for entry in &entries {
                 let entry =
                     crate::feed::decode_stored_entry(&entry.bytes).map_err(StoreError::from)?;
-                if crate::replicate::moves::is_tandem_path(entry.path)
-                    || !selection.includes(entry.path)
-                    || selection.is_parent_only(entry.path)
-                {
+                if !selection.includes(entry.path) || selection.is_parent_only(entry.path) {
                     continue;
                 }
                 let body = match (entry.op, locks.get(entry.path)) {
