@@ -76,6 +76,18 @@ fn migrations_of(config: &Path) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `tandem migrate start` of `selection` (`--bucket B`, `--collection B/C`…) from the node with
+/// the configuration `config` into `to` as `admin` (password in `pw`), which must exit with
+/// `code`; stdout and stderr.
+fn start_migration(config: &Path, to: &Kinto, pw: &Path, selection: &[&str], code: i32) -> String {
+    let mut args = vec!["migrate", "start"];
+    args.extend_from_slice(selection);
+    args.extend_from_slice(&["--to", &to.url, "--user", "admin"]);
+    args.extend_from_slice(&["--password-file", pw.to_str().unwrap()]);
+    let out = common::tandem(config, &args, code);
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
 /// Waits until the mirror applied everything the node holds.
 async fn caught_up(node: &TestNode) {
     caught_up_with(&node.config_path()).await;
@@ -114,20 +126,8 @@ async fn a_moved_bucket_follows_its_source_until_someone_writes_on_the_target() 
     let b = target().await;
     let pw = home.dir.path().join("admin-pw");
     common::write_secret(&pw, PASSWORD);
-    let start = |extra: &[&str], code: i32| {
-        let mut args = vec![
-            "migrate",
-            "start",
-            "--to",
-            &b.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let out = common::tandem(&home.config_path(), &args, code);
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    let start = |selection: &[&str], code: i32| {
+        start_migration(&home.config_path(), &b, &pw, selection, code)
     };
     // Nothing chosen is a usage error.
     start(&[], 2);
@@ -353,23 +353,13 @@ async fn a_moved_collection_follows_its_records_only() {
     put(&b, "admin", "/buckets/bob", json!({"data": {"here": true}})).await;
     let pw = home.dir.path().join("admin-pw");
     common::write_secret(&pw, PASSWORD);
-    let out = common::tandem(
+    let out = start_migration(
         &home.config_path(),
-        &[
-            "migrate",
-            "start",
-            "--collection",
-            "bob/notes",
-            "--to",
-            &b.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw.to_str().unwrap(),
-        ],
+        &b,
+        &pw,
+        &["--collection", "bob/notes"],
         0,
     );
-    let out = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.contains("1 buckets already existed on the target and were kept"),
         "{out}"
@@ -451,22 +441,7 @@ async fn writes_the_store_forgot_are_recognized_and_not_repeated() {
     let b = target().await;
     let pw = home.dir.path().join("admin-pw");
     common::write_secret(&pw, PASSWORD);
-    common::tandem(
-        &home.config_path(),
-        &[
-            "migrate",
-            "start",
-            "--bucket",
-            "alice",
-            "--to",
-            &b.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw.to_str().unwrap(),
-        ],
-        0,
-    );
+    start_migration(&home.config_path(), &b, &pw, &["--bucket", "alice"], 0);
     home.stop().await;
     later(&a).await;
     common::tandem(&home.config_path(), &["sync"], 0);
@@ -579,24 +554,7 @@ async fn a_sealed_node_moves_a_bucket_exports_and_drills_it() {
     }
 
     let b = target().await;
-    let out = common::tandem(
-        &home.config_path(),
-        &[
-            "migrate",
-            "start",
-            "--bucket",
-            "alice",
-            "--to",
-            &b.url,
-            "--user",
-            "admin",
-            "--password-file",
-            pw.to_str().unwrap(),
-        ],
-        0,
-    );
-    let out =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let out = start_migration(&home.config_path(), &b, &pw, &["--bucket", "alice"], 0);
     assert!(out.contains("migration 1 started"), "{out}");
     assert_same(&views(&b), &only(&views(&a), in_bucket("alice")));
     later(&a).await;

@@ -95,6 +95,24 @@ fn switch_args<'a>(what: &'a str, pw: &'a Path) -> Vec<&'a str> {
     ]
 }
 
+/// `migrate abort 1` on the node with the configuration `config` (its one moved statement
+/// retracted), then alice writes her bucket on `old` again.
+async fn abort_and_write_again(config: &Path, pw: &Path, old: &Kinto) {
+    let out = common::tandem(config, &switch_args("abort", pw), 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("migration 1 aborted") && text.contains("1 moved statement(s) retracted"),
+        "{text}"
+    );
+    put(
+        old,
+        "alice",
+        "/buckets/alice/collections/c1/records/after-abort",
+        json!({"data": {}}),
+    )
+    .await;
+}
+
 /// Alice writes new records into her collection `c1` on `kinto` every few milliseconds until
 /// `stop` is set; returns the rows of the writes the server accepted, and how many it refused.
 async fn alice_writes(
@@ -318,19 +336,7 @@ async fn finish_moves_a_bucket_while_its_member_writes_and_abort_gives_it_back()
     assert!(!paths.iter().any(|p| in_bucket("alice")(p)), "{paths:?}");
 
     // Abort: alice may write the old copy again, the statement is retracted.
-    let out = common::tandem(&home.config_path(), &switch_args("abort", &pw), 0);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("migration 1 aborted") && text.contains("1 moved statement(s) retracted"),
-        "{text}"
-    );
-    put(
-        &a,
-        "alice",
-        "/buckets/alice/collections/c1/records/after-abort",
-        json!({"data": {}}),
-    )
-    .await;
+    abort_and_write_again(&home.config_path(), &pw, &a).await;
     a.ok(
         "alice",
         "PATCH",
@@ -485,19 +491,7 @@ async fn a_sealed_node_finishes_a_move() {
     assert!(held.as_array().is_none_or(Vec::is_empty), "{status}");
 
     // Abort: alice writes the old copy again, and the sealed statement is retracted.
-    let out = common::tandem(&home.config_path(), &switch_args("abort", &pw), 0);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("migration 1 aborted") && text.contains("1 moved statement(s) retracted"),
-        "{text}"
-    );
-    put(
-        &a,
-        "alice",
-        "/buckets/alice/collections/c1/records/after-abort",
-        json!({"data": {}}),
-    )
-    .await;
+    abort_and_write_again(&home.config_path(), &pw, &a).await;
     home.sync().await;
     let status = home.status();
     assert_eq!(
