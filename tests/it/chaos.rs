@@ -139,8 +139,9 @@ impl Tally {
             None => self.kills += 1,
             Some(status) => assert!(
                 status.success(),
-                "round {}: tandem {args:?} failed by itself: {status}",
-                self.rounds
+                "round {}: tandem {args:?} failed by itself: {status}\n{}",
+                self.rounds,
+                std::fs::read_to_string(chaos::stderr_of(config)).unwrap_or_default()
             ),
         }
     }

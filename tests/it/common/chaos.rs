@@ -55,17 +55,25 @@ impl Rng {
     }
 }
 
-/// Starts `tandem --config CONFIG ARGS…` with its output discarded.
+/// Starts `tandem --config CONFIG ARGS…`, its output discarded but for its standard error,
+/// which goes to the file [`stderr_of`] names (beside the config), so that a command that
+/// fails by itself can say why.
 pub fn spawn(config: &Path, args: &[&str]) -> Child {
+    let stderr = std::fs::File::create(stderr_of(config)).unwrap();
     Command::new(env!("CARGO_BIN_EXE_tandem"))
         .arg("--config")
         .arg(config)
         .args(args)
         .env_remove("TANDEM_CONFIG")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap()
+}
+
+/// Where [`spawn`] writes the standard error of the last command it started on `config`.
+pub fn stderr_of(config: &Path) -> std::path::PathBuf {
+    config.with_extension("stderr")
 }
 
 /// SIGKILLs `child` after `delay` unless it ended before; returns `None` when the kill
