@@ -3,7 +3,8 @@
 //!
 //! What it guarantees:
 //! - **One writer.** [`Store::open_writer`] takes an exclusive lock on `tandem.lock` for the life
-//!   of the store; a second writer gets [`StoreError::Locked`]. Readers
+//!   of the store; a second writer gets [`StoreError::Locked`] (after waiting a moment when the
+//!   holder has just let go: see `take_lock`). Readers
 //!   ([`Store::open_read_only`]) need no lock: WAL lets them read beside the writer.
 //! - **Verify, then write.** Foreign entries arrive only as a [`crate::feed::VerifiedBatch`]; linking to
 //!   the stored head and fork checks happen inside the write transaction. Every write (entries,
@@ -444,8 +445,9 @@ fn entry_key(origin: i64, seq: u64) -> i64 {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    /// Held for the store's lifetime by a writer; dropping it releases the lock.
-    _lock: Option<File>,
+    /// Held for the store's lifetime by a writer; dropping it releases the lock. Declared
+    /// after `conn`, so the database is closed before the lock is let go.
+    _lock: Option<WriterLock>,
     /// The bases being staged on this connection (tokens; see [`Store::begin_base_staging`]):
     /// the staging file stays attached while there is one.
     staging: std::collections::BTreeSet<u64>,
@@ -707,7 +709,30 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn take_lock(data_dir: &Path) -> Result<File, StoreError> {
+/// How long a writer waits for a lock whose holder has let go of it (its lock file holds no
+/// pid) but whose descriptor still lives on for a moment: see [`take_lock`].
+const LOCK_LET_GO_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The writer lock: an exclusive `flock` on `tandem.lock`, whose content is the holder's pid
+/// while it holds it. The pid is cleared before the lock is let go (see [`take_lock`]).
+struct WriterLock(File);
+
+impl Drop for WriterLock {
+    fn drop(&mut self) {
+        let _ = self.0.set_len(0);
+    }
+}
+
+/// Takes the writer lock of `data_dir`.
+///
+/// A `flock` belongs to the open file, not to the process: a process that spawns a child
+/// just as it closes its store (any program embedding the store, the test harness among
+/// them) leaves the lock held by the child's copy of the descriptor until the child's `exec`
+/// closes it, an instant later. So a lock held while the file names no pid is taken to be
+/// in passing and waited for, up to [`LOCK_LET_GO_WAIT`]; a lock whose file names a pid is
+/// held, and refused at once. (The file also names no pid in the instant between a holder
+/// taking the lock and writing it; waiting then ends with the pid, and the refusal.)
+fn take_lock(data_dir: &Path) -> Result<WriterLock, StoreError> {
     let path = data_dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -719,29 +744,36 @@ fn take_lock(data_dir: &Path) -> Result<File, StoreError> {
             dir: data_dir.to_owned(),
             source,
         })?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            return Err(StoreError::Locked {
-                dir: data_dir.to_owned(),
-                pid: text.trim().parse().ok(),
-            });
-        }
-        Err(std::fs::TryLockError::Error(source)) => {
-            return Err(StoreError::NotWritable {
-                dir: data_dir.to_owned(),
-                source,
-            });
+    let deadline = std::time::Instant::now() + LOCK_LET_GO_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.rewind().and_then(|()| file.read_to_string(&mut text));
+                let pid = text.trim().parse().ok();
+                if pid.is_some() || std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Locked {
+                        dir: data_dir.to_owned(),
+                        pid,
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StoreError::NotWritable {
+                    dir: data_dir.to_owned(),
+                    source,
+                });
+            }
         }
     }
-    // The pid is informational (for the error above); the lock itself is what counts.
+    // The pid names the holder in the error above, and tells a held lock from one let go.
     let _ = file
         .set_len(0)
         .and_then(|()| file.rewind())
         .and_then(|()| writeln!(file, "{}", std::process::id()));
-    Ok(file)
+    Ok(WriterLock(file))
 }
 
 /// Classifies an error while opening for writing: permissions, damage, or anything else.

@@ -465,14 +465,54 @@ fn a_second_writer_is_locked_out_but_readers_are_not() {
             &[],
         )
         .unwrap();
+    let asked = std::time::Instant::now();
     let err = Store::open_writer(dir.path(), key.id()).unwrap_err();
     assert!(
         matches!(err, StoreError::Locked { pid: Some(_), .. }),
         "{err}"
     );
+    // A lock held by a writer that names itself is refused at once, not waited for.
+    assert!(
+        asked.elapsed() < LOCK_LET_GO_WAIT / 2,
+        "{:?}",
+        asked.elapsed()
+    );
     let reader = Store::open_read_only(dir.path()).unwrap();
     assert_eq!(reader.head(key.id()).unwrap().unwrap().seq, Seq(1));
     drop(first);
+    writer(dir.path());
+}
+
+/// A child spawned just as its parent closes the store holds a copy of the lock's descriptor
+/// until its `exec`: the next writer waits for that copy to go instead of failing; a copy
+/// that outlives the wait is refused, naming no pid.
+#[test]
+fn a_lock_let_go_while_a_copy_of_its_descriptor_lives_on_is_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = writer(dir.path());
+    // A duplicate of the descriptor shares its open file, and so its lock, as the child's does.
+    let copy = first._lock.as_ref().unwrap().0.try_clone().unwrap();
+    drop(first);
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(copy);
+    });
+    let asked = std::time::Instant::now();
+    let second = writer(dir.path());
+    assert!(
+        asked.elapsed() >= std::time::Duration::from_millis(250),
+        "the lock was taken while a copy still held it ({:?})",
+        asked.elapsed()
+    );
+    holder.join().unwrap();
+
+    let copy = second._lock.as_ref().unwrap().0.try_clone().unwrap();
+    drop(second);
+    let asked = std::time::Instant::now();
+    let err = Store::open_writer(dir.path(), NodeKey::from_seed([0; 32]).id()).unwrap_err();
+    assert!(matches!(err, StoreError::Locked { pid: None, .. }), "{err}");
+    assert!(asked.elapsed() >= LOCK_LET_GO_WAIT, "{:?}", asked.elapsed());
+    drop(copy);
     writer(dir.path());
 }
 
