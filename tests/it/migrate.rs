@@ -447,7 +447,7 @@ async fn writes_the_store_forgot_are_recognized_and_not_repeated() {
     common::tandem(&home.config_path(), &["sync"], 0);
 
     let pass = |data: std::path::PathBuf, id| async move {
-        let store = common::open_writer(&data, id);
+        let store = tandem::store::Store::open_writer(&data, id).unwrap();
         let handle = tandem::store::StoreHandle::new(store, 1).unwrap();
         let report = tandem::replicate::mirror::Mirror::new(handle.clone())
             .pass()

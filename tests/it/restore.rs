@@ -391,7 +391,7 @@ async fn a_killed_restore_resumes_without_duplicates() {
     node.init();
     {
         let key = node.key();
-        let mut store = common::open_writer(&node.data(), key.id());
+        let mut store = tandem::store::Store::open_writer(&node.data(), key.id()).unwrap();
         let put = |path: String, body: String| tandem::store::Change {
             op: tandem::feed::Op::Put,
             path,

@@ -86,24 +86,3 @@ pub fn restore(
     let out = tandem(config, &args, code);
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
-
-/// Opens the store in `data_dir` for writing, as `id`, waiting out a lock that only this test
-/// process's own children hold. A process started by another test of this binary holds a copy
-/// of every descriptor of the test process from its fork until its exec, the lock of a store
-/// just closed here among them, so for that moment the store reads as locked by this process's
-/// pid. A lock held by another process, or for more than ten seconds, fails as it would.
-pub fn open_writer(data_dir: &Path, id: tandem::identity::NodeId) -> tandem::store::Store {
-    use tandem::store::{Store, StoreError};
-    let started = std::time::Instant::now();
-    loop {
-        match Store::open_writer(data_dir, id) {
-            Err(StoreError::Locked { pid: Some(pid), .. })
-                if pid == std::process::id()
-                    && started.elapsed() < std::time::Duration::from_secs(10) =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            result => return result.unwrap(),
-        }
-    }
-}

@@ -138,7 +138,7 @@ impl TestNode {
     /// Appends `n` puts whose text field has `size` characters that compress poorly.
     pub fn append_sized(&self, n: usize, prefix: &str, size: usize) {
         let key = self.key();
-        let mut store = crate::common::open_writer(&self.data(), key.id());
+        let mut store = Store::open_writer(&self.data(), key.id()).unwrap();
         let changes: Vec<Change> = (0..n)
             .map(|i| Change {
                 op: Op::Put,
@@ -158,24 +158,8 @@ impl TestNode {
     /// Starts the daemon.
     pub async fn start(&mut self) {
         assert!(self.running.is_none(), "{} already runs", self.name);
-        // The lock of the store closed by `stop` or `append` may linger in a process another
-        // test is starting (see `common::open_writer`): that is waited out.
         let config = Config::load(&self.config_path()).unwrap();
-        let started = std::time::Instant::now();
-        let node = loop {
-            match Node::open(config.clone()) {
-                Err(e)
-                    if matches!(
-                        e.downcast_ref::<tandem::store::StoreError>(),
-                        Some(tandem::store::StoreError::Locked { pid: Some(pid), .. })
-                            if *pid == std::process::id()
-                    ) && started.elapsed() < Duration::from_secs(10) =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                node => break node.unwrap(),
-            }
-        };
+        let node = Node::open(config).unwrap();
         let listener = match self.listener.take() {
             Some(l) => {
                 l.set_nonblocking(true).unwrap();

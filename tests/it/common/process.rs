@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tandem::feed::Op;
 use tandem::identity::NodeKey;
-use tandem::store::Change;
+use tandem::store::{Change, Store};
 
 /// A running `tandem run` process.
 pub struct Daemon {
@@ -107,7 +107,7 @@ pub fn node_with_entries(
     std::fs::write(&config, text).unwrap();
     crate::common::tandem(&config, &["init"], 0);
     let key = NodeKey::load(&dir.join("data/node.key")).unwrap();
-    let mut store = crate::common::open_writer(&dir.join("data"), key.id());
+    let mut store = Store::open_writer(&dir.join("data"), key.id()).unwrap();
     let changes: Vec<Change> = (0..5)
         .map(|i| Change {
             op: Op::Put,
@@ -116,8 +116,5 @@ pub fn node_with_entries(
         })
         .collect();
     store.append(&key, &changes, &[]).unwrap();
-    drop(store);
-    // Until a process started meanwhile by another test execs, it may still hold the lock.
-    drop(crate::common::open_writer(&dir.join("data"), key.id()));
     (config, key)
 }
