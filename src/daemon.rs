@@ -356,6 +356,8 @@ async fn serve_with(
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
     let prober = Prober::new()?;
+    // Hearing from a peer ends the backoff of the loops that talk to it.
+    let contacts = scheduler::Contacts::new(config.peers.iter().map(|p| p.id));
     let mut workers = Vec::new();
     let heartbeat = config
         .node
@@ -443,13 +445,19 @@ async fn serve_with(
         .filter(|_| config.source.is_none())
         .map(|h| scheduler::PeerBeat::new(h, peer_workers.clone()));
     for fed in &feds {
+        let peer = fed.peer().id;
+        let mut status_of = |kind, name| {
+            let status = Arc::new(WorkerStatus::new(kind, name).talking_to(&contacts, peer));
+            workers.push(status.clone());
+            status
+        };
         spawn_peer_loops(
             fed,
             &prober,
             &changes,
             &tasks,
             &token,
-            &mut workers,
+            &mut status_of,
             peer_heartbeat.clone(),
         );
     }
@@ -578,6 +586,7 @@ async fn serve_with(
         store: writer.clone(),
         key: key.clone(),
         changes: changes.clone(),
+        contacts: contacts.clone(),
         stopping: token.child_token(),
     });
     let server_token = token.clone();
@@ -652,20 +661,21 @@ async fn serve_with(
 ///   every [`scheduler::PEER_CHECK_INTERVAL`]), and one long-poll loop per origin pulled;
 /// - a cron expression: one loop that pushes, then pulls, at each time;
 /// - a peer with nothing to push or pull is only probed, so `status` shows whether it is up.
+///
+/// `status_of(kind, name)` gives each loop its status, listed with the daemon's loops.
 fn spawn_peer_loops(
     fed: &Federation,
     prober: &Prober,
     changes: &Changes,
     tasks: &TaskTracker,
     token: &CancellationToken,
-    workers: &mut Vec<Arc<WorkerStatus>>,
+    status_of: &mut dyn FnMut(&'static str, String) -> Arc<WorkerStatus>,
     heartbeat: Option<scheduler::PeerBeat>,
 ) {
     let peer = fed.peer().clone();
     let (push, pull) = (!peer.push.is_empty(), !peer.pull.is_empty());
     if !push && !pull {
-        let status = Arc::new(WorkerStatus::new("peer", peer.name.clone()));
-        workers.push(status.clone());
+        let status = status_of("peer", peer.name.clone());
         let (prober, url, token) = (prober.clone(), peer.url.clone(), token.child_token());
         let cadence = Cadence::for_peer(&peer.schedule);
         tasks.spawn(async move {
@@ -678,8 +688,7 @@ fn spawn_peer_loops(
         return;
     }
     if let Schedule::Cron(cron) = &peer.schedule {
-        let status = Arc::new(WorkerStatus::new("peer", peer.name.clone()));
-        workers.push(status.clone());
+        let status = status_of("peer", peer.name.clone());
         let (fed, token, cadence) = (
             fed.clone(),
             token.child_token(),
@@ -707,8 +716,7 @@ fn spawn_peer_loops(
         return;
     }
     if push {
-        let status = Arc::new(WorkerStatus::new("push", peer.name.clone()));
-        workers.push(status.clone());
+        let status = status_of("push", peer.name.clone());
         let (fed, token) = (fed.clone(), token.child_token());
         let on_change = OnChange::new(changes);
         let (me, heartbeat) = (status.clone(), heartbeat.clone());
@@ -729,8 +737,7 @@ fn spawn_peer_loops(
         });
     }
     for origin in fed.resolve(&peer.pull) {
-        let status = Arc::new(WorkerStatus::new("pull", format!("{} {origin}", peer.name)));
-        workers.push(status.clone());
+        let status = status_of("pull", format!("{} {origin}", peer.name));
         let (fed, token) = (fed.clone(), token.child_token());
         let (me, heartbeat) = (status.clone(), heartbeat.clone());
         tasks.spawn(async move {
@@ -738,7 +745,14 @@ fn spawn_peer_loops(
                 let (fed, heartbeat, me) = (fed.clone(), heartbeat.clone(), me.clone());
                 async move {
                     let started = tokio::time::Instant::now();
-                    let pulled = fed.pull_origin(origin, scheduler::LONG_POLL).await?;
+                    // After a failure, one quick ask first: the loop shows healthy as soon as
+                    // the peer answers, not once a long poll ends.
+                    let wait = if me.failing() {
+                        Duration::ZERO
+                    } else {
+                        scheduler::LONG_POLL
+                    };
+                    let pulled = fed.pull_origin(origin, wait).await?;
                     if let Some(heartbeat) = heartbeat {
                         heartbeat.beat(&me);
                     }

@@ -6,15 +6,18 @@
 //! heal by waiting ([`RetryHint::heals`]: a fork, a forged page, credentials or grants refused,
 //! a quota reached, a damaged store) is not retried: the loop logs at `ERROR`, shows
 //! `needs_operator` in its status, and waits until it is re-armed ([`WorkerStatus::rearm`]:
-//! `tandem sync` or `SIGHUP`).
+//! `tandem sync` or `SIGHUP`). A loop retrying a peer does not sleep out its backoff once the
+//! peer is heard from ([`Contacts`]): a peer back from an outage is talked to, and shown
+//! healthy, at once rather than up to [`RETRY_CAP`] later.
 //!
 //! Cron schedules are computed with `croner` and slept with `tokio::time::sleep`, each sleep
 //! capped at a minute and recomputed, so that a clock step or a suspend cannot make a schedule
 //! drift or silently stop (see docs/dependencies.md on why not `tokio-cron-scheduler`).
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -22,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{CronSchedule, Schedule};
+use crate::identity::NodeId;
 use crate::telemetry;
 
 /// First retry delay after a failure.
@@ -49,6 +53,43 @@ pub struct WorkerStatus {
     needs_operator: Mutex<Option<String>>,
     /// Raised by [`WorkerStatus::rearm`].
     rearmed: tokio::sync::watch::Sender<u64>,
+    /// The peer this loop talks to, and where it is heard from (see [`Contacts`]).
+    peer: Option<(Contacts, NodeId)>,
+}
+
+/// When each configured peer was last heard from: a counter per peer, raised when an
+/// authenticated request comes from it (`api::peer`) and when one of this node's loops that
+/// talk to it succeeds ([`run_loop`]). A loop waiting out its backoff after failing to reach
+/// that peer tries again as soon as the counter moves, instead of after up to [`RETRY_CAP`].
+///
+/// So that a peer which can reach this node but not be reached by it (behind NAT, a
+/// one-way firewall) does not turn each of its requests into a failed attempt here, a wait is
+/// cut short only when the attempt before it was not itself one started that way: such
+/// attempts are at most as many as the backoff's own.
+#[derive(Debug, Clone, Default)]
+pub struct Contacts(Arc<HashMap<NodeId, tokio::sync::watch::Sender<u64>>>);
+
+impl Contacts {
+    /// The counters of `peers`.
+    pub fn new(peers: impl IntoIterator<Item = NodeId>) -> Contacts {
+        Contacts(Arc::new(
+            peers
+                .into_iter()
+                .map(|id| (id, tokio::sync::watch::Sender::new(0)))
+                .collect(),
+        ))
+    }
+
+    /// Records that `peer` was heard from. Peers not configured are ignored.
+    pub fn heard(&self, peer: NodeId) {
+        if let Some(counter) = self.0.get(&peer) {
+            counter.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    fn subscribe(&self, peer: NodeId) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.0.get(&peer).map(|counter| counter.subscribe())
+    }
 }
 
 /// A point-in-time copy of a [`WorkerStatus`].
@@ -81,7 +122,15 @@ impl WorkerStatus {
             last_error: Mutex::new(None),
             needs_operator: Mutex::new(None),
             rearmed: tokio::sync::watch::Sender::new(0),
+            peer: None,
         }
+    }
+
+    /// The status of a loop that talks to `peer`: its successes count as hearing from the
+    /// peer, and hearing from the peer ends its backoff (see [`Contacts`]).
+    pub fn talking_to(mut self, contacts: &Contacts, peer: NodeId) -> WorkerStatus {
+        self.peer = Some((contacts.clone(), peer));
+        self
     }
 
     /// Wakes the loop if it waits for the operator, to try again at once (`tandem sync`,
@@ -108,6 +157,11 @@ impl WorkerStatus {
             .unwrap_or_else(|e| e.into_inner()) = None;
         metrics::gauge!(telemetry::NEEDS_OPERATOR, "target" => self.kind, "name" => self.name.clone())
             .set(0.0);
+    }
+
+    /// Whether the last attempt failed.
+    pub fn failing(&self) -> bool {
+        self.consecutive_errors.load(Ordering::Relaxed) > 0
     }
 
     /// A snapshot for reporting.
@@ -199,8 +253,14 @@ pub async fn run_loop<F, Fut, E>(
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
     let mut first = true;
     // Re-arms count from the start of each attempt: one asked while the attempt that fails
-    // runs is not missed.
+    // runs is not missed. So does hearing from the peer.
     let mut rearmed = status.rearmed.subscribe();
+    let mut heard = status
+        .peer
+        .as_ref()
+        .and_then(|(contacts, peer)| contacts.subscribe(*peer));
+    // Whether this attempt was started by hearing from the peer (see `Contacts`).
+    let mut woken = false;
     loop {
         if matches!(cadence, Cadence::Cron(_)) && first {
             // A cron loop waits for its first time; an interval loop starts at once.
@@ -210,10 +270,14 @@ pub async fn run_loop<F, Fut, E>(
         }
         let span = tracing::info_span!("pass", target_kind = status.kind, name = %status.name);
         rearmed.borrow_and_update();
+        if let Some(heard) = &mut heard {
+            heard.borrow_and_update();
+        }
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             result = tracing::Instrument::instrument(attempt(), span) => result,
         };
+        let was_woken = std::mem::take(&mut woken);
         let retry = match result {
             Err(e) if !e.heals() => {
                 error!(
@@ -240,6 +304,9 @@ pub async fn run_loop<F, Fut, E>(
                 }
                 backoff.succeed();
                 status.succeeded();
+                if let Some((contacts, peer)) = &status.peer {
+                    contacts.heard(*peer);
+                }
                 None
             }
             Err(e) => {
@@ -256,12 +323,24 @@ pub async fn run_loop<F, Fut, E>(
                     "unreachable, will retry"
                 );
                 status.failed(e.to_string());
-                Some(delay)
+                // A wait the peer asked for is kept whatever is heard from it.
+                Some((delay, e.retry_after().is_some()))
             }
         };
         first = false;
         let keep_going = match (retry, &cadence) {
-            (Some(delay), _) => sleep_or_cancel(delay, &shutdown).await,
+            (Some((delay, asked)), _) => match heard.as_mut().filter(|_| !asked && !was_woken) {
+                Some(heard) => tokio::select! {
+                    _ = shutdown.cancelled() => false,
+                    _ = tokio::time::sleep(delay) => true,
+                    Ok(()) = heard.changed() => {
+                        info!(target_kind = status.kind, name = %status.name, "heard from the peer; trying again now");
+                        woken = true;
+                        true
+                    }
+                },
+                None => sleep_or_cancel(delay, &shutdown).await,
+            },
             (None, Cadence::Every(interval)) => sleep_or_cancel(*interval, &shutdown).await,
             (None, Cadence::Cron(_)) => sleep_until_cron(&cadence, &shutdown).await,
         };
@@ -637,6 +716,111 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// A failure that asks for no wait, or (`Busy`) for a long one.
+    enum Down {
+        Refused,
+        Busy,
+    }
+    impl std::fmt::Display for Down {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(match self {
+                Down::Refused => "refused",
+                Down::Busy => "busy",
+            })
+        }
+    }
+    impl RetryHint for Down {
+        fn retry_after(&self) -> Option<Duration> {
+            matches!(self, Down::Busy).then_some(Duration::from_secs(40))
+        }
+    }
+
+    /// Attempts 0–3 fail quietly, growing the backoff; from attempt 4 on, each failure is
+    /// followed 100 ms later by word from the peer. The wait after attempt 4 is cut short;
+    /// attempt 5, started by that word, fails, and its wait is not; the one after 6 is again;
+    /// attempt 8 fails asking for a wait, which is kept; attempt 9 succeeds.
+    #[tokio::test(start_paused = true)]
+    async fn hearing_from_the_peer_ends_a_backoff_but_not_two_in_a_row_nor_an_asked_wait() {
+        let peer = crate::identity::NodeKey::from_seed([7; 32]).id();
+        let contacts = Contacts::new([peer]);
+        let status = WorkerStatus::new("pull", "p").talking_to(&contacts, peer);
+        let shutdown = CancellationToken::new();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (times, stop, word) = (calls.clone(), shutdown.clone(), contacts.clone());
+        run_loop(
+            &status,
+            Cadence::Every(Duration::from_secs(3600)),
+            shutdown,
+            move || {
+                let n = {
+                    let mut times = times.lock().unwrap();
+                    times.push(tokio::time::Instant::now());
+                    times.len() - 1
+                };
+                if n >= 4 {
+                    let word = word.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        word.heard(peer);
+                    });
+                }
+                let stop = stop.clone();
+                async move {
+                    match n {
+                        8 => Err(Down::Busy),
+                        9 => {
+                            stop.cancel();
+                            Ok("up".to_owned())
+                        }
+                        _ => Err(Down::Refused),
+                    }
+                }
+            },
+        )
+        .await;
+        let times = calls.lock().unwrap();
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps.len(), 9, "{gaps:?}");
+        let cut = |i: usize| gaps[i] == Duration::from_millis(100);
+        // Waits of at least 0.5, 1, 2 and 4 s: nothing heard.
+        assert!((0..4).all(|i| !cut(i)), "{gaps:?}");
+        assert!(cut(4), "the wait after attempt 4 went on: {gaps:?}");
+        assert!(!cut(5) && gaps[5] >= Duration::from_secs(16), "{gaps:?}");
+        assert!(cut(6), "the wait after attempt 6 went on: {gaps:?}");
+        assert!(!cut(7), "{gaps:?}");
+        assert!(
+            gaps[8] >= Duration::from_secs(40),
+            "an asked wait was cut: {gaps:?}"
+        );
+        assert!(status.report().ok);
+    }
+
+    /// A loop's success is word from its peer for the other loops talking to it.
+    #[tokio::test(start_paused = true)]
+    async fn a_success_is_word_from_the_peer() {
+        let peer = crate::identity::NodeKey::from_seed([7; 32]).id();
+        let contacts = Contacts::new([peer]);
+        let mut word = contacts.subscribe(peer).unwrap();
+        word.borrow_and_update();
+        let status = WorkerStatus::new("push", "p").talking_to(&contacts, peer);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        run_loop(
+            &status,
+            Cadence::Every(Duration::from_secs(1)),
+            shutdown,
+            move || {
+                let stop = stop.clone();
+                async move {
+                    stop.cancel();
+                    Ok::<_, Down>("up".to_owned())
+                }
+            },
+        )
+        .await;
+        assert!(word.has_changed().unwrap());
     }
 
     #[tokio::test(start_paused = true)]

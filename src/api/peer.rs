@@ -106,6 +106,9 @@ pub struct PeerState {
     pub key: Arc<NodeKey>,
     /// Wakes long polls when a feed grows.
     pub changes: Changes,
+    /// Told of every authenticated request: it ends the backoff of the loops that talk to
+    /// its sender.
+    pub contacts: crate::scheduler::Contacts,
     /// Cancelled when the node stops: long polls answer at once instead of holding shutdown.
     pub stopping: tokio_util::sync::CancellationToken,
 }

@@ -1,7 +1,8 @@
 //! Federation between real nodes on real sockets: push, pull, relay, continuous propagation,
 //! cron schedules, authorization, faults on the wire, forks, rolled-back holders,
-//! self-recovery and quotas. Nodes run in-process (see `common::node`); the home node follows
-//! a real Kinto server where the test needs changes to happen while nodes run.
+//! self-recovery, quotas and a peer's return from an outage. Nodes run in-process (see
+//! `common::node`); the home node follows a real Kinto server where the test needs changes to
+//! happen while nodes run.
 
 use crate::common;
 
@@ -1080,4 +1081,67 @@ async fn a_stop_during_a_long_poll_answers_it_and_lets_go_of_the_store() {
     let answer = poll.await.unwrap().unwrap();
     assert_eq!(answer.status().as_u16(), 204);
     assert_eq!(answer.headers()["tandem-head"], "3");
+}
+
+/// A peer back from an outage is pulled from as soon as it is heard from: the community's
+/// pull from home, backing off while home is down, tries again when home's push arrives
+/// (not when its delay ends) and shows healthy within a second or so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_back_from_an_outage_is_pulled_from_as_soon_as_it_is_heard_from() {
+    let (mut home, mut community) = (TestNode::new("home"), TestNode::new("community"));
+    let h = home.id.to_string();
+    home.configure(
+        "",
+        &TestNode::peer_entry(&community, "push = [\"self\"]\nserve = [\"self\"]"),
+    );
+    community.configure(
+        "",
+        &TestNode::peer_entry(&home, &format!("pull = [\"{h}\"]")),
+    );
+    home.init();
+    community.init();
+    home.append(3, "a");
+    community.start().await;
+    home.start().await;
+    wait_for(LONG, "the community holds home's feed", || {
+        community.head(home.id) == 3
+    })
+    .await;
+
+    let pull = || async {
+        let answer = tandem::cli::admin_client::get(&community.data(), "/workers")
+            .await
+            .unwrap();
+        answer["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["kind"] == "pull")
+            .cloned()
+            .unwrap_or_else(|| panic!("no pull loop in {answer}"))
+    };
+    home.stop().await;
+    // Refused at once each time, the pull backs off: after its fifth failure it waits 8 to
+    // 16 s.
+    let started = Instant::now();
+    while pull().await["consecutive_errors"].as_u64() < Some(5) {
+        assert!(started.elapsed() < LONG * 2, "{}", pull().await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let back = Instant::now();
+    home.start().await;
+    loop {
+        let w = pull().await;
+        if w["ok"] == true {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "the pull still waits out its backoff: {w}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("pull healthy {:?} after home's return", back.elapsed());
+    home.stop().await;
+    community.stop().await;
 }

@@ -256,6 +256,8 @@ pub(super) async fn authenticate(
             Err(response) => return response,
         }
     };
+    // The peer is up: loops failing to reach it try again now (see `scheduler::Contacts`).
+    state.contacts.heard(peer.id);
     let span = tracing::info_span!("peer_request", peer = %peer.name, method = %parts.method, path = %parts.uri.path());
     let mut request = Request::from_parts(parts, body);
     request.extensions_mut().insert(Caller {
