@@ -238,7 +238,8 @@ fn kinto_wizard(
 ) -> anyhow::Result<()> {
     let mut tree = wizard::Tree::default();
     store.for_each_object(origin, |path, body| -> anyhow::Result<()> {
-        if selection.includes(path) {
+        // As in JSON Lines, a sealed feed's readers statement is not an object of the source.
+        if selection.includes(path) && !crate::seal::stays_plain(path) {
             tree.add(path, body)?;
         }
         Ok(())
@@ -264,11 +265,8 @@ fn kinto_wizard(
         "exported {} buckets, {} groups, {} collections and {} records of {origin} for kinto-wizard",
         c.buckets, c.groups, c.collections, c.records
     );
-    if c.left_out > 0 {
-        eprintln!(
-            "left out {} objects that kinto-wizard cannot carry (accounts, the source's description)",
-            c.left_out
-        );
+    if let Some(left_out) = c.left_out.describe() {
+        eprintln!("left out what kinto-wizard cannot carry: {left_out}");
     }
     Ok(())
 }

@@ -66,9 +66,47 @@ const MAX_DEPTH: usize = 512;
 #[derive(Debug, Default)]
 pub struct Tree {
     buckets: BTreeMap<String, Bucket>,
-    /// Objects that have no place in kinto-wizard's format (accounts, the source's
-    /// description), counted for the summary.
-    left_out: usize,
+    /// Objects that have no place in kinto-wizard's format, counted for the summary.
+    left_out: LeftOut,
+}
+
+/// What an export for kinto-wizard leaves out, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LeftOut {
+    /// Accounts (`/accounts/…`).
+    pub accounts: usize,
+    /// tandem's own records: its description of the source, the moves of buckets.
+    pub tandem: usize,
+    /// Any other object outside buckets.
+    pub other: usize,
+}
+
+impl LeftOut {
+    /// "2 accounts, 1 of tandem's own records": the kinds left out, or None.
+    pub fn describe(&self) -> Option<String> {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let parts: Vec<String> = [
+            (self.accounts > 0).then(|| plural(self.accounts, "account", "accounts")),
+            (self.tandem > 0).then(|| {
+                format!(
+                    "{} of tandem's own records (its description of the source, moves of buckets)",
+                    self.tandem
+                )
+            }),
+            (self.other > 0).then(|| {
+                plural(
+                    self.other,
+                    "other object outside buckets",
+                    "other objects outside buckets",
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -96,8 +134,8 @@ pub struct Counts {
     pub collections: usize,
     /// Records written.
     pub records: usize,
-    /// Objects left out: accounts and tandem's description of the source.
-    pub left_out: usize,
+    /// Objects left out, by kind.
+    pub left_out: LeftOut,
 }
 
 /// An object's body as tandem records it.
@@ -114,7 +152,13 @@ impl Tree {
     /// counted as left out.
     pub fn add(&mut self, path: &str, body: &[u8]) -> anyhow::Result<()> {
         let Some(rest) = path.strip_prefix("/buckets/") else {
-            self.left_out += 1;
+            if path.starts_with("/accounts/") {
+                self.left_out.accounts += 1;
+            } else if crate::replicate::moves::is_tandem_path(path) {
+                self.left_out.tandem += 1;
+            } else {
+                self.left_out.other += 1;
+            }
             return Ok(());
         };
         let parts: Vec<&str> = rest.split('/').collect();
@@ -652,8 +696,18 @@ buckets:
                 groups: 1,
                 collections: 3,
                 records: 2,
-                left_out: 2
+                left_out: LeftOut {
+                    accounts: 1,
+                    tandem: 1,
+                    other: 0
+                }
             }
+        );
+        assert_eq!(
+            tree.counts().left_out.describe().as_deref(),
+            Some(
+                "1 account, 1 of tandem's own records (its description of the source, moves of buckets)"
+            )
         );
     }
 
