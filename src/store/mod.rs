@@ -485,7 +485,7 @@ impl Store {
         node: NodeId,
         recover_if_new: bool,
     ) -> Result<Store, StoreError> {
-        let lock = take_lock(data_dir)?;
+        let lock = take_lock(data_dir, LOCK_LET_GO_WAIT)?;
         let path = data_dir.join(DB_FILE);
         let mut conn = Connection::open(&path).map_err(|e| open_error(&path, data_dir, e))?;
         let found = schema::inspect(&conn).map_err(|e| open_error(&path, data_dir, e))?;
@@ -714,7 +714,8 @@ pub fn now_ms() -> u64 {
 const LOCK_LET_GO_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The writer lock: an exclusive `flock` on `tandem.lock`, whose content is the holder's pid
-/// while it holds it. The pid is cleared before the lock is let go (see [`take_lock`]).
+/// while it holds it. The pid is cleared before the lock is let go (see [`take_lock`]); one
+/// left by a holder that crashed names no holder, and the free lock is taken over it.
 struct WriterLock(File);
 
 impl Drop for WriterLock {
@@ -729,10 +730,11 @@ impl Drop for WriterLock {
 /// just as it closes its store (any program embedding the store, the test harness among
 /// them) leaves the lock held by the child's copy of the descriptor until the child's `exec`
 /// closes it, an instant later. So a lock held while the file names no pid is taken to be
-/// in passing and waited for, up to [`LOCK_LET_GO_WAIT`]; a lock whose file names a pid is
-/// held, and refused at once. (The file also names no pid in the instant between a holder
-/// taking the lock and writing it; waiting then ends with the pid, and the refusal.)
-fn take_lock(data_dir: &Path) -> Result<WriterLock, StoreError> {
+/// in passing and waited for, up to `wait`; a lock whose file names a pid is held, and
+/// refused at once. (The file also names no pid in the instant between a holder taking the
+/// lock and writing it; waiting then ends with the pid, and the refusal.) A holder that
+/// cannot write its pid lets go and fails: others would take its lock for one in passing.
+fn take_lock(data_dir: &Path, wait: std::time::Duration) -> Result<WriterLock, StoreError> {
     let path = data_dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -744,7 +746,7 @@ fn take_lock(data_dir: &Path) -> Result<WriterLock, StoreError> {
             dir: data_dir.to_owned(),
             source,
         })?;
-    let deadline = std::time::Instant::now() + LOCK_LET_GO_WAIT;
+    let deadline = std::time::Instant::now() + wait;
     loop {
         match file.try_lock() {
             Ok(()) => break,
@@ -769,10 +771,13 @@ fn take_lock(data_dir: &Path) -> Result<WriterLock, StoreError> {
         }
     }
     // The pid names the holder in the error above, and tells a held lock from one let go.
-    let _ = file
-        .set_len(0)
+    file.set_len(0)
         .and_then(|()| file.rewind())
-        .and_then(|()| writeln!(file, "{}", std::process::id()));
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(|source| StoreError::NotWritable {
+            dir: data_dir.to_owned(),
+            source,
+        })?;
     Ok(WriterLock(file))
 }
 
