@@ -19,6 +19,13 @@ pub trait RetryHint {
     fn heals(&self) -> bool {
         true
     }
+
+    /// True when the remote could not be reached at all: no connection, or one that broke
+    /// off. Hearing from the remote afterwards is news, and ends the wait early (see
+    /// `scheduler::Contacts`); after an answer it is not.
+    fn unreachable(&self) -> bool {
+        false
+    }
 }
 
 /// Retry timing: the n-th consecutive failure waits a random time in

@@ -745,12 +745,12 @@ fn spawn_peer_loops(
                 let (fed, heartbeat, me) = (fed.clone(), heartbeat.clone(), me.clone());
                 async move {
                     let started = tokio::time::Instant::now();
-                    // After a failure, one quick ask first: the loop shows healthy as soon as
-                    // the peer answers, not once a long poll ends.
-                    let wait = if me.failing() {
-                        Duration::ZERO
-                    } else {
+                    // At start and after a failure, one quick ask first: the loop shows
+                    // healthy as soon as the peer answers, not once a long poll ends.
+                    let wait = if me.healthy() {
                         scheduler::LONG_POLL
+                    } else {
+                        Duration::ZERO
                     };
                     let pulled = fed.pull_origin(origin, wait).await?;
                     if let Some(heartbeat) = heartbeat {

@@ -18,7 +18,8 @@
 //!                (api/listen)
 //! scheduler      long-lived loops and their timing: ingest passes, pushes on change, long
 //!                polls, cron times, the recovery of the own feed before any append; a failure
-//!                that cannot heal stops its loop until the operator re-arms it
+//!                that cannot heal stops its loop until the operator re-arms it; word from a
+//!                peer ends the backoff of the loops that could not reach it
 //! replicate/     one pass of work, no spawning, no timing: ingest (the kinto-tandem journal,
 //!                history and polling paths), federate (push, pull, recover with one peer),
 //!                accept (a page a peer pushes), snapshot (sign the own state, apply retention),

@@ -89,6 +89,10 @@ impl crate::backoff::RetryHint for PeerError {
             _ => true,
         }
     }
+
+    fn unreachable(&self) -> bool {
+        matches!(self, PeerError::Transport { .. })
+    }
 }
 
 impl PeerError {

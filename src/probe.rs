@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use url::Url;
 
-impl crate::backoff::RetryHint for ProbeError {}
+impl crate::backoff::RetryHint for ProbeError {
+    fn unreachable(&self) -> bool {
+        matches!(self, ProbeError::Unreachable { .. })
+    }
+}
 
 /// Why a target did not answer as expected.
 #[derive(Debug, thiserror::Error)]

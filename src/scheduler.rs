@@ -57,15 +57,17 @@ pub struct WorkerStatus {
     peer: Option<(Contacts, NodeId)>,
 }
 
-/// When each configured peer was last heard from: a counter per peer, raised when an
-/// authenticated request comes from it (`api::peer`) and when one of this node's loops that
-/// talk to it succeeds ([`run_loop`]). A loop waiting out its backoff after failing to reach
-/// that peer tries again as soon as the counter moves, instead of after up to [`RETRY_CAP`].
+/// Word from each configured peer: a counter per peer, raised when an authenticated request
+/// comes from it (`api::peer`) and when one of this node's loops that talk to it succeeds
+/// ([`run_loop`]). A loop waiting out its backoff after it could not reach that peer at all
+/// ([`RetryHint::unreachable`]: no connection, or one broken off) tries again as soon as the
+/// counter moves after its failure, instead of after up to [`RETRY_CAP`]. A peer that
+/// answered with an error is not tried again sooner for being heard from: it was heard.
 ///
 /// So that a peer which can reach this node but not be reached by it (behind NAT, a
 /// one-way firewall) does not turn each of its requests into a failed attempt here, a wait is
-/// cut short only when the attempt before it was not itself one started that way: such
-/// attempts are at most as many as the backoff's own.
+/// cut short only when the attempt before it was not itself one started that way: at most one
+/// extra attempt per delay.
 #[derive(Debug, Clone, Default)]
 pub struct Contacts(Arc<HashMap<NodeId, tokio::sync::watch::Sender<u64>>>);
 
@@ -159,9 +161,9 @@ impl WorkerStatus {
             .set(0.0);
     }
 
-    /// Whether the last attempt failed.
-    pub fn failing(&self) -> bool {
-        self.consecutive_errors.load(Ordering::Relaxed) > 0
+    /// Whether the last attempt succeeded (false before the first one).
+    pub fn healthy(&self) -> bool {
+        self.ok.load(Ordering::Relaxed)
     }
 
     /// A snapshot for reporting.
@@ -253,7 +255,7 @@ pub async fn run_loop<F, Fut, E>(
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
     let mut first = true;
     // Re-arms count from the start of each attempt: one asked while the attempt that fails
-    // runs is not missed. So does hearing from the peer.
+    // runs is not missed.
     let mut rearmed = status.rearmed.subscribe();
     let mut heard = status
         .peer
@@ -270,9 +272,6 @@ pub async fn run_loop<F, Fut, E>(
         }
         let span = tracing::info_span!("pass", target_kind = status.kind, name = %status.name);
         rearmed.borrow_and_update();
-        if let Some(heard) = &mut heard {
-            heard.borrow_and_update();
-        }
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
             result = tracing::Instrument::instrument(attempt(), span) => result,
@@ -323,24 +322,30 @@ pub async fn run_loop<F, Fut, E>(
                     "unreachable, will retry"
                 );
                 status.failed(e.to_string());
-                // A wait the peer asked for is kept whatever is heard from it.
-                Some((delay, e.retry_after().is_some()))
+                // Word from the peer counts from now: what came while the attempt ran (a
+                // sibling's success just before the peer went down) is no news of its return.
+                if let Some(heard) = &mut heard {
+                    heard.borrow_and_update();
+                }
+                Some((delay, e.unreachable()))
             }
         };
         first = false;
         let keep_going = match (retry, &cadence) {
-            (Some((delay, asked)), _) => match heard.as_mut().filter(|_| !asked && !was_woken) {
-                Some(heard) => tokio::select! {
-                    _ = shutdown.cancelled() => false,
-                    _ = tokio::time::sleep(delay) => true,
-                    Ok(()) = heard.changed() => {
-                        info!(target_kind = status.kind, name = %status.name, "heard from the peer; trying again now");
-                        woken = true;
-                        true
-                    }
-                },
-                None => sleep_or_cancel(delay, &shutdown).await,
-            },
+            (Some((delay, unreachable)), _) => {
+                match heard.as_mut().filter(|_| unreachable && !was_woken) {
+                    Some(heard) => tokio::select! {
+                        _ = shutdown.cancelled() => false,
+                        _ = tokio::time::sleep(delay) => true,
+                        Ok(()) = heard.changed() => {
+                            info!(target_kind = status.kind, name = %status.name, "heard from the peer; trying again now");
+                            woken = true;
+                            true
+                        }
+                    },
+                    None => sleep_or_cancel(delay, &shutdown).await,
+                }
+            }
             (None, Cadence::Every(interval)) => sleep_or_cancel(*interval, &shutdown).await,
             (None, Cadence::Cron(_)) => sleep_until_cron(&cadence, &shutdown).await,
         };
@@ -718,7 +723,7 @@ mod tests {
         );
     }
 
-    /// A failure that asks for no wait, or (`Busy`) for a long one.
+    /// A peer not reached at all, or (`Busy`) one that answered asking for a long wait.
     enum Down {
         Refused,
         Busy,
@@ -735,14 +740,17 @@ mod tests {
         fn retry_after(&self) -> Option<Duration> {
             matches!(self, Down::Busy).then_some(Duration::from_secs(40))
         }
+        fn unreachable(&self) -> bool {
+            matches!(self, Down::Refused)
+        }
     }
 
     /// Attempts 0–3 fail quietly, growing the backoff; from attempt 4 on, each failure is
     /// followed 100 ms later by word from the peer. The wait after attempt 4 is cut short;
     /// attempt 5, started by that word, fails, and its wait is not; the one after 6 is again;
-    /// attempt 8 fails asking for a wait, which is kept; attempt 9 succeeds.
+    /// attempt 8 gets an answer (asking for a wait), and its wait is kept; attempt 9 succeeds.
     #[tokio::test(start_paused = true)]
-    async fn hearing_from_the_peer_ends_a_backoff_but_not_two_in_a_row_nor_an_asked_wait() {
+    async fn hearing_from_an_unreachable_peer_ends_a_backoff_but_not_two_in_a_row() {
         let peer = crate::identity::NodeKey::from_seed([7; 32]).id();
         let contacts = Contacts::new([peer]);
         let status = WorkerStatus::new("pull", "p").talking_to(&contacts, peer);
@@ -790,10 +798,7 @@ mod tests {
         assert!(!cut(5) && gaps[5] >= Duration::from_secs(16), "{gaps:?}");
         assert!(cut(6), "the wait after attempt 6 went on: {gaps:?}");
         assert!(!cut(7), "{gaps:?}");
-        assert!(
-            gaps[8] >= Duration::from_secs(40),
-            "an asked wait was cut: {gaps:?}"
-        );
+        assert!(!cut(8), "the wait after an answer was cut: {gaps:?}");
         assert!(status.report().ok);
     }
 

@@ -104,6 +104,10 @@ impl crate::backoff::RetryHint for FederateError {
             FederateError::Withholding { .. } => true,
         }
     }
+
+    fn unreachable(&self) -> bool {
+        matches!(self, FederateError::Peer(e) if e.unreachable())
+    }
 }
 
 /// What a push pass did.
