@@ -90,7 +90,7 @@ impl LeftOut {
             (self.accounts > 0).then(|| plural(self.accounts, "account", "accounts")),
             (self.tandem > 0).then(|| {
                 format!(
-                    "{} of tandem's own records (its description of the source, moves of buckets)",
+                    "{} of tandem's own records (such as its description of the source, or a bucket's move)",
                     self.tandem
                 )
             }),
@@ -706,7 +706,7 @@ buckets:
         assert_eq!(
             tree.counts().left_out.describe().as_deref(),
             Some(
-                "1 account, 1 of tandem's own records (its description of the source, moves of buckets)"
+                "1 account, 1 of tandem's own records (such as its description of the source, or a bucket's move)"
             )
         );
     }

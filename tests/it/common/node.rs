@@ -182,11 +182,20 @@ impl TestNode {
         .await;
     }
 
-    /// Stops the daemon and waits for it.
+    /// Stops the daemon and waits for it, and for its store to be let go: the daemon stops
+    /// waiting for that after a while (say, a slow checkpoint on a loaded machine), and the
+    /// lock file is emptied once it is.
     pub async fn stop(&mut self) {
         let (token, task) = self.running.take().expect("the node runs");
         token.cancel();
         task.await.unwrap().unwrap();
+        let lock = self.data().join(tandem::store::LOCK_FILE);
+        wait_for(
+            Duration::from_secs(30),
+            "the stopped daemon to let go of its store",
+            || std::fs::read(&lock).is_ok_and(|pid| pid.is_empty()),
+        )
+        .await;
     }
 
     /// A read-only view of its store.
