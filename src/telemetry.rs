@@ -44,7 +44,8 @@ pub const DURABLE_SEQ: &str = "tandem_durable_seq";
 /// Gauge: 1 while a peer refuses our pushes for lack of quota. Labels: `peer`.
 pub const PEER_QUOTA_EXCEEDED: &str = "tandem_peer_quota_exceeded";
 /// Counter: peer API requests refused before any handler ran. Labels: `reason`
-/// (`unauthenticated`, `replayed`, `nonces`, `peer_bodies`, `bodies`, `long_polls`).
+/// (`unauthenticated`, `replayed`, `nonces`, `before_start`, `peer_bodies`, `bodies`,
+/// `long_polls`, `key_backup_proof`, `key_backup_limited`).
 pub const PEER_REQUESTS_REFUSED: &str = "tandem_peer_requests_refused_total";
 /// Counter: stored entries found damaged (their bytes no longer hash or chain) when read to be
 /// served or pushed; each counted once. Labels: `origin`.

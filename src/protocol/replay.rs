@@ -13,6 +13,13 @@
 //! exactly that request replayable, and a peer able to make the cache full could then replay at
 //! will. A legitimate peer sends far fewer requests per window than the bound (see the
 //! constants in [`crate::api::peer`]); reaching it is itself a sign of abuse.
+//!
+//! The cache lives in memory, and a new one (a restart, a reload) knows nothing of the
+//! nonces used before it: a request captured just before would verify again. So a cache
+//! refuses every signature created before the second it began ([`ReplayError::BeforeStart`],
+//! answered `503` with `Retry-After`): a peer signs each attempt anew, and its next one,
+//! created later, gets in. (Signatures carry whole seconds: one made in the very second of a
+//! restart, before it, is the one left replayable; a restart takes longer than that.)
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -43,6 +50,14 @@ pub enum ReplayError {
     #[error("too many signed requests within {} s; retry in {retry_after} s", 2 * MAX_SKEW_SECS)]
     Full {
         /// Seconds until room is made.
+        retry_after: u64,
+    },
+    /// Signed before the cache began: whether it was used before is not known.
+    #[error(
+        "this node (re)started after the request was signed and cannot tell whether it was used already; sign it anew (retry in {retry_after} s)"
+    )]
+    BeforeStart {
+        /// Seconds until a signature made now by the signer's clock is later than the start.
         retry_after: u64,
     },
 }
@@ -83,16 +98,20 @@ pub struct NonceCache {
     total: usize,
     per_signer: usize,
     max_total: usize,
+    /// When it began (Unix seconds): signatures created before are refused.
+    since: i64,
 }
 
 impl NonceCache {
-    /// A cache of at most `per_signer` nonces per signer and `max_total` in all.
-    pub fn new(per_signer: usize, max_total: usize) -> NonceCache {
+    /// A cache of at most `per_signer` nonces per signer and `max_total` in all, beginning at
+    /// `since` (Unix seconds, now for a cache about to be used).
+    pub fn new(per_signer: usize, max_total: usize, since: i64) -> NonceCache {
         NonceCache {
             signers: HashMap::new(),
             total: 0,
             per_signer,
             max_total,
+            since,
         }
     }
 
@@ -107,7 +126,8 @@ impl NonceCache {
     }
 
     /// Records that `signer` used `nonce` in a signature created at `created`, at `now` (both
-    /// Unix seconds); refuses a nonce seen before, and any when a bound is reached.
+    /// Unix seconds); refuses a nonce seen before, any when a bound is reached, and any
+    /// signature created before the cache began.
     pub fn admit(
         &mut self,
         signer: NodeId,
@@ -115,6 +135,11 @@ impl NonceCache {
         created: i64,
         now: i64,
     ) -> Result<(), ReplayError> {
+        if created < self.since {
+            return Err(ReplayError::BeforeStart {
+                retry_after: (self.since - created).clamp(1, MAX_SKEW_SECS) as u64,
+            });
+        }
         let expiry = created + MAX_SKEW_SECS;
         let seen = self.signers.entry(signer).or_default();
         self.total -= seen.purge(now);
@@ -163,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_nonce_is_accepted_once_per_signer_while_its_signature_could_verify() {
-        let mut cache = NonceCache::new(10, 100);
+        let mut cache = NonceCache::new(10, 100, NOW - 1000);
         cache.admit(id(1), "n1", NOW, NOW).unwrap();
         assert_eq!(
             cache.admit(id(1), "n1", NOW, NOW + 1),
@@ -189,7 +214,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_refuses_rather_than_forgets() {
-        let mut cache = NonceCache::new(3, 5);
+        let mut cache = NonceCache::new(3, 5, NOW - 1000);
         for n in ["a", "b", "c"] {
             cache.admit(id(1), n, NOW, NOW).unwrap();
         }
@@ -219,5 +244,32 @@ mod tests {
         cache.admit(id(4), "a", NOW + 301, NOW + 301).unwrap();
         cache.admit(id(1), "d", NOW + 301, NOW + 301).unwrap();
         assert_eq!(cache.len(), 4);
+    }
+
+    /// A new cache (after a restart) does not know what was used before it began: every
+    /// signature created until then is refused, with the time until one made now by the
+    /// signer's clock would be later; signatures made after are admitted once, as ever.
+    #[test]
+    fn a_signature_from_before_the_cache_began_is_refused() {
+        let mut cache = NonceCache::new(10, 100, NOW);
+        for (created, retry_after) in [
+            (NOW - 1, 1),
+            (NOW - 2, 2),
+            (NOW - 300, 300),
+            (NOW - 301, 300),
+        ] {
+            assert_eq!(
+                cache.admit(id(1), "captured", created, NOW + 1),
+                Err(ReplayError::BeforeStart { retry_after }),
+                "{created}"
+            );
+        }
+        assert!(cache.is_empty());
+        // From the second it began, signatures are admitted once, as ever.
+        cache.admit(id(1), "fresh", NOW, NOW + 1).unwrap();
+        assert_eq!(
+            cache.admit(id(1), "fresh", NOW, NOW + 2),
+            Err(ReplayError::Replayed)
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! What the peer API of a running daemon (a real `tandem run` process on a real socket) costs
 //! and allows before and after authentication: bodies are not read for unauthenticated
-//! requests, a signed request works once and only at the node it was signed for, a body must
-//! match its signed digest, and concurrent bodies and long polls are bounded.
+//! requests, a signed request works once (a restart included) and only at the node it was
+//! signed for, a body must match its signed digest, and concurrent bodies and long polls are
+//! bounded.
 
 use crate::common;
 
@@ -317,6 +318,54 @@ async fn a_signed_request_works_once_and_only_at_the_node_it_was_signed_for() {
     // Fresh signatures pass, at both.
     assert_eq!(get(&node_a.addr, &home, a, &entries(a)).await.0, 200);
     assert_eq!(get(&node_b.addr, &home, b, &entries(b)).await.0, 200);
+}
+
+/// A node that restarts has forgotten the nonces it saw: a request signed before its restart,
+/// captured and sent again after it, gets `503` and nothing else (the peer would sign its
+/// retry anew); requests signed since pass once, as ever.
+#[tokio::test]
+async fn a_request_captured_before_a_restart_is_not_served_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = NodeKey::from_seed([42; 32]);
+    let (config, a) = node(dir.path(), "a", &[("home", &home, "serve = [\"self\"]")]);
+    let entries = format!("/v1/origins/{a}/entries?after=0");
+    let node = Daemon::spawn(&config);
+    let captured = sign(&home, a, "GET", &entries, b"");
+    let first = send(
+        &node.addr,
+        reqwest::Method::GET,
+        &entries,
+        &captured,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(first.0, 200, "{:?}", first.2);
+
+    // Killed, and started again in a later second than the capture's.
+    drop(node);
+    let signed = now();
+    while now() <= signed {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node = Daemon::spawn(&config);
+    let again = send(
+        &node.addr,
+        reqwest::Method::GET,
+        &entries,
+        &captured,
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(again.0, 503, "{:?}", again.2);
+    let retry: u64 = again.1.as_deref().unwrap().parse().unwrap();
+    assert!((1..=300).contains(&retry), "{retry}");
+    assert!(
+        again.2["error"].as_str().unwrap().contains("sign it anew"),
+        "{:?}",
+        again.2
+    );
+    assert!(again.2.get("entries").is_none(), "{:?}", again.2);
+    assert_eq!(get(&node.addr, &home, a, &entries).await.0, 200);
 }
 
 /// A page whose signature verifies but whose body is not the one the signed digest names is

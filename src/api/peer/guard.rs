@@ -10,7 +10,10 @@
 //!
 //! Once a signer is proven:
 //! - **Replays** are refused: its nonce must be new ([`NonceCache`], bounded per peer and in
-//!   total; full means refused with `429`/`503` and `Retry-After`, never forgotten).
+//!   total; full means refused with `429`/`503` and `Retry-After`, never forgotten), and a
+//!   signature made before the second this process began serving (whose use before a
+//!   restart is not known) gets `503` with `Retry-After`: the peer signs its next attempt
+//!   anew.
 //! - **Bodies** are read by at most [`MAX_BODIES_PER_PEER`] requests of one peer and
 //!   [`MAX_BODIES`] in all at a time; beyond that, `429` (that peer) or `503` (this node), with
 //!   `Retry-After`. A body is read in chunks up to [`MAX_BODY`](super::MAX_BODY) (`413`; a route that takes a
@@ -101,11 +104,17 @@ impl Guard {
             });
         }
         Guard {
-            nonces: Mutex::new(NonceCache::new(NONCES_PER_PEER, MAX_NONCES)),
+            nonces: Mutex::new(NonceCache::new(NONCES_PER_PEER, MAX_NONCES, unix_now())),
             bodies: Arc::new(Semaphore::new(MAX_BODIES)),
             peers: slots,
         }
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Counts a refusal by its reason (see [`telemetry::PEER_REQUESTS_REFUSED`]).
@@ -154,9 +163,7 @@ pub(super) async fn authenticate(
         },
         Err(e) => return unauthenticated(format!("request not authenticated: {e}")),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = unix_now();
     let request_parts = RequestParts {
         method: parts.method.as_str(),
         path: parts.uri.path(),
@@ -199,6 +206,10 @@ pub(super) async fn authenticate(
         }
         Err(e @ ReplayError::Full { retry_after }) => {
             refused("nonces");
+            return retry_later(StatusCode::SERVICE_UNAVAILABLE, retry_after, e.to_string());
+        }
+        Err(e @ ReplayError::BeforeStart { retry_after }) => {
+            refused("before_start");
             return retry_later(StatusCode::SERVICE_UNAVAILABLE, retry_after, e.to_string());
         }
     }

@@ -164,7 +164,7 @@ impl Fetcher {
         Fetcher {
             state,
             failures: Mutex::new(Failures::default()),
-            nonces: Mutex::new(NonceCache::new(NONCES_PER_ORIGIN, MAX_NONCES)),
+            nonces: Mutex::new(NonceCache::new(NONCES_PER_ORIGIN, MAX_NONCES, unix_now())),
             decoy: crate::identity::NodeKey::generate()
                 .id()
                 .as_bytes()
@@ -370,6 +370,14 @@ pub(super) async fn fetch(
                 blob: keybackup::encode(&backup.blob),
             })
             .into_response()
+        }
+        (Err(e @ ReplayError::BeforeStart { retry_after }), _) => {
+            super::guard::refused("before_start");
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+            response
         }
         (Err(ReplayError::SignerFull { retry_after } | ReplayError::Full { retry_after }), _) => {
             super::guard::refused("nonces");
