@@ -1108,18 +1108,7 @@ async fn a_peer_back_from_an_outage_is_pulled_from_as_soon_as_it_is_heard_from()
     })
     .await;
 
-    let pull = || async {
-        let answer = tandem::cli::admin_client::get(&community.data(), "/workers")
-            .await
-            .unwrap();
-        answer["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["kind"] == "pull")
-            .cloned()
-            .unwrap_or_else(|| panic!("no pull loop in {answer}"))
-    };
+    let pull = || community.worker("pull");
     home.stop().await;
     // Refused at once each time, the pull backs off: after its fifth failure it waits 8 to
     // 16 s.

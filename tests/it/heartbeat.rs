@@ -44,25 +44,11 @@ async fn counter() -> (String, Arc<AtomicUsize>) {
     (url, hits)
 }
 
-/// The health of `node`'s source loop, asked of its daemon.
-async fn source_worker(node: &TestNode) -> Value {
-    let answer = tandem::cli::admin_client::get(&node.data(), "/workers")
-        .await
-        .unwrap();
-    answer["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["kind"] == "source")
-        .cloned()
-        .unwrap_or_else(|| panic!("no source loop in {answer}"))
-}
-
 /// Waits until `node`'s source loop reports `check`.
 async fn wait_source(node: &TestNode, what: &str, check: impl Fn(&Value) -> bool) {
     let started = Instant::now();
     loop {
-        let w = source_worker(node).await;
+        let w = node.worker("source").await;
         if check(&w) {
             return;
         }
@@ -172,15 +158,9 @@ async fn without_a_source_successful_pushes_are_the_rounds() {
     // The peer goes away: pushes fail, and no heartbeat follows them.
     community.stop().await;
     let push_errors = || async {
-        let answer = tandem::cli::admin_client::get(&laptop.data(), "/workers")
-            .await
-            .unwrap();
-        answer["workers"]
-            .as_array()
+        laptop.worker("push").await["consecutive_errors"]
+            .as_u64()
             .unwrap()
-            .iter()
-            .find(|w| w["kind"] == "push")
-            .map_or(0, |w| w["consecutive_errors"].as_u64().unwrap())
     };
     let started = Instant::now();
     while push_errors().await < 2 {

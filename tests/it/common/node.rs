@@ -198,6 +198,21 @@ impl TestNode {
         .await;
     }
 
+    /// The health of its running daemon's first loop of `kind` (`source`, `push`, `pull`…),
+    /// as `GET /workers` on the admin socket reports it.
+    pub async fn worker(&self, kind: &str) -> Value {
+        let answer = tandem::cli::admin_client::get(&self.data(), "/workers")
+            .await
+            .unwrap();
+        answer["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["kind"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} loop in {answer}"))
+    }
+
     /// A read-only view of its store.
     pub fn store(&self) -> Store {
         Store::open_read_only(&self.data()).unwrap()
