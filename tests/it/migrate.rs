@@ -103,6 +103,22 @@ async fn caught_up_with(config: &Path) {
     .await;
 }
 
+/// Alice and bob go on writing on `source`; `home` follows it and the mirror follows `home`:
+/// `target` then holds alice's bucket as the source does, and nothing else.
+async fn follows_later_writes(source: &Kinto, home: &mut TestNode, target: &Kinto) {
+    later(source).await;
+    home.sync().await;
+    caught_up(home).await;
+    let m = &migrations(home)[0];
+    assert_eq!(m["state"], "mirroring", "{m}");
+    assert_same(&views(target), &only(&views(source), in_bucket("alice")));
+    assert!(
+        outside_alice(target).is_empty(),
+        "{:?}",
+        outside_alice(target)
+    );
+}
+
 /// Everything on `kinto` readable by `admin`, paths outside alice's bucket only.
 fn outside_alice(kinto: &Kinto) -> Vec<String> {
     kinto
@@ -145,15 +161,7 @@ async fn a_moved_bucket_follows_its_source_until_someone_writes_on_the_target() 
     assert_eq!(m["applied_seq"], m["origin_head"], "{m}");
     assert!(m["error"].is_null(), "{m}");
 
-    // Alice and bob go on writing on the source; the node follows it and the mirror follows
-    // the node.
-    later(&a).await;
-    home.sync().await;
-    caught_up(&home).await;
-    let m = &migrations(&home)[0];
-    assert_eq!(m["state"], "mirroring", "{m}");
-    assert_same(&views(&b), &only(&views(&a), in_bucket("alice")));
-    assert!(outside_alice(&b).is_empty(), "{:?}", outside_alice(&b));
+    follows_later_writes(&a, &mut home, &b).await;
 
     // A restart writes nothing again: timestamps, tombstones and list ETags stay.
     let before = b.state("admin");
@@ -572,13 +580,7 @@ async fn a_sealed_node_moves_a_bucket_exports_and_drills_it() {
     let out = start_migration(&home.config_path(), &b, &pw, &["--bucket", "alice"], 0);
     assert!(out.contains("migration 1 started"), "{out}");
     assert_same(&views(&b), &only(&views(&a), in_bucket("alice")));
-    later(&a).await;
-    home.sync().await;
-    caught_up(&home).await;
-    let m = &migrations(&home)[0];
-    assert_eq!(m["state"], "mirroring", "{m}");
-    assert_same(&views(&b), &only(&views(&a), in_bucket("alice")));
-    assert!(outside_alice(&b).is_empty(), "{:?}", outside_alice(&b));
+    follows_later_writes(&a, &mut home, &b).await;
 
     // Its own sealed feed restores into the scratch server and reads back.
     common::tandem(&home.config_path(), &["snapshot", "create"], 0);

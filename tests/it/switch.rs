@@ -82,6 +82,19 @@ fn start(config: &Path, to: &Kinto, pw: &Path) {
     assert!(text.contains("migration 1 started"), "{text}");
 }
 
+/// Starts migrating alice's bucket from `home`, which follows `source`, into a new target
+/// as `admin`; then the source changes and `home` takes the changes in. Returns the target
+/// and the file holding `admin`'s password.
+async fn moving_alice(home: &mut TestNode, source: &Kinto) -> (Kinto, std::path::PathBuf) {
+    let target = target().await;
+    let pw = home.dir.path().join("admin-pw");
+    common::write_secret(&pw, PASSWORD);
+    start(&home.config_path(), &target, &pw);
+    more(source).await;
+    home.sync().await;
+    (target, pw)
+}
+
 /// The arguments of `migrate finish 1` (or `abort`) as `admin`.
 fn switch_args<'a>(what: &'a str, pw: &'a Path) -> Vec<&'a str> {
     vec![
@@ -185,12 +198,7 @@ async fn finish_moves_a_bucket_while_its_member_writes_and_abort_gives_it_back()
     community.start().await;
     home.sync().await;
 
-    let b = target().await;
-    let pw = home.dir.path().join("admin-pw");
-    common::write_secret(&pw, PASSWORD);
-    start(&home.config_path(), &b, &pw);
-    more(&a).await;
-    home.sync().await;
+    let (b, pw) = moving_alice(&mut home, &a).await;
 
     // Finish while alice keeps writing on the old server: what it accepted must all arrive.
     let before = alices(&a);
@@ -377,12 +385,7 @@ async fn a_finish_killed_at_random_points_completes_when_run_again() {
     home.init();
     home.start().await;
     home.sync().await;
-    let community = target().await;
-    let pw = home.dir.path().join("admin-pw");
-    common::write_secret(&pw, PASSWORD);
-    start(&home.config_path(), &community, &pw);
-    more(&personal).await;
-    home.sync().await;
+    let (community, pw) = moving_alice(&mut home, &personal).await;
     home.stop().await;
 
     let before = alices(&personal);
@@ -463,12 +466,7 @@ async fn a_sealed_node_finishes_a_move() {
     community.start().await;
     home.sync().await;
 
-    let b = target().await;
-    let pw = home.dir.path().join("admin-pw");
-    common::write_secret(&pw, PASSWORD);
-    start(&home.config_path(), &b, &pw);
-    more(&a).await;
-    home.sync().await;
+    let (b, pw) = moving_alice(&mut home, &a).await;
     let before = alices(&a);
     let out = common::tandem(&home.config_path(), &switch_args("finish", &pw), 0);
     let out = String::from_utf8_lossy(&out.stdout);
