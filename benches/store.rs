@@ -30,7 +30,7 @@ use divan::{AllocProfiler, Bencher, counter::ItemsCount};
 use tandem::feed::{
     Checkpoint, EntryHash, Head, Seq, check_change, encode_entry, encode_sealed_entry, verify_batch,
 };
-use tandem::identity::NodeKey;
+use tandem::identity::{NodeId, NodeKey};
 use tandem::seal::SealKey;
 use tandem::store::{Change, Store};
 
@@ -50,10 +50,29 @@ fn main() {
 }
 
 fn foreign_batch(key: &NodeKey) -> (Vec<Vec<u8>>, Checkpoint) {
-    let mut prev = EntryHash::genesis(&key.id());
     let mut entries = Vec::with_capacity(N);
-    for i in 0..N {
-        let c = change(i);
+    let prev = encode_chain(key.id(), (0..N).map(change), |bytes| entries.push(bytes));
+    let cp = Checkpoint::sign(
+        key,
+        Head {
+            seq: Seq(N as u64),
+            hash: prev,
+        },
+        1,
+    );
+    (entries, cp)
+}
+
+/// Encodes `changes` as `origin`'s plain feed from seq 1, each entry's bytes handed to
+/// `keep`; returns the head's hash.
+fn encode_chain<C: std::borrow::Borrow<Change>>(
+    origin: NodeId,
+    changes: impl IntoIterator<Item = C>,
+    mut keep: impl FnMut(Vec<u8>),
+) -> EntryHash {
+    let mut prev = EntryHash::genesis(&origin);
+    for (i, c) in changes.into_iter().enumerate() {
+        let c = c.borrow();
         let bytes = encode_entry(
             Seq(i as u64 + 1),
             prev,
@@ -64,17 +83,9 @@ fn foreign_batch(key: &NodeKey) -> (Vec<Vec<u8>>, Checkpoint) {
         )
         .unwrap();
         prev = EntryHash::of(&bytes);
-        entries.push(bytes);
+        keep(bytes);
     }
-    let cp = Checkpoint::sign(
-        key,
-        Head {
-            seq: Seq(N as u64),
-            hash: prev,
-        },
-        1,
-    );
-    (entries, cp)
+    prev
 }
 
 /// A fresh temporary directory for one sample's database (see the module docs).
@@ -192,22 +203,9 @@ fn accept_foreign_sealed(bencher: Bencher) {
 fn encode_only(bencher: Bencher) {
     let changes: Vec<Change> = (0..N).map(change).collect();
     let origin = own_key().id();
-    bencher.counter(ItemsCount::new(N)).bench_local(|| {
-        let mut prev = EntryHash::genesis(&origin);
-        for (i, c) in changes.iter().enumerate() {
-            let bytes = encode_entry(
-                Seq(i as u64 + 1),
-                prev,
-                1_795_000_000_000,
-                c.op,
-                &c.path,
-                &c.body,
-            )
-            .unwrap();
-            prev = EntryHash::of(&bytes);
-        }
-        prev
-    });
+    bencher
+        .counter(ItemsCount::new(N))
+        .bench_local(|| encode_chain(origin, &changes, drop));
 }
 
 #[divan::bench(sample_count = 3, sample_size = 1)]
